@@ -1,0 +1,96 @@
+//! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
+//! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
+//!
+//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORT_CLASS`, `RULES` and
+//! `IFACES`; writes nothing.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use enforcer_common::{
+    Inputs,
+    decide::{self, PacketMeta, Tables},
+    maps::{NetEntry, RuleKey, SimEntry, port_class_index, segment_index},
+    rules::RuleTable,
+};
+
+use crate::maps::{
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_CLASS, RULES, SEGMENTS, SIM_V4, SIM_V6,
+};
+
+/// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
+const NET_V4_BITS: u32 = 40;
+const NET_V6_BITS: u32 = 136;
+
+struct KernelMaps;
+
+impl RuleTable for KernelMaps {
+    #[inline(always)]
+    fn rule(&self, key: &RuleKey) -> Option<u32> {
+        // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
+        // `RULES` is not preallocated, so a concurrent delete frees it only after RCU.
+        RULES.get_ptr(key).map(|entry| unsafe { (*entry).rule })
+    }
+}
+
+impl Tables for KernelMaps {
+    #[inline(always)]
+    fn generation(&self) -> u8 {
+        CONFIG.get(0).map_or(0, |config| (config.generation & 1) as u8)
+    }
+
+    #[inline(always)]
+    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
+        // SAFETY: as in `rule`: a valid, not preallocated entry, read once.
+        SIM_V4.get_ptr(addr).map(|entry| unsafe { *entry })
+    }
+
+    #[inline(always)]
+    fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry> {
+        // SAFETY: as in `rule`: a valid, not preallocated entry, read once.
+        SIM_V6.get_ptr(prefix).map(|entry| unsafe { *entry })
+    }
+
+    #[inline(always)]
+    fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry> {
+        let data = [generation, addr[0], addr[1], addr[2], addr[3]];
+        NET_V4.get(Key::new(NET_V4_BITS, data)).copied()
+    }
+
+    #[inline(always)]
+    fn net_v6(&self, generation: u8, addr: [u8; 16]) -> Option<NetEntry> {
+        let mut data = [0u8; 17];
+        data[0] = generation;
+        let mut i = 0;
+        while i < 16 {
+            data[i + 1] = addr[i];
+            i += 1;
+        }
+        NET_V6.get(Key::new(NET_V6_BITS, data)).copied()
+    }
+
+    #[inline(always)]
+    fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
+        SEGMENTS
+            .get(segment_index(generation, segment))
+            .map_or(0, |entry| entry.tiers as u8)
+    }
+
+    #[inline(always)]
+    fn port_class(&self, generation: u8, slot: u32, port: u16) -> u16 {
+        PORT_CLASS
+            .get(port_class_index(generation, slot, port))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn iface_flags(&self, ifindex: u32) -> u32 {
+        // SAFETY: as in `rule`; `IFACES` entries are only ever replaced whole by the daemon.
+        IFACES.get_ptr(ifindex).map_or(0, |entry| unsafe { (*entry).flags })
+    }
+}
+
+/// Gather the decision inputs for one parsed packet.
+#[inline(always)]
+pub fn lookup(meta: &PacketMeta) -> Inputs {
+    decide::identify(&KernelMaps, meta)
+}

@@ -1,0 +1,54 @@
+//! The enforcer XDP program: parse → identify → decide → account, one exit.
+//!
+//! Every stage is a module; this file only wires them. Flow tracking (a session table for
+//! inbound replies) slots in between decide and account.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+
+mod account;
+mod identify;
+mod maps;
+mod parse;
+
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use enforcer_common::{DropReason, SrcIdentity, Verdict, decide, maps::SimEntry};
+
+use crate::parse::Parsed;
+
+/// Entry point: judge the frame, count it once, return the action.
+#[xdp]
+pub fn enforcer(ctx: XdpContext) -> u32 {
+    let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
+    let (verdict, sim) = run(&ctx);
+    account::record(verdict, sim, bytes);
+    verdict.xdp_action()
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext) -> (Verdict, Option<SimEntry>) {
+    let meta = match parse::packet(ctx) {
+        Ok(Parsed::Ip(meta)) => meta,
+        Ok(Parsed::Done(verdict)) => return (verdict, None),
+        Err(reason) => return (Verdict::Drop(reason), None),
+    };
+    let inputs = identify::lookup(&meta);
+    let sim = match inputs.src {
+        SrcIdentity::Sim(sim) => Some(sim),
+        SrcIdentity::Spoofed | SrcIdentity::Outside => None,
+    };
+    (decide(&inputs), sim)
+}
+
+/// Parse errors are the only `Err`; keep the type named so a new one is a compile error here.
+const _: fn(DropReason) -> Verdict = Verdict::Drop;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable call here; the lints forbid writing one.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

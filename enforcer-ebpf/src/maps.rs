@@ -1,0 +1,67 @@
+//! Every map of the program. Layouts, names and the lookup design are documented once, in
+//! `enforcer_common::maps`; the loader resizes the SIM- and rule-sized maps to the policy.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use enforcer_common::maps::{
+    Config, Counter, IfaceEntry, MAX_IFACES, MAX_NETS, NetEntry, NetKeyV4, NetKeyV6,
+    PORT_CLASS_ENTRIES, RuleEntry, RuleKey, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry,
+    SimKeyV4, SimKeyV6, VERDICT_STATS_ENTRIES, defaults,
+};
+
+/// The active policy generation.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// IPv4 /32 → SIM. Not preallocated: entries are RCU-freed, so a reader never sees a reused one.
+#[map]
+pub static SIM_V4: HashMap<SimKeyV4, SimEntry> =
+    HashMap::with_max_entries(defaults::MAX_SIMS, BPF_F_NO_PREALLOC);
+
+/// IPv6 /64 prefix → SIM.
+#[map]
+pub static SIM_V6: HashMap<SimKeyV6, SimEntry> =
+    HashMap::with_max_entries(defaults::MAX_SIMS, BPF_F_NO_PREALLOC);
+
+/// (generation, IPv4 CIDR) → destination class or pool.
+#[map]
+pub static NET_V4: LpmTrie<NetKeyV4, NetEntry> = LpmTrie::with_max_entries(MAX_NETS, 0);
+
+/// (generation, IPv6 CIDR) → destination class or pool.
+#[map]
+pub static NET_V6: LpmTrie<NetKeyV6, NetEntry> = LpmTrie::with_max_entries(MAX_NETS, 0);
+
+/// (generation, protocol slot, port) → port class.
+#[map]
+pub static PORT_CLASS: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
+
+/// (generation, segment) → rule tiers.
+#[map]
+pub static SEGMENTS: Array<SegmentEntry> = Array::with_max_entries(SEGMENT_ENTRIES, 0);
+
+/// (generation, subject, class, protocol, port class) → rule id.
+#[map]
+pub static RULES: HashMap<RuleKey, RuleEntry> =
+    HashMap::with_max_entries(defaults::MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// ifindex → per-interface settings.
+#[map]
+pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Per-SIM packets and bytes passed and dropped, per CPU.
+#[map]
+pub static SIM_STATS: PerCpuArray<SimCounters> =
+    PerCpuArray::with_max_entries(defaults::MAX_SIMS, 0);
+
+/// Per-segment (and no-segment) packets and bytes by verdict slot, per CPU.
+#[map]
+pub static VERDICT_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(VERDICT_STATS_ENTRIES, 0);
+
+/// Per-rule packets and bytes passed, per CPU.
+#[map]
+pub static RULE_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(defaults::MAX_RULES, 0);
