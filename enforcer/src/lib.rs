@@ -1,0 +1,9 @@
+//! The enforcer daemon and CLI as a library: policy files, compilation to map contents, the
+//! loader, counters and the userspace reference model of the XDP program.
+mod batch;
+pub mod compile;
+pub mod counters;
+pub mod loader;
+pub mod policy;
+pub mod reference;
+pub mod report;

@@ -1,0 +1,595 @@
+//! The only module that talks to the kernel: loads the XDP object, sizes and pins its maps,
+//! writes a [`MapImage`] make-before-break, attaches to interfaces and runs test packets.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use enforcer_common::maps::{
+    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, NetKeyV4, NetKeyV6, PORT_SLOTS, PORTS,
+    RuleEntry, RuleKey, SegmentEntry, SimEntry, SimKeyV4, SimKeyV6, defaults, names,
+    port_class_index, segment_index,
+};
+
+use crate::{batch, compile::MapImage};
+
+/// The XDP object built by `build.rs`.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+/// Name of the XDP function in the object.
+const PROGRAM_NAME: &str = "enforcer";
+
+/// Errors of loading, filling and attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The object or a map could not be created.
+    #[error(
+        "loading the eBPF object failed; run as root (CAP_BPF, CAP_NET_ADMIN) on a kernel with \
+         BPF and BTF, and check that {pin_dir} is on a bpffs mount"
+    )]
+    Object {
+        /// Pin directory in use, or `(no pins)`.
+        pin_dir: String,
+        /// Cause.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// The verifier rejected the program.
+    #[error("the kernel verifier rejected the XDP program; end of its log:\n{log_tail}")]
+    Verifier {
+        /// Last lines of the verifier log.
+        log_tail: String,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// Some other program operation failed.
+    #[error("{what} failed")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{what} on map {map} failed; is the map large enough (see --max-sims)?")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Attaching failed.
+    #[error(
+        "attaching XDP to `{iface}` in {mode:?} mode failed; if the driver lacks native XDP, \
+         retry with `--xdp-mode skb`"
+    )]
+    Attach {
+        /// Interface name.
+        iface: String,
+        /// Mode requested.
+        mode: XdpMode,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// The interface does not exist.
+    #[error("no network interface named `{0}`; check `ip link`")]
+    NoSuchInterface(String),
+    /// The image does not fit the maps as sized.
+    #[error("the policy needs {needed} {what} but the maps hold {capacity}; raise {flag}")]
+    Capacity {
+        /// What overflowed.
+        what: &'static str,
+        /// Needed.
+        needed: usize,
+        /// Available.
+        capacity: u32,
+        /// CLI flag to raise it.
+        flag: &'static str,
+    },
+}
+
+fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map {
+        map,
+        what,
+        source: std::io::Error::other(source),
+    }
+}
+
+/// Map sizes chosen at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Entries of `SIM_V4`, `SIM_V6` and `SIM_STATS`.
+    pub sims: u32,
+    /// Entries of `RULES`.
+    pub rule_entries: u32,
+    /// Entries of `RULE_STATS` (rule ids).
+    pub rules: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            sims: defaults::MAX_SIMS,
+            rule_entries: defaults::MAX_RULE_ENTRIES,
+            rules: defaults::MAX_RULES,
+        }
+    }
+}
+
+impl Capacity {
+    /// Room for `image` (and `rules` rule ids) twice over, so a reload that grows the policy
+    /// fits, with `floor` as the minimum.
+    #[must_use]
+    pub fn for_image(image: &MapImage, rules: usize, floor: Capacity) -> Self {
+        let twice = |n: usize, floor: u32| {
+            u32::try_from(n.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(floor)
+        };
+        let sims = image.sims_v4.len().max(image.sims_v6.len());
+        Self {
+            sims: twice(sims, floor.sims),
+            // Both generations live in RULES during a reload.
+            rule_entries: twice(image.rules.len(), floor.rule_entries),
+            rules: twice(rules, floor.rules),
+        }
+    }
+}
+
+/// A loaded (not necessarily attached) enforcer program and its maps.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    capacity: Capacity,
+    pin_dir: Option<PathBuf>,
+    links: Vec<(String, XdpLinkId)>,
+}
+
+impl Enforcer {
+    /// Load the object with maps sized by `capacity`; with `pin_dir`, every map is pinned there
+    /// (and reused if already pinned, so counters survive a daemon restart).
+    pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::SIM_V4, capacity.sims)
+            .map_max_entries(names::SIM_V6, capacity.sims)
+            .map_max_entries(names::SIM_STATS, capacity.sims)
+            .map_max_entries(names::RULES, capacity.rule_entries)
+            .map_max_entries(names::RULE_STATS, capacity.rules);
+        if let Some(dir) = pin_dir {
+            for name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(PROGRAM).map_err(|source| LoadError::Object {
+            pin_dir: pin_dir.map_or_else(|| "(no pins)".to_owned(), |d| d.display().to_string()),
+            source,
+        })?;
+        let program = xdp(&mut ebpf)?;
+        program.load().map_err(|source| match source {
+            ProgramError::LoadError {
+                ref verifier_log, ..
+            } => {
+                let log = verifier_log.to_string();
+                let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                LoadError::Verifier {
+                    log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    source,
+                }
+            }
+            source => LoadError::Program {
+                what: "loading the XDP program".into(),
+                source,
+            },
+        })?;
+        Ok(Self {
+            ebpf,
+            capacity,
+            pin_dir: pin_dir.map(Path::to_owned),
+            links: Vec::new(),
+        })
+    }
+
+    /// Map sizes in use.
+    #[must_use]
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Instructions the verifier processed when loading the program.
+    pub fn verified_instructions(&mut self) -> Option<u32> {
+        let program = xdp(&mut self.ebpf).ok()?;
+        program.info().ok()?.verified_instruction_count()
+    }
+
+    /// The map named `name` (one of `enforcer_common::maps::names`).
+    pub fn map(&self, name: &str) -> Option<&Map> {
+        self.ebpf.map(name)
+    }
+
+    /// The active policy generation.
+    pub fn generation(&self) -> Result<u8, LoadError> {
+        let config: Array<&MapData, Config> = Array::try_from(self.map_ref(names::CONFIG)?)
+            .map_err(map_err(names::CONFIG, "opening"))?;
+        let config = config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG, "reading"))?;
+        Ok((config.generation & 1) as u8)
+    }
+
+    fn map_ref(&self, name: &'static str) -> Result<&Map, LoadError> {
+        self.ebpf.map(name).ok_or(LoadError::Map {
+            map: name,
+            what: "finding",
+            source: std::io::Error::other("the object has no such map"),
+        })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, LoadError> {
+        self.ebpf.map_mut(name).ok_or(LoadError::Map {
+            map: name,
+            what: "finding",
+            source: std::io::Error::other("the object has no such map"),
+        })
+    }
+
+    /// Write `image` make-before-break: fill the inactive generation, update the SIMs in place,
+    /// flip `CONFIG`, then clear the old generation. Returns the new active generation.
+    pub fn apply(&mut self, image: &MapImage) -> Result<u8, LoadError> {
+        let sims = image.sims_v4.len().max(image.sims_v6.len());
+        self.check_capacity(image, sims)?;
+        let active = self.generation()?;
+        let target = active ^ 1;
+
+        self.write_nets(image, target)?;
+        self.write_port_classes(image, target)?;
+        self.write_segments(image, target)?;
+        self.write_rules(image, target)?;
+        self.write_sims(image)?;
+
+        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)
+            .map_err(map_err(names::CONFIG, "opening"))?;
+        config
+            .set(
+                0,
+                Config {
+                    generation: u32::from(target),
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG, "flipping the generation"))?;
+
+        self.clear_nets(active)?;
+        self.clear_rules(active)?;
+        Ok(target)
+    }
+
+    fn check_capacity(&self, image: &MapImage, sims: usize) -> Result<(), LoadError> {
+        let max_rule = image
+            .rules
+            .iter()
+            .map(|(_, e)| e.rule as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let checks = [
+            ("SIM addresses", sims, self.capacity.sims, "--max-sims"),
+            (
+                "rule entries",
+                image.rules.len(),
+                self.capacity.rule_entries,
+                "--max-rule-entries",
+            ),
+            (
+                "rule ids",
+                max_rule,
+                self.capacity.rules,
+                "--max-rule-entries",
+            ),
+            (
+                "segments",
+                image.segments.len(),
+                MAX_SEGMENTS,
+                "(a build constant)",
+            ),
+        ];
+        for (what, needed, capacity, flag) in checks {
+            if needed > capacity as usize {
+                return Err(LoadError::Capacity {
+                    what,
+                    needed,
+                    capacity,
+                    flag,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write_nets(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        self.clear_nets(generation)?;
+        let mut v4: LpmTrie<&mut MapData, NetKeyV4, NetEntry> =
+            LpmTrie::try_from(self.map_mut(names::NET_V4)?)
+                .map_err(map_err(names::NET_V4, "opening"))?;
+        for net in &image.nets_v4 {
+            let mut data = [0u8; 5];
+            data[0] = generation;
+            data[1..].copy_from_slice(&net.addr);
+            v4.insert(&Key::new(8 + u32::from(net.prefix_len), data), net.entry, 0)
+                .map_err(map_err(names::NET_V4, "inserting"))?;
+        }
+        let mut v6: LpmTrie<&mut MapData, NetKeyV6, NetEntry> =
+            LpmTrie::try_from(self.map_mut(names::NET_V6)?)
+                .map_err(map_err(names::NET_V6, "opening"))?;
+        for net in &image.nets_v6 {
+            let mut data = [0u8; 17];
+            data[0] = generation;
+            data[1..].copy_from_slice(&net.addr);
+            v6.insert(&Key::new(8 + u32::from(net.prefix_len), data), net.entry, 0)
+                .map_err(map_err(names::NET_V6, "inserting"))?;
+        }
+        Ok(())
+    }
+
+    fn clear_nets(&mut self, generation: u8) -> Result<(), LoadError> {
+        let mut v4: LpmTrie<&mut MapData, NetKeyV4, NetEntry> =
+            LpmTrie::try_from(self.map_mut(names::NET_V4)?)
+                .map_err(map_err(names::NET_V4, "opening"))?;
+        let stale: Vec<Key<NetKeyV4>> = v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.data()[0] == generation)
+            .collect();
+        for key in &stale {
+            v4.remove(key).map_err(map_err(names::NET_V4, "clearing"))?;
+        }
+        let mut v6: LpmTrie<&mut MapData, NetKeyV6, NetEntry> =
+            LpmTrie::try_from(self.map_mut(names::NET_V6)?)
+                .map_err(map_err(names::NET_V6, "opening"))?;
+        let stale: Vec<Key<NetKeyV6>> = v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.data()[0] == generation)
+            .collect();
+        for key in &stale {
+            v6.remove(key).map_err(map_err(names::NET_V6, "clearing"))?;
+        }
+        Ok(())
+    }
+
+    fn write_port_classes(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        // The whole block of this generation, so leftovers of an older policy are overwritten.
+        let mut entries: Vec<(u32, u16)> = (0..PORT_SLOTS)
+            .flat_map(|slot| (0..PORTS).map(move |port| (slot, port)))
+            .map(|(slot, port)| (port_class_index(generation, slot, port as u16), 0u16))
+            .collect();
+        for range in &image.port_classes {
+            for port in range.first..=range.last {
+                let index = (range.slot * PORTS + u32::from(port)) as usize;
+                entries[index].1 = range.class;
+            }
+        }
+        let fd = self.map_data(names::PORT_CLASS)?.fd();
+        batch::update(fd, &entries).map_err(|source| LoadError::Map {
+            map: names::PORT_CLASS,
+            what: "writing",
+            source,
+        })
+    }
+
+    fn write_segments(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        let entries: Vec<(u32, SegmentEntry)> = (0..MAX_SEGMENTS)
+            .map(|id| {
+                let entry = image.segments.get(id as usize).copied().unwrap_or_default();
+                (segment_index(generation, id as u16), entry)
+            })
+            .collect();
+        let fd = self.map_data(names::SEGMENTS)?.fd();
+        batch::update(fd, &entries).map_err(|source| LoadError::Map {
+            map: names::SEGMENTS,
+            what: "writing",
+            source,
+        })
+    }
+
+    fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        self.clear_rules(generation)?;
+        let entries: Vec<(RuleKey, RuleEntry)> = image
+            .rules
+            .iter()
+            .map(|(key, entry)| {
+                let mut key = *key;
+                key.generation = generation;
+                (key, *entry)
+            })
+            .collect();
+        let fd = self.map_data(names::RULES)?.fd();
+        batch::update(fd, &entries).map_err(|source| LoadError::Map {
+            map: names::RULES,
+            what: "writing",
+            source,
+        })
+    }
+
+    fn clear_rules(&mut self, generation: u8) -> Result<(), LoadError> {
+        let mut rules: HashMap<&mut MapData, RuleKey, RuleEntry> =
+            HashMap::try_from(self.map_mut(names::RULES)?)
+                .map_err(map_err(names::RULES, "opening"))?;
+        let stale: Vec<RuleKey> = rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.generation == generation)
+            .collect();
+        for key in &stale {
+            rules
+                .remove(key)
+                .map_err(map_err(names::RULES, "clearing"))?;
+        }
+        Ok(())
+    }
+
+    fn write_sims(&mut self, image: &MapImage) -> Result<(), LoadError> {
+        let fd = self.map_data(names::SIM_V4)?.fd();
+        batch::update(fd, &image.sims_v4).map_err(|source| LoadError::Map {
+            map: names::SIM_V4,
+            what: "writing",
+            source,
+        })?;
+        let fd = self.map_data(names::SIM_V6)?.fd();
+        batch::update(fd, &image.sims_v6).map_err(|source| LoadError::Map {
+            map: names::SIM_V6,
+            what: "writing",
+            source,
+        })?;
+        // Remove SIMs of an earlier policy (pinned maps reused after a restart).
+        let keep: HashSet<SimKeyV4> = image.sims_v4.iter().map(|(k, _)| *k).collect();
+        let mut v4: HashMap<&mut MapData, SimKeyV4, SimEntry> =
+            HashMap::try_from(self.map_mut(names::SIM_V4)?)
+                .map_err(map_err(names::SIM_V4, "opening"))?;
+        let stale: Vec<SimKeyV4> = v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for key in &stale {
+            v4.remove(key).map_err(map_err(names::SIM_V4, "clearing"))?;
+        }
+        let keep: HashSet<SimKeyV6> = image.sims_v6.iter().map(|(k, _)| *k).collect();
+        let mut v6: HashMap<&mut MapData, SimKeyV6, SimEntry> =
+            HashMap::try_from(self.map_mut(names::SIM_V6)?)
+                .map_err(map_err(names::SIM_V6, "opening"))?;
+        let stale: Vec<SimKeyV6> = v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for key in &stale {
+            v6.remove(key).map_err(map_err(names::SIM_V6, "clearing"))?;
+        }
+        Ok(())
+    }
+
+    fn map_data(&self, name: &'static str) -> Result<&MapData, LoadError> {
+        match self.map_ref(name)? {
+            Map::Array(data) | Map::HashMap(data) | Map::LpmTrie(data) | Map::PerCpuArray(data) => {
+                Ok(data)
+            }
+            _ => Err(LoadError::Map {
+                map: name,
+                what: "opening",
+                source: std::io::Error::other("unexpected map type"),
+            }),
+        }
+    }
+
+    /// Set the `IFACE_*` flags of interface `ifindex`.
+    pub fn set_iface(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceEntry> =
+            HashMap::try_from(self.map_mut(names::IFACES)?)
+                .map_err(map_err(names::IFACES, "opening"))?;
+        ifaces
+            .insert(ifindex, IfaceEntry { flags }, 0)
+            .map_err(map_err(names::IFACES, "writing"))
+    }
+
+    /// Attach the program to `iface`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
+        let program = xdp(&mut self.ebpf)?;
+        let link = program.attach(iface, mode).map_err(|source| match source {
+            ProgramError::UnknownInterface { .. } => LoadError::NoSuchInterface(iface.to_owned()),
+            source => LoadError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source,
+            },
+        })?;
+        self.links.push((iface.to_owned(), link));
+        Ok(())
+    }
+
+    /// Detach from every interface.
+    pub fn detach_all(&mut self) -> Result<(), LoadError> {
+        let links = std::mem::take(&mut self.links);
+        let program = xdp(&mut self.ebpf)?;
+        for (iface, link) in links {
+            program.detach(link).map_err(|source| LoadError::Program {
+                what: format!("detaching from `{iface}`"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Remove the pins (the maps live on while the program holds them).
+    pub fn unpin(&self) -> std::io::Result<()> {
+        if let Some(dir) = &self.pin_dir {
+            for name in names::ALL {
+                match std::fs::remove_file(dir.join(name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `frame` through the program `repeat` times with `BPF_PROG_TEST_RUN`; returns the
+    /// XDP action and the kernel-measured time per run. `ifindex` sets `xdp_md.ingress_ifindex`
+    /// (it must exist in the current namespace; 1 is loopback).
+    pub fn test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<(u32, Duration), LoadError> {
+        let program = xdp(&mut self.ebpf)?;
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let mut ctx = [0u8; 24];
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let result = program
+            .test_run(opts)
+            .map_err(|source| LoadError::Program {
+                what: "BPF_PROG_TEST_RUN".into(),
+                source,
+            })?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+const _: () = assert!(
+    GENERATIONS == 2,
+    "apply() flips between exactly two generations"
+);
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    let program = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| LoadError::Program {
+            what: format!("finding program `{PROGRAM_NAME}` in the object"),
+            source: ProgramError::NotLoaded,
+        })?;
+    program.try_into().map_err(|source| LoadError::Program {
+        what: "opening the XDP program".into(),
+        source,
+    })
+}

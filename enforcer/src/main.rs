@@ -1,0 +1,357 @@
+//! `enforcer`: the daemon (`run`) and its CLI (`policy check`, `stats`).
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use enforcer::{
+    compile::{self, Compiled},
+    counters::Totals,
+    loader::{Capacity, Enforcer},
+    policy::{self, SimState, ValidatedPolicy},
+    report::{Report, State},
+};
+use enforcer_common::maps::IFACE_DROP_NON_POOL;
+use tracing::{info, warn};
+
+const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+const DEFAULT_STATE_FILE: &str = "/run/enforcer/state.json";
+
+/// Zero Trust packet enforcement for cellular IoT fleets, in XDP.
+#[derive(Parser)]
+#[command(name = "enforcer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a policy, attach to interfaces and enforce until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Show per-SIM, per-segment and per-rule counters of a running enforcer.
+    Stats(StatsArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Policy file (TOML).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// Interface to attach to; repeat for each gateway interface.
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    ifaces: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    xdp_mode: Mode,
+    /// Drop traffic from outside every pool arriving on this interface (a dedicated
+    /// core-facing link); repeatable.
+    #[arg(long = "drop-non-pool", value_name = "IF")]
+    drop_non_pool: Vec<String>,
+    /// Where the maps are pinned (on bpffs) for `enforcer stats`.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where the names behind map indices are written for `enforcer stats`.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+    /// SIM capacity of the maps (default: twice the policy's SIMs, at least 65536).
+    #[arg(long)]
+    max_sims: Option<u32>,
+    /// Rule-entry capacity of the maps (default: twice the policy's, at least 65536).
+    #[arg(long)]
+    max_rule_entries: Option<u32>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Driver (native) XDP.
+    Native,
+    /// Generic XDP in the kernel stack; works on any interface.
+    Skb,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file and print what it would load.
+    Check {
+        /// Policy file (TOML).
+        file: PathBuf,
+        /// Also print every map entry it compiles to.
+        #[arg(long)]
+        dump: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// Show only this SIM; repeatable.
+    #[arg(long)]
+    imsi: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Pin directory of the running enforcer.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// State file of the running enforcer.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Policy(PolicyCommand::Check { file, dump }) => check(&file, dump),
+        Command::Stats(args) => stats(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
+    let policy = policy::load(path)?;
+    let compiled = compile::compile(&policy)
+        .with_context(|| format!("compiling {} failed", path.display()))?;
+    Ok((policy, compiled))
+}
+
+fn check(path: &Path, dump: bool) -> anyhow::Result<()> {
+    let (policy, compiled) = load_policy(path)?;
+    let image = &compiled.image;
+    let v4_pools = policy.pools.iter().filter(|p| p.is_ipv4()).count();
+    let quarantined = policy
+        .sims
+        .iter()
+        .filter(|s| s.state == SimState::Quarantined)
+        .count();
+    let segment_rules: usize = policy.segments.iter().map(|s| s.rules.len()).sum();
+    let port_entries: usize = image
+        .port_classes
+        .iter()
+        .map(|r| usize::from(r.last - r.first) + 1)
+        .sum();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: OK", path.display())?;
+    writeln!(
+        out,
+        "  pools:       {} ({v4_pools} IPv4, {} IPv6)",
+        policy.pools.len(),
+        policy.pools.len() - v4_pools
+    )?;
+    writeln!(out, "  segments:    {}", policy.segments.len())?;
+    writeln!(
+        out,
+        "  SIMs:        {} ({} active, {quarantined} quarantined)",
+        policy.sims.len(),
+        policy.sims.len() - quarantined
+    )?;
+    writeln!(
+        out,
+        "  rules:       {} ({segment_rules} segment, {} SIM)",
+        compiled.rules.len(),
+        compiled.rules.len() - segment_rules
+    )?;
+    writeln!(
+        out,
+        "  map entries: SIM_V4 {}, SIM_V6 {}, NET_V4 {}, NET_V6 {}, PORT_CLASS {} ports in {} \
+         classes, SEGMENTS {}, RULES {} ({} total)",
+        image.sims_v4.len(),
+        image.sims_v6.len(),
+        image.nets_v4.len(),
+        image.nets_v6.len(),
+        port_entries,
+        image.port_classes.len(),
+        image.segments.len(),
+        image.rules.len(),
+        image.entry_count()
+    )?;
+    if dump {
+        write!(out, "{}", image.dump())?;
+    }
+    Ok(())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("enforcer run needs root (CAP_BPF and CAP_NET_ADMIN); run it with sudo");
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (policy, compiled) = load_policy(&args.policy)?;
+    require_root()?;
+    for iface in args
+        .drop_non_pool
+        .iter()
+        .filter(|i| !args.ifaces.contains(i))
+    {
+        bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
+    }
+    let mut ifindexes = Vec::new();
+    for iface in &args.ifaces {
+        let index = nix_if_nametoindex(iface)
+            .with_context(|| format!("no network interface named `{iface}`; check `ip link`"))?;
+        ifindexes.push(index);
+    }
+
+    let auto = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
+    let capacity = Capacity {
+        sims: args.max_sims.unwrap_or(auto.sims),
+        rule_entries: args.max_rule_entries.unwrap_or(auto.rule_entries),
+        ..auto
+    };
+    std::fs::create_dir_all(&args.pin_dir).with_context(|| {
+        format!(
+            "creating pin directory {}; is /sys/fs/bpf mounted (bpffs)?",
+            args.pin_dir.display()
+        )
+    })?;
+    let mut enforcer = Enforcer::load(capacity, Some(&args.pin_dir))?;
+    let generation = enforcer.apply(&compiled.image)?;
+    info!(
+        policy = %args.policy.display(),
+        sims = policy.sims.len(),
+        rules = compiled.rules.len(),
+        generation,
+        verified_insns = enforcer.verified_instructions().unwrap_or(0),
+        "Loaded policy."
+    );
+    for (iface, index) in args.ifaces.iter().zip(&ifindexes) {
+        let flags = if args.drop_non_pool.contains(iface) {
+            IFACE_DROP_NON_POOL
+        } else {
+            0
+        };
+        enforcer.set_iface(*index, flags)?;
+    }
+    let mode = match args.xdp_mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+    };
+    for iface in &args.ifaces {
+        enforcer.attach(iface, mode)?;
+        info!(iface = %iface, mode = ?mode, "Attached XDP program.");
+    }
+    let state = State::new(&policy, &compiled, &args.pin_dir);
+    state
+        .write(&args.state_file)
+        .with_context(|| format!("writing state file {}", args.state_file.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    runtime.block_on(wait_for_shutdown())?;
+
+    let totals = Totals::read(
+        enforcer
+            .map(enforcer_common::maps::names::SIM_STATS)
+            .context("SIM_STATS missing")?,
+        enforcer
+            .map(enforcer_common::maps::names::VERDICT_STATS)
+            .context("VERDICT_STATS missing")?,
+        enforcer
+            .map(enforcer_common::maps::names::RULE_STATS)
+            .context("RULE_STATS missing")?,
+        policy.sims.len(),
+        compiled.rules.len(),
+    )
+    .context("reading counters")?;
+    print!("{}", Report::new(&state, &totals, &[]).to_table());
+    enforcer.detach_all()?;
+    info!("Detached XDP program.");
+    if let Err(err) = enforcer.unpin() {
+        warn!(error = %err, pin_dir = %args.pin_dir.display(), "Could not remove pins.");
+    }
+    if let Err(err) = std::fs::remove_file(&args.state_file) {
+        warn!(error = %err, "Could not remove the state file.");
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    info!("Enforcing; stop with SIGINT or SIGTERM.");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received, shutting down."),
+        _ = int.recv() => info!("SIGINT received, shutting down."),
+    }
+    Ok(())
+}
+
+fn nix_if_nametoindex(name: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(index)
+}
+
+fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let state = State::read(&args.state_file).with_context(|| {
+        format!(
+            "reading {}; is `enforcer run` running (with the same --state-file)?",
+            args.state_file.display()
+        )
+    })?;
+    for imsi in &args.imsi {
+        if !state.sims.iter().any(|s| &s.imsi == imsi) {
+            bail!(
+                "IMSI {imsi} is not in the loaded policy ({})",
+                state.policy.display()
+            );
+        }
+    }
+    let totals = Totals::read_pinned(&args.pin_dir, state.sims.len(), state.rules.len())
+        .with_context(|| {
+            format!(
+                "reading counters pinned in {}; is `enforcer run` running?",
+                args.pin_dir.display()
+            )
+        })?;
+    let report = Report::new(&state, &totals, &args.imsi);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report.to_table())?;
+    }
+    Ok(())
+}

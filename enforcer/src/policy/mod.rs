@@ -1,0 +1,129 @@
+//! Policy files: text in, [`ValidatedPolicy`] out, or every problem found.
+//!
+//! [`raw`] reads the TOML with serde, [`validate`] checks it (and the optional CSV inventory)
+//! and resolves names to ids. Nothing here touches the kernel; `compile` turns the result into
+//! map contents.
+
+pub mod error;
+mod inventory;
+pub mod raw;
+mod validate;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+pub use error::{PolicyError, PolicyErrors};
+use ipnetwork::{IpNetwork, Ipv6Network};
+pub(crate) use validate::overlaps;
+
+/// A policy that passed every check; ids are indices into its vectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedPolicy {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Declared pools.
+    pub pools: Vec<IpNetwork>,
+    /// Segments; a segment id is its index here.
+    pub segments: Vec<Segment>,
+    /// SIMs; a SIM index is its position here (policy SIMs first, then the inventory's).
+    pub sims: Vec<Sim>,
+}
+
+/// A segment and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Allow rules for every SIM of the segment.
+    pub rules: Vec<Rule>,
+}
+
+/// Lifecycle state of a SIM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimState {
+    /// Traffic is judged by the rules.
+    Active,
+    /// All traffic is dropped.
+    Quarantined,
+}
+
+impl SimState {
+    /// The word used in policy files and output.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            SimState::Active => "active",
+            SimState::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// A SIM and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sim {
+    /// 14–15 digits.
+    pub imsi: String,
+    /// 19–20 digits, if given.
+    pub iccid: Option<String>,
+    /// E.164, if given.
+    pub msisdn: Option<String>,
+    /// IPv4 address, if any.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 /64, if any.
+    pub ipv6: Option<Ipv6Network>,
+    /// Segment id.
+    pub segment: u16,
+    /// Active or quarantined.
+    pub state: SimState,
+    /// Extra rules for this SIM only.
+    pub rules: Vec<Rule>,
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Where it may go.
+    pub to: Vec<Dest>,
+    /// Which protocols; empty means any.
+    pub protos: Vec<u8>,
+    /// Destination port ranges (inclusive); empty means any port.
+    pub ports: Vec<(u16, u16)>,
+    /// Free text.
+    pub description: String,
+    /// Where the rule was written, for messages (`file:line`).
+    pub origin: String,
+}
+
+/// A rule destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dest {
+    /// A network outside every pool.
+    Net(IpNetwork),
+    /// Every SIM of a segment (by id).
+    Segment(u16),
+    /// One SIM (by index).
+    Sim(u32),
+}
+
+/// Read, parse and validate a policy file (and its inventory, if it names one).
+pub fn load(path: &Path) -> Result<ValidatedPolicy, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        PolicyErrors(vec![PolicyError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the policy file: {error}; check the path"),
+        }])
+    })?;
+    from_str(path, &text)
+}
+
+/// Parse and validate policy text that was read from `path` (used for messages and to find the
+/// inventory).
+pub fn from_str(path: &Path, text: &str) -> Result<ValidatedPolicy, PolicyErrors> {
+    validate::validate(path, text)
+}

@@ -1,0 +1,209 @@
+//! The policy file as written: TOML read with serde, every leaf kept with its byte span so that
+//! validation can report all problems with file, line and column, not only the first.
+//!
+//! Leaves are `Spanned<toml::Value>` rather than typed fields: a wrong type (`imsi = 1234`) is
+//! then one more validation error instead of the end of the parse. Unknown keys are found by a
+//! walk over the same text with `toml_edit` (serde stops at the first one).
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use super::error::{PolicyError, SourceMap};
+
+/// A leaf value and where it stands.
+pub type Field = Spanned<Value>;
+
+/// The top level of a policy file.
+#[derive(Debug, Deserialize)]
+pub struct RawPolicy {
+    /// Address pools (CIDRs) the SIMs get their addresses from.
+    #[serde(default)]
+    pub pools: Vec<Field>,
+    /// Segments (per APN/DNN or customer), each with its rules.
+    #[serde(default)]
+    pub segments: Vec<Spanned<RawSegment>>,
+    /// SIMs written in the policy itself.
+    #[serde(default)]
+    pub sims: Vec<Spanned<RawSim>>,
+    /// Optional CSV inventory of further SIMs, relative to the policy file.
+    pub inventory: Option<Field>,
+}
+
+/// `[[segments]]`.
+#[derive(Debug, Deserialize)]
+pub struct RawSegment {
+    /// Unique name.
+    pub name: Option<Field>,
+    /// Free text.
+    pub description: Option<Field>,
+    /// Allow rules for every SIM of the segment.
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[[sims]]`.
+#[derive(Debug, Deserialize)]
+pub struct RawSim {
+    /// 14–15 digits.
+    pub imsi: Option<Field>,
+    /// 19–20 digits starting with 89.
+    pub iccid: Option<Field>,
+    /// E.164: optional `+`, 8–15 digits.
+    pub msisdn: Option<Field>,
+    /// IPv4 address inside a pool.
+    pub ipv4: Option<Field>,
+    /// IPv6 /64 inside a pool.
+    pub ipv6: Option<Field>,
+    /// Segment name.
+    pub segment: Option<Field>,
+    /// `active` (default) or `quarantined`.
+    pub state: Option<Field>,
+    /// Extra allow rules for this SIM only.
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// One allow rule.
+#[derive(Debug, Deserialize)]
+pub struct RawRule {
+    /// Destinations: CIDRs, addresses, segment names, `imsi:…`.
+    pub to: Option<Field>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `any` (default), a number, or a list of them.
+    pub proto: Option<Field>,
+    /// Ports or ranges: `443`, `"8000-8100"`, or a list.
+    pub ports: Option<Field>,
+    /// Free text.
+    pub description: Option<Field>,
+}
+
+const TOP_KEYS: &[&str] = &["pools", "segments", "sims", "inventory"];
+const SEGMENT_KEYS: &[&str] = &["name", "description", "rules"];
+const SIM_KEYS: &[&str] = &[
+    "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",
+];
+const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
+
+/// Parse the text; a syntax or shape error ends the parse (there is no structure to go on from).
+pub fn parse(source: &SourceMap<'_>, text: &str) -> Result<RawPolicy, PolicyError> {
+    toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        source.error(
+            &span,
+            format!(
+                "{}; see the policy format in README.md",
+                error.message().trim_end()
+            ),
+        )
+    })
+}
+
+/// Every key the format does not know, with its place.
+pub fn unknown_keys(source: &SourceMap<'_>, text: &str) -> Vec<PolicyError> {
+    let Ok(document) = toml_edit::ImDocument::parse(text) else {
+        return Vec::new(); // `parse` reports the syntax error.
+    };
+    let mut errors = Vec::new();
+    let mut check = |table: &dyn TableLike, allowed: &[&str], place: &str| {
+        for (key, span) in table.keys_with_spans() {
+            if !allowed.contains(&key.as_str()) {
+                errors.push(source.error(
+                    &span,
+                    format!(
+                        "unknown key `{key}` in {place}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+    };
+    let root = document.as_table();
+    check(root, TOP_KEYS, "the top level");
+    for (section, keys) in [("segments", SEGMENT_KEYS), ("sims", SIM_KEYS)] {
+        for table in tables_in(root.get(section)) {
+            check(table.as_ref(), keys, &format!("a `[[{section}]]` entry"));
+            for rule in tables_in(table.get_item("rules")) {
+                check(rule.as_ref(), RULE_KEYS, "a rule");
+            }
+        }
+    }
+    errors
+}
+
+/// A TOML table, standard or inline.
+trait TableLike {
+    fn keys_with_spans(&self) -> Vec<(String, Range<usize>)>;
+}
+
+impl TableLike for toml_edit::Table {
+    fn keys_with_spans(&self) -> Vec<(String, Range<usize>)> {
+        self.iter()
+            .map(|(key, _)| {
+                let span = self.key(key).and_then(toml_edit::Key::span).unwrap_or(0..0);
+                (key.to_owned(), span)
+            })
+            .collect()
+    }
+}
+
+impl TableLike for toml_edit::InlineTable {
+    fn keys_with_spans(&self) -> Vec<(String, Range<usize>)> {
+        self.iter()
+            .map(|(key, _)| {
+                let span = self.key(key).and_then(toml_edit::Key::span).unwrap_or(0..0);
+                (key.to_owned(), span)
+            })
+            .collect()
+    }
+}
+
+/// Owned view of one table of an array, whichever way it was written.
+enum AnyTable<'a> {
+    Table(&'a toml_edit::Table),
+    Inline(&'a toml_edit::InlineTable),
+}
+
+impl AnyTable<'_> {
+    fn as_ref(&self) -> &dyn TableLike {
+        match self {
+            AnyTable::Table(table) => *table,
+            AnyTable::Inline(table) => *table,
+        }
+    }
+
+    fn get_item(&self, key: &str) -> Option<ItemRef<'_>> {
+        match self {
+            AnyTable::Table(table) => table.get(key).map(ItemRef::Item),
+            AnyTable::Inline(table) => table.get(key).map(ItemRef::Value),
+        }
+    }
+}
+
+enum ItemRef<'a> {
+    Item(&'a toml_edit::Item),
+    Value(&'a toml_edit::Value),
+}
+
+fn tables_in<'a>(item: Option<impl Into<ItemRef<'a>>>) -> Vec<AnyTable<'a>> {
+    let values = |array: &'a toml_edit::Array| {
+        array
+            .iter()
+            .filter_map(|value| value.as_inline_table().map(AnyTable::Inline))
+            .collect()
+    };
+    match item.map(Into::into) {
+        Some(ItemRef::Item(toml_edit::Item::ArrayOfTables(array))) => {
+            array.iter().map(AnyTable::Table).collect()
+        }
+        Some(ItemRef::Item(toml_edit::Item::Value(toml_edit::Value::Array(array))))
+        | Some(ItemRef::Value(toml_edit::Value::Array(array))) => values(array),
+        _ => Vec::new(),
+    }
+}
+
+impl<'a> From<&'a toml_edit::Item> for ItemRef<'a> {
+    fn from(item: &'a toml_edit::Item) -> Self {
+        ItemRef::Item(item)
+    }
+}

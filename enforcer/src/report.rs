@@ -1,0 +1,248 @@
+//! What a running enforcer tells `enforcer stats`: the names behind map indices (written by
+//! `enforcer run` to a state file beside the pins), and counter reports as tables or JSON.
+
+use std::{
+    fmt::Write as _,
+    io,
+    path::{Path, PathBuf},
+};
+
+use enforcer_common::maps::SEGMENT_NONE;
+use serde::{Deserialize, Serialize};
+
+use crate::{compile::Compiled, counters::Totals, policy::ValidatedPolicy};
+
+/// Names of a loaded policy, by index: SIM index → IMSI, segment id → name, rule id → origin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// Policy file loaded.
+    pub policy: PathBuf,
+    /// Where the maps are pinned.
+    pub pin_dir: PathBuf,
+    /// Segment names by id.
+    pub segments: Vec<String>,
+    /// SIMs by index.
+    pub sims: Vec<SimName>,
+    /// Rules by id: `owner @ file:line`.
+    pub rules: Vec<String>,
+}
+
+/// One SIM as `stats` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimName {
+    /// IMSI.
+    pub imsi: String,
+    /// Segment id.
+    pub segment: u16,
+    /// `active` or `quarantined`.
+    pub state: String,
+}
+
+impl State {
+    /// Names for a policy loaded with its maps pinned at `pin_dir`.
+    #[must_use]
+    pub fn new(policy: &ValidatedPolicy, compiled: &Compiled, pin_dir: &Path) -> Self {
+        Self {
+            policy: policy.path.clone(),
+            pin_dir: pin_dir.to_owned(),
+            segments: policy.segments.iter().map(|s| s.name.clone()).collect(),
+            sims: policy
+                .sims
+                .iter()
+                .map(|sim| SimName {
+                    imsi: sim.imsi.clone(),
+                    segment: sim.segment,
+                    state: sim.state.name().to_owned(),
+                })
+                .collect(),
+            rules: compiled
+                .rules
+                .iter()
+                .map(|r| format!("{} @ {}", r.owner, r.origin))
+                .collect(),
+        }
+    }
+
+    /// Write atomically (temporary file, then rename) to `path`.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Read the state file at `path`.
+    pub fn read(path: &Path) -> io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}
+
+/// A counter report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    /// Per-SIM counters (filtered).
+    pub sims: Vec<SimRow>,
+    /// Per-segment verdicts, plus a `-` row for packets of no segment.
+    pub segments: Vec<SegmentRow>,
+    /// Per-rule packets passed.
+    pub rules: Vec<RuleRow>,
+}
+
+/// One SIM's counters.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SimRow {
+    /// IMSI.
+    pub imsi: String,
+    /// Segment name.
+    pub segment: String,
+    /// State.
+    pub state: String,
+    /// Packets passed.
+    pub pass_packets: u64,
+    /// Bytes passed.
+    pub pass_bytes: u64,
+    /// Packets dropped.
+    pub drop_packets: u64,
+    /// Bytes dropped.
+    pub drop_bytes: u64,
+}
+
+/// One segment's verdict counts (packets) by reason name.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SegmentRow {
+    /// Segment name, or `-` for packets of no segment.
+    pub segment: String,
+    /// `pass_<reason>` and `drop_<reason>` → packets.
+    pub packets: Vec<(String, u64)>,
+}
+
+/// One rule's passes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RuleRow {
+    /// Rule id.
+    pub id: usize,
+    /// Owner and place.
+    pub rule: String,
+    /// Packets passed.
+    pub packets: u64,
+    /// Bytes passed.
+    pub bytes: u64,
+}
+
+impl Report {
+    /// Build a report; `imsis` filters the SIM rows when not empty.
+    #[must_use]
+    pub fn new(state: &State, totals: &Totals, imsis: &[String]) -> Self {
+        let sims = state
+            .sims
+            .iter()
+            .zip(&totals.sims)
+            .filter(|(name, _)| imsis.is_empty() || imsis.contains(&name.imsi))
+            .map(|(name, c)| SimRow {
+                imsi: name.imsi.clone(),
+                segment: state
+                    .segments
+                    .get(usize::from(name.segment))
+                    .cloned()
+                    .unwrap_or_default(),
+                state: name.state.clone(),
+                pass_packets: c.pass_packets,
+                pass_bytes: c.pass_bytes,
+                drop_packets: c.drop_packets,
+                drop_bytes: c.drop_bytes,
+            })
+            .collect();
+        let blocks = state
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(id, name)| (u32::try_from(id).unwrap_or(u32::MAX), name.clone()))
+            .chain([(SEGMENT_NONE, "-".to_owned())]);
+        let segments = blocks
+            .map(|(block, segment)| {
+                let passes = totals
+                    .passes(block)
+                    .into_iter()
+                    .map(|(r, c)| (format!("pass_{}", r.name()), c.packets));
+                let drops = totals
+                    .drops(block)
+                    .into_iter()
+                    .map(|(r, c)| (format!("drop_{}", r.name()), c.packets));
+                SegmentRow {
+                    segment,
+                    packets: passes.chain(drops).filter(|(_, n)| *n > 0).collect(),
+                }
+            })
+            .collect();
+        let rules = state
+            .rules
+            .iter()
+            .zip(&totals.rules)
+            .enumerate()
+            .map(|(id, (rule, c))| RuleRow {
+                id,
+                rule: rule.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        Self {
+            sims,
+            segments,
+            rules,
+        }
+    }
+
+    /// Human-readable tables.
+    #[must_use]
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<16} {:<12} {:>10} {:>12} {:>10} {:>12}",
+            "IMSI", "SEGMENT", "STATE", "PASS_PKTS", "PASS_BYTES", "DROP_PKTS", "DROP_BYTES"
+        );
+        for s in &self.sims {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<16} {:<12} {:>10} {:>12} {:>10} {:>12}",
+                s.imsi,
+                s.segment,
+                s.state,
+                s.pass_packets,
+                s.pass_bytes,
+                s.drop_packets,
+                s.drop_bytes
+            );
+        }
+        let _ = writeln!(out, "\n{:<16} VERDICTS (packets)", "SEGMENT");
+        for seg in &self.segments {
+            let verdicts: Vec<String> = seg
+                .packets
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let text = if verdicts.is_empty() {
+                "-".to_owned()
+            } else {
+                verdicts.join(" ")
+            };
+            let _ = writeln!(out, "{:<16} {text}", seg.segment);
+        }
+        let used: Vec<&RuleRow> = self.rules.iter().filter(|r| r.packets > 0).collect();
+        if !used.is_empty() {
+            let _ = writeln!(out, "\n{:>4} {:>10} {:>12} RULE", "ID", "PACKETS", "BYTES");
+            for r in used {
+                let _ = writeln!(
+                    out,
+                    "{:>4} {:>10} {:>12} {}",
+                    r.id, r.packets, r.bytes, r.rule
+                );
+            }
+        }
+        out
+    }
+}
