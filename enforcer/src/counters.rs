@@ -78,6 +78,25 @@ impl Totals {
     }
 }
 
+/// One SIM's counters, summed over CPUs.
+pub fn sim(sim_stats: &Map, sim: u32) -> Result<SimCounters, MapError> {
+    sum_one(sim_stats, sim, add_sim)
+}
+
+/// One verdict slot of one segment block, summed over CPUs.
+pub fn verdict(verdict_stats: &Map, segment: u32, verdict: Verdict) -> Result<Counter, MapError> {
+    sum_one(
+        verdict_stats,
+        verdict_stats_index(segment, verdict.stats_slot()),
+        add_counter,
+    )
+}
+
+/// One rule's counters, summed over CPUs.
+pub fn rule(rule_stats: &Map, rule: u32) -> Result<Counter, MapError> {
+    sum_one(rule_stats, rule, add_counter)
+}
+
 fn add_sim(total: &mut SimCounters, cpu: &SimCounters) {
     total.pass_packets += cpu.pass_packets;
     total.pass_bytes += cpu.pass_bytes;
@@ -97,14 +116,27 @@ fn sum<T: aya::Pod + Default>(
 ) -> Result<Vec<T>, MapError> {
     let array: PerCpuArray<&MapData, T> = PerCpuArray::try_from(map)?;
     let count = count.min(array.len() as usize);
-    let mut totals = Vec::with_capacity(count);
-    for index in 0..count {
-        let values = array.get(&u32::try_from(index).unwrap_or(u32::MAX), 0)?;
-        let mut total = T::default();
-        for value in values.iter() {
-            add(&mut total, value);
-        }
-        totals.push(total);
+    (0..count)
+        .map(|index| sum_cpus(&array, u32::try_from(index).unwrap_or(u32::MAX), add))
+        .collect()
+}
+
+fn sum_one<T: aya::Pod + Default>(
+    map: &Map,
+    index: u32,
+    add: fn(&mut T, &T),
+) -> Result<T, MapError> {
+    sum_cpus(&PerCpuArray::try_from(map)?, index, add)
+}
+
+fn sum_cpus<T: aya::Pod + Default>(
+    array: &PerCpuArray<&MapData, T>,
+    index: u32,
+    add: fn(&mut T, &T),
+) -> Result<T, MapError> {
+    let mut total = T::default();
+    for value in array.get(&index, 0)?.iter() {
+        add(&mut total, value);
     }
-    Ok(totals)
+    Ok(total)
 }

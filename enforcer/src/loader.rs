@@ -559,8 +559,11 @@ impl Enforcer {
         ifindex: u32,
     ) -> Result<(u32, Duration), LoadError> {
         let program = xdp(&mut self.ebpf)?;
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: data and data_end are offsets; data_end must be the frame length.
         let mut ctx = [0u8; 24];
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);

@@ -1,0 +1,218 @@
+//! A frame builder for tests, written independently of both parsers (kernel and reference).
+//!
+//! Builds Ethernet frames with optional VLAN tags, IPv4 (with options, fragments) or IPv6 (with
+//! extension headers), and TCP, UDP, ICMP or ICMPv6 headers. Checksums are not computed: the
+//! enforcer never reads them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Transport header to put after IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP to this destination port (20-byte header).
+    Tcp(u16),
+    /// UDP to this destination port.
+    Udp(u16),
+    /// ICMP (IPv4) echo request, or ICMPv6 of the given type.
+    Icmp(u8),
+    /// Another protocol with `len` bytes of payload.
+    Other(u8, usize),
+}
+
+/// An IPv6 extension header to insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ext {
+    /// Hop-by-hop options, `len` in 8-byte units beyond the first 8.
+    HopByHop(u8),
+    /// Routing header.
+    Routing(u8),
+    /// Destination options.
+    DestOpts(u8),
+    /// Fragment header with this offset (in 8-byte units) and more-fragments flag.
+    Fragment(u16, bool),
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// Outer-first VLAN tag ethertypes (0x8100 or 0x88a8).
+    pub vlans: Vec<u16>,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport.
+    pub l4: L4,
+    /// IPv4 option bytes (multiple of 4, at most 40).
+    pub ipv4_options: usize,
+    /// IPv4 fragment offset (8-byte units) and more-fragments flag.
+    pub ipv4_fragment: (u16, bool),
+    /// IPv6 extension headers, in order.
+    pub ipv6_ext: Vec<Ext>,
+    /// Payload bytes after the transport header.
+    pub payload: usize,
+}
+
+impl Frame {
+    /// A frame from `src` to `dst` with transport `l4` and nothing special.
+    #[must_use]
+    pub fn new(src: &str, dst: &str, l4: L4) -> Self {
+        Self {
+            vlans: Vec::new(),
+            src: src.parse().expect("test source address"),
+            dst: dst.parse().expect("test destination address"),
+            l4,
+            ipv4_options: 0,
+            ipv4_fragment: (0, false),
+            ipv6_ext: Vec::new(),
+            payload: 0,
+        }
+    }
+
+    /// Add VLAN tags.
+    #[must_use]
+    pub fn vlans(mut self, tags: &[u16]) -> Self {
+        self.vlans = tags.to_vec();
+        self
+    }
+
+    /// Add IPv6 extension headers.
+    #[must_use]
+    pub fn ext(mut self, ext: &[Ext]) -> Self {
+        self.ipv6_ext = ext.to_vec();
+        self
+    }
+
+    /// Serialise to bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        let proto = match self.l4 {
+            L4::Tcp(port) => {
+                l4.extend_from_slice(&40000u16.to_be_bytes());
+                l4.extend_from_slice(&port.to_be_bytes());
+                l4.extend_from_slice(&[0; 8]);
+                l4.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+                6
+            }
+            L4::Udp(port) => {
+                l4.extend_from_slice(&40000u16.to_be_bytes());
+                l4.extend_from_slice(&port.to_be_bytes());
+                let len = u16::try_from(8 + self.payload).unwrap_or(u16::MAX);
+                l4.extend_from_slice(&len.to_be_bytes());
+                l4.extend_from_slice(&[0, 0]);
+                17
+            }
+            L4::Icmp(kind) => {
+                let is_v6 = self.dst.is_ipv6();
+                l4.extend_from_slice(&[if is_v6 { kind } else { 8 }, 0, 0, 0, 0, 1, 0, 1]);
+                if is_v6 { 58 } else { 1 }
+            }
+            L4::Other(proto, len) => {
+                l4.resize(len, 0xab);
+                proto
+            }
+        };
+        l4.resize(l4.len() + self.payload, 0x5a);
+
+        // MACs, then per tag its TPID and TCI (VLAN 100), then the inner ethertype below.
+        let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+        for tag in &self.vlans {
+            frame.extend_from_slice(&tag.to_be_bytes());
+            frame.extend_from_slice(&[0x00, 0x64]);
+        }
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                frame.extend(ipv4_header(
+                    src,
+                    dst,
+                    proto,
+                    self.ipv4_options,
+                    self.ipv4_fragment,
+                    l4.len(),
+                ));
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&0x86DDu16.to_be_bytes());
+                let (ext, first) = ipv6_ext(&self.ipv6_ext, proto);
+                frame.extend(ipv6_header(src, dst, first, ext.len() + l4.len()));
+                frame.extend(ext);
+            }
+            _ => panic!("test frame mixes IPv4 and IPv6 addresses"),
+        }
+        frame.extend(l4);
+        frame
+    }
+}
+
+fn ipv4_header(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: usize,
+    fragment: (u16, bool),
+    l4_len: usize,
+) -> Vec<u8> {
+    let header_len = 20 + options;
+    let total = u16::try_from(header_len + l4_len).unwrap_or(u16::MAX);
+    let ihl = u8::try_from(header_len / 4).unwrap_or(15);
+    let frag = (fragment.0 & 0x1fff) | if fragment.1 { 0x2000 } else { 0 };
+    let mut h = vec![0x40 | ihl, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.resize(header_len, 0x01); // NOP options.
+    h
+}
+
+fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: usize) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&u16::try_from(payload).unwrap_or(u16::MAX).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h
+}
+
+/// Extension header bytes and the first next-header value.
+fn ipv6_ext(ext: &[Ext], proto: u8) -> (Vec<u8>, u8) {
+    let code = |e: &Ext| match e {
+        Ext::HopByHop(_) => 0,
+        Ext::Routing(_) => 43,
+        Ext::DestOpts(_) => 60,
+        Ext::Fragment(..) => 44,
+    };
+    let mut bytes = Vec::new();
+    for (i, e) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, code);
+        match e {
+            Ext::HopByHop(len) | Ext::Routing(len) | Ext::DestOpts(len) => {
+                let size = (usize::from(*len) + 1) * 8;
+                let mut h = vec![next, *len];
+                h.resize(size, 0);
+                bytes.extend(h);
+            }
+            Ext::Fragment(offset, more) => {
+                let field = (offset << 3) | u16::from(*more);
+                bytes.extend_from_slice(&[next, 0]);
+                bytes.extend_from_slice(&field.to_be_bytes());
+                bytes.extend_from_slice(&[0, 0, 0, 1]);
+            }
+        }
+    }
+    (bytes, ext.first().map_or(proto, code))
+}
+
+/// An ARP request frame.
+#[must_use]
+pub fn arp() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.resize(42, 0);
+    f
+}

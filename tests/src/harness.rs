@@ -1,0 +1,205 @@
+//! Load a policy into the real XDP program (no pins, no attach) and into the reference model,
+//! run frames through both, and check verdicts and counter deltas.
+
+use std::{collections::HashMap, path::Path};
+
+use enforcer::{
+    compile::{self, Compiled},
+    counters,
+    loader::{Capacity, Enforcer},
+    policy::{self, ValidatedPolicy},
+    reference::{Outcome, Reference},
+};
+use enforcer_common::{
+    PassReason, Verdict,
+    maps::{SEGMENT_NONE, SimEntry, names},
+};
+
+/// `ingress_ifindex` of test runs: loopback exists in every namespace.
+pub const TEST_IFINDEX: u32 = 1;
+
+/// A policy loaded on both sides.
+pub struct Harness {
+    /// The real program.
+    pub enforcer: Enforcer,
+    /// The reference model.
+    pub reference: Reference,
+    /// The validated policy.
+    pub policy: ValidatedPolicy,
+    /// Its compilation.
+    pub compiled: Compiled,
+}
+
+impl Harness {
+    /// Load policy text; `ifaces` maps ifindex → `IFACE_*` flags.
+    ///
+    /// # Panics
+    /// If the policy is invalid or the program cannot be loaded (tests need root).
+    #[must_use]
+    pub fn new(policy_text: &str, ifaces: &[(u32, u32)]) -> Self {
+        let policy = policy::from_str(Path::new("test.toml"), policy_text)
+            .unwrap_or_else(|e| panic!("test policy is invalid:\n{e}\n{policy_text}"));
+        Self::from_policy(policy, ifaces)
+    }
+
+    /// Load an already validated policy.
+    ///
+    /// # Panics
+    /// If the program cannot be loaded (tests need root).
+    #[must_use]
+    pub fn from_policy(policy: ValidatedPolicy, ifaces: &[(u32, u32)]) -> Self {
+        let compiled = compile::compile(&policy).expect("test policy compiles");
+        let capacity = Capacity::for_image(
+            &compiled.image,
+            compiled.rules.len(),
+            Capacity {
+                sims: 1024,
+                rule_entries: 4096,
+                rules: 1024,
+            },
+        );
+        let mut enforcer = Enforcer::load(capacity, None)
+            .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));
+        let generation = enforcer.apply(&compiled.image).expect("writing the maps");
+        for &(ifindex, flags) in ifaces {
+            enforcer.set_iface(ifindex, flags).expect("writing IFACES");
+        }
+        let reference = Reference::new(
+            &compiled.image,
+            generation,
+            ifaces.iter().copied().collect::<HashMap<_, _>>(),
+        );
+        Self {
+            enforcer,
+            reference,
+            policy,
+            compiled,
+        }
+    }
+
+    /// Run one frame through the kernel program; returns the XDP action.
+    ///
+    /// # Panics
+    /// If BPF_PROG_TEST_RUN fails.
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.enforcer
+            .test_run(frame, 1, TEST_IFINDEX)
+            .expect("BPF_PROG_TEST_RUN")
+            .0
+    }
+
+    /// Packets counted so far for `verdict` in the block of `sim`'s segment (or no segment).
+    #[must_use]
+    pub fn verdict_packets(&self, sim: Option<SimEntry>, verdict: Verdict) -> u64 {
+        let block = sim.map_or(SEGMENT_NONE, |s| u32::from(s.segment));
+        let map = self
+            .enforcer
+            .map(names::VERDICT_STATS)
+            .expect("VERDICT_STATS");
+        counters::verdict(map, block, verdict)
+            .expect("reading VERDICT_STATS")
+            .packets
+    }
+
+    /// Run `frame` through the kernel and the reference; assert the same action, and that the
+    /// kernel counted it under the reference's verdict, SIM and rule. Returns the outcome.
+    ///
+    /// # Panics
+    /// On any disagreement, printing the frame.
+    pub fn check(&mut self, frame: &[u8]) -> Outcome {
+        let expected = self.reference.evaluate(frame, TEST_IFINDEX);
+        let verdict_before = self.verdict_packets(expected.sim, expected.verdict);
+        let sim_before = expected.sim.map(|s| self.sim(s.sim));
+        let rule_before = self.rule_of(expected.verdict).map(|r| self.rule(r));
+        let action = self.run(frame);
+        let context = || format!("frame {}\nexpected {expected:?}", hex(frame));
+        assert_eq!(
+            action,
+            expected.verdict.xdp_action(),
+            "XDP action differs; {}",
+            context()
+        );
+        assert_eq!(
+            self.verdict_packets(expected.sim, expected.verdict),
+            verdict_before + 1,
+            "the kernel did not count the expected verdict; {}",
+            context()
+        );
+        if let (Some(sim), Some(before)) = (expected.sim, sim_before) {
+            let after = self.sim(sim.sim);
+            let (passed, dropped) = match expected.verdict {
+                Verdict::Pass(..) => (1, 0),
+                Verdict::Drop(_) => (0, 1),
+            };
+            assert_eq!(
+                (
+                    after.pass_packets - before.pass_packets,
+                    after.drop_packets - before.drop_packets
+                ),
+                (passed, dropped),
+                "SIM counters moved wrongly; {}",
+                context()
+            );
+            let bytes = frame.len() as u64;
+            assert_eq!(
+                after.pass_bytes + after.drop_bytes - before.pass_bytes - before.drop_bytes,
+                bytes,
+                "SIM byte counters moved wrongly; {}",
+                context()
+            );
+        }
+        if let (Some(rule), Some(before)) = (self.rule_of(expected.verdict), rule_before) {
+            assert_eq!(
+                self.rule(rule) - before,
+                1,
+                "rule counter did not move; {}",
+                context()
+            );
+        }
+        expected
+    }
+
+    fn rule_of(&self, verdict: Verdict) -> Option<u32> {
+        match verdict {
+            Verdict::Pass(PassReason::Rule, rule) => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// One SIM's counters.
+    #[must_use]
+    pub fn sim(&self, sim: u32) -> enforcer_common::maps::SimCounters {
+        counters::sim(self.enforcer.map(names::SIM_STATS).expect("SIM_STATS"), sim)
+            .expect("reading SIM_STATS")
+    }
+
+    fn rule(&self, rule: u32) -> u64 {
+        counters::rule(
+            self.enforcer.map(names::RULE_STATS).expect("RULE_STATS"),
+            rule,
+        )
+        .expect("reading RULE_STATS")
+        .packets
+    }
+
+    /// SIM entry of an IMSI.
+    ///
+    /// # Panics
+    /// If the IMSI is not in the policy.
+    #[must_use]
+    pub fn sim_of(&self, imsi: &str) -> u32 {
+        let index = self
+            .policy
+            .sims
+            .iter()
+            .position(|s| s.imsi == imsi)
+            .expect("IMSI in the test policy");
+        u32::try_from(index).expect("SIM index fits u32")
+    }
+}
+
+/// Hex dump of a frame for failure messages.
+#[must_use]
+pub fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|b| format!("{b:02x}")).collect::<String>()
+}
