@@ -193,7 +193,12 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
 
 /// Probe the segment's rules, then the SIM's own, for each destination class.
 #[inline(always)]
-fn match_subjects<T: Tables>(tables: &T, sim: &SimEntry, dst: DstClass, probe: &Probe) -> Option<u32> {
+fn match_subjects<T: Tables>(
+    tables: &T,
+    sim: &SimEntry,
+    dst: DstClass,
+    probe: &Probe,
+) -> Option<u32> {
     let (first, second) = match dst {
         DstClass::Net(CLASS_NONE) | DstClass::PoolNoSim => return None,
         DstClass::Net(class) => (class, None),

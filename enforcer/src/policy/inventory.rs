@@ -90,6 +90,7 @@ pub(super) fn read(
         };
         let sim = SimText {
             whole: Place::Line(line),
+            invalid: Vec::new(),
             imsi: cell(columns[0]),
             iccid: cell(columns[1]),
             msisdn: cell(columns[2]),

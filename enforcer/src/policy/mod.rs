@@ -127,3 +127,6 @@ pub fn load(path: &Path) -> Result<ValidatedPolicy, PolicyErrors> {
 pub fn from_str(path: &Path, text: &str) -> Result<ValidatedPolicy, PolicyErrors> {
     validate::validate(path, text)
 }
+
+#[cfg(test)]
+mod tests;

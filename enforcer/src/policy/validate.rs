@@ -31,6 +31,8 @@ pub(super) enum Place {
 /// The fields of one SIM as text, wherever it was written.
 pub(super) struct SimText<'a> {
     pub whole: Place,
+    /// Fields that are present but not strings (already reported): not "missing".
+    pub invalid: Vec<&'static str>,
     pub imsi: Option<(&'a str, Place)>,
     pub iccid: Option<(&'a str, Place)>,
     pub msisdn: Option<(&'a str, Place)>,
@@ -81,8 +83,19 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
     let mut sims = Vec::with_capacity(raw.sims.len());
     for sim in &raw.sims {
         let inner = sim.get_ref();
+        let invalid = [
+            ("imsi", &inner.imsi),
+            ("ipv4", &inner.ipv4),
+            ("ipv6", &inner.ipv6),
+            ("segment", &inner.segment),
+        ]
+        .into_iter()
+        .filter(|(_, f)| f.as_ref().is_some_and(|f| !f.get_ref().is_str()))
+        .map(|(name, _)| name)
+        .collect();
         let text = SimText {
             whole: Place::Span(sim.span()),
+            invalid,
             imsi: field(&inner.imsi, "imsi", &mut checker),
             iccid: field(&inner.iccid, "iccid", &mut checker),
             msisdn: field(&inner.msisdn, "msisdn", &mut checker),
@@ -270,6 +283,7 @@ impl<'a> Checker<'a> {
     pub(super) fn sim(&mut self, text: &SimText<'_>, index: usize) -> Option<Sim> {
         let errors_before = self.errors.len();
         let imsi = match &text.imsi {
+            None if text.invalid.contains(&"imsi") => None,
             None => {
                 self.error(&text.whole, "SIM without `imsi`; every SIM needs its IMSI");
                 None
@@ -321,13 +335,18 @@ impl<'a> Checker<'a> {
             .ipv6
             .as_ref()
             .and_then(|(net, place)| self.sim_ipv6(net, place));
-        if text.ipv4.is_none() && text.ipv6.is_none() {
+        if text.ipv4.is_none()
+            && text.ipv6.is_none()
+            && !text.invalid.contains(&"ipv4")
+            && !text.invalid.contains(&"ipv6")
+        {
             self.error(
                 &text.whole,
                 "SIM without an address; give `ipv4` and/or `ipv6`",
             );
         }
         let segment = match &text.segment {
+            None if text.invalid.contains(&"segment") => None,
             None => {
                 self.error(
                     &text.whole,

@@ -1,0 +1,281 @@
+//! `decide` and the rule probe order: case tables for the precedence list, and properties that
+//! must hold for any inputs.
+
+use std::collections::HashMap;
+
+use enforcer_common::{
+    DropReason, PassReason, Verdict,
+    decide::{Addrs, DstClass, Inputs, PacketMeta, SrcIdentity, Tables, decide, identify},
+    maps::*,
+    rules::{Probe, RuleTable, first_match},
+};
+use proptest::prelude::*;
+
+fn sim(flags: u8, tiers: u8) -> SimEntry {
+    SimEntry {
+        sim: 7,
+        segment: 2,
+        flags,
+        tiers,
+    }
+}
+
+fn inputs(src: SrcIdentity, dst: DstClass, rule: Option<u32>) -> Inputs {
+    Inputs {
+        src,
+        dst,
+        rule,
+        later_fragment: false,
+        drop_non_pool: false,
+    }
+}
+
+#[test]
+fn precedence_table() {
+    use DropReason::*;
+    let active = SrcIdentity::Sim(sim(0, 0));
+    let quarantined = SrcIdentity::Sim(sim(SIM_QUARANTINED, 0));
+    let cases = [
+        (
+            "outside passes",
+            inputs(SrcIdentity::Outside, DstClass::Net(3), None),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
+            "outside dropped on a core link",
+            Inputs {
+                drop_non_pool: true,
+                ..inputs(SrcIdentity::Outside, DstClass::Net(3), None)
+            },
+            Verdict::Drop(NonPool),
+        ),
+        (
+            "spoofed beats a rule",
+            inputs(SrcIdentity::Spoofed, DstClass::Net(3), Some(1)),
+            Verdict::Drop(Spoofed),
+        ),
+        (
+            "quarantine beats a rule",
+            inputs(quarantined, DstClass::Net(3), Some(1)),
+            Verdict::Drop(Quarantined),
+        ),
+        (
+            "rule allows",
+            inputs(active, DstClass::Net(3), Some(4)),
+            Verdict::Pass(PassReason::Rule, 4),
+        ),
+        (
+            "a rule allows lateral",
+            inputs(active, DstClass::Sim(sim(0, 0)), Some(4)),
+            Verdict::Pass(PassReason::Rule, 4),
+        ),
+        (
+            "lateral to a sim",
+            inputs(active, DstClass::Sim(sim(0, 0)), None),
+            Verdict::Drop(Lateral),
+        ),
+        (
+            "lateral to a pool hole",
+            inputs(active, DstClass::PoolNoSim, None),
+            Verdict::Drop(Lateral),
+        ),
+        (
+            "later fragment",
+            Inputs {
+                later_fragment: true,
+                ..inputs(active, DstClass::Net(3), None)
+            },
+            Verdict::Drop(Fragment),
+        ),
+        (
+            "lateral beats fragment",
+            Inputs {
+                later_fragment: true,
+                ..inputs(active, DstClass::PoolNoSim, None)
+            },
+            Verdict::Drop(Lateral),
+        ),
+        (
+            "default deny",
+            inputs(active, DstClass::Net(3), None),
+            Verdict::Drop(NoRule),
+        ),
+        (
+            "default deny, no class",
+            inputs(active, DstClass::Net(CLASS_NONE), None),
+            Verdict::Drop(NoRule),
+        ),
+    ];
+    for (name, inputs, expected) in cases {
+        assert_eq!(decide(&inputs), expected, "{name}");
+    }
+}
+
+#[test]
+fn verdict_slots_are_distinct_and_stable() {
+    let mut slots: Vec<u32> = PassReason::ALL
+        .iter()
+        .map(|r| Verdict::Pass(*r, 0).stats_slot())
+        .collect();
+    slots.extend(
+        DropReason::ALL
+            .iter()
+            .map(|r| Verdict::Drop(*r).stats_slot()),
+    );
+    let unique: std::collections::BTreeSet<_> = slots.iter().collect();
+    assert_eq!(unique.len(), slots.len());
+    assert!(slots.iter().all(|s| *s < VERDICT_SLOTS));
+    // Dashboards key on these numbers: changing one is a breaking change.
+    assert_eq!(Verdict::Drop(DropReason::NoRule).stats_slot(), 8);
+    assert_eq!(Verdict::Drop(DropReason::NonPool).stats_slot(), 14);
+    assert_eq!(Verdict::Pass(PassReason::Rule, 9).stats_slot(), 1);
+}
+
+/// A rule table that records what was probed.
+#[derive(Default)]
+struct Recorder {
+    rules: HashMap<RuleKey, u32>,
+    probes: std::cell::RefCell<Vec<RuleKey>>,
+}
+
+impl RuleTable for Recorder {
+    fn rule(&self, key: &RuleKey) -> Option<u32> {
+        self.probes.borrow_mut().push(*key);
+        self.rules.get(key).copied()
+    }
+}
+
+fn key(subject: u32, class: u32, proto: u8, port_class: u16) -> RuleKey {
+    RuleKey {
+        subject,
+        class,
+        port_class,
+        proto,
+        generation: 0,
+    }
+}
+
+#[test]
+fn specific_port_is_probed_first_and_tiers_skip_probes() {
+    let mut table = Recorder::default();
+    table.rules.insert(key(1, 5, IPPROTO_TCP, 3), 10);
+    table.rules.insert(key(1, 5, IPPROTO_TCP, PORT_ANY), 11);
+    table.rules.insert(key(1, 5, PROTO_ANY, PORT_ANY), 12);
+    let probe = Probe {
+        generation: 0,
+        proto: IPPROTO_TCP,
+        port_class: Some(3),
+    };
+    let all = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
+    assert_eq!(first_match(&table, 1, all, 5, &probe), Some(10));
+    assert_eq!(
+        first_match(&table, 1, TIER_ANY_PORT | TIER_ANY_PROTO, 5, &probe),
+        Some(11)
+    );
+    assert_eq!(first_match(&table, 1, TIER_ANY_PROTO, 5, &probe), Some(12));
+    table.probes.borrow_mut().clear();
+    assert_eq!(first_match(&table, 1, 0, 5, &probe), None);
+    assert!(table.probes.borrow().is_empty(), "no tiers, no probes");
+    // No ports (ICMP, later fragments): the port tier is skipped.
+    let portless = Probe {
+        port_class: None,
+        ..probe
+    };
+    assert_eq!(first_match(&table, 1, all, 5, &portless), Some(11));
+}
+
+/// Tables with one SIM and arbitrary rules, for property tests of `identify`.
+struct World {
+    rules: Recorder,
+    segment_tiers: u8,
+}
+
+impl RuleTable for World {
+    fn rule(&self, key: &RuleKey) -> Option<u32> {
+        self.rules.rule(key)
+    }
+}
+
+impl Tables for World {
+    fn generation(&self) -> u8 {
+        0
+    }
+    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
+        match addr {
+            [10, 0, 0, 1] => Some(SimEntry {
+                sim: 0,
+                segment: 0,
+                flags: 0,
+                tiers: 0,
+            }),
+            [10, 0, 0, 2] => Some(SimEntry {
+                sim: 1,
+                segment: 1,
+                flags: SIM_DST_NAMED,
+                tiers: 0,
+            }),
+            _ => None,
+        }
+    }
+    fn sim_v6(&self, _: [u8; 8]) -> Option<SimEntry> {
+        None
+    }
+    fn net_v4(&self, _: u8, addr: [u8; 4]) -> Option<NetEntry> {
+        match addr[0] {
+            10 => Some(NetEntry {
+                class: CLASS_NONE,
+                flags: NET_POOL,
+            }),
+            192 => Some(NetEntry { class: 1, flags: 0 }),
+            _ => None,
+        }
+    }
+    fn net_v6(&self, _: u8, _: [u8; 16]) -> Option<NetEntry> {
+        None
+    }
+    fn segment_tiers(&self, _: u8, _: u16) -> u8 {
+        self.segment_tiers
+    }
+    fn port_class(&self, _: u8, _: u32, port: u16) -> u16 {
+        port % 4
+    }
+    fn iface_flags(&self, _: u32) -> u32 {
+        0
+    }
+}
+
+proptest! {
+    /// Whatever rules exist, a packet from a pool address without a SIM is never passed, and
+    /// traffic towards a pool is never passed unless a rule names its segment or SIM class.
+    #[test]
+    fn no_rule_lets_spoofed_or_unnamed_lateral_through(
+        rules in proptest::collection::vec((0u32..3, 0u32..4, prop_oneof![Just(0u8), Just(6u8), Just(17u8)], 0u16..4), 0..20),
+        src in prop_oneof![Just([10u8, 0, 0, 1]), Just([10u8, 0, 0, 9])],
+        dst in prop_oneof![Just([10u8, 0, 0, 2]), Just([10u8, 0, 0, 7]), Just([192u8, 0, 2, 1]), Just([8u8, 8, 8, 8])],
+        proto in prop_oneof![Just(6u8), Just(17u8), Just(1u8)],
+        dport in any::<u16>(),
+    ) {
+        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO };
+        for (i, (subject, class, p, pc)) in rules.iter().enumerate() {
+            let class = match class { 0 => 1, 1 => CLASS_SEGMENT | 1, 2 => CLASS_SIM | 1, _ => 99 };
+            world.rules.rules.insert(key(*subject, class, *p, if *p == 0 { 0 } else { *pc }), i as u32);
+        }
+        let meta = PacketMeta { addrs: Addrs::V4 { src, dst }, proto, dport, has_ports: proto != 1, later_fragment: false, ifindex: 1 };
+        let inputs = identify(&world, &meta);
+        let verdict = decide(&inputs);
+        if src == [10, 0, 0, 9] {
+            prop_assert_eq!(verdict, Verdict::Drop(DropReason::Spoofed));
+        }
+        if let Verdict::Pass(PassReason::Rule, id) = verdict {
+            let (_, class, _, _) = rules[id as usize];
+            match dst {
+                [10, 0, 0, 2] => prop_assert!(class == 1 || class == 2, "lateral passed by a CIDR rule"),
+                [10, _, _, _] => prop_assert!(false, "pool hole reached"),
+                [192, _, _, _] => prop_assert_eq!(class, 0),
+                _ => prop_assert!(false, "no class, yet a rule matched"),
+            }
+        }
+        // The number of rule probes is bounded whatever the rules.
+        prop_assert!(world.rules.probes.borrow().len() <= 12);
+    }
+}
