@@ -12,9 +12,7 @@ use enforcer_common::{
     rules::RuleTable,
 };
 
-use crate::maps::{
-    CONFIG, IFACES, NET_V4, NET_V6, PORT_CLASS, RULES, SEGMENTS, SIM_V4, SIM_V6,
-};
+use crate::maps::{CONFIG, IFACES, NET_V4, NET_V6, PORT_CLASS, RULES, SEGMENTS, SIM_V4, SIM_V6};
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
 const NET_V4_BITS: u32 = 40;
@@ -34,7 +32,9 @@ impl RuleTable for KernelMaps {
 impl Tables for KernelMaps {
     #[inline(always)]
     fn generation(&self) -> u8 {
-        CONFIG.get(0).map_or(0, |config| (config.generation & 1) as u8)
+        CONFIG
+            .get(0)
+            .map_or(0, |config| (config.generation & 1) as u8)
     }
 
     #[inline(always)]
@@ -57,13 +57,13 @@ impl Tables for KernelMaps {
 
     #[inline(always)]
     fn net_v6(&self, generation: u8, addr: [u8; 16]) -> Option<NetEntry> {
-        let mut data = [0u8; 17];
-        data[0] = generation;
-        let mut i = 0;
-        while i < 16 {
-            data[i + 1] = addr[i];
-            i += 1;
-        }
+        // One array literal: LLVM turned an element-wise copy loop into code that stores an
+        // undefined register, which the verifier rejects (`R3 !read_ok`).
+        let a = addr;
+        let data = [
+            generation, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+            a[12], a[13], a[14], a[15],
+        ];
         NET_V6.get(Key::new(NET_V6_BITS, data)).copied()
     }
 
@@ -85,7 +85,9 @@ impl Tables for KernelMaps {
     #[inline(always)]
     fn iface_flags(&self, ifindex: u32) -> u32 {
         // SAFETY: as in `rule`; `IFACES` entries are only ever replaced whole by the daemon.
-        IFACES.get_ptr(ifindex).map_or(0, |entry| unsafe { (*entry).flags })
+        IFACES
+            .get_ptr(ifindex)
+            .map_or(0, |entry| unsafe { (*entry).flags })
     }
 }
 

@@ -63,5 +63,4 @@ pub static VERDICT_STATS: PerCpuArray<Counter> =
 
 /// Per-rule packets and bytes passed, per CPU.
 #[map]
-pub static RULE_STATS: PerCpuArray<Counter> =
-    PerCpuArray::with_max_entries(defaults::MAX_RULES, 0);
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(defaults::MAX_RULES, 0);

@@ -187,7 +187,14 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
         src: ip.src,
         dst: ip.dst,
     };
-    transport(ctx, l3.wrapping_add(header_len), addrs, ip.proto, later_fragment, ifindex)
+    transport(
+        ctx,
+        l3.wrapping_add(header_len),
+        addrs,
+        ip.proto,
+        later_fragment,
+        ifindex,
+    )
 }
 
 #[inline(always)]
@@ -224,7 +231,10 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
             _ => break,
         }
     }
-    if matches!(next, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT) {
+    if matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
+    ) {
         return Err(DropReason::Malformed);
     }
     transport(ctx, offset, addrs, next, false, ifindex)

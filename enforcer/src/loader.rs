@@ -38,7 +38,7 @@ pub enum LoadError {
         pin_dir: String,
         /// Cause.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// The verifier rejected the program.
     #[error("the kernel verifier rejected the XDP program; end of its log:\n{log_tail}")]
@@ -47,7 +47,7 @@ pub enum LoadError {
         log_tail: String,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Some other program operation failed.
     #[error("{what} failed")]
@@ -56,7 +56,7 @@ pub enum LoadError {
         what: String,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A map operation failed.
     #[error("{what} on map {map} failed; is the map large enough (see --max-sims)?")]
@@ -81,7 +81,7 @@ pub enum LoadError {
         mode: XdpMode,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// The interface does not exist.
     #[error("no network interface named `{0}`; check `ip link`")]
@@ -175,7 +175,7 @@ impl Enforcer {
         }
         let mut ebpf = loader.load(PROGRAM).map_err(|source| LoadError::Object {
             pin_dir: pin_dir.map_or_else(|| "(no pins)".to_owned(), |d| d.display().to_string()),
-            source,
+            source: Box::new(source),
         })?;
         let program = xdp(&mut ebpf)?;
         program.load().map_err(|source| match source {
@@ -186,12 +186,12 @@ impl Enforcer {
                 let tail: Vec<&str> = log.lines().rev().take(25).collect();
                 LoadError::Verifier {
                     log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-                    source,
+                    source: Box::new(source),
                 }
             }
             source => LoadError::Program {
                 what: "loading the XDP program".into(),
-                source,
+                source: Box::new(source),
             },
         })?;
         Ok(Self {
@@ -512,7 +512,7 @@ impl Enforcer {
             source => LoadError::Attach {
                 iface: iface.to_owned(),
                 mode,
-                source,
+                source: Box::new(source),
             },
         })?;
         self.links.push((iface.to_owned(), link));
@@ -526,7 +526,7 @@ impl Enforcer {
         for (iface, link) in links {
             program.detach(link).map_err(|source| LoadError::Program {
                 what: format!("detaching from `{iface}`"),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(())
@@ -573,7 +573,7 @@ impl Enforcer {
             .test_run(opts)
             .map_err(|source| LoadError::Program {
                 what: "BPF_PROG_TEST_RUN".into(),
-                source,
+                source: Box::new(source),
             })?;
         Ok((result.return_value, result.duration))
     }
@@ -589,10 +589,10 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         .program_mut(PROGRAM_NAME)
         .ok_or_else(|| LoadError::Program {
             what: format!("finding program `{PROGRAM_NAME}` in the object"),
-            source: ProgramError::NotLoaded,
+            source: Box::new(ProgramError::NotLoaded),
         })?;
     program.try_into().map_err(|source| LoadError::Program {
         what: "opening the XDP program".into(),
-        source,
+        source: Box::new(source),
     })
 }

@@ -212,11 +212,7 @@ fn require_root() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let (policy, compiled) = load_policy(&args.policy)?;
     require_root()?;
-    for iface in args
-        .drop_non_pool
-        .iter()
-        .filter(|i| !args.ifaces.contains(i))
-    {
+    if let Some(iface) = args.drop_non_pool.iter().find(|i| !args.ifaces.contains(i)) {
         bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
     }
     let mut ifindexes = Vec::new();

@@ -6,3 +6,4 @@ pub mod frames;
 pub mod harness;
 pub mod netns;
 pub mod rng;
+pub mod topology;

@@ -140,7 +140,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         })
     } else {
         let mut errors = checker.errors;
-        errors.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        errors.sort_by_key(|e| (e.line, e.column));
         Err(PolicyErrors(errors))
     }
 }

@@ -1,0 +1,570 @@
+//! The gateway picture of `examples/policy.toml` on network namespaces, shared by the
+//! end-to-end test and `cargo xtask demo`:
+//!
+//! ```text
+//!  devA (EV chargers, one industrial PLC,      gw (enforcer on A, B, S,     svc (payment, OCPP,
+//!        a spoofer, a non-pool host)  ──A──     forwarding)          ──S──  DNS, head-end, SCADA,
+//!  devB (smart meters, industrial gateway) ─B─                              maintenance host)
+//! ```
+//!
+//! Every name carries a per-run prefix; the namespaces (and with them the veths) and the pin
+//! directory are removed when the [`Topology`] and [`Daemon`] are dropped, also on failure.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::{NetNs, unique_prefix, veth};
+
+/// Which namespace a probe starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// EV chargers, an industrial PLC, a spoofer and a non-pool host.
+    DevA,
+    /// Meters and an industrial gateway.
+    DevB,
+}
+
+/// What a probe sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP handshake.
+    Tcp,
+    /// `count` UDP datagrams, each echoed when it gets through.
+    Udp(u32),
+    /// One ICMP echo.
+    Ping,
+}
+
+/// One flow of the scenario.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// Who sends it, in words.
+    pub label: &'static str,
+    /// Namespace it starts in.
+    pub side: Side,
+    /// Protocol.
+    pub kind: Kind,
+    /// Source address (bound).
+    pub src: &'static str,
+    /// Destination address.
+    pub dst: &'static str,
+    /// Destination port (TCP/UDP).
+    pub port: u16,
+    /// Whether the policy lets it through.
+    pub expect_through: bool,
+    /// Why, in words.
+    pub why: &'static str,
+}
+
+/// The flows the demo shows and the end-to-end test checks, one per policy behaviour.
+#[must_use]
+pub fn scenario() -> Vec<Probe> {
+    use Kind::{Ping, Tcp, Udp};
+    use Side::{DevA, DevB};
+    let p = |label, side, kind, src, dst, port, expect_through, why| Probe {
+        label,
+        side,
+        kind,
+        src,
+        dst,
+        port,
+        expect_through,
+        why,
+    };
+    vec![
+        p(
+            "EV charger -> payment host",
+            DevA,
+            Tcp,
+            "10.64.0.1",
+            "198.51.100.10",
+            443,
+            true,
+            "ev-chargers rule: tcp/443",
+        ),
+        p(
+            "EV charger -> OCPP backend",
+            DevA,
+            Tcp,
+            "10.64.0.1",
+            "198.51.100.20",
+            9005,
+            true,
+            "ev-chargers rule: tcp/9000-9010",
+        ),
+        p(
+            "EV charger -> OCPP backend (IPv6)",
+            DevA,
+            Tcp,
+            "fd00:64:0:1::1",
+            "2001:db8:100::20",
+            8080,
+            true,
+            "ev-chargers rule, IPv6 /64 of the SIM",
+        ),
+        p(
+            "EV charger -> DNS",
+            DevA,
+            Udp(3),
+            "10.64.0.2",
+            "192.0.2.53",
+            53,
+            true,
+            "ev-chargers rule: udp/53",
+        ),
+        p(
+            "EV charger -> DNS, wrong port",
+            DevA,
+            Udp(2),
+            "10.64.0.2",
+            "192.0.2.53",
+            5353,
+            false,
+            "no rule (default deny)",
+        ),
+        p(
+            "EV charger -> meters' head-end",
+            DevA,
+            Tcp,
+            "10.64.0.1",
+            "198.51.100.30",
+            4059,
+            false,
+            "no rule: another segment's service",
+        ),
+        p(
+            "Smart meter -> head-end",
+            DevB,
+            Udp(2),
+            "10.65.0.1",
+            "198.51.100.30",
+            4059,
+            true,
+            "meters rule: udp/4059",
+        ),
+        p(
+            "Quarantined meter -> head-end",
+            DevB,
+            Udp(2),
+            "10.65.0.2",
+            "198.51.100.30",
+            4059,
+            false,
+            "SIM quarantined",
+        ),
+        p(
+            "EV charger -> smart meter",
+            DevA,
+            Udp(1),
+            "10.64.0.1",
+            "10.65.0.1",
+            4059,
+            false,
+            "lateral: pool destination, not named",
+        ),
+        p(
+            "EV charger -> industrial gateway (ping)",
+            DevA,
+            Ping,
+            "10.64.0.1",
+            "10.66.0.1",
+            0,
+            false,
+            "lateral",
+        ),
+        p(
+            "Industrial GW -> PLC (ping)",
+            DevB,
+            Ping,
+            "10.66.0.1",
+            "10.66.0.2",
+            0,
+            true,
+            "industrial rule names its own segment",
+        ),
+        p(
+            "Industrial GW -> SCADA",
+            DevB,
+            Tcp,
+            "10.66.0.1",
+            "203.0.113.5",
+            502,
+            true,
+            "industrial rule: tcp/502",
+        ),
+        p(
+            "Industrial GW -> maintenance host",
+            DevB,
+            Tcp,
+            "10.66.0.1",
+            "192.0.2.200",
+            22,
+            true,
+            "this SIM's own rule",
+        ),
+        p(
+            "Industrial PLC -> maintenance host",
+            DevA,
+            Tcp,
+            "10.66.0.2",
+            "192.0.2.200",
+            22,
+            false,
+            "the rule belongs to another SIM",
+        ),
+        p(
+            "Spoofer (pool address, no SIM) -> DNS",
+            DevA,
+            Udp(1),
+            "10.64.9.9",
+            "192.0.2.53",
+            53,
+            false,
+            "spoofed: no SIM bound",
+        ),
+        p(
+            "Non-pool host -> DNS",
+            DevA,
+            Udp(1),
+            "172.16.0.1",
+            "192.0.2.53",
+            53,
+            true,
+            "outside every pool: not the enforcer's business",
+        ),
+    ]
+}
+
+/// Services in `svc`, and the meter's echo server in `devB` (target of the lateral probe).
+const SERVICES: &[&str] = &[
+    "tcp:198.51.100.10:443",
+    "tcp:198.51.100.20:9005",
+    "tcp:[2001:db8:100::20]:8080",
+    "udp:192.0.2.53:53",
+    "udp:192.0.2.53:5353",
+    "tcp:198.51.100.30:4059",
+    "udp:198.51.100.30:4059",
+    "tcp:203.0.113.5:502",
+    "tcp:192.0.2.200:22",
+];
+
+/// The namespaces, links and servers.
+pub struct Topology {
+    /// Per-run name prefix.
+    pub prefix: String,
+    /// Gateway-side interfaces the enforcer attaches to.
+    pub gw_ifaces: Vec<String>,
+    servers: Vec<Child>,
+    // Dropped after the servers are killed; field order is drop order.
+    /// Devices A.
+    pub dev_a: NetNs,
+    /// Devices B.
+    pub dev_b: NetNs,
+    /// Services.
+    pub svc: NetNs,
+    /// The gateway.
+    pub gw: NetNs,
+    netprobe: PathBuf,
+}
+
+impl Topology {
+    /// Build it; `netprobe` is the path of the `netprobe` binary.
+    ///
+    /// # Panics
+    /// When `ip` fails (tests need root).
+    #[must_use]
+    pub fn build(netprobe: &Path) -> Self {
+        let prefix = unique_prefix();
+        let ns = |role: &str| NetNs::new(&format!("{prefix}-{role}"));
+        let (dev_a, dev_b, svc, gw) = (ns("devA"), ns("devB"), ns("svc"), ns("gw"));
+        // No duplicate address detection: addresses (link-local ones too) are usable at once
+        // instead of staying tentative for a second or two.
+        for n in [&dev_a, &dev_b, &svc, &gw] {
+            n.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+            n.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
+        }
+        let name = |x: &str| format!("{prefix}{x}");
+        veth(&name("a"), &dev_a, &name("A"), &gw);
+        veth(&name("b"), &dev_b, &name("B"), &gw);
+        veth(&name("s"), &svc, &name("S"), &gw);
+
+        let addr = |ns: &NetNs, dev: &str, a: &str| {
+            let mut args = vec!["ip", "addr", "add", a, "dev", dev];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            ns.exec_ok(&args);
+        };
+        let route =
+            |ns: &NetNs, to: &str, via: &str| ns.exec_ok(&["ip", "route", "add", to, "via", via]);
+
+        addr(&gw, &name("A"), "10.255.1.1/24");
+        addr(&gw, &name("A"), "fd00:ff:1::1/64");
+        addr(&gw, &name("B"), "10.255.2.1/24");
+        addr(&gw, &name("S"), "10.255.3.1/24");
+        addr(&gw, &name("S"), "fd00:ff:3::1/64");
+        gw.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        gw.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+
+        let a = name("a");
+        addr(&dev_a, &a, "10.255.1.2/24");
+        addr(&dev_a, &a, "fd00:ff:1::2/64");
+        for host in [
+            "10.64.0.1/32",
+            "10.64.0.2/32",
+            "10.66.0.2/32",
+            "10.64.9.9/32",
+            "172.16.0.1/32",
+            "fd00:64:0:1::1/64",
+        ] {
+            addr(&dev_a, &a, host);
+        }
+        route(&dev_a, "default", "10.255.1.1");
+        route(&dev_a, "default", "fd00:ff:1::1");
+        for host in [
+            "10.64.0.1",
+            "10.64.0.2",
+            "10.66.0.2",
+            "10.64.9.9",
+            "172.16.0.1",
+        ] {
+            route(&gw, host, "10.255.1.2");
+        }
+        route(&gw, "fd00:64:0:1::/64", "fd00:ff:1::2");
+
+        let b = name("b");
+        addr(&dev_b, &b, "10.255.2.2/24");
+        for host in ["10.65.0.1/32", "10.65.0.2/32", "10.66.0.1/32"] {
+            addr(&dev_b, &b, host);
+        }
+        route(&dev_b, "default", "10.255.2.1");
+        for host in ["10.65.0.1", "10.65.0.2", "10.66.0.1"] {
+            route(&gw, host, "10.255.2.2");
+        }
+
+        let s = name("s");
+        addr(&svc, &s, "10.255.3.2/24");
+        addr(&svc, &s, "fd00:ff:3::2/64");
+        for host in [
+            "198.51.100.10/32",
+            "198.51.100.20/32",
+            "198.51.100.30/32",
+            "192.0.2.53/32",
+            "203.0.113.5/32",
+            "192.0.2.200/32",
+            "2001:db8:100::20/128",
+        ] {
+            addr(&svc, &s, host);
+        }
+        route(&svc, "default", "10.255.3.1");
+        route(&svc, "default", "fd00:ff:3::1");
+        for host in [
+            "198.51.100.10",
+            "198.51.100.20",
+            "198.51.100.30",
+            "192.0.2.53",
+            "203.0.113.5",
+            "192.0.2.200",
+        ] {
+            route(&gw, host, "10.255.3.2");
+        }
+        route(&gw, "2001:db8:100::20", "fd00:ff:3::2");
+
+        let mut topology = Self {
+            prefix: prefix.clone(),
+            gw_ifaces: vec![name("A"), name("B"), name("S")],
+            servers: Vec::new(),
+            dev_a,
+            dev_b,
+            svc,
+            gw,
+            netprobe: netprobe.to_owned(),
+        };
+        let svc_name = topology.svc.name.clone();
+        let dev_b_name = topology.dev_b.name.clone();
+        topology.serve(&svc_name, SERVICES);
+        topology.serve(&dev_b_name, &["udp:10.65.0.1:4059"]);
+        topology
+    }
+
+    fn serve(&mut self, ns: &str, specs: &[&str]) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.netprobe)
+            .arg("serve")
+            .args(specs)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start netprobe serve");
+        // Wait for "ready" so probes never race the listeners.
+        let mut out = child.stdout.take().expect("netprobe stdout");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut buf).expect("netprobe serve did not start");
+        self.servers.push(child);
+    }
+
+    /// Send one probe; true when it got through (handshake done, every echo back, ping reply).
+    #[must_use]
+    pub fn send(&self, probe: &Probe) -> bool {
+        let ns = match probe.side {
+            Side::DevA => &self.dev_a,
+            Side::DevB => &self.dev_b,
+        };
+        let port = probe.port.to_string();
+        let netprobe = self.netprobe.to_string_lossy().into_owned();
+        let out = match probe.kind {
+            Kind::Tcp => ns.exec(&[&netprobe, "tcp", probe.src, probe.dst, &port]),
+            Kind::Udp(count) => ns.exec(&[
+                &netprobe,
+                "udp",
+                probe.src,
+                probe.dst,
+                &port,
+                &count.to_string(),
+            ]),
+            Kind::Ping => ns.exec(&[
+                "ping", "-n", "-q", "-c", "1", "-W", "1", "-I", probe.src, probe.dst,
+            ]),
+        };
+        out.status.success()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+/// `enforcer run` on the gateway's interfaces, in the gateway's network namespace but the
+/// host's mount namespace (so its pins land on the host's bpffs, where `stats` finds them).
+pub struct Daemon {
+    child: Option<Child>,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// State file.
+    pub state_file: PathBuf,
+    bin: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Start `bin run` with `policy` on the topology's gateway interfaces and wait until it
+    /// enforces.
+    ///
+    /// # Panics
+    /// When it does not start within 20 seconds.
+    #[must_use]
+    pub fn start(bin: &Path, policy: &Path, topology: &Topology, mode: &str) -> Self {
+        let state_dir = std::env::temp_dir().join(format!("{}-state", topology.prefix));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.prefix));
+        let state_file = state_dir.join("state.json");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", topology.gw.name))
+            .arg(bin)
+            .args(["run", "--policy"])
+            .arg(policy)
+            .args(["--xdp-mode", mode, "--pin-dir"])
+            .arg(&pin_dir)
+            .arg("--state-file")
+            .arg(&state_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for iface in &topology.gw_ifaces {
+            cmd.args(["--iface", iface]);
+        }
+        let child = cmd.spawn().expect("start enforcer run");
+        let mut daemon = Self {
+            child: Some(child),
+            pin_dir,
+            state_file,
+            bin: bin.to_owned(),
+            state_dir,
+        };
+        let start = Instant::now();
+        while !daemon.state_file.exists() {
+            if let Some(child) = daemon.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let out = daemon
+                    .child
+                    .take()
+                    .expect("child")
+                    .wait_with_output()
+                    .expect("daemon output");
+                panic!(
+                    "enforcer run exited early ({status}):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "enforcer run did not start within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// `enforcer stats` with extra arguments; returns stdout.
+    ///
+    /// # Panics
+    /// When the command fails.
+    #[must_use]
+    pub fn stats(&self, extra: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .arg("stats")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state-file")
+            .arg(&self.state_file)
+            .args(extra)
+            .output()
+            .expect("run enforcer stats");
+        assert!(
+            out.status.success(),
+            "enforcer stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Send SIGINT and wait; returns (success, stdout, stderr).
+    ///
+    /// # Panics
+    /// When the daemon cannot be signalled or waited for.
+    pub fn stop(&mut self) -> (bool, String, String) {
+        let child = self.child.take().expect("daemon already stopped");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let out = child.wait_with_output().expect("wait for enforcer run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let (ok, _, stderr) = self.stop();
+            if !ok {
+                eprintln!("warning: enforcer run exited with an error:\n{stderr}");
+            }
+        }
+        // The daemon unpins on a clean exit; make sure nothing is left after a crash.
+        if self.pin_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
