@@ -1,0 +1,206 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine needs to build and test enforcer,
+//! installed idempotently: Debian packages, nightly's rust-src, bpf-linker built against the
+//! nightly toolchain's own LLVM, and a bpffs mount. A second run only checks (seconds).
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{exec, output};
+
+/// The nightly toolchain the eBPF crate is built with, pinned by its version string.
+pub const NIGHTLY: &str = "nightly";
+const NIGHTLY_RELEASE: &str = "1.97.0-nightly";
+const NIGHTLY_COMMIT: &str = "e50aa6fba";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and the demo use: ip/netns (iproute2), ping (iputils-ping).
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
+
+/// Check everything; install what is missing.
+pub fn run() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        require_root("install Debian packages")?;
+        exec(Command::new("apt-get").args(["update", "-q"]))?;
+        exec(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let llvm_major = check_nightly()?;
+    if !has_rust_src() {
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    if !bpf_linker_ok() {
+        install_bpf_linker(llvm_major)?;
+    }
+    mount_bpffs()?;
+    eprintln!(
+        "xtask: setup complete (nightly {NIGHTLY_RELEASE}, LLVM {llvm_major}, bpf-linker {BPF_LINKER_VERSION})"
+    );
+    Ok(())
+}
+
+/// True when nothing needs installing (used by `test` to skip setup).
+pub fn is_complete() -> bool {
+    missing_packages().is_empty()
+        && check_nightly().is_ok()
+        && has_rust_src()
+        && bpf_linker_ok()
+        && bpffs_mounted()
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        bail!("setup must {what}; run `cargo xtask setup` as root (e.g. with sudo)");
+    }
+    Ok(())
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+            !status.is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// Check the pinned nightly and return its LLVM major version.
+fn check_nightly() -> anyhow::Result<u32> {
+    let version = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"])).context(
+        "the nightly toolchain is missing; install it with `rustup toolchain install nightly` \
+         (this project pins rustc 1.97.0-nightly e50aa6fba, 2026-05-19)",
+    )?;
+    let field = |name: &str| {
+        version
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (release, commit, llvm) = (
+        field("release:"),
+        field("commit-hash:"),
+        field("LLVM version:"),
+    );
+    if release != NIGHTLY_RELEASE || !commit.starts_with(NIGHTLY_COMMIT) {
+        bail!(
+            "`nightly` is rustc {release} ({commit}), but enforcer-ebpf is pinned to \
+             {NIGHTLY_RELEASE} ({NIGHTLY_COMMIT}); install that build as `nightly`"
+        );
+    }
+    llvm.split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| {
+            format!("cannot read the LLVM version from `rustc +nightly -vV`: {llvm:?}")
+        })
+}
+
+fn has_rust_src() -> bool {
+    output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+}
+
+fn bpf_linker_ok() -> bool {
+    output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.trim() == format!("bpf-linker {BPF_LINKER_VERSION}"))
+}
+
+/// Build bpf-linker against the nightly sysroot's libLLVM: its default feature wants LLVM 23
+/// and Debian's llvm-config is LLVM 14, so point LLVM_PREFIX at a directory whose `lib/` links
+/// to nightly's own `libLLVM.so.<major>.*-rust-*`.
+fn install_bpf_linker(llvm_major: u32) -> anyhow::Result<()> {
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+            .context("cannot find the nightly sysroot")?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let prefix = format!("libLLVM.so.{llvm_major}.");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.contains("-rust-"))
+        })
+        .with_context(|| {
+            format!(
+                "no {prefix}*-rust-* in {}; is the nightly toolchain complete?",
+                lib_dir.display()
+            )
+        })?;
+    // bpf-linker keeps this directory as its RUNPATH, so it must outlive `cargo clean` and the
+    // checkout: keep it beside the installed binary, under CARGO_HOME.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let llvm_prefix = cargo_home.join(format!("bpf-linker-llvm-{llvm_major}"));
+    let llvm_lib = llvm_prefix.join("lib");
+    std::fs::create_dir_all(&llvm_lib)
+        .with_context(|| format!("creating {}", llvm_lib.display()))?;
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for name in [soname, "libLLVM.so".as_ref()] {
+        let link = llvm_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &llvm_prefix),
+    )
+    .context("building bpf-linker failed")
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    })
+}
+
+fn mount_bpffs() -> anyhow::Result<()> {
+    if bpffs_mounted() {
+        return Ok(());
+    }
+    require_root("mount bpffs on /sys/fs/bpf")?;
+    exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
