@@ -24,6 +24,13 @@ pub fn enforcer(ctx: XdpContext) -> u32 {
     verdict.xdp_action()
 }
 
+/// An empty program: the floor that benchmarks measure the enforcer against (BPF_PROG_TEST_RUN
+/// of this costs the harness alone). Never attached by the daemon.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    enforcer_common::verdict::XDP_PASS
+}
+
 #[inline(always)]
 fn run(ctx: &XdpContext) -> (Verdict, Option<SimEntry>) {
     let meta = match parse::packet(ctx) {

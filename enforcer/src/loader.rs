@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashSet,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,6 +25,8 @@ use crate::{batch, compile::MapImage};
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "enforcer";
+/// Name of the empty XDP program in the object, the benchmarks' floor.
+const BASELINE_NAME: &str = "xdp_pass";
 
 /// Errors of loading, filling and attaching.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +220,23 @@ impl Enforcer {
     /// The map named `name` (one of `enforcer_common::maps::names`).
     pub fn map(&self, name: &str) -> Option<&Map> {
         self.ebpf.map(name)
+    }
+
+    /// Kernel memory of every map, as the kernel accounts it (`memlock` in the map's fdinfo),
+    /// in bytes, by map name.
+    pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
+        names::ALL
+            .iter()
+            .filter_map(|&name| {
+                let fd = self.map_data(name).ok()?.fd().as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let bytes = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("memlock:"))
+                    .and_then(|value| value.trim().parse().ok())?;
+                Some((name, bytes))
+            })
+            .collect()
     }
 
     /// The active policy generation.
@@ -573,6 +593,43 @@ impl Enforcer {
             .test_run(opts)
             .map_err(|source| LoadError::Program {
                 what: "BPF_PROG_TEST_RUN".into(),
+                source: Box::new(source),
+            })?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Like [`Enforcer::test_run`], for the empty program in the same object (loaded on first
+    /// use): the cost of BPF_PROG_TEST_RUN itself, measured beside the enforcer.
+    pub fn baseline_test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), LoadError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(BASELINE_NAME)
+            .ok_or_else(|| LoadError::Program {
+                what: format!("finding program `{BASELINE_NAME}` in the object"),
+                source: Box::new(ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                what: "opening the baseline program".into(),
+                source: Box::new(source),
+            })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| LoadError::Program {
+                what: "loading the baseline program".into(),
+                source: Box::new(source),
+            })?;
+        }
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let result = program
+            .test_run(opts)
+            .map_err(|source| LoadError::Program {
+                what: "BPF_PROG_TEST_RUN (baseline)".into(),
                 source: Box::new(source),
             })?;
         Ok((result.return_value, result.duration))
