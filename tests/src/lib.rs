@@ -2,6 +2,7 @@
 //! into the real XDP program and the reference model side by side, a seeded RNG and network
 //! namespace guards.
 
+pub mod bench;
 pub mod frames;
 pub mod harness;
 pub mod netns;

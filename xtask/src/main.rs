@@ -1,5 +1,6 @@
 //! `cargo xtask`: project tasks. One subcommand per module.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -25,6 +26,12 @@ enum Command {
     Test,
     /// Show the enforcer on network namespaces with examples/policy.toml.
     Demo,
+    /// Measure per-packet cost, load time and memory; a full run rewrites BENCHMARKS.md.
+    Bench {
+        /// A few seconds' smoke run (part of `test`); writes only target/bench.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Bench { quick } => bench::run(quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

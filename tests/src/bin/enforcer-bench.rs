@@ -1,0 +1,333 @@
+//! The benchmark behind `cargo xtask bench [--quick]`.
+//!
+//! - Per-packet cost: BPF_PROG_TEST_RUN (JIT on) of every frame shape, the kernel-reported time
+//!   per run, beside the empty `xdp_pass` program of the same object measured in the same run,
+//!   at several SIM counts and rules per segment; the map lookups of each verdict (counted on
+//!   the reference model, which runs the same lookup sequence) next to each figure.
+//! - Load: time to validate, compile and load a generated policy, and the peak RSS of a process
+//!   that does only that (`enforcer-bench load POLICY`).
+//! - Kernel memory of every map, as the kernel accounts it.
+//!
+//! Writes `report.md` and `report.json` into the output directory.
+//!
+//! Usage: enforcer-bench [--quick] [--out DIR] | enforcer-bench load POLICY
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use enforcer::{
+    compile,
+    loader::{Capacity, Enforcer},
+    policy,
+    reference::Reference,
+};
+use integration_tests::bench::{Generated, Lookups, Stats, generate, lookups, shapes};
+use serde_json::{Value, json};
+
+/// `xdp_md.ingress_ifindex` of test runs: loopback.
+const IFINDEX: u32 = 1;
+
+struct Plan {
+    sims: Vec<u32>,
+    rules: Vec<u32>,
+    repeat: u32,
+    reps: usize,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("load") {
+        return match args.get(1) {
+            Some(policy) => load_only(Path::new(policy)),
+            None => {
+                eprintln!("usage: enforcer-bench load POLICY");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("target/bench"), PathBuf::from);
+    let plan = if quick {
+        Plan {
+            sims: vec![1, 10_000],
+            rules: vec![1, 100],
+            repeat: 100_000,
+            reps: 3,
+        }
+    } else {
+        Plan {
+            sims: vec![1, 10_000, 100_000, 1_000_000],
+            rules: vec![1, 100, 1_000],
+            repeat: 1_000_000,
+            reps: 5,
+        }
+    };
+    match run(&plan, &out, quick) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enforcer-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Validate, compile and load one policy, then print timings and peak RSS as JSON.
+fn load_only(path: &Path) -> ExitCode {
+    let start = Instant::now();
+    let policy = match policy::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let validated = start.elapsed();
+    let compiled = compile::compile(&policy).expect("generated policy compiles");
+    let compiled_at = start.elapsed();
+    let capacity = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
+    let mut enforcer = Enforcer::load(capacity, None).expect("load the XDP program");
+    let loaded_at = start.elapsed();
+    enforcer.apply(&compiled.image).expect("write the maps");
+    let total = start.elapsed();
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let memory: u64 = enforcer.map_memory().iter().map(|(_, b)| b).sum();
+    println!(
+        "{}",
+        json!({
+            "validate_s": validated.as_secs_f64(),
+            "compile_s": (compiled_at - validated).as_secs_f64(),
+            "load_program_s": (loaded_at - compiled_at).as_secs_f64(),
+            "fill_maps_s": (total - loaded_at).as_secs_f64(),
+            "total_s": total.as_secs_f64(),
+            "peak_rss_mib": peak_rss_kib as f64 / 1024.0,
+            "map_memory_mib": memory as f64 / 1_048_576.0,
+            "sims": policy.sims.len(),
+        })
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let work = std::env::temp_dir().join(format!("enforcer-bench-{}", std::process::id()));
+    let mut md = String::new();
+    let mut rows = Vec::new();
+    let _ = writeln!(
+        md,
+        "## Per-packet cost (BPF_PROG_TEST_RUN, repeat {}, median of {} runs)\n",
+        plan.repeat, plan.reps
+    );
+    let _ = writeln!(
+        md,
+        "ns per run as the kernel reports it; `empty` is the `xdp_pass` program of the same object in the same run; \
+         lookups: h = hash, l = LPM trie, a = array (inlined by the verifier), per-CPU counter updates not included.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| SIMs | rules/segment | frame | verdict | enforcer ns (min-max) | empty ns | above empty | lookups |"
+    );
+    let _ = writeln!(md, "|---:|---:|---|---|---:|---:|---:|---|");
+    let mut by_rules: HashMap<(u32, &str), Vec<(u32, f64)>> = HashMap::new();
+    let mut loads = Vec::new();
+    for &sims in &plan.sims {
+        for &rules in &plan.rules {
+            let generated = generate(&work.join(format!("{sims}-{rules}")), sims, rules);
+            let load = measure_load(&generated)?;
+            loads.push(load.clone());
+            let policy = policy::load(&generated.policy).map_err(|e| e.to_string())?;
+            let compiled = compile::compile(&policy).map_err(|e| e.to_string())?;
+            let capacity =
+                Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
+            let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
+            let generation = enforcer
+                .apply(&compiled.image)
+                .map_err(|e| format!("{e}"))?;
+            let reference = Reference::new(&compiled.image, generation, HashMap::new());
+            for (shape, frame) in shapes(sims) {
+                let expected = reference.evaluate(&frame, IFINDEX);
+                let (action, _) = enforcer
+                    .test_run(&frame, 1, IFINDEX)
+                    .map_err(|e| format!("{e}"))?;
+                if action != expected.verdict.xdp_action() {
+                    return Err(format!(
+                        "{shape}: kernel action {action} differs from the reference's {:?}",
+                        expected.verdict
+                    ));
+                }
+                let mut ours = Vec::new();
+                let mut empty = Vec::new();
+                for _ in 0..plan.reps {
+                    let (_, t) = enforcer
+                        .test_run(&frame, plan.repeat, IFINDEX)
+                        .map_err(|e| format!("{e}"))?;
+                    ours.push(t.as_nanos() as f64);
+                    let (_, t) = enforcer
+                        .baseline_test_run(&frame, plan.repeat)
+                        .map_err(|e| format!("{e}"))?;
+                    empty.push(t.as_nanos() as f64);
+                }
+                let (ours, empty) = (Stats::of(&ours), Stats::of(&empty));
+                let counted: Lookups = lookups(&reference, &frame, IFINDEX);
+                let verdict = match expected.verdict {
+                    enforcer_common::Verdict::Pass(r, _) => format!("pass {}", r.name()),
+                    enforcer_common::Verdict::Drop(r) => format!("drop {}", r.name()),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {sims} | {rules} | {shape} | {verdict} | {:.1} ({:.1}-{:.1}) | {:.1} | {:+.1} | {counted} |",
+                    ours.median,
+                    ours.min,
+                    ours.max,
+                    empty.median,
+                    ours.median - empty.median
+                );
+                by_rules
+                    .entry((sims, shape))
+                    .or_default()
+                    .push((rules, ours.median));
+                rows.push(json!({
+                    "sims": sims, "rules_per_segment": rules, "frame": shape, "verdict": verdict,
+                    "ns": {"median": ours.median, "min": ours.min, "max": ours.max},
+                    "empty_ns": {"median": empty.median, "min": empty.min, "max": empty.max},
+                    "above_empty_ns": ours.median - empty.median,
+                    "lookups": {"hash": counted.hash, "lpm": counted.lpm, "array": counted.array},
+                }));
+            }
+            eprintln!("enforcer-bench: {sims} SIMs x {rules} rules/segment done");
+        }
+    }
+
+    // Targets.
+    let worst_above = rows
+        .iter()
+        .filter_map(|r| r["above_empty_ns"].as_f64())
+        .fold(f64::MIN, f64::max);
+    let max_rules = *plan.rules.iter().max().unwrap_or(&1);
+    let mut worst_ratio: f64 = 0.0;
+    for points in by_rules.values() {
+        let one = points.iter().find(|(r, _)| *r == 1).map(|p| p.1);
+        let many = points.iter().find(|(r, _)| *r == max_rules).map(|p| p.1);
+        if let (Some(one), Some(many)) = (one, many) {
+            worst_ratio = worst_ratio.max(many / one);
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nTargets: every verdict ≤ 30 ns above empty: worst {worst_above:+.1} ns ({}); {max_rules} vs 1 rules per segment ≤ 1.1×: worst {worst_ratio:.2}× ({}).",
+        if worst_above <= 30.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if worst_ratio <= 1.1 { "met" } else { "NOT met" }
+    );
+
+    let _ = writeln!(
+        md,
+        "\n## Load: validate, compile, load and fill (separate process, `enforcer-bench load`)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| SIMs | rules/segment | validate s | compile s | load program s | fill maps s | total s | peak RSS MiB | map memory MiB |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for l in &loads {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} |",
+            l["sims"],
+            l["rules_per_segment"],
+            f(&l["validate_s"]),
+            f(&l["compile_s"]),
+            f(&l["load_program_s"]),
+            f(&l["fill_maps_s"]),
+            f(&l["total_s"]),
+            f(&l["peak_rss_mib"]),
+            f(&l["map_memory_mib"])
+        );
+    }
+
+    // Kernel memory per map at the largest SIM count, 1 rule per segment.
+    let largest = *plan.sims.iter().max().unwrap_or(&1);
+    let generated = generate(&work.join("memory"), largest, 1);
+    let policy = policy::load(&generated.policy).map_err(|e| e.to_string())?;
+    let compiled = compile::compile(&policy).map_err(|e| e.to_string())?;
+    let capacity = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
+    let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
+    enforcer
+        .apply(&compiled.image)
+        .map_err(|e| format!("{e}"))?;
+    let memory = enforcer.map_memory();
+    let total: u64 = memory.iter().map(|(_, b)| b).sum();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let _ = writeln!(
+        md,
+        "\n## Kernel memory of the maps at {largest} SIMs (capacity {} SIMs, {cpus} CPUs)\n",
+        capacity.sims
+    );
+    let _ = writeln!(md, "| map | MiB |\n|---|---:|");
+    for (name, bytes) in &memory {
+        let _ = writeln!(md, "| {name} | {:.2} |", *bytes as f64 / 1_048_576.0);
+    }
+    let _ = writeln!(md, "| **total** | **{:.1}** |", total as f64 / 1_048_576.0);
+    drop(enforcer);
+    let _ = std::fs::remove_dir_all(&work);
+
+    let report = json!({
+        "quick": quick,
+        "per_packet": rows,
+        "targets": {"worst_above_empty_ns": worst_above, "worst_many_rules_ratio": worst_ratio},
+        "load": loads,
+        "map_memory_bytes": memory.iter().map(|(n, b)| (n.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    print!("{md}");
+    Ok(())
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Run `enforcer-bench load` in a child process so its peak RSS is the load's alone.
+fn measure_load(generated: &Generated) -> Result<Value, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg("load")
+        .arg(&generated.policy)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "load of {} failed: {}",
+            generated.policy.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let mut value: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    value["rules_per_segment"] = json!(generated.rules_per_segment);
+    value["sims"] = json!(generated.sims);
+    Ok(value)
+}

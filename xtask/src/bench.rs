@@ -1,0 +1,93 @@
+//! `cargo xtask bench [--quick]`: builds the benchmark driver in release mode and runs it
+//! (`tests/src/bin/enforcer-bench.rs`). The report goes to `target/bench/report.{md,json}`; a
+//! full run also runs the differential test with 1,000,000 frames and rewrites BENCHMARKS.md
+//! with the machine it ran on and the command that made it. `--quick` takes seconds and is part
+//! of `cargo xtask test`, so the benchmark cannot rot.
+
+use std::{fmt::Write as _, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    setup,
+    util::{exec, is_root, output, root},
+};
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads XDP programs: run it as root (e.g. sudo)");
+    }
+    if !setup::is_complete() {
+        setup::run()?;
+    }
+    exec(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "integration-tests",
+        "--bin",
+        "enforcer-bench",
+    ]))?;
+    let out = root().join("target/bench");
+    let mut bench = Command::new(root().join("target/release/enforcer-bench"));
+    bench.arg("--out").arg(&out);
+    if quick {
+        bench.arg("--quick");
+    }
+    exec(&mut bench)?;
+    if quick {
+        return Ok(());
+    }
+    exec(
+        Command::new("cargo")
+            .current_dir(root())
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "integration-tests",
+                "--test",
+                "differential",
+                "--",
+                "--nocapture",
+            ])
+            .env("DIFF_FRAMES", "1000000"),
+    )
+    .context("the 1,000,000-frame differential run failed")?;
+
+    let report = std::fs::read_to_string(out.join("report.md")).context("reading the report")?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let commit =
+        output(
+            Command::new("git")
+                .current_dir(root())
+                .args(["rev-parse", "--short", "HEAD"]),
+        )
+        .unwrap_or_default();
+    let mut doc = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        doc,
+        "Made by `sudo cargo xtask bench` (commit {}) on: {cpu}, {cores} cores, Linux {}.",
+        commit.trim(),
+        kernel.trim()
+    );
+    let _ = writeln!(
+        doc,
+        "Every comparison is measured in the same run; medians with min and max.\n"
+    );
+    doc.push_str(&report);
+    std::fs::write(root().join("BENCHMARKS.md"), doc).context("writing BENCHMARKS.md")?;
+    eprintln!("xtask: wrote BENCHMARKS.md");
+    Ok(())
+}
