@@ -5,6 +5,12 @@
 //! same judgement; what differs, and what the differential tests check, is how each side parses
 //! frames and implements the lookups.
 //!
+//! The values that flow through the kernel pipeline are plain structs whose every field is
+//! always written (a kind byte plus zeroed payloads, `NO_RULE` for "no rule"), never enums with
+//! payloads or `Option`s of structs: LLVM may move the undefined payload of a `None` through a
+//! register, and the verifier rejects any read of an uninitialised register (`R2 !read_ok`);
+//! which code triggers that changes with every compiler and kernel version.
+//!
 //! Precedence in [`decide`], first match wins:
 //! 1. source outside every pool: pass (or drop, on an interface set to drop non-pool traffic);
 //! 2. source in a pool without a SIM: drop, spoofed;
@@ -16,47 +22,39 @@
 
 use crate::{
     maps::{
-        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_POOL, NetEntry,
+        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_POOL, NetEntry, PORT_ANY,
         SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry, port_slot,
     },
-    rules::{Probe, RuleTable, first_match},
+    rules::{NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
 };
 
-/// The addresses of a parsed IP packet, in network byte order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Addrs {
-    /// IPv4 source and destination.
-    V4 {
-        /// Source address.
-        src: [u8; 4],
-        /// Destination address.
-        dst: [u8; 4],
-    },
-    /// IPv6 source and destination.
-    V6 {
-        /// Source address.
-        src: [u8; 16],
-        /// Destination address.
-        dst: [u8; 16],
-    },
-}
-
 /// What the parser extracts from an IP packet; nothing after this re-reads the frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketMeta {
-    /// Source and destination.
-    pub addrs: Addrs,
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// Source address in network order; IPv4 uses the first four bytes, the rest are zero.
+    pub src: [u8; 16],
+    /// Destination address, laid out like `src`.
+    pub dst: [u8; 16],
     /// Transport protocol (after IPv6 extension headers).
     pub proto: u8,
     /// Destination port in host order; meaningful only when `has_ports` is set.
     pub dport: u16,
-    /// 1 when the packet carries a TCP or UDP header (not a non-first fragment).
+    /// The packet carries a TCP or UDP header (not a non-first fragment).
     pub has_ports: bool,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
     /// Interface the frame arrived on.
     pub ifindex: u32,
+}
+
+/// An IPv4 address in the 16-byte layout of [`PacketMeta`].
+#[inline(always)]
+#[must_use]
+pub const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 /// Read access to every policy table, implemented by the kernel maps and by the reference model.
@@ -80,108 +78,178 @@ pub trait Tables: RuleTable {
 }
 
 /// Who sent the packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SrcIdentity {
-    /// A bound SIM.
-    Sim(SimEntry),
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SrcKind {
+    /// A bound SIM (`Src::sim` holds it).
+    Sim = 0,
     /// An address inside a pool with no SIM bound to it.
-    Spoofed,
-    /// An address outside every pool.
-    Outside,
+    Spoofed = 1,
+    /// An address outside every pool (also: no IP packet at all).
+    #[default]
+    Outside = 2,
+}
+
+/// The sender: a kind, and the SIM when the kind is `Sim` (zeroed otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Src {
+    /// Which kind of sender.
+    pub kind: SrcKind,
+    /// The SIM, for `SrcKind::Sim`.
+    pub sim: SimEntry,
+}
+
+impl Src {
+    /// The sending SIM, if any.
+    #[inline(always)]
+    #[must_use]
+    pub fn sim(&self) -> Option<SimEntry> {
+        (self.kind == SrcKind::Sim).then_some(self.sim)
+    }
 }
 
 /// Where the packet goes, as far as rules are concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DstClass {
-    /// Outside every pool: the class of the longest matching policy CIDR (`CLASS_NONE` if none).
-    Net(u32),
-    /// Inside a pool, to a bound SIM.
-    Sim(SimEntry),
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DstKind {
+    /// Outside every pool: `Dst::class` is the class of the longest matching policy CIDR
+    /// (`CLASS_NONE` if none).
+    #[default]
+    Net = 0,
+    /// Inside a pool, to a bound SIM (`Dst::sim`).
+    Sim = 1,
     /// Inside a pool, to an address with no SIM.
-    PoolNoSim,
+    PoolNoSim = 2,
+}
+
+/// The destination: a kind, its class (for `Net`) and its SIM (for `Sim`); unused fields zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dst {
+    /// Which kind of destination.
+    pub kind: DstKind,
+    /// Destination class, for `DstKind::Net`.
+    pub class: u32,
+    /// The SIM, for `DstKind::Sim`.
+    pub sim: SimEntry,
 }
 
 /// Everything [`decide`] needs, gathered by [`identify`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Inputs {
     /// The sender.
-    pub src: SrcIdentity,
+    pub src: Src,
     /// The destination.
-    pub dst: DstClass,
-    /// The first rule that allows the packet, if one was looked for and found.
-    pub rule: Option<u32>,
+    pub dst: Dst,
+    /// The first rule that allows the packet, or [`NO_RULE`].
+    pub rule: u32,
     /// The packet is a non-first fragment.
     pub later_fragment: bool,
     /// The arrival interface drops traffic from outside every pool.
     pub drop_non_pool: bool,
 }
 
+/// `(true, value)` or `(false, zeroed)`: a lookup result with every byte defined.
+#[inline(always)]
+fn found<T: Default>(value: Option<T>) -> (bool, T) {
+    match value {
+        Some(value) => (true, value),
+        None => (false, T::default()),
+    }
+}
+
+#[inline(always)]
+fn sim_of<T: Tables>(tables: &T, v6: bool, addr: &[u8; 16]) -> (bool, SimEntry) {
+    if v6 {
+        found(tables.sim_v6(prefix64(addr)))
+    } else {
+        found(tables.sim_v4([addr[0], addr[1], addr[2], addr[3]]))
+    }
+}
+
+#[inline(always)]
+fn net_of<T: Tables>(tables: &T, generation: u8, v6: bool, addr: &[u8; 16]) -> (bool, NetEntry) {
+    if v6 {
+        found(tables.net_v6(generation, *addr))
+    } else {
+        found(tables.net_v4(generation, [addr[0], addr[1], addr[2], addr[3]]))
+    }
+}
+
 /// Look the packet up in the tables: its sender, its destination and the first allowing rule.
 #[inline(always)]
 pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     let generation = tables.generation();
-    let (src_sim, src_net, dst_net, dst_sim) = match meta.addrs {
-        Addrs::V4 { src, dst } => {
-            let src_sim = tables.sim_v4(src);
-            let src_net = match src_sim {
-                Some(_) => None,
-                None => tables.net_v4(generation, src),
-            };
-            let dst_net = tables.net_v4(generation, dst);
-            let dst_sim = match dst_net {
-                Some(net) if net.flags & NET_POOL != 0 => tables.sim_v4(dst),
-                _ => None,
-            };
-            (src_sim, src_net, dst_net, dst_sim)
+    let (src_is_sim, src_sim) = sim_of(tables, meta.v6, &meta.src);
+    let (src_in_net, src_net) = if src_is_sim {
+        (false, NetEntry::default())
+    } else {
+        net_of(tables, generation, meta.v6, &meta.src)
+    };
+    let (dst_in_net, dst_net) = net_of(tables, generation, meta.v6, &meta.dst);
+    let dst_in_pool = dst_in_net && dst_net.flags & NET_POOL != 0;
+    let (dst_is_sim, dst_sim) = if dst_in_pool {
+        sim_of(tables, meta.v6, &meta.dst)
+    } else {
+        (false, SimEntry::default())
+    };
+
+    let src = if src_is_sim {
+        Src {
+            kind: SrcKind::Sim,
+            sim: src_sim,
         }
-        Addrs::V6 { src, dst } => {
-            let src_sim = tables.sim_v6(prefix64(&src));
-            let src_net = match src_sim {
-                Some(_) => None,
-                None => tables.net_v6(generation, src),
-            };
-            let dst_net = tables.net_v6(generation, dst);
-            let dst_sim = match dst_net {
-                Some(net) if net.flags & NET_POOL != 0 => tables.sim_v6(prefix64(&dst)),
-                _ => None,
-            };
-            (src_sim, src_net, dst_net, dst_sim)
+    } else if src_in_net && src_net.flags & NET_POOL != 0 {
+        Src {
+            kind: SrcKind::Spoofed,
+            sim: SimEntry::default(),
+        }
+    } else {
+        Src {
+            kind: SrcKind::Outside,
+            sim: SimEntry::default(),
+        }
+    };
+    let dst = if dst_is_sim {
+        Dst {
+            kind: DstKind::Sim,
+            class: CLASS_NONE,
+            sim: dst_sim,
+        }
+    } else if dst_in_pool {
+        Dst {
+            kind: DstKind::PoolNoSim,
+            class: CLASS_NONE,
+            sim: SimEntry::default(),
+        }
+    } else {
+        let class = if dst_in_net {
+            dst_net.class
+        } else {
+            CLASS_NONE
+        };
+        Dst {
+            kind: DstKind::Net,
+            class,
+            sim: SimEntry::default(),
         }
     };
 
-    let src = match (src_sim, src_net) {
-        (Some(sim), _) => SrcIdentity::Sim(sim),
-        (None, Some(net)) if net.flags & NET_POOL != 0 => SrcIdentity::Spoofed,
-        _ => SrcIdentity::Outside,
+    let rule = if src.kind == SrcKind::Sim && src.sim.flags & SIM_QUARANTINED == 0 {
+        let port_class = match port_slot(meta.proto) {
+            Some(slot) if meta.has_ports => tables.port_class(generation, slot, meta.dport),
+            _ => PORT_ANY,
+        };
+        let probe = Probe {
+            generation,
+            proto: meta.proto,
+            port_class,
+        };
+        match_subjects(tables, &src.sim, &dst, &probe)
+    } else {
+        NO_RULE
     };
-    let dst = match (dst_net, dst_sim) {
-        (_, Some(sim)) => DstClass::Sim(sim),
-        (Some(net), None) if net.flags & NET_POOL != 0 => DstClass::PoolNoSim,
-        (Some(net), None) => DstClass::Net(net.class),
-        (None, None) => DstClass::Net(CLASS_NONE),
-    };
-
-    let rule = match src {
-        SrcIdentity::Sim(sim) if sim.flags & SIM_QUARANTINED == 0 => {
-            let port_class = match port_slot(meta.proto) {
-                Some(slot) if meta.has_ports => {
-                    Some(tables.port_class(generation, slot, meta.dport))
-                }
-                _ => None,
-            };
-            let probe = Probe {
-                generation,
-                proto: meta.proto,
-                port_class,
-            };
-            match_subjects(tables, &sim, dst, &probe)
-        }
-        _ => None,
-    };
-    let drop_non_pool = match src {
-        SrcIdentity::Outside => tables.iface_flags(meta.ifindex) & IFACE_DROP_NON_POOL != 0,
-        _ => false,
-    };
+    let drop_non_pool =
+        src.kind == SrcKind::Outside && tables.iface_flags(meta.ifindex) & IFACE_DROP_NON_POOL != 0;
     Inputs {
         src,
         dst,
@@ -193,33 +261,33 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
 
 /// Probe the segment's rules, then the SIM's own, for each destination class.
 #[inline(always)]
-fn match_subjects<T: Tables>(
-    tables: &T,
-    sim: &SimEntry,
-    dst: DstClass,
-    probe: &Probe,
-) -> Option<u32> {
-    let (first, second) = match dst {
-        DstClass::Net(CLASS_NONE) | DstClass::PoolNoSim => return None,
-        DstClass::Net(class) => (class, None),
-        DstClass::Sim(to) => (
-            CLASS_SEGMENT | u32::from(to.segment),
-            (to.flags & SIM_DST_NAMED != 0).then_some(CLASS_SIM | to.sim),
+fn match_subjects<T: Tables>(tables: &T, sim: &SimEntry, dst: &Dst, probe: &Probe) -> u32 {
+    let (first, has_second, second) = match dst.kind {
+        DstKind::Net if dst.class != CLASS_NONE => (dst.class, false, 0),
+        DstKind::Sim => (
+            CLASS_SEGMENT | u32::from(dst.sim.segment),
+            dst.sim.flags & SIM_DST_NAMED != 0,
+            CLASS_SIM | dst.sim.sim,
         ),
+        DstKind::Net | DstKind::PoolNoSim => return NO_RULE,
     };
     let segment_tiers = tables.segment_tiers(probe.generation, sim.segment);
     let segment = u32::from(sim.segment);
     let own = SUBJECT_SIM | sim.sim;
     let towards = |class| {
-        first_match(tables, segment, segment_tiers, class, probe).or_else(|| {
-            if sim.tiers == 0 {
-                None
-            } else {
-                first_match(tables, own, sim.tiers, class, probe)
-            }
-        })
+        let rule = first_match(tables, segment, segment_tiers, class, probe);
+        if rule != NO_RULE || sim.tiers == 0 {
+            rule
+        } else {
+            first_match(tables, own, sim.tiers, class, probe)
+        }
     };
-    towards(first).or_else(|| second.and_then(towards))
+    let rule = towards(first);
+    if rule != NO_RULE || !has_second {
+        rule
+    } else {
+        towards(second)
+    }
 }
 
 /// The /64 prefix of an IPv6 address: the SIM key, as cellular networks assign a /64 per UE.
@@ -235,20 +303,18 @@ pub fn prefix64(addr: &[u8; 16]) -> [u8; 8] {
 #[inline(always)]
 #[must_use]
 pub fn decide(inputs: &Inputs) -> Verdict {
-    match inputs.src {
-        SrcIdentity::Outside if inputs.drop_non_pool => Verdict::Drop(DropReason::NonPool),
-        SrcIdentity::Outside => Verdict::Pass(PassReason::NonPool, 0),
-        SrcIdentity::Spoofed => Verdict::Drop(DropReason::Spoofed),
-        SrcIdentity::Sim(sim) if sim.flags & SIM_QUARANTINED != 0 => {
+    match inputs.src.kind {
+        SrcKind::Outside if inputs.drop_non_pool => Verdict::Drop(DropReason::NonPool),
+        SrcKind::Outside => Verdict::Pass(PassReason::NonPool, 0),
+        SrcKind::Spoofed => Verdict::Drop(DropReason::Spoofed),
+        SrcKind::Sim if inputs.src.sim.flags & SIM_QUARANTINED != 0 => {
             Verdict::Drop(DropReason::Quarantined)
         }
-        SrcIdentity::Sim(_) => match (inputs.rule, inputs.dst) {
-            (Some(rule), _) => Verdict::Pass(PassReason::Rule, rule),
-            (None, DstClass::Sim(_) | DstClass::PoolNoSim) => Verdict::Drop(DropReason::Lateral),
-            (None, DstClass::Net(_)) if inputs.later_fragment => {
-                Verdict::Drop(DropReason::Fragment)
-            }
-            (None, DstClass::Net(_)) => Verdict::Drop(DropReason::NoRule),
+        SrcKind::Sim if inputs.rule != NO_RULE => Verdict::Pass(PassReason::Rule, inputs.rule),
+        SrcKind::Sim => match inputs.dst.kind {
+            DstKind::Sim | DstKind::PoolNoSim => Verdict::Drop(DropReason::Lateral),
+            DstKind::Net if inputs.later_fragment => Verdict::Drop(DropReason::Fragment),
+            DstKind::Net => Verdict::Drop(DropReason::NoRule),
         },
     }
 }

@@ -11,5 +11,5 @@ pub mod maps;
 pub mod rules;
 pub mod verdict;
 
-pub use decide::{DstClass, Inputs, SrcIdentity, decide};
+pub use decide::{Dst, DstKind, Inputs, Src, SrcKind, decide};
 pub use verdict::{DropReason, PassReason, Verdict};

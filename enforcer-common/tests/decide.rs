@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    decide::{Addrs, DstClass, Inputs, PacketMeta, SrcIdentity, Tables, decide, identify},
+    decide::{Dst, DstKind, Inputs, PacketMeta, Src, SrcKind, Tables, decide, identify, v4_in_16},
     maps::*,
-    rules::{Probe, RuleTable, first_match},
+    rules::{NO_RULE, Probe, RuleTable, first_match},
 };
 use proptest::prelude::*;
 
@@ -20,70 +20,113 @@ fn sim(flags: u8, tiers: u8) -> SimEntry {
     }
 }
 
-fn inputs(src: SrcIdentity, dst: DstClass, rule: Option<u32>) -> Inputs {
+fn inputs(src: Src, dst: Dst, rule: Option<u32>) -> Inputs {
     Inputs {
         src,
         dst,
-        rule,
+        rule: rule.unwrap_or(NO_RULE),
         later_fragment: false,
         drop_non_pool: false,
+    }
+}
+
+const NOBODY: SimEntry = SimEntry {
+    sim: 0,
+    segment: 0,
+    flags: 0,
+    tiers: 0,
+};
+const OUTSIDE: Src = Src {
+    kind: SrcKind::Outside,
+    sim: NOBODY,
+};
+const SPOOFED: Src = Src {
+    kind: SrcKind::Spoofed,
+    sim: NOBODY,
+};
+const POOL_HOLE: Dst = Dst {
+    kind: DstKind::PoolNoSim,
+    class: CLASS_NONE,
+    sim: NOBODY,
+};
+
+fn from_sim(sim: SimEntry) -> Src {
+    Src {
+        kind: SrcKind::Sim,
+        sim,
+    }
+}
+
+fn net(class: u32) -> Dst {
+    Dst {
+        kind: DstKind::Net,
+        class,
+        sim: NOBODY,
+    }
+}
+
+fn to_sim(sim: SimEntry) -> Dst {
+    Dst {
+        kind: DstKind::Sim,
+        class: CLASS_NONE,
+        sim,
     }
 }
 
 #[test]
 fn precedence_table() {
     use DropReason::*;
-    let active = SrcIdentity::Sim(sim(0, 0));
-    let quarantined = SrcIdentity::Sim(sim(SIM_QUARANTINED, 0));
+    let active = from_sim(sim(0, 0));
+    let quarantined = from_sim(sim(SIM_QUARANTINED, 0));
     let cases = [
         (
             "outside passes",
-            inputs(SrcIdentity::Outside, DstClass::Net(3), None),
+            inputs(OUTSIDE, net(3), None),
             Verdict::Pass(PassReason::NonPool, 0),
         ),
         (
             "outside dropped on a core link",
             Inputs {
                 drop_non_pool: true,
-                ..inputs(SrcIdentity::Outside, DstClass::Net(3), None)
+                ..inputs(OUTSIDE, net(3), None)
             },
             Verdict::Drop(NonPool),
         ),
         (
             "spoofed beats a rule",
-            inputs(SrcIdentity::Spoofed, DstClass::Net(3), Some(1)),
+            inputs(SPOOFED, net(3), Some(1)),
             Verdict::Drop(Spoofed),
         ),
         (
             "quarantine beats a rule",
-            inputs(quarantined, DstClass::Net(3), Some(1)),
+            inputs(quarantined, net(3), Some(1)),
             Verdict::Drop(Quarantined),
         ),
         (
             "rule allows",
-            inputs(active, DstClass::Net(3), Some(4)),
+            inputs(active, net(3), Some(4)),
             Verdict::Pass(PassReason::Rule, 4),
         ),
         (
             "a rule allows lateral",
-            inputs(active, DstClass::Sim(sim(0, 0)), Some(4)),
+            inputs(active, to_sim(sim(0, 0)), Some(4)),
             Verdict::Pass(PassReason::Rule, 4),
         ),
         (
             "lateral to a sim",
-            inputs(active, DstClass::Sim(sim(0, 0)), None),
+            inputs(active, to_sim(sim(0, 0)), None),
             Verdict::Drop(Lateral),
         ),
         (
             "lateral to a pool hole",
-            inputs(active, DstClass::PoolNoSim, None),
+            inputs(active, POOL_HOLE, None),
             Verdict::Drop(Lateral),
         ),
         (
             "later fragment",
             Inputs {
                 later_fragment: true,
-                ..inputs(active, DstClass::Net(3), None)
+                ..inputs(active, net(3), None)
             },
             Verdict::Drop(Fragment),
         ),
@@ -91,18 +134,18 @@ fn precedence_table() {
             "lateral beats fragment",
             Inputs {
                 later_fragment: true,
-                ..inputs(active, DstClass::PoolNoSim, None)
+                ..inputs(active, POOL_HOLE, None)
             },
             Verdict::Drop(Lateral),
         ),
         (
             "default deny",
-            inputs(active, DstClass::Net(3), None),
+            inputs(active, net(3), None),
             Verdict::Drop(NoRule),
         ),
         (
             "default deny, no class",
-            inputs(active, DstClass::Net(CLASS_NONE), None),
+            inputs(active, net(CLASS_NONE), None),
             Verdict::Drop(NoRule),
         ),
     ];
@@ -164,24 +207,24 @@ fn specific_port_is_probed_first_and_tiers_skip_probes() {
     let probe = Probe {
         generation: 0,
         proto: IPPROTO_TCP,
-        port_class: Some(3),
+        port_class: 3,
     };
     let all = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
-    assert_eq!(first_match(&table, 1, all, 5, &probe), Some(10));
+    assert_eq!(first_match(&table, 1, all, 5, &probe), 10);
     assert_eq!(
         first_match(&table, 1, TIER_ANY_PORT | TIER_ANY_PROTO, 5, &probe),
-        Some(11)
+        11
     );
-    assert_eq!(first_match(&table, 1, TIER_ANY_PROTO, 5, &probe), Some(12));
+    assert_eq!(first_match(&table, 1, TIER_ANY_PROTO, 5, &probe), 12);
     table.probes.borrow_mut().clear();
-    assert_eq!(first_match(&table, 1, 0, 5, &probe), None);
+    assert_eq!(first_match(&table, 1, 0, 5, &probe), NO_RULE);
     assert!(table.probes.borrow().is_empty(), "no tiers, no probes");
     // No ports (ICMP, later fragments): the port tier is skipped.
     let portless = Probe {
-        port_class: None,
+        port_class: PORT_ANY,
         ..probe
     };
-    assert_eq!(first_match(&table, 1, all, 5, &portless), Some(11));
+    assert_eq!(first_match(&table, 1, all, 5, &portless), 11);
 }
 
 /// Tables with one SIM and arbitrary rules, for property tests of `identify`.
@@ -260,7 +303,7 @@ proptest! {
             let class = match class { 0 => 1, 1 => CLASS_SEGMENT | 1, 2 => CLASS_SIM | 1, _ => 99 };
             world.rules.rules.insert(key(*subject, class, *p, if *p == 0 { 0 } else { *pc }), i as u32);
         }
-        let meta = PacketMeta { addrs: Addrs::V4 { src, dst }, proto, dport, has_ports: proto != 1, later_fragment: false, ifindex: 1 };
+        let meta = PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, has_ports: proto != 1, later_fragment: false, ifindex: 1 };
         let inputs = identify(&world, &meta);
         let verdict = decide(&inputs);
         if src == [10, 0, 0, 9] {

@@ -4,16 +4,21 @@
 //! (per allowing rule); all per-CPU arrays, so no atomics on the hot path.
 
 use enforcer_common::{
-    PassReason, Verdict,
-    maps::{SEGMENT_NONE, SimEntry, verdict_stats_index},
+    PassReason, Src, SrcKind, Verdict,
+    maps::{SEGMENT_NONE, verdict_stats_index},
 };
 
 use crate::maps::{RULE_STATS, SIM_STATS, VERDICT_STATS};
 
-/// Count one packet of `bytes` bytes with `verdict`, sent by `sim` if it is known.
+/// Count one packet of `bytes` bytes with `verdict`, sent by `src`.
 #[inline(always)]
-pub fn record(verdict: Verdict, sim: Option<SimEntry>, bytes: u64) {
-    let segment = sim.map_or(SEGMENT_NONE, |sim| u32::from(sim.segment));
+pub fn record(verdict: Verdict, src: &Src, bytes: u64) {
+    let is_sim = src.kind == SrcKind::Sim;
+    let segment = if is_sim {
+        u32::from(src.sim.segment)
+    } else {
+        SEGMENT_NONE
+    };
     if let Some(counter) =
         VERDICT_STATS.get_ptr_mut(verdict_stats_index(segment, verdict.stats_slot()))
     {
@@ -23,9 +28,7 @@ pub fn record(verdict: Verdict, sim: Option<SimEntry>, bytes: u64) {
             (*counter).bytes = (*counter).bytes.wrapping_add(bytes);
         }
     }
-    if let Some(sim) = sim
-        && let Some(counter) = SIM_STATS.get_ptr_mut(sim.sim)
-    {
+    if is_sim && let Some(counter) = SIM_STATS.get_ptr_mut(src.sim.sim) {
         // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
         unsafe {
             if let Verdict::Pass(..) = verdict {

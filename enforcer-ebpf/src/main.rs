@@ -11,7 +11,7 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use enforcer_common::{DropReason, SrcIdentity, Verdict, decide, maps::SimEntry};
+use enforcer_common::{DropReason, Src, Verdict, decide};
 
 use crate::parse::Parsed;
 
@@ -19,8 +19,8 @@ use crate::parse::Parsed;
 #[xdp]
 pub fn enforcer(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
-    let (verdict, sim) = run(&ctx);
-    account::record(verdict, sim, bytes);
+    let (verdict, src) = run(&ctx);
+    account::record(verdict, &src, bytes);
     verdict.xdp_action()
 }
 
@@ -32,18 +32,14 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn run(ctx: &XdpContext) -> (Verdict, Option<SimEntry>) {
+fn run(ctx: &XdpContext) -> (Verdict, Src) {
     let meta = match parse::packet(ctx) {
         Ok(Parsed::Ip(meta)) => meta,
-        Ok(Parsed::Done(verdict)) => return (verdict, None),
-        Err(reason) => return (Verdict::Drop(reason), None),
+        Ok(Parsed::Done(verdict)) => return (verdict, Src::default()),
+        Err(reason) => return (Verdict::Drop(reason), Src::default()),
     };
     let inputs = identify::lookup(&meta);
-    let sim = match inputs.src {
-        SrcIdentity::Sim(sim) => Some(sim),
-        SrcIdentity::Spoofed | SrcIdentity::Outside => None,
-    };
-    (decide(&inputs), sim)
+    (decide(&inputs), inputs.src)
 }
 
 /// Parse errors are the only `Err`; keep the type named so a new one is a compile error here.

@@ -22,7 +22,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    decide::{Addrs, PacketMeta},
+    decide::{PacketMeta, v4_in_16},
     maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -109,6 +109,14 @@ struct Ports {
     dst: [u8; 2],
 }
 
+/// Source and destination in `PacketMeta`'s 16-byte layout.
+#[derive(Clone, Copy)]
+struct Addrs {
+    v6: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
 /// What the header walk found.
 pub enum Parsed {
     /// An IP packet for the rest of the pipeline.
@@ -129,6 +137,24 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, DropReason> {
     // SAFETY: the check above keeps `[ptr, ptr + size_of::<T>())` inside the frame, and every
     // header type here is made of byte arrays (align 1), so the read is in bounds and aligned.
     Ok(unsafe { ptr.read() })
+}
+
+/// A big-endian length field (0..=65535), checked so that every verifier knows its bounds.
+///
+/// Linux 6.1's verifier loses the range of a value built by a byte swap (`be16`) or by OR-ing
+/// two bytes, and then rejects adding it to a packet pointer ("math between pkt pointer and
+/// register with unbounded min value"). An explicit `> 0xffff` branch restores the bound, but
+/// LLVM deletes it as always false; reading the value back through a volatile local makes it
+/// opaque to LLVM, so the branch stays.
+#[inline(always)]
+fn length_field(bytes: [u8; 2]) -> Result<usize, DropReason> {
+    let value = usize::from(u16::from_be_bytes(bytes));
+    // SAFETY: a volatile read of a local that lives for the whole expression.
+    let opaque = unsafe { core::ptr::read_volatile(&raw const value) };
+    if opaque > usize::from(u16::MAX) {
+        return Err(DropReason::Malformed);
+    }
+    Ok(opaque)
 }
 
 /// Fail unless `len` bytes from `offset` lie inside the frame.
@@ -177,15 +203,16 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
         return Err(DropReason::Malformed);
     }
     let header_len = usize::from(ip.version_ihl & 0x0f).wrapping_mul(4);
-    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let total_len = length_field(ip.tot_len)?;
     if header_len < size_of::<Ipv4Hdr>() || total_len < header_len {
         return Err(DropReason::Malformed);
     }
     require(ctx, l3, total_len)?;
     let later_fragment = u16::from_be_bytes(ip.frag_off) & 0x1fff != 0;
-    let addrs = Addrs::V4 {
-        src: ip.src,
-        dst: ip.dst,
+    let addrs = Addrs {
+        v6: false,
+        src: v4_in_16(ip.src),
+        dst: v4_in_16(ip.dst),
     };
     transport(
         ctx,
@@ -203,9 +230,10 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
     }
-    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let payload_len = length_field(ip.payload_len)?;
     require(ctx, l3, size_of::<Ipv6Hdr>().wrapping_add(payload_len))?;
-    let addrs = Addrs::V6 {
+    let addrs = Addrs {
+        v6: true,
         src: ip.src,
         dst: ip.dst,
     };
@@ -250,7 +278,9 @@ fn transport(
     ifindex: u32,
 ) -> Result<Parsed, DropReason> {
     let mut meta = PacketMeta {
-        addrs,
+        v6: addrs.v6,
+        src: addrs.src,
+        dst: addrs.dst,
         proto,
         dport: 0,
         has_ports: false,
@@ -260,7 +290,7 @@ fn transport(
     if later_fragment {
         return Ok(Parsed::Ip(meta));
     }
-    let v6 = matches!(addrs, Addrs::V6 { .. });
+    let v6 = addrs.v6;
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let min_len = if proto == IPPROTO_TCP { 20 } else { 8 };

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use enforcer_common::{
-    DropReason, PassReason, SrcIdentity, Verdict,
-    decide::{self, Addrs, PacketMeta, Tables},
+    DropReason, PassReason, Verdict,
+    decide::{self, PacketMeta, Tables, v4_in_16},
     maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, RuleKey, SimEntry},
     rules::RuleTable,
 };
@@ -80,13 +80,9 @@ impl Reference {
             Ok(Parsed::Done(verdict)) => Outcome { verdict, sim: None },
             Ok(Parsed::Ip(meta)) => {
                 let inputs = decide::identify(self, &meta);
-                let sim = match inputs.src {
-                    SrcIdentity::Sim(sim) => Some(sim),
-                    SrcIdentity::Spoofed | SrcIdentity::Outside => None,
-                };
                 Outcome {
                     verdict: decide::decide(&inputs),
-                    sim,
+                    sim: inputs.src.sim(),
                 }
             }
         }
@@ -202,9 +198,14 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
                 return Err(DropReason::Malformed);
             }
             let offset = be16(at + 6)? & 0x1fff;
-            let src = header[12..16].try_into().unwrap_or_default();
-            let dst = header[16..20].try_into().unwrap_or_default();
-            (Addrs::V4 { src, dst }, header[9], at + ihl, offset != 0)
+            let src: [u8; 4] = header[12..16].try_into().unwrap_or_default();
+            let dst: [u8; 4] = header[16..20].try_into().unwrap_or_default();
+            (
+                (false, v4_in_16(src), v4_in_16(dst)),
+                header[9],
+                at + ihl,
+                offset != 0,
+            )
         }
         0x86DD => {
             let header = bytes(at, 40)?;
@@ -246,14 +247,16 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
                     return Err(DropReason::Malformed);
                 }
             }
-            (Addrs::V6 { src, dst }, next, cursor, later)
+            ((true, src, dst), next, cursor, later)
         }
         0x0806 => return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0))),
         _ => return Ok(Parsed::Done(Verdict::Pass(PassReason::NotIp, 0))),
     };
-    let v6 = matches!(addrs, Addrs::V6 { .. });
+    let (v6, src, dst) = addrs;
     let mut meta = PacketMeta {
-        addrs,
+        v6,
+        src,
+        dst,
         proto,
         dport: 0,
         has_ports: false,
