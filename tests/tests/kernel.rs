@@ -440,3 +440,18 @@ fn repeated_runs_report_kernel_time() {
         "the kernel reports a duration per run"
     );
 }
+
+#[test]
+fn verifier_instruction_count_is_reported() {
+    let mut harness = Harness::new(POLICY, &[]);
+    let count = harness
+        .enforcer
+        .verified_instructions()
+        .expect("the kernel reports verified_insns (Linux 5.16+)");
+    // `cargo xtask vm-test` reads this line per kernel.
+    println!("verified instructions: {count}");
+    assert!(
+        count > 0 && count < 1_000_000,
+        "the verifier's limit is 1M instructions"
+    );
+}

@@ -5,6 +5,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,12 @@ enum Command {
     Test,
     /// Show the enforcer on network namespaces with examples/policy.toml.
     Demo,
+    /// Run the kernel-level tests inside QEMU on Debian 12's 6.1 and 6.12 kernels.
+    VmTest {
+        /// `6.1`, `6.12` or a path to a vmlinuz; repeatable (default: 6.1 and 6.12).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+    },
     /// Measure per-packet cost, load time and memory; a full run rewrites BENCHMARKS.md.
     Bench {
         /// A few seconds' smoke run (part of `test`); writes only target/bench.
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::VmTest { kernels } => vm_test::run(&kernels),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,8 +14,18 @@ const NIGHTLY_RELEASE: &str = "1.97.0-nightly";
 const NIGHTLY_COMMIT: &str = "e50aa6fba";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and the demo use: ip/netns (iproute2), ping (iputils-ping).
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping"];
+/// Debian packages the tests, the demo and the VM tests use: ip/netns (iproute2), ping
+/// (iputils-ping), nsenter and setpriv (util-linux), and for `vm-test` QEMU, a static busybox,
+/// xz (veth.ko.xz) and strip (binutils).
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "util-linux",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "binutils",
+];
 
 /// Check everything; install what is missing.
 pub fn run() -> anyhow::Result<()> {

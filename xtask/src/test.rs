@@ -1,7 +1,9 @@
 //! `cargo xtask test`: the whole suite. Setup when something is missing, `cargo fmt --check`,
 //! clippy with `-D warnings` (userspace crates, and the eBPF crate for its BPF target with its
 //! stricter lints), then every test: unit, compile snapshots, BPF_PROG_TEST_RUN fixtures, the
-//! differential test and the end-to-end namespace test. Ends with one summary line.
+//! differential test and the end-to-end namespace test; then the kernel-level tests again inside
+//! QEMU on Debian 12's 6.1 and 6.12 kernels (`vm-test`) and the benchmark's quick run. Ends with
+//! one summary line.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -53,6 +55,8 @@ pub fn run() -> anyhow::Result<()> {
         .env("ENFORCER_BIN", root().join("target/debug/enforcer"));
     let (passed, failed) = run_counting(&mut test)?;
     if failed == 0 {
+        // The kernel matrix: the same kernel-level tests inside Debian 12's 6.1 and 6.12.
+        crate::vm_test::run(&[])?;
         // The benchmark's smoke run, so it cannot rot; its figures are not judged here.
         crate::bench::run(true)?;
     }
