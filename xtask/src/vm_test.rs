@@ -342,7 +342,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t bpf bpf /sys/fs/bpf
-mount -t tmpfs tmp /tmp
+# No tmpfs on /tmp: the initramfs root is writable RAM already, and the test binaries may live
+# under /tmp at their compiled-in paths (a CI checkout in /tmp).
 mount -t tmpfs run /run
 [ -f /veth.ko ] && insmod /veth.ko
 ip link set lo up
