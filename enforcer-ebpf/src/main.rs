@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), no_main)]
 
 mod account;
+mod bench;
 mod identify;
 mod maps;
 mod parse;

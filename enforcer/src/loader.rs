@@ -23,6 +23,12 @@ use crate::{batch, compile::MapImage};
 
 /// The XDP object built by `build.rs`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// The XDP object, for tools that load its benchmark programs with their own globals.
+#[must_use]
+pub fn object() -> &'static [u8] {
+    PROGRAM
+}
 /// Name of the XDP function in the object.
 const PROGRAM_NAME: &str = "enforcer";
 /// Name of the empty XDP program in the object, the benchmarks' floor.
@@ -536,6 +542,42 @@ impl Enforcer {
             },
         })?;
         self.links.push((iface.to_owned(), link));
+        Ok(())
+    }
+
+    /// Load and attach another program of the object (a benchmark program such as `xdp_bare`,
+    /// which shares this instance's maps) to `iface`.
+    pub fn attach_program(
+        &mut self,
+        name: &str,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<(), LoadError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Program {
+                what: format!("finding program `{name}` in the object"),
+                source: Box::new(ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                what: format!("opening program `{name}`"),
+                source: Box::new(source),
+            })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| LoadError::Program {
+                what: format!("loading program `{name}`"),
+                source: Box::new(source),
+            })?;
+        }
+        program
+            .attach(iface, mode)
+            .map_err(|source| LoadError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 

@@ -38,7 +38,7 @@ pub fn sim_v4(i: u32) -> String {
 }
 
 /// Write a policy with `sims` SIMs (inventory CSV) and `rules` rules per segment into `dir`.
-/// Rule 0 of every segment allows tcp/443 to 192.0.2.10 and 2001:db8::/32; the others each allow
+/// Rule 0 of every segment allows tcp/443 and udp/53 to 192.0.2.10 and 2001:db8::/32; the others each allow
 /// one distinct /32 in 198.18.0.0/15 and one port, so the LPM and port classes grow with them.
 /// SIM 1 is quarantined; the first 1,000 SIMs also have an IPv6 /64.
 ///
@@ -53,7 +53,7 @@ pub fn generate(dir: &Path, sims: u32, rules: u32) -> Generated {
         let _ = writeln!(policy, "\n[[segments]]\nname = \"seg{s}\"\nrules = [");
         let _ = writeln!(
             policy,
-            "  {{ to = [\"192.0.2.10\", \"2001:db8::/32\"], proto = \"tcp\", ports = [443] }},"
+            "  {{ to = [\"192.0.2.10\", \"2001:db8::/32\"], proto = [\"tcp\", \"udp\"], ports = [443, 53] }},"
         );
         for k in 1..rules {
             let _ = writeln!(

@@ -7,4 +7,5 @@ pub mod frames;
 pub mod harness;
 pub mod netns;
 pub mod rng;
+pub mod throughput;
 pub mod topology;

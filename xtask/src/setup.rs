@@ -14,11 +14,12 @@ const NIGHTLY_RELEASE: &str = "1.97.0-nightly";
 const NIGHTLY_COMMIT: &str = "e50aa6fba";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests, the demo and the VM tests use: ip/netns (iproute2), ping
-/// (iputils-ping), nsenter and setpriv (util-linux), and for `vm-test` QEMU, a static busybox,
-/// xz (veth.ko.xz) and strip (binutils).
+/// Debian packages the tests, the demo, the VM tests and the benchmark use: ip/netns
+/// (iproute2), ping (iputils-ping), nsenter and setpriv (util-linux), for `vm-test` QEMU, a
+/// static busybox, xz (veth.ko.xz) and strip (binutils), and nftables to compare against.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
+    "nftables",
     "iputils-ping",
     "util-linux",
     "qemu-system-x86",

@@ -26,7 +26,10 @@ use enforcer::{
     policy,
     reference::Reference,
 };
-use integration_tests::bench::{Generated, Lookups, Stats, generate, lookups, shapes};
+use integration_tests::{
+    bench::{Generated, Lookups, Stats, generate, lookups, shapes},
+    throughput::{self, Filter, Mode, Rig, Windows},
+};
 use serde_json::{Value, json};
 
 /// `xdp_md.ingress_ifindex` of test runs: loopback.
@@ -288,6 +291,8 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     }
     let _ = writeln!(md, "| **total** | **{:.1}** |", total as f64 / 1_048_576.0);
     drop(enforcer);
+
+    let e2e = end_to_end(&mut md, &work, quick);
     let _ = std::fs::remove_dir_all(&work);
 
     let report = json!({
@@ -296,6 +301,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         "targets": {"worst_above_empty_ns": worst_above, "worst_many_rules_ratio": worst_ratio},
         "load": loads,
         "map_memory_bytes": memory.iter().map(|(n, b)| (n.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
+        "end_to_end": e2e,
     });
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     std::fs::write(
@@ -305,6 +311,115 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     print!("{md}");
     Ok(())
+}
+
+/// Rates through veth: generator → gateway → sink on CPU 0, every configuration in one run.
+fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
+    let (sizes, windows, drop_filters, pass_filters): (&[u32], Windows, &[Filter], &[Filter]) =
+        if quick {
+            let w = Windows {
+                warmup: std::time::Duration::from_millis(300),
+                window: std::time::Duration::from_millis(700),
+                reps: 1,
+            };
+            if std::env::var_os("BENCH_E2E_ALL").is_some() {
+                // Every configuration with the quick windows: for checking the rig itself.
+                let all: &[Filter] = &[
+                    Filter::DropAll,
+                    Filter::Bare,
+                    Filter::Enforcer,
+                    Filter::NftNetdev,
+                    Filter::NftInet,
+                ];
+                (&[10_000], w, all, &all[1..])
+            } else {
+                (&[10_000], w, &[Filter::Enforcer], &[])
+            }
+        } else {
+            let w = Windows {
+                warmup: std::time::Duration::from_secs(2),
+                window: std::time::Duration::from_secs(10),
+                reps: 3,
+            };
+            (
+                &[10_000, 1_000_000],
+                w,
+                &[
+                    Filter::DropAll,
+                    Filter::Bare,
+                    Filter::Enforcer,
+                    Filter::NftNetdev,
+                    Filter::NftInet,
+                ],
+                &[
+                    Filter::Bare,
+                    Filter::Enforcer,
+                    Filter::NftNetdev,
+                    Filter::NftInet,
+                ],
+            )
+        };
+    let _ = writeln!(
+        md,
+        "\n## End to end through veth (generator → gateway → sink, all on CPU 0)\n\n64-byte UDP frames from `xdp_gen` \
+         (BPF_PROG_TEST_RUN live frames), sources cycling through every SIM; {} s warm-up, {} s window, median of {} \
+         (min-max). Drop: frames to a port no rule allows, counted where dropped. Pass: frames to an allowed port, \
+         forwarded by the gateway and counted at the sink's XDP program. Setup: loading the configuration (policy or \
+         `nft -f`) and attaching.\n",
+        windows.warmup.as_secs_f64(),
+        windows.window.as_secs_f64(),
+        windows.reps
+    );
+    let _ = writeln!(
+        md,
+        "| SIMs | mode | gateway | Mpps (min-max) | vs enforcer | setup s |"
+    );
+    let _ = writeln!(md, "|---:|---|---|---:|---:|---:|");
+    let rig = Rig::build();
+    let mut rows = Vec::new();
+    for &sims in sizes {
+        for (mode, filters) in [(Mode::Drop, drop_filters), (Mode::Pass, pass_filters)] {
+            let mut results = Vec::new();
+            for &filter in filters {
+                if let Some(m) =
+                    throughput::measure(&rig, sims, filter, mode, windows, &work.join("e2e"))
+                {
+                    eprintln!(
+                        "enforcer-bench: e2e {sims} SIMs {mode:?} {}: {:.2} Mpps",
+                        filter.name(),
+                        m.pps.median / 1e6
+                    );
+                    results.push((filter, m));
+                }
+            }
+            let ours = results
+                .iter()
+                .find(|(f, _)| *f == Filter::Enforcer)
+                .map(|(_, m)| m.pps.median);
+            for (filter, m) in &results {
+                let ratio = ours.map_or(f64::NAN, |o| o / m.pps.median);
+                let _ = writeln!(
+                    md,
+                    "| {sims} | {mode:?} | {} | {:.2} ({:.2}-{:.2}) | {} | {:.2} |",
+                    filter.name(),
+                    m.pps.median / 1e6,
+                    m.pps.min / 1e6,
+                    m.pps.max / 1e6,
+                    if *filter == Filter::Enforcer {
+                        "-".to_owned()
+                    } else {
+                        format!("{ratio:.2}x")
+                    },
+                    m.setup_s
+                );
+                rows.push(json!({
+                    "sims": sims, "mode": format!("{mode:?}"), "gateway": filter.name(),
+                    "pps": {"median": m.pps.median, "min": m.pps.min, "max": m.pps.max}, "setup_s": m.setup_s,
+                }));
+            }
+        }
+    }
+    json!(rows)
 }
 
 fn f(v: &Value) -> f64 {

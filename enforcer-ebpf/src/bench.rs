@@ -1,0 +1,157 @@
+//! Programs for `cargo xtask bench` only; the daemon never attaches them. They live in this
+//! object so the benchmark needs no second BPF build, and so `xdp_bare` can share `SIM_V4`.
+//!
+//! - `xdp_gen`: the traffic generator, run by BPF_PROG_TEST_RUN in live-frames mode; writes a
+//!   whole 64-byte UDP frame (pages come back with whatever the gateway wrote) with the next
+//!   SIM's source address and returns `XDP_TX`.
+//! - `xdp_sink`: counts and drops what the gateway forwarded.
+//! - `xdp_bare`, `xdp_bare_pass`: one `SIM_V4` hash lookup, count, drop or pass (the upper
+//!   reference).
+//! - `xdp_drop_all`: count and drop (the ceiling of the generator and the veth path).
+//!
+//! Counters: `BENCH_COUNT` (per CPU) slot 0.
+
+use aya_ebpf::{
+    Global,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use enforcer_common::verdict::{XDP_DROP, XDP_PASS};
+
+use crate::maps::SIM_V4;
+
+/// `XDP_TX` from `enum xdp_action`.
+const XDP_TX: u32 = 3;
+/// Bytes the generator writes: Ethernet, IPv4, UDP and 22 bytes of payload (64 with the FCS).
+const GEN_LEN: usize = 60;
+
+/// Number of SIM addresses the generator cycles through (10.0.0.1 onwards, as the bench
+/// policy assigns them).
+#[unsafe(no_mangle)]
+static GEN_SIMS: Global<u32> = Global::new(1);
+/// Destination address (network order bytes as a native u32).
+#[unsafe(no_mangle)]
+static GEN_DST: Global<u32> = Global::new(0);
+/// Destination UDP port.
+#[unsafe(no_mangle)]
+static GEN_DPORT: Global<u16> = Global::new(53);
+/// Destination MAC (the gateway's ingress interface), first 4 and last 2 bytes.
+#[unsafe(no_mangle)]
+static GEN_DMAC_HI: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static GEN_DMAC_LO: Global<u16> = Global::new(0);
+
+/// Packets seen by the bench programs (slot 0), and the generator's sequence (slot 1).
+#[map]
+static BENCH_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+#[inline(always)]
+fn bump(slot: u32) -> u64 {
+    match BENCH_COUNT.get_ptr_mut(slot) {
+        Some(counter) => {
+            // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
+            unsafe {
+                let value = *counter;
+                *counter = value.wrapping_add(1);
+                value
+            }
+        }
+        None => 0,
+    }
+}
+
+/// The generator.
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start.wrapping_add(GEN_LEN) > ctx.data_end() {
+        return XDP_DROP;
+    }
+    let sims = GEN_SIMS.load().max(1);
+    let n = (bump(1).checked_rem(u64::from(sims)).unwrap_or(0) as u32).wrapping_add(1);
+    let src = [10, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+    let dst = GEN_DST.load().to_ne_bytes();
+    let dport = GEN_DPORT.load().to_be_bytes();
+    let mac_hi = GEN_DMAC_HI.load().to_be_bytes();
+    let mac_lo = GEN_DMAC_LO.load().to_be_bytes();
+    let csum = ipv4_checksum(src, dst).to_be_bytes();
+    let frame: [u8; GEN_LEN] = [
+        mac_hi[0], mac_hi[1], mac_hi[2], mac_hi[3], mac_lo[0], mac_lo[1], // dst MAC
+        0x02, 0, 0, 0, 0, 1, 0x08, 0x00, // src MAC, IPv4
+        0x45, 0, 0, 46, 0, 0, 0, 0, 64, 17, csum[0], csum[1], // IPv4: tot_len 46, TTL 64, UDP
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], //
+        0x9c, 0x40, dport[0], dport[1], 0, 26, 0, 0, // UDP 40000 -> dport, len 26
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+    ];
+    // SAFETY: the check above keeps GEN_LEN bytes from `start` inside the frame.
+    unsafe { core::ptr::write_unaligned(start as *mut [u8; GEN_LEN], frame) };
+    XDP_TX
+}
+
+/// The header checksum of the generator's IPv4 header (the gateway's stack drops frames without
+/// a valid one before forwarding them).
+#[inline(always)]
+fn ipv4_checksum(src: [u8; 4], dst: [u8; 4]) -> u16 {
+    let words = [
+        0x4500u32,
+        46,
+        0,
+        0,
+        (64 << 8) | 17,
+        u32::from(u16::from_be_bytes([src[0], src[1]])),
+        u32::from(u16::from_be_bytes([src[2], src[3]])),
+        u32::from(u16::from_be_bytes([dst[0], dst[1]])),
+        u32::from(u16::from_be_bytes([dst[2], dst[3]])),
+    ];
+    let mut sum = words.iter().fold(0u32, |acc, w| acc.wrapping_add(*w));
+    sum = (sum & 0xffff).wrapping_add(sum >> 16);
+    sum = (sum & 0xffff).wrapping_add(sum >> 16);
+    !(sum as u16)
+}
+
+/// The sink behind the gateway.
+#[xdp]
+pub fn xdp_sink(_ctx: XdpContext) -> u32 {
+    bump(0);
+    XDP_DROP
+}
+
+/// One hash lookup on the IPv4 source and a count; true on a hit.
+#[inline(always)]
+fn bare_lookup(ctx: &XdpContext) -> bool {
+    let start = ctx.data();
+    if start.wrapping_add(34) > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: bytes 26..30 (the IPv4 source) are inside the checked 34 bytes.
+    let src: [u8; 4] =
+        unsafe { core::ptr::read_unaligned(start.wrapping_add(26) as *const [u8; 4]) };
+    let hit = SIM_V4.get_ptr(src).is_some();
+    bump(0);
+    hit
+}
+
+/// One hash lookup on the IPv4 source, then drop: the upper reference for dropping.
+#[xdp]
+pub fn xdp_bare(ctx: XdpContext) -> u32 {
+    let _ = bare_lookup(&ctx);
+    XDP_DROP
+}
+
+/// One hash lookup on the IPv4 source, then pass a hit: the upper reference for forwarding.
+#[xdp]
+pub fn xdp_bare_pass(ctx: XdpContext) -> u32 {
+    if bare_lookup(&ctx) {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
+}
+
+/// Count and drop everything.
+#[xdp]
+pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
+    bump(0);
+    XDP_DROP
+}
