@@ -9,14 +9,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use enforcer_common::maps::{
-    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, NetKeyV4, NetKeyV6, PORT_SLOTS, PORTS,
-    RuleEntry, RuleKey, SegmentEntry, SimEntry, SimKeyV4, SimKeyV6, defaults, names,
-    port_class_index, segment_index,
+    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_SLOTS, PORTS, RuleEntry, RuleKey,
+    SegmentEntry, SimEntry, defaults, names, port_class_index, segment_index,
 };
 
 use crate::{batch, compile::MapImage};
@@ -120,8 +119,12 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
 /// Map sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
-    /// Entries of `SIM_V4`, `SIM_V6` and `SIM_STATS`.
+    /// SIM indices: entries of `SIM_STATS` (per CPU, so the largest map at scale).
     pub sims: u32,
+    /// Entries of `SIM_V4`.
+    pub sim_v4: u32,
+    /// Entries of `SIM_V6`.
+    pub sim_v6: u32,
     /// Entries of `RULES`.
     pub rule_entries: u32,
     /// Entries of `RULE_STATS` (rule ids).
@@ -132,6 +135,8 @@ impl Default for Capacity {
     fn default() -> Self {
         Self {
             sims: defaults::MAX_SIMS,
+            sim_v4: defaults::MAX_SIMS,
+            sim_v6: 1024,
             rule_entries: defaults::MAX_RULE_ENTRIES,
             rules: defaults::MAX_RULES,
         }
@@ -139,21 +144,45 @@ impl Default for Capacity {
 }
 
 impl Capacity {
-    /// Room for `image` (and `rules` rule ids) twice over, so a reload that grows the policy
-    /// fits, with `floor` as the minimum.
+    /// Room for `image` (and `rules` rule ids) plus an eighth, so a reload that grows the
+    /// policy a little fits, with `floor` as the minimum. `RULES` gets twice its entries, as
+    /// both generations live in it during a reload. Each SIM map is sized for its own family:
+    /// a hash map's buckets come with its capacity, so a 1M-entry `SIM_V6` for a thousand IPv6
+    /// SIMs would cost 16 MiB for nothing.
     #[must_use]
     pub fn for_image(image: &MapImage, rules: usize, floor: Capacity) -> Self {
-        let twice = |n: usize, floor: u32| {
-            u32::try_from(n.saturating_mul(2))
+        let with_headroom = |n: usize, floor: u32| {
+            u32::try_from(n.saturating_add(n / 8))
                 .unwrap_or(u32::MAX)
                 .max(floor)
         };
-        let sims = image.sims_v4.len().max(image.sims_v6.len());
+        let sim_indices = image
+            .sims_v4
+            .iter()
+            .map(|(_, e)| e.sim)
+            .chain(image.sims_v6.iter().map(|(_, e)| e.sim))
+            .map(|sim| sim as usize + 1)
+            .max()
+            .unwrap_or(0);
         Self {
-            sims: twice(sims, floor.sims),
-            // Both generations live in RULES during a reload.
-            rule_entries: twice(image.rules.len(), floor.rule_entries),
-            rules: twice(rules, floor.rules),
+            sims: with_headroom(sim_indices, floor.sims),
+            sim_v4: with_headroom(image.sims_v4.len(), floor.sim_v4),
+            sim_v6: with_headroom(image.sims_v6.len(), floor.sim_v6),
+            rule_entries: u32::try_from(image.rules.len().saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(floor.rule_entries),
+            rules: with_headroom(rules, floor.rules),
+        }
+    }
+
+    /// The same capacity for every SIM map (`--max-sims`).
+    #[must_use]
+    pub fn with_sims(self, sims: u32) -> Self {
+        Self {
+            sims,
+            sim_v4: sims,
+            sim_v6: sims,
+            ..self
         }
     }
 }
@@ -172,8 +201,8 @@ impl Enforcer {
     pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Self, LoadError> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::SIM_V4, capacity.sims)
-            .map_max_entries(names::SIM_V6, capacity.sims)
+            .map_max_entries(names::SIM_V4, capacity.sim_v4)
+            .map_max_entries(names::SIM_V6, capacity.sim_v6)
             .map_max_entries(names::SIM_STATS, capacity.sims)
             .map_max_entries(names::RULES, capacity.rule_entries)
             .map_max_entries(names::RULE_STATS, capacity.rules);
@@ -274,8 +303,7 @@ impl Enforcer {
     /// Write `image` make-before-break: fill the inactive generation, update the SIMs in place,
     /// flip `CONFIG`, then clear the old generation. Returns the new active generation.
     pub fn apply(&mut self, image: &MapImage) -> Result<u8, LoadError> {
-        let sims = image.sims_v4.len().max(image.sims_v6.len());
-        self.check_capacity(image, sims)?;
+        self.check_capacity(image)?;
         let active = self.generation()?;
         let target = active ^ 1;
 
@@ -303,7 +331,15 @@ impl Enforcer {
         Ok(target)
     }
 
-    fn check_capacity(&self, image: &MapImage, sims: usize) -> Result<(), LoadError> {
+    fn check_capacity(&self, image: &MapImage) -> Result<(), LoadError> {
+        let sim_indices = image
+            .sims_v4
+            .iter()
+            .map(|(_, e)| e.sim)
+            .chain(image.sims_v6.iter().map(|(_, e)| e.sim))
+            .map(|sim| sim as usize + 1)
+            .max()
+            .unwrap_or(0);
         let max_rule = image
             .rules
             .iter()
@@ -311,7 +347,19 @@ impl Enforcer {
             .max()
             .unwrap_or(0);
         let checks = [
-            ("SIM addresses", sims, self.capacity.sims, "--max-sims"),
+            ("SIMs", sim_indices, self.capacity.sims, "--max-sims"),
+            (
+                "IPv4 SIM addresses",
+                image.sims_v4.len(),
+                self.capacity.sim_v4,
+                "--max-sims",
+            ),
+            (
+                "IPv6 SIM prefixes",
+                image.sims_v6.len(),
+                self.capacity.sim_v6,
+                "--max-sims",
+            ),
             (
                 "rule entries",
                 image.rules.len(),
@@ -346,51 +394,58 @@ impl Enforcer {
 
     fn write_nets(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
         self.clear_nets(generation)?;
-        let mut v4: LpmTrie<&mut MapData, NetKeyV4, NetEntry> =
-            LpmTrie::try_from(self.map_mut(names::NET_V4)?)
-                .map_err(map_err(names::NET_V4, "opening"))?;
-        for net in &image.nets_v4 {
-            let mut data = [0u8; 5];
+        let v4 = image
+            .nets_v4
+            .iter()
+            .map(|n| (&n.addr[..], n.prefix_len, n.entry));
+        self.insert_nets::<5>(names::NET_V4, generation, v4)?;
+        let v6 = image
+            .nets_v6
+            .iter()
+            .map(|n| (&n.addr[..], n.prefix_len, n.entry));
+        self.insert_nets::<17>(names::NET_V6, generation, v6)
+    }
+
+    /// Insert `(address, prefix length, entry)` into the LPM map `name` as generation
+    /// `generation`; `K` is the key's data length: one generation byte plus the address.
+    fn insert_nets<'a, const K: usize>(
+        &mut self,
+        name: &'static str,
+        generation: u8,
+        nets: impl Iterator<Item = (&'a [u8], u8, NetEntry)>,
+    ) -> Result<(), LoadError> {
+        let mut trie: LpmTrie<&mut MapData, [u8; K], NetEntry> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+        for (addr, prefix_len, entry) in nets {
+            let mut data = [0u8; K];
             data[0] = generation;
-            data[1..].copy_from_slice(&net.addr);
-            v4.insert(&Key::new(8 + u32::from(net.prefix_len), data), net.entry, 0)
-                .map_err(map_err(names::NET_V4, "inserting"))?;
-        }
-        let mut v6: LpmTrie<&mut MapData, NetKeyV6, NetEntry> =
-            LpmTrie::try_from(self.map_mut(names::NET_V6)?)
-                .map_err(map_err(names::NET_V6, "opening"))?;
-        for net in &image.nets_v6 {
-            let mut data = [0u8; 17];
-            data[0] = generation;
-            data[1..].copy_from_slice(&net.addr);
-            v6.insert(&Key::new(8 + u32::from(net.prefix_len), data), net.entry, 0)
-                .map_err(map_err(names::NET_V6, "inserting"))?;
+            data[1..].copy_from_slice(addr);
+            trie.insert(&Key::new(8 + u32::from(prefix_len), data), entry, 0)
+                .map_err(map_err(name, "inserting"))?;
         }
         Ok(())
     }
 
     fn clear_nets(&mut self, generation: u8) -> Result<(), LoadError> {
-        let mut v4: LpmTrie<&mut MapData, NetKeyV4, NetEntry> =
-            LpmTrie::try_from(self.map_mut(names::NET_V4)?)
-                .map_err(map_err(names::NET_V4, "opening"))?;
-        let stale: Vec<Key<NetKeyV4>> = v4
+        self.clear_lpm::<5>(names::NET_V4, generation)?;
+        self.clear_lpm::<17>(names::NET_V6, generation)
+    }
+
+    /// Remove every entry of generation `generation` from the LPM map `name`.
+    fn clear_lpm<const K: usize>(
+        &mut self,
+        name: &'static str,
+        generation: u8,
+    ) -> Result<(), LoadError> {
+        let mut trie: LpmTrie<&mut MapData, [u8; K], NetEntry> =
+            LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+        let stale: Vec<Key<[u8; K]>> = trie
             .keys()
             .filter_map(Result::ok)
             .filter(|key| key.data()[0] == generation)
             .collect();
         for key in &stale {
-            v4.remove(key).map_err(map_err(names::NET_V4, "clearing"))?;
-        }
-        let mut v6: LpmTrie<&mut MapData, NetKeyV6, NetEntry> =
-            LpmTrie::try_from(self.map_mut(names::NET_V6)?)
-                .map_err(map_err(names::NET_V6, "opening"))?;
-        let stale: Vec<Key<NetKeyV6>> = v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.data()[0] == generation)
-            .collect();
-        for key in &stale {
-            v6.remove(key).map_err(map_err(names::NET_V6, "clearing"))?;
+            trie.remove(key).map_err(map_err(name, "clearing"))?;
         }
         Ok(())
     }
@@ -467,42 +522,40 @@ impl Enforcer {
     }
 
     fn write_sims(&mut self, image: &MapImage) -> Result<(), LoadError> {
-        let fd = self.map_data(names::SIM_V4)?.fd();
-        batch::update(fd, &image.sims_v4).map_err(|source| LoadError::Map {
-            map: names::SIM_V4,
+        self.write_sim_map(names::SIM_V4, &image.sims_v4)?;
+        self.write_sim_map(names::SIM_V6, &image.sims_v6)
+    }
+
+    /// Upsert every SIM in one batch; then, only if the map held entries before (pinned maps
+    /// reused after a restart), remove the SIMs the policy no longer has. A fresh map has none,
+    /// and scanning a million keys one syscall at a time costs about a second.
+    fn write_sim_map<K: Pod + Eq + std::hash::Hash>(
+        &mut self,
+        name: &'static str,
+        entries: &[(K, SimEntry)],
+    ) -> Result<(), LoadError> {
+        let had_entries = {
+            let map: HashMap<&MapData, K, SimEntry> =
+                HashMap::try_from(self.map_ref(name)?).map_err(map_err(name, "opening"))?;
+            map.keys().next().is_some()
+        };
+        batch::update(self.map_data(name)?.fd(), entries).map_err(|source| LoadError::Map {
+            map: name,
             what: "writing",
             source,
         })?;
-        let fd = self.map_data(names::SIM_V6)?.fd();
-        batch::update(fd, &image.sims_v6).map_err(|source| LoadError::Map {
-            map: names::SIM_V6,
-            what: "writing",
-            source,
-        })?;
-        // Remove SIMs of an earlier policy (pinned maps reused after a restart).
-        let keep: HashSet<SimKeyV4> = image.sims_v4.iter().map(|(k, _)| *k).collect();
-        let mut v4: HashMap<&mut MapData, SimKeyV4, SimEntry> =
-            HashMap::try_from(self.map_mut(names::SIM_V4)?)
-                .map_err(map_err(names::SIM_V4, "opening"))?;
-        let stale: Vec<SimKeyV4> = v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
-        for key in &stale {
-            v4.remove(key).map_err(map_err(names::SIM_V4, "clearing"))?;
-        }
-        let keep: HashSet<SimKeyV6> = image.sims_v6.iter().map(|(k, _)| *k).collect();
-        let mut v6: HashMap<&mut MapData, SimKeyV6, SimEntry> =
-            HashMap::try_from(self.map_mut(names::SIM_V6)?)
-                .map_err(map_err(names::SIM_V6, "opening"))?;
-        let stale: Vec<SimKeyV6> = v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
-        for key in &stale {
-            v6.remove(key).map_err(map_err(names::SIM_V6, "clearing"))?;
+        if had_entries {
+            let keep: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+            let mut map: HashMap<&mut MapData, K, SimEntry> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+            let stale: Vec<K> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !keep.contains(k))
+                .collect();
+            for key in &stale {
+                map.remove(key).map_err(map_err(name, "clearing"))?;
+            }
         }
         Ok(())
     }

@@ -62,10 +62,11 @@ struct RunArgs {
     /// Where the names behind map indices are written for `enforcer stats`.
     #[arg(long, default_value = DEFAULT_STATE_FILE)]
     state_file: PathBuf,
-    /// SIM capacity of the maps (default: twice the policy's SIMs, at least 65536).
+    /// SIM capacity of the maps (default: the policy's SIMs plus an eighth, per address family,
+    /// at least 65,536 IPv4 and 1,024 IPv6).
     #[arg(long)]
     max_sims: Option<u32>,
-    /// Rule-entry capacity of the maps (default: twice the policy's, at least 65536).
+    /// Rule-entry capacity of the maps (default: twice the policy's, at least 65,536).
     #[arg(long)]
     max_rule_entries: Option<u32>,
 }
@@ -224,9 +225,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let auto = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
     let capacity = Capacity {
-        sims: args.max_sims.unwrap_or(auto.sims),
         rule_entries: args.max_rule_entries.unwrap_or(auto.rule_entries),
-        ..auto
+        ..args.max_sims.map_or(auto, |sims| auto.with_sims(sims))
     };
     std::fs::create_dir_all(&args.pin_dir).with_context(|| {
         format!(

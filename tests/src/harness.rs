@@ -54,6 +54,8 @@ impl Harness {
             compiled.rules.len(),
             Capacity {
                 sims: 1024,
+                sim_v4: 1024,
+                sim_v6: 1024,
                 rule_entries: 4096,
                 rules: 1024,
             },

@@ -404,6 +404,8 @@ impl Gateway {
                 let passer = in_netns(&rig.gw.name, || {
                     let small = Capacity {
                         sims: 1024,
+                        sim_v4: 1024,
+                        sim_v6: 1024,
                         rule_entries: 1024,
                         rules: 1024,
                     };
