@@ -18,14 +18,11 @@ const COLUMNS: [&str; 7] = [
 ];
 
 /// Read the inventory at `path` (named at `place` in the policy) and append its SIMs.
-pub(super) fn read(
-    checker: &mut Checker<'_>,
-    path: &Path,
-    place: &Place,
-    sims: &mut Vec<Option<Sim>>,
-) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+pub(super) fn read(checker: &mut Checker<'_>, path: &Path, place: &Place, sims: &mut Vec<Sim>) {
+    // Streamed from the file: a million rows need not sit in memory as text. Rows are named by
+    // line only, so the source map needs no text.
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(error) => {
             checker.error(
                 place,
@@ -34,11 +31,11 @@ pub(super) fn read(
             return;
         }
     };
-    let source = SourceMap::new(path, &text);
+    let source = SourceMap::new(path, "");
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
-        .from_reader(text.as_bytes());
+        .from_reader(std::io::BufReader::with_capacity(1 << 16, file));
     let columns = match reader.headers() {
         Ok(headers) => {
             let position = |name| headers.iter().position(|h| h == name);
@@ -100,11 +97,11 @@ pub(super) fn read(
             state: cell(columns[6]),
         };
         let errors_before = checker.errors.len();
-        let checked = checker.sim(&sim, sims.len());
+        let checked = checker.sim(&sim);
         // Errors of a row belong to the inventory file, not the policy.
         for error in &mut checker.errors[errors_before..] {
             error.file = source.file().to_owned();
         }
-        sims.push(checked);
+        sims.extend(checked);
     }
 }

@@ -48,7 +48,11 @@ pub(super) struct Checker<'a> {
     pub errors: Vec<PolicyError>,
     pools: Vec<IpNetwork>,
     segment_ids: HashMap<String, u16>,
-    imsis: HashMap<String, u32>,
+    /// IMSI (as [`imsi_key`]) → SIM index; a u64 key rather than a String keeps a million-SIM
+    /// validation lean.
+    imsis: HashMap<u64, u32>,
+    /// SIMs checked so far, valid or not: the next SIM's index.
+    pub sims_seen: usize,
     ipv4s: HashSet<Ipv4Addr>,
     ipv6s: HashSet<Ipv6Network>,
 }
@@ -62,6 +66,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         pools: Vec::new(),
         segment_ids: HashMap::new(),
         imsis: HashMap::new(),
+        sims_seen: 0,
         ipv4s: HashSet::new(),
         ipv6s: HashSet::new(),
     };
@@ -80,7 +85,10 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         );
     }
 
-    let mut sims = Vec::with_capacity(raw.sims.len());
+    // Only valid SIMs are kept (one vector, no second copy at a million SIMs); a policy with an
+    // invalid one fails anyway. `policy_sims` maps each `[[sims]]` entry to its place in `sims`.
+    let mut sims: Vec<Sim> = Vec::with_capacity(raw.sims.len());
+    let mut policy_sims: Vec<Option<usize>> = Vec::with_capacity(raw.sims.len());
     for sim in &raw.sims {
         let inner = sim.get_ref();
         let invalid = [
@@ -104,7 +112,9 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
             segment: field(&inner.segment, "segment", &mut checker),
             state: field(&inner.state, "state", &mut checker),
         };
-        sims.push(checker.sim(&text, sims.len()));
+        let checked = checker.sim(&text);
+        policy_sims.push(checked.as_ref().map(|_| sims.len()));
+        sims.extend(checked);
     }
     if let Some(inventory) = &raw.inventory
         && let Some(name) = checker.string(inventory, "inventory")
@@ -113,7 +123,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         let dir = path.parent().unwrap_or(Path::new("."));
         inventory::read(&mut checker, &dir.join(name), &place, &mut sims);
     }
-    if sims.len() > MAX_SIMS_LIMIT as usize {
+    if checker.sims_seen > MAX_SIMS_LIMIT as usize {
         let place = Place::Span(0..0);
         checker.error(
             &place,
@@ -125,8 +135,8 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
     for (segment, raw_segment) in segments.iter_mut().zip(&raw.segments) {
         segment.rules = checker.rules(&raw_segment.get_ref().rules);
     }
-    for (sim, raw_sim) in sims.iter_mut().zip(&raw.sims) {
-        if let Some(sim) = sim {
+    for (place, raw_sim) in policy_sims.iter().zip(&raw.sims) {
+        if let Some(sim) = place.and_then(|i| sims.get_mut(i)) {
             sim.rules = checker.rules(&raw_sim.get_ref().rules);
         }
     }
@@ -136,7 +146,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
             path: path.to_owned(),
             pools: checker.pools,
             segments,
-            sims: sims.into_iter().flatten().collect(),
+            sims,
         })
     } else {
         let mut errors = checker.errors;
@@ -279,8 +289,10 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Check one SIM; `index` is its position among the SIMs read so far.
-    pub(super) fn sim(&mut self, text: &SimText<'_>, index: usize) -> Option<Sim> {
+    /// Check one SIM; its index is its position among all SIMs read so far.
+    pub(super) fn sim(&mut self, text: &SimText<'_>) -> Option<Sim> {
+        let index = self.sims_seen;
+        self.sims_seen += 1;
         let errors_before = self.errors.len();
         let imsi = match &text.imsi {
             None if text.invalid.contains(&"imsi") => None,
@@ -295,16 +307,21 @@ impl<'a> Checker<'a> {
                         format!("IMSI `{imsi}` must be 14 or 15 digits (MCC, MNC, MSIN)"),
                     );
                     None
-                } else if self.imsis.contains_key(*imsi) {
-                    self.error(
-                        place,
-                        format!("IMSI {imsi} is listed twice; keep one entry"),
-                    );
-                    None
                 } else {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    self.imsis.insert((*imsi).to_owned(), index);
-                    Some((*imsi).to_owned())
+                    match self.imsis.entry(imsi_key(imsi)) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            self.error(
+                                place,
+                                format!("IMSI {imsi} is listed twice; keep one entry"),
+                            );
+                            None
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(index);
+                            Some((*imsi).to_owned())
+                        }
+                    }
                 }
             }
         };
@@ -566,7 +583,7 @@ impl<'a> Checker<'a> {
             return None;
         };
         if let Some(imsi) = text.strip_prefix("imsi:") {
-            return match self.imsis.get(imsi) {
+            return match self.imsis.get(&imsi_key(imsi)) {
                 Some(&index) => Some(Dest::Sim(index)),
                 None => {
                     self.error(place, format!("`{text}` names no SIM of this policy"));
@@ -668,6 +685,17 @@ fn field<'f>(
 ) -> Option<(&'f str, Place)> {
     let f = f.as_ref()?;
     checker.string(f, what).map(|s| (s, Place::Span(f.span())))
+}
+
+/// An IMSI of 14-15 digits packed into a u64: the number, with bit 63 set for 14-digit IMSIs
+/// so that leading zeros still tell them apart. Only for validated (or compared) digit strings;
+/// anything else maps to `u64::MAX`, which no valid IMSI produces.
+fn imsi_key(imsi: &str) -> u64 {
+    match imsi.parse::<u64>() {
+        Ok(value) if all_digits(imsi) && imsi.len() == 14 => value | 1 << 63,
+        Ok(value) if all_digits(imsi) && imsi.len() == 15 => value,
+        _ => u64::MAX,
+    }
 }
 
 fn all_digits(text: &str) -> bool {
