@@ -9,3 +9,22 @@ pub mod netns;
 pub mod rng;
 pub mod throughput;
 pub mod topology;
+
+/// The `enforcer` binary the CLI and end-to-end tests run: `ENFORCER_BIN` (set by
+/// `cargo xtask test`), else `target/debug/enforcer`.
+///
+/// # Panics
+/// When it does not exist, saying how to build it.
+#[must_use]
+pub fn enforcer_bin() -> std::path::PathBuf {
+    let bin = std::env::var_os("ENFORCER_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/enforcer"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p enforcer` first (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}

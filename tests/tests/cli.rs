@@ -6,17 +6,13 @@ use std::{
     process::{Command, Output},
 };
 
+use integration_tests::enforcer_bin;
+
 fn enforcer(args: &[&str]) -> Output {
-    let bin = std::env::var_os("ENFORCER_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/enforcer"),
-        PathBuf::from,
-    );
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p enforcer` first",
-        bin.display()
-    );
-    Command::new(bin).args(args).output().expect("run enforcer")
+    Command::new(enforcer_bin())
+        .args(args)
+        .output()
+        .expect("run enforcer")
 }
 
 fn text(out: &Output) -> String {
@@ -124,8 +120,7 @@ fn run_on_a_missing_interface_says_so() {
 
 #[test]
 fn run_as_an_unprivileged_user_says_to_use_root() {
-    let bin = std::env::var("ENFORCER_BIN")
-        .unwrap_or_else(|_| format!("{}/../target/debug/enforcer", env!("CARGO_MANIFEST_DIR")));
+    let bin = enforcer_bin().display().to_string();
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",

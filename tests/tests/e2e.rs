@@ -3,23 +3,13 @@
 //! ICMP traffic. Allowed flows get through, denied, lateral and spoofed ones do not, and the
 //! per-SIM counters that `enforcer stats` reports match what was sent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use integration_tests::topology::{Daemon, Topology, scenario};
+use integration_tests::{
+    enforcer_bin,
+    topology::{Daemon, Topology, scenario},
+};
 use serde_json::Value;
-
-fn enforcer_bin() -> PathBuf {
-    let bin = std::env::var_os("ENFORCER_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/enforcer"),
-        PathBuf::from,
-    );
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p enforcer` first (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
 
 fn sim<'a>(stats: &'a Value, imsi: &str) -> &'a Value {
     stats["sims"]

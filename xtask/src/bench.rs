@@ -6,29 +6,19 @@
 
 use std::{fmt::Write as _, process::Command};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::{
     setup,
-    util::{exec, is_root, output, root},
+    util::{exec, output, root},
 };
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("the benchmark loads XDP programs: run it as root (e.g. sudo)");
-    }
-    if !setup::is_complete() {
-        setup::run()?;
-    }
-    exec(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "integration-tests",
-        "--bin",
-        "enforcer-bench",
-    ]))?;
+    setup::prepare(
+        "the benchmark loads XDP programs",
+        &["integration-tests"],
+        true,
+    )?;
     let out = root().join("target/bench");
     let mut bench = Command::new(root().join("target/release/enforcer-bench"));
     bench.arg("--out").arg(&out);

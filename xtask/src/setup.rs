@@ -61,6 +61,28 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The preamble of every command that loads BPF or builds namespaces: root, then setup if
+/// anything is missing, then build `packages`' binaries (`--release` if asked).
+pub fn prepare(why: &str, packages: &[&str], release: bool) -> anyhow::Result<()> {
+    if !crate::util::is_root() {
+        bail!("{why}: run it as root (e.g. sudo)");
+    }
+    if !is_complete() {
+        run()?;
+    }
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(crate::util::root())
+        .args(["build", "--quiet"]);
+    if release {
+        build.arg("--release");
+    }
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    exec(build.arg("--bins"))
+}
+
 /// True when nothing needs installing (used by `test` to skip setup).
 pub fn is_complete() -> bool {
     missing_packages().is_empty()

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     setup,
-    util::{exec, is_root, output, root, show},
+    util::{exec, output, root, show},
 };
 
 /// Frames of the differential test inside the guest: TCG emulates every instruction, so the
@@ -41,12 +41,11 @@ struct Kernel {
 }
 
 pub fn run(kernels: &[String]) -> anyhow::Result<()> {
-    if !is_root() {
-        bail!("vm-test fetches kernel packages with apt: run it as root (e.g. sudo)");
-    }
-    if !setup::is_complete() {
-        setup::run()?;
-    }
+    setup::prepare(
+        "vm-test fetches kernel packages with apt and builds test binaries",
+        &["enforcer", "integration-tests"],
+        false,
+    )?;
     let kernels: Vec<String> = if kernels.is_empty() {
         vec!["6.1".into(), "6.12".into()]
     } else {
@@ -93,15 +92,6 @@ struct Binaries {
 }
 
 fn build_binaries() -> anyhow::Result<Binaries> {
-    exec(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "enforcer",
-        "-p",
-        "integration-tests",
-        "--bins",
-    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args([
         "test",
