@@ -290,6 +290,20 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         let _ = writeln!(md, "| {name} | {:.2} |", *bytes as f64 / 1_048_576.0);
     }
     let _ = writeln!(md, "| **total** | **{:.1}** |", total as f64 / 1_048_576.0);
+    if let Some(big) = loads.iter().find(|l| l["sims"] == 1_000_000) {
+        let check = |value: f64, target: f64| if value <= target { "met" } else { "NOT met" };
+        let (total_s, rss) = (f(&big["total_s"]), f(&big["peak_rss_mib"]));
+        let mib = total as f64 / 1_048_576.0;
+        let _ = writeln!(
+            md,
+            "\nTargets at 1,000,000 SIMs: load ≤ 1.5 s: {total_s:.2} s ({}); peak RSS ≤ 150 MB: {rss:.0} MiB ({}); \
+             maps ≤ 256 MiB: {mib:.0} MiB ({}), leaving {:.0} MiB for sessions.",
+            check(total_s, 1.5),
+            check(rss, 150.0),
+            check(mib, 256.0),
+            256.0 - mib
+        );
+    }
     drop(enforcer);
 
     let e2e = end_to_end(&mut md, &work, quick);
@@ -417,6 +431,55 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                     "pps": {"median": m.pps.median, "min": m.pps.min, "max": m.pps.max}, "setup_s": m.setup_s,
                 }));
             }
+        }
+    }
+    // The targets of the end-to-end comparison, at the largest size measured.
+    let rate = |sims: u32, mode: &str, gateway: Filter| {
+        rows.iter()
+            .find(|r| r["sims"] == sims && r["mode"] == mode && r["gateway"] == gateway.name())
+            .and_then(|r| r["pps"]["median"].as_f64())
+    };
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let targets = [
+        (
+            "drop rate ≥ 80% of the bare one-lookup program",
+            ratio(
+                rate(largest, "Drop", Filter::Enforcer),
+                rate(largest, "Drop", Filter::Bare),
+            ),
+            0.8,
+        ),
+        (
+            "drop rate ≥ 2× nftables netdev",
+            ratio(
+                rate(largest, "Drop", Filter::Enforcer),
+                rate(largest, "Drop", Filter::NftNetdev),
+            ),
+            2.0,
+        ),
+        (
+            "drop rate ≥ 3.5× nftables inet + conntrack",
+            ratio(
+                rate(largest, "Drop", Filter::Enforcer),
+                rate(largest, "Drop", Filter::NftInet),
+            ),
+            3.5,
+        ),
+        (
+            "pass rate ≥ nftables netdev",
+            ratio(
+                rate(largest, "Pass", Filter::Enforcer),
+                rate(largest, "Pass", Filter::NftNetdev),
+            ),
+            1.0,
+        ),
+    ];
+    let _ = writeln!(md, "\nTargets at {largest} SIMs:\n");
+    for (what, measured, target) in targets {
+        if let Some(measured) = measured {
+            let verdict = if measured >= target { "met" } else { "NOT met" };
+            let _ = writeln!(md, "- {what}: {measured:.2}× ({verdict})");
         }
     }
     json!(rows)
