@@ -462,12 +462,7 @@ impl Enforcer {
                 entries[index].1 = range.class;
             }
         }
-        let fd = self.map_data(names::PORT_CLASS)?.fd();
-        batch::update(fd, &entries).map_err(|source| LoadError::Map {
-            map: names::PORT_CLASS,
-            what: "writing",
-            source,
-        })
+        self.batch_write(names::PORT_CLASS, &entries)
     }
 
     fn write_segments(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
@@ -477,12 +472,7 @@ impl Enforcer {
                 (segment_index(generation, id as u16), entry)
             })
             .collect();
-        let fd = self.map_data(names::SEGMENTS)?.fd();
-        batch::update(fd, &entries).map_err(|source| LoadError::Map {
-            map: names::SEGMENTS,
-            what: "writing",
-            source,
-        })
+        self.batch_write(names::SEGMENTS, &entries)
     }
 
     fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
@@ -496,12 +486,7 @@ impl Enforcer {
                 (key, *entry)
             })
             .collect();
-        let fd = self.map_data(names::RULES)?.fd();
-        batch::update(fd, &entries).map_err(|source| LoadError::Map {
-            map: names::RULES,
-            what: "writing",
-            source,
-        })
+        self.batch_write(names::RULES, &entries)
     }
 
     fn clear_rules(&mut self, generation: u8) -> Result<(), LoadError> {
@@ -539,11 +524,7 @@ impl Enforcer {
                 HashMap::try_from(self.map_ref(name)?).map_err(map_err(name, "opening"))?;
             map.keys().next().is_some()
         };
-        batch::update(self.map_data(name)?.fd(), entries).map_err(|source| LoadError::Map {
-            map: name,
-            what: "writing",
-            source,
-        })?;
+        self.batch_write(name, entries)?;
         if had_entries {
             let keep: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
             let mut map: HashMap<&mut MapData, K, SimEntry> =
@@ -558,6 +539,19 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// Write `entries` into map `name` with `BPF_MAP_UPDATE_BATCH`.
+    fn batch_write<K: Pod, V: Pod>(
+        &self,
+        name: &'static str,
+        entries: &[(K, V)],
+    ) -> Result<(), LoadError> {
+        batch::update(self.map_data(name)?.fd(), entries).map_err(|source| LoadError::Map {
+            map: name,
+            what: "writing",
+            source,
+        })
     }
 
     fn map_data(&self, name: &'static str) -> Result<&MapData, LoadError> {

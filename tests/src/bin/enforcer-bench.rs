@@ -440,38 +440,31 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             .and_then(|r| r["pps"]["median"].as_f64())
     };
     let largest = *sizes.iter().max().unwrap_or(&0);
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    // The enforcer's rate over another gateway's, same mode and size.
+    let versus = |mode: &str, other: Filter| {
+        rate(largest, mode, Filter::Enforcer)
+            .zip(rate(largest, mode, other))
+            .map(|(ours, theirs)| ours / theirs)
+    };
     let targets = [
         (
             "drop rate ≥ 80% of the bare one-lookup program",
-            ratio(
-                rate(largest, "Drop", Filter::Enforcer),
-                rate(largest, "Drop", Filter::Bare),
-            ),
+            versus("Drop", Filter::Bare),
             0.8,
         ),
         (
             "drop rate ≥ 2× nftables netdev",
-            ratio(
-                rate(largest, "Drop", Filter::Enforcer),
-                rate(largest, "Drop", Filter::NftNetdev),
-            ),
+            versus("Drop", Filter::NftNetdev),
             2.0,
         ),
         (
             "drop rate ≥ 3.5× nftables inet + conntrack",
-            ratio(
-                rate(largest, "Drop", Filter::Enforcer),
-                rate(largest, "Drop", Filter::NftInet),
-            ),
+            versus("Drop", Filter::NftInet),
             3.5,
         ),
         (
             "pass rate ≥ nftables netdev",
-            ratio(
-                rate(largest, "Pass", Filter::Enforcer),
-                rate(largest, "Pass", Filter::NftNetdev),
-            ),
+            versus("Pass", Filter::NftNetdev),
             1.0,
         ),
     ];
