@@ -455,3 +455,125 @@ fn verifier_instruction_count_is_reported() {
         "the verifier's limit is 1M instructions"
     );
 }
+
+/// A second policy applied to a running program: verdicts follow it at once, the generation
+/// flips, SIMs it no longer has are removed and the old generation's rules are cleared.
+#[test]
+fn applying_a_new_policy_flips_the_generation_and_removes_stale_entries() {
+    let mut harness = Harness::new(POLICY, &[]);
+    let first = harness.enforcer.generation().expect("generation");
+    let allowed = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
+    assert_eq!(harness.run(&allowed), enforcer_common::verdict::XDP_PASS);
+
+    // The same SIM now has only a DNS rule, and the meter SIM is gone.
+    let second = r#"
+pools = ["10.64.0.0/16", "10.65.0.0/16"]
+[[segments]]
+name = "chargers"
+rules = [ { to = ["0.0.0.0/0"], proto = "udp", ports = [53] } ]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "chargers"
+"#;
+    let policy =
+        enforcer::policy::from_str(std::path::Path::new("second.toml"), second).expect("valid");
+    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let generation = harness
+        .enforcer
+        .apply(&compiled.image)
+        .expect("apply the second policy");
+    assert_ne!(
+        generation, first,
+        "apply fills the inactive generation and flips to it"
+    );
+
+    assert_eq!(
+        harness.run(&allowed),
+        enforcer_common::verdict::XDP_DROP,
+        "the old rule is gone"
+    );
+    let dns = Frame::new("10.64.0.1", "8.8.8.8", L4::Udp(53)).build();
+    assert_eq!(
+        harness.run(&dns),
+        enforcer_common::verdict::XDP_PASS,
+        "the new rule holds"
+    );
+    let meter = Frame::new("10.65.0.3", "203.0.113.5", L4::Tcp(1)).build();
+    assert_eq!(
+        harness.run(&meter),
+        enforcer_common::verdict::XDP_DROP,
+        "a removed SIM is spoofed now"
+    );
+
+    use aya::maps::{HashMap, MapData};
+    use enforcer_common::maps::{RuleEntry, RuleKey, SimEntry, names};
+    let sims: HashMap<&MapData, [u8; 4], SimEntry> =
+        HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4")).expect("hash map");
+    assert_eq!(
+        sims.keys().count(),
+        1,
+        "stale SIMs are removed from a map that held entries"
+    );
+    let rules: HashMap<&MapData, RuleKey, RuleEntry> =
+        HashMap::try_from(harness.enforcer.map(names::RULES).expect("RULES")).expect("hash map");
+    let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.generation == generation),
+        "only the active generation's rules remain: {keys:?}"
+    );
+}
+
+/// Maps pinned by one program instance are reused by the next: counters survive a restart.
+#[test]
+fn pinned_maps_are_reused_and_keep_their_counters() {
+    use enforcer::loader::{Capacity, Enforcer};
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/enforcer-pin-test-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
+    let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
+    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let capacity = Capacity {
+        sims: 1024,
+        sim_v4: 1024,
+        sim_v6: 1024,
+        rule_entries: 4096,
+        rules: 1024,
+    };
+    let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
+    let packets = |enforcer: &Enforcer| {
+        enforcer::counters::sim(
+            enforcer
+                .map(enforcer_common::maps::names::SIM_STATS)
+                .expect("SIM_STATS"),
+            0,
+        )
+        .expect("read SIM_STATS")
+        .pass_packets
+    };
+    let result = std::panic::catch_unwind(|| {
+        let mut first = Enforcer::load(capacity, Some(&pin_dir)).expect("load with pins");
+        first.apply(&compiled.image).expect("apply");
+        for _ in 0..3 {
+            first.test_run(&frame, 1, TEST_IFINDEX).expect("test run");
+        }
+        assert_eq!(packets(&first), 3);
+        std::mem::drop(first); // The daemon stops; the pins keep the maps.
+
+        let mut second =
+            Enforcer::load(capacity, Some(&pin_dir)).expect("load again with the same pins");
+        assert_eq!(packets(&second), 3, "counters survive a restart");
+        second
+            .apply(&compiled.image)
+            .expect("apply again onto the reused maps");
+        second.test_run(&frame, 1, TEST_IFINDEX).expect("test run");
+        assert_eq!(packets(&second), 4);
+        second.unpin().expect("remove pins");
+    });
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
