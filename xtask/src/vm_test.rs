@@ -153,10 +153,20 @@ fn resolve(spec: &str) -> anyhow::Result<Kernel> {
             veth,
         });
     }
-    let package = match spec {
-        "6.1" => apt_dependency("linux-image-cloud-amd64")?,
-        "6.12" => newest_package("linux-image-6.12.", "+deb12-cloud-amd64")?,
+    let lookup = || match spec {
+        "6.1" => apt_dependency("linux-image-cloud-amd64"),
+        "6.12" => newest_package("linux-image-6.12.", "+deb12-cloud-amd64"),
         other => bail!("unknown kernel `{other}`; use 6.1, 6.12 or a path to a vmlinuz"),
+    };
+    // A machine whose packages were all installed may still have no package lists: refresh
+    // them once before giving up.
+    let package = match lookup() {
+        Ok(package) => package,
+        Err(_) if matches!(spec, "6.1" | "6.12") => {
+            exec(Command::new("apt-get").args(["update", "-q"]))?;
+            lookup()?
+        }
+        Err(err) => return Err(err),
     };
     let dir = root().join("target/vm/kernels").join(&package);
     if !dir.join("boot").exists() {
