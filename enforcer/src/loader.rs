@@ -600,6 +600,18 @@ impl Enforcer {
         iface: &str,
         mode: XdpMode,
     ) -> Result<(), LoadError> {
+        self.extra_program(name)?
+            .attach(iface, mode)
+            .map_err(|source| LoadError::Attach {
+                iface: iface.to_owned(),
+                mode,
+                source: Box::new(source),
+            })?;
+        Ok(())
+    }
+
+    /// Another XDP program of the object by name, loaded on first use.
+    fn extra_program(&mut self, name: &str) -> Result<&mut Xdp, LoadError> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(name)
@@ -618,14 +630,7 @@ impl Enforcer {
                 source: Box::new(source),
             })?;
         }
-        program
-            .attach(iface, mode)
-            .map_err(|source| LoadError::Attach {
-                iface: iface.to_owned(),
-                mode,
-                source: Box::new(source),
-            })?;
-        Ok(())
+        Ok(program)
     }
 
     /// Detach from every interface.
@@ -694,24 +699,7 @@ impl Enforcer {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Duration), LoadError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(BASELINE_NAME)
-            .ok_or_else(|| LoadError::Program {
-                what: format!("finding program `{BASELINE_NAME}` in the object"),
-                source: Box::new(ProgramError::NotLoaded),
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                what: "opening the baseline program".into(),
-                source: Box::new(source),
-            })?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| LoadError::Program {
-                what: "loading the baseline program".into(),
-                source: Box::new(source),
-            })?;
-        }
+        let program = self.extra_program(BASELINE_NAME)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat;
