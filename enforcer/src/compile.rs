@@ -383,6 +383,14 @@ impl PortClasses {
 }
 
 impl MapImage {
+    /// SIM index slots the image uses (highest SIM index + 1): the `SIM_STATS` entries needed.
+    #[must_use]
+    pub fn sim_slots(&self) -> usize {
+        let v4 = self.sims_v4.iter().map(|(_, e)| e.sim);
+        let v6 = self.sims_v6.iter().map(|(_, e)| e.sim);
+        v4.chain(v6).map(|sim| sim as usize + 1).max().unwrap_or(0)
+    }
+
     /// Number of map entries the image writes.
     #[must_use]
     pub fn entry_count(&self) -> usize {

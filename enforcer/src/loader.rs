@@ -156,14 +156,7 @@ impl Capacity {
                 .unwrap_or(u32::MAX)
                 .max(floor)
         };
-        let sim_indices = image
-            .sims_v4
-            .iter()
-            .map(|(_, e)| e.sim)
-            .chain(image.sims_v6.iter().map(|(_, e)| e.sim))
-            .map(|sim| sim as usize + 1)
-            .max()
-            .unwrap_or(0);
+        let sim_indices = image.sim_slots();
         Self {
             sims: with_headroom(sim_indices, floor.sims),
             sim_v4: with_headroom(image.sims_v4.len(), floor.sim_v4),
@@ -332,14 +325,7 @@ impl Enforcer {
     }
 
     fn check_capacity(&self, image: &MapImage) -> Result<(), LoadError> {
-        let sim_indices = image
-            .sims_v4
-            .iter()
-            .map(|(_, e)| e.sim)
-            .chain(image.sims_v6.iter().map(|(_, e)| e.sim))
-            .map(|sim| sim as usize + 1)
-            .max()
-            .unwrap_or(0);
+        let sim_indices = image.sim_slots();
         let max_rule = image
             .rules
             .iter()
