@@ -299,6 +299,20 @@ pub fn prefix64(addr: &[u8; 16]) -> [u8; 8] {
     ]
 }
 
+/// Judge a frame that is neither IPv4, IPv6 nor ARP (after at most two VLAN tags), arriving on
+/// an interface with `IFACE_*` flags `iface_flags`: on a core-facing interface
+/// ([`IFACE_DROP_NON_POOL`]) only device IP traffic is expected, so it is dropped (`not_ip`);
+/// elsewhere it is not the enforcer's business and passes (`not_ip`).
+#[inline(always)]
+#[must_use]
+pub const fn not_ip(iface_flags: u32) -> Verdict {
+    if iface_flags & IFACE_DROP_NON_POOL != 0 {
+        Verdict::Drop(DropReason::NotIp)
+    } else {
+        Verdict::Pass(PassReason::NotIp, 0)
+    }
+}
+
 /// Judge a packet. Pure: the same inputs always give the same verdict. See the module comment.
 #[inline(always)]
 #[must_use]

@@ -31,8 +31,9 @@ pub const GENERATIONS: u32 = 2;
 pub const MAX_SEGMENTS: u32 = 1024;
 /// Counter block for packets that belong to no segment (malformed, spoofed, non-pool, non-IP).
 pub const SEGMENT_NONE: u32 = MAX_SEGMENTS;
-/// Verdict slots per segment in `VERDICT_STATS` (see [`crate::Verdict::stats_slot`]).
-pub const VERDICT_SLOTS: u32 = 16;
+/// Verdict slots per segment in `VERDICT_STATS` (see [`crate::Verdict::stats_slot`]): 7 pass
+/// and 24 drop reasons fit. Was 16 in the first layout (map `VERDICT_STATS`), now `VERDICTS_V2`.
+pub const VERDICT_SLOTS: u32 = 32;
 /// First slot of the drop reasons within a segment's block.
 pub const DROP_SLOT_BASE: u32 = 8;
 /// Entries of `VERDICT_STATS`: a block per segment plus one for [`SEGMENT_NONE`].
@@ -85,8 +86,9 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<SimCounters>` indexed by SIM index.
     pub const SIM_STATS: &str = "SIM_STATS";
-    /// `PerCpuArray<Counter>` indexed by [`super::verdict_stats_index`].
-    pub const VERDICT_STATS: &str = "VERDICT_STATS";
+    /// `PerCpuArray<Counter>` indexed by [`super::verdict_stats_index`]. `_V2`: 32 slots per
+    /// segment (the first layout, `VERDICT_STATS`, had 16).
+    pub const VERDICT_STATS: &str = "VERDICTS_V2";
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
     /// Every map the program defines, for pinning and checks.
@@ -223,7 +225,9 @@ pub struct RuleEntry {
     pub rule: u32,
 }
 
-/// Drop traffic whose source is outside every pool on this interface.
+/// The interface is core-facing (`--drop-non-pool`): only device traffic is expected on it, so
+/// traffic whose source is outside every pool is dropped (`non_pool`), and so are frames that
+/// are neither IPv4, IPv6 nor ARP (`not_ip`).
 pub const IFACE_DROP_NON_POOL: u32 = 1;
 
 /// Value of `IFACES`.

@@ -22,11 +22,20 @@ pub enum DropReason {
     Fragment = 6,
     /// The source is outside every pool and the interface is set to drop such traffic.
     NonPool = 7,
+    /// The packet asks routers to send it on to an address the enforcer did not judge: an IPv4
+    /// loose or strict source-route option (LSRR, SSRR; RFC 791 §3.1) or an IPv6 routing
+    /// header with segments left (RFC 8200 §4.4, RFC 5095). Fail closed: only the first hop is
+    /// visible here, and a gateway that honours the route would forward it to another device
+    /// (CVE-2007-2242).
+    SourceRoute = 8,
+    /// Neither IPv4, IPv6 nor ARP (e.g. MPLS, PPPoE, a 0x9100 tag) on a core-facing interface,
+    /// where only device IP traffic is expected; such frames could carry IP past the parser.
+    NotIp = 9,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NoRule,
         DropReason::Lateral,
         DropReason::Spoofed,
@@ -34,6 +43,8 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::NonPool,
+        DropReason::SourceRoute,
+        DropReason::NotIp,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -47,6 +58,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Fragment => "fragment",
             DropReason::NonPool => "non_pool",
+            DropReason::SourceRoute => "source_route",
+            DropReason::NotIp => "not_ip",
         }
     }
 }
@@ -112,8 +125,9 @@ impl Verdict {
 
     /// The slot of this verdict inside one segment's block of [`crate::maps::VerdictCounter`]s.
     ///
-    /// Pass reasons take slots `1..=4`, drop reasons `8..=14` (`8 + reason - 1`); slot 0 and
-    /// the gaps are never written, leaving room for new reasons without moving old slots.
+    /// Pass reasons take slots `1..=7` (today `1..=4`), drop reasons `8..=31` (`8 + reason -
+    /// 1`, today `8..=16`); slot 0 and the gaps are never written, leaving room for new reasons
+    /// without moving old slots. A compile-time check below keeps every reason in its block.
     #[must_use]
     pub const fn stats_slot(self) -> u32 {
         match self {
@@ -122,3 +136,22 @@ impl Verdict {
         }
     }
 }
+
+// Every reason must land inside its own block of a segment's `VERDICT_SLOTS` slots: a pass
+// reason below `DROP_SLOT_BASE`, a drop reason from `DROP_SLOT_BASE` to the end of the block.
+// A new reason that does not fit fails the build here, not a counter at run time.
+const _: () = {
+    use crate::maps::{DROP_SLOT_BASE, VERDICT_SLOTS};
+    let mut i = 0;
+    while i < PassReason::ALL.len() {
+        let slot = Verdict::Pass(PassReason::ALL[i], 0).stats_slot();
+        assert!(slot >= 1 && slot < DROP_SLOT_BASE);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        let slot = Verdict::Drop(DropReason::ALL[i]).stats_slot();
+        assert!(slot >= DROP_SLOT_BASE && slot < VERDICT_SLOTS);
+        i += 1;
+    }
+};

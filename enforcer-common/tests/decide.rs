@@ -171,6 +171,8 @@ fn verdict_slots_are_distinct_and_stable() {
     // Dashboards key on these numbers: changing one is a breaking change.
     assert_eq!(Verdict::Drop(DropReason::NoRule).stats_slot(), 8);
     assert_eq!(Verdict::Drop(DropReason::NonPool).stats_slot(), 14);
+    assert_eq!(Verdict::Drop(DropReason::SourceRoute).stats_slot(), 15);
+    assert_eq!(Verdict::Drop(DropReason::NotIp).stats_slot(), 16);
     assert_eq!(Verdict::Pass(PassReason::Rule, 9).stats_slot(), 1);
 }
 

@@ -1,6 +1,6 @@
 //! Stage 4, account: the single exit. Counts every packet once per table it belongs to.
 //!
-//! Writes `VERDICT_STATS` (per segment, by verdict), `SIM_STATS` (per SIM) and `RULE_STATS`
+//! Writes `VERDICTS_V2` (per segment, by verdict), `SIM_STATS` (per SIM) and `RULE_STATS`
 //! (per allowing rule); all per-CPU arrays, so no atomics on the hot path.
 
 use enforcer_common::{
@@ -8,7 +8,7 @@ use enforcer_common::{
     maps::{SEGMENT_NONE, verdict_stats_index},
 };
 
-use crate::maps::{RULE_STATS, SIM_STATS, VERDICT_STATS};
+use crate::maps::{RULE_STATS, SIM_STATS, VERDICTS_V2};
 
 /// Count one packet of `bytes` bytes with `verdict`, sent by `src`.
 #[inline(always)]
@@ -20,7 +20,7 @@ pub fn record(verdict: Verdict, src: &Src, bytes: u64) {
         SEGMENT_NONE
     };
     if let Some(counter) =
-        VERDICT_STATS.get_ptr_mut(verdict_stats_index(segment, verdict.stats_slot()))
+        VERDICTS_V2.get_ptr_mut(verdict_stats_index(segment, verdict.stats_slot()))
     {
         // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
         unsafe {

@@ -96,3 +96,9 @@ impl Tables for KernelMaps {
 pub fn lookup(meta: &PacketMeta) -> Inputs {
     decide::identify(&KernelMaps, meta)
 }
+
+/// `IFACE_*` flags of the arrival interface, for frames that never reach the lookups.
+#[inline(always)]
+pub fn iface_flags(ifindex: u32) -> u32 {
+    KernelMaps.iface_flags(ifindex)
+}

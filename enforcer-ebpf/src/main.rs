@@ -37,6 +37,10 @@ fn run(ctx: &XdpContext) -> (Verdict, Src) {
     let meta = match parse::packet(ctx) {
         Ok(Parsed::Ip(meta)) => meta,
         Ok(Parsed::Done(verdict)) => return (verdict, Src::default()),
+        Ok(Parsed::NotIp) => {
+            let flags = identify::iface_flags(parse::ifindex(ctx));
+            return (enforcer_common::decide::not_ip(flags), Src::default());
+        }
         Err(reason) => return (Verdict::Drop(reason), Src::default()),
     };
     let inputs = identify::lookup(&meta);

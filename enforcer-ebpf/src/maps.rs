@@ -56,9 +56,9 @@ pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFAC
 pub static SIM_STATS: PerCpuArray<SimCounters> =
     PerCpuArray::with_max_entries(defaults::MAX_SIMS, 0);
 
-/// Per-segment (and no-segment) packets and bytes by verdict slot, per CPU.
+/// Per-segment (and no-segment) packets and bytes by verdict slot, per CPU (`_V2`: 32 slots).
 #[map]
-pub static VERDICT_STATS: PerCpuArray<Counter> =
+pub static VERDICTS_V2: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(VERDICT_STATS_ENTRIES, 0);
 
 /// Per-rule packets and bytes passed, per CPU.

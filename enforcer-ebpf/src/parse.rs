@@ -1,18 +1,27 @@
 //! Stage 1, parse: a bounded header walk from Ethernet to the transport ports.
 //!
 //! Takes the frame, returns [`Parsed::Ip`] with a [`PacketMeta`], a final verdict for frames
-//! that are not the enforcer's business (ARP, neighbour discovery, non-IP), or
-//! `Err(DropReason::Malformed)`. Touches no maps. The userspace reference parser
+//! that need no lookup (ARP, neighbour discovery), [`Parsed::NotIp`] for frames that are not
+//! IP, or `Err` with the drop reason. Touches no maps. The userspace reference parser
 //! (`enforcer::reference::parse`) implements the same rules independently; the differential
 //! test holds the two together. The rules:
 //! - Ethernet, then up to [`MAX_VLAN_DEPTH`] 802.1Q/802.1ad tags; a third tag is malformed.
-//! - ARP passes (neighbour); an ethertype other than IPv4/IPv6 passes (not IP).
-//! - IPv4: version 4, IHL >= 5, the whole header and `tot_len` inside the frame, `tot_len` >=
-//!   header length. A non-zero fragment offset marks a later fragment (no ports).
-//! - IPv6: version 6, 40 bytes and `payload_len` inside the frame; hop-by-hop, routing and
-//!   destination-options headers are skipped whole (each must fit in the frame), a fragment
-//!   header too (a non-zero offset ends the walk as a later fragment); more than
-//!   [`MAX_EXT_HDRS`] extension headers is malformed.
+//! - ARP passes (neighbour); any other ethertype is not IP (judged by the interface's role).
+//! - **Everything after the IP header is bounded by the IP packet's end** (IPv4 `tot_len`,
+//!   IPv6 40 + `payload_len`), not by the frame's: the kernel trims Ethernet padding and
+//!   trailers after XDP, so bytes there are never judged as headers (a tiny fragment whose TCP
+//!   header lies in the padding is malformed, RFC 1858).
+//! - IPv4: version 4, IHL >= 5, `tot_len` >= header length and inside the frame. Options are
+//!   walked: a loose or strict source route (option number 3 or 9, any copy/class bits) drops
+//!   the packet as `source_route`; an option whose length runs past the header, or more than
+//!   eight options (no-ops count), is malformed.
+//!   A non-zero fragment offset marks a later fragment (no ports).
+//! - IPv6: version 6, 40 bytes and `payload_len` inside the frame; `payload_len` 0 with a next
+//!   header other than 59 (a jumbogram, RFC 2675, not supported) is malformed. Hop-by-hop,
+//!   routing and destination-options headers are skipped whole, a fragment header too (a
+//!   non-zero offset ends the walk as a later fragment); a routing header with segments left
+//!   drops the packet as `source_route`; more than [`MAX_EXT_HDRS`] extension headers is
+//!   malformed.
 //! - TCP needs 20 bytes, UDP 8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry
 //!   no ports and need nothing.
 //! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour).
@@ -42,6 +51,20 @@ const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
+/// "No next header": the only next header allowed with an IPv6 `payload_len` of 0.
+const IPV6_NONXT: u8 = 59;
+
+/// IPv4 options walked per header (a no-op byte counts as one); more is malformed. Real
+/// traffic carries one or two (router alert, record route, timestamp).
+const MAX_IPV4_OPTIONS: usize = 8;
+const IPV4_HEADER_LEN: usize = 20;
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+/// Option numbers (the low five bits of the type) of loose and strict source routing.
+const IPOPT_NUMBER_LSRR: u8 = 3;
+const IPOPT_NUMBER_SSRR: u8 = 9;
+/// Every IPv6 extension header is at least 8 bytes long.
+const IPV6_EXT_MIN_LEN: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -84,12 +107,15 @@ struct Ipv6Hdr {
     dst: [u8; 16],
 }
 
-/// The part of every skippable extension header we read: next header and length.
+/// The part of every skippable extension header we read: next header, length, and for the
+/// routing header its type and segments left (RFC 8200 §4.4).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct ExtHdr {
     next: u8,
     len: u8,
+    _routing_type: u8,
+    segments_left: u8,
 }
 
 #[repr(C)]
@@ -123,11 +149,19 @@ pub enum Parsed {
     Ip(PacketMeta),
     /// A frame whose verdict needs no lookup.
     Done(Verdict),
+    /// Neither IPv4, IPv6 nor ARP: judged by the interface's role
+    /// (`enforcer_common::decide::not_ip`).
+    NotIp,
 }
 
 /// Read a `T` at `offset` from the frame start, or fail if it does not fit.
+///
+/// The offset goes through [`opaque`]: after a length check against the IP packet's end, LLVM
+/// can prove a read in bounds (the IP end lies inside the frame) and delete its `data_end`
+/// check, which the verifier needs to see ("invalid access to packet").
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, DropReason> {
+    let offset = opaque(offset);
     let start = ctx.data();
     let end = ctx.data_end();
     if start.wrapping_add(offset).wrapping_add(size_of::<T>()) > end {
@@ -139,22 +173,27 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, DropReason> {
     Ok(unsafe { ptr.read() })
 }
 
-/// A big-endian length field (0..=65535), checked so that every verifier knows its bounds.
+/// A big-endian length field (0..=65535), bounded so that every verifier knows its range.
 ///
 /// Linux 6.1's verifier loses the range of a value built by a byte swap (`be16`) or by OR-ing
 /// two bytes, and then rejects adding it to a packet pointer ("math between pkt pointer and
-/// register with unbounded min value"). An explicit `> 0xffff` branch restores the bound, but
-/// LLVM deletes it as always false; reading the value back through a volatile local makes it
-/// opaque to LLVM, so the branch stays.
+/// register with unbounded min value"). Masking restores the bound, but LLVM deletes the mask as
+/// a no-op; reading the value back through [`opaque`] hides it from LLVM, so the mask stays. The
+/// mask comes right after the read (not a `> 0xffff` branch), so that even a copy LLVM spills to
+/// the stack before any check is bounded: 6.1 does not carry a later check over to a spilled
+/// copy of an unbounded value.
 #[inline(always)]
 fn length_field(bytes: [u8; 2]) -> Result<usize, DropReason> {
-    let value = usize::from(u16::from_be_bytes(bytes));
+    Ok(opaque(usize::from(u16::from_be_bytes(bytes))) & 0xffff)
+}
+
+/// `value`, read back through a volatile local so that LLVM knows nothing about it: it can
+/// neither delete a range check on it as always false nor a packet bounds check as implied by
+/// an earlier one. The verifier still tracks the value through the stack.
+#[inline(always)]
+fn opaque(value: usize) -> usize {
     // SAFETY: a volatile read of a local that lives for the whole expression.
-    let opaque = unsafe { core::ptr::read_volatile(&raw const value) };
-    if opaque > usize::from(u16::MAX) {
-        return Err(DropReason::Malformed);
-    }
-    Ok(opaque)
+    unsafe { core::ptr::read_volatile(&raw const value) }
 }
 
 /// Fail unless `len` bytes from `offset` lie inside the frame.
@@ -186,12 +225,13 @@ pub fn packet(ctx: &XdpContext) -> Result<Parsed, DropReason> {
         ETH_P_IPV6 => ipv6(ctx, offset, ifindex),
         ETH_P_ARP => Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0))),
         ETH_P_8021Q | ETH_P_8021AD => Err(DropReason::Malformed),
-        _ => Ok(Parsed::Done(Verdict::Pass(PassReason::NotIp, 0))),
+        _ => Ok(Parsed::NotIp),
     }
 }
 
+/// The interface the frame arrived on.
 #[inline(always)]
-fn ifindex(ctx: &XdpContext) -> u32 {
+pub fn ifindex(ctx: &XdpContext) -> u32 {
     // SAFETY: `ctx.ctx` points at the kernel's `xdp_md` for the duration of the program.
     unsafe { (*ctx.ctx).ingress_ifindex }
 }
@@ -204,10 +244,21 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     }
     let header_len = usize::from(ip.version_ihl & 0x0f).wrapping_mul(4);
     let total_len = length_field(ip.tot_len)?;
-    if header_len < size_of::<Ipv4Hdr>() || total_len < header_len {
+    if header_len < IPV4_HEADER_LEN || total_len < header_len {
         return Err(DropReason::Malformed);
     }
     require(ctx, l3, total_len)?;
+    if header_len > IPV4_HEADER_LEN {
+        match ipv4_options(
+            ctx,
+            l3.wrapping_add(IPV4_HEADER_LEN),
+            header_len.wrapping_sub(IPV4_HEADER_LEN),
+        ) {
+            OPTIONS_OK => {}
+            OPTIONS_SOURCE_ROUTE => return Err(DropReason::SourceRoute),
+            _ => return Err(DropReason::Malformed),
+        }
+    }
     let later_fragment = u16::from_be_bytes(ip.frag_off) & 0x1fff != 0;
     let addrs = Addrs {
         v6: false,
@@ -217,11 +268,76 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     transport(
         ctx,
         l3.wrapping_add(header_len),
+        l3.wrapping_add(total_len),
         addrs,
         ip.proto,
         later_fragment,
         ifindex,
     )
+}
+
+/// Walk the `len` option bytes at `start` (RFC 791 §3.1): end-of-list stops, no-op is one
+/// byte, every other option has a length byte. A source route is refused; an option that runs
+/// past the header is malformed, and so is a header with more than [`MAX_IPV4_OPTIONS`]
+/// options (no-ops count), which real traffic never carries (Katran drops every packet with
+/// options).
+///
+/// `#[inline(never)]`, a BPF-to-BPF call (Linux 4.16), like Katran's `parse_hdr_opt`: inlined,
+/// every way out of the walk carried its own state into the rest of the program and the
+/// verifier processed hundreds of thousands of instructions instead of about ten thousand; as a
+/// subprogram the caller continues from one return value. Returns an `OPTIONS_*` code, not a
+/// `Result`, so the value crossing the call is one plain register.
+#[inline(never)]
+fn ipv4_options(ctx: &XdpContext, start: usize, len: usize) -> u32 {
+    match walk_ipv4_options(ctx, start, len) {
+        Ok(()) => OPTIONS_OK,
+        Err(DropReason::SourceRoute) => OPTIONS_SOURCE_ROUTE,
+        Err(_) => OPTIONS_MALFORMED,
+    }
+}
+
+const OPTIONS_OK: u32 = 0;
+const OPTIONS_SOURCE_ROUTE: u32 = 1;
+const OPTIONS_MALFORMED: u32 = 2;
+
+#[inline(always)]
+fn walk_ipv4_options(ctx: &XdpContext, start: usize, len: usize) -> Result<(), DropReason> {
+    let mut at = 0usize;
+    for _ in 0..MAX_IPV4_OPTIONS {
+        if at >= len {
+            return Ok(());
+        }
+        let kind: u8 = read(ctx, start.wrapping_add(at))?;
+        if kind == IPOPT_END {
+            return Ok(());
+        }
+        if kind == IPOPT_NOOP {
+            at = at.wrapping_add(1);
+            continue;
+        }
+        let number = kind & 0x1f;
+        if number == IPOPT_NUMBER_LSRR || number == IPOPT_NUMBER_SSRR {
+            return Err(DropReason::SourceRoute);
+        }
+        if at.wrapping_add(2) > len {
+            return Err(DropReason::Malformed);
+        }
+        let option_len = usize::from(read::<u8>(ctx, start.wrapping_add(at).wrapping_add(1))?);
+        if option_len < 2 || at.wrapping_add(option_len) > len {
+            return Err(DropReason::Malformed);
+        }
+        at = at.wrapping_add(option_len);
+    }
+    if at >= len {
+        return Ok(());
+    }
+    // A ninth option, unless it is the end of the list.
+    let kind: u8 = read(ctx, start.wrapping_add(at))?;
+    if kind == IPOPT_END {
+        Ok(())
+    } else {
+        Err(DropReason::Malformed)
+    }
 }
 
 #[inline(always)]
@@ -231,7 +347,12 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
         return Err(DropReason::Malformed);
     }
     let payload_len = length_field(ip.payload_len)?;
-    require(ctx, l3, size_of::<Ipv6Hdr>().wrapping_add(payload_len))?;
+    if payload_len == 0 && ip.next != IPV6_NONXT {
+        return Err(DropReason::Malformed);
+    }
+    let ip_len = size_of::<Ipv6Hdr>().wrapping_add(payload_len);
+    require(ctx, l3, ip_len)?;
+    let ip_end = l3.wrapping_add(ip_len);
     let addrs = Addrs {
         v6: true,
         src: ip.src,
@@ -240,24 +361,34 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     let mut next = ip.next;
     let mut offset = l3.wrapping_add(size_of::<Ipv6Hdr>());
     for _ in 0..MAX_EXT_HDRS {
-        match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: ExtHdr = read(ctx, offset)?;
-                let len = usize::from(ext.len).wrapping_add(1).wrapping_mul(8);
-                require(ctx, offset, len)?;
-                next = ext.next;
-                offset = offset.wrapping_add(len);
-            }
-            IPV6_FRAGMENT => {
-                let frag: FragHdr = read(ctx, offset)?;
-                next = frag.next;
-                offset = offset.wrapping_add(size_of::<FragHdr>());
-                if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
-                    return transport(ctx, offset, addrs, next, true, ifindex);
-                }
-            }
-            _ => break,
+        if !matches!(
+            next,
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
+        ) {
+            break;
         }
+        if offset.wrapping_add(IPV6_EXT_MIN_LEN) > ip_end {
+            return Err(DropReason::Malformed);
+        }
+        if next == IPV6_FRAGMENT {
+            let frag: FragHdr = read(ctx, offset)?;
+            next = frag.next;
+            offset = offset.wrapping_add(size_of::<FragHdr>());
+            if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
+                return transport(ctx, offset, ip_end, addrs, next, true, ifindex);
+            }
+            continue;
+        }
+        let ext: ExtHdr = read(ctx, offset)?;
+        if next == IPV6_ROUTING && ext.segments_left != 0 {
+            return Err(DropReason::SourceRoute);
+        }
+        let len = usize::from(ext.len).wrapping_add(1).wrapping_mul(8);
+        if offset.wrapping_add(len) > ip_end {
+            return Err(DropReason::Malformed);
+        }
+        next = ext.next;
+        offset = offset.wrapping_add(len);
     }
     if matches!(
         next,
@@ -265,13 +396,16 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     ) {
         return Err(DropReason::Malformed);
     }
-    transport(ctx, offset, addrs, next, false, ifindex)
+    transport(ctx, offset, ip_end, addrs, next, false, ifindex)
 }
 
+/// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of
+/// the IP packet (not of the frame).
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
     l4: usize,
+    ip_end: usize,
     addrs: Addrs,
     proto: u8,
     later_fragment: bool,
@@ -291,17 +425,23 @@ fn transport(
         return Ok(Parsed::Ip(meta));
     }
     let v6 = addrs.v6;
+    let inside = |len: usize| {
+        if l4.wrapping_add(len) > ip_end {
+            Err(DropReason::Malformed)
+        } else {
+            Ok(())
+        }
+    };
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let min_len = if proto == IPPROTO_TCP { 20 } else { 8 };
-            require(ctx, l4, min_len)?;
+            inside(if proto == IPPROTO_TCP { 20 } else { 8 })?;
             let ports: Ports = read(ctx, l4)?;
             meta.dport = u16::from_be_bytes(ports.dst);
             meta.has_ports = true;
         }
-        IPPROTO_ICMP if !v6 => require(ctx, l4, 8)?,
+        IPPROTO_ICMP if !v6 => inside(8)?,
         IPPROTO_ICMPV6 if v6 => {
-            require(ctx, l4, 8)?;
+            inside(8)?;
             let icmp_type: u8 = read(ctx, l4)?;
             if (133..=137).contains(&icmp_type) {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));

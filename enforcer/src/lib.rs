@@ -1,9 +1,13 @@
 //! The enforcer daemon and CLI as a library: policy files, compilation to map contents, the
-//! loader, counters and the userspace reference model of the XDP program.
+//! loader, counters, the userspace reference model of the XDP program, the independent policy
+//! oracle and capture replay.
 mod batch;
 pub mod compile;
 pub mod counters;
 pub mod loader;
+pub mod oracle;
 pub mod policy;
+pub mod privileges;
 pub mod reference;
+pub mod replay;
 pub mod report;

@@ -1,4 +1,6 @@
-//! `enforcer`: the daemon (`run`) and its CLI (`policy check`, `stats`).
+//! `enforcer`: the daemon (`run`) and its CLI (`policy check`, `policy replay`, `stats`).
+
+mod cli;
 
 use std::{
     io::Write as _,
@@ -14,6 +16,7 @@ use enforcer::{
     counters::Totals,
     loader::{Capacity, Enforcer},
     policy::{self, SimState, ValidatedPolicy},
+    privileges,
     report::{Report, State},
 };
 use enforcer_common::maps::IFACE_DROP_NON_POOL;
@@ -89,6 +92,20 @@ enum PolicyCommand {
         #[arg(long)]
         dump: bool,
     },
+    /// Judge every packet of a pcap or pcapng capture with the real XDP program loaded with a
+    /// policy (nothing attached, nothing pinned; needs CAP_BPF and CAP_NET_ADMIN).
+    Replay {
+        /// Policy file (TOML).
+        policy: PathBuf,
+        /// Capture file (pcap or pcapng; Ethernet, raw IP or Linux cooked link type).
+        capture: PathBuf,
+        /// Print one JSON object per packet, then one with the summary.
+        #[arg(long)]
+        json: bool,
+        /// Judge the packets as if they arrived on a core-facing interface (`--drop-non-pool`).
+        #[arg(long)]
+        core_facing: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -119,6 +136,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Policy(PolicyCommand::Check { file, dump }) => check(&file, dump),
+        Command::Policy(PolicyCommand::Replay {
+            policy,
+            capture,
+            json,
+            core_facing,
+        }) => load_policy(&policy).and_then(|(validated, compiled)| {
+            cli::replay::run(
+                &policy,
+                validated.sims.len(),
+                &compiled,
+                &capture,
+                json,
+                core_facing,
+            )
+        }),
         Command::Stats(args) => stats(&args),
     };
     match result {
@@ -202,17 +234,9 @@ fn check(path: &Path, dump: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn require_root() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("enforcer run needs root (CAP_BPF and CAP_NET_ADMIN); run it with sudo");
-    }
-    Ok(())
-}
-
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let (policy, compiled) = load_policy(&args.policy)?;
-    require_root()?;
+    privileges::require_bpf("enforcer run").map_err(anyhow::Error::msg)?;
     if let Some(iface) = args.drop_non_pool.iter().find(|i| !args.ifaces.contains(i)) {
         bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
     }

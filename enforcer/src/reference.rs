@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    decide::{self, PacketMeta, Tables, v4_in_16},
+    decide::{self, PacketMeta, Tables},
     maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, RuleKey, SimEntry},
     rules::RuleTable,
 };
@@ -23,8 +23,10 @@ use crate::compile::MapImage;
 pub enum Parsed {
     /// An IP packet for the lookups.
     Ip(PacketMeta),
-    /// A verdict that needs no lookup (ARP, neighbour discovery, non-IP).
+    /// A verdict that needs no lookup (ARP, neighbour discovery).
     Done(Verdict),
+    /// Neither IPv4, IPv6 nor ARP: judged by the interface's role (`decide::not_ip`).
+    NotIp,
 }
 
 /// The verdict and the SIM it is counted for.
@@ -78,6 +80,10 @@ impl Reference {
                 sim: None,
             },
             Ok(Parsed::Done(verdict)) => Outcome { verdict, sim: None },
+            Ok(Parsed::NotIp) => Outcome {
+                verdict: decide::not_ip(self.iface_flags(ifindex)),
+                sim: None,
+            },
             Ok(Parsed::Ip(meta)) => {
                 let inputs = decide::identify(self, &meta);
                 Outcome {
@@ -171,121 +177,182 @@ impl Tables for Reference {
 }
 
 /// Parse a frame by the rules in `enforcer-ebpf/src/parse.rs`, over a byte slice.
+///
+/// Written apart from the kernel parser: once the IP header is checked, everything after it is
+/// read from a sub-slice that ends where the IP packet ends (`tot_len`, `payload_len`), so no
+/// later read can reach Ethernet padding or a trailer.
+///
+/// # Errors
+/// The drop reason of a frame the program drops while parsing: `Malformed` or `SourceRoute`.
 pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
-    let bytes = |at: usize, len: usize| frame.get(at..at + len).ok_or(DropReason::Malformed);
-    let be16 = |at: usize| bytes(at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-
-    let mut ethertype = be16(12)?;
+    let mut ethertype = be16(frame, 12)?;
     let mut at = 14;
     let mut tags = 0;
     while ethertype == 0x8100 || ethertype == 0x88A8 {
         if tags == 2 {
             return Err(DropReason::Malformed);
         }
-        ethertype = be16(at + 2)?;
+        ethertype = be16(frame, at + 2)?;
         at += 4;
         tags += 1;
     }
-    let (addrs, proto, l4, later_fragment) = match ethertype {
-        0x0800 => {
-            let header = bytes(at, 20)?;
-            if header[0] >> 4 != 4 {
-                return Err(DropReason::Malformed);
-            }
-            let ihl = usize::from(header[0] & 0x0f) * 4;
-            let total = usize::from(be16(at + 2)?);
-            if ihl < 20 || total < ihl || at + total > frame.len() {
-                return Err(DropReason::Malformed);
-            }
-            let offset = be16(at + 6)? & 0x1fff;
-            let src: [u8; 4] = header[12..16].try_into().unwrap_or_default();
-            let dst: [u8; 4] = header[16..20].try_into().unwrap_or_default();
-            (
-                (false, v4_in_16(src), v4_in_16(dst)),
-                header[9],
-                at + ihl,
-                offset != 0,
-            )
-        }
-        0x86DD => {
-            let header = bytes(at, 40)?;
-            if header[0] >> 4 != 6 {
-                return Err(DropReason::Malformed);
-            }
-            let payload = usize::from(be16(at + 4)?);
-            if at + 40 + payload > frame.len() {
-                return Err(DropReason::Malformed);
-            }
-            let src: [u8; 16] = header[8..24].try_into().unwrap_or_default();
-            let dst: [u8; 16] = header[24..40].try_into().unwrap_or_default();
-            let mut next = header[6];
-            let mut cursor = at + 40;
-            let mut later = false;
-            let mut seen = 0;
-            loop {
-                match next {
-                    0 | 43 | 60 => {
-                        let ext = bytes(cursor, 2)?;
-                        let len = (usize::from(ext[1]) + 1) * 8;
-                        bytes(cursor, len)?;
-                        next = ext[0];
-                        cursor += len;
-                    }
-                    44 => {
-                        let frag = bytes(cursor, 8)?;
-                        next = frag[0];
-                        cursor += 8;
-                        if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
-                            later = true;
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-                seen += 1;
-                if seen == 6 && matches!(next, 0 | 43 | 60 | 44) {
-                    return Err(DropReason::Malformed);
-                }
-            }
-            ((true, src, dst), next, cursor, later)
-        }
+    let l3 = frame.get(at..).unwrap_or_default();
+    let ip = match ethertype {
+        0x0800 => ipv4(l3)?,
+        0x86DD => ipv6(l3)?,
         0x0806 => return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0))),
-        _ => return Ok(Parsed::Done(Verdict::Pass(PassReason::NotIp, 0))),
+        _ => return Ok(Parsed::NotIp),
     };
-    let (v6, src, dst) = addrs;
     let mut meta = PacketMeta {
-        v6,
-        src,
-        dst,
-        proto,
+        v6: ip.v6,
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.proto,
         dport: 0,
         has_ports: false,
-        later_fragment,
+        later_fragment: ip.later_fragment,
         ifindex,
     };
-    if !later_fragment {
-        match proto {
-            IPPROTO_TCP => {
-                bytes(l4, 20)?;
-                meta.dport = be16(l4 + 2)?;
-                meta.has_ports = true;
-            }
-            IPPROTO_UDP => {
-                bytes(l4, 8)?;
-                meta.dport = be16(l4 + 2)?;
-                meta.has_ports = true;
-            }
-            IPPROTO_ICMP if !v6 => {
-                bytes(l4, 8)?;
-            }
-            IPPROTO_ICMPV6 if v6 => {
-                let icmp = bytes(l4, 8)?;
-                if (133..=137).contains(&icmp[0]) {
-                    return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
-                }
-            }
-            _ => {}
+    if ip.later_fragment {
+        return Ok(Parsed::Ip(meta));
+    }
+    let l4 = ip.l4;
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let need = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+            bytes(l4, 0, need)?;
+            meta.dport = be16(l4, 2)?;
+            meta.has_ports = true;
         }
+        IPPROTO_ICMP if !ip.v6 => {
+            bytes(l4, 0, 8)?;
+        }
+        IPPROTO_ICMPV6 if ip.v6 => {
+            let icmp = bytes(l4, 0, 8)?;
+            if (133..=137).contains(&icmp[0]) {
+                return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
+            }
+        }
+        _ => {}
     }
     Ok(Parsed::Ip(meta))
+}
+
+/// An IP header that checked out, and the transport bytes up to the IP packet's end.
+struct IpPart<'a> {
+    v6: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: u8,
+    later_fragment: bool,
+    l4: &'a [u8],
+}
+
+fn bytes(data: &[u8], at: usize, len: usize) -> Result<&[u8], DropReason> {
+    data.get(at..at + len).ok_or(DropReason::Malformed)
+}
+
+fn be16(data: &[u8], at: usize) -> Result<u16, DropReason> {
+    bytes(data, at, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn ipv4(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
+    let header = bytes(l3, 0, 20)?;
+    if header[0] >> 4 != 4 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(header[0] & 0x0f) * 4;
+    let total = usize::from(be16(l3, 2)?);
+    if ihl < 20 || total < ihl {
+        return Err(DropReason::Malformed);
+    }
+    let packet = bytes(l3, 0, total)?;
+    // RFC 791 §3.1: type 0 ends the list, type 1 is one byte, every other type has a length.
+    // At most eight options (a no-op counts); a ninth that is not end-of-list is malformed.
+    let mut options = &packet[20..ihl];
+    let mut count = 0;
+    while let Some(&kind) = options.first() {
+        if count == 8 {
+            if kind == 0 {
+                break;
+            }
+            return Err(DropReason::Malformed);
+        }
+        count += 1;
+        match kind {
+            0 => break,
+            1 => options = &options[1..],
+            _ if matches!(kind & 0x1f, 3 | 9) => return Err(DropReason::SourceRoute),
+            _ => {
+                let len = usize::from(*options.get(1).ok_or(DropReason::Malformed)?);
+                if len < 2 || len > options.len() {
+                    return Err(DropReason::Malformed);
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&header[12..16]);
+    dst[..4].copy_from_slice(&header[16..20]);
+    Ok(IpPart {
+        v6: false,
+        src,
+        dst,
+        proto: header[9],
+        later_fragment: be16(l3, 6)? & 0x1fff != 0,
+        l4: &packet[ihl..],
+    })
+}
+
+fn ipv6(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
+    let header = bytes(l3, 0, 40)?;
+    if header[0] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let payload_len = usize::from(be16(l3, 4)?);
+    let mut next = header[6];
+    if payload_len == 0 && next != 59 {
+        return Err(DropReason::Malformed); // A jumbogram (RFC 2675): not supported.
+    }
+    let mut rest = bytes(l3, 40, payload_len)?;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    dst.copy_from_slice(&header[24..40]);
+    let mut later_fragment = false;
+    let mut seen = 0;
+    while matches!(next, 0 | 43 | 44 | 60) {
+        if seen == 6 {
+            return Err(DropReason::Malformed);
+        }
+        seen += 1;
+        let ext = bytes(rest, 0, 8)?;
+        let len = if next == 44 {
+            8
+        } else {
+            (usize::from(ext[1]) + 1) * 8
+        };
+        if next == 43 && ext[3] != 0 {
+            return Err(DropReason::SourceRoute);
+        }
+        bytes(rest, 0, len)?;
+        let fragment_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
+        let was = next;
+        next = ext[0];
+        rest = &rest[len..];
+        if was == 44 && fragment_offset != 0 {
+            later_fragment = true;
+            break;
+        }
+    }
+    Ok(IpPart {
+        v6: true,
+        src,
+        dst,
+        proto: next,
+        later_fragment,
+        l4: rest,
+    })
 }

@@ -43,12 +43,16 @@ pub struct Frame {
     pub dst: IpAddr,
     /// Transport.
     pub l4: L4,
-    /// IPv4 option bytes (multiple of 4, at most 40).
+    /// IPv4 option bytes (multiple of 4, at most 40), one experimental option.
     pub ipv4_options: usize,
     /// IPv4 fragment offset (8-byte units) and more-fragments flag.
     pub ipv4_fragment: (u16, bool),
+    /// Explicit IPv4 option bytes (padded with end-of-list to `ipv4_options`); empty: NOPs.
+    pub ipv4_option_bytes: Vec<u8>,
     /// IPv6 extension headers, in order.
     pub ipv6_ext: Vec<Ext>,
+    /// Segments-left of every routing header (0: already at the final destination).
+    pub routing_segments_left: u8,
     /// Payload bytes after the transport header.
     pub payload: usize,
 }
@@ -64,7 +68,9 @@ impl Frame {
             l4,
             ipv4_options: 0,
             ipv4_fragment: (0, false),
+            ipv4_option_bytes: Vec::new(),
             ipv6_ext: Vec::new(),
+            routing_segments_left: 0,
             payload: 0,
         }
     }
@@ -124,18 +130,25 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
-                frame.extend(ipv4_header(
+                let mut header = ipv4_header(
                     src,
                     dst,
                     proto,
                     self.ipv4_options,
                     self.ipv4_fragment,
                     l4.len(),
-                ));
+                );
+                if !self.ipv4_option_bytes.is_empty() {
+                    let options = &mut header[20..];
+                    options.fill(0);
+                    let n = self.ipv4_option_bytes.len().min(options.len());
+                    options[..n].copy_from_slice(&self.ipv4_option_bytes[..n]);
+                }
+                frame.extend(header);
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&0x86DDu16.to_be_bytes());
-                let (ext, first) = ipv6_ext(&self.ipv6_ext, proto);
+                let (ext, first) = ipv6_ext(&self.ipv6_ext, proto, self.routing_segments_left);
                 frame.extend(ipv6_header(src, dst, first, ext.len() + l4.len()));
                 frame.extend(ext);
             }
@@ -165,7 +178,12 @@ fn ipv4_header(
     h.extend_from_slice(&[64, proto, 0, 0]);
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
-    h.resize(header_len, 0x01); // NOP options.
+    // One experimental option (RFC 4727: copied, number 30) fills the options area; runs of
+    // no-ops would exceed the eight options the enforcer walks.
+    if options >= 4 {
+        h.extend_from_slice(&[0x9e, u8::try_from(options).unwrap_or(40)]);
+    }
+    h.resize(header_len, 0);
     h
 }
 
@@ -179,7 +197,7 @@ fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: usize) -> Vec<u8
 }
 
 /// Extension header bytes and the first next-header value.
-fn ipv6_ext(ext: &[Ext], proto: u8) -> (Vec<u8>, u8) {
+fn ipv6_ext(ext: &[Ext], proto: u8, segments_left: u8) -> (Vec<u8>, u8) {
     let code = |e: &Ext| match e {
         Ext::HopByHop(_) => 0,
         Ext::Routing(_) => 43,
@@ -194,6 +212,9 @@ fn ipv6_ext(ext: &[Ext], proto: u8) -> (Vec<u8>, u8) {
                 let size = (usize::from(*len) + 1) * 8;
                 let mut h = vec![next, *len];
                 h.resize(size, 0);
+                if matches!(e, Ext::Routing(_)) {
+                    h[3] = segments_left;
+                }
                 bytes.extend(h);
             }
             Ext::Fragment(offset, more) => {

@@ -118,25 +118,55 @@ fn run_on_a_missing_interface_says_so() {
     );
 }
 
-#[test]
-fn run_as_an_unprivileged_user_says_to_use_root() {
+fn run_under_setpriv(setpriv: &[&str]) -> Output {
     let bin = enforcer_bin().display().to_string();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &bin,
-            "run",
-            "--policy",
-            &example(),
-            "--iface",
-            "lo",
-        ])
+    Command::new("setpriv")
+        .args(setpriv)
+        // A pin directory that cannot be created: should the check pass, `run` stops there
+        // instead of attaching to the host's loopback.
+        .args([&bin, "run", "--policy", &example(), "--iface", "lo"])
+        .args(["--pin-dir", "/proc/enforcer-never"])
         .output()
-        .expect("run setpriv (util-linux)");
+        .expect("run setpriv (util-linux)")
+}
+
+#[test]
+fn run_as_an_unprivileged_user_names_the_capabilities() {
+    let out = run_under_setpriv(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("needs root"), "{}", text(&out));
+    assert!(
+        text(&out).contains("needs CAP_BPF and CAP_NET_ADMIN; run it as root"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Privilege is judged by capabilities, not by uid: root without CAP_BPF (and CAP_SYS_ADMIN)
+/// is refused, and a non-root user holding CAP_BPF and CAP_NET_ADMIN gets past the check.
+#[test]
+fn run_checks_capabilities_not_the_uid() {
+    let out = run_under_setpriv(&[
+        "--bounding-set=-bpf,-sys_admin",
+        "--inh-caps=-bpf,-sys_admin",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("needs CAP_BPF;"),
+        "root without CAP_BPF: {}",
+        text(&out)
+    );
+    let out = run_under_setpriv(&[
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+bpf,+net_admin",
+        "--ambient-caps=+bpf,+net_admin",
+    ]);
+    assert!(
+        !text(&out).contains("needs CAP_"),
+        "a user with CAP_BPF and CAP_NET_ADMIN passes the check: {}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -1,0 +1,2 @@
+//! Subcommands whose work is more than a few lines, one module each.
+pub mod replay;

@@ -1,0 +1,160 @@
+//! An independent oracle: README's policy semantics, interpreted directly over a
+//! [`ValidatedPolicy`].
+//!
+//! The differential test shares `enforcer_common::decide` and the compiled tables with the
+//! kernel, so it cannot see a mistake in compilation, in the probe order or in precedence. This
+//! module knows nothing of classes, tiers, port classes, rule keys or generations: it scans the
+//! SIMs for the sender, scans the rules for one that allows the packet and applies the
+//! precedence list as README writes it. Tests hold `reference(compile(policy))` and, through
+//! it, the kernel to this. Slow on purpose (linear scans): tests only.
+//!
+//! Precedence (README "Verdicts"): source outside every pool → `non_pool` (pass, or drop on a
+//! core-facing interface); source in a pool without a SIM → `spoofed`; quarantined SIM →
+//! `quarantined`; a rule of the SIM's segment or of the SIM allows it → pass `rule`;
+//! destination inside a pool → `lateral`; a non-first fragment → `fragment`; else `no_rule`.
+//!
+//! Which rule is counted when several allow (README "Policy files"): a rule naming the
+//! destination's segment before one naming its IMSI; then the segment's rules before the SIM's
+//! own; then rules with ports before rules for a protocol on any port before rules for any
+//! protocol; then the rule written first.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use enforcer_common::{
+    DropReason, PassReason, Verdict,
+    decide::PacketMeta,
+    maps::{IFACE_DROP_NON_POOL, IPPROTO_TCP, IPPROTO_UDP},
+};
+use ipnetwork::IpNetwork;
+
+use crate::policy::{Dest, Rule, Sim, SimState, ValidatedPolicy};
+
+/// Judge a parsed IP packet by the policy's text semantics. `iface_flags` are the arrival
+/// interface's `IFACE_*` flags. Returns the verdict with the counted rule id (rule ids number
+/// the segments' rules in file order, then the SIMs' own rules in SIM order).
+#[must_use]
+pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> Verdict {
+    let src = address(meta.v6, meta.src);
+    let dst = address(meta.v6, meta.dst);
+    let Some(sender) = policy.sims.iter().position(|sim| holds(sim, src)) else {
+        if in_pool(policy, src) {
+            return Verdict::Drop(DropReason::Spoofed);
+        }
+        if iface_flags & IFACE_DROP_NON_POOL != 0 {
+            return Verdict::Drop(DropReason::NonPool);
+        }
+        return Verdict::Pass(PassReason::NonPool, 0);
+    };
+    let sim = &policy.sims[sender];
+    if sim.state == SimState::Quarantined {
+        return Verdict::Drop(DropReason::Quarantined);
+    }
+    let dst_sim = policy.sims.iter().position(|s| holds(s, dst));
+    let dst_in_pool = in_pool(policy, dst);
+    // (destination rank, subject rank, tier, rule id) of every allowing rule; the least wins.
+    let mut best: Option<(u8, u8, u8, u32)> = None;
+    for (subject, id, rule) in rules_of(policy, sender) {
+        let Some(tier) = tier(rule, meta) else {
+            continue;
+        };
+        for dest in &rule.to {
+            let rank = match *dest {
+                Dest::Net(net) if !dst_in_pool && contains(net, dst) => 0,
+                Dest::Segment(segment)
+                    if dst_sim.is_some_and(|d| policy.sims[d].segment == segment) =>
+                {
+                    0
+                }
+                Dest::Sim(index) if dst_sim == usize::try_from(index).ok() => 1,
+                _ => continue,
+            };
+            let candidate = (rank, subject, tier, id);
+            if best.is_none_or(|b| candidate < b) {
+                best = Some(candidate);
+            }
+        }
+    }
+    if let Some((.., id)) = best {
+        return Verdict::Pass(PassReason::Rule, id);
+    }
+    if dst_in_pool {
+        Verdict::Drop(DropReason::Lateral)
+    } else if meta.later_fragment {
+        Verdict::Drop(DropReason::Fragment)
+    } else {
+        Verdict::Drop(DropReason::NoRule)
+    }
+}
+
+/// The rules that apply to SIM `sender`: (0 = its segment's, 1 = its own; rule id; rule).
+fn rules_of(policy: &ValidatedPolicy, sender: usize) -> Vec<(u8, u32, &Rule)> {
+    let mut id = 0u32;
+    let mut out = Vec::new();
+    for (segment_id, segment) in policy.segments.iter().enumerate() {
+        for rule in &segment.rules {
+            if usize::from(policy.sims[sender].segment) == segment_id {
+                out.push((0, id, rule));
+            }
+            id += 1;
+        }
+    }
+    for (index, sim) in policy.sims.iter().enumerate() {
+        for rule in &sim.rules {
+            if index == sender {
+                out.push((1, id, rule));
+            }
+            id += 1;
+        }
+    }
+    out
+}
+
+/// Whether `rule` allows the packet's protocol and port, and how specifically: 0 with ports,
+/// 1 for its protocol on any port, 2 for any protocol; `None` if it does not.
+fn tier(rule: &Rule, meta: &PacketMeta) -> Option<u8> {
+    if rule.protos.is_empty() {
+        return Some(2);
+    }
+    if !rule.protos.contains(&meta.proto) {
+        return None;
+    }
+    let has_port_numbers = meta.proto == IPPROTO_TCP || meta.proto == IPPROTO_UDP;
+    if rule.ports.is_empty() || !has_port_numbers {
+        return Some(1);
+    }
+    // A rule with ports needs a packet that carries them (not a later fragment).
+    (meta.has_ports
+        && rule
+            .ports
+            .iter()
+            .any(|&(lo, hi)| lo <= meta.dport && meta.dport <= hi))
+    .then_some(0)
+}
+
+fn address(v6: bool, bytes: [u8; 16]) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    }
+}
+
+fn contains(net: IpNetwork, addr: IpAddr) -> bool {
+    match (net, addr) {
+        (IpNetwork::V4(net), IpAddr::V4(a)) => net.contains(a),
+        (IpNetwork::V6(net), IpAddr::V6(a)) => net.contains(a),
+        _ => false,
+    }
+}
+
+/// The SIM's address is `addr`: its IPv4 address, or an address in its IPv6 /64.
+fn holds(sim: &Sim, addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => sim.ipv4 == Some(a),
+        IpAddr::V6(a) => sim.ipv6.is_some_and(|net| net.contains(a)),
+    }
+}
+
+fn in_pool(policy: &ValidatedPolicy, addr: IpAddr) -> bool {
+    policy.pools.iter().any(|&pool| contains(pool, addr))
+}

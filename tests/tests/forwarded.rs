@@ -1,0 +1,242 @@
+//! What the kernel will forward (issue: packet bounds, source routing, non-IP frames): every
+//! fixture gets its verdict from the real program and the reference model, and `enforcer
+//! policy replay` shows the same verdicts for the same frames read from pcap and pcapng files.
+
+use std::{borrow::Cow, path::PathBuf, process::Command, time::Duration};
+
+use enforcer_common::{Verdict, maps::IFACE_DROP_NON_POOL};
+use integration_tests::{
+    enforcer_bin,
+    forwarded::{Fixture, POLICY, fixtures},
+    harness::{Harness, TEST_IFINDEX, hex},
+};
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    pcapng::{
+        PcapNgWriter,
+        blocks::{
+            enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock,
+        },
+    },
+};
+
+fn name(verdict: Verdict) -> String {
+    enforcer::replay::verdict_name(verdict)
+}
+
+#[test]
+fn every_forwarding_fixture_gets_its_verdict() {
+    for core_facing in [false, true] {
+        let flags = if core_facing { IFACE_DROP_NON_POOL } else { 0 };
+        let mut harness = Harness::new(POLICY, &[(TEST_IFINDEX, flags)]);
+        for Fixture {
+            name,
+            frame,
+            expected,
+            ..
+        } in fixtures()
+            .into_iter()
+            .filter(|f| f.core_facing == core_facing)
+        {
+            let reference = harness.reference.evaluate(&frame, TEST_IFINDEX).verdict;
+            assert_eq!(
+                reference,
+                expected,
+                "reference model, fixture `{name}`: {}",
+                hex(&frame)
+            );
+            let kernel = harness.check(&frame).verdict;
+            assert_eq!(kernel, expected, "fixture `{name}`: {}", hex(&frame));
+        }
+    }
+}
+
+/// A per-run scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-replay-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_pcap(path: &PathBuf, frames: &[&[u8]]) {
+    let file = std::fs::File::create(path).expect("create pcap");
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
+    for (i, frame) in frames.iter().enumerate() {
+        let len = u32::try_from(frame.len()).expect("frame length");
+        writer
+            .write_packet(&PcapPacket::new(
+                Duration::from_millis(i as u64),
+                len,
+                frame,
+            ))
+            .expect("write packet");
+    }
+}
+
+fn write_pcapng(path: &PathBuf, frames: &[&[u8]]) {
+    let file = std::fs::File::create(path).expect("create pcapng");
+    let mut writer = PcapNgWriter::new(file).expect("pcapng header");
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65_535))
+        .expect("interface block");
+    for (i, frame) in frames.iter().enumerate() {
+        let block = EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_millis(i as u64),
+            original_len: u32::try_from(frame.len()).expect("frame length"),
+            data: Cow::Borrowed(frame),
+            options: Vec::new(),
+        };
+        writer.write_pcapng_block(block).expect("packet block");
+    }
+}
+
+/// Run `enforcer policy replay --json` and return the verdict names per packet and the summary.
+fn replay(
+    policy: &PathBuf,
+    capture: &PathBuf,
+    core_facing: bool,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let mut cmd = Command::new(enforcer_bin());
+    cmd.args(["policy", "replay"])
+        .arg(policy)
+        .arg(capture)
+        .arg("--json");
+    if core_facing {
+        cmd.arg("--core-facing");
+    }
+    let out = cmd.output().expect("run enforcer policy replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "replay failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let summary = lines.pop().expect("a summary line")["summary"].clone();
+    (lines, summary)
+}
+
+#[test]
+fn replay_shows_the_fixture_verdicts_from_pcap_and_pcapng() {
+    let scratch = Scratch::new("fixtures");
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    for core_facing in [false, true] {
+        let chosen: Vec<Fixture> = fixtures()
+            .into_iter()
+            .filter(|f| f.core_facing == core_facing)
+            .collect();
+        let frames: Vec<&[u8]> = chosen.iter().map(|f| f.frame.as_slice()).collect();
+        let pcap = scratch.0.join(format!("f-{core_facing}.pcap"));
+        let pcapng = scratch.0.join(format!("f-{core_facing}.pcapng"));
+        write_pcap(&pcap, &frames);
+        write_pcapng(&pcapng, &frames);
+        for capture in [&pcap, &pcapng] {
+            let (packets, summary) = replay(&policy, capture, core_facing);
+            assert_eq!(packets.len(), chosen.len(), "one line per packet");
+            for (fixture, packet) in chosen.iter().zip(&packets) {
+                let shown = format!(
+                    "{}_{}",
+                    packet["verdict"].as_str().unwrap_or("?"),
+                    packet["reason"].as_str().unwrap_or("?")
+                );
+                assert_eq!(
+                    shown,
+                    name(fixture.expected),
+                    "fixture `{}`: {packet}",
+                    fixture.name
+                );
+                if let Verdict::Pass(enforcer_common::PassReason::Rule, id) = fixture.expected {
+                    assert_eq!(packet["rule"]["id"], id, "fixture `{}`", fixture.name);
+                    let origin = packet["rule"]["origin"].as_str().unwrap_or_default();
+                    assert!(
+                        origin.starts_with(&format!("{}:", policy.display())),
+                        "the rule's file:line is shown: {origin}"
+                    );
+                }
+            }
+            assert_eq!(summary["packets"], chosen.len());
+            assert_eq!(summary["disagreements"], 0);
+        }
+    }
+}
+
+#[test]
+fn replay_prints_a_table_with_addresses_ports_and_the_rule() {
+    let scratch = Scratch::new("table");
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let allowed = integration_tests::frames::Frame::new(
+        "10.64.0.1",
+        "198.51.100.10",
+        integration_tests::frames::L4::Tcp(443),
+    )
+    .build();
+    let capture = scratch.0.join("one.pcap");
+    write_pcap(&capture, &[&allowed, &allowed[..10]]);
+    let out = Command::new(enforcer_bin())
+        .args(["policy", "replay"])
+        .arg(&policy)
+        .arg(&capture)
+        .output()
+        .expect("run replay");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().nth(1).expect("a packet line");
+    for part in [
+        "10.64.0.1:40000",
+        "198.51.100.10:443",
+        "tcp",
+        "pass rule",
+        "#0",
+        "policy.toml:",
+    ] {
+        assert!(first.contains(part), "`{part}` missing from: {first}");
+    }
+    assert!(
+        text.contains("not judged: shorter than an Ethernet header"),
+        "{text}"
+    );
+    assert!(text.contains("2 packets"), "{text}");
+    assert!(text.contains("1 passed, 0 dropped, 1 not judged"), "{text}");
+}
+
+#[test]
+fn replay_refuses_a_file_that_is_not_a_capture() {
+    let scratch = Scratch::new("bad");
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let out = Command::new(enforcer_bin())
+        .args(["policy", "replay"])
+        .arg(&policy)
+        .arg(&policy)
+        .output()
+        .expect("run replay");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("not a pcap or pcapng file"), "{text}");
+}
