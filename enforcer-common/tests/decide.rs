@@ -312,7 +312,16 @@ proptest! {
             prop_assert_eq!(verdict, Verdict::Drop(DropReason::Spoofed));
         }
         if let Verdict::Pass(PassReason::Rule, id) = verdict {
-            let (_, class, _, _) = rules[id as usize];
+            let (subject, class, p, pc) = rules[id as usize];
+            // The matched rule is the sender's segment's (SIM 0 is in segment 0 and has no
+            // rules of its own), for its protocol or any, for its port class or any port.
+            prop_assert_eq!(subject, 0, "a rule of another subject matched");
+            prop_assert!(p == PROTO_ANY || p == proto, "a rule for protocol {} matched {}", p, proto);
+            let port_class = if p == PROTO_ANY { PORT_ANY } else { pc };
+            prop_assert!(
+                port_class == PORT_ANY || (meta.has_ports && port_class == dport % 4),
+                "a rule for port class {} matched port {}", port_class, dport
+            );
             match dst {
                 [10, 0, 0, 2] => prop_assert!(class == 1 || class == 2, "lateral passed by a CIDR rule"),
                 [10, _, _, _] => prop_assert!(false, "pool hole reached"),
