@@ -7,3 +7,4 @@ pub mod loader;
 pub mod policy;
 pub mod reference;
 pub mod report;
+pub mod xdp_holder;

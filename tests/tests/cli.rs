@@ -320,3 +320,107 @@ fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     );
     assert!(!stderr.contains('\u{1b}'), "ANSI escape in {stderr:?}");
 }
+
+/// A pin directory and state file of one `enforcer run`, removed on drop (a failed attach
+/// leaves its pins behind).
+struct RunFiles {
+    pin_dir: String,
+    state_file: String,
+}
+
+impl RunFiles {
+    fn new(name: &str) -> Self {
+        let id = format!("{}-{name}", std::process::id());
+        Self {
+            pin_dir: format!("/sys/fs/bpf/enforcer-cli-{id}"),
+            state_file: std::env::temp_dir()
+                .join(format!("enforcer-cli-{id}.json"))
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// `nsenter` arguments (not `ip netns exec`, which hides bpffs behind a fresh /sys).
+    fn args(&self, ns: &str, mode: &str, bin: &str, policy: &str) -> Vec<String> {
+        let net = format!("--net=/run/netns/{ns}");
+        [
+            net.as_str(),
+            bin,
+            "run",
+            "--policy",
+            policy,
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            mode,
+            "--pin-dir",
+            &self.pin_dir,
+            "--state-file",
+            &self.state_file,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}
+
+#[test]
+fn attach_to_an_interface_held_by_another_program_names_it() {
+    use std::io::BufRead as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return;
+    }
+    let ns = integration_tests::netns::NetNs::new(&format!(
+        "{}-held",
+        integration_tests::netns::unique_prefix()
+    ));
+    let bin = enforcer_bin().display().to_string();
+    let policy = example();
+    let (first_files, second_files) = (RunFiles::new("held1"), RunFiles::new("held2"));
+    let mut first = Command::new("nsenter")
+        .args(first_files.args(&ns.name, "skb", &bin, &policy))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the first enforcer");
+    let stderr = first.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Enforcing"));
+    let second = Command::new("nsenter")
+        .args(second_files.args(&ns.name, "skb", &bin, &policy))
+        .output()
+        .expect("run the second enforcer");
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(i32::try_from(first.id()).expect("pid"), libc::SIGTERM) };
+    let _ = first.wait();
+    assert!(ready, "the first enforcer never started enforcing");
+    let text = text(&second);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("XDP program `enforcer` (id ") && text.contains("already holds `lo`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("--xdp-mode skb"),
+        "no skb hint in skb mode: {text}"
+    );
+    // With `lo` free again, native mode fails (lo has no driver XDP) and suggests skb.
+    let third_files = RunFiles::new("held3");
+    let third = Command::new("nsenter")
+        .args(third_files.args(&ns.name, "native", &bin, &policy))
+        .output()
+        .expect("run the third enforcer");
+    let text = self::text(&third);
+    assert!(!third.status.success(), "{text}");
+    assert!(text.contains("retry with `--xdp-mode skb`"), "{text}");
+}
