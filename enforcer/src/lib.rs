@@ -11,3 +11,4 @@ pub mod privileges;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod xdp_holder;

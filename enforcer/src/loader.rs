@@ -78,15 +78,14 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// Attaching failed.
-    #[error(
-        "attaching XDP to `{iface}` in {mode:?} mode failed; if the driver lacks native XDP, \
-         retry with `--xdp-mode skb`"
-    )]
+    #[error("attaching XDP to `{iface}` in {mode:?} mode failed{hint}")]
     Attach {
         /// Interface name.
         iface: String,
         /// Mode requested.
         mode: XdpMode,
+        /// What to try, from [`crate::xdp_holder::attach_hint`] (empty or `; …`).
+        hint: String,
         /// Cause.
         #[source]
         source: Box<ProgramError>,
@@ -571,6 +570,7 @@ impl Enforcer {
             source => LoadError::Attach {
                 iface: iface.to_owned(),
                 mode,
+                hint: crate::xdp_holder::attach_hint(iface, mode),
                 source: Box::new(source),
             },
         })?;
@@ -591,6 +591,7 @@ impl Enforcer {
             .map_err(|source| LoadError::Attach {
                 iface: iface.to_owned(),
                 mode,
+                hint: crate::xdp_holder::attach_hint(iface, mode),
                 source: Box::new(source),
             })?;
         Ok(())

@@ -49,6 +49,8 @@ struct RunArgs {
     /// Policy file (TOML).
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// Interface to attach to; repeat for each gateway interface.
     #[arg(long = "iface", value_name = "IF", required = true)]
     ifaces: Vec<String>,
@@ -91,6 +93,8 @@ enum PolicyCommand {
         /// Also print every map entry it compiles to.
         #[arg(long)]
         dump: bool,
+        #[command(flatten)]
+        input: InputArgs,
     },
     /// Judge every packet of a pcap or pcapng capture with the real XDP program loaded with a
     /// policy (nothing attached, nothing pinned; needs CAP_BPF and CAP_NET_ADMIN).
@@ -105,7 +109,30 @@ enum PolicyCommand {
         /// Judge the packets as if they arrived on a core-facing interface (`--drop-non-pool`).
         #[arg(long)]
         core_facing: bool,
+        #[command(flatten)]
+        input: InputArgs,
     },
+}
+
+/// How policy files are read (`policy::LoadOptions`).
+#[derive(clap::Args)]
+struct InputArgs {
+    /// Also allow an inventory in DIR (by default only inside the policy file's directory);
+    /// repeatable.
+    #[arg(long = "inventory-dir", value_name = "DIR")]
+    inventory_dirs: Vec<PathBuf>,
+    /// Largest policy or inventory file read, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = policy::source::DEFAULT_MAX_FILE_BYTES)]
+    max_file_size: u64,
+}
+
+impl InputArgs {
+    fn options(&self) -> policy::LoadOptions {
+        policy::LoadOptions {
+            max_file_bytes: self.max_file_size,
+            inventory_dirs: self.inventory_dirs.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -132,16 +159,21 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Policy(PolicyCommand::Check { file, dump }) => check(&file, dump),
+        Command::Policy(PolicyCommand::Check { file, dump, input }) => {
+            check(&file, dump, &input.options())
+        }
         Command::Policy(PolicyCommand::Replay {
             policy,
             capture,
             json,
             core_facing,
-        }) => load_policy(&policy).and_then(|(validated, compiled)| {
+            input,
+        }) => load_policy(&policy, &input.options()).and_then(|(validated, compiled)| {
             cli::replay::run(
                 &policy,
                 validated.sims.len(),
@@ -171,15 +203,18 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-fn load_policy(path: &Path) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
-    let policy = policy::load(path)?;
+fn load_policy(
+    path: &Path,
+    options: &policy::LoadOptions,
+) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
+    let policy = policy::load_with(path, options)?;
     let compiled = compile::compile(&policy)
         .with_context(|| format!("compiling {} failed", path.display()))?;
     Ok((policy, compiled))
 }
 
-fn check(path: &Path, dump: bool) -> anyhow::Result<()> {
-    let (policy, compiled) = load_policy(path)?;
+fn check(path: &Path, dump: bool, options: &policy::LoadOptions) -> anyhow::Result<()> {
+    let (policy, compiled) = load_policy(path, options)?;
     let image = &compiled.image;
     let v4_pools = policy.pools.iter().filter(|p| p.is_ipv4()).count();
     let quarantined = policy
@@ -235,7 +270,7 @@ fn check(path: &Path, dump: bool) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (policy, compiled) = load_policy(&args.policy)?;
+    let (policy, compiled) = load_policy(&args.policy, &args.input.options())?;
     privileges::require_bpf("enforcer run").map_err(anyhow::Error::msg)?;
     if let Some(iface) = args.drop_non_pool.iter().find(|i| !args.ifaces.contains(i)) {
         bail!("--drop-non-pool {iface} names an interface that is not given with --iface");

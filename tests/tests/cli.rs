@@ -199,3 +199,258 @@ fn stats_without_a_running_enforcer_explains() {
         text(&out)
     );
 }
+
+/// A directory of its own for one test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("enforcer-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, body: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, body).expect("write");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const HEAD: &str = "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = \"a\"\n";
+
+#[test]
+fn policy_check_refuses_inventories_outside_its_directory_and_never_echoes_them() {
+    let dir = Scratch::new("escape");
+    for inventory in ["/etc/passwd", "../../../../../../etc/passwd"] {
+        let policy = dir.write("p.toml", &format!("inventory = \"{inventory}\"\n{HEAD}"));
+        let out = enforcer(&["policy", "check", &policy]);
+        let text = text(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("outside the policy file's directory"),
+            "{text}"
+        );
+        assert!(!text.contains("root:"), "{text}");
+    }
+    // Inside an allowed directory but not an inventory: refused, not quoted.
+    let policy = dir.write("p.toml", &format!("inventory = \"/etc/passwd\"\n{HEAD}"));
+    let out = enforcer(&["policy", "check", &policy, "--inventory-dir", "/etc"]);
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("not an inventory"), "{text}");
+    assert!(!text.contains("root:"), "{text}");
+}
+
+#[test]
+fn policy_check_reads_an_inventory_from_an_allowed_directory() {
+    let dir = Scratch::new("invdir");
+    let inventory = dir.write(
+        "inv/sims.csv",
+        "imsi,ipv4,segment\n001010000000001,10.64.0.1,a\n",
+    );
+    let policy = dir.write(
+        "pol/p.toml",
+        &format!("inventory = \"{inventory}\"\n{HEAD}"),
+    );
+    let out = enforcer(&["policy", "check", &policy]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let inv_dir = dir.0.join("inv").display().to_string();
+    let out = enforcer(&["policy", "check", &policy, "--inventory-dir", &inv_dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("SIMs:        1"), "{}", text(&out));
+}
+
+#[test]
+fn policy_check_refuses_devices_fifos_and_large_files_quickly() {
+    let dir = Scratch::new("special");
+    let fifo = dir.0.join("fifo.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let fifo = fifo.display().to_string();
+    for (file, needle) in [("/dev/zero", "is a device"), (fifo.as_str(), "is a FIFO")] {
+        let started = std::time::Instant::now();
+        let out = enforcer(&["policy", "check", file]);
+        assert!(!out.status.success());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "an error, not an abort: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains(needle), "{}", text(&out));
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "{file}: {:?}",
+            started.elapsed()
+        );
+    }
+    let out = enforcer(&["policy", "check", &example(), "--max-file-size", "100"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("larger than 100 bytes"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn policy_check_caps_each_kind_of_error_with_a_count() {
+    let dir = Scratch::new("cap");
+    let mut csv = String::from("imsi,ipv4,segment\n");
+    for i in 0..60_000u32 {
+        csv.push_str(&format!(
+            "{:015},10.64.{}.{},metres\n",
+            i + 1,
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    dir.write("sims.csv", &csv);
+    let policy = dir.write("p.toml", &format!("inventory = \"sims.csv\"\n{HEAD}"));
+    let out = enforcer(&["policy", "check", &policy]);
+    let text = text(&out);
+    assert!(!out.status.success());
+    assert!(text.lines().count() < 20, "{text}");
+    assert!(
+        text.contains("(60,000 errors; at most 10 of each kind shown)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sims.csv:12:1: … and 59,990 more rows with unknown segment `metres`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let out = Command::new(enforcer_bin())
+        .args(["policy", "check", &example()])
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("run enforcer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Read policy file."),
+        "a log line to look at: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape in {stderr:?}");
+}
+
+/// A pin directory and state file of one `enforcer run`, removed on drop (a failed attach
+/// leaves its pins behind).
+struct RunFiles {
+    pin_dir: String,
+    state_file: String,
+}
+
+impl RunFiles {
+    fn new(name: &str) -> Self {
+        let id = format!("{}-{name}", std::process::id());
+        Self {
+            pin_dir: format!("/sys/fs/bpf/enforcer-cli-{id}"),
+            state_file: std::env::temp_dir()
+                .join(format!("enforcer-cli-{id}.json"))
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// `nsenter` arguments (not `ip netns exec`, which hides bpffs behind a fresh /sys).
+    fn args(&self, ns: &str, mode: &str, bin: &str, policy: &str) -> Vec<String> {
+        let net = format!("--net=/run/netns/{ns}");
+        [
+            net.as_str(),
+            bin,
+            "run",
+            "--policy",
+            policy,
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            mode,
+            "--pin-dir",
+            &self.pin_dir,
+            "--state-file",
+            &self.state_file,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}
+
+#[test]
+fn attach_to_an_interface_held_by_another_program_names_it() {
+    use std::io::BufRead as _;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return;
+    }
+    let ns = integration_tests::netns::NetNs::new(&format!(
+        "{}-held",
+        integration_tests::netns::unique_prefix()
+    ));
+    let bin = enforcer_bin().display().to_string();
+    let policy = example();
+    let (first_files, second_files) = (RunFiles::new("held1"), RunFiles::new("held2"));
+    let mut first = Command::new("nsenter")
+        .args(first_files.args(&ns.name, "skb", &bin, &policy))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the first enforcer");
+    let stderr = first.stderr.take().expect("piped stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Enforcing"));
+    let second = Command::new("nsenter")
+        .args(second_files.args(&ns.name, "skb", &bin, &policy))
+        .output()
+        .expect("run the second enforcer");
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(i32::try_from(first.id()).expect("pid"), libc::SIGTERM) };
+    let _ = first.wait();
+    assert!(ready, "the first enforcer never started enforcing");
+    let text = text(&second);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("XDP program `enforcer` (id ") && text.contains("already holds `lo`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("--xdp-mode skb"),
+        "no skb hint in skb mode: {text}"
+    );
+    // With `lo` free again, native mode fails (lo has no driver XDP) and suggests skb.
+    let third_files = RunFiles::new("held3");
+    let third = Command::new("nsenter")
+        .args(third_files.args(&ns.name, "native", &bin, &policy))
+        .output()
+        .expect("run the third enforcer");
+    let text = self::text(&third);
+    assert!(!third.status.success(), "{text}");
+    assert!(text.contains("retry with `--xdp-mode skb`"), "{text}");
+}

@@ -203,8 +203,10 @@ const V4_NETS: &[&str] = &[
     "100.64.0.0/10",
     "8.8.8.8/32",
 ];
+// Not `::/0`: it contains 64:ff9b::/96 and ::ffff:0:0/96, where IPv4 pools can be reached,
+// and validation refuses it; 2000::/3 is the wide IPv6 destination operators write instead.
 const V6_NETS: &[&str] = &[
-    "::/0",
+    "2000::/3",
     "2001:db8::/32",
     "2001:db8:1::/48",
     "2001:db8:1:2::/64",
@@ -220,7 +222,7 @@ const PORT_ITEMS: &[&str] = &[
     "1500-1600",
     "0-65535",
     "65535",
-    "0",
+    "1",
 ];
 
 impl RandomPolicy {
@@ -274,17 +276,21 @@ impl RandomPolicy {
         ];
         let mut rule = |rng: &mut Rng| {
             let mut to = Vec::new();
+            // Validation refuses `icmp` towards IPv6 only and `icmpv6` towards IPv4 only.
+            let (mut to_v4, mut to_v6) = (false, false);
             for _ in 0..rng.range(1, 3) {
                 match rng.below(10) {
                     0..=4 => {
                         let net = *rng.pick(V4_NETS);
                         rule_v4.push(net.to_owned());
                         to.push(format!("\"{net}\""));
+                        to_v4 = true;
                     }
                     5..=6 => {
                         let net = *rng.pick(V6_NETS);
                         rule_v6.push(net.to_owned());
                         to.push(format!("\"{net}\""));
+                        to_v6 = true;
                     }
                     7..=8 => to.push(format!("\"s{}\"", rng.below(segments))),
                     _ => to.push(format!("\"imsi:{}\"", rng.pick(&imsis))),
@@ -296,10 +302,13 @@ impl RandomPolicy {
                 3 | 4 => ("\"udp\"", true),
                 5 => ("[\"tcp\", \"udp\"]", true),
                 6 => (
-                    if rng.chance(50) {
-                        "\"icmp\""
-                    } else {
-                        "\"icmpv6\""
+                    match (to_v4, to_v6) {
+                        (true, false) => "\"icmp\"",
+                        (false, true) => "\"icmpv6\"",
+                        (true, true) if rng.chance(50) => "\"icmp\"",
+                        (true, true) => "\"icmpv6\"",
+                        // Segments and SIMs may be of either family.
+                        (false, false) => "[\"icmp\", \"icmpv6\"]",
                     },
                     false,
                 ),

@@ -17,6 +17,7 @@ use crate::{
 pub fn run(quick: bool) -> anyhow::Result<()> {
     setup::prepare(
         "the benchmark loads XDP programs",
+        setup::Purpose::Bench,
         &["integration-tests"],
         true,
     )?;

@@ -14,8 +14,8 @@ pub fn run() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces and loads XDP: run it as root (e.g. sudo)");
     }
-    if !setup::is_complete() {
-        setup::run()?;
+    if !setup::is_complete(setup::Purpose::Demo) {
+        setup::run(setup::Purpose::Demo)?;
     }
     exec(Command::new("cargo").current_dir(root()).args([
         "build",

@@ -21,8 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the build and tests need (idempotent; run as root).
-    Setup,
+    /// Install what the build and a command need (idempotent; run as root).
+    Setup {
+        /// Install only what this command needs (default: everything `test` needs).
+        #[arg(long = "for", value_enum, default_value = "test")]
+        purpose: setup::Purpose,
+    },
     /// Setup if needed, then fmt, clippy and every test.
     Test,
     /// Show the enforcer on network namespaces with examples/policy.toml.
@@ -44,7 +48,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup { purpose } => setup::run(purpose),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
         Command::Bench { quick } => bench::run(quick),

@@ -1,6 +1,10 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 machine needs to build and test enforcer,
 //! installed idempotently: Debian packages, nightly's rust-src, bpf-linker built against the
 //! nightly toolchain's own LLVM, and a bpffs mount. A second run only checks (seconds).
+//!
+//! Each command asks only for the Debian packages it uses ([`Purpose`]): the demo needs no QEMU.
+//! Setup says which packages it will install and why before it does, and never removes one
+//! (`apt-get install --no-remove` fails instead of resolving a conflict by removal).
 
 use std::{path::PathBuf, process::Command};
 
@@ -14,31 +18,116 @@ const NIGHTLY_RELEASE: &str = "1.97.0-nightly";
 const NIGHTLY_COMMIT: &str = "e50aa6fba";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests, the demo, the VM tests and the benchmark use: ip/netns
-/// (iproute2), ping (iputils-ping), nsenter and setpriv (util-linux), for `vm-test` QEMU, a
-/// static busybox, xz (veth.ko.xz) and strip (binutils), and nftables to compare against.
-const APT_PACKAGES: &[&str] = &[
-    "iproute2",
-    "nftables",
-    "iputils-ping",
-    "util-linux",
-    "qemu-system-x86",
-    "busybox-static",
-    "xz-utils",
-    "binutils",
+/// The command a setup is for: each installs only the Debian packages it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purpose {
+    /// `cargo xtask demo`: namespaces, pings, the daemon.
+    Demo,
+    /// `cargo xtask bench`: namespaces and nftables to compare against.
+    Bench,
+    /// `cargo xtask vm-test`: QEMU and what goes into the guest's initramfs.
+    VmTest,
+    /// `cargo xtask test`: everything, since it runs vm-test and the quick benchmark too.
+    Test,
+}
+
+/// A Debian package, why it is needed and by which commands.
+struct Package {
+    name: &'static str,
+    why: &'static str,
+    for_: &'static [Purpose],
+}
+
+const ALL: &[Purpose] = &[
+    Purpose::Demo,
+    Purpose::Bench,
+    Purpose::VmTest,
+    Purpose::Test,
 ];
 
-/// Check everything; install what is missing.
-pub fn run() -> anyhow::Result<()> {
-    let missing = missing_packages();
+/// Debian packages and who uses them.
+const APT_PACKAGES: &[Package] = &[
+    Package {
+        name: "iproute2",
+        why: "`ip`: network namespaces, veth pairs, XDP status",
+        for_: ALL,
+    },
+    Package {
+        name: "util-linux",
+        why: "`nsenter` into test namespaces, `setpriv` for the unprivileged-user test",
+        for_: ALL,
+    },
+    Package {
+        name: "iputils-ping",
+        why: "`ping` for the ICMP flows of the demo and the end-to-end test",
+        for_: &[Purpose::Demo, Purpose::VmTest, Purpose::Test],
+    },
+    Package {
+        name: "nftables",
+        why: "the benchmark's nftables comparison",
+        for_: &[Purpose::Bench, Purpose::Test],
+    },
+    Package {
+        name: "qemu-system-x86",
+        why: "boots the Debian kernels of the VM tests",
+        for_: &[Purpose::VmTest, Purpose::Test],
+    },
+    Package {
+        name: "busybox-static",
+        why: "the VM tests' initramfs shell",
+        for_: &[Purpose::VmTest, Purpose::Test],
+    },
+    Package {
+        name: "xz-utils",
+        why: "unpacks the guest kernel's veth.ko.xz",
+        for_: &[Purpose::VmTest, Purpose::Test],
+    },
+    Package {
+        name: "binutils",
+        why: "`strip` keeps the VM tests' initramfs small",
+        for_: &[Purpose::VmTest, Purpose::Test],
+    },
+];
+
+/// The packages `purpose` needs.
+fn packages_for(purpose: Purpose) -> impl Iterator<Item = &'static Package> {
+    APT_PACKAGES
+        .iter()
+        .filter(move |package| package.for_.contains(&purpose))
+}
+
+/// The apt command that installs `names`: never removes a package, no recommends.
+fn install_command(names: &[&str]) -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--no-remove",
+    ])
+    .args(names)
+    .env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Check what `purpose` needs; install what is missing.
+pub fn run(purpose: Purpose) -> anyhow::Result<()> {
+    let missing = missing_packages(purpose);
     if !missing.is_empty() {
+        eprintln!(
+            "xtask: {} needs these Debian packages, which are not installed:",
+            command_name(purpose)
+        );
+        for package in &missing {
+            eprintln!("xtask:   {:<16} {}", package.name, package.why);
+        }
         require_root("install Debian packages")?;
         exec(Command::new("apt-get").args(["update", "-q"]))?;
-        exec(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
+        let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
+        exec(&mut install_command(&names)).context(
+            "apt-get could not install without removing a package (setup never removes one); \
+             resolve the conflict by hand",
         )?;
     }
     let llvm_major = check_nightly()?;
@@ -61,14 +150,19 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The preamble of every command that loads BPF or builds namespaces: root, then setup if
-/// anything is missing, then build `packages`' binaries (`--release` if asked).
-pub fn prepare(why: &str, packages: &[&str], release: bool) -> anyhow::Result<()> {
+/// The preamble of every command that loads BPF or builds namespaces: root, then setup for
+/// `purpose` if anything is missing, then build `packages`' binaries (`--release` if asked).
+pub fn prepare(
+    why: &str,
+    purpose: Purpose,
+    packages: &[&str],
+    release: bool,
+) -> anyhow::Result<()> {
     if !crate::util::is_root() {
         bail!("{why}: run it as root (e.g. sudo)");
     }
-    if !is_complete() {
-        run()?;
+    if !is_complete(purpose) {
+        run(purpose)?;
     }
     let mut build = Command::new("cargo");
     build
@@ -83,9 +177,9 @@ pub fn prepare(why: &str, packages: &[&str], release: bool) -> anyhow::Result<()
     exec(build.arg("--bins"))
 }
 
-/// True when nothing needs installing (used by `test` to skip setup).
-pub fn is_complete() -> bool {
-    missing_packages().is_empty()
+/// True when nothing `purpose` needs is missing (commands skip setup then).
+pub fn is_complete(purpose: Purpose) -> bool {
+    missing_packages(purpose).is_empty()
         && check_nightly().is_ok()
         && has_rust_src()
         && bpf_linker_ok()
@@ -99,15 +193,23 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Vec<&'static str> {
-    APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+fn missing_packages(purpose: Purpose) -> Vec<&'static Package> {
+    packages_for(purpose)
+        .filter(|package| {
+            let status =
+                output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package.name]));
             !status.is_some_and(|s| s.contains("install ok installed"))
         })
         .collect()
+}
+
+fn command_name(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::Demo => "`cargo xtask demo`",
+        Purpose::Bench => "`cargo xtask bench`",
+        Purpose::VmTest => "`cargo xtask vm-test`",
+        Purpose::Test => "`cargo xtask test`",
+    }
 }
 
 /// Check the pinned nightly and return its LLVM major version.
@@ -236,4 +338,61 @@ fn mount_bpffs() -> anyhow::Result<()> {
     }
     require_root("mount bpffs on /sys/fs/bpf")?;
     exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(purpose: Purpose) -> Vec<&'static str> {
+        packages_for(purpose).map(|p| p.name).collect()
+    }
+
+    #[test]
+    fn the_demo_installs_no_qemu_nor_nftables() {
+        let demo = names(Purpose::Demo);
+        assert!(
+            demo.contains(&"iproute2") && demo.contains(&"iputils-ping"),
+            "{demo:?}"
+        );
+        for heavy in ["qemu-system-x86", "busybox-static", "nftables"] {
+            assert!(!demo.contains(&heavy), "demo installs {heavy}");
+        }
+    }
+
+    #[test]
+    fn vm_test_and_test_install_qemu_bench_installs_nftables() {
+        assert!(names(Purpose::VmTest).contains(&"qemu-system-x86"));
+        assert!(!names(Purpose::VmTest).contains(&"nftables"));
+        assert!(names(Purpose::Bench).contains(&"nftables"));
+        assert!(!names(Purpose::Bench).contains(&"qemu-system-x86"));
+        assert_eq!(
+            names(Purpose::Test).len(),
+            APT_PACKAGES.len(),
+            "test runs everything"
+        );
+    }
+
+    #[test]
+    fn install_never_removes_a_package() {
+        let cmd = install_command(&["nftables"]);
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[0], "install");
+        assert!(args.contains(&"--no-remove".to_owned()), "{args:?}");
+        assert_eq!(args.last().map(String::as_str), Some("nftables"));
+    }
+
+    #[test]
+    fn every_package_says_why() {
+        for package in APT_PACKAGES {
+            assert!(
+                !package.why.is_empty() && !package.for_.is_empty(),
+                "{}",
+                package.name
+            );
+        }
+    }
 }

@@ -18,8 +18,8 @@ use crate::{
 };
 
 pub fn run() -> anyhow::Result<()> {
-    if !setup::is_complete() {
-        setup::run()?;
+    if !setup::is_complete(setup::Purpose::Test) {
+        setup::run(setup::Purpose::Test)?;
     }
     let cargo = || {
         let mut cmd = Command::new("cargo");

@@ -43,6 +43,7 @@ struct Kernel {
 pub fn run(kernels: &[String]) -> anyhow::Result<()> {
     setup::prepare(
         "vm-test fetches kernel packages with apt and builds test binaries",
+        setup::Purpose::VmTest,
         &["enforcer", "integration-tests"],
         false,
     )?;

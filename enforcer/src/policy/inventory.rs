@@ -4,69 +4,87 @@
 //! `msisdn`, `ipv4`/`ipv6` and `state` may be empty). CSV rather than TOML because a fleet of a
 //! million SIMs comes from an inventory export, and CSV reads in a fraction of the time and
 //! memory.
+//!
+//! The file is read only if it is a regular file within the size limit (see [`super::source`]).
+//! Until its first row names at least one inventory column, nothing of it is quoted in a
+//! message: a mistyped path must not print a line of some other file.
 
-use std::path::Path;
+use std::{io::Read, path::Path};
 
 use super::{
     Sim,
-    error::SourceMap,
+    error::clip,
+    source::{Bounded, open_regular},
     validate::{Checker, Place, SimText},
 };
 
 const COLUMNS: [&str; 7] = [
     "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state",
 ];
+/// Columns every inventory needs: `imsi` and `segment`.
+const REQUIRED: [usize; 2] = [0, 5];
 
 /// Read the inventory at `path` (named at `place` in the policy) and append its SIMs.
-pub(super) fn read(checker: &mut Checker<'_>, path: &Path, place: &Place, sims: &mut Vec<Sim>) {
-    // Streamed from the file: a million rows need not sit in memory as text. Rows are named by
-    // line only, so the source map needs no text.
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
+pub(super) fn read(
+    checker: &mut Checker<'_>,
+    path: &Path,
+    max_bytes: u64,
+    place: &Place,
+    sims: &mut Vec<Sim>,
+) {
+    let file = match open_regular(path, max_bytes) {
+        Ok((file, _)) => file,
         Err(error) => {
             checker.error(
                 place,
-                format!("cannot read inventory {}: {error}; check the path (relative to the policy file)", path.display()),
+                "an unreadable inventory",
+                format!("inventory: {error}"),
             );
             return;
         }
     };
-    let source = SourceMap::new(path, "");
+    checker.inventory_file = path.display().to_string();
+    let mut input = Bounded::new(std::io::BufReader::with_capacity(1 << 16, file), max_bytes);
+    read_from(checker, &mut input, sims);
+    if input.exceeded() {
+        checker.error(
+            place,
+            "an unreadable inventory",
+            format!(
+                "inventory: {} grew past {max_bytes} bytes while it was read; raise \
+                 --max-file-size if it is really that large",
+                path.display()
+            ),
+        );
+    }
+}
+
+/// Check the rows of an inventory read from `input` (already named in
+/// `checker.inventory_file`) and append its SIMs. Streamed: a million rows never sit in memory
+/// as text.
+pub(super) fn read_from(checker: &mut Checker<'_>, input: impl Read, sims: &mut Vec<Sim>) {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .comment(Some(b'#'))
-        .from_reader(std::io::BufReader::with_capacity(1 << 16, file));
-    let columns = match reader.headers() {
-        Ok(headers) => {
-            let position = |name| headers.iter().position(|h| h == name);
-            let unknown: Vec<&str> = headers.iter().filter(|h| !COLUMNS.contains(h)).collect();
-            if !unknown.is_empty() {
-                checker.error_in(
-                    &source,
-                    1,
-                    format!(
-                        "unknown column(s) {}; expected {}",
-                        unknown.join(", "),
-                        COLUMNS.join(",")
-                    ),
-                );
-                return;
-            }
-            COLUMNS.map(position)
-        }
-        Err(error) => {
-            checker.error_in(&source, 1, format!("cannot read the header row: {error}"));
+        // Rows of the wrong length are reported here, with the unclosed quote that usually
+        // causes them, rather than as the reader's generic error.
+        .flexible(true)
+        .from_reader(input);
+    let header = Place::Line(1);
+    let headers = match reader.headers() {
+        Ok(headers) => headers.clone(),
+        Err(_) => {
+            checker.error(
+                &header,
+                "a file that is not an inventory",
+                not_an_inventory("its first line is not CSV text"),
+            );
             return;
         }
     };
-    if columns[0].is_none() || columns[5].is_none() {
-        checker.error_in(
-            &source,
-            1,
-            "the header row needs at least `imsi` and `segment`".into(),
-        );
+    let Some(columns) = columns(checker, &headers) else {
         return;
-    }
+    };
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -74,11 +92,35 @@ pub(super) fn read(checker: &mut Checker<'_>, path: &Path, place: &Place, sims: 
             Ok(true) => {}
             Err(error) => {
                 let line = error.position().map_or(0, |p| p.line() as usize);
-                checker.error_in(&source, line, format!("bad CSV row: {error}"));
+                let what = match error.kind() {
+                    csv::ErrorKind::Utf8 { .. } => "is not UTF-8 text".to_owned(),
+                    csv::ErrorKind::Io(error) => format!("cannot be read: {error}"),
+                    _ => "cannot be read as CSV".to_owned(),
+                };
+                checker.error(&Place::Line(line), "a bad CSV row", format!("row {what}"));
+                if matches!(error.kind(), csv::ErrorKind::Io(_)) {
+                    return;
+                }
                 continue;
             }
         }
         let line = record.position().map_or(0, |p| p.line() as usize);
+        if let Some(error) = unclosed_quote(&record, &headers, line) {
+            checker.error(&Place::Line(error.0), "an unclosed quote", error.1);
+            continue;
+        }
+        if record.len() != headers.len() {
+            checker.error(
+                &Place::Line(line),
+                "a row of the wrong length",
+                format!(
+                    "row has {} fields but the header has {}; give every column, empty if unknown",
+                    record.len(),
+                    headers.len()
+                ),
+            );
+            continue;
+        }
         let cell = |column: Option<usize>| {
             column
                 .and_then(|c| record.get(c))
@@ -96,12 +138,109 @@ pub(super) fn read(checker: &mut Checker<'_>, path: &Path, place: &Place, sims: 
             segment: cell(columns[5]),
             state: cell(columns[6]),
         };
-        let errors_before = checker.errors.len();
-        let checked = checker.sim(&sim);
-        // Errors of a row belong to the inventory file, not the policy.
-        for error in &mut checker.errors[errors_before..] {
-            error.file = source.file().to_owned();
-        }
-        sims.extend(checked);
+        sims.extend(checker.sim(&sim));
     }
+}
+
+/// Where each known column stands in the header, or `None` after reporting what is wrong with
+/// it: an unknown, repeated or missing column, each named.
+fn columns(checker: &mut Checker<'_>, headers: &csv::StringRecord) -> Option<[Option<usize>; 7]> {
+    let header = Place::Line(1);
+    if !headers.iter().any(|h| COLUMNS.contains(&h)) {
+        // Not an inventory header: say so without quoting the line (it may be a password file).
+        checker.error(
+            &header,
+            "a file that is not an inventory",
+            not_an_inventory("its first line names none of the inventory columns"),
+        );
+        return None;
+    }
+    let mut positions = [None; 7];
+    let mut ok = true;
+    for (index, name) in headers.iter().enumerate() {
+        match COLUMNS.iter().position(|c| *c == name) {
+            None => {
+                checker.error(
+                    &header,
+                    "an unknown column",
+                    format!(
+                        "unknown column `{}` (column {}); the columns are {}",
+                        clip(name),
+                        index + 1,
+                        COLUMNS.join(",")
+                    ),
+                );
+                ok = false;
+            }
+            Some(known) => match positions[known] {
+                Some(first) => {
+                    checker.error(
+                        &header,
+                        "a repeated column",
+                        format!(
+                            "column `{name}` appears twice (columns {} and {}); keep one, or \
+                             one of the two values would be lost",
+                            first + 1,
+                            index + 1
+                        ),
+                    );
+                    ok = false;
+                }
+                None => positions[known] = Some(index),
+            },
+        }
+    }
+    for required in REQUIRED {
+        if positions[required].is_none() {
+            checker.error(
+                &header,
+                "a missing column",
+                format!(
+                    "the header has no `{}` column; every inventory needs `imsi` and `segment`",
+                    COLUMNS[required]
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(positions)
+}
+
+fn not_an_inventory(why: &str) -> String {
+    format!(
+        "not an inventory: {why}; the first line must name the columns (at least imsi and \
+         segment) from {} (the file's content is not shown)",
+        COLUMNS.join(",")
+    )
+}
+
+/// A field that spans lines: inventory values never hold a line break, so a quote was opened
+/// and not closed on its line, and the reader took the following lines into the field. Returns
+/// the line the quote opened on and the message.
+fn unclosed_quote(
+    record: &csv::StringRecord,
+    headers: &csv::StringRecord,
+    line: usize,
+) -> Option<(usize, String)> {
+    let mut at = line;
+    for (index, field) in record.iter().enumerate() {
+        if let Some(offset) = field.find(['\n', '\r']) {
+            let column = headers.get(index).map_or_else(
+                || format!("field {}", index + 1),
+                |h| format!("column `{h}`"),
+            );
+            let swallowed = field.matches('\n').count();
+            return Some((
+                at,
+                format!(
+                    "a quote opened in {column} on line {at} is not closed on that line (the \
+                     field runs on over {swallowed} more line(s), starting `{}`); close the \
+                     quote or remove it",
+                    clip(&field[..offset])
+                ),
+            ));
+        }
+        at += field.matches('\n').count();
+    }
+    None
 }

@@ -1,12 +1,14 @@
 //! Policy files: text in, [`ValidatedPolicy`] out, or every problem found.
 //!
-//! [`raw`] reads the TOML with serde, [`validate`] checks it (and the optional CSV inventory)
-//! and resolves names to ids. Nothing here touches the kernel; `compile` turns the result into
-//! map contents.
+//! [`source`] reads files (regular files only, within a size limit, inventories only inside the
+//! allowed directories), [`raw`] reads the TOML with serde, [`validate`] checks it (and the
+//! optional CSV inventory) and resolves names to ids. Nothing here touches the kernel; `compile`
+//! turns the result into map contents.
 
 pub mod error;
 mod inventory;
 pub mod raw;
+pub mod source;
 mod validate;
 
 use std::{
@@ -16,6 +18,7 @@ use std::{
 
 pub use error::{PolicyError, PolicyErrors};
 use ipnetwork::{IpNetwork, Ipv6Network};
+pub use source::LoadOptions;
 pub(crate) use validate::overlaps;
 
 /// A policy that passed every check; ids are indices into its vectors.
@@ -109,23 +112,40 @@ pub enum Dest {
     Sim(u32),
 }
 
-/// Read, parse and validate a policy file (and its inventory, if it names one).
+/// Read, parse and validate a policy file (and its inventory, if it names one) with the
+/// default [`LoadOptions`].
 pub fn load(path: &Path) -> Result<ValidatedPolicy, PolicyErrors> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
+    load_with(path, &LoadOptions::default())
+}
+
+/// Read, parse and validate a policy file (and its inventory, if it names one).
+pub fn load_with(path: &Path, options: &LoadOptions) -> Result<ValidatedPolicy, PolicyErrors> {
+    let text = source::read_text(path, options.max_file_bytes).map_err(|error| {
         PolicyErrors(vec![PolicyError {
             file: path.display().to_string(),
             line: 0,
             column: 0,
-            message: format!("cannot read the policy file: {error}; check the path"),
+            message: format!("the policy file: {error}"),
+            more: 0,
         }])
     })?;
-    from_str(path, &text)
+    tracing::debug!(file = %path.display(), bytes = text.len(), "Read policy file.");
+    from_str_with(path, &text, options)
 }
 
 /// Parse and validate policy text that was read from `path` (used for messages and to find the
-/// inventory).
+/// inventory), with the default [`LoadOptions`].
 pub fn from_str(path: &Path, text: &str) -> Result<ValidatedPolicy, PolicyErrors> {
-    validate::validate(path, text)
+    from_str_with(path, text, &LoadOptions::default())
+}
+
+/// Parse and validate policy text that was read from `path`.
+pub fn from_str_with(
+    path: &Path,
+    text: &str,
+    options: &LoadOptions,
+) -> Result<ValidatedPolicy, PolicyErrors> {
+    validate::validate(path, text, options)
 }
 
 #[cfg(test)]

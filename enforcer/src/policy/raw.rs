@@ -10,7 +10,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::error::{PolicyError, SourceMap};
+use super::error::{PolicyError, SourceMap, clip};
 
 /// A leaf value and where it stands.
 pub type Field = Spanned<Value>;
@@ -41,6 +41,11 @@ pub struct RawSegment {
     /// Allow rules for every SIM of the segment.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    /// Set when a date-time stands where this table should: toml hands date-times to serde as
+    /// a table with this one private key.
+    /// Empty otherwise.
+    #[serde(rename = "$__toml_private_datetime", default)]
+    pub datetime: String,
 }
 
 /// `[[sims]]`.
@@ -63,6 +68,11 @@ pub struct RawSim {
     /// Extra allow rules for this SIM only.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    /// Set when a date-time stands where this table should: toml hands date-times to serde as
+    /// a table with this one private key.
+    /// Empty otherwise.
+    #[serde(rename = "$__toml_private_datetime", default)]
+    pub datetime: String,
 }
 
 /// One allow rule.
@@ -76,6 +86,11 @@ pub struct RawRule {
     pub ports: Option<Field>,
     /// Free text.
     pub description: Option<Field>,
+    /// Set when a date-time stands where this table should: toml hands date-times to serde as
+    /// a table with this one private key.
+    /// Empty otherwise.
+    #[serde(rename = "$__toml_private_datetime", default)]
+    pub datetime: String,
 }
 
 const TOP_KEYS: &[&str] = &["pools", "segments", "sims", "inventory"];
@@ -89,14 +104,70 @@ const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
 pub fn parse(source: &SourceMap<'_>, text: &str) -> Result<RawPolicy, PolicyError> {
     toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
+        let hint = table_not_array(text).map_or_else(String::new, |section| {
+            format!(
+                "; `[{section}]` is a single table, but each of the {section} is an entry of an \
+                 array of tables: write `[[{section}]]` (double brackets) above each"
+            )
+        });
         source.error(
             &span,
             format!(
-                "{}; see the policy format in README.md",
-                error.message().trim_end()
+                "{}{hint}; see the policy format in README.md",
+                readable(error.message())
             ),
         )
     })
+}
+
+/// `segments` or `sims` written as `[segments]` (one table) instead of `[[segments]]`.
+fn table_not_array(text: &str) -> Option<&'static str> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    ["segments", "sims"].into_iter().find(|key| {
+        document
+            .as_table()
+            .get(key)
+            .is_some_and(toml_edit::Item::is_table)
+    })
+}
+
+/// A parser message as one line in the policy's own terms: no serde type names, no private
+/// datetime marker, quoted values shortened.
+fn readable(message: &str) -> String {
+    let one_line = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let mut out = String::with_capacity(one_line.len().min(400));
+    let mut rest = one_line.as_str();
+    // Shorten every quoted value (serde quotes the string it did not expect).
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        rest = &rest[start + 1..];
+        let end = rest.find('"').unwrap_or(rest.len());
+        out.push_str(&clip(&rest[..end]));
+        rest = &rest[end..];
+        if let Some(stripped) = rest.strip_prefix('"') {
+            out.push('"');
+            rest = stripped;
+        }
+    }
+    out.push_str(rest);
+    for (from, to) in [
+        ("struct RawSegment", "a `[[segments]]` table"),
+        ("struct RawSim", "a `[[sims]]` table"),
+        ("struct RawRule", "a rule table"),
+        ("struct RawPolicy", "a policy"),
+        ("invalid type: map", "invalid type: table or date-time"),
+        ("a sequence", "an array"),
+        ("expected sequence", "expected an array"),
+        ("$__toml_private_datetime", "date-time"),
+    ] {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 /// Every key the format does not know, with its place.

@@ -257,3 +257,611 @@ fn inventory_rows_are_checked_with_their_line() {
     assert_eq!(policy.sims[1].state, SimState::Quarantined);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A fresh directory for files a test needs, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("enforcer-policy-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, body: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("parent dir");
+        }
+        std::fs::write(&path, body).expect("write file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Errors of the policy `text` written as `p.toml` in `dir`, with `options`.
+fn errors_in(dir: &TempDir, text: &str, options: &super::LoadOptions) -> Vec<PolicyError> {
+    let path = dir.write("p.toml", text);
+    match super::load_with(&path, options) {
+        Ok(_) => panic!("policy should be invalid:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+fn one_error_in(
+    dir: &TempDir,
+    text: &str,
+    options: &super::LoadOptions,
+    needle: &str,
+) -> PolicyError {
+    let errors = errors_in(dir, text, options);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    assert!(
+        errors[0].message.contains(needle),
+        "`{}` lacks `{needle}`",
+        errors[0]
+    );
+    errors.into_iter().next().expect("one error")
+}
+
+fn inventory_policy(path: &str) -> String {
+    format!("inventory = \"{path}\"\n{HEAD}")
+}
+
+// §2: inputs that reach outside the policy.
+
+#[test]
+fn inventory_absolute_path_is_refused_without_reading_it() {
+    let dir = TempDir::new("abs");
+    let e = one_error_in(
+        &dir,
+        &inventory_policy("/etc/passwd"),
+        &super::LoadOptions::default(),
+        "outside the policy file's directory",
+    );
+    assert!(e.message.contains("--inventory-dir"), "{e}");
+    assert!(!e.message.contains("root:"), "{e}");
+    assert_eq!((e.line, e.column), (1, 13), "{e}");
+}
+
+#[test]
+fn inventory_dotdot_escape_is_refused() {
+    let dir = TempDir::new("dotdot");
+    let e = one_error_in(
+        &dir,
+        &inventory_policy("../../../../../../etc/passwd"),
+        &super::LoadOptions::default(),
+        "outside the policy file's directory",
+    );
+    assert!(!e.message.contains("root:"), "{e}");
+}
+
+#[test]
+fn inventory_symlink_leaving_the_directory_is_refused() {
+    let dir = TempDir::new("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", dir.0.join("sims.csv")).expect("symlink");
+    one_error_in(
+        &dir,
+        &inventory_policy("sims.csv"),
+        &super::LoadOptions::default(),
+        "outside the policy file's directory",
+    );
+}
+
+#[test]
+fn inventory_in_a_subdirectory_and_through_dotdot_inside_is_read() {
+    let dir = TempDir::new("inside");
+    dir.write(
+        "inv/sims.csv",
+        "imsi,ipv4,segment\n001010000000001,10.64.0.1,a\n",
+    );
+    let path = dir.write("p.toml", &inventory_policy("inv/../inv/./sims.csv"));
+    let policy = super::load(&path).expect("an inventory inside the directory is read");
+    assert_eq!(policy.sims.len(), 1);
+}
+
+#[test]
+fn inventory_dir_option_allows_another_directory() {
+    let dir = TempDir::new("invdir");
+    let inv = dir.write(
+        "shared/sims.csv",
+        "imsi,ipv4,segment\n001010000000001,10.64.0.1,a\n",
+    );
+    let text = inventory_policy(&inv.display().to_string());
+    let policy_dir = TempDir::new("invdir-policy");
+    let path = policy_dir.write("p.toml", &text);
+    assert!(super::load(&path).is_err(), "refused without the option");
+    let options = super::LoadOptions {
+        inventory_dirs: vec![dir.0.join("shared")],
+        ..super::LoadOptions::default()
+    };
+    let policy = super::load_with(&path, &options).expect("allowed by --inventory-dir");
+    assert_eq!(policy.sims.len(), 1);
+}
+
+#[test]
+fn a_file_that_is_not_an_inventory_is_never_quoted() {
+    let dir = TempDir::new("notinv");
+    dir.write(
+        "sims.csv",
+        "root:$6$secrethash:19000:0:99999:7:::\ndaemon:*:19000\n",
+    );
+    let e = one_error_in(
+        &dir,
+        &inventory_policy("sims.csv"),
+        &super::LoadOptions::default(),
+        "not an inventory",
+    );
+    assert!(
+        !e.message.contains("root") && !e.message.contains("secret"),
+        "{e}"
+    );
+    assert!(e.file.ends_with("sims.csv") && e.line == 1, "{e}");
+}
+
+#[test]
+fn inventory_device_fifo_and_directory_are_refused_before_reading() {
+    let dir = TempDir::new("special");
+    let fifo = dir.0.join("fifo.csv");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    std::fs::create_dir(dir.0.join("dir.csv")).expect("mkdir");
+    let options = super::LoadOptions {
+        inventory_dirs: vec!["/dev".into()],
+        ..super::LoadOptions::default()
+    };
+    for (name, kind) in [
+        ("/dev/zero", "is a device"),
+        ("fifo.csv", "is a FIFO"),
+        ("dir.csv", "is a directory"),
+    ] {
+        let started = std::time::Instant::now();
+        one_error_in(&dir, &inventory_policy(name), &options, kind);
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn inventory_and_policy_over_the_size_limit_are_refused() {
+    let dir = TempDir::new("limit");
+    let rows: String = (1..=9)
+        .map(|i| format!("00101000000000{i},10.64.0.{i},a\n"))
+        .collect();
+    dir.write("sims.csv", &format!("imsi,ipv4,segment\n{rows}"));
+    let text = inventory_policy("sims.csv");
+    let options = super::LoadOptions {
+        max_file_bytes: u64::try_from(text.len()).expect("small"),
+        ..super::LoadOptions::default()
+    };
+    one_error_in(&dir, &text, &options, "larger than");
+    let options = super::LoadOptions {
+        max_file_bytes: 10,
+        ..super::LoadOptions::default()
+    };
+    let path = dir.write("p.toml", &text);
+    let e = super::load_with(&path, &options)
+        .expect_err("policy too large")
+        .0;
+    assert!(e[0].message.contains("larger than 10 bytes"), "{e:?}");
+    assert!(e[0].message.contains("--max-file-size"), "{e:?}");
+}
+
+#[test]
+fn policy_that_is_a_fifo_or_device_is_refused() {
+    let dir = TempDir::new("policy-special");
+    let fifo = dir.0.join("p.toml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    for (path, kind) in [(fifo.as_path(), "FIFO"), (Path::new("/dev/zero"), "device")] {
+        let e = super::load(path).expect_err("not a regular file").0;
+        assert!(e[0].message.contains(kind), "{e:?}");
+    }
+}
+
+#[test]
+fn destinations_naming_a_pool_through_nat64_or_ipv4_mapped_are_lateral() {
+    for to in [
+        "64:ff9b::10.64.0.2",
+        "64:ff9b::a40:0/120",
+        "64:ff9b::/96",
+        "::ffff:10.64.0.2/128",
+        "::ffff:0:0/96",
+        "::/0",
+        "64:ff9b::/64",
+    ] {
+        one_error(
+            &with(&format!("rules = [ {{ to = [\"{to}\"] }} ]\n")),
+            4,
+            "lateral",
+        );
+        let errors = errors(&with(&format!("rules = [ {{ to = [\"{to}\"] }} ]\n")));
+        assert!(
+            errors[0].message.contains("lateral") && errors[0].message.contains("10.64.0.0/16"),
+            "{to}: {}",
+            errors[0]
+        );
+    }
+    // The same prefixes embedding an address outside every pool are ordinary destinations.
+    for to in ["64:ff9b::192.0.2.1", "::ffff:198.51.100.0/120", "2000::/3"] {
+        from_str(
+            Path::new("p.toml"),
+            &with(&format!("rules = [ {{ to = [\"{to}\"] }} ]\n")),
+        )
+        .unwrap_or_else(|e| panic!("{to}: {e}"));
+    }
+}
+
+// §3: mistakes that used to pass silently.
+
+fn inventory_errors(csv: &str) -> Vec<PolicyError> {
+    let dir = TempDir::new("csv");
+    dir.write("sims.csv", csv);
+    errors_in(
+        &dir,
+        &inventory_policy("sims.csv"),
+        &super::LoadOptions::default(),
+    )
+}
+
+#[test]
+fn inventory_header_with_a_repeated_column_is_an_error() {
+    let errors = inventory_errors(
+        "imsi,ipv4,segment,state,state\n001010000000001,10.64.0.1,a,active,quarantined\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .message
+            .contains("column `state` appears twice (columns 4 and 5)"),
+        "{}",
+        errors[0]
+    );
+    let errors = inventory_errors(
+        "imsi,imsi,ipv4,segment,segment\n001010000000001,001010000000002,10.64.0.1,a,a\n",
+    );
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        messages[0].contains("`imsi` appears twice")
+            && messages[1].contains("`segment` appears twice"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn inventory_header_with_unknown_or_missing_columns_names_them() {
+    let errors = inventory_errors("imsi,ipv4,segmnt,colour\n001010000000001,10.64.0.1,a,red\n");
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("unknown column `segmnt` (column 3)")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("unknown column `colour` (column 4)")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("no `segment` column")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn the_same_iccid_or_msisdn_on_two_sims_points_at_the_first() {
+    let sim = |n: u32, extra: &str| {
+        format!(
+            "[[sims]]\nimsi = \"00101000000000{n}\"\nipv4 = \"10.64.0.{n}\"\nsegment = \"a\"\n{extra}"
+        )
+    };
+    one_error(
+        &with(&format!(
+            "{}{}",
+            sim(1, "iccid = \"8901000000000000001\"\n"),
+            sim(2, "iccid = \"8901000000000000001\"\n")
+        )),
+        13,
+        "ICCID `8901000000000000001` is given to two SIMs (first at p.toml:4:1)",
+    );
+    one_error(
+        &with(&format!(
+            "{}{}",
+            sim(1, "msisdn = \"+4915100000001\"\n"),
+            sim(2, "msisdn = \"4915100000001\"\n")
+        )),
+        13,
+        "is given to two SIMs (first at p.toml:4:1)",
+    );
+    let errors = inventory_errors(
+        "imsi,iccid,ipv4,segment\n001010000000001,8901000000000000001,10.64.0.1,a\n001010000000002,8901000000000000001,10.64.0.2,a\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].message.contains("sims.csv:2)"), "{}", errors[0]);
+    assert_eq!(errors[0].line, 3);
+}
+
+#[test]
+fn pools_of_every_address_are_refused() {
+    one_error(
+        "pools = [\"0.0.0.0/0\"]\n",
+        1,
+        "every packet from outside the pools",
+    );
+    one_error("pools = [\"::/0\"]\n", 1, "holds every address");
+}
+
+#[test]
+fn ipv6_pools_longer_than_64_are_refused() {
+    one_error("pools = [\"fd00:64::/96\"]\n", 1, "longer than /64");
+    from_str(Path::new("p.toml"), "pools = [\"fd00:64::/64\"]\n").expect("a /64 pool is fine");
+}
+
+#[test]
+fn icmp_towards_the_other_family_never_matches() {
+    one_error(
+        &with("rules = [ { to = [\"2001:db8::/32\"], proto = \"icmp\" } ]\n"),
+        4,
+        "`icmp` never matches: every destination of this rule is IPv6; use `icmpv6`",
+    );
+    one_error(
+        &with("rules = [ { to = [\"192.0.2.0/24\"], proto = [\"icmpv6\"] } ]\n"),
+        4,
+        "`icmpv6` never matches",
+    );
+    // A segment whose SIMs have only IPv6 addresses counts as IPv6.
+    one_error(
+        &with(
+            "rules = [ { to = [\"a\"], proto = \"icmp\" } ]\n[[sims]]\nimsi = \"001010000000001\"\nipv6 = \"fd00:64:0:1::/64\"\nsegment = \"a\"\n",
+        ),
+        4,
+        "`icmp` never matches",
+    );
+    for ok in [
+        "rules = [ { to = [\"2001:db8::/32\", \"192.0.2.0/24\"], proto = \"icmp\" } ]\n",
+        "rules = [ { to = [\"2001:db8::/32\"], proto = [\"icmp\", \"icmpv6\"] } ]\n",
+        "rules = [ { to = [\"2001:db8::/32\"], proto = [\"icmp\", \"tcp\"] } ]\n",
+    ] {
+        from_str(Path::new("p.toml"), &with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn port_zero_and_signed_ports_are_refused() {
+    for port in [
+        "0",
+        "\"0\"",
+        "\"+443\"",
+        "\"-1\"",
+        "\"0-0\"",
+        "\"+80-90\"",
+        "\"4 43\"",
+    ] {
+        let errors = errors(&with(&format!(
+            "rules = [ {{ to = [\"8.8.8.8\"], proto = \"tcp\", ports = [{port}] }} ]\n"
+        )));
+        assert_eq!(errors.len(), 1, "{port}: {errors:#?}");
+        assert!(errors[0].message.contains("port"), "{port}: {}", errors[0]);
+    }
+    let policy = from_str(
+        Path::new("p.toml"),
+        &with("rules = [ { to = [\"8.8.8.8\"], proto = \"tcp\", ports = [\"1-1023\", \" 443 \", 65535] } ]\n"),
+    )
+    .expect("valid ports");
+    assert_eq!(
+        policy.segments[0].rules[0].ports,
+        vec![(1, 1023), (443, 443), (65535, 65535)]
+    );
+}
+
+#[test]
+fn rules_of_a_sim_with_an_invalid_imsi_are_still_checked() {
+    let errors = errors(&with(
+        "[[sims]]\nimsi = \"12\"\nipv4 = \"10.64.0.1\"\nsegment = \"a\"\nrules = [ { to = [\"nowhere\"] } ]\n",
+    ));
+    let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![5, 8], "{errors:#?}");
+    assert!(errors[1].message.contains("`nowhere`"), "{}", errors[1]);
+}
+
+// §4: messages.
+
+#[test]
+fn errors_of_one_kind_are_capped_with_a_count() {
+    let mut csv = String::from("imsi,ipv4,segment\n");
+    for i in 1..=25 {
+        csv.push_str(&format!("0010100000000{i:02},10.64.0.{i},metres\n"));
+    }
+    csv.push_str("001010000000099,10.99.0.1,a\n");
+    let dir = TempDir::new("cap");
+    dir.write("sims.csv", &csv);
+    let path = dir.write("p.toml", &inventory_policy("sims.csv"));
+    let errors = super::load(&path).expect_err("invalid");
+    assert_eq!(errors.count(), 26, "{errors}");
+    let shown = &errors.0;
+    assert_eq!(shown.len(), 12, "{errors}");
+    assert!(
+        shown[..10]
+            .iter()
+            .all(|e| e.message.contains("unknown segment `metres`"))
+    );
+    assert_eq!(
+        shown[10].message, "… and 15 more rows with unknown segment `metres`",
+        "{errors}"
+    );
+    assert_eq!(
+        shown[10].line, 12,
+        "the summary stands at the first row it stands for"
+    );
+    assert!(shown[11].message.contains("outside every pool"), "{errors}");
+    let text = errors.to_string();
+    assert!(
+        text.contains("(26 errors; at most 10 of each kind shown)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn segment_prefix_with_an_unknown_name_says_unknown_segment() {
+    one_error(
+        &with("rules = [ { to = [\"segment:nope\"] } ]\n"),
+        4,
+        "unknown segment `nope`",
+    );
+}
+
+#[test]
+fn segments_written_as_a_table_get_a_hint() {
+    let found = errors("pools = [\"10.64.0.0/16\"]\n[segments]\nname = \"a\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].message.contains("write `[[segments]]`"),
+        "{}",
+        found[0]
+    );
+    assert_eq!(found[0].line, 2, "{}", found[0]);
+    let sims = errors("pools = [\"10.64.0.0/16\"]\n[sims]\nimsi = \"001010000000001\"\n");
+    assert!(sims[0].message.contains("write `[[sims]]`"), "{}", sims[0]);
+}
+
+#[test]
+fn datetimes_are_named_as_such() {
+    for text in [
+        "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = 1979-05-27\n",
+        "pools = [\"10.64.0.0/16\"]\nsegments = 1979-05-27T07:32:00Z\n",
+        "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = \"a\"\nrules = [ 1979-05-27 ]\n",
+        "pools = 1979-05-27\n",
+    ] {
+        let errors = errors(text);
+        for e in &errors {
+            assert!(!e.message.contains("toml_private"), "{e}");
+        }
+        assert!(
+            errors.iter().any(|e| e.message.contains("date")),
+            "{text}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn syntax_errors_are_one_line() {
+    for text in [
+        "pools = [\"10.64.0.0/16\"\n[[segments]]\n",
+        "pools = [\"10.64.0.0/16\"]\n[[segments]\nname = \"a\"\n",
+        "pools = \n",
+        "pools = [\"10.64.0.0/16\"]\npools = [\"10.65.0.0/16\"]\n",
+    ] {
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(!errors[0].message.contains('\n'), "{:?}", errors[0].message);
+        assert!(errors[0].line >= 1, "{:?}", errors[0]);
+    }
+}
+
+#[test]
+fn long_values_are_not_echoed_whole() {
+    let numbers: Vec<String> = (0..20_000).map(|n| n.to_string()).collect();
+    let long = "x".repeat(100_000);
+    for text in [
+        format!(
+            "pools = [\"10.64.0.0/16\"]\ninventory = [{}]\n",
+            numbers.join(", ")
+        ),
+        with(&format!(
+            "rules = [ {{ to = [\"8.8.8.8\"], proto = [{}] }} ]\n",
+            numbers.join(", ")
+        )),
+        with(&format!("rules = [ {{ to = [\"{long}\"] }} ]\n")),
+        format!("pools = [\"10.64.0.0/16\"]\nsegments = \"{long}\"\n"),
+    ] {
+        let errors = errors(&text);
+        let total: usize = errors.iter().map(|e| e.message.len()).sum();
+        assert!(total < 4_000, "{} bytes of messages", total);
+    }
+}
+
+#[test]
+fn columns_are_right_after_a_byte_order_mark() {
+    let errors = errors("\u{feff}pools = [\"10.64.0.1/16\"]\n");
+    assert_eq!((errors[0].line, errors[0].column), (1, 10), "{errors:?}");
+    let errors = inventory_errors("\u{feff}imsi,ipv4,segment\n001010000000001,10.64.0.1,b\n");
+    assert_eq!(
+        errors.len(),
+        1,
+        "the BOM is not part of the `imsi` column: {errors:#?}"
+    );
+    assert!(errors[0].message.contains("unknown segment `b`"));
+}
+
+#[test]
+fn an_unclosed_csv_quote_names_the_line_it_opened_on() {
+    let errors = inventory_errors(
+        "imsi,ipv4,segment\n001010000000001,10.64.0.1,a\n\"001010000000002,10.64.0.2,a\n001010000000003,10.64.0.3,a\n001010000000004,10.64.0.4,a\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].line, 3, "{}", errors[0]);
+    assert!(
+        errors[0]
+            .message
+            .contains("a quote opened in column `imsi` on line 3 is not closed"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn duplicates_point_at_their_first_occurrence() {
+    let sim = |imsi: &str, ip: &str| {
+        format!("[[sims]]\nimsi = \"{imsi}\"\nipv4 = \"{ip}\"\nsegment = \"a\"\n")
+    };
+    one_error(
+        &with(&format!(
+            "{}{}",
+            sim("001010000000001", "10.64.0.1"),
+            sim("001010000000001", "10.64.0.2")
+        )),
+        9,
+        "(first at p.toml:4:1)",
+    );
+    one_error(
+        &with(&format!(
+            "{}{}",
+            sim("001010000000001", "10.64.0.1"),
+            sim("001010000000002", "10.64.0.1")
+        )),
+        10,
+        "(first at p.toml:4:1)",
+    );
+    one_error(
+        &with("[[segments]]\nname = \"a\"\n"),
+        5,
+        "declared twice (first at p.toml:3:8)",
+    );
+    one_error(
+        "pools = [\"10.64.0.0/16\",\n  \"10.64.1.0/24\"]\n",
+        2,
+        "overlaps pool 10.64.0.0/16 (at p.toml:1:10)",
+    );
+}

@@ -1,8 +1,8 @@
 //! Checks a [`RawPolicy`] and resolves it into a [`ValidatedPolicy`], collecting every error.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
     path::Path,
     str::FromStr,
@@ -11,15 +11,53 @@ use std::{
 use enforcer_common::maps::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_SEGMENTS, MAX_SIMS_LIMIT,
 };
-use ipnetwork::{IpNetwork, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use toml::Value;
 
 use super::{
-    Dest, PolicyError, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
-    error::SourceMap,
+    Dest, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
+    error::{Collector, SourceMap, clip},
     inventory,
     raw::{self, Field, RawRule},
+    source::{LoadOptions, resolve_inventory},
 };
+
+/// Address families a destination can have, as bits.
+const FAMILY_V4: u8 = 1;
+const FAMILY_V6: u8 = 2;
+const FAMILY_ANY: u8 = FAMILY_V4 | FAMILY_V6;
+
+/// IPv6 prefixes that carry an IPv4 address in their last 32 bits: the NAT64 well-known prefix
+/// (RFC 6052), through which a NAT64 gateway reaches the IPv4 address, and IPv4-mapped
+/// addresses (RFC 4291), which dual-stack hosts use for IPv4 peers.
+const EMBEDDING_PREFIXES: [(Ipv6Addr, &str); 2] = [
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+        "the NAT64 well-known prefix 64:ff9b::/96",
+    ),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        "the IPv4-mapped prefix ::ffff:0:0/96",
+    ),
+];
+
+/// Where a SIM was written, for "first at" in messages: bit 31 set for an inventory line, else
+/// a byte offset of the policy text.
+#[derive(Clone, Copy)]
+struct Origin(u32);
+
+impl Origin {
+    const INVENTORY: u32 = 1 << 31;
+
+    fn of(place: &Place) -> Self {
+        match place {
+            Place::Span(span) => {
+                Self(u32::try_from(span.start).unwrap_or(u32::MAX) & !Self::INVENTORY)
+            }
+            Place::Line(line) => Self(u32::try_from(*line).unwrap_or(u32::MAX) | Self::INVENTORY),
+        }
+    }
+}
 
 /// Where a value stands: a byte span of the policy text, or a line of the inventory.
 #[derive(Clone, Debug)]
@@ -45,30 +83,66 @@ pub(super) struct SimText<'a> {
 /// Validation state for one policy file and its inventory.
 pub(super) struct Checker<'a> {
     source: &'a SourceMap<'a>,
-    pub errors: Vec<PolicyError>,
+    pub errors: Collector,
+    /// The inventory file's name, for errors at [`Place::Line`].
+    pub inventory_file: String,
     pools: Vec<IpNetwork>,
     segment_ids: HashMap<String, u16>,
+    /// Where each segment's name was written, by id.
+    segment_places: Vec<usize>,
     /// IMSI (as [`imsi_key`]) → SIM index; a u64 key rather than a String keeps a million-SIM
     /// validation lean.
     imsis: HashMap<u64, u32>,
     /// SIMs checked so far, valid or not: the next SIM's index.
     pub sims_seen: usize,
-    ipv4s: HashSet<Ipv4Addr>,
-    ipv6s: HashSet<Ipv6Network>,
+    /// Where each SIM was written, by index.
+    sim_origins: Vec<Origin>,
+    /// Address families of each SIM, by index ([`FAMILY_V4`], [`FAMILY_V6`]).
+    sim_families: Vec<u8>,
+    /// Address families of the SIMs of each segment, by id.
+    segment_families: Vec<u8>,
+    ipv4s: HashMap<Ipv4Addr, u32>,
+    ipv6s: HashMap<Ipv6Network, u32>,
+    iccids: HashMap<u128, u32>,
+    msisdns: HashMap<u128, u32>,
 }
 
-pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, PolicyErrors> {
+/// SIM identifiers that must be unique besides the IMSI.
+#[derive(Clone, Copy)]
+enum Identifier {
+    Iccid,
+    Msisdn,
+}
+
+pub(super) fn validate(
+    path: &Path,
+    text: &str,
+    options: &LoadOptions,
+) -> Result<ValidatedPolicy, PolicyErrors> {
+    // A UTF-8 byte order mark is not part of the first line: without it, columns count right.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let source = SourceMap::new(path, text);
     let raw = raw::parse(&source, text).map_err(|error| PolicyErrors(vec![error]))?;
+    let mut errors = Collector::default();
+    for error in raw::unknown_keys(&source, text) {
+        errors.push("unknown key", error);
+    }
     let mut checker = Checker {
         source: &source,
-        errors: raw::unknown_keys(&source, text),
+        errors,
+        inventory_file: String::new(),
         pools: Vec::new(),
         segment_ids: HashMap::new(),
+        segment_places: Vec::new(),
         imsis: HashMap::new(),
         sims_seen: 0,
-        ipv4s: HashSet::new(),
-        ipv6s: HashSet::new(),
+        sim_origins: Vec::new(),
+        sim_families: Vec::new(),
+        segment_families: Vec::new(),
+        ipv4s: HashMap::new(),
+        ipv6s: HashMap::new(),
+        iccids: HashMap::new(),
+        msisdns: HashMap::new(),
     };
 
     checker.pools(&raw.pools);
@@ -81,6 +155,7 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         let place = Place::Span(raw.segments[MAX_SEGMENTS as usize].span());
         checker.error(
             &place,
+            "too many segments",
             format!("more than {MAX_SEGMENTS} segments; merge segments that share rules"),
         );
     }
@@ -91,6 +166,10 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
     let mut policy_sims: Vec<Option<usize>> = Vec::with_capacity(raw.sims.len());
     for sim in &raw.sims {
         let inner = sim.get_ref();
+        if checker.datetime_instead_of(&inner.datetime, &Place::Span(sim.span()), "a SIM") {
+            policy_sims.push(None);
+            continue;
+        }
         let invalid = [
             ("imsi", &inner.imsi),
             ("ipv4", &inner.ipv4),
@@ -120,24 +199,35 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
         && let Some(name) = checker.string(inventory, "inventory")
     {
         let place = Place::Span(inventory.span());
-        let dir = path.parent().unwrap_or(Path::new("."));
-        inventory::read(&mut checker, &dir.join(name), &place, &mut sims);
+        match resolve_inventory(path, name, options) {
+            Ok(inventory_path) => inventory::read(
+                &mut checker,
+                &inventory_path,
+                options.max_file_bytes,
+                &place,
+                &mut sims,
+            ),
+            Err(error) => checker.error(&place, "inventory path", error.to_string()),
+        }
     }
     if checker.sims_seen > MAX_SIMS_LIMIT as usize {
         let place = Place::Span(0..0);
         checker.error(
             &place,
+            "too many SIMs",
             format!("more than {MAX_SIMS_LIMIT} SIMs; split the fleet"),
         );
     }
 
-    // Rules last: they may name any segment or SIM.
+    // Rules last: they may name any segment or SIM. A SIM that failed its checks still has its
+    // rules checked, so that every error is reported.
     for (segment, raw_segment) in segments.iter_mut().zip(&raw.segments) {
         segment.rules = checker.rules(&raw_segment.get_ref().rules);
     }
     for (place, raw_sim) in policy_sims.iter().zip(&raw.sims) {
+        let rules = checker.rules(&raw_sim.get_ref().rules);
         if let Some(sim) = place.and_then(|i| sims.get_mut(i)) {
-            sim.rules = checker.rules(&raw_sim.get_ref().rules);
+            sim.rules = rules;
         }
     }
 
@@ -149,24 +239,37 @@ pub(super) fn validate(path: &Path, text: &str) -> Result<ValidatedPolicy, Polic
             sims,
         })
     } else {
-        let mut errors = checker.errors;
-        errors.sort_by_key(|e| (e.line, e.column));
-        Err(PolicyErrors(errors))
+        Err(PolicyErrors(checker.errors.finish(source.file())))
     }
 }
 
 impl<'a> Checker<'a> {
-    pub(super) fn error(&mut self, place: &Place, message: impl Into<String>) {
+    /// Report an error of `kind` (a phrase for the summary of a kind past the cap) at `place`:
+    /// a span of the policy or a line of the inventory.
+    pub(super) fn error(&mut self, place: &Place, kind: &'static str, message: impl Into<String>) {
         let error = match place {
             Place::Span(span) => self.source.error(span, message),
-            Place::Line(line) => self.source.error_at_line(*line, message),
+            Place::Line(line) => {
+                let mut error = self.source.error_at_line(*line, message);
+                error.file.clone_from(&self.inventory_file);
+                error
+            }
         };
-        self.errors.push(error);
+        self.errors.push(kind, error);
     }
 
-    /// Report an error in another file (the inventory) at `line`.
-    pub(super) fn error_in(&mut self, file: &SourceMap<'_>, line: usize, message: String) {
-        self.errors.push(file.error_at_line(line, message));
+    /// `file:line` (inventory) or `file:line:column` (policy) of a SIM, for "first at".
+    fn sim_origin(&self, index: u32) -> String {
+        match self.sim_origins.get(index as usize) {
+            Some(Origin(at)) if at & Origin::INVENTORY != 0 => {
+                format!("{}:{}", self.inventory_file, at & !Origin::INVENTORY)
+            }
+            Some(Origin(at)) => {
+                let e = self.source.error(&(*at as usize..*at as usize), "");
+                format!("{}:{}:{}", e.file, e.line, e.column)
+            }
+            None => "an earlier SIM".to_owned(),
+        }
     }
 
     fn string<'f>(&mut self, field: &'f Field, what: &str) -> Option<&'f str> {
@@ -176,9 +279,11 @@ impl<'a> Checker<'a> {
                 let place = Place::Span(field.span());
                 self.error(
                     &place,
+                    "a value of the wrong type",
                     format!(
-                        "`{what}` must be a string, found {} `{other}`; put it in quotes",
-                        other.type_str()
+                        "`{what}` must be a string, found {} `{}`; put it in quotes",
+                        type_name(other),
+                        shown(other)
                     ),
                 );
                 None
@@ -195,11 +300,47 @@ impl<'a> Checker<'a> {
             let Some(net) = self.network(text, &place, "pool") else {
                 continue;
             };
-            if let Some(other) = self.pools.iter().find(|p| overlaps(p, &net)) {
-                let other = *other;
+            if net.prefix() == 0 {
                 self.error(
                     &place,
-                    format!("pool {net} overlaps pool {other}; declare each address once"),
+                    "a pool of every address",
+                    format!(
+                        "pool `{net}` holds every address: every packet from outside the pools \
+                         (service replies, management) would count as spoofed; list the SIM \
+                         address pools of the packet core"
+                    ),
+                );
+                continue;
+            }
+            if let IpNetwork::V6(v6) = net
+                && v6.prefix() > 64
+            {
+                self.error(
+                    &place,
+                    "an IPv6 pool longer than /64",
+                    format!(
+                        "IPv6 pool `{net}` is longer than /64: a SIM's IPv6 is a whole /64, so \
+                         none fits in it; give the pool as /64 or shorter"
+                    ),
+                );
+                continue;
+            }
+            if let Some(index) = self.pools.iter().position(|p| overlaps(p, &net)) {
+                let other = self.pools[index];
+                let first = fields
+                    .iter()
+                    .find(|f| {
+                        f.get_ref()
+                            .as_str()
+                            .is_some_and(|t| IpNetwork::from_str(t) == Ok(other))
+                    })
+                    .map(|f| self.source.error(&f.span(), ""))
+                    .map(|e| format!(" (at {}:{}:{})", e.file, e.line, e.column))
+                    .unwrap_or_default();
+                self.error(
+                    &place,
+                    "overlapping pools",
+                    format!("pool {net} overlaps pool {other}{first}; declare each address once"),
                 );
                 continue;
             }
@@ -208,6 +349,7 @@ impl<'a> Checker<'a> {
         if fields.is_empty() {
             self.error(
                 &Place::Span(0..0),
+                "no pools",
                 "no `pools` declared; add `pools = [\"10.64.0.0/16\"]` with the SIM address pools",
             );
         }
@@ -220,9 +362,11 @@ impl<'a> Checker<'a> {
             Err(_) => {
                 self.error(
                     place,
+                    "an invalid CIDR",
                     format!(
-                        "`{text}` is not a valid {what} CIDR; write it like 10.64.0.0/16 or \
-                         2001:db8::/48"
+                        "`{}` is not a valid {what} CIDR; write it like 10.64.0.0/16 or \
+                         2001:db8::/48",
+                        clip(text)
                     ),
                 );
                 return None;
@@ -231,6 +375,7 @@ impl<'a> Checker<'a> {
         if net.network() != net.ip() {
             self.error(
                 place,
+                "a CIDR with host bits",
                 format!(
                     "{what} `{text}` has host bits set; write {}/{}",
                     net.network(),
@@ -244,10 +389,19 @@ impl<'a> Checker<'a> {
 
     fn segment_header(&mut self, segment: &toml::Spanned<raw::RawSegment>) -> Segment {
         let raw = segment.get_ref();
+        let place = Place::Span(segment.span());
+        if self.datetime_instead_of(&raw.datetime, &place, "a segment") {
+            return Segment {
+                name: String::new(),
+                description: String::new(),
+                rules: Vec::new(),
+            };
+        }
         let mut name = String::new();
         match &raw.name {
             None => self.error(
                 &Place::Span(segment.span()),
+                "a segment without a name",
                 "segment without `name`; add `name = \"…\"`",
             ),
             Some(field) => {
@@ -256,21 +410,45 @@ impl<'a> Checker<'a> {
                     if !valid_name(text) {
                         self.error(
                             &place,
+                            "an invalid segment name",
                             format!(
-                                "segment name `{text}` may use only letters, digits, `-`, `_` \
-                                 and `.`"
+                                "segment name `{}` may use only letters, digits, `-`, `_` \
+                                 and `.`",
+                                clip(text)
                             ),
                         );
-                    } else if text.starts_with("imsi:") || IpNetwork::from_str(text).is_ok() {
-                        self.error(&place, format!("segment name `{text}` looks like a CIDR"));
-                    } else if self.segment_ids.contains_key(text) {
+                    } else if text.starts_with("imsi:")
+                        || text.starts_with("segment:")
+                        || IpNetwork::from_str(text).is_ok()
+                    {
                         self.error(
                             &place,
-                            format!("segment `{text}` is declared twice; rename one"),
+                            "a segment name like a destination",
+                            format!("segment name `{text}` looks like a CIDR or a prefixed name"),
+                        );
+                    } else if let Some(&id) = self.segment_ids.get(text) {
+                        let first = self
+                            .segment_places
+                            .get(usize::from(id))
+                            .copied()
+                            .unwrap_or(0);
+                        let e = self.source.error(&(first..first), "");
+                        self.error(
+                            &place,
+                            "a segment declared twice",
+                            format!(
+                                "segment `{}` is declared twice (first at {}:{}:{}); rename one",
+                                clip(text),
+                                e.file,
+                                e.line,
+                                e.column
+                            ),
                         );
                     } else {
                         let id = u16::try_from(self.segment_ids.len()).unwrap_or(u16::MAX);
                         self.segment_ids.insert(text.to_owned(), id);
+                        self.segment_places.push(field.span().start);
+                        self.segment_families.push(0);
                     }
                     name = text.to_owned();
                 }
@@ -291,67 +469,95 @@ impl<'a> Checker<'a> {
 
     /// Check one SIM; its index is its position among all SIMs read so far.
     pub(super) fn sim(&mut self, text: &SimText<'_>) -> Option<Sim> {
-        let index = self.sims_seen;
+        let index = u32::try_from(self.sims_seen).unwrap_or(u32::MAX);
         self.sims_seen += 1;
+        self.sim_origins.push(Origin::of(&text.whole));
         let errors_before = self.errors.len();
         let imsi = match &text.imsi {
             None if text.invalid.contains(&"imsi") => None,
             None => {
-                self.error(&text.whole, "SIM without `imsi`; every SIM needs its IMSI");
+                self.error(
+                    &text.whole,
+                    "a SIM without an IMSI",
+                    "SIM without `imsi`; every SIM needs its IMSI",
+                );
                 None
             }
             Some((imsi, place)) => {
                 if !(14..=15).contains(&imsi.len()) || !all_digits(imsi) {
                     self.error(
                         place,
-                        format!("IMSI `{imsi}` must be 14 or 15 digits (MCC, MNC, MSIN)"),
+                        "an IMSI of the wrong shape",
+                        format!(
+                            "IMSI `{}` must be 14 or 15 digits (MCC, MNC, MSIN)",
+                            clip(imsi)
+                        ),
                     );
                     None
                 } else {
-                    let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    match self.imsis.entry(imsi_key(imsi)) {
-                        std::collections::hash_map::Entry::Occupied(_) => {
+                    match self.imsis.get(&imsi_key(imsi)) {
+                        Some(&first) => {
+                            let first = self.sim_origin(first);
                             self.error(
                                 place,
-                                format!("IMSI {imsi} is listed twice; keep one entry"),
+                                "an IMSI listed twice",
+                                format!(
+                                    "IMSI `{imsi}` is listed twice (first at {first}); keep one \
+                                     entry"
+                                ),
                             );
                             None
                         }
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            slot.insert(index);
+                        None => {
+                            self.imsis.insert(imsi_key(imsi), index);
                             Some((*imsi).to_owned())
                         }
                     }
                 }
             }
         };
-        if let Some((iccid, place)) = &text.iccid
-            && (!(19..=20).contains(&iccid.len()) || !all_digits(iccid) || !iccid.starts_with("89"))
-        {
-            self.error(
-                place,
-                format!("ICCID `{iccid}` must be 19 or 20 digits starting with 89 (ITU-T E.118)"),
-            );
+        if let Some((iccid, place)) = &text.iccid {
+            if !(19..=20).contains(&iccid.len()) || !all_digits(iccid) || !iccid.starts_with("89") {
+                self.error(
+                    place,
+                    "an ICCID of the wrong shape",
+                    format!(
+                        "ICCID `{}` must be 19 or 20 digits starting with 89 (ITU-T E.118)",
+                        clip(iccid)
+                    ),
+                );
+            } else {
+                // 19 and 20 digits apart, as for IMSIs: the length in the top bits.
+                let key = iccid.parse::<u128>().unwrap_or(u128::MAX) | (iccid.len() as u128) << 120;
+                self.unique(place, Identifier::Iccid, iccid, key, index);
+            }
         }
         if let Some((msisdn, place)) = &text.msisdn {
             let digits = msisdn.strip_prefix('+').unwrap_or(msisdn);
             if !(8..=15).contains(&digits.len()) || !all_digits(digits) {
                 self.error(
                     place,
+                    "an MSISDN of the wrong shape",
                     format!(
-                        "MSISDN `{msisdn}` must be 8 to 15 digits, optionally after `+` (E.164)"
+                        "MSISDN `{}` must be 8 to 15 digits, optionally after `+` (E.164)",
+                        clip(msisdn)
                     ),
                 );
+            } else {
+                // `+4915…` and `4915…` are the same number; 15 digits fit in a u64.
+                let key = u128::from(digits.parse::<u64>().unwrap_or(u64::MAX))
+                    | (digits.len() as u128) << 120;
+                self.unique(place, Identifier::Msisdn, msisdn, key, index);
             }
         }
         let ipv4 = text
             .ipv4
             .as_ref()
-            .and_then(|(addr, place)| self.sim_ipv4(addr, place));
+            .and_then(|(addr, place)| self.sim_ipv4(addr, place, index));
         let ipv6 = text
             .ipv6
             .as_ref()
-            .and_then(|(net, place)| self.sim_ipv6(net, place));
+            .and_then(|(net, place)| self.sim_ipv6(net, place, index));
         if text.ipv4.is_none()
             && text.ipv6.is_none()
             && !text.invalid.contains(&"ipv4")
@@ -359,25 +565,39 @@ impl<'a> Checker<'a> {
         {
             self.error(
                 &text.whole,
+                "a SIM without an address",
                 "SIM without an address; give `ipv4` and/or `ipv6`",
             );
         }
+        let families = if text.ipv4.is_some() { FAMILY_V4 } else { 0 }
+            | if text.ipv6.is_some() { FAMILY_V6 } else { 0 };
+        self.sim_families.push(families);
         let segment = match &text.segment {
             None if text.invalid.contains(&"segment") => None,
             None => {
                 self.error(
                     &text.whole,
+                    "a SIM without a segment",
                     "SIM without `segment`; name the segment it belongs to",
                 );
                 None
             }
             Some((name, place)) => {
                 let id = self.segment_ids.get(*name).copied();
-                if id.is_none() {
-                    self.error(
+                match id {
+                    Some(id) => {
+                        if let Some(f) = self.segment_families.get_mut(usize::from(id)) {
+                            *f |= families;
+                        }
+                    }
+                    None => self.error(
                         place,
-                        format!("unknown segment `{name}`; declare it under [[segments]]"),
-                    );
+                        "unknown segment",
+                        format!(
+                            "unknown segment `{}`; declare it under [[segments]]",
+                            clip(name)
+                        ),
+                    ),
                 }
                 id
             }
@@ -390,7 +610,11 @@ impl<'a> Checker<'a> {
                 other => {
                     self.error(
                         place,
-                        format!("unknown state `{other}`; use `active` or `quarantined`"),
+                        "unknown state",
+                        format!(
+                            "unknown state `{}`; use `active` or `quarantined`",
+                            clip(other)
+                        ),
                     );
                     None
                 }
@@ -411,11 +635,39 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn sim_ipv4(&mut self, text: &str, place: &Place) -> Option<Ipv4Addr> {
+    /// Record `key` (an ICCID or MSISDN of SIM `index`) or report that an earlier SIM has it.
+    fn unique(&mut self, place: &Place, id: Identifier, text: &str, key: u128, index: u32) {
+        let table = match id {
+            Identifier::Iccid => &mut self.iccids,
+            Identifier::Msisdn => &mut self.msisdns,
+        };
+        let Some(&first) = table.get(&key) else {
+            table.insert(key, index);
+            return;
+        };
+        let (kind, what) = match id {
+            Identifier::Iccid => ("an ICCID on two SIMs", "ICCID"),
+            Identifier::Msisdn => ("an MSISDN on two SIMs", "MSISDN"),
+        };
+        let first = self.sim_origin(first);
+        self.error(
+            place,
+            kind,
+            format!(
+                "{what} `{text}` is given to two SIMs (first at {first}); each SIM has its own"
+            ),
+        );
+    }
+
+    fn sim_ipv4(&mut self, text: &str, place: &Place, index: u32) -> Option<Ipv4Addr> {
         let Ok(addr) = Ipv4Addr::from_str(text) else {
             self.error(
                 place,
-                format!("`{text}` is not an IPv4 address; write it like 10.64.0.1"),
+                "an invalid IPv4 address",
+                format!(
+                    "`{}` is not an IPv4 address; write it like 10.64.0.1",
+                    clip(text)
+                ),
             );
             return None;
         };
@@ -426,29 +678,35 @@ impl<'a> Checker<'a> {
         {
             self.error(
                 place,
+                "an address outside every pool",
                 format!("{addr} is outside every pool; add its pool to `pools` or fix the address"),
             );
             return None;
         }
-        if !self.ipv4s.insert(addr) {
+        if let Some(&first) = self.ipv4s.get(&addr) {
+            let first = self.sim_origin(first);
             self.error(
                 place,
-                format!("{addr} is given to two SIMs; each address has one SIM"),
+                "an address given to two SIMs",
+                format!("{addr} is given to two SIMs (first at {first}); each address has one SIM"),
             );
             return None;
         }
+        self.ipv4s.insert(addr, index);
         Some(addr)
     }
 
-    fn sim_ipv6(&mut self, text: &str, place: &Place) -> Option<Ipv6Network> {
+    fn sim_ipv6(&mut self, text: &str, place: &Place, index: u32) -> Option<Ipv6Network> {
         let net = match Ipv6Network::from_str(text) {
             Ok(net) if net.prefix() == 64 && net.network() == net.ip() => net,
             _ => {
                 self.error(
                     place,
+                    "an IPv6 that is not a /64",
                     format!(
-                        "`{text}` is not an IPv6 /64 prefix; a SIM's IPv6 is its /64, written \
-                         like 2001:db8:1:2::/64"
+                        "`{}` is not an IPv6 /64 prefix; a SIM's IPv6 is its /64, written \
+                         like 2001:db8:1:2::/64",
+                        clip(text)
                     ),
                 );
                 return None;
@@ -461,17 +719,21 @@ impl<'a> Checker<'a> {
         {
             self.error(
                 place,
+                "an address outside every pool",
                 format!("{net} is outside every pool; add its pool to `pools` or fix the prefix"),
             );
             return None;
         }
-        if !self.ipv6s.insert(net) {
+        if let Some(&first) = self.ipv6s.get(&net) {
+            let first = self.sim_origin(first);
             self.error(
                 place,
-                format!("{net} is given to two SIMs; each prefix has one SIM"),
+                "an address given to two SIMs",
+                format!("{net} is given to two SIMs (first at {first}); each prefix has one SIM"),
             );
             return None;
         }
+        self.ipv6s.insert(net, index);
         Some(net)
     }
 
@@ -479,14 +741,34 @@ impl<'a> Checker<'a> {
         raw.iter().filter_map(|rule| self.rule(rule)).collect()
     }
 
+    /// Report a date-time written where a table (`what`) belongs; true if there was one.
+    fn datetime_instead_of(&mut self, datetime: &str, place: &Place, what: &str) -> bool {
+        if datetime.is_empty() {
+            return false;
+        }
+        self.error(
+            place,
+            "a date-time instead of a table",
+            format!(
+                "{what} must be a table, found date-time `{}`",
+                clip(datetime)
+            ),
+        );
+        true
+    }
+
     fn rule(&mut self, rule: &toml::Spanned<RawRule>) -> Option<Rule> {
         let errors_before = self.errors.len();
         let raw = rule.get_ref();
         let whole = Place::Span(rule.span());
-        let to = match &raw.to {
+        if self.datetime_instead_of(&raw.datetime, &whole, "a rule (`{ to = [...] }`)") {
+            return None;
+        }
+        let to: Vec<Dest> = match &raw.to {
             None => {
                 self.error(
                     &whole,
+                    "a rule without `to`",
                     "rule without `to`; list destinations: CIDRs, segments, imsi:…",
                 );
                 Vec::new()
@@ -506,7 +788,11 @@ impl<'a> Checker<'a> {
                     .any(|(v, _)| matches!(v, Value::String(s) if s == "any"));
                 if any && items.len() > 1 {
                     let place = Place::Span(field.span());
-                    self.error(&place, "`any` cannot be combined with other protocols");
+                    self.error(
+                        &place,
+                        "`any` with other protocols",
+                        "`any` cannot be combined with other protocols",
+                    );
                 }
                 if any {
                     Vec::new()
@@ -518,6 +804,9 @@ impl<'a> Checker<'a> {
                 }
             }
         };
+        if let Some(field) = &raw.proto {
+            self.family_mismatch(&to, &protos, &Place::Span(field.span()));
+        }
         let ports: Vec<(u16, u16)> = match &raw.ports {
             None => Vec::new(),
             Some(field) => {
@@ -529,6 +818,7 @@ impl<'a> Checker<'a> {
                 {
                     self.error(
                         &place,
+                        "`ports` without tcp or udp",
                         "`ports` need `proto = \"tcp\"`, `\"udp\"` or [\"tcp\", \"udp\"]",
                     );
                 }
@@ -563,12 +853,64 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// A rule whose protocols all belong to one address family while its destinations all
+    /// belong to the other can never match: `icmp` towards IPv6 only, `icmpv6` towards IPv4.
+    fn family_mismatch(&mut self, to: &[Dest], protos: &[u8], place: &Place) {
+        let family_of_proto = |proto: &u8| match *proto {
+            IPPROTO_ICMP => FAMILY_V4,
+            IPPROTO_ICMPV6 => FAMILY_V6,
+            _ => FAMILY_ANY,
+        };
+        let proto_families = protos.iter().map(family_of_proto).fold(0, |a, f| a | f);
+        let dest_families = to
+            .iter()
+            .map(|dest| {
+                let families = match dest {
+                    Dest::Net(IpNetwork::V4(_)) => FAMILY_V4,
+                    Dest::Net(IpNetwork::V6(_)) => FAMILY_V6,
+                    Dest::Segment(id) => self
+                        .segment_families
+                        .get(usize::from(*id))
+                        .copied()
+                        .unwrap_or(FAMILY_ANY),
+                    Dest::Sim(index) => self
+                        .sim_families
+                        .get(*index as usize)
+                        .copied()
+                        .unwrap_or(FAMILY_ANY),
+                };
+                // A segment without SIMs yet matches nothing either way; say nothing.
+                if families == 0 { FAMILY_ANY } else { families }
+            })
+            .fold(0, |a, f| a | f);
+        if protos.is_empty() || to.is_empty() || proto_families & dest_families != 0 {
+            return;
+        }
+        let (proto, family, other) = if proto_families == FAMILY_V4 {
+            ("icmp", "IPv6", "icmpv6")
+        } else {
+            ("icmpv6", "IPv4", "icmp")
+        };
+        self.error(
+            place,
+            "a protocol of the other address family",
+            format!(
+                "`{proto}` never matches: every destination of this rule is {family}; use \
+                 `{other}`, or add destinations of the other family"
+            ),
+        );
+    }
+
     /// The items of a value that may be written as one item or as an array.
     fn list<'f>(&mut self, field: &'f Field, what: &str) -> Vec<(&'f Value, Place)> {
         let place = Place::Span(field.span());
         match field.get_ref() {
             Value::Array(items) if items.is_empty() => {
-                self.error(&place, format!("`{what}` is empty; list at least one item"));
+                self.error(
+                    &place,
+                    "an empty list",
+                    format!("`{what}` is empty; list at least one item"),
+                );
                 Vec::new()
             }
             // Array items carry no spans of their own in `toml::Value`: point at the array.
@@ -579,20 +921,45 @@ impl<'a> Checker<'a> {
 
     fn dest(&mut self, value: &Value, place: &Place) -> Option<Dest> {
         let Value::String(text) = value else {
-            self.error(place, format!("destination `{value}` must be a string"));
+            self.error(
+                place,
+                "a destination that is not a string",
+                format!("destination `{}` must be a string", shown(value)),
+            );
             return None;
         };
         if let Some(imsi) = text.strip_prefix("imsi:") {
             return match self.imsis.get(&imsi_key(imsi)) {
                 Some(&index) => Some(Dest::Sim(index)),
                 None => {
-                    self.error(place, format!("`{text}` names no SIM of this policy"));
+                    self.error(
+                        place,
+                        "a destination naming no SIM",
+                        format!("`{}` names no SIM of this policy", clip(text)),
+                    );
                     None
                 }
             };
         }
-        let segment = text.strip_prefix("segment:").unwrap_or(text);
-        if let Some(&id) = self.segment_ids.get(segment) {
+        if let Some(name) = text.strip_prefix("segment:") {
+            return match self.segment_ids.get(name) {
+                Some(&id) => Some(Dest::Segment(id)),
+                None => {
+                    self.error(
+                        place,
+                        "unknown segment",
+                        format!(
+                            "unknown segment `{}` in `{}`; declare it under [[segments]] or fix \
+                             the name",
+                            clip(name),
+                            clip(text)
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(&id) = self.segment_ids.get(text.as_str()) {
             return Some(Dest::Segment(id));
         }
         let looks_like_address = text.contains('.')
@@ -601,7 +968,11 @@ impl<'a> Checker<'a> {
         if !looks_like_address {
             self.error(
                 place,
-                format!("`{text}` is neither a CIDR, a known segment nor `imsi:…`"),
+                "a destination that is neither CIDR nor name",
+                format!(
+                    "`{}` is neither a CIDR, a known segment nor `imsi:…`",
+                    clip(text)
+                ),
             );
             return None;
         }
@@ -614,6 +985,7 @@ impl<'a> Checker<'a> {
             let pool = *pool;
             self.error(
                 place,
+                "a CIDR inside a pool",
                 format!(
                     "{net} lies inside pool {pool}: traffic to devices is lateral; name the \
                      destination segment or `imsi:…` instead"
@@ -621,7 +993,55 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
+        if let IpNetwork::V6(v6) = net
+            && let Some(message) = self.embedded_pool(v6)
+        {
+            self.error(place, "a CIDR inside a pool", message);
+            return None;
+        }
         Some(Dest::Net(net))
+    }
+
+    /// Why IPv6 destination `net` reaches an IPv4 pool through an address form that embeds
+    /// IPv4 (NAT64, IPv4-mapped), if it does. The datapath carves pools out of wide CIDRs only
+    /// in their own family, so such a CIDR would let devices reach each other through a NAT64
+    /// gateway: it is refused like a CIDR inside a pool.
+    fn embedded_pool(&self, net: Ipv6Network) -> Option<String> {
+        for (prefix, name) in EMBEDDING_PREFIXES {
+            // Safe: 96 is a valid IPv6 prefix length.
+            let Ok(translation) = Ipv6Network::new(prefix, 96) else {
+                continue;
+            };
+            if !overlaps(&IpNetwork::V6(net), &IpNetwork::V6(translation)) {
+                continue;
+            }
+            if net.prefix() < 96 {
+                // `net` contains the whole translation prefix, so every pool's image.
+                let pool = self.pools.iter().find_map(|p| match p {
+                    IpNetwork::V4(v4) => Some(*v4),
+                    IpNetwork::V6(_) => None,
+                })?;
+                return Some(format!(
+                    "{net} contains {name}, through which it reaches pool {pool} (e.g. \
+                     {}): traffic to devices is lateral; leave 64:ff9b::/96 and ::ffff:0:0/96 \
+                     out (for the IPv6 internet write 2000::/3)",
+                    embed(prefix, pool.network())
+                ));
+            }
+            let bits = u128::from(net.network()) as u32;
+            let embedded = Ipv4Network::new(Ipv4Addr::from(bits), net.prefix() - 96).ok()?;
+            if let Some(pool) = self
+                .pools
+                .iter()
+                .find(|p| overlaps(p, &IpNetwork::V4(embedded)))
+            {
+                return Some(format!(
+                    "{net} is {embedded} written in {name}, and overlaps pool {pool}: traffic \
+                     to devices is lateral; name the destination segment or `imsi:…` instead"
+                ));
+            }
+        }
+        None
     }
 
     fn proto(&mut self, value: &Value, place: &Place) -> Option<u8> {
@@ -639,9 +1059,11 @@ impl<'a> Checker<'a> {
         if proto.is_none() {
             self.error(
                 place,
+                "unknown protocol",
                 format!(
-                    "unknown protocol `{value}`; use tcp, udp, icmp, icmpv6, any, or an IP \
-                     protocol number 1-255"
+                    "unknown protocol `{}`; use tcp, udp, icmp, icmpv6, any, or an IP \
+                     protocol number 1-255",
+                    shown(value)
                 ),
             );
         }
@@ -652,8 +1074,8 @@ impl<'a> Checker<'a> {
         let parsed = match value {
             Value::Integer(n) => u16::try_from(*n).ok().map(|p| (p, p)),
             Value::String(text) => match text.split_once('-') {
-                None => text.trim().parse().ok().map(|p| (p, p)),
-                Some((lo, hi)) => lo.trim().parse().ok().zip(hi.trim().parse().ok()),
+                None => port(text).map(|p| (p, p)),
+                Some((lo, hi)) => port(lo).zip(port(hi)),
             },
             _ => None,
         };
@@ -661,20 +1083,91 @@ impl<'a> Checker<'a> {
             None => {
                 self.error(
                     place,
-                    format!("bad port `{value}`; write 443, \"443\" or \"8000-8100\" (0-65535)"),
+                    "a bad port",
+                    format!(
+                        "bad port `{}`; write 443, \"443\" or \"8000-8100\" (1-65535)",
+                        shown(value)
+                    ),
+                );
+                None
+            }
+            Some((0, 0)) => {
+                self.error(
+                    place,
+                    "port 0",
+                    format!(
+                        "port `{}`: 0 is not a destination port; omit `ports` to allow every \
+                         port",
+                        shown(value)
+                    ),
                 );
                 None
             }
             Some((lo, hi)) if lo > hi => {
                 self.error(
                     place,
-                    format!("port range `{value}` is reversed; write {hi}-{lo}"),
+                    "a reversed port range",
+                    format!("port range `{}` is reversed; write {hi}-{lo}", shown(value)),
                 );
                 None
             }
             Some(range) => Some(range),
         }
     }
+}
+
+/// A port written as text: ASCII digits only (no sign, no spaces inside), 0-65535.
+fn port(text: &str) -> Option<u16> {
+    let text = text.trim();
+    if !all_digits(text) || text.len() > 5 {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The date-time a value stands for: through `Spanned`, toml hands a date-time over as a table
+/// with one private key.
+fn datetime(value: &Value) -> Option<String> {
+    match value {
+        Value::Datetime(datetime) => Some(datetime.to_string()),
+        Value::Table(table) if table.len() == 1 => table
+            .get("$__toml_private_datetime")
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+        _ => None,
+    }
+}
+
+/// The TOML type of a value, for messages.
+fn type_name(value: &Value) -> &'static str {
+    if datetime(value).is_some() {
+        "date-time"
+    } else {
+        value.type_str()
+    }
+}
+
+/// A TOML value for a message, shortened: a 20,000-element array is not echoed whole.
+fn shown(value: &Value) -> String {
+    if let Some(datetime) = datetime(value) {
+        return clip(&datetime);
+    }
+    match value {
+        Value::String(text) => format!("\"{}\"", clip(text)),
+        Value::Array(items) if items.len() > 4 => {
+            let head: Vec<String> = items.iter().take(3).map(shown).collect();
+            format!("[{}, … {} more]", head.join(", "), items.len() - 3)
+        }
+        Value::Array(items) => {
+            let all: Vec<String> = items.iter().map(shown).collect();
+            clip(&format!("[{}]", all.join(", ")))
+        }
+        other => clip(&other.to_string()),
+    }
+}
+
+/// IPv4 address `v4` inside IPv6 `prefix` /96.
+fn embed(prefix: Ipv6Addr, v4: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(prefix) | u128::from(u32::from(v4)))
 }
 
 /// A string field of a policy SIM, with its place.
