@@ -4,7 +4,8 @@
 //! For each kernel: fetch the Debian cloud kernel package with apt (cached in `target/vm`),
 //! build an initramfs (busybox, iproute2's `ip`, ping, nsenter, the shared libraries they and
 //! the test binaries need, `veth.ko`, the test binaries), boot it, and inside run the
-//! BPF_PROG_TEST_RUN fixtures, the differential test (`GUEST_DIFF_FRAMES` frames) and the
+//! BPF_PROG_TEST_RUN fixtures (also the forwarding fixtures and their replay through
+//! `enforcer policy replay`), the differential test (`GUEST_DIFF_FRAMES` frames) and the
 //! end-to-end namespace test. The guest writes its exit status to a second serial port; a
 //! failing test, a verifier rejection, a kernel panic or a hang (timeout) fails the run with the
 //! guest's output shown. The verifier's processed-instruction count is printed per kernel.
@@ -30,7 +31,7 @@ const GUEST_DIFF_FRAMES: u32 = 20_000;
 /// Longest a guest may run before it counts as hung.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The test binaries run in the guest, by `cargo test --test` name.
-const GUEST_TESTS: &[&str] = &["kernel", "differential", "e2e"];
+const GUEST_TESTS: &[&str] = &["kernel", "forwarded", "differential", "e2e"];
 
 /// A kernel to boot.
 struct Kernel {
