@@ -84,13 +84,17 @@ impl Reference {
                 verdict: decide::not_ip(self.iface_flags(ifindex)),
                 sim: None,
             },
-            Ok(Parsed::Ip(meta)) => {
-                let inputs = decide::identify(self, &meta);
-                Outcome {
-                    verdict: decide::decide(&inputs),
-                    sim: inputs.src.sim(),
-                }
-            }
+            Ok(Parsed::Ip(meta)) => self.judge(&meta),
+        }
+    }
+
+    /// Judge an already parsed IP packet (the lookups and the decision, no parsing).
+    #[must_use]
+    pub fn judge(&self, meta: &PacketMeta) -> Outcome {
+        let inputs = decide::identify(self, meta);
+        Outcome {
+            verdict: decide::decide(&inputs),
+            sim: inputs.src.sim(),
         }
     }
 }
