@@ -3,6 +3,7 @@
 //! namespace guards.
 
 pub mod bench;
+pub mod capture;
 pub mod forwarded;
 pub mod frames;
 pub mod harness;

@@ -2,23 +2,13 @@
 //! fixture gets its verdict from the real program and the reference model, and `enforcer
 //! policy replay` shows the same verdicts for the same frames read from pcap and pcapng files.
 
-use std::{borrow::Cow, path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command};
 
 use enforcer_common::{Verdict, maps::IFACE_DROP_NON_POOL};
 use integration_tests::{
     enforcer_bin,
     forwarded::{Fixture, POLICY, fixtures},
     harness::{Harness, TEST_IFINDEX, hex},
-};
-use pcap_file::{
-    DataLink,
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    pcapng::{
-        PcapNgWriter,
-        blocks::{
-            enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock,
-        },
-    },
 };
 
 fn name(verdict: Verdict) -> String {
@@ -71,40 +61,11 @@ impl Drop for Scratch {
 }
 
 fn write_pcap(path: &PathBuf, frames: &[&[u8]]) {
-    let file = std::fs::File::create(path).expect("create pcap");
-    let header = PcapHeader {
-        datalink: DataLink::ETHERNET,
-        ..PcapHeader::default()
-    };
-    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
-    for (i, frame) in frames.iter().enumerate() {
-        let len = u32::try_from(frame.len()).expect("frame length");
-        writer
-            .write_packet(&PcapPacket::new(
-                Duration::from_millis(i as u64),
-                len,
-                frame,
-            ))
-            .expect("write packet");
-    }
+    std::fs::write(path, integration_tests::capture::file(frames, false)).expect("write pcap");
 }
 
 fn write_pcapng(path: &PathBuf, frames: &[&[u8]]) {
-    let file = std::fs::File::create(path).expect("create pcapng");
-    let mut writer = PcapNgWriter::new(file).expect("pcapng header");
-    writer
-        .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65_535))
-        .expect("interface block");
-    for (i, frame) in frames.iter().enumerate() {
-        let block = EnhancedPacketBlock {
-            interface_id: 0,
-            timestamp: Duration::from_millis(i as u64),
-            original_len: u32::try_from(frame.len()).expect("frame length"),
-            data: Cow::Borrowed(frame),
-            options: Vec::new(),
-        };
-        writer.write_pcapng_block(block).expect("packet block");
-    }
+    std::fs::write(path, integration_tests::capture::file(frames, true)).expect("write pcapng");
 }
 
 /// Run `enforcer policy replay --json` and return the verdict names per packet and the summary.

@@ -8,21 +8,9 @@
 //! `FUZZ_CASES` sets the cases per property (default 2,000: a few seconds in `cargo xtask
 //! test`); `cargo xtask bench` runs 200,000.
 
-use std::{borrow::Cow, time::Duration};
-
 use enforcer::{
     reference,
     replay::{self, capture::Capture},
-};
-use pcap_file::{
-    DataLink,
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    pcapng::{
-        PcapNgWriter,
-        blocks::{
-            enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock,
-        },
-    },
 };
 use proptest::prelude::*;
 
@@ -88,36 +76,7 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn pcap_of(frames: &[Vec<u8>], ng: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    if ng {
-        let mut writer = PcapNgWriter::new(&mut out).expect("pcapng");
-        writer
-            .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 65_535))
-            .expect("idb");
-        for frame in frames {
-            let block = EnhancedPacketBlock {
-                interface_id: 0,
-                timestamp: Duration::ZERO,
-                original_len: u32::try_from(frame.len()).expect("len"),
-                data: Cow::Borrowed(frame),
-                options: Vec::new(),
-            };
-            writer.write_pcapng_block(block).expect("epb");
-        }
-    } else {
-        let header = PcapHeader {
-            datalink: DataLink::ETHERNET,
-            ..PcapHeader::default()
-        };
-        let mut writer = PcapWriter::with_header(&mut out, header).expect("pcap");
-        for frame in frames {
-            let len = u32::try_from(frame.len()).expect("len");
-            writer
-                .write_packet(&PcapPacket::new(Duration::ZERO, len, frame))
-                .expect("packet");
-        }
-    }
-    out
+    integration_tests::capture::file(frames, ng)
 }
 
 proptest! {

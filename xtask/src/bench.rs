@@ -31,37 +31,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     if quick {
         return Ok(());
     }
-    exec(
-        Command::new("cargo")
-            .current_dir(root())
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "integration-tests",
-                "--test",
-                "differential",
-                "--",
-                "--nocapture",
-            ])
-            .env("DIFF_FRAMES", "1000000"),
-    )
-    .context("the 1,000,000-frame differential run failed")?;
+    exec(release_test("differential").env("DIFF_FRAMES", "1000000"))
+        .context("the 1,000,000-frame differential run failed")?;
     // The long fuzzing run: 200,000 cases per property instead of the test command's 2,000.
-    exec(
-        Command::new("cargo")
-            .current_dir(root())
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "integration-tests",
-                "--test",
-                "fuzz_frames",
-            ])
-            .env("FUZZ_CASES", "200000"),
-    )
-    .context("the long fuzzing run failed")?;
+    exec(release_test("fuzz_frames").env("FUZZ_CASES", "200000"))
+        .context("the long fuzzing run failed")?;
 
     let report = std::fs::read_to_string(out.join("report.md")).context("reading the report")?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -97,4 +71,20 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     std::fs::write(root().join("BENCHMARKS.md"), doc).context("writing BENCHMARKS.md")?;
     eprintln!("xtask: wrote BENCHMARKS.md");
     Ok(())
+}
+
+/// `cargo test --release -p integration-tests --test NAME -- --nocapture`.
+fn release_test(name: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args([
+        "test",
+        "--release",
+        "-p",
+        "integration-tests",
+        "--test",
+        name,
+        "--",
+        "--nocapture",
+    ]);
+    cmd
 }
