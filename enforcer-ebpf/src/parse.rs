@@ -22,9 +22,12 @@
 //!   non-zero offset ends the walk as a later fragment); a routing header with segments left
 //!   drops the packet as `source_route`; more than [`MAX_EXT_HDRS`] extension headers is
 //!   malformed.
-//! - TCP needs 20 bytes, UDP 8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry
-//!   no ports and need nothing.
-//! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour).
+//! - TCP needs 20 bytes and a data offset of at least 5 words that ends inside the packet, UDP
+//!   8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry no ports and need nothing.
+//! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour) only when
+//!   they cannot have left their link: hop limit 255, a link-local or unspecified source, no
+//!   extension header (so no fragment, RFC 4861 §6.1, RFC 6980). Any other is judged like any
+//!   ICMPv6.
 
 use core::mem::size_of;
 
@@ -63,6 +66,8 @@ const IPOPT_NOOP: u8 = 1;
 /// Option numbers (the low five bits of the type) of loose and strict source routing.
 const IPOPT_NUMBER_LSRR: u8 = 3;
 const IPOPT_NUMBER_SSRR: u8 = 9;
+/// Offset of the TCP data-offset byte.
+const TCP_DATA_OFFSET: usize = 12;
 /// Every IPv6 extension header is at least 8 bytes long.
 const IPV6_EXT_MIN_LEN: usize = 8;
 
@@ -102,7 +107,7 @@ struct Ipv6Hdr {
     version_class_flow: [u8; 4],
     payload_len: [u8; 2],
     next: u8,
-    _hop_limit: u8,
+    hop_limit: u8,
     src: [u8; 16],
     dst: [u8; 16],
 }
@@ -267,6 +272,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     };
     transport(
         ctx,
+        l3,
         l3.wrapping_add(header_len),
         l3.wrapping_add(total_len),
         addrs,
@@ -375,7 +381,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
             next = frag.next;
             offset = offset.wrapping_add(size_of::<FragHdr>());
             if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
-                return transport(ctx, offset, ip_end, addrs, next, true, ifindex);
+                return transport(ctx, l3, offset, ip_end, addrs, next, true, ifindex);
             }
             continue;
         }
@@ -396,14 +402,34 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     ) {
         return Err(DropReason::Malformed);
     }
-    transport(ctx, offset, ip_end, addrs, next, false, ifindex)
+    transport(ctx, l3, offset, ip_end, addrs, next, false, ifindex)
+}
+
+/// Whether neighbour discovery at `l4` cannot have left its link, so it may pass unjudged: the
+/// ICMPv6 header directly follows the IPv6 header (no extension headers, so no fragment: RFC
+/// 6980), the hop limit is 255 and the source link-local or unspecified (RFC 4861 §6.1). The
+/// header is read again here rather than carried along the walk: a flag carried through every
+/// path doubled the states the verifier explores.
+#[inline(always)]
+fn on_link(ctx: &XdpContext, l3: usize, l4: usize) -> Result<bool, DropReason> {
+    if l4 != l3.wrapping_add(size_of::<Ipv6Hdr>()) {
+        return Ok(false);
+    }
+    let ip: Ipv6Hdr = read(ctx, l3)?;
+    let link_local = ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80;
+    Ok(ip.hop_limit == 255 && (link_local || ip.src == [0; 16]))
 }
 
 /// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of
-/// the IP packet (not of the frame).
+/// the IP packet (not of the frame). `l3` is where the IP header starts.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "plain values, so the verifier sees scalars"
+)]
 fn transport(
     ctx: &XdpContext,
+    l3: usize,
     l4: usize,
     ip_end: usize,
     addrs: Addrs,
@@ -436,6 +462,14 @@ fn transport(
         IPPROTO_TCP | IPPROTO_UDP => {
             inside(if proto == IPPROTO_TCP { 20 } else { 8 })?;
             let ports: Ports = read(ctx, l4)?;
+            if proto == IPPROTO_TCP {
+                // Data offset (RFC 9293 §3.1): at least five words, all inside the packet.
+                let data_offset: u8 = read(ctx, l4.wrapping_add(TCP_DATA_OFFSET))?;
+                let header_len = usize::from(data_offset >> 4).wrapping_mul(4);
+                if header_len < 20 || l4.wrapping_add(header_len) > ip_end {
+                    return Err(DropReason::Malformed);
+                }
+            }
             meta.dport = u16::from_be_bytes(ports.dst);
             meta.has_ports = true;
         }
@@ -443,7 +477,7 @@ fn transport(
         IPPROTO_ICMPV6 if v6 => {
             inside(8)?;
             let icmp_type: u8 = read(ctx, l4)?;
-            if (133..=137).contains(&icmp_type) {
+            if (133..=137).contains(&icmp_type) && on_link(ctx, l3, l4)? {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
         }

@@ -225,6 +225,12 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         IPPROTO_TCP | IPPROTO_UDP => {
             let need = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
             bytes(l4, 0, need)?;
+            if ip.proto == IPPROTO_TCP {
+                let header_len = usize::from(l4[12] >> 4) * 4;
+                if header_len < 20 || header_len > l4.len() {
+                    return Err(DropReason::Malformed);
+                }
+            }
             meta.dport = be16(l4, 2)?;
             meta.has_ports = true;
         }
@@ -233,7 +239,7 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         }
         IPPROTO_ICMPV6 if ip.v6 => {
             let icmp = bytes(l4, 0, 8)?;
-            if (133..=137).contains(&icmp[0]) {
+            if ip.on_link && (133..=137).contains(&icmp[0]) {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
         }
@@ -245,6 +251,10 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
 /// An IP header that checked out, and the transport bytes up to the IP packet's end.
 struct IpPart<'a> {
     v6: bool,
+    /// IPv6 hop limit 255 from a link-local or unspecified source, no extension header (so no
+    /// fragment): neighbour discovery that cannot have crossed a router (RFC 4861 §6.1, RFC
+    /// 6980).
+    on_link: bool,
     src: [u8; 16],
     dst: [u8; 16],
     proto: u8,
@@ -302,6 +312,7 @@ fn ipv4(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
     dst[..4].copy_from_slice(&header[16..20]);
     Ok(IpPart {
         v6: false,
+        on_link: false,
         src,
         dst,
         proto: header[9],
@@ -351,8 +362,10 @@ fn ipv6(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
             break;
         }
     }
+    let link_local = (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || src == [0; 16];
     Ok(IpPart {
         v6: true,
+        on_link: header[7] == 255 && link_local && seen == 0,
         src,
         dst,
         proto: next,

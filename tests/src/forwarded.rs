@@ -227,6 +227,68 @@ pub fn fixtures() -> Vec<Fixture> {
             with_routing_header(4, 0),
             rule(1),
         ),
+        // Neighbour discovery passes unjudged only when it cannot have left its link.
+        edge(
+            "ND from a link-local source with hop limit 255",
+            Frame::new("fe80::1", "ff02::1:ff00:1", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
+            Verdict::Pass(PassReason::Neighbour, 0),
+        ),
+        edge(
+            "ND-typed ICMPv6 from the SIM to another network (hop limit 64)",
+            Frame::new("fd00:64:0:1::5", "2001:db9::1", L4::Icmp(135)).build(),
+            drop(NoRule),
+        ),
+        edge(
+            "ND-typed ICMPv6 from the SIM with hop limit 255 but a global source",
+            Frame::new("fd00:64:0:1::5", "2001:db9::1", L4::Icmp(137))
+                .hop_limit(255)
+                .build(),
+            drop(NoRule),
+        ),
+        edge(
+            "ND from a spoofed pool address",
+            Frame::new("fd00:64:0:9::5", "ff02::1", L4::Icmp(134))
+                .hop_limit(255)
+                .build(),
+            drop(Spoofed),
+        ),
+        edge(
+            "fragmented ND is not trusted (RFC 6980)",
+            Frame::new("fe80::1", "ff02::1", L4::Icmp(135))
+                .hop_limit(255)
+                .ext(&[Ext::Fragment(0, true)])
+                .build(),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        core(
+            "fragmented ND on a core-facing link",
+            Frame::new("fe80::1", "ff02::1", L4::Icmp(135))
+                .hop_limit(255)
+                .ext(&[Ext::Fragment(0, true)])
+                .build(),
+            drop(NonPool),
+        ),
+        // TCP data offset.
+        edge(
+            "TCP data offset below five words",
+            {
+                let mut f = ip_tcp.clone();
+                f[46] = 0x40;
+                f
+            },
+            drop(Malformed),
+        ),
+        edge(
+            "TCP data offset past the packet",
+            {
+                let mut f = ip_tcp.clone();
+                f[46] = 0xf0;
+                f
+            },
+            drop(Malformed),
+        ),
         // 3. Non-IP frames on a core-facing link.
         core(
             "MPLS on a core-facing link",

@@ -55,6 +55,8 @@ pub struct Frame {
     pub routing_segments_left: u8,
     /// Payload bytes after the transport header.
     pub payload: usize,
+    /// IPv6 hop limit (IPv4 TTL stays 64).
+    pub hop_limit: u8,
 }
 
 impl Frame {
@@ -71,6 +73,7 @@ impl Frame {
             ipv4_option_bytes: Vec::new(),
             ipv6_ext: Vec::new(),
             routing_segments_left: 0,
+            hop_limit: 64,
             payload: 0,
         }
     }
@@ -79,6 +82,13 @@ impl Frame {
     #[must_use]
     pub fn vlans(mut self, tags: &[u16]) -> Self {
         self.vlans = tags.to_vec();
+        self
+    }
+
+    /// Set the IPv6 hop limit.
+    #[must_use]
+    pub fn hop_limit(mut self, hop_limit: u8) -> Self {
+        self.hop_limit = hop_limit;
         self
     }
 
@@ -149,7 +159,13 @@ impl Frame {
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&0x86DDu16.to_be_bytes());
                 let (ext, first) = ipv6_ext(&self.ipv6_ext, proto, self.routing_segments_left);
-                frame.extend(ipv6_header(src, dst, first, ext.len() + l4.len()));
+                frame.extend(ipv6_header(
+                    src,
+                    dst,
+                    first,
+                    ext.len() + l4.len(),
+                    self.hop_limit,
+                ));
                 frame.extend(ext);
             }
             _ => panic!("test frame mixes IPv4 and IPv6 addresses"),
@@ -187,10 +203,10 @@ fn ipv4_header(
     h
 }
 
-fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: usize) -> Vec<u8> {
+fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: usize, hop_limit: u8) -> Vec<u8> {
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&u16::try_from(payload).unwrap_or(u16::MAX).to_be_bytes());
-    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&[next, hop_limit]);
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     h

@@ -442,6 +442,15 @@ impl RandomPolicy {
             _ => L4::Other(*rng.pick(&[47u8, 50, 132, 58, 1]), rng.below(40) as usize),
         };
         let mut frame = Frame::new(&src, &dst, l4);
+        if v6 && rng.chance(8) {
+            // Neighbour discovery that stays on its link, or claims to.
+            frame.hop_limit = 255;
+            if rng.chance(60) {
+                frame.src = RandomPolicy::inside_v6(rng, "fe80::/64")
+                    .parse()
+                    .expect("link-local address");
+            }
+        }
         frame.payload = rng.below(64) as usize;
         frame.vlans = match rng.below(20) {
             0..=2 => vec![0x8100],

@@ -368,14 +368,30 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(NoRule),
         ),
         (
-            "neighbour solicitation passes even when spoofed",
-            Frame::new("fd00:64:0:2::1", "ff02::1:ff00:1", L4::Icmp(135)).build(),
+            "on-link neighbour solicitation passes",
+            Frame::new("fe80::1", "ff02::1:ff00:1", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
             Verdict::Pass(PassReason::Neighbour, 0),
         ),
         (
-            "router solicitation passes",
-            Frame::new("fd00:64:0:1::1", "ff02::2", L4::Icmp(133)).build(),
+            "router solicitation from the unspecified address passes",
+            Frame::new("::", "ff02::2", L4::Icmp(133))
+                .hop_limit(255)
+                .build(),
             Verdict::Pass(PassReason::Neighbour, 0),
+        ),
+        (
+            "neighbour solicitation from a spoofed pool address is judged",
+            Frame::new("fd00:64:0:2::1", "ff02::1:ff00:1", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
+            drop(Spoofed),
+        ),
+        (
+            "router solicitation that crossed a router is judged",
+            Frame::new("fd00:64:0:1::1", "ff02::2", L4::Icmp(133)).build(),
+            drop(NoRule),
         ),
     ]
 }
