@@ -201,3 +201,129 @@ fn replay_refuses_a_file_that_is_not_a_capture() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("not a pcap or pcapng file"), "{text}");
 }
+
+/// A little-endian pcap file written by hand, so that it can say what `pcap-file`'s writer
+/// refuses to: a snap length below a packet's original length, any link type.
+fn raw_pcap(snaplen: u32, linktype: u32, records: &[(&[u8], u32)]) -> Vec<u8> {
+    let mut file = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    file.extend_from_slice(&snaplen.to_le_bytes());
+    file.extend_from_slice(&linktype.to_le_bytes());
+    for (data, original_len) in records {
+        file.extend_from_slice(&[0; 8]); // Timestamp.
+        file.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+        file.extend_from_slice(&original_len.to_le_bytes());
+        file.extend_from_slice(data);
+    }
+    file
+}
+
+/// Captures an operator may bring that cannot be judged frame by frame: each is listed as not
+/// judged with its reason, and nothing else in the file is lost.
+#[test]
+fn replay_lists_what_it_cannot_judge_and_why() {
+    let scratch = Scratch::new("unjudged");
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let allowed = integration_tests::frames::Frame::new(
+        "10.64.0.1",
+        "198.51.100.10",
+        integration_tests::frames::L4::Tcp(443),
+    );
+    let frame = allowed.build();
+    let mut jumbo = allowed.clone();
+    jumbo.payload = 4000;
+    let jumbo = jumbo.build();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "snap length",
+            raw_pcap(
+                96,
+                1,
+                &[
+                    (&frame, 1514),
+                    (&frame, u32::try_from(frame.len()).unwrap()),
+                ],
+            ),
+            "cut by the capture's snap length (54 of 1514 bytes)",
+        ),
+        (
+            "jumbo",
+            raw_pcap(
+                65_535,
+                1,
+                &[(&jumbo, u32::try_from(jumbo.len()).unwrap()), (&frame, 54)],
+            ),
+            "longer than the 3520 bytes",
+        ),
+        (
+            "short cooked v2 header",
+            raw_pcap(65_535, 276, &[(&[0x08, 0, 0, 0, 0], 5), (&frame, 54)]),
+            "LINUX_SLL2 header cut short (5 of 20 bytes)",
+        ),
+    ];
+    for (name, file, reason) in cases {
+        let capture = scratch.0.join(format!("{}.pcap", name.replace(' ', "-")));
+        std::fs::write(&capture, file).expect("write capture");
+        let (packets, summary) = replay(&policy, &capture, false);
+        assert_eq!(summary["not_judged"], 1, "{name}: {packets:?}");
+        let why = packets[0]["not_judged"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(reason),
+            "{name}: `{why}` should say `{reason}`"
+        );
+        if name != "short cooked v2 header" {
+            assert_eq!(
+                packets[1]["reason"], "rule",
+                "{name}: the next packet is judged"
+            );
+        }
+    }
+}
+
+#[test]
+fn replay_reads_standard_input_and_names_an_empty_file() {
+    let scratch = Scratch::new("stdin");
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let frame = integration_tests::frames::Frame::new(
+        "10.64.0.1",
+        "198.51.100.10",
+        integration_tests::frames::L4::Tcp(443),
+    )
+    .build();
+    let capture = scratch.0.join("in.pcap");
+    std::fs::write(&capture, integration_tests::capture::file(&[frame], true)).expect("write");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} policy replay {} - < {}",
+            enforcer_bin().display(),
+            policy.display(),
+            capture.display()
+        ))
+        .output()
+        .expect("run replay from stdin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 packet against"), "{text}");
+
+    let empty = scratch.0.join("empty.pcap");
+    std::fs::write(&empty, b"").expect("write");
+    let out = Command::new(enforcer_bin())
+        .args(["policy", "replay"])
+        .arg(&policy)
+        .arg(&empty)
+        .output()
+        .expect("run replay");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the capture file is empty"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no table header for an unreadable capture"
+    );
+}

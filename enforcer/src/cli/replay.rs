@@ -16,6 +16,10 @@ use enforcer::{
 use enforcer_common::{PassReason, Verdict};
 use serde_json::json;
 
+/// Width of the address columns: an IPv4 address and port fit, longer IPv6 ones push the
+/// line on rather than padding every line for the widest.
+const COLUMN: usize = 21;
+
 /// Run the replay and print it.
 pub fn run(
     policy_path: &Path,
@@ -25,37 +29,44 @@ pub fn run(
     json: bool,
     core_facing: bool,
 ) -> anyhow::Result<()> {
-    let file = std::fs::File::open(capture_path)
-        .with_context(|| format!("opening capture {}", capture_path.display()))?;
+    // `-` reads the capture from standard input (`tcpdump -w - | enforcer policy replay P -`).
+    let input: Box<dyn std::io::Read> = if capture_path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(capture_path)
+                .with_context(|| format!("opening capture {}", capture_path.display()))?,
+        )
+    };
     let mut capture =
-        Capture::open(file).with_context(|| format!("reading {}", capture_path.display()))?;
+        Capture::open(input).with_context(|| format!("reading {}", capture_path.display()))?;
     privileges::require_bpf("enforcer policy replay").map_err(anyhow::Error::msg)?;
     let mut replayer = Replayer::new(compiled, sims, core_facing)
         .context("loading the policy into an unattached XDP program")?;
     let mut out = std::io::stdout().lock();
     let mut summary = Summary::default();
-    if !json {
-        writeln!(
-            out,
-            "{:>6}  {:<40}  {:<40}  {:<7}  {:<20}  RULE",
-            "NO", "SOURCE", "DESTINATION", "PROTO", "VERDICT"
-        )?;
-    }
+    let mut header_written = json;
     while let Some(packet) = capture.next_packet() {
         let Captured { number, frame } =
             packet.with_context(|| format!("reading {}", capture_path.display()))?;
         let (headers, judged, why_not) = match &frame {
-            Ok(frame) => {
-                let judged = replayer
-                    .judge(frame)
-                    .with_context(|| format!("judging packet {number}"))?;
-                let why = judged
-                    .is_none()
-                    .then(|| "shorter than an Ethernet header".to_owned());
-                (replay::headers(frame), judged, why)
-            }
+            Ok(frame) => match replayer
+                .judge(frame)
+                .with_context(|| format!("judging packet {number}"))?
+            {
+                Ok(judged) => (replay::headers(frame), Some(judged), None),
+                Err(why) => (replay::headers(frame), None, Some(why)),
+            },
             Err(why) => (Headers::default(), None, Some(why.clone())),
         };
+        if !header_written {
+            writeln!(
+                out,
+                "{:>6}  {:<COLUMN$}  {:<COLUMN$}  {:<6}  {:<17}  RULE",
+                "NO", "SOURCE", "DESTINATION", "PROTO", "VERDICT"
+            )?;
+            header_written = true;
+        }
         summary.add(judged.as_ref());
         let rule = judged.and_then(|j| match j.verdict {
             Verdict::Pass(PassReason::Rule, id) => replayer.rule(id).map(|info| (id, info)),
@@ -86,13 +97,13 @@ pub fn run(
             let rule = rule.map_or_else(String::new, |(id, info)| {
                 format!("#{id} {} ({})", info.origin, info.owner)
             });
-            writeln!(
-                out,
-                "{number:>6}  {:<40}  {:<40}  {:<7}  {verdict:<20}  {rule}",
+            let line = format!(
+                "{number:>6}  {:<COLUMN$}  {:<COLUMN$}  {:<6}  {verdict:<17}  {rule}",
                 endpoint(headers.src, headers.src_port),
                 endpoint(headers.dst, headers.dst_port),
                 protocol(&headers),
-            )?;
+            );
+            writeln!(out, "{}", line.trim_end())?;
             if let Some(Judgement {
                 reference_differs: Some(other),
                 ..
@@ -117,9 +128,10 @@ pub fn run(
             .collect();
         writeln!(
             out,
-            "\n{}: {} packets against {}: {} passed, {} dropped, {} not judged ({})",
+            "\n{}: {} packet{} against {}: {} passed, {} dropped, {} not judged ({})",
             capture_path.display(),
             summary.packets,
+            if summary.packets == 1 { "" } else { "s" },
             policy_path.display(),
             summary.passed,
             summary.dropped,

@@ -4,9 +4,10 @@
 //! Link types: Ethernet (`LINKTYPE_ETHERNET`, 1) as captured; raw IP (`LINKTYPE_RAW` 101,
 //! `LINKTYPE_IPV4` 228, `LINKTYPE_IPV6` 229) and Linux cooked captures (`LINKTYPE_LINUX_SLL`
 //! 113, `LINKTYPE_LINUX_SLL2` 276, what `tcpdump -i any` writes) get a synthetic Ethernet
-//! header with the packet's ethertype. Any other link type is an error per packet, not a
-//! guess. Memory stays bounded whatever the file says: `pcap-file` reads through a fixed
-//! 8 MB buffer and refuses a packet longer than the file's snap length.
+//! header with the packet's ethertype. Any other link type, a packet cut short by the capture's
+//! snap length (`tcpdump -s`), or a packet of an interface no description block declares is
+//! reported per packet as not judgeable, not guessed at. Memory stays bounded whatever the file
+//! says: `pcap-file` reads through a fixed 8 MB buffer.
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -19,6 +20,9 @@ use pcap_file::{
 /// Errors of reading a capture file.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// The file has no bytes.
+    #[error("the capture file is empty")]
+    Empty,
     /// Neither pcap nor pcapng.
     #[error(
         "not a pcap or pcapng file (it starts with {magic}); write captures with `tcpdump -w` \
@@ -31,8 +35,11 @@ pub enum CaptureError {
     /// The file could not be read.
     #[error("reading the capture failed")]
     Io(#[source] std::io::Error),
-    /// The file is damaged at packet `number` (1-based; 0 for the file header).
-    #[error("the capture is damaged at packet {number}: {source}")]
+    /// The file is damaged or cut short at packet `number` (1-based; 0 for the file header).
+    #[error(
+        "the capture is damaged or cut short {}",
+        if *number == 0 { "in its file header".to_owned() } else { format!("at packet {number}") }
+    )]
     Damaged {
         /// Packet number, 1-based (0: the file header).
         number: u64,
@@ -83,6 +90,9 @@ impl<R: Read> Capture<R> {
     pub fn open(reader: R) -> Result<Self, CaptureError> {
         let mut reader = BufReader::new(reader);
         let head = reader.fill_buf().map_err(CaptureError::Io)?;
+        if head.is_empty() {
+            return Err(CaptureError::Empty);
+        }
         let magic: [u8; 4] = head
             .get(..4)
             .and_then(|m| m.try_into().ok())
@@ -110,11 +120,13 @@ impl<R: Read> Capture<R> {
     pub fn next_packet(&mut self) -> Option<Result<Captured, CaptureError>> {
         let number = self.number + 1;
         let damaged = |source| CaptureError::Damaged { number, source };
-        let (link, data) = match &mut self.format {
+        let (link, data, original_len) = match &mut self.format {
             Format::Pcap(reader) => {
-                let link = reader.header().datalink;
-                match reader.next_packet()? {
-                    Ok(packet) => (link, packet.data.into_owned()),
+                let link = Some(reader.header().datalink);
+                // Raw records: a capture with a snap length (`tcpdump -s 96`) is valid, but
+                // `pcap-file`'s checked records refuse an original length above it.
+                match reader.next_raw_packet()? {
+                    Ok(packet) => (link, packet.data.into_owned(), packet.orig_len),
                     Err(e) => return Some(Err(damaged(e))),
                 }
             }
@@ -123,32 +135,39 @@ impl<R: Read> Capture<R> {
                     Ok(block) => block,
                     Err(e) => return Some(Err(damaged(e))),
                 };
-                let link_of = |id: u32| {
-                    usize::try_from(id)
-                        .ok()
-                        .and_then(|i| links.get(i))
-                        .copied()
-                        .unwrap_or(DataLink::Unknown(u32::MAX))
-                };
+                let link_of =
+                    |id: u32| usize::try_from(id).ok().and_then(|i| links.get(i)).copied();
                 match block {
                     Block::SectionHeader(_) => links.clear(),
                     Block::InterfaceDescription(idb) => links.push(idb.linktype),
                     Block::EnhancedPacket(epb) => {
-                        break (link_of(epb.interface_id), epb.data.into_owned());
+                        let link = link_of(epb.interface_id);
+                        break (link, epb.data.into_owned(), epb.original_len);
                     }
-                    Block::SimplePacket(spb) => break (link_of(0), spb.data.into_owned()),
+                    Block::SimplePacket(spb) => {
+                        break (link_of(0), spb.data.into_owned(), spb.original_len);
+                    }
                     Block::Packet(pb) => {
-                        break (link_of(u32::from(pb.interface_id)), pb.data.into_owned());
+                        let link = link_of(u32::from(pb.interface_id));
+                        break (link, pb.data.into_owned(), pb.original_len);
                     }
                     _ => {}
                 }
             },
         };
         self.number = number;
-        Some(Ok(Captured {
-            number,
-            frame: to_ethernet(link, data),
-        }))
+        let captured = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let frame = match link {
+            None => Err(
+                "the packet names an interface that no Interface Description Block declares"
+                    .to_owned(),
+            ),
+            Some(_) if captured < original_len => Err(format!(
+                "cut by the capture's snap length ({captured} of {original_len} bytes)"
+            )),
+            Some(link) => to_ethernet(link, data),
+        };
+        Some(Ok(Captured { number, frame }))
     }
 }
 
@@ -164,10 +183,16 @@ fn to_ethernet(link: DataLink, data: Vec<u8>) -> Result<Vec<u8>, String> {
         frame.extend_from_slice(payload);
         frame
     };
-    let field = |at: usize| {
-        data.get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(|| format!("{link:?} header cut short ({} bytes)", data.len()))
+    // A cooked header of `len` bytes with the protocol at `at`, then the packet.
+    let cooked = |len: usize, at: usize| match (data.get(at..at + 2), data.get(len..)) {
+        (Some(protocol), Some(payload)) => Ok(with_header(
+            u16::from_be_bytes([protocol[0], protocol[1]]),
+            payload,
+        )),
+        _ => Err(format!(
+            "{link:?} header cut short ({} of {len} bytes)",
+            data.len()
+        )),
     };
     match link {
         DataLink::ETHERNET => Ok(data),
@@ -178,9 +203,9 @@ fn to_ethernet(link: DataLink, data: Vec<u8>) -> Result<Vec<u8>, String> {
             None => Err("empty raw IP packet".to_owned()),
         },
         // struct sll_header: type, ARPHRD, address length, 8 address bytes, protocol (16 bytes).
-        DataLink::LINUX_SLL => Ok(with_header(field(14)?, data.get(16..).unwrap_or_default())),
+        DataLink::LINUX_SLL => cooked(16, 14),
         // struct sll2_header: protocol first, 20 bytes in all.
-        DataLink::LINUX_SLL2 => Ok(with_header(field(0)?, data.get(20..).unwrap_or_default())),
+        DataLink::LINUX_SLL2 => cooked(20, 0),
         other => Err(format!(
             "link type {other:?} is not supported; capture on an Ethernet interface or with \
              `tcpdump -i any` (Linux cooked)"

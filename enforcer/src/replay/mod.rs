@@ -36,6 +36,11 @@ use crate::{
 const REPLAY_IFINDEX: u32 = 1;
 /// `BPF_PROG_TEST_RUN` refuses XDP frames shorter than an Ethernet header (`bpf_test_init`).
 const MIN_FRAME: usize = 14;
+/// Longest frame `BPF_PROG_TEST_RUN` gives an XDP program in one buffer: a 4 KiB page less
+/// `XDP_PACKET_HEADROOM` (256) and `struct skb_shared_info` (320 on x86-64). Longer frames go
+/// partly into fragments the program cannot see, and an XDP program without multi-buffer
+/// support (like this one) never meets them on a real link, whose MTU bounds them.
+pub const MAX_FRAME: usize = 4096 - 256 - 320;
 
 /// Errors of loading the program or reading its counters.
 #[derive(Debug, thiserror::Error)]
@@ -170,15 +175,21 @@ impl Replayer {
         self.rules.get(usize::try_from(id).ok()?)
     }
 
-    /// Judge one Ethernet frame with the kernel program. `Ok(None)`: the kernel cannot run
-    /// this frame (shorter than an Ethernet header).
+    /// Judge one Ethernet frame with the kernel program. `Ok(Err(why))`: the kernel cannot
+    /// run this frame (shorter than an Ethernet header, longer than [`MAX_FRAME`]).
     ///
     /// # Errors
-    /// When `BPF_PROG_TEST_RUN` fails (e.g. a frame larger than a page) or counters cannot be
-    /// read.
-    pub fn judge(&mut self, frame: &[u8]) -> Result<Option<Judgement>, ReplayError> {
+    /// When `BPF_PROG_TEST_RUN` fails or counters cannot be read.
+    pub fn judge(&mut self, frame: &[u8]) -> Result<Result<Judgement, String>, ReplayError> {
         if frame.len() < MIN_FRAME {
-            return Ok(None);
+            return Ok(Err("shorter than an Ethernet header".to_owned()));
+        }
+        if frame.len() > MAX_FRAME {
+            return Ok(Err(format!(
+                "{} bytes, longer than the {MAX_FRAME} bytes BPF_PROG_TEST_RUN hands an XDP \
+                 program in one buffer",
+                frame.len()
+            )));
         }
         let predicted = self.reference.evaluate(frame, REPLAY_IFINDEX);
         let block = predicted
@@ -219,7 +230,7 @@ impl Replayer {
             {
                 *counter = now;
             }
-            return Ok(Some(Judgement {
+            return Ok(Ok(Judgement {
                 verdict: predicted.verdict,
                 reference_differs: None,
             }));
@@ -228,7 +239,7 @@ impl Replayer {
         let now = self.read_all()?;
         let verdict = counted(&self.shadow, &now);
         self.shadow = now;
-        Ok(Some(Judgement {
+        Ok(Ok(Judgement {
             verdict,
             reference_differs: Some(predicted.verdict),
         }))
