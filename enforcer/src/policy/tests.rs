@@ -744,6 +744,12 @@ fn segments_written_as_a_table_get_a_hint() {
     assert_eq!(found[0].line, 2, "{}", found[0]);
     let sims = errors("pools = [\"10.64.0.0/16\"]\n[sims]\nimsi = \"001010000000001\"\n");
     assert!(sims[0].message.contains("write `[[sims]]`"), "{}", sims[0]);
+    let rules = errors(&with("[segments.rules]\nto = [\"8.8.8.8\"]\n"));
+    assert!(
+        rules[0].message.contains("write `[[segments.rules]]`"),
+        "{}",
+        rules[0]
+    );
 }
 
 #[test]
@@ -863,5 +869,10 @@ fn duplicates_point_at_their_first_occurrence() {
         "pools = [\"10.64.0.0/16\",\n  \"10.64.1.0/24\"]\n",
         2,
         "overlaps pool 10.64.0.0/16 (at p.toml:1:10)",
+    );
+    one_error(
+        "pools = [\"10.64.0.0/16\"]\n  pools = [\"10.65.0.0/16\"]\n",
+        2,
+        "duplicate key `pools` in document root (first at p.toml:1:1)",
     );
 }
