@@ -500,6 +500,14 @@ fn destinations_naming_a_pool_through_nat64_or_ipv4_mapped_are_lateral() {
             errors[0]
         );
     }
+    let errors = errors(&with("rules = [ { to = [\"64:ff9b::10.64.0.2\"] } ]\n"));
+    assert!(
+        errors[0]
+            .message
+            .contains("is 10.64.0.2/32 written in the NAT64 well-known prefix 64:ff9b::/96, and lies inside pool 10.64.0.0/16"),
+        "{}",
+        errors[0]
+    );
     // The same prefixes embedding an address outside every pool are ordinary destinations.
     for to in ["64:ff9b::192.0.2.1", "::ffff:198.51.100.0/120", "2000::/3"] {
         from_str(
