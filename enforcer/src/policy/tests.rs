@@ -471,7 +471,11 @@ fn policy_that_is_a_fifo_or_device_is_refused() {
         .status()
         .expect("run mkfifo");
     assert!(status.success());
-    for (path, kind) in [(fifo.as_path(), "FIFO"), (Path::new("/dev/zero"), "device")] {
+    for (path, kind) in [
+        (fifo.as_path(), "FIFO"),
+        (Path::new("/dev/zero"), "device"),
+        (dir.0.as_path(), "directory"),
+    ] {
         let e = super::load(path).expect_err("not a regular file").0;
         assert!(e[0].message.contains(kind), "{e:?}");
     }
