@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick]`: builds the benchmark driver in release mode and runs it
 //! (`tests/src/bin/enforcer-bench.rs`). The report goes to `target/bench/report.{md,json}`; a
 //! full run also runs the differential test with 1,000,000 frames, the frame fuzzers with
-//! 200,000 cases per property, and rewrites BENCHMARKS.md
+//! 200,000 cases per property and the policy fuzzers with 6,000, and rewrites BENCHMARKS.md
 //! with the machine it ran on and the command that made it. `--quick` takes seconds and is part
 //! of `cargo xtask test`, so the benchmark cannot rot.
 
@@ -35,7 +35,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         .context("the 1,000,000-frame differential run failed")?;
     // The long fuzzing run: 200,000 cases per property instead of the test command's 2,000.
     exec(release_test("fuzz_frames").env("FUZZ_CASES", "200000"))
-        .context("the long fuzzing run failed")?;
+        .context("the long frame fuzzing run failed")?;
+    // The policy front end's fuzzers: each case is a whole policy, so fewer cases.
+    exec(release_test("fuzz").env("FUZZ_CASES", "6000"))
+        .context("the long policy fuzzing run failed")?;
 
     let report = std::fs::read_to_string(out.join("report.md")).context("reading the report")?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -104,12 +104,19 @@ const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
 pub fn parse(source: &SourceMap<'_>, text: &str) -> Result<RawPolicy, PolicyError> {
     toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
-        let hint = table_not_array(text).map_or_else(String::new, |section| {
+        let mut hint = table_not_array(text).map_or_else(String::new, |section| {
             format!(
-                "; `[{section}]` is a single table, but each of the {section} is an entry of an \
-                 array of tables: write `[[{section}]]` (double brackets) above each"
+                "; `[{section}]` is a single table, but each entry is one of an array of \
+                 tables: write `[[{section}]]` (double brackets) above each"
             )
         });
+        if let Some(first) = first_of_duplicate(text, error.message(), span.start) {
+            let at = source.error(&(first..first), "");
+            hint.push_str(&format!(
+                " (first at {}:{}:{})",
+                at.file, at.line, at.column
+            ));
+        }
         source.error(
             &span,
             format!(
@@ -120,15 +127,47 @@ pub fn parse(source: &SourceMap<'_>, text: &str) -> Result<RawPolicy, PolicyErro
     })
 }
 
-/// `segments` or `sims` written as `[segments]` (one table) instead of `[[segments]]`.
-fn table_not_array(text: &str) -> Option<&'static str> {
+/// `segments`, `sims` or their `rules` written as one table (`[segments]`, `[segments.rules]`)
+/// instead of an array of tables.
+fn table_not_array(text: &str) -> Option<String> {
     let document = toml_edit::ImDocument::parse(text).ok()?;
-    ["segments", "sims"].into_iter().find(|key| {
-        document
-            .as_table()
-            .get(key)
-            .is_some_and(toml_edit::Item::is_table)
-    })
+    let root = document.as_table();
+    for section in ["segments", "sims"] {
+        match root.get(section) {
+            Some(toml_edit::Item::Table(_)) => return Some(section.to_owned()),
+            Some(toml_edit::Item::ArrayOfTables(entries))
+                if entries
+                    .iter()
+                    .any(|entry| entry.get("rules").is_some_and(toml_edit::Item::is_table)) =>
+            {
+                return Some(format!("{section}.rules"));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// For a "duplicate key `K`" error at `offset`: where `K` was first written (a line starting
+/// with `K =` or `[K]`, before the duplicate).
+fn first_of_duplicate(text: &str, message: &str, offset: usize) -> Option<usize> {
+    let rest = message.strip_prefix("duplicate key `")?;
+    let key = &rest[..rest.find('`')?];
+    let mut start = 0;
+    for line in text[..offset.min(text.len())].split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let after = trimmed
+            .strip_prefix('[')
+            .unwrap_or(trimmed)
+            .strip_prefix(key)
+            .map(str::trim_start);
+        if after.is_some_and(|a| a.starts_with('=') || a.starts_with(']')) {
+            return Some(start + indent);
+        }
+        start += line.len();
+    }
+    None
 }
 
 /// A parser message as one line in the policy's own terms: no serde type names, no private

@@ -471,7 +471,11 @@ fn policy_that_is_a_fifo_or_device_is_refused() {
         .status()
         .expect("run mkfifo");
     assert!(status.success());
-    for (path, kind) in [(fifo.as_path(), "FIFO"), (Path::new("/dev/zero"), "device")] {
+    for (path, kind) in [
+        (fifo.as_path(), "FIFO"),
+        (Path::new("/dev/zero"), "device"),
+        (dir.0.as_path(), "directory"),
+    ] {
         let e = super::load(path).expect_err("not a regular file").0;
         assert!(e[0].message.contains(kind), "{e:?}");
     }
@@ -500,6 +504,14 @@ fn destinations_naming_a_pool_through_nat64_or_ipv4_mapped_are_lateral() {
             errors[0]
         );
     }
+    let errors = errors(&with("rules = [ { to = [\"64:ff9b::10.64.0.2\"] } ]\n"));
+    assert!(
+        errors[0]
+            .message
+            .contains("is 10.64.0.2/32 written in the NAT64 well-known prefix 64:ff9b::/96, and lies inside pool 10.64.0.0/16"),
+        "{}",
+        errors[0]
+    );
     // The same prefixes embedding an address outside every pool are ordinary destinations.
     for to in ["64:ff9b::192.0.2.1", "::ffff:198.51.100.0/120", "2000::/3"] {
         from_str(
@@ -744,6 +756,12 @@ fn segments_written_as_a_table_get_a_hint() {
     assert_eq!(found[0].line, 2, "{}", found[0]);
     let sims = errors("pools = [\"10.64.0.0/16\"]\n[sims]\nimsi = \"001010000000001\"\n");
     assert!(sims[0].message.contains("write `[[sims]]`"), "{}", sims[0]);
+    let rules = errors(&with("[segments.rules]\nto = [\"8.8.8.8\"]\n"));
+    assert!(
+        rules[0].message.contains("write `[[segments.rules]]`"),
+        "{}",
+        rules[0]
+    );
 }
 
 #[test]
@@ -863,5 +881,10 @@ fn duplicates_point_at_their_first_occurrence() {
         "pools = [\"10.64.0.0/16\",\n  \"10.64.1.0/24\"]\n",
         2,
         "overlaps pool 10.64.0.0/16 (at p.toml:1:10)",
+    );
+    one_error(
+        "pools = [\"10.64.0.0/16\"]\n  pools = [\"10.65.0.0/16\"]\n",
+        2,
+        "duplicate key `pools` in document root (first at p.toml:1:1)",
     );
 }

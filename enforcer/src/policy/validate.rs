@@ -1028,6 +1028,7 @@ impl<'a> Checker<'a> {
                     embed(prefix, pool.network())
                 ));
             }
+            // The low 32 bits carry the IPv4 address (truncation intended).
             let bits = u128::from(net.network()) as u32;
             let embedded = Ipv4Network::new(Ipv4Addr::from(bits), net.prefix() - 96).ok()?;
             if let Some(pool) = self
@@ -1035,9 +1036,15 @@ impl<'a> Checker<'a> {
                 .iter()
                 .find(|p| overlaps(p, &IpNetwork::V4(embedded)))
             {
+                let relation = if pool.prefix() <= embedded.prefix() {
+                    "lies inside"
+                } else {
+                    "contains"
+                };
                 return Some(format!(
-                    "{net} is {embedded} written in {name}, and overlaps pool {pool}: traffic \
-                     to devices is lateral; name the destination segment or `imsi:…` instead"
+                    "{net} is {embedded} written in {name}, and {relation} pool {pool}: \
+                     traffic to devices is lateral; name the destination segment or `imsi:…` \
+                     instead"
                 ));
             }
         }
