@@ -174,7 +174,7 @@ fn verdict_slots_are_distinct_and_stable() {
     assert_eq!(Verdict::Pass(PassReason::Rule, 9).stats_slot(), 1);
 }
 
-/// A rule table that records what was probed.
+/// A rule table that records what was looked up; its entries match by longest prefix.
 #[derive(Default)]
 struct Recorder {
     rules: HashMap<RuleKey, u32>,
@@ -182,49 +182,110 @@ struct Recorder {
 }
 
 impl RuleTable for Recorder {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
+    fn port_rule(&self, _generation: u8, key: &RuleKey) -> Option<u32> {
         self.probes.borrow_mut().push(*key);
-        self.rules.get(key).copied()
+        self.rules.get(key).copied().filter(|_| key.port_bits == 16)
+    }
+
+    fn rule(&self, _generation: u8, key: &RuleKey) -> Option<u32> {
+        self.probes.borrow_mut().push(*key);
+        let data = key.lpm_data(0);
+        self.rules
+            .iter()
+            .filter(|(entry, _)| {
+                let bits = entry.prefix_len();
+                let entry_data = entry.lpm_data(0);
+                bits <= key.prefix_len()
+                    && (0..bits as usize).all(|bit| {
+                        let mask = 0x80 >> (bit % 8);
+                        entry_data[bit / 8] & mask == data[bit / 8] & mask
+                    })
+            })
+            .max_by_key(|(entry, _)| entry.prefix_len())
+            .map(|(_, rule)| *rule)
     }
 }
 
-fn key(subject: u32, class: u32, proto: u8, port_class: u16) -> RuleKey {
+fn key(subject: u32, class: u32, proto: u8, port: Option<(u16, u8)>) -> RuleKey {
+    let (port, port_bits) = port.map_or((0, PORT_BITS_ANY), |(port, bits)| (port, bits));
     RuleKey {
         subject,
         class,
-        port_class,
         proto,
-        generation: 0,
+        port_bits: if proto == PROTO_ANY {
+            PORT_BITS_ANY
+        } else {
+            port_bits
+        },
+        port,
     }
 }
 
 #[test]
-fn specific_port_is_probed_first_and_tiers_skip_probes() {
+fn the_most_specific_entry_wins_and_tiers_skip_lookups() {
     let mut table = Recorder::default();
-    table.rules.insert(key(1, 5, IPPROTO_TCP, 3), 10);
-    table.rules.insert(key(1, 5, IPPROTO_TCP, PORT_ANY), 11);
-    table.rules.insert(key(1, 5, PROTO_ANY, PORT_ANY), 12);
-    let probe = Probe {
+    table
+        .rules
+        .insert(key(1, 5, IPPROTO_TCP, Some((443, 16))), 10);
+    table.rules.insert(key(1, 5, IPPROTO_TCP, Some((0, 6))), 13); // ports 0-1023
+    table.rules.insert(key(1, 5, IPPROTO_TCP, None), 11);
+    table.rules.insert(key(1, 5, PROTO_ANY, None), 12);
+    let probe = |proto, dport, has_ports| Probe {
         generation: 0,
-        proto: IPPROTO_TCP,
-        port_class: 3,
+        proto,
+        dport,
+        has_ports,
     };
-    let all = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
-    assert_eq!(first_match(&table, 1, all, 5, &probe), 10);
+    let all = TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO;
     assert_eq!(
-        first_match(&table, 1, TIER_ANY_PORT | TIER_ANY_PROTO, 5, &probe),
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 443, true)),
+        10
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 80, true)),
+        13
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 8080, true)),
         11
     );
-    assert_eq!(first_match(&table, 1, TIER_ANY_PROTO, 5, &probe), 12);
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_UDP, 53, true)),
+        12
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 6, &probe(IPPROTO_TCP, 443, true)),
+        NO_RULE
+    );
+    // No ports (ICMP, later fragments): port blocks are never seen.
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 0, false)),
+        11
+    );
+    // A single-port rule costs one (hash) lookup; anything else at most two.
     table.probes.borrow_mut().clear();
-    assert_eq!(first_match(&table, 1, 0, 5, &probe), NO_RULE);
-    assert!(table.probes.borrow().is_empty(), "no tiers, no probes");
-    // No ports (ICMP, later fragments): the port tier is skipped.
-    let portless = Probe {
-        port_class: PORT_ANY,
-        ..probe
-    };
-    assert_eq!(first_match(&table, 1, all, 5, &portless), 11);
+    first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 443, true));
+    assert_eq!(table.probes.borrow().len(), 1);
+    table.probes.borrow_mut().clear();
+    first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 80, true));
+    assert_eq!(table.probes.borrow().len(), 2);
+    // Without the range tier, a port outside the single ports looks up at the protocol level.
+    let no_ranges = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
+    assert_eq!(
+        first_match(&table, 1, no_ranges, 5, &probe(IPPROTO_TCP, 80, true)),
+        11
+    );
+    // No tiers, or only port rules for a packet without ports: no lookup at all.
+    table.probes.borrow_mut().clear();
+    assert_eq!(
+        first_match(&table, 1, 0, 5, &probe(IPPROTO_TCP, 443, true)),
+        NO_RULE
+    );
+    assert_eq!(
+        first_match(&table, 1, TIER_PORT, 5, &probe(IPPROTO_ICMP, 0, false)),
+        NO_RULE
+    );
+    assert!(table.probes.borrow().is_empty(), "no tiers, no lookups");
 }
 
 /// Tables with one SIM and arbitrary rules, for property tests of `identify`.
@@ -234,8 +295,11 @@ struct World {
 }
 
 impl RuleTable for World {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
-        self.rules.rule(key)
+    fn port_rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        self.rules.port_rule(generation, key)
+    }
+    fn rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        self.rules.rule(generation, key)
     }
 }
 
@@ -279,9 +343,6 @@ impl Tables for World {
     fn segment_tiers(&self, _: u8, _: u16) -> u8 {
         self.segment_tiers
     }
-    fn port_class(&self, _: u8, _: u32, port: u16) -> u16 {
-        port % 4
-    }
     fn iface_flags(&self, _: u32) -> u32 {
         0
     }
@@ -298,10 +359,12 @@ proptest! {
         proto in prop_oneof![Just(6u8), Just(17u8), Just(1u8)],
         dport in any::<u16>(),
     ) {
-        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO };
-        for (i, (subject, class, p, pc)) in rules.iter().enumerate() {
+        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO };
+        for (i, (subject, class, p, ports)) in rules.iter().enumerate() {
             let class = match class { 0 => 1, 1 => CLASS_SEGMENT | 1, 2 => CLASS_SIM | 1, _ => 99 };
-            world.rules.rules.insert(key(*subject, class, *p, if *p == 0 { 0 } else { *pc }), i as u32);
+            // Any port, one port, ports 0-1023, ports 0-65535.
+            let block = [None, Some((443, 16)), Some((0, 6)), Some((0, 0))][*ports as usize];
+            world.rules.rules.entry(key(*subject, class, *p, block)).or_insert(i as u32);
         }
         let meta = PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, has_ports: proto != 1, later_fragment: false, ifindex: 1 };
         let inputs = identify(&world, &meta);
@@ -318,7 +381,8 @@ proptest! {
                 _ => prop_assert!(false, "no class, yet a rule matched"),
             }
         }
-        // The number of rule probes is bounded whatever the rules.
-        prop_assert!(world.rules.probes.borrow().len() <= 12);
+        // The number of rule lookups is bounded whatever the rules: 2 subjects × 2 classes ×
+        // (hash, trie).
+        prop_assert!(world.rules.probes.borrow().len() <= 8);
     }
 }

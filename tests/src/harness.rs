@@ -56,7 +56,10 @@ impl Harness {
                 sims: 1024,
                 sim_v4: 1024,
                 sim_v6: 1024,
+                nets_v4: 1024,
+                nets_v6: 1024,
                 rule_entries: 4096,
+                port_rules: 4096,
                 rules: 1024,
             },
         );

@@ -16,7 +16,6 @@ use std::{
 
 pub use error::{PolicyError, PolicyErrors};
 use ipnetwork::{IpNetwork, Ipv6Network};
-pub(crate) use validate::overlaps;
 
 /// A policy that passed every check; ids are indices into its vectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
