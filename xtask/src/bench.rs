@@ -2,7 +2,9 @@
 //! (`tests/src/bin/enforcer-bench.rs`). The report goes to `target/bench/report.{md,json}`; a
 //! full run also runs the differential test with 1,000,000 frames and rewrites BENCHMARKS.md
 //! with the machine it ran on and the command that made it. `--quick` takes seconds and is part
-//! of `cargo xtask test`, so the benchmark cannot rot.
+//! of `cargo xtask test`, so the benchmark cannot rot. `--only SECTIONS` runs some sections (and
+//! no differential run); BENCHMARKS.md then keeps the other sections of its previous run, each
+//! marked with the commit it came from.
 
 use std::{fmt::Write as _, process::Command};
 
@@ -13,7 +15,7 @@ use crate::{
     util::{exec, output, root},
 };
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     setup::prepare(
         "the benchmark loads XDP programs",
         &["integration-tests"],
@@ -25,26 +27,31 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     if quick {
         bench.arg("--quick");
     }
+    if let Some(only) = only {
+        bench.args(["--only", only]);
+    }
     exec(&mut bench)?;
     if quick {
         return Ok(());
     }
-    exec(
-        Command::new("cargo")
-            .current_dir(root())
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "integration-tests",
-                "--test",
-                "differential",
-                "--",
-                "--nocapture",
-            ])
-            .env("DIFF_FRAMES", "1000000"),
-    )
-    .context("the 1,000,000-frame differential run failed")?;
+    if only.is_none() {
+        exec(
+            Command::new("cargo")
+                .current_dir(root())
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "integration-tests",
+                    "--test",
+                    "differential",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("DIFF_FRAMES", "1000000"),
+        )
+        .context("the 1,000,000-frame differential run failed")?;
+    }
 
     let report = std::fs::read_to_string(out.join("report.md")).context("reading the report")?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -66,9 +73,13 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         )
         .unwrap_or_default();
     let mut doc = String::from("# Benchmarks\n\n");
+    let command = only.map_or_else(
+        || "sudo cargo xtask bench".to_owned(),
+        |only| format!("sudo cargo xtask bench --only {only}"),
+    );
     let _ = writeln!(
         doc,
-        "Made by `sudo cargo xtask bench` (commit {}) on: {cpu}, {cores} cores, Linux {}.",
+        "Made by `{command}` (commit {}) on: {cpu}, {cores} cores, Linux {}.",
         commit.trim(),
         kernel.trim()
     );
@@ -77,7 +88,47 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         "Every comparison is measured in the same run; medians with min and max.\n"
     );
     doc.push_str(&report);
+    if only.is_some() {
+        let previous = std::fs::read_to_string(root().join("BENCHMARKS.md")).unwrap_or_default();
+        doc.push_str(&kept_sections(&previous, &report));
+    }
     std::fs::write(root().join("BENCHMARKS.md"), doc).context("writing BENCHMARKS.md")?;
     eprintln!("xtask: wrote BENCHMARKS.md");
     Ok(())
+}
+
+/// The sections of the previous BENCHMARKS.md that `report` does not replace (same first two
+/// words of the heading), each marked with the commit of the run that made it.
+fn kept_sections(previous: &str, report: &str) -> String {
+    let key = |heading: &str| {
+        heading
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let fresh: Vec<String> = report
+        .split("\n## ")
+        .filter_map(|s| s.trim_start_matches("## ").lines().next())
+        .map(key)
+        .collect();
+    let commit = previous
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or("unknown");
+    let mut out = String::new();
+    for section in previous.split("\n## ").skip(1) {
+        let heading = section.lines().next().unwrap_or_default();
+        if fresh.contains(&key(heading)) {
+            continue;
+        }
+        let body = section.split_once('\n').map_or("", |(_, body)| body);
+        let _ = write!(
+            out,
+            "\n## {heading}\n\n_Not re-run by this command: from the previous run (commit \
+             {commit})._\n{body}"
+        );
+    }
+    out
 }

@@ -38,6 +38,10 @@ enum Command {
         /// A few seconds' smoke run (part of `test`); writes only target/bench.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (comma-separated: per-packet, load, memory, scale, e2e);
+        /// BENCHMARKS.md keeps the other sections of its previous run, marked as such.
+        #[arg(long, value_name = "SECTIONS")]
+        only: Option<String>,
     },
 }
 
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Command::VmTest { kernels } => vm_test::run(&kernels),
     };
     match result {
