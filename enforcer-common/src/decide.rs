@@ -69,6 +69,9 @@ pub trait Tables: RuleTable {
     fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry>;
     /// Longest match of `addr` in `NET_V6` for `generation`.
     fn net_v6(&self, generation: u8, addr: [u8; 16]) -> Option<NetEntry>;
+    /// Whether a single-port rule entry of `generation` names `port` of TCP or UDP `proto`
+    /// (`PORTS_USED`).
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool;
     /// Rule tier bits of a segment (`SEGMENTS`).
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8;
     /// `IFACE_*` flags of an interface (`IFACES`), 0 if unknown.
@@ -238,6 +241,8 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
             proto: meta.proto,
             dport: meta.dport,
             has_ports: meta.has_ports,
+            single_port: meta.has_ports
+                && tables.single_port_used(generation, meta.proto, meta.dport),
         };
         match_subjects(tables, &src.sim, &dst, &probe)
     } else {

@@ -30,7 +30,9 @@
 //!    they are kept apart in `PORT_RULES`, an exact-match hash keyed like the old `RULES`
 //!    ([`PortRuleKey`]): a trie lookup costs a few nanoseconds per level and its depth grows
 //!    with the entries, a hash lookup does not. The packet asks `PORT_RULES` first and the trie
-//!    only on a miss, which gives the same answer as one trie holding both.
+//!    only on a miss, which gives the same answer as one trie holding both. `PORTS_USED`, a bit
+//!    per TCP and UDP port (an array the verifier inlines), says whether any single-port rule
+//!    names the port at all, so a packet to a port no rule names skips `PORT_RULES`.
 //!
 //! Subjects are the SIM's segment and, if it has rules of its own, the SIM; destination
 //! classes for a pool address are its segment's and, if a rule names it, its SIM's: at most
@@ -70,6 +72,10 @@ pub const VERDICT_STATS_ENTRIES: u32 = (MAX_SEGMENTS + 1) * VERDICT_SLOTS;
 pub const MAX_SIMS_LIMIT: u32 = 1 << 30;
 /// Entries of `SEGMENTS`.
 pub const SEGMENT_ENTRIES: u32 = GENERATIONS * MAX_SEGMENTS;
+/// 64-bit words of one (generation, protocol) block of `PORTS_USED`: a bit per port.
+pub const PORT_WORDS: u32 = 1024;
+/// Entries of `PORTS_USED`: a block per generation for TCP and one for UDP.
+pub const PORTS_USED_ENTRIES: u32 = GENERATIONS * 2 * PORT_WORDS;
 /// Interfaces that can carry per-interface settings in `IFACES`.
 pub const MAX_IFACES: u32 = 64;
 
@@ -105,6 +111,8 @@ pub mod names {
     pub const RULES: &str = "RULES_V2";
     /// `HashMap<PortRuleKey, RuleEntry>`: the rule entries for a single port.
     pub const PORT_RULES: &str = "PORT_RULES";
+    /// `Array<u64>` indexed by [`super::ports_used_index`]: the ports `PORT_RULES` names.
+    pub const PORTS_USED: &str = "PORTS_USED";
     /// `HashMap<u32 ifindex, IfaceEntry>`.
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<SimCounters>` indexed by SIM index.
@@ -114,7 +122,7 @@ pub mod names {
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
@@ -123,6 +131,7 @@ pub mod names {
         SEGMENTS,
         RULES,
         PORT_RULES,
+        PORTS_USED,
         IFACES,
         SIM_STATS,
         VERDICT_STATS,
@@ -381,6 +390,12 @@ const _: () = {
     assert!(size_of::<SimCounters>() == 32);
     assert!(size_of::<Counter>() == 16);
 };
+
+/// Index in `PORTS_USED` of the word that holds `port`'s bit for TCP (`udp` false) or UDP.
+#[must_use]
+pub const fn ports_used_index(generation: u8, udp: bool, port: u16) -> u32 {
+    ((generation as u32 & 1) * 2 + udp as u32) * PORT_WORDS + (port as u32 >> 6)
+}
 
 /// Index of (generation, segment) in `SEGMENTS`.
 #[must_use]

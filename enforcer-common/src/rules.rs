@@ -17,7 +17,8 @@
 //!
 //! Lookups per packet are at most 2 subjects × 2 classes × 2 tables = 8 whatever the number of
 //! SIMs and rules; the `tiers` bits skip a table in which a subject has no entry that could
-//! match, so a packet allowed by a single-port rule costs one hash lookup.
+//! match, and `PORTS_USED` skips `PORT_RULES` for a port no single-port rule names, so a packet
+//! allowed by a single-port rule costs one hash lookup and one denied for its port none.
 
 use crate::maps::{
     PORT_BITS_ANY, RuleKey, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, TIER_PORT_RANGE,
@@ -47,6 +48,8 @@ pub struct Probe {
     pub dport: u16,
     /// The packet carries a TCP or UDP header (not a non-first fragment).
     pub has_ports: bool,
+    /// Some single-port rule names the destination port (`PORTS_USED`); implies `has_ports`.
+    pub single_port: bool,
 }
 
 /// The most specific rule of `subject` (with tier bits `tiers`) that allows `probe` towards
@@ -67,7 +70,7 @@ pub fn first_match<T: RuleTable>(
         port: probe.dport,
         port_bits: 16,
     };
-    if probe.has_ports && tiers & TIER_PORT != 0 {
+    if probe.single_port && tiers & TIER_PORT != 0 {
         let rule = table.port_rule(probe.generation, &key).unwrap_or(NO_RULE);
         if rule != NO_RULE {
             return rule;

@@ -235,6 +235,7 @@ fn the_most_specific_entry_wins_and_tiers_skip_lookups() {
         proto,
         dport,
         has_ports,
+        single_port: has_ports,
     };
     let all = TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO;
     assert_eq!(
@@ -269,6 +270,14 @@ fn the_most_specific_entry_wins_and_tiers_skip_lookups() {
     table.probes.borrow_mut().clear();
     first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 80, true));
     assert_eq!(table.probes.borrow().len(), 2);
+    // A port no single-port rule names (`PORTS_USED`) skips `PORT_RULES`.
+    table.probes.borrow_mut().clear();
+    let unnamed = Probe {
+        single_port: false,
+        ..probe(IPPROTO_TCP, 80, true)
+    };
+    assert_eq!(first_match(&table, 1, all, 5, &unnamed), 13);
+    assert_eq!(table.probes.borrow().len(), 1, "the trie only");
     // Without the range tier, a port outside the single ports looks up at the protocol level.
     let no_ranges = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
     assert_eq!(
@@ -339,6 +348,9 @@ impl Tables for World {
     }
     fn net_v6(&self, _: u8, _: [u8; 16]) -> Option<NetEntry> {
         None
+    }
+    fn single_port_used(&self, _: u8, _: u8, _: u16) -> bool {
+        true
     }
     fn segment_tiers(&self, _: u8, _: u16) -> u8 {
         self.segment_tiers

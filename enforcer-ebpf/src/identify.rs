@@ -1,18 +1,22 @@
 //! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
 //! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
 //!
-//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORT_RULES`, `RULES_V2`
-//! and `IFACES`; writes nothing.
+//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
+//! `PORT_RULES`, `RULES_V2` and `IFACES`; writes nothing.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
-    maps::{NetEntry, PortRuleKey, RuleKey, SimEntry, segment_index},
+    maps::{
+        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SimEntry, ports_used_index, segment_index,
+    },
     rules::RuleTable,
 };
 
-use crate::maps::{CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, RULES_V2, SEGMENTS, SIM_V4, SIM_V6};
+use crate::maps::{
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_V4, SIM_V6,
+};
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
 const NET_V4_BITS: u32 = 40;
@@ -76,6 +80,14 @@ impl Tables for KernelMaps {
             a[12], a[13], a[14], a[15],
         ];
         NET_V6.get(Key::new(NET_V6_BITS, data)).copied()
+    }
+
+    #[inline(always)]
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        let index = ports_used_index(generation, proto == IPPROTO_UDP, port);
+        PORTS_USED
+            .get(index)
+            .is_some_and(|word| word.wrapping_shr(u32::from(port & 63)) & 1 != 0)
     }
 
     #[inline(always)]

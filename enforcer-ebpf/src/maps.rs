@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use enforcer_common::maps::{
-    Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PortRuleKey,
-    RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry, SimKeyV4,
-    SimKeyV6, VERDICT_STATS_ENTRIES, defaults,
+    Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES,
+    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry,
+    SimKeyV4, SimKeyV6, VERDICT_STATS_ENTRIES, defaults,
 };
 
 /// The active policy generation.
@@ -48,6 +48,10 @@ pub static RULES_V2: LpmTrie<[u8; RULE_KEY_LEN], RuleEntry> =
 #[map]
 pub static PORT_RULES: HashMap<PortRuleKey, RuleEntry> =
     HashMap::with_max_entries(defaults::MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// (generation, TCP or UDP, port / 64) → a bit per port that some single-port rule names.
+#[map]
+pub static PORTS_USED: Array<u64> = Array::with_max_entries(PORTS_USED_ENTRIES, 0);
 
 /// ifindex → per-interface settings.
 #[map]

@@ -9,7 +9,8 @@
 //! their entries, LPM tries by their entries. The benchmark prints it beside the measured figure.
 
 use enforcer_common::maps::{
-    MAX_IFACES, MAX_SEGMENTS, RULE_KEY_LEN, SEGMENT_ENTRIES, VERDICT_STATS_ENTRIES, defaults, names,
+    MAX_IFACES, MAX_SEGMENTS, PORTS_USED_ENTRIES, RULE_KEY_LEN, SEGMENT_ENTRIES,
+    VERDICT_STATS_ENTRIES, defaults, names,
 };
 
 use crate::compile::MapImage;
@@ -284,6 +285,7 @@ impl Capacity {
             (names::NET_V4, lpm(image.nets_v4.len(), 5, 8)),
             (names::NET_V6, lpm(image.nets_v6.len(), 17, 8)),
             (names::SEGMENTS, array(SEGMENT_ENTRIES, 8)),
+            (names::PORTS_USED, array(PORTS_USED_ENTRIES, 8)),
             (
                 names::RULES,
                 lpm(

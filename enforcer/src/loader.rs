@@ -14,8 +14,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use enforcer_common::maps::{
-    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PortRuleKey, RULE_KEY_LEN, RuleEntry,
-    SegmentEntry, SimEntry, names, segment_index,
+    Config, GENERATIONS, IPPROTO_UDP, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_WORDS, PortRuleKey,
+    RULE_KEY_LEN, RuleEntry, SegmentEntry, SimEntry, names, ports_used_index, segment_index,
 };
 
 pub use crate::capacity::Capacity;
@@ -233,6 +233,7 @@ impl Enforcer {
 
         self.write_nets(image, target)?;
         self.write_segments(image, target)?;
+        self.write_ports_used(image, target)?;
         self.write_rules(image, target)?;
         self.write_sims(image)?;
 
@@ -320,6 +321,26 @@ impl Enforcer {
             })
             .collect();
         self.batch_write(names::SEGMENTS, &entries)
+    }
+
+    /// The whole `PORTS_USED` block of `generation`, so bits of an older policy are cleared.
+    fn write_ports_used(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        let mut words = vec![0u64; 2 * PORT_WORDS as usize];
+        for (key, _) in image.single_port_rules(true) {
+            let udp = key.proto == IPPROTO_UDP;
+            let word = (usize::from(udp) * PORT_WORDS as usize) + usize::from(key.port >> 6);
+            words[word] |= 1 << (key.port & 63);
+        }
+        let entries: Vec<(u32, u64)> = words
+            .into_iter()
+            .enumerate()
+            .map(|(i, word)| {
+                let udp = i >= PORT_WORDS as usize;
+                let port = u16::try_from((i % PORT_WORDS as usize) << 6).unwrap_or(0);
+                (ports_used_index(generation, udp, port), word)
+            })
+            .collect();
+        self.batch_write(names::PORTS_USED, &entries)
     }
 
     fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {

@@ -188,6 +188,13 @@ impl Tables for Reference {
             .map(|net| net.entry)
     }
 
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        generation == self.generation
+            && self.image.rules.iter().any(|(entry, _)| {
+                entry.port_bits == 16 && entry.proto == proto && entry.port == port
+            })
+    }
+
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
         if generation != self.generation {
             return 0;

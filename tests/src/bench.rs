@@ -157,7 +157,7 @@ pub struct Lookups {
     pub hash: u32,
     /// LPM trie lookups (networks, rules).
     pub lpm: u32,
-    /// Array lookups (config, segment), which the verifier inlines.
+    /// Array lookups (config, segment, ports used), which the verifier inlines.
     pub array: u32,
 }
 
@@ -211,6 +211,10 @@ impl Tables for Counting<'_> {
     fn net_v6(&self, generation: u8, addr: [u8; 16]) -> Option<NetEntry> {
         Self::bump(&self.lpm);
         self.inner.net_v6(generation, addr)
+    }
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        Self::bump(&self.array);
+        self.inner.single_port_used(generation, proto, port)
     }
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
         Self::bump(&self.array);
