@@ -97,6 +97,9 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mark on a section kept from an earlier run.
+const NOT_RE_RUN: &str = "_Not re-run by this command:";
+
 /// The sections of the previous BENCHMARKS.md that `report` does not replace (same first two
 /// words of the heading), each marked with the commit of the run that made it.
 fn kept_sections(previous: &str, report: &str) -> String {
@@ -124,11 +127,39 @@ fn kept_sections(previous: &str, report: &str) -> String {
             continue;
         }
         let body = section.split_once('\n').map_or("", |(_, body)| body);
-        let _ = write!(
-            out,
-            "\n## {heading}\n\n_Not re-run by this command: from the previous run (commit \
-             {commit})._\n{body}"
-        );
+        if body.trim_start().starts_with(NOT_RE_RUN) {
+            // Kept from an older run already, and marked with its commit.
+            let _ = write!(out, "\n## {heading}\n{body}");
+        } else {
+            let _ = write!(
+                out,
+                "\n## {heading}\n\n{NOT_RE_RUN} from the previous run (commit {commit})._\n{body}"
+            );
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kept_sections_keep_the_commit_they_came_from() {
+        let previous = "# Benchmarks\n\nMade by `x` (commit new1) on: m.\n\n\
+                        ## Per-packet cost (a)\n\nold rows\n\n\
+                        ## Load: validate\n\n_Not re-run by this command: from the previous run \
+                        (commit old0)._\nload rows\n\n\
+                        ## End to end\n\ne2e rows\n";
+        let report = "## Per-packet cost (b)\n\nnew rows\n";
+        let kept = super::kept_sections(previous, report);
+        assert!(!kept.contains("old rows"), "{kept}");
+        assert!(
+            kept.contains("load rows") && kept.contains("e2e rows"),
+            "{kept}"
+        );
+        assert_eq!(kept.matches("_Not re-run").count(), 2, "{kept}");
+        assert!(
+            kept.contains("(commit old0)._\nload rows") && kept.contains("(commit new1)._\n\ne2e"),
+            "{kept}"
+        );
+    }
 }
