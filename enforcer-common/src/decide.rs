@@ -22,8 +22,8 @@
 
 use crate::{
     maps::{
-        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_POOL, NetEntry, PORT_ANY,
-        SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry, port_slot,
+        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_POOL, NetEntry,
+        SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
     },
     rules::{NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
@@ -69,10 +69,11 @@ pub trait Tables: RuleTable {
     fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry>;
     /// Longest match of `addr` in `NET_V6` for `generation`.
     fn net_v6(&self, generation: u8, addr: [u8; 16]) -> Option<NetEntry>;
+    /// Whether a single-port rule entry of `generation` names `port` of TCP or UDP `proto`
+    /// (`PORTS_USED`).
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool;
     /// Rule tier bits of a segment (`SEGMENTS`).
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8;
-    /// Port class of `port` for protocol slot `slot` (`PORT_CLASS`).
-    fn port_class(&self, generation: u8, slot: u32, port: u16) -> u16;
     /// `IFACE_*` flags of an interface (`IFACES`), 0 if unknown.
     fn iface_flags(&self, ifindex: u32) -> u32;
 }
@@ -235,14 +236,13 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     };
 
     let rule = if src.kind == SrcKind::Sim && src.sim.flags & SIM_QUARANTINED == 0 {
-        let port_class = match port_slot(meta.proto) {
-            Some(slot) if meta.has_ports => tables.port_class(generation, slot, meta.dport),
-            _ => PORT_ANY,
-        };
         let probe = Probe {
             generation,
             proto: meta.proto,
-            port_class,
+            dport: meta.dport,
+            has_ports: meta.has_ports,
+            single_port: meta.has_ports
+                && tables.single_port_used(generation, meta.proto, meta.dport),
         };
         match_subjects(tables, &src.sim, &dst, &probe)
     } else {

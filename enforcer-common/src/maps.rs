@@ -5,25 +5,56 @@
 //! 1. `SIM_V4` / `SIM_V6` (exact-match hash): source IPv4 /32 or IPv6 /64 prefix → [`SimEntry`]
 //!    (SIM index, segment, quarantine flag, which rule tiers the SIM has of its own).
 //!    Never a trie over SIMs: a trie costs grow with the number of SIMs, a hash does not.
-//! 2. `NET_V4` / `NET_V6` (LPM trie over the policy's *distinct* CIDRs, pools included, a few
-//!    dozen entries): destination → [`NetEntry`] (a destination class, or "inside a pool").
-//!    A class stands for the set of policy CIDRs that contain the address, so the longest match
-//!    is enough. The same trie tells whether an unbound source lies in a pool (spoofed).
+//! 2. `NET_V4` / `NET_V6` (LPM trie over the policy's distinct CIDRs and pools): destination →
+//!    [`NetEntry`] (a destination class, or "inside a pool"). The same trie tells whether an
+//!    unbound source lies in a pool (spoofed). A class stands for the set of rules whose CIDRs
+//!    contain the address: the most specific policy CIDR decides it, as its ancestors' rules
+//!    apply too. CIDRs with the same rules under the same parent share a class, so one rule
+//!    towards 70,000 hosts is one class, not 70,000. The price of one lookup: a rule towards a
+//!    CIDR that contains other policy CIDRs is entered under their classes as well, so a wide
+//!    rule over n narrower destinations costs n times its entries (n + 1 classes, not n²).
 //! 3. For a pool destination, `SIM_V*` again: destination SIM → its segment and SIM classes.
-//! 4. `PORT_CLASS` (array, inlined by the verifier): (protocol, port) → port class, an
-//!    elementary interval of the policy's port-range boundaries.
-//! 5. `RULES` (exact-match hash): (generation, subject, destination class, protocol, port
-//!    class) → rule id. Subjects are the SIM's segment and, if it has rules of its own, the SIM.
-//!    Each subject is probed in at most three tiers (specific ports, any port, any protocol); a
-//!    subject's `tiers` bits skip the tiers it has no rules in. See [`crate::rules`].
+//! 4. `RULES_V2` (LPM trie, key [`RuleKey::lpm_data`]): (generation, subject, destination class,
+//!    protocol, port) → rule id, in **one** lookup per subject and class. The key's bits run from
+//!    the exact part (generation, subject, class) to the wildcards (protocol, then port), so the
+//!    three kinds of rule are three prefix lengths: any protocol ([`RULE_BITS_ANY_PROTO`]), a
+//!    protocol on any port ([`RULE_BITS_PROTO`]) and a protocol with a block of ports
+//!    ([`RULE_BITS_PORTS`] plus 0 to 16 port bits). A port range becomes at most 30 aligned
+//!    blocks (`1000-2000` is 1000-1023, 1024-2047 cut to 2000, ...), so a rule costs its
+//!    destination classes × protocols × blocks entries, whatever the other rules are: no cross
+//!    product of destination classes and port classes. The longest match is the most specific
+//!    rule; a packet without ports (ICMP, non-first fragments) looks up with the prefix length
+//!    of [`RULE_BITS_PROTO`], so it never sees port blocks (not even `0-65535`).
+//!
+//!    Blocks of a single port, the usual rule (`ports = [443]`), are the longest prefixes, so
+//!    they are kept apart in `PORT_RULES`, an exact-match hash keyed like the old `RULES`
+//!    ([`PortRuleKey`]): a trie lookup costs a few nanoseconds per level and its depth grows
+//!    with the entries, a hash lookup does not. The packet asks `PORT_RULES` first and the trie
+//!    only on a miss, which gives the same answer as one trie holding both. `PORTS_USED`, a bit
+//!    per TCP and UDP port (an array the verifier inlines), says whether any single-port rule
+//!    names the port at all, so a packet to a port no rule names skips `PORT_RULES`.
+//!
+//! Subjects are the SIM's segment and, if it has rules of its own, the SIM; destination
+//! classes for a pool address are its segment's and, if a rule names it, its SIM's: at most
+//! 2 × 2 × 2 rule lookups per packet (hash, then trie), usually one. See [`crate::rules`].
+//!
+//! # Sizes
+//!
+//! Every map that grows with the policy is sized to it at load time (`enforcer::capacity`, which
+//! `enforcer run` and `enforcer policy check` share): the SIM maps, `NET_V4`/`NET_V6`,
+//! `RULES_V2` and `PORT_RULES`. LPM tries allocate per entry, so their capacity is a limit, not
+//! memory; hash maps allocate their buckets by capacity (16 bytes a slot) and entries as written;
+//! the per-CPU counter arrays are allocated whole. (`PORT_CLASS`, a 256K-entry array of the
+//! port classes, is gone with the port classes.)
 //!
 //! # Generations
 //!
-//! Every policy table (`NET_*`, `PORT_CLASS`, `SEGMENTS`, `RULES`) is keyed by a generation
+//! Every policy table (`NET_*`, `SEGMENTS`, `RULES_V2`, `PORT_RULES`) is keyed by a generation
 //! (0 or 1) and `CONFIG` names the active one. A reload fills the inactive generation, flips
-//! `CONFIG.generation` with one array write, then clears the old one (make before break). The
-//! SIM tables are not doubled (1M SIMs would cost twice the memory): SIM indices and segment ids
-//! are stable across generations and a SIM entry is replaced in place with one atomic update.
+//! `CONFIG.generation` with one array write, then clears the old one (make before break), so
+//! `NET_*`, `RULES_V2` and `PORT_RULES` are sized for two policies. The SIM tables are not
+//! doubled (1M SIMs would cost twice the memory): SIM indices and segment ids are stable across
+//! generations and a SIM entry is replaced in place with one atomic update.
 
 /// Number of policy generations kept side by side for make-before-break reloads.
 pub const GENERATIONS: u32 = 2;
@@ -40,25 +71,23 @@ pub const DROP_SLOT_BASE: u32 = 8;
 pub const VERDICT_STATS_ENTRIES: u32 = (MAX_SEGMENTS + 1) * VERDICT_SLOTS;
 /// Largest SIM index + 1 that fits the subject and class encodings.
 pub const MAX_SIMS_LIMIT: u32 = 1 << 30;
-/// Port classes per (generation, protocol slot).
-pub const PORTS: u32 = 1 << 16;
-/// Protocols with ports, each with its own `PORT_CLASS` block: TCP is slot 0, UDP slot 1.
-pub const PORT_SLOTS: u32 = 2;
-/// Entries of `PORT_CLASS`.
-pub const PORT_CLASS_ENTRIES: u32 = GENERATIONS * PORT_SLOTS * PORTS;
 /// Entries of `SEGMENTS`.
 pub const SEGMENT_ENTRIES: u32 = GENERATIONS * MAX_SEGMENTS;
+/// 64-bit words of one (generation, protocol) block of `PORTS_USED`: a bit per port.
+pub const PORT_WORDS: u32 = 1024;
+/// Entries of `PORTS_USED`: a block per generation for TCP and one for UDP.
+pub const PORTS_USED_ENTRIES: u32 = GENERATIONS * 2 * PORT_WORDS;
 /// Interfaces that can carry per-interface settings in `IFACES`.
 pub const MAX_IFACES: u32 = 64;
-/// Distinct CIDRs (pools included) per family and generation in `NET_V4`/`NET_V6`.
-pub const MAX_NETS: u32 = 65_536;
 
 /// Default capacities; the loader resizes these maps to the policy at load time.
 pub mod defaults {
     /// Default `SIM_V4`/`SIM_V6`/`SIM_STATS` capacity.
     pub const MAX_SIMS: u32 = 65_536;
-    /// Default `RULES` capacity.
+    /// Default and least `RULES_V2` capacity.
     pub const MAX_RULE_ENTRIES: u32 = 65_536;
+    /// Default and least `NET_V4`/`NET_V6` capacity (both generations).
+    pub const MAX_NETS: u32 = 65_536;
     /// Default `RULE_STATS` capacity (rule ids).
     pub const MAX_RULES: u32 = 65_536;
 }
@@ -76,12 +105,15 @@ pub mod names {
     pub const NET_V4: &str = "NET_V4";
     /// `LpmTrie<NetKeyV6, NetEntry>`.
     pub const NET_V6: &str = "NET_V6";
-    /// `Array<u16>` indexed by [`super::port_class_index`].
-    pub const PORT_CLASS: &str = "PORT_CLASS";
     /// `Array<SegmentEntry>` indexed by [`super::segment_index`].
     pub const SEGMENTS: &str = "SEGMENTS";
-    /// `HashMap<RuleKey, RuleEntry>`.
-    pub const RULES: &str = "RULES";
+    /// `LpmTrie<[u8; RULE_KEY_LEN], RuleEntry>`, keys from [`super::RuleKey::lpm_data`]: every
+    /// rule entry except those for a single port. (`RULES` was a hash keyed by port class.)
+    pub const RULES: &str = "RULES_V2";
+    /// `HashMap<PortRuleKey, RuleEntry>`: the rule entries for a single port.
+    pub const PORT_RULES: &str = "PORT_RULES";
+    /// `Array<u64>` indexed by [`super::ports_used_index`]: the ports `PORT_RULES` names.
+    pub const PORTS_USED: &str = "PORTS_USED";
     /// `HashMap<u32 ifindex, IfaceEntry>`.
     pub const IFACES: &str = "IFACES";
     /// `PerCpuArray<SimCounters>` indexed by SIM index.
@@ -92,15 +124,16 @@ pub mod names {
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
         NET_V4,
         NET_V6,
-        PORT_CLASS,
         SEGMENTS,
         RULES,
+        PORT_RULES,
+        PORTS_USED,
         IFACES,
         SIM_STATS,
         VERDICT_STATS,
@@ -180,44 +213,120 @@ pub struct SegmentEntry {
     pub _pad: u32,
 }
 
-/// The subject has rules for specific ports (probe with the packet's port class).
+/// The subject has rules for single ports (`PORT_RULES`, looked up with the packet's port).
 pub const TIER_PORT: u8 = 1;
 /// The subject has rules for a protocol on any port (also ICMP, and non-first fragments).
 pub const TIER_ANY_PORT: u8 = 2;
 /// The subject has rules for any protocol.
 pub const TIER_ANY_PROTO: u8 = 4;
+/// The subject has rules for blocks of more than one port (`RULES_V2`, with the packet's port).
+pub const TIER_PORT_RANGE: u8 = 8;
 
 /// Subject ids below this are segments; a SIM subject is `SUBJECT_SIM | sim`.
 pub const SUBJECT_SIM: u32 = 1 << 31;
 /// No destination class: nothing in the policy covers the address, so no rule can match.
 pub const CLASS_NONE: u32 = 0;
-/// Destination class of a segment: `CLASS_SEGMENT | segment`.
+/// Destination class of a segment: `CLASS_SEGMENT | segment`. CIDR classes are below it.
 pub const CLASS_SEGMENT: u32 = 1 << 30;
 /// Destination class of a SIM named by a rule: `CLASS_SIM | sim`.
 pub const CLASS_SIM: u32 = 2 << 30;
 /// Protocol wildcard in [`RuleKey::proto`] (IP protocol 0 never reaches the rule lookup: it is
 /// the hop-by-hop header, which the parser skips).
 pub const PROTO_ANY: u8 = 0;
-/// Port-class wildcard in [`RuleKey::port_class`]; real port classes start at 1.
-pub const PORT_ANY: u16 = 0;
+/// [`RuleKey::port_bits`] of an entry without a port part (any port, or any protocol), and of
+/// a lookup for a packet without ports.
+pub const PORT_BITS_ANY: u8 = u8::MAX;
+/// Bytes of a `RULES_V2` key's data: generation, subject, class, protocol, port flag, port.
+pub const RULE_KEY_LEN: usize = 13;
+/// Prefix length of an any-protocol entry: generation, subject and class.
+pub const RULE_BITS_ANY_PROTO: u32 = 72;
+/// Prefix length of a protocol-on-any-port entry, and of the lookup of a packet without ports.
+pub const RULE_BITS_PROTO: u32 = 80;
+/// Prefix length of a port block of 65,536 ports (the port flag byte set); a block of
+/// `2^(16 - n)` ports has `RULE_BITS_PORTS + n`, a packet's lookup `RULE_BITS_PORTS + 16`.
+pub const RULE_BITS_PORTS: u32 = 88;
 
-/// Key of `RULES`. Zero-initialise it: the kernel hashes every byte.
-#[repr(C)]
+/// A `RULES_V2` entry or lookup before it becomes LPM data. Entries: `proto == PROTO_ANY` is
+/// any protocol (port fields zero, [`PORT_BITS_ANY`]); `port_bits == PORT_BITS_ANY` any port;
+/// otherwise the block of `2^(16 - port_bits)` ports starting at `port`. Lookups: `port_bits`
+/// 16 and the destination port for a packet with ports, else `PORT_BITS_ANY`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleKey {
     /// Segment id, or `SUBJECT_SIM | sim`.
     pub subject: u32,
     /// Destination class.
     pub class: u32,
-    /// Port class, or `PORT_ANY`.
-    pub port_class: u16,
     /// IP protocol number, or `PROTO_ANY`.
+    pub proto: u8,
+    /// First port of the block (host order), zero without a port part.
+    pub port: u16,
+    /// Port prefix bits, 0 to 16, or [`PORT_BITS_ANY`].
+    pub port_bits: u8,
+}
+
+impl RuleKey {
+    /// LPM prefix length in bits (see the `RULE_BITS_*` constants).
+    #[inline(always)]
+    #[must_use]
+    pub const fn prefix_len(&self) -> u32 {
+        if self.proto == PROTO_ANY {
+            RULE_BITS_ANY_PROTO
+        } else if self.port_bits == PORT_BITS_ANY {
+            RULE_BITS_PROTO
+        } else {
+            RULE_BITS_PORTS + (self.port_bits & 31) as u32
+        }
+    }
+
+    /// LPM data for `generation`: every field big-endian, most significant first, so that the
+    /// trie's bit order is generation, subject, class, protocol, port flag, port.
+    #[inline(always)]
+    #[must_use]
+    pub const fn lpm_data(&self, generation: u8) -> [u8; RULE_KEY_LEN] {
+        let s = self.subject.to_be_bytes();
+        let c = self.class.to_be_bytes();
+        let p = self.port.to_be_bytes();
+        let has_port = (self.port_bits != PORT_BITS_ANY) as u8;
+        [
+            generation, s[0], s[1], s[2], s[3], c[0], c[1], c[2], c[3], self.proto, has_port, p[0],
+            p[1],
+        ]
+    }
+}
+
+/// Key of `PORT_RULES`: a [`RuleKey`] for a single port (`port_bits` 16), exactly. Zero-initialise
+/// it: the kernel hashes every byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRuleKey {
+    /// Segment id, or `SUBJECT_SIM | sim`.
+    pub subject: u32,
+    /// Destination class.
+    pub class: u32,
+    /// Destination port, host order.
+    pub port: u16,
+    /// IP protocol number (TCP or UDP).
     pub proto: u8,
     /// Policy generation.
     pub generation: u8,
 }
 
-/// Value of `RULES`.
+impl PortRuleKey {
+    /// The exact key of a lookup or entry `key` for `generation`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(key: &RuleKey, generation: u8) -> Self {
+        Self {
+            subject: key.subject,
+            class: key.class,
+            port: key.port,
+            proto: key.proto,
+            generation,
+        }
+    }
+}
+
+/// Value of `RULES_V2` and `PORT_RULES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleEntry {
@@ -267,7 +376,7 @@ pod!(
     SimEntry,
     NetEntry,
     SegmentEntry,
-    RuleKey,
+    PortRuleKey,
     RuleEntry,
     IfaceEntry,
     SimCounters,
@@ -279,27 +388,17 @@ const _: () = {
     assert!(size_of::<SimEntry>() == 8);
     assert!(size_of::<NetEntry>() == 8);
     assert!(size_of::<SegmentEntry>() == 8);
-    assert!(size_of::<RuleKey>() == 12);
+    assert!(size_of::<PortRuleKey>() == 12);
     assert!(size_of::<RuleEntry>() == 4);
     assert!(size_of::<IfaceEntry>() == 4);
     assert!(size_of::<SimCounters>() == 32);
     assert!(size_of::<Counter>() == 16);
 };
 
-/// Port-class protocol slot of an IP protocol, if it has ports.
+/// Index in `PORTS_USED` of the word that holds `port`'s bit for TCP (`udp` false) or UDP.
 #[must_use]
-pub const fn port_slot(proto: u8) -> Option<u32> {
-    match proto {
-        IPPROTO_TCP => Some(0),
-        IPPROTO_UDP => Some(1),
-        _ => None,
-    }
-}
-
-/// Index of (generation, slot, port) in `PORT_CLASS`.
-#[must_use]
-pub const fn port_class_index(generation: u8, slot: u32, port: u16) -> u32 {
-    ((generation as u32 & 1) * PORT_SLOTS + slot) * PORTS + port as u32
+pub const fn ports_used_index(generation: u8, udp: bool, port: u16) -> u32 {
+    ((generation as u32 & 1) * 2 + udp as u32) * PORT_WORDS + (port as u32 >> 6)
 }
 
 /// Index of (generation, segment) in `SEGMENTS`.
@@ -323,3 +422,9 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Whether rules of IP protocol `proto` can name ports (TCP and UDP).
+#[must_use]
+pub const fn has_ports(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP)
+}

@@ -176,7 +176,7 @@ fn verdict_slots_are_distinct_and_stable() {
     assert_eq!(Verdict::Pass(PassReason::Rule, 9).stats_slot(), 1);
 }
 
-/// A rule table that records what was probed.
+/// A rule table that records what was looked up; its entries match by longest prefix.
 #[derive(Default)]
 struct Recorder {
     rules: HashMap<RuleKey, u32>,
@@ -184,49 +184,119 @@ struct Recorder {
 }
 
 impl RuleTable for Recorder {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
+    fn port_rule(&self, _generation: u8, key: &RuleKey) -> Option<u32> {
         self.probes.borrow_mut().push(*key);
-        self.rules.get(key).copied()
+        self.rules.get(key).copied().filter(|_| key.port_bits == 16)
+    }
+
+    fn rule(&self, _generation: u8, key: &RuleKey) -> Option<u32> {
+        self.probes.borrow_mut().push(*key);
+        let data = key.lpm_data(0);
+        self.rules
+            .iter()
+            .filter(|(entry, _)| {
+                let bits = entry.prefix_len();
+                let entry_data = entry.lpm_data(0);
+                bits <= key.prefix_len()
+                    && (0..bits as usize).all(|bit| {
+                        let mask = 0x80 >> (bit % 8);
+                        entry_data[bit / 8] & mask == data[bit / 8] & mask
+                    })
+            })
+            .max_by_key(|(entry, _)| entry.prefix_len())
+            .map(|(_, rule)| *rule)
     }
 }
 
-fn key(subject: u32, class: u32, proto: u8, port_class: u16) -> RuleKey {
+fn key(subject: u32, class: u32, proto: u8, port: Option<(u16, u8)>) -> RuleKey {
+    let (port, port_bits) = port.map_or((0, PORT_BITS_ANY), |(port, bits)| (port, bits));
     RuleKey {
         subject,
         class,
-        port_class,
         proto,
-        generation: 0,
+        port_bits: if proto == PROTO_ANY {
+            PORT_BITS_ANY
+        } else {
+            port_bits
+        },
+        port,
     }
 }
 
 #[test]
-fn specific_port_is_probed_first_and_tiers_skip_probes() {
+fn the_most_specific_entry_wins_and_tiers_skip_lookups() {
     let mut table = Recorder::default();
-    table.rules.insert(key(1, 5, IPPROTO_TCP, 3), 10);
-    table.rules.insert(key(1, 5, IPPROTO_TCP, PORT_ANY), 11);
-    table.rules.insert(key(1, 5, PROTO_ANY, PORT_ANY), 12);
-    let probe = Probe {
+    table
+        .rules
+        .insert(key(1, 5, IPPROTO_TCP, Some((443, 16))), 10);
+    table.rules.insert(key(1, 5, IPPROTO_TCP, Some((0, 6))), 13); // ports 0-1023
+    table.rules.insert(key(1, 5, IPPROTO_TCP, None), 11);
+    table.rules.insert(key(1, 5, PROTO_ANY, None), 12);
+    let probe = |proto, dport, has_ports| Probe {
         generation: 0,
-        proto: IPPROTO_TCP,
-        port_class: 3,
+        proto,
+        dport,
+        has_ports,
+        single_port: has_ports,
     };
-    let all = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
-    assert_eq!(first_match(&table, 1, all, 5, &probe), 10);
+    let all = TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO;
     assert_eq!(
-        first_match(&table, 1, TIER_ANY_PORT | TIER_ANY_PROTO, 5, &probe),
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 443, true)),
+        10
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 80, true)),
+        13
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 8080, true)),
         11
     );
-    assert_eq!(first_match(&table, 1, TIER_ANY_PROTO, 5, &probe), 12);
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_UDP, 53, true)),
+        12
+    );
+    assert_eq!(
+        first_match(&table, 1, all, 6, &probe(IPPROTO_TCP, 443, true)),
+        NO_RULE
+    );
+    // No ports (ICMP, later fragments): port blocks are never seen.
+    assert_eq!(
+        first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 0, false)),
+        11
+    );
+    // A single-port rule costs one (hash) lookup; anything else at most two.
     table.probes.borrow_mut().clear();
-    assert_eq!(first_match(&table, 1, 0, 5, &probe), NO_RULE);
-    assert!(table.probes.borrow().is_empty(), "no tiers, no probes");
-    // No ports (ICMP, later fragments): the port tier is skipped.
-    let portless = Probe {
-        port_class: PORT_ANY,
-        ..probe
+    first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 443, true));
+    assert_eq!(table.probes.borrow().len(), 1);
+    table.probes.borrow_mut().clear();
+    first_match(&table, 1, all, 5, &probe(IPPROTO_TCP, 80, true));
+    assert_eq!(table.probes.borrow().len(), 2);
+    // A port no single-port rule names (`PORTS_USED`) skips `PORT_RULES`.
+    table.probes.borrow_mut().clear();
+    let unnamed = Probe {
+        single_port: false,
+        ..probe(IPPROTO_TCP, 80, true)
     };
-    assert_eq!(first_match(&table, 1, all, 5, &portless), 11);
+    assert_eq!(first_match(&table, 1, all, 5, &unnamed), 13);
+    assert_eq!(table.probes.borrow().len(), 1, "the trie only");
+    // Without the range tier, a port outside the single ports looks up at the protocol level.
+    let no_ranges = TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO;
+    assert_eq!(
+        first_match(&table, 1, no_ranges, 5, &probe(IPPROTO_TCP, 80, true)),
+        11
+    );
+    // No tiers, or only port rules for a packet without ports: no lookup at all.
+    table.probes.borrow_mut().clear();
+    assert_eq!(
+        first_match(&table, 1, 0, 5, &probe(IPPROTO_TCP, 443, true)),
+        NO_RULE
+    );
+    assert_eq!(
+        first_match(&table, 1, TIER_PORT, 5, &probe(IPPROTO_ICMP, 0, false)),
+        NO_RULE
+    );
+    assert!(table.probes.borrow().is_empty(), "no tiers, no lookups");
 }
 
 /// Tables with one SIM and arbitrary rules, for property tests of `identify`.
@@ -236,8 +306,11 @@ struct World {
 }
 
 impl RuleTable for World {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
-        self.rules.rule(key)
+    fn port_rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        self.rules.port_rule(generation, key)
+    }
+    fn rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        self.rules.rule(generation, key)
     }
 }
 
@@ -278,11 +351,11 @@ impl Tables for World {
     fn net_v6(&self, _: u8, _: [u8; 16]) -> Option<NetEntry> {
         None
     }
+    fn single_port_used(&self, _: u8, _: u8, _: u16) -> bool {
+        true
+    }
     fn segment_tiers(&self, _: u8, _: u16) -> u8 {
         self.segment_tiers
-    }
-    fn port_class(&self, _: u8, _: u32, port: u16) -> u16 {
-        port % 4
     }
     fn iface_flags(&self, _: u32) -> u32 {
         0
@@ -300,10 +373,12 @@ proptest! {
         proto in prop_oneof![Just(6u8), Just(17u8), Just(1u8)],
         dport in any::<u16>(),
     ) {
-        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_ANY_PORT | TIER_ANY_PROTO };
-        for (i, (subject, class, p, pc)) in rules.iter().enumerate() {
+        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO };
+        for (i, (subject, class, p, ports)) in rules.iter().enumerate() {
             let class = match class { 0 => 1, 1 => CLASS_SEGMENT | 1, 2 => CLASS_SIM | 1, _ => 99 };
-            world.rules.rules.insert(key(*subject, class, *p, if *p == 0 { 0 } else { *pc }), i as u32);
+            // Any port, one port, ports 0-1023, ports 0-65535.
+            let block = [None, Some((443, 16)), Some((0, 6)), Some((0, 0))][*ports as usize];
+            world.rules.rules.entry(key(*subject, class, *p, block)).or_insert(i as u32);
         }
         let meta = PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, has_ports: proto != 1, later_fragment: false, ifindex: 1 };
         let inputs = identify(&world, &meta);
@@ -312,16 +387,20 @@ proptest! {
             prop_assert_eq!(verdict, Verdict::Drop(DropReason::Spoofed));
         }
         if let Verdict::Pass(PassReason::Rule, id) = verdict {
-            let (subject, class, p, pc) = rules[id as usize];
+            let (subject, class, p, ports) = rules[id as usize];
             // The matched rule is the sender's segment's (SIM 0 is in segment 0 and has no
-            // rules of its own), for its protocol or any, for its port class or any port.
+            // rules of its own), for its protocol or any, for a port block holding the port or
+            // any port.
             prop_assert_eq!(subject, 0, "a rule of another subject matched");
             prop_assert!(p == PROTO_ANY || p == proto, "a rule for protocol {} matched {}", p, proto);
-            let port_class = if p == PROTO_ANY { PORT_ANY } else { pc };
-            prop_assert!(
-                port_class == PORT_ANY || (meta.has_ports && port_class == dport % 4),
-                "a rule for port class {} matched port {}", port_class, dport
-            );
+            let holds = match ports {
+                _ if p == PROTO_ANY => true,
+                0 => true,
+                1 => meta.has_ports && dport == 443,
+                2 => meta.has_ports && dport <= 1023,
+                _ => meta.has_ports,
+            };
+            prop_assert!(holds, "a rule for port block {} matched port {}", ports, dport);
             match dst {
                 [10, 0, 0, 2] => prop_assert!(class == 1 || class == 2, "lateral passed by a CIDR rule"),
                 [10, _, _, _] => prop_assert!(false, "pool hole reached"),
@@ -329,7 +408,8 @@ proptest! {
                 _ => prop_assert!(false, "no class, yet a rule matched"),
             }
         }
-        // The number of rule probes is bounded whatever the rules.
-        prop_assert!(world.rules.probes.borrow().len() <= 12);
+        // The number of rule lookups is bounded whatever the rules: 2 subjects × 2 classes ×
+        // (hash, trie).
+        prop_assert!(world.rules.probes.borrow().len() <= 8);
     }
 }

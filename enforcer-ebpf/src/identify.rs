@@ -1,18 +1,22 @@
 //! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
 //! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
 //!
-//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORT_CLASS`, `RULES` and
-//! `IFACES`; writes nothing.
+//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
+//! `PORT_RULES`, `RULES_V2` and `IFACES`; writes nothing.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
-    maps::{NetEntry, RuleKey, SimEntry, port_class_index, segment_index},
+    maps::{
+        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SimEntry, ports_used_index, segment_index,
+    },
     rules::RuleTable,
 };
 
-use crate::maps::{CONFIG, IFACES, NET_V4, NET_V6, PORT_CLASS, RULES, SEGMENTS, SIM_V4, SIM_V6};
+use crate::maps::{
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_V4, SIM_V6,
+};
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
 const NET_V4_BITS: u32 = 40;
@@ -22,10 +26,20 @@ struct KernelMaps;
 
 impl RuleTable for KernelMaps {
     #[inline(always)]
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
+    fn port_rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        let key = PortRuleKey::of(key, generation);
         // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
-        // `RULES` is not preallocated, so a concurrent delete frees it only after RCU.
-        RULES.get_ptr(key).map(|entry| unsafe { (*entry).rule })
+        // `PORT_RULES` is not preallocated, so a concurrent delete frees it only after RCU.
+        PORT_RULES
+            .get_ptr(key)
+            .map(|entry| unsafe { (*entry).rule })
+    }
+
+    #[inline(always)]
+    fn rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        RULES_V2
+            .get(Key::new(key.prefix_len(), key.lpm_data(generation)))
+            .map(|entry| entry.rule)
     }
 }
 
@@ -39,13 +53,14 @@ impl Tables for KernelMaps {
 
     #[inline(always)]
     fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
-        // SAFETY: as in `rule`: a valid, not preallocated entry, read once.
+        // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
+        // `SIM_V4` is not preallocated, so a concurrent delete frees it only after RCU.
         SIM_V4.get_ptr(addr).map(|entry| unsafe { *entry })
     }
 
     #[inline(always)]
     fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry> {
-        // SAFETY: as in `rule`: a valid, not preallocated entry, read once.
+        // SAFETY: as in `sim_v4`: a valid, not preallocated entry, read once.
         SIM_V6.get_ptr(prefix).map(|entry| unsafe { *entry })
     }
 
@@ -68,6 +83,14 @@ impl Tables for KernelMaps {
     }
 
     #[inline(always)]
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        let index = ports_used_index(generation, proto == IPPROTO_UDP, port);
+        PORTS_USED
+            .get(index)
+            .is_some_and(|word| word.wrapping_shr(u32::from(port & 63)) & 1 != 0)
+    }
+
+    #[inline(always)]
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
         SEGMENTS
             .get(segment_index(generation, segment))
@@ -75,16 +98,8 @@ impl Tables for KernelMaps {
     }
 
     #[inline(always)]
-    fn port_class(&self, generation: u8, slot: u32, port: u16) -> u16 {
-        PORT_CLASS
-            .get(port_class_index(generation, slot, port))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    #[inline(always)]
     fn iface_flags(&self, ifindex: u32) -> u32 {
-        // SAFETY: as in `rule`; `IFACES` entries are only ever replaced whole by the daemon.
+        // SAFETY: as in `sim_v4`; `IFACES` entries are only ever replaced whole by the daemon.
         IFACES
             .get_ptr(ifindex)
             .map_or(0, |entry| unsafe { (*entry).flags })

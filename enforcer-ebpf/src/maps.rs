@@ -1,5 +1,6 @@
 //! Every map of the program. Layouts, names and the lookup design are documented once, in
-//! `enforcer_common::maps`; the loader resizes the SIM- and rule-sized maps to the policy.
+//! `enforcer_common::maps`; the loader resizes the SIM-, network- and rule-sized maps to the
+//! policy.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -7,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use enforcer_common::maps::{
-    Config, Counter, IfaceEntry, MAX_IFACES, MAX_NETS, NetEntry, NetKeyV4, NetKeyV6,
-    PORT_CLASS_ENTRIES, RuleEntry, RuleKey, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry,
+    Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES,
+    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry,
     SimKeyV4, SimKeyV6, VERDICT_STATS_ENTRIES, defaults,
 };
 
@@ -28,24 +29,29 @@ pub static SIM_V6: HashMap<SimKeyV6, SimEntry> =
 
 /// (generation, IPv4 CIDR) → destination class or pool.
 #[map]
-pub static NET_V4: LpmTrie<NetKeyV4, NetEntry> = LpmTrie::with_max_entries(MAX_NETS, 0);
+pub static NET_V4: LpmTrie<NetKeyV4, NetEntry> = LpmTrie::with_max_entries(defaults::MAX_NETS, 0);
 
 /// (generation, IPv6 CIDR) → destination class or pool.
 #[map]
-pub static NET_V6: LpmTrie<NetKeyV6, NetEntry> = LpmTrie::with_max_entries(MAX_NETS, 0);
-
-/// (generation, protocol slot, port) → port class.
-#[map]
-pub static PORT_CLASS: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, 0);
+pub static NET_V6: LpmTrie<NetKeyV6, NetEntry> = LpmTrie::with_max_entries(defaults::MAX_NETS, 0);
 
 /// (generation, segment) → rule tiers.
 #[map]
 pub static SEGMENTS: Array<SegmentEntry> = Array::with_max_entries(SEGMENT_ENTRIES, 0);
 
-/// (generation, subject, class, protocol, port class) → rule id.
+/// (generation, subject, class, protocol, port block) → rule id, longest prefix first.
 #[map]
-pub static RULES: HashMap<RuleKey, RuleEntry> =
+pub static RULES_V2: LpmTrie<[u8; RULE_KEY_LEN], RuleEntry> =
+    LpmTrie::with_max_entries(defaults::MAX_RULE_ENTRIES, 0);
+
+/// (generation, subject, class, protocol, one port) → rule id, exact.
+#[map]
+pub static PORT_RULES: HashMap<PortRuleKey, RuleEntry> =
     HashMap::with_max_entries(defaults::MAX_RULE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// (generation, TCP or UDP, port / 64) → a bit per port that some single-port rule names.
+#[map]
+pub static PORTS_USED: Array<u64> = Array::with_max_entries(PORTS_USED_ENTRIES, 0);
 
 /// ifindex → per-interface settings.
 #[map]

@@ -25,9 +25,8 @@
 //! - TCP needs 20 bytes and a data offset of at least 5 words that ends inside the packet, UDP
 //!   8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry no ports and need nothing.
 //! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour) only when
-//!   they cannot have left their link: hop limit 255, a link-local or unspecified source, no
-//!   extension header (so no fragment, RFC 4861 §6.1, RFC 6980). Any other is judged like any
-//!   ICMPv6.
+//!   they come from the link itself: hop limit 255 and no extension header (so no fragment,
+//!   RFC 4861 §6.1.1, RFC 6980). Any other is judged like any ICMPv6.
 
 use core::mem::size_of;
 
@@ -405,19 +404,21 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     transport(ctx, l3, offset, ip_end, addrs, next, false, ifindex)
 }
 
-/// Whether neighbour discovery at `l4` cannot have left its link, so it may pass unjudged: the
-/// ICMPv6 header directly follows the IPv6 header (no extension headers, so no fragment: RFC
-/// 6980), the hop limit is 255 and the source link-local or unspecified (RFC 4861 §6.1). The
-/// header is read again here rather than carried along the walk: a flag carried through every
-/// path doubled the states the verifier explores.
+/// Whether neighbour discovery at `l4` comes from the link itself, so it may pass unjudged: the
+/// hop limit is 255, which no router forwards (RFC 4861 §6.1.1, §7.1: receivers require it),
+/// and the ICMPv6 header directly follows the IPv6 header (no extension headers, so no
+/// fragment: RFC 6980). A device behind the PGW/UPF arrives with a lower hop limit, so it
+/// cannot use neighbour discovery to get past quarantine, spoofing or lateral checks. The
+/// source is not required to be link-local: Linux solicits from a global address when it
+/// resolves one. The header is read again here rather than carried along the walk: a flag
+/// carried through every path doubled the states the verifier explores.
 #[inline(always)]
 fn on_link(ctx: &XdpContext, l3: usize, l4: usize) -> Result<bool, DropReason> {
     if l4 != l3.wrapping_add(size_of::<Ipv6Hdr>()) {
         return Ok(false);
     }
     let ip: Ipv6Hdr = read(ctx, l3)?;
-    let link_local = ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80;
-    Ok(ip.hop_limit == 255 && (link_local || ip.src == [0; 16]))
+    Ok(ip.hop_limit == 255)
 }
 
 /// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of

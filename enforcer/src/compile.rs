@@ -3,25 +3,31 @@
 //!
 //! The image is generation-free: the loader stamps the generation it writes into every key.
 //! How the tables fit together is described in `enforcer_common::maps`; in short:
-//! - every distinct rule CIDR becomes a destination class, and a rule towards CIDR `r` is entered
-//!   for every class nested in `r` (the LPM returns the most specific one, whose ancestors are
-//!   exactly the rule CIDRs that contain the address);
-//! - the port ranges of each protocol cut 0-65535 into elementary intervals (port classes); a
-//!   rule with ports is entered once per port class its ranges cover;
-//! - rules without ports, and non-port protocols, are entered once with `PORT_ANY`; rules for
-//!   any protocol once with `PROTO_ANY`. When two rules produce the same key the first one (the
-//!   lower rule id) keeps it.
+//! - destination classes: the distinct rule CIDRs of each family are sorted by (address, prefix
+//!   length), which lists every CIDR after the CIDRs that contain it, and swept once with a stack
+//!   of the open ancestors. A CIDR's class stands for its parent's class plus its own rules;
+//!   CIDRs with the same parent class and the same own rules share one, so classes are interned
+//!   by (parent class, own rules) and each class's rule set is built once from its parent's;
+//! - every rule becomes entries for each of its destination classes (and every class whose
+//!   CIDR lies inside one of its CIDRs), each protocol, and each aligned port block of its
+//!   merged port ranges (at most 30 per range): no classes of ports, so no cross product;
+//! - rules without ports, and non-port protocols, have one protocol-level entry per class;
+//!   rules for any protocol one any-protocol entry. When two rules produce the same key the
+//!   first one (the lower rule id) keeps it.
+//!
+//! Cost: sorting the CIDRs and the entries, O(n log n) in the policy's destinations plus the
+//! entries produced.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeSet, HashMap},
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
 };
 
 use enforcer_common::maps::{
-    CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, NET_POOL, NetEntry, PORT_ANY, PROTO_ANY, RuleEntry,
+    CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, NET_POOL, NetEntry, PORT_BITS_ANY, PROTO_ANY, RuleEntry,
     RuleKey, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SegmentEntry, SimEntry, SimKeyV4,
-    SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, port_slot,
+    SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, TIER_PORT_RANGE, has_ports,
 };
 use ipnetwork::IpNetwork;
 
@@ -49,19 +55,6 @@ pub struct NetV6 {
     pub entry: NetEntry,
 }
 
-/// Ports `first..=last` of protocol slot `slot` have port class `class`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortClassRange {
-    /// `enforcer_common::maps::port_slot` of the protocol.
-    pub slot: u32,
-    /// First port.
-    pub first: u16,
-    /// Last port (inclusive).
-    pub last: u16,
-    /// Port class, >= 1.
-    pub class: u16,
-}
-
 /// The contents of every policy map, sorted, generation 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapImage {
@@ -73,11 +66,10 @@ pub struct MapImage {
     pub nets_v4: Vec<NetV4>,
     /// `NET_V6`.
     pub nets_v6: Vec<NetV6>,
-    /// `PORT_CLASS`, as ranges; ports not listed have class 0.
-    pub port_classes: Vec<PortClassRange>,
     /// `SEGMENTS`, one entry per segment id.
     pub segments: Vec<SegmentEntry>,
-    /// `RULES`.
+    /// Rule entries, sorted by key: those for a single port go to `PORT_RULES`, the others to
+    /// `RULES_V2` (see [`MapImage::single_port_rules`]).
     pub rules: Vec<(RuleKey, RuleEntry)>,
 }
 
@@ -104,28 +96,17 @@ pub struct RuleInfo {
 /// Compilation limits that validation cannot see.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// Too many distinct port-range boundaries for 16-bit port classes.
-    #[error(
-        "the {proto} port ranges of the policy cut 0-65535 into more than 65535 classes; merge ranges"
-    )]
-    TooManyPortClasses {
-        /// `tcp` or `udp`.
-        proto: &'static str,
+    /// More destination classes than the class encoding holds.
+    #[error("the policy's CIDRs make more than {max} destination classes; merge destinations")]
+    TooManyClasses {
+        /// The limit.
+        max: u32,
     },
 }
 
 /// Compile a validated policy.
 pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
-    let classes = NetClasses::new(policy);
-    let ports = PortClasses::new(policy)?;
-
-    let mut rules: BTreeMap<RuleKey, RuleEntry> = BTreeMap::new();
-    let mut infos = Vec::new();
-    let mut segment_tiers = vec![0u8; policy.segments.len()];
-    let mut sim_tiers = vec![0u8; policy.sims.len()];
-    let mut named_sims = BTreeSet::new();
-
-    let owned_rules = policy
+    let owned: Vec<(u32, String, &Rule)> = policy
         .segments
         .iter()
         .enumerate()
@@ -140,40 +121,72 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
                 let subject = SUBJECT_SIM | u32::try_from(index).unwrap_or(u32::MAX);
                 (subject, format!("imsi {}", sim.imsi), rule)
             })
-        }));
+        }))
+        .collect();
 
-    for (subject, owner, rule) in owned_rules {
-        let id = u32::try_from(infos.len()).unwrap_or(u32::MAX);
+    let classes = NetClasses::new(owned.iter().map(|(_, _, rule)| *rule))?;
+    let matches: Vec<Vec<Match>> = owned.iter().map(|(_, _, rule)| matches_of(rule)).collect();
+
+    let mut entries: Vec<(RuleKey, u32)> = Vec::new();
+    let mut push = |subject: u32, class: u32, rule: usize| {
+        let id = u32::try_from(rule).unwrap_or(u32::MAX);
+        for m in &matches[rule] {
+            let key = RuleKey {
+                subject,
+                class,
+                proto: m.proto,
+                port_bits: m.port_bits,
+                port: m.port,
+            };
+            entries.push((key, id));
+        }
+    };
+    // Rules towards CIDRs: once per class whose rule set holds them.
+    for (class, rules) in classes.rules.iter().enumerate() {
+        let class = u32::try_from(class).unwrap_or(u32::MAX);
+        for &rule in rules {
+            push(owned[rule as usize].0, class, rule as usize);
+        }
+    }
+    let mut segment_tiers = vec![0u8; policy.segments.len()];
+    let mut sim_tiers = vec![0u8; policy.sims.len()];
+    let mut named_sims = BTreeSet::new();
+    let mut infos = Vec::with_capacity(owned.len());
+    for (id, (subject, owner, rule)) in owned.iter().enumerate() {
         infos.push(RuleInfo {
-            owner,
+            owner: owner.clone(),
             origin: rule.origin.clone(),
             description: rule.description.clone(),
         });
-        let mut tiers = 0u8;
+        // Rules towards segments and SIMs: once per named class.
+        let mut named = BTreeSet::new();
         for dest in &rule.to {
-            if let Dest::Sim(index) = dest {
-                named_sims.insert(*index);
-            }
-            for class in classes.of(dest) {
-                for (proto, port_class, tier) in ports.keys_of(rule) {
-                    tiers |= tier;
-                    let key = RuleKey {
-                        subject,
-                        class,
-                        port_class,
-                        proto,
-                        generation: 0,
-                    };
-                    rules.entry(key).or_insert(RuleEntry { rule: id });
+            match dest {
+                Dest::Segment(segment) => {
+                    named.insert(CLASS_SEGMENT | u32::from(*segment));
                 }
+                Dest::Sim(index) => {
+                    named_sims.insert(*index);
+                    named.insert(CLASS_SIM | index);
+                }
+                Dest::Net(_) => {}
             }
         }
-        if subject & SUBJECT_SIM != 0 {
-            sim_tiers[(subject & !SUBJECT_SIM) as usize] |= tiers;
-        } else {
-            segment_tiers[subject as usize] |= tiers;
+        for class in named {
+            push(*subject, class, id);
+        }
+        if !rule.to.is_empty() {
+            let tiers = matches[id].iter().fold(0, |tiers, m| tiers | m.tier());
+            if subject & SUBJECT_SIM != 0 {
+                sim_tiers[(subject & !SUBJECT_SIM) as usize] |= tiers;
+            } else {
+                segment_tiers[*subject as usize] |= tiers;
+            }
         }
     }
+    // The lowest rule id keeps a key.
+    entries.sort_unstable();
+    entries.dedup_by_key(|(key, _)| *key);
 
     let mut sims_v4 = Vec::new();
     let mut sims_v6 = Vec::new();
@@ -205,12 +218,33 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
     sims_v4.sort_unstable();
     sims_v6.sort_unstable();
 
+    let (mut nets_v4, mut nets_v6) = (classes.v4, classes.v6);
+    for pool in &policy.pools {
+        let entry = NetEntry {
+            class: CLASS_NONE,
+            flags: NET_POOL,
+        };
+        match pool {
+            IpNetwork::V4(net) => nets_v4.push(NetV4 {
+                addr: net.network().octets(),
+                prefix_len: net.prefix(),
+                entry,
+            }),
+            IpNetwork::V6(net) => nets_v6.push(NetV6 {
+                addr: net.network().octets(),
+                prefix_len: net.prefix(),
+                entry,
+            }),
+        }
+    }
+    nets_v4.sort_unstable();
+    nets_v6.sort_unstable();
+
     let image = MapImage {
         sims_v4,
         sims_v6,
-        nets_v4: classes.v4,
-        nets_v6: classes.v6,
-        port_classes: ports.ranges,
+        nets_v4,
+        nets_v6,
         segments: segment_tiers
             .into_iter()
             .map(|tiers| SegmentEntry {
@@ -218,7 +252,10 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
                 _pad: 0,
             })
             .collect(),
-        rules: rules.into_iter().collect(),
+        rules: entries
+            .into_iter()
+            .map(|(key, rule)| (key, RuleEntry { rule }))
+            .collect(),
     };
     Ok(Compiled {
         image,
@@ -226,163 +263,231 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
     })
 }
 
-/// Destination classes: one per distinct rule CIDR, plus pools.
+/// One (protocol, port block) a rule allows, the part of a `RULES_V2` key after the class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Match {
+    proto: u8,
+    port_bits: u8,
+    port: u16,
+}
+
+impl Match {
+    fn tier(self) -> u8 {
+        if self.proto == PROTO_ANY {
+            TIER_ANY_PROTO
+        } else if self.port_bits == PORT_BITS_ANY {
+            TIER_ANY_PORT
+        } else if self.port_bits == 16 {
+            TIER_PORT
+        } else {
+            TIER_PORT_RANGE
+        }
+    }
+}
+
+/// Every (protocol, port block) of a rule.
+fn matches_of(rule: &Rule) -> Vec<Match> {
+    if rule.protos.is_empty() {
+        return vec![Match {
+            proto: PROTO_ANY,
+            port_bits: PORT_BITS_ANY,
+            port: 0,
+        }];
+    }
+    let blocks = port_blocks(&rule.ports);
+    let mut out = Vec::new();
+    for &proto in &rule.protos {
+        if has_ports(proto) && !rule.ports.is_empty() {
+            out.extend(blocks.iter().map(|&(port, port_bits)| Match {
+                proto,
+                port_bits,
+                port,
+            }));
+        } else {
+            out.push(Match {
+                proto,
+                port_bits: PORT_BITS_ANY,
+                port: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Port ranges (inclusive) as aligned blocks `(first port, prefix bits)`: the ranges are merged,
+/// then each is cut greedily into the largest aligned power-of-two blocks (at most 30 per range).
+#[must_use]
+pub fn port_blocks(ranges: &[(u16, u16)]) -> Vec<(u16, u8)> {
+    let mut sorted: Vec<(u32, u32)> = ranges
+        .iter()
+        .map(|&(lo, hi)| (u32::from(lo), u32::from(hi)))
+        .collect();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in sorted {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let mut blocks = Vec::new();
+    for (mut lo, hi) in merged {
+        while lo <= hi {
+            // The largest block aligned at `lo` that ends by `hi`.
+            let mut size = if lo == 0 {
+                1 << 16
+            } else {
+                lo & lo.wrapping_neg()
+            };
+            while lo + size - 1 > hi {
+                size >>= 1;
+            }
+            let bits = 16 - size.trailing_zeros();
+            blocks.push((
+                u16::try_from(lo).unwrap_or(u16::MAX),
+                u8::try_from(bits).unwrap_or(16),
+            ));
+            lo += size;
+        }
+    }
+    blocks
+}
+
+/// Destination classes of the policy's CIDRs, and the rules each class holds.
 struct NetClasses {
     v4: Vec<NetV4>,
     v6: Vec<NetV6>,
-    /// Rule CIDR → its class.
-    class_of: BTreeMap<IpNetwork, u32>,
+    /// Class id → rule ids (ascending) of every CIDR that contains the class's addresses.
+    /// Index 0 is `CLASS_NONE`, empty.
+    rules: Vec<Vec<u32>>,
 }
 
 impl NetClasses {
-    fn new(policy: &ValidatedPolicy) -> Self {
-        let all_rules = policy
-            .segments
-            .iter()
-            .flat_map(|s| &s.rules)
-            .chain(policy.sims.iter().flat_map(|s| &s.rules));
-        let cidrs: BTreeSet<IpNetwork> = all_rules
-            .flat_map(|rule| &rule.to)
-            .filter_map(|dest| match dest {
-                Dest::Net(net) => Some(*net),
-                Dest::Segment(_) | Dest::Sim(_) => None,
+    fn new<'a>(rules: impl Iterator<Item = &'a Rule>) -> Result<Self, CompileError> {
+        let mut v4: Vec<(u128, u8, u32)> = Vec::new();
+        let mut v6: Vec<(u128, u8, u32)> = Vec::new();
+        for (id, rule) in rules.enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            for dest in &rule.to {
+                match dest {
+                    Dest::Net(IpNetwork::V4(net)) => {
+                        v4.push((u128::from(u32::from(net.network())), net.prefix(), id));
+                    }
+                    Dest::Net(IpNetwork::V6(net)) => {
+                        v6.push((u128::from(net.network()), net.prefix(), id));
+                    }
+                    Dest::Segment(_) | Dest::Sim(_) => {}
+                }
+            }
+        }
+        let mut classes = Interner::default();
+        let v4 = classes
+            .sweep(v4, 32)?
+            .into_iter()
+            .map(|(addr, prefix_len, class)| NetV4 {
+                addr: u32::try_from(addr).unwrap_or(0).to_be_bytes(),
+                prefix_len,
+                entry: NetEntry { class, flags: 0 },
             })
             .collect();
-        let mut class_of = BTreeMap::new();
-        let mut nets = Vec::new();
-        for (i, net) in cidrs.iter().enumerate() {
-            let class = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            class_of.insert(*net, class);
-            nets.push((*net, NetEntry { class, flags: 0 }));
-        }
-        for pool in &policy.pools {
-            nets.push((
-                *pool,
-                NetEntry {
-                    class: CLASS_NONE,
-                    flags: NET_POOL,
-                },
-            ));
-        }
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for (net, entry) in nets {
-            match net {
-                IpNetwork::V4(net) => v4.push(NetV4 {
-                    addr: net.network().octets(),
-                    prefix_len: net.prefix(),
-                    entry,
-                }),
-                IpNetwork::V6(net) => v6.push(NetV6 {
-                    addr: net.network().octets(),
-                    prefix_len: net.prefix(),
-                    entry,
-                }),
-            }
-        }
-        v4.sort_unstable();
-        v6.sort_unstable();
-        Self { v4, v6, class_of }
-    }
-
-    /// The destination classes a rule towards `dest` must be entered for.
-    fn of(&self, dest: &Dest) -> Vec<u32> {
-        match dest {
-            Dest::Segment(id) => vec![CLASS_SEGMENT | u32::from(*id)],
-            Dest::Sim(index) => vec![CLASS_SIM | index],
-            Dest::Net(outer) => self
-                .class_of
-                .iter()
-                .filter(|(inner, _)| {
-                    crate::policy::overlaps(outer, inner) && outer.prefix() <= inner.prefix()
-                })
-                .map(|(_, class)| *class)
-                .collect(),
-        }
-    }
-}
-
-/// Port classes per protocol slot.
-struct PortClasses {
-    ranges: Vec<PortClassRange>,
-}
-
-impl PortClasses {
-    fn new(policy: &ValidatedPolicy) -> Result<Self, CompileError> {
-        let all_rules: Vec<&Rule> = policy
-            .segments
-            .iter()
-            .flat_map(|s| &s.rules)
-            .chain(policy.sims.iter().flat_map(|s| &s.rules))
+        let v6 = classes
+            .sweep(v6, 128)?
+            .into_iter()
+            .map(|(addr, prefix_len, class)| NetV6 {
+                addr: addr.to_be_bytes(),
+                prefix_len,
+                entry: NetEntry { class, flags: 0 },
+            })
             .collect();
-        let mut ranges = Vec::new();
-        for (proto, name) in [
-            (enforcer_common::maps::IPPROTO_TCP, "tcp"),
-            (enforcer_common::maps::IPPROTO_UDP, "udp"),
-        ] {
-            let Some(slot) = port_slot(proto) else {
-                continue;
-            };
-            let used: Vec<(u16, u16)> = all_rules
-                .iter()
-                .filter(|rule| rule.protos.contains(&proto))
-                .flat_map(|rule| rule.ports.iter().copied())
-                .collect();
-            // Elementary intervals: cut at every range start and after every range end.
-            let cuts: BTreeSet<u32> = used
-                .iter()
-                .flat_map(|&(lo, hi)| [u32::from(lo), u32::from(hi) + 1])
-                .collect();
-            let cuts: Vec<u32> = cuts.into_iter().collect();
-            let mut class = 0u32;
-            for pair in cuts.windows(2) {
-                let (first, end) = (pair[0], pair[1]);
-                if used
-                    .iter()
-                    .any(|&(lo, hi)| u32::from(lo) <= first && first <= u32::from(hi))
-                {
-                    class += 1;
-                    let class = u16::try_from(class)
-                        .map_err(|_| CompileError::TooManyPortClasses { proto: name })?;
-                    ranges.push(PortClassRange {
-                        slot,
-                        first: u16::try_from(first).unwrap_or(u16::MAX),
-                        last: u16::try_from(end - 1).unwrap_or(u16::MAX),
-                        class,
-                    });
-                }
-            }
+        Ok(Self {
+            v4,
+            v6,
+            rules: classes.rules,
+        })
+    }
+}
+
+/// Classes keyed by (parent class, own rules).
+struct Interner {
+    ids: HashMap<(u32, Vec<u32>), u32>,
+    rules: Vec<Vec<u32>>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            ids: HashMap::new(),
+            rules: vec![Vec::new()],
         }
-        Ok(Self { ranges })
+    }
+}
+
+impl Interner {
+    /// Give every distinct CIDR of `pairs` (address, prefix length, rule id) of one family
+    /// (`width` bits) its class; returns (address, prefix length, class), sorted.
+    fn sweep(
+        &mut self,
+        mut pairs: Vec<(u128, u8, u32)>,
+        width: u32,
+    ) -> Result<Vec<(u128, u8, u32)>, CompileError> {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let contains = |outer: (u128, u8), inner: (u128, u8)| {
+            let shift = width - u32::from(outer.1);
+            outer.1 <= inner.1 && outer.0.checked_shr(shift) == inner.0.checked_shr(shift)
+        };
+        let mut out = Vec::new();
+        // The CIDRs that contain the current one, innermost last, with their classes.
+        let mut open: Vec<((u128, u8), u32)> = Vec::new();
+        let mut at = 0;
+        while at < pairs.len() {
+            let net = (pairs[at].0, pairs[at].1);
+            let mut own = Vec::new();
+            while at < pairs.len() && (pairs[at].0, pairs[at].1) == net {
+                own.push(pairs[at].2);
+                at += 1;
+            }
+            while open.last().is_some_and(|&(outer, _)| !contains(outer, net)) {
+                open.pop();
+            }
+            let parent = open.last().map_or(CLASS_NONE, |&(_, class)| class);
+            let class = self.intern(parent, own)?;
+            out.push((net.0, net.1, class));
+            open.push((net, class));
+        }
+        Ok(out)
     }
 
-    /// (protocol, port class, tier) for every key a rule needs per destination class.
-    fn keys_of(&self, rule: &Rule) -> Vec<(u8, u16, u8)> {
-        if rule.protos.is_empty() {
-            return vec![(PROTO_ANY, PORT_ANY, TIER_ANY_PROTO)];
+    fn intern(&mut self, parent: u32, own: Vec<u32>) -> Result<u32, CompileError> {
+        if let Some(&class) = self.ids.get(&(parent, own.clone())) {
+            return Ok(class);
         }
-        let mut keys = Vec::new();
-        for &proto in &rule.protos {
-            match port_slot(proto) {
-                Some(slot) if !rule.ports.is_empty() => {
-                    for range in self.ranges.iter().filter(|r| r.slot == slot) {
-                        if rule
-                            .ports
-                            .iter()
-                            .any(|&(lo, hi)| lo <= range.first && range.last <= hi)
-                        {
-                            keys.push((proto, range.class, TIER_PORT));
-                        }
-                    }
-                }
-                _ => keys.push((proto, PORT_ANY, TIER_ANY_PORT)),
-            }
-        }
-        keys
+        let class = u32::try_from(self.rules.len())
+            .ok()
+            .filter(|&class| class < CLASS_SEGMENT)
+            .ok_or(CompileError::TooManyClasses {
+                max: CLASS_SEGMENT - 1,
+            })?;
+        let inherited = &self.rules[parent as usize];
+        let mut rules = Vec::with_capacity(inherited.len() + own.len());
+        rules.extend_from_slice(inherited);
+        rules.extend_from_slice(&own);
+        rules.sort_unstable();
+        rules.dedup();
+        self.rules.push(rules);
+        self.ids.insert((parent, own), class);
+        Ok(class)
     }
 }
 
 impl MapImage {
+    /// The rule entries of `PORT_RULES` (`true`) or of `RULES_V2` (`false`).
+    pub fn single_port_rules(&self, single: bool) -> impl Iterator<Item = &(RuleKey, RuleEntry)> {
+        self.rules
+            .iter()
+            .filter(move |(key, _)| (key.port_bits == 16) == single)
+    }
+
     /// SIM index slots the image uses (highest SIM index + 1): the `SIM_STATS` entries needed.
     #[must_use]
     pub fn sim_slots(&self) -> usize {
@@ -398,11 +503,6 @@ impl MapImage {
             + self.sims_v6.len()
             + self.nets_v4.len()
             + self.nets_v6.len()
-            + self
-                .port_classes
-                .iter()
-                .map(|r| usize::from(r.last - r.first) + 1)
-                .sum::<usize>()
             + self.segments.len()
             + self.rules.len()
     }
@@ -437,14 +537,6 @@ impl MapImage {
                 net(&n.entry)
             );
         }
-        for r in &self.port_classes {
-            let proto = if r.slot == 0 { "tcp" } else { "udp" };
-            let _ = writeln!(
-                out,
-                "port_class {proto} {}-{} -> {}",
-                r.first, r.last, r.class
-            );
-        }
         for (id, s) in self.segments.iter().enumerate() {
             let _ = writeln!(out, "segment {id} -> tiers={}", tiers(s.tiers as u8));
         }
@@ -464,14 +556,15 @@ impl MapImage {
             } else {
                 key.proto.to_string()
             };
-            let port = if key.port_class == PORT_ANY {
+            let port = if key.port_bits == PORT_BITS_ANY {
                 "any".to_owned()
             } else {
-                key.port_class.to_string()
+                let last = u32::from(key.port) + (1 << (16 - u32::from(key.port_bits))) - 1;
+                format!("{}-{last}", key.port)
             };
             let _ = writeln!(
                 out,
-                "rule {subject} to={class} proto={proto} port_class={port} -> rule {}",
+                "rule {subject} to={class} proto={proto} ports={port} -> rule {}",
                 entry.rule
             );
         }
@@ -513,6 +606,7 @@ fn tiers(t: u8) -> String {
         (TIER_PORT, "port"),
         (TIER_ANY_PORT, "any_port"),
         (TIER_ANY_PROTO, "any_proto"),
+        (TIER_PORT_RANGE, "port_range"),
     ]
     .into_iter()
     .filter(|(bit, _)| t & bit != 0)

@@ -2,6 +2,7 @@
 //! loader, counters, the userspace reference model of the XDP program, the independent policy
 //! oracle and capture replay.
 mod batch;
+pub mod capacity;
 pub mod compile;
 pub mod counters;
 pub mod loader;

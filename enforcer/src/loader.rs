@@ -14,11 +14,12 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use enforcer_common::maps::{
-    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_SLOTS, PORTS, RuleEntry, RuleKey,
-    SegmentEntry, SimEntry, defaults, names, port_class_index, segment_index,
+    Config, GENERATIONS, IPPROTO_UDP, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_WORDS, PortRuleKey,
+    RULE_KEY_LEN, RuleEntry, SegmentEntry, SimEntry, names, ports_used_index, segment_index,
 };
 
-use crate::{batch, compile::MapImage};
+pub use crate::capacity::Capacity;
+use crate::{batch, capacity::CapacityError, compile::MapImage};
 
 /// The XDP object built by `build.rs`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -94,17 +95,8 @@ pub enum LoadError {
     #[error("no network interface named `{0}`; check `ip link`")]
     NoSuchInterface(String),
     /// The image does not fit the maps as sized.
-    #[error("the policy needs {needed} {what} but the maps hold {capacity}; raise {flag}")]
-    Capacity {
-        /// What overflowed.
-        what: &'static str,
-        /// Needed.
-        needed: usize,
-        /// Available.
-        capacity: u32,
-        /// CLI flag to raise it.
-        flag: &'static str,
-    },
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
 }
 
 fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
@@ -112,70 +104,6 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
         map,
         what,
         source: std::io::Error::other(source),
-    }
-}
-
-/// Map sizes chosen at load time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    /// SIM indices: entries of `SIM_STATS` (per CPU, so the largest map at scale).
-    pub sims: u32,
-    /// Entries of `SIM_V4`.
-    pub sim_v4: u32,
-    /// Entries of `SIM_V6`.
-    pub sim_v6: u32,
-    /// Entries of `RULES`.
-    pub rule_entries: u32,
-    /// Entries of `RULE_STATS` (rule ids).
-    pub rules: u32,
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Self {
-            sims: defaults::MAX_SIMS,
-            sim_v4: defaults::MAX_SIMS,
-            sim_v6: 1024,
-            rule_entries: defaults::MAX_RULE_ENTRIES,
-            rules: defaults::MAX_RULES,
-        }
-    }
-}
-
-impl Capacity {
-    /// Room for `image` (and `rules` rule ids) plus an eighth, so a reload that grows the
-    /// policy a little fits, with `floor` as the minimum. `RULES` gets twice its entries, as
-    /// both generations live in it during a reload. Each SIM map is sized for its own family:
-    /// a hash map's buckets come with its capacity, so a 1M-entry `SIM_V6` for a thousand IPv6
-    /// SIMs would cost 16 MiB for nothing.
-    #[must_use]
-    pub fn for_image(image: &MapImage, rules: usize, floor: Capacity) -> Self {
-        let with_headroom = |n: usize, floor: u32| {
-            u32::try_from(n.saturating_add(n / 8))
-                .unwrap_or(u32::MAX)
-                .max(floor)
-        };
-        let sim_indices = image.sim_slots();
-        Self {
-            sims: with_headroom(sim_indices, floor.sims),
-            sim_v4: with_headroom(image.sims_v4.len(), floor.sim_v4),
-            sim_v6: with_headroom(image.sims_v6.len(), floor.sim_v6),
-            rule_entries: u32::try_from(image.rules.len().saturating_mul(2))
-                .unwrap_or(u32::MAX)
-                .max(floor.rule_entries),
-            rules: with_headroom(rules, floor.rules),
-        }
-    }
-
-    /// The same capacity for every SIM map (`--max-sims`).
-    #[must_use]
-    pub fn with_sims(self, sims: u32) -> Self {
-        Self {
-            sims,
-            sim_v4: sims,
-            sim_v6: sims,
-            ..self
-        }
     }
 }
 
@@ -196,7 +124,10 @@ impl Enforcer {
             .map_max_entries(names::SIM_V4, capacity.sim_v4)
             .map_max_entries(names::SIM_V6, capacity.sim_v6)
             .map_max_entries(names::SIM_STATS, capacity.sims)
+            .map_max_entries(names::NET_V4, capacity.nets_v4)
+            .map_max_entries(names::NET_V6, capacity.nets_v6)
             .map_max_entries(names::RULES, capacity.rule_entries)
+            .map_max_entries(names::PORT_RULES, capacity.port_rules)
             .map_max_entries(names::RULE_STATS, capacity.rules);
         if let Some(dir) = pin_dir {
             for name in names::ALL {
@@ -295,13 +226,13 @@ impl Enforcer {
     /// Write `image` make-before-break: fill the inactive generation, update the SIMs in place,
     /// flip `CONFIG`, then clear the old generation. Returns the new active generation.
     pub fn apply(&mut self, image: &MapImage) -> Result<u8, LoadError> {
-        self.check_capacity(image)?;
+        self.capacity.check(image, 0)?;
         let active = self.generation()?;
         let target = active ^ 1;
 
         self.write_nets(image, target)?;
-        self.write_port_classes(image, target)?;
         self.write_segments(image, target)?;
+        self.write_ports_used(image, target)?;
         self.write_rules(image, target)?;
         self.write_sims(image)?;
 
@@ -321,60 +252,6 @@ impl Enforcer {
         self.clear_nets(active)?;
         self.clear_rules(active)?;
         Ok(target)
-    }
-
-    fn check_capacity(&self, image: &MapImage) -> Result<(), LoadError> {
-        let sim_indices = image.sim_slots();
-        let max_rule = image
-            .rules
-            .iter()
-            .map(|(_, e)| e.rule as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let checks = [
-            ("SIMs", sim_indices, self.capacity.sims, "--max-sims"),
-            (
-                "IPv4 SIM addresses",
-                image.sims_v4.len(),
-                self.capacity.sim_v4,
-                "--max-sims",
-            ),
-            (
-                "IPv6 SIM prefixes",
-                image.sims_v6.len(),
-                self.capacity.sim_v6,
-                "--max-sims",
-            ),
-            (
-                "rule entries",
-                image.rules.len(),
-                self.capacity.rule_entries,
-                "--max-rule-entries",
-            ),
-            (
-                "rule ids",
-                max_rule,
-                self.capacity.rules,
-                "--max-rule-entries",
-            ),
-            (
-                "segments",
-                image.segments.len(),
-                MAX_SEGMENTS,
-                "(a build constant)",
-            ),
-        ];
-        for (what, needed, capacity, flag) in checks {
-            if needed > capacity as usize {
-                return Err(LoadError::Capacity {
-                    what,
-                    needed,
-                    capacity,
-                    flag,
-                });
-            }
-        }
-        Ok(())
     }
 
     fn write_nets(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
@@ -412,17 +289,17 @@ impl Enforcer {
     }
 
     fn clear_nets(&mut self, generation: u8) -> Result<(), LoadError> {
-        self.clear_lpm::<5>(names::NET_V4, generation)?;
-        self.clear_lpm::<17>(names::NET_V6, generation)
+        self.clear_lpm::<5, NetEntry>(names::NET_V4, generation)?;
+        self.clear_lpm::<17, NetEntry>(names::NET_V6, generation)
     }
 
     /// Remove every entry of generation `generation` from the LPM map `name`.
-    fn clear_lpm<const K: usize>(
+    fn clear_lpm<const K: usize, V: Pod>(
         &mut self,
         name: &'static str,
         generation: u8,
     ) -> Result<(), LoadError> {
-        let mut trie: LpmTrie<&mut MapData, [u8; K], NetEntry> =
+        let mut trie: LpmTrie<&mut MapData, [u8; K], V> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
         let stale: Vec<Key<[u8; K]>> = trie
             .keys()
@@ -435,21 +312,6 @@ impl Enforcer {
         Ok(())
     }
 
-    fn write_port_classes(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        // The whole block of this generation, so leftovers of an older policy are overwritten.
-        let mut entries: Vec<(u32, u16)> = (0..PORT_SLOTS)
-            .flat_map(|slot| (0..PORTS).map(move |port| (slot, port)))
-            .map(|(slot, port)| (port_class_index(generation, slot, port as u16), 0u16))
-            .collect();
-        for range in &image.port_classes {
-            for port in range.first..=range.last {
-                let index = (range.slot * PORTS + u32::from(port)) as usize;
-                entries[index].1 = range.class;
-            }
-        }
-        self.batch_write(names::PORT_CLASS, &entries)
-    }
-
     fn write_segments(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
         let entries: Vec<(u32, SegmentEntry)> = (0..MAX_SEGMENTS)
             .map(|id| {
@@ -460,35 +322,66 @@ impl Enforcer {
         self.batch_write(names::SEGMENTS, &entries)
     }
 
-    fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        self.clear_rules(generation)?;
-        let entries: Vec<(RuleKey, RuleEntry)> = image
-            .rules
-            .iter()
-            .map(|(key, entry)| {
-                let mut key = *key;
-                key.generation = generation;
-                (key, *entry)
+    /// The whole `PORTS_USED` block of `generation`, so bits of an older policy are cleared.
+    fn write_ports_used(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        let mut words = vec![0u64; 2 * PORT_WORDS as usize];
+        for (key, _) in image.single_port_rules(true) {
+            let udp = key.proto == IPPROTO_UDP;
+            let word = (usize::from(udp) * PORT_WORDS as usize) + usize::from(key.port >> 6);
+            words[word] |= 1 << (key.port & 63);
+        }
+        let entries: Vec<(u32, u64)> = words
+            .into_iter()
+            .enumerate()
+            .map(|(i, word)| {
+                let udp = i >= PORT_WORDS as usize;
+                let port = u16::try_from((i % PORT_WORDS as usize) << 6).unwrap_or(0);
+                (ports_used_index(generation, udp, port), word)
             })
             .collect();
-        self.batch_write(names::RULES, &entries)
+        self.batch_write(names::PORTS_USED, &entries)
+    }
+
+    fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
+        self.clear_rules(generation)?;
+        let single: Vec<(PortRuleKey, RuleEntry)> = image
+            .single_port_rules(true)
+            .map(|(key, entry)| (PortRuleKey::of(key, generation), *entry))
+            .collect();
+        self.batch_write(names::PORT_RULES, &single)?;
+        let entries: Vec<(Key<[u8; RULE_KEY_LEN]>, RuleEntry)> = image
+            .single_port_rules(false)
+            .map(|(key, entry)| (Key::new(key.prefix_len(), key.lpm_data(generation)), *entry))
+            .collect();
+        if self.batch_write(names::RULES, &entries).is_ok() {
+            return Ok(());
+        }
+        // Kernels without batch updates for LPM tries: one syscall per entry.
+        let mut trie: LpmTrie<&mut MapData, [u8; RULE_KEY_LEN], RuleEntry> =
+            LpmTrie::try_from(self.map_mut(names::RULES)?)
+                .map_err(map_err(names::RULES, "opening"))?;
+        for (key, entry) in &entries {
+            trie.insert(key, *entry, 0)
+                .map_err(map_err(names::RULES, "inserting"))?;
+        }
+        Ok(())
     }
 
     fn clear_rules(&mut self, generation: u8) -> Result<(), LoadError> {
-        let mut rules: HashMap<&mut MapData, RuleKey, RuleEntry> =
-            HashMap::try_from(self.map_mut(names::RULES)?)
-                .map_err(map_err(names::RULES, "opening"))?;
-        let stale: Vec<RuleKey> = rules
+        let mut single: HashMap<&mut MapData, PortRuleKey, RuleEntry> =
+            HashMap::try_from(self.map_mut(names::PORT_RULES)?)
+                .map_err(map_err(names::PORT_RULES, "opening"))?;
+        let stale: Vec<PortRuleKey> = single
             .keys()
             .filter_map(Result::ok)
             .filter(|key| key.generation == generation)
             .collect();
         for key in &stale {
-            rules
+            single
                 .remove(key)
-                .map_err(map_err(names::RULES, "clearing"))?;
+                .map_err(map_err(names::PORT_RULES, "clearing"))?;
         }
-        Ok(())
+        self.clear_lpm::<RULE_KEY_LEN, RuleEntry>(names::RULES, generation)
     }
 
     fn write_sims(&mut self, image: &MapImage) -> Result<(), LoadError> {

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use enforcer::{
+    capacity::{self, Limits},
     compile::{self, Compiled},
     counters::Totals,
     loader::{Capacity, Enforcer},
@@ -67,13 +68,8 @@ struct RunArgs {
     /// Where the names behind map indices are written for `enforcer stats`.
     #[arg(long, default_value = DEFAULT_STATE_FILE)]
     state_file: PathBuf,
-    /// SIM capacity of the maps (default: the policy's SIMs plus an eighth, per address family,
-    /// at least 65,536 IPv4 and 1,024 IPv6).
-    #[arg(long)]
-    max_sims: Option<u32>,
-    /// Rule-entry capacity of the maps (default: twice the policy's, at least 65,536).
-    #[arg(long)]
-    max_rule_entries: Option<u32>,
+    #[command(flatten)]
+    limits: Limits,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +91,9 @@ enum PolicyCommand {
         dump: bool,
         #[command(flatten)]
         input: InputArgs,
+        /// The capacities `run` would be given.
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Judge every packet of a pcap or pcapng capture with the real XDP program loaded with a
     /// policy (nothing attached, nothing pinned; needs CAP_BPF and CAP_NET_ADMIN).
@@ -164,9 +163,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Policy(PolicyCommand::Check { file, dump, input }) => {
-            check(&file, dump, &input.options())
-        }
+        Command::Policy(PolicyCommand::Check {
+            file,
+            dump,
+            input,
+            limits,
+        }) => check(&file, dump, &input.options(), &limits),
         Command::Policy(PolicyCommand::Replay {
             policy,
             capture,
@@ -213,7 +215,12 @@ fn load_policy(
     Ok((policy, compiled))
 }
 
-fn check(path: &Path, dump: bool, options: &policy::LoadOptions) -> anyhow::Result<()> {
+fn check(
+    path: &Path,
+    dump: bool,
+    options: &policy::LoadOptions,
+    limits: &Limits,
+) -> anyhow::Result<()> {
     let (policy, compiled) = load_policy(path, options)?;
     let image = &compiled.image;
     let v4_pools = policy.pools.iter().filter(|p| p.is_ipv4()).count();
@@ -223,13 +230,16 @@ fn check(path: &Path, dump: bool, options: &policy::LoadOptions) -> anyhow::Resu
         .filter(|s| s.state == SimState::Quarantined)
         .count();
     let segment_rules: usize = policy.segments.iter().map(|s| s.rules.len()).sum();
-    let port_entries: usize = image
-        .port_classes
-        .iter()
-        .map(|r| usize::from(r.last - r.first) + 1)
-        .sum();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}: OK", path.display())?;
+    let rules = compiled.rules.len();
+    let capacity = Capacity::for_policy(image, rules, limits);
+    let fits = capacity.check(image, rules);
+    let status = if fits.is_ok() {
+        "OK"
+    } else {
+        "valid, but too large for the maps"
+    };
+    writeln!(out, "{}: {status}", path.display())?;
     writeln!(
         out,
         "  pools:       {} ({v4_pools} IPv4, {} IPv6)",
@@ -251,21 +261,23 @@ fn check(path: &Path, dump: bool, options: &policy::LoadOptions) -> anyhow::Resu
     )?;
     writeln!(
         out,
-        "  map entries: SIM_V4 {}, SIM_V6 {}, NET_V4 {}, NET_V6 {}, PORT_CLASS {} ports in {} \
-         classes, SEGMENTS {}, RULES {} ({} total)",
+        "  map entries: SIM_V4 {}, SIM_V6 {}, NET_V4 {}, NET_V6 {}, SEGMENTS {}, PORT_RULES {}, \
+         RULES_V2 {} ({} total)",
         image.sims_v4.len(),
         image.sims_v6.len(),
         image.nets_v4.len(),
         image.nets_v6.len(),
-        port_entries,
-        image.port_classes.len(),
         image.segments.len(),
-        image.rules.len(),
+        image.single_port_rules(true).count(),
+        image.single_port_rules(false).count(),
         image.entry_count()
     )?;
+    let cpus = capacity::possible_cpus();
+    write!(out, "{}", capacity::table(&capacity, image, rules, cpus))?;
     if dump {
         write!(out, "{}", image.dump())?;
     }
+    fits.with_context(|| format!("`enforcer run` could not load {}", path.display()))?;
     Ok(())
 }
 
@@ -282,11 +294,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ifindexes.push(index);
     }
 
-    let auto = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
-    let capacity = Capacity {
-        rule_entries: args.max_rule_entries.unwrap_or(auto.rule_entries),
-        ..args.max_sims.map_or(auto, |sims| auto.with_sims(sims))
-    };
+    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &args.limits);
+    capacity
+        .check(&compiled.image, compiled.rules.len())
+        .with_context(|| format!("{} does not fit the maps", args.policy.display()))?;
     std::fs::create_dir_all(&args.pin_dir).with_context(|| {
         format!(
             "creating pin directory {}; is /sys/fs/bpf mounted (bpffs)?",

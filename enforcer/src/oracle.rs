@@ -16,7 +16,8 @@
 //! Which rule is counted when several allow (README "Policy files"): a rule naming the
 //! destination's segment before one naming its IMSI; then the segment's rules before the SIM's
 //! own; then rules with ports before rules for a protocol on any port before rules for any
-//! protocol; then the rule written first.
+//! protocol, and among rules with ports the one whose aligned block around the port is the
+//! smallest; then the rule written first.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -51,10 +52,11 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     }
     let dst_sim = policy.sims.iter().position(|s| holds(s, dst));
     let dst_in_pool = in_pool(policy, dst);
-    // (destination rank, subject rank, tier, rule id) of every allowing rule; the least wins.
-    let mut best: Option<(u8, u8, u8, u32)> = None;
+    // (destination rank, subject rank, tier, port block size, rule id) of every allowing rule;
+    // the least wins.
+    let mut best: Option<(u8, u8, u8, u32, u32)> = None;
     for (subject, id, rule) in rules_of(policy, sender) {
-        let Some(tier) = tier(rule, meta) else {
+        let Some((tier, block)) = tier(rule, meta) else {
             continue;
         };
         for dest in &rule.to {
@@ -68,7 +70,7 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
                 Dest::Sim(index) if dst_sim == usize::try_from(index).ok() => 1,
                 _ => continue,
             };
-            let candidate = (rank, subject, tier, id);
+            let candidate = (rank, subject, tier, block, id);
             if best.is_none_or(|b| candidate < b) {
                 best = Some(candidate);
             }
@@ -109,26 +111,61 @@ fn rules_of(policy: &ValidatedPolicy, sender: usize) -> Vec<(u8, u32, &Rule)> {
     out
 }
 
-/// Whether `rule` allows the packet's protocol and port, and how specifically: 0 with ports,
-/// 1 for its protocol on any port, 2 for any protocol; `None` if it does not.
-fn tier(rule: &Rule, meta: &PacketMeta) -> Option<u8> {
+/// Whether `rule` allows the packet's protocol and port, and how specifically: (0, the size of
+/// its port block around the port) with ports, (1, 0) for its protocol on any port, (2, 0) for
+/// any protocol; `None` if it does not.
+fn tier(rule: &Rule, meta: &PacketMeta) -> Option<(u8, u32)> {
     if rule.protos.is_empty() {
-        return Some(2);
+        return Some((2, 0));
     }
     if !rule.protos.contains(&meta.proto) {
         return None;
     }
     let has_port_numbers = meta.proto == IPPROTO_TCP || meta.proto == IPPROTO_UDP;
     if rule.ports.is_empty() || !has_port_numbers {
-        return Some(1);
+        return Some((1, 0));
     }
     // A rule with ports needs a packet that carries them (not a later fragment).
-    (meta.has_ports
-        && rule
-            .ports
-            .iter()
-            .any(|&(lo, hi)| lo <= meta.dport && meta.dport <= hi))
-    .then_some(0)
+    if !meta.has_ports {
+        return None;
+    }
+    block_around(&rule.ports, meta.dport).map(|size| (0, size))
+}
+
+/// The size of the aligned block around `port` when the rule's port ranges, joined where they
+/// touch or overlap, are each cut from their low end into the largest aligned power-of-two
+/// blocks that fit (README "How it works"); `None` if no range holds the port.
+fn block_around(ranges: &[(u16, u16)], port: u16) -> Option<u32> {
+    let port = u32::from(port);
+    // The joined range holding the port: grow [lo, hi] while another range touches it.
+    let (mut lo, mut hi) = ranges
+        .iter()
+        .map(|&(a, b)| (u32::from(a), u32::from(b)))
+        .find(|&(a, b)| a <= port && port <= b)?;
+    loop {
+        let before = (lo, hi);
+        for &(a, b) in ranges {
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a <= hi + 1 && b + 1 >= lo {
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+        }
+        if (lo, hi) == before {
+            break;
+        }
+    }
+    let mut start = lo;
+    loop {
+        let mut size = 1u32 << 16;
+        while start % size != 0 || start + size - 1 > hi {
+            size /= 2;
+        }
+        if port < start + size {
+            return Some(size);
+        }
+        start += size;
+    }
 }
 
 fn address(v6: bool, bytes: [u8; 16]) -> IpAddr {

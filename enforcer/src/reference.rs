@@ -2,9 +2,9 @@
 //! explain`-style tooling.
 //!
 //! Written independently of the kernel program on purpose: its own frame parser over a byte
-//! slice, and its own lookups over a [`MapImage`] (the LPM is a linear longest-prefix scan, port
-//! classes a range scan). Only what must agree by definition is shared: the map types, the
-//! lookup sequence (`enforcer_common::decide::identify`) and the judgement (`decide`). The
+//! slice, and its own lookups over a [`MapImage`] (both LPM tables are linear scans for the most
+//! specific covering entry, written from their meaning rather than from the key's bit layout).
+//! Only what must agree by definition is shared: the map types, the lookup sequence (`enforcer_common::decide::identify`) and the judgement (`decide`). The
 //! parsing rules it implements are listed in `enforcer-ebpf/src/parse.rs`.
 
 use std::collections::HashMap;
@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use enforcer_common::{
     DropReason, PassReason, Verdict,
     decide::{self, PacketMeta, Tables},
-    maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, RuleKey, SimEntry},
+    maps::{
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, PORT_BITS_ANY, PROTO_ANY,
+        RuleKey, SimEntry,
+    },
     rules::RuleTable,
 };
 
@@ -44,7 +47,6 @@ pub struct Reference {
     sims_v4: HashMap<[u8; 4], SimEntry>,
     sims_v6: HashMap<[u8; 8], SimEntry>,
     image: MapImage,
-    rules: HashMap<RuleKey, u32>,
     ifaces: HashMap<u32, u32>,
 }
 
@@ -57,15 +59,6 @@ impl Reference {
             generation,
             sims_v4: image.sims_v4.iter().copied().collect(),
             sims_v6: image.sims_v6.iter().copied().collect(),
-            rules: image
-                .rules
-                .iter()
-                .map(|(key, entry)| {
-                    let mut key = *key;
-                    key.generation = generation;
-                    (key, entry.rule)
-                })
-                .collect(),
             image: image.clone(),
             ifaces,
         }
@@ -100,8 +93,59 @@ impl Reference {
 }
 
 impl RuleTable for Reference {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
-        self.rules.get(key).copied()
+    fn port_rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        if generation != self.generation {
+            return None;
+        }
+        self.image
+            .rules
+            .iter()
+            .find(|(entry, _)| {
+                entry.port_bits == 16
+                    && (entry.subject, entry.class, entry.proto, entry.port)
+                        == (key.subject, key.class, key.proto, key.port)
+            })
+            .map(|(_, value)| value.rule)
+    }
+
+    /// The most specific entry for the key's subject and class that allows its protocol and
+    /// port: a port block (the smaller, the more specific), then the protocol on any port, then
+    /// any protocol.
+    fn rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        if generation != self.generation {
+            return None;
+        }
+        let allows = |entry: &RuleKey| {
+            if entry.subject != key.subject || entry.class != key.class {
+                return false;
+            }
+            if entry.proto == PROTO_ANY {
+                return true;
+            }
+            if entry.proto != key.proto {
+                return false;
+            }
+            if entry.port_bits == PORT_BITS_ANY {
+                return true;
+            }
+            if key.port_bits == PORT_BITS_ANY {
+                return false; // a packet without ports never matches a port block
+            }
+            let size = 1u32 << (16 - u32::from(entry.port_bits));
+            let first = u32::from(entry.port);
+            (first..first + size).contains(&u32::from(key.port))
+        };
+        let specificity = |entry: &RuleKey| match (entry.proto, entry.port_bits) {
+            (PROTO_ANY, _) => 0,
+            (_, PORT_BITS_ANY) => 1,
+            (_, bits) => 2 + u32::from(bits),
+        };
+        self.image
+            .rules
+            .iter()
+            .filter(|(entry, _)| allows(entry))
+            .max_by_key(|(entry, _)| specificity(entry))
+            .map(|(_, value)| value.rule)
     }
 }
 
@@ -154,6 +198,13 @@ impl Tables for Reference {
             .map(|net| net.entry)
     }
 
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        generation == self.generation
+            && self.image.rules.iter().any(|(entry, _)| {
+                entry.port_bits == 16 && entry.proto == proto && entry.port == port
+            })
+    }
+
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
         if generation != self.generation {
             return 0;
@@ -162,17 +213,6 @@ impl Tables for Reference {
             .segments
             .get(usize::from(segment))
             .map_or(0, |s| s.tiers as u8)
-    }
-
-    fn port_class(&self, generation: u8, slot: u32, port: u16) -> u16 {
-        if generation != self.generation {
-            return 0;
-        }
-        self.image
-            .port_classes
-            .iter()
-            .find(|r| r.slot == slot && r.first <= port && port <= r.last)
-            .map_or(0, |r| r.class)
     }
 
     fn iface_flags(&self, ifindex: u32) -> u32 {
@@ -251,9 +291,8 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
 /// An IP header that checked out, and the transport bytes up to the IP packet's end.
 struct IpPart<'a> {
     v6: bool,
-    /// IPv6 hop limit 255 from a link-local or unspecified source, no extension header (so no
-    /// fragment): neighbour discovery that cannot have crossed a router (RFC 4861 §6.1, RFC
-    /// 6980).
+    /// IPv6 hop limit 255 and no extension header (so no fragment): neighbour discovery that
+    /// cannot have crossed a router (RFC 4861 §6.1.1, RFC 6980).
     on_link: bool,
     src: [u8; 16],
     dst: [u8; 16],
@@ -362,10 +401,9 @@ fn ipv6(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
             break;
         }
     }
-    let link_local = (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || src == [0; 16];
     Ok(IpPart {
         v6: true,
-        on_link: header[7] == 255 && link_local && seen == 0,
+        on_link: header[7] == 255 && seen == 0,
         src,
         dst,
         proto: next,

@@ -332,3 +332,57 @@ proptest! {
         }
     }
 }
+
+/// Overlapping port rules of one segment towards one destination: for every port around them
+/// the oracle and the compiled policy count the same rule (the rule id shows precedence, which
+/// random policies rarely reach).
+#[test]
+fn overlapping_port_rules_count_the_same_rule_everywhere() {
+    let text = r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "s0"
+rules = [
+  { to = ["198.51.100.0/24"], proto = "tcp", ports = ["1000-2000"] },
+  { to = ["198.51.100.7"], proto = "tcp", ports = ["1500-1600", 1550, "1700-1701"] },
+  { to = ["198.51.100.0/24"], proto = "tcp", ports = [1999] },
+  { to = ["0.0.0.0/0"], proto = "tcp" },
+  { to = ["198.51.100.0/25"], proto = "any" },
+]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "s0"
+"#;
+    let validated = policy::from_str(Path::new("overlap.toml"), text).expect("valid policy");
+    let compiled = compile::compile(&validated).expect("compiles");
+    let model = Reference::new(&compiled.image, 0, HashMap::new());
+    let mut counted = std::collections::HashSet::new();
+    for dst in [[198, 51, 100, 7], [198, 51, 100, 200], [203, 0, 113, 1]] {
+        for dport in 990..=2010 {
+            let mut meta = PacketMeta {
+                v6: false,
+                src: [0; 16],
+                dst: [0; 16],
+                proto: IPPROTO_TCP,
+                dport,
+                has_ports: true,
+                later_fragment: false,
+                ifindex: 1,
+            };
+            meta.src[..4].copy_from_slice(&[10, 64, 0, 1]);
+            meta.dst[..4].copy_from_slice(&dst);
+            let expected = oracle::judge(&validated, &meta, 0);
+            assert_eq!(
+                model.judge(&meta).verdict,
+                expected,
+                "port {dport} to {dst:?}"
+            );
+            counted.insert(expected);
+        }
+    }
+    assert!(
+        counted.len() >= 4,
+        "the sweep reaches several rules: {counted:?}"
+    );
+}

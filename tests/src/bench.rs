@@ -153,11 +153,11 @@ pub fn shapes(sims: u32) -> Vec<(&'static str, Vec<u8>)> {
 /// Map lookups one frame costs, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lookups {
-    /// Hash lookups (SIM, rule, interface).
+    /// Hash lookups (SIM, single-port rule, interface).
     pub hash: u32,
-    /// LPM trie lookups.
+    /// LPM trie lookups (networks, rules).
     pub lpm: u32,
-    /// Array lookups (config, segment, port class), which the verifier inlines.
+    /// Array lookups (config, segment, ports used), which the verifier inlines.
     pub array: u32,
 }
 
@@ -181,9 +181,13 @@ impl Counting<'_> {
 }
 
 impl RuleTable for Counting<'_> {
-    fn rule(&self, key: &RuleKey) -> Option<u32> {
+    fn port_rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
         Self::bump(&self.hash);
-        self.inner.rule(key)
+        self.inner.port_rule(generation, key)
+    }
+    fn rule(&self, generation: u8, key: &RuleKey) -> Option<u32> {
+        Self::bump(&self.lpm);
+        self.inner.rule(generation, key)
     }
 }
 
@@ -208,13 +212,13 @@ impl Tables for Counting<'_> {
         Self::bump(&self.lpm);
         self.inner.net_v6(generation, addr)
     }
+    fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool {
+        Self::bump(&self.array);
+        self.inner.single_port_used(generation, proto, port)
+    }
     fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
         Self::bump(&self.array);
         self.inner.segment_tiers(generation, segment)
-    }
-    fn port_class(&self, generation: u8, slot: u32, port: u16) -> u16 {
-        Self::bump(&self.array);
-        self.inner.port_class(generation, slot, port)
     }
     fn iface_flags(&self, ifindex: u32) -> u32 {
         Self::bump(&self.hash);

@@ -241,16 +241,23 @@ pub fn fixtures() -> Vec<Fixture> {
             drop(NoRule),
         ),
         edge(
-            "ND-typed ICMPv6 from the SIM with hop limit 255 but a global source",
-            Frame::new("fd00:64:0:1::5", "2001:db9::1", L4::Icmp(137))
+            "on-link ND from a global source (Linux resolves from one)",
+            Frame::new("fd00:64:0:1::5", "ff02::1:ff00:9", L4::Icmp(135))
                 .hop_limit(255)
+                .build(),
+            Verdict::Pass(PassReason::Neighbour, 0),
+        ),
+        edge(
+            "quarantined or not, ND-typed ICMPv6 from beyond a router is judged",
+            Frame::new("fd00:64:0:1::5", "2001:db9::1", L4::Icmp(137))
+                .hop_limit(254)
                 .build(),
             drop(NoRule),
         ),
         edge(
-            "ND from a spoofed pool address",
+            "ND from a spoofed pool address beyond a router",
             Frame::new("fd00:64:0:9::5", "ff02::1", L4::Icmp(134))
-                .hop_limit(255)
+                .hop_limit(200)
                 .build(),
             drop(Spoofed),
         ),

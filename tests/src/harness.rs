@@ -49,17 +49,7 @@ impl Harness {
     #[must_use]
     pub fn from_policy(policy: ValidatedPolicy, ifaces: &[(u32, u32)]) -> Self {
         let compiled = compile::compile(&policy).expect("test policy compiles");
-        let capacity = Capacity::for_image(
-            &compiled.image,
-            compiled.rules.len(),
-            Capacity {
-                sims: 1024,
-                sim_v4: 1024,
-                sim_v6: 1024,
-                rule_entries: 4096,
-                rules: 1024,
-            },
-        );
+        let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)
             .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));
         let generation = enforcer.apply(&compiled.image).expect("writing the maps");

@@ -9,6 +9,7 @@ pub mod frames;
 pub mod harness;
 pub mod netns;
 pub mod rng;
+pub mod scale;
 pub mod throughput;
 pub mod topology;
 

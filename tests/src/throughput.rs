@@ -406,7 +406,10 @@ impl Gateway {
                         sims: 1024,
                         sim_v4: 1024,
                         sim_v6: 1024,
+                        nets_v4: 1024,
+                        nets_v6: 1024,
                         rule_entries: 1024,
+                        port_rules: 1024,
                         rules: 1024,
                     };
                     let mut enforcer = Enforcer::load(small, None).expect("load");

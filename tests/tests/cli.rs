@@ -47,10 +47,61 @@ fn policy_check_summarises_the_example() {
         "pools:       4 (3 IPv4, 1 IPv6)",
         "SIMs:        6 (5 active, 1 quarantined)",
         "rules:       8 (7 segment, 1 SIM)",
-        "RULES 14",
+        "PORT_RULES 11, RULES_V2 3",
+        "kernel memory:",
     ] {
         assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
     }
+}
+
+/// `policy check` and `run` size the maps with the same function: given capacities too small
+/// for the policy, both fail and name the flag to raise and the value it needs.
+#[test]
+fn check_and_run_refuse_a_policy_too_large_for_the_given_capacities() {
+    let limits = ["--max-rule-entries", "10", "--max-nets", "8"];
+    let check = enforcer(&[&["policy", "check", &example()][..], &limits].concat());
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let check_text = text(&check);
+    for needle in [
+        "valid, but too large for the maps",
+        "it needs 11 single-port rule entries but PORT_RULES holds 10; raise --max-rule-entries \
+         to at least 11",
+        "it needs 9 IPv4 networks but NET_V4 holds 8; raise --max-nets to at least 9",
+    ] {
+        assert!(
+            check_text.contains(needle),
+            "`{needle}` missing from:\n{check_text}"
+        );
+    }
+    assert!(
+        !check_text.contains("NET_V6 holds"),
+        "NET_V6 fits:\n{check_text}"
+    );
+
+    let pin_dir = format!("/sys/fs/bpf/enforcer-cli-cap-{}", std::process::id());
+    let args = [
+        "run",
+        "--policy",
+        &example(),
+        "--iface",
+        "lo",
+        "--pin-dir",
+        &pin_dir,
+    ];
+    let run = enforcer(&[&args[..], &limits].concat());
+    assert!(!run.status.success());
+    assert!(
+        text(&run).contains(
+            "it needs 11 single-port rule entries but PORT_RULES holds 10; raise \
+             --max-rule-entries to at least 11"
+        ),
+        "{}",
+        text(&run)
+    );
+    assert!(!Path::new(&pin_dir).exists(), "nothing loaded or pinned");
+
+    let fits = enforcer(&["policy", "check", &example(), "--max-rule-entries", "11"]);
+    assert!(fits.status.success(), "{}", text(&fits));
 }
 
 #[test]

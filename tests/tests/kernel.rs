@@ -382,11 +382,16 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             Verdict::Pass(PassReason::Neighbour, 0),
         ),
         (
-            "neighbour solicitation from a spoofed pool address is judged",
-            Frame::new("fd00:64:0:2::1", "ff02::1:ff00:1", L4::Icmp(135))
+            "neighbour solicitation from beyond a router, from a spoofed pool address",
+            Frame::new("fd00:64:0:2::1", "ff02::1:ff00:1", L4::Icmp(135)).build(),
+            drop(Spoofed),
+        ),
+        (
+            "on-link neighbour solicitation from a global address passes",
+            Frame::new("fd00:64:0:1::1", "ff02::1:ff00:2", L4::Icmp(135))
                 .hop_limit(255)
                 .build(),
-            drop(Spoofed),
+            Verdict::Pass(PassReason::Neighbour, 0),
         ),
         (
             "router solicitation that crossed a router is judged",
@@ -546,8 +551,8 @@ segment = "chargers"
         assert_eq!(harness.check(frame).verdict, expected, "{name}");
     }
 
-    use aya::maps::{HashMap, MapData};
-    use enforcer_common::maps::{RuleEntry, RuleKey, SimEntry, names};
+    use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
+    use enforcer_common::maps::{PortRuleKey, RULE_KEY_LEN, RuleEntry, SimEntry, names};
     let sims: HashMap<&MapData, [u8; 4], SimEntry> =
         HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4")).expect("hash map");
     assert_eq!(
@@ -555,12 +560,25 @@ segment = "chargers"
         2,
         "stale SIMs are removed from a map that held entries"
     );
-    let rules: HashMap<&MapData, RuleKey, RuleEntry> =
-        HashMap::try_from(harness.enforcer.map(names::RULES).expect("RULES")).expect("hash map");
-    let keys: Vec<RuleKey> = rules.keys().filter_map(Result::ok).collect();
+    let rules: LpmTrie<&MapData, [u8; RULE_KEY_LEN], RuleEntry> =
+        LpmTrie::try_from(harness.enforcer.map(names::RULES).expect("RULES_V2")).expect("trie");
+    let mut generations: Vec<u8> = rules
+        .keys()
+        .filter_map(Result::ok)
+        .map(|key: Key<[u8; RULE_KEY_LEN]>| key.data()[0])
+        .collect();
+    let single: HashMap<&MapData, PortRuleKey, RuleEntry> =
+        HashMap::try_from(harness.enforcer.map(names::PORT_RULES).expect("PORT_RULES"))
+            .expect("hash map");
+    generations.extend(
+        single
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| key.generation),
+    );
     assert!(
-        !keys.is_empty() && keys.iter().all(|k| k.generation == generation),
-        "only the active generation's rules remain: {keys:?}"
+        !generations.is_empty() && generations.iter().all(|g| *g == generation),
+        "only the active generation's rules remain: {generations:?}"
     );
 }
 
@@ -579,7 +597,10 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         sims: 1024,
         sim_v4: 1024,
         sim_v6: 1024,
+        nets_v4: 1024,
+        nets_v6: 1024,
         rule_entries: 4096,
+        port_rules: 4096,
         rules: 1024,
     };
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();

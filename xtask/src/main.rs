@@ -42,6 +42,10 @@ enum Command {
         /// A few seconds' smoke run (part of `test`); writes only target/bench.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (comma-separated: per-packet, load, memory, scale, e2e);
+        /// BENCHMARKS.md keeps the other sections of its previous run, marked as such.
+        #[arg(long, value_name = "SECTIONS")]
+        only: Option<String>,
     },
 }
 
@@ -51,7 +55,7 @@ fn main() -> ExitCode {
         Command::Setup { purpose } => setup::run(purpose),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Command::VmTest { kernels } => vm_test::run(&kernels),
     };
     match result {

@@ -58,7 +58,7 @@ pub fn run() -> anyhow::Result<()> {
         // The kernel matrix: the same kernel-level tests inside Debian 12's 6.1 and 6.12.
         crate::vm_test::run(&[])?;
         // The benchmark's smoke run, so it cannot rot; its figures are not judged here.
-        crate::bench::run(true)?;
+        crate::bench::run(true, None)?;
     }
     println!("summary: {passed} passed, {failed} failed");
     if failed > 0 {

@@ -19,7 +19,6 @@ use std::{
 pub use error::{PolicyError, PolicyErrors};
 use ipnetwork::{IpNetwork, Ipv6Network};
 pub use source::LoadOptions;
-pub(crate) use validate::overlaps;
 
 /// A policy that passed every check; ids are indices into its vectors.
 #[derive(Debug, Clone, PartialEq, Eq)]

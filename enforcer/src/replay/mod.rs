@@ -141,14 +141,7 @@ impl Replayer {
     /// When the program cannot be loaded (root, or CAP_BPF with CAP_NET_ADMIN, is needed) or
     /// the maps cannot be written.
     pub fn new(compiled: &Compiled, sims: usize, core_facing: bool) -> Result<Self, ReplayError> {
-        let floor = Capacity {
-            sims: 1024,
-            sim_v4: 1024,
-            sim_v6: 1024,
-            rule_entries: 4096,
-            rules: 1024,
-        };
-        let capacity = Capacity::for_image(&compiled.image, compiled.rules.len(), floor);
+        let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)?;
         let generation = enforcer.apply(&compiled.image)?;
         let flags = if core_facing { IFACE_DROP_NON_POOL } else { 0 };
