@@ -7,6 +7,7 @@ pub mod compile;
 pub mod counters;
 pub mod loader;
 pub mod oracle;
+pub mod pins;
 pub mod policy;
 pub mod privileges;
 pub mod reference;

@@ -16,6 +16,7 @@ use enforcer::{
     compile::{self, Compiled},
     counters::Totals,
     loader::{Capacity, Enforcer},
+    pins::PinDir,
     policy::{self, SimState, ValidatedPolicy},
     privileges,
     report::{Report, State},
@@ -287,6 +288,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(iface) = args.drop_non_pool.iter().find(|i| !args.ifaces.contains(i)) {
         bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
     }
+    if let Some((i, iface)) = args
+        .ifaces
+        .iter()
+        .enumerate()
+        .find(|(i, iface)| args.ifaces[..*i].contains(iface))
+    {
+        bail!(
+            "--iface {iface} is given twice (the {} time); give each interface once",
+            i + 1
+        );
+    }
     let mut ifindexes = Vec::new();
     for iface in &args.ifaces {
         let index = nix_if_nametoindex(iface)
@@ -298,43 +310,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     capacity
         .check(&compiled.image, compiled.rules.len())
         .with_context(|| format!("{} does not fit the maps", args.policy.display()))?;
-    std::fs::create_dir_all(&args.pin_dir).with_context(|| {
-        format!(
-            "creating pin directory {}; is /sys/fs/bpf mounted (bpffs)?",
-            args.pin_dir.display()
-        )
-    })?;
-    let mut enforcer = Enforcer::load(capacity, Some(&args.pin_dir))?;
-    let generation = enforcer.apply(&compiled.image)?;
-    info!(
-        policy = %args.policy.display(),
-        sims = policy.sims.len(),
-        rules = compiled.rules.len(),
-        generation,
-        verified_insns = enforcer.verified_instructions().unwrap_or(0),
-        "Loaded policy."
-    );
-    for (iface, index) in args.ifaces.iter().zip(&ifindexes) {
-        let flags = if args.drop_non_pool.contains(iface) {
-            IFACE_DROP_NON_POOL
-        } else {
-            0
-        };
-        enforcer.set_iface(*index, flags)?;
-    }
-    let mode = match args.xdp_mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Skb => XdpMode::Skb,
+    let pins = PinDir::claim(&args.pin_dir)?;
+    let started = start(&args, &policy, &compiled, capacity, &ifindexes);
+    let (mut enforcer, state) = match started {
+        Ok(started) => started,
+        Err(err) => {
+            // Leave nothing behind that this start created; a previous run's pins stay.
+            pins.remove_created();
+            return Err(err);
+        }
     };
-    for iface in &args.ifaces {
-        enforcer.attach(iface, mode)?;
-        info!(iface = %iface, mode = ?mode, "Attached XDP program.");
-    }
-    let state = State::new(&policy, &compiled, &args.pin_dir);
-    state
-        .write(&args.state_file)
-        .with_context(|| format!("writing state file {}", args.state_file.display()))?;
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -365,6 +350,54 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         warn!(error = %err, "Could not remove the state file.");
     }
     Ok(())
+}
+
+/// Load, fill, attach and write the state file: every step of `run` that can fail after the
+/// pin directory is claimed.
+fn start(
+    args: &RunArgs,
+    policy: &ValidatedPolicy,
+    compiled: &Compiled,
+    capacity: Capacity,
+    ifindexes: &[u32],
+) -> anyhow::Result<(Enforcer, State)> {
+    let mut enforcer = Enforcer::load(capacity, Some(&args.pin_dir))?;
+    let generation = enforcer.apply(&compiled.image)?;
+    info!(
+        policy = %args.policy.display(),
+        sims = policy.sims.len(),
+        rules = compiled.rules.len(),
+        generation,
+        verified_insns = enforcer.verified_instructions().unwrap_or(0),
+        "Loaded policy."
+    );
+    for (iface, index) in args.ifaces.iter().zip(ifindexes) {
+        let flags = if args.drop_non_pool.contains(iface) {
+            IFACE_DROP_NON_POOL
+        } else {
+            0
+        };
+        enforcer.set_iface(*index, flags)?;
+    }
+    let mode = match args.xdp_mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+    };
+    for iface in &args.ifaces {
+        if let Err(err) = enforcer.attach(iface, mode) {
+            // Detach what did attach: a failed start enforces nothing half-way.
+            let _ = enforcer.detach_all();
+            return Err(err.into());
+        }
+        info!(iface = %iface, mode = ?mode, "Attached XDP program.");
+    }
+    let state = State::new(policy, compiled, &args.pin_dir);
+    if let Err(err) = state.write(&args.state_file) {
+        let _ = enforcer.detach_all();
+        return Err(anyhow::Error::new(err)
+            .context(format!("writing state file {}", args.state_file.display())));
+    }
+    Ok((enforcer, state))
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

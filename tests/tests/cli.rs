@@ -505,3 +505,163 @@ fn attach_to_an_interface_held_by_another_program_names_it() {
     assert!(!third.status.success(), "{text}");
     assert!(text.contains("retry with `--xdp-mode skb`"), "{text}");
 }
+
+#[test]
+fn run_refuses_the_same_interface_twice() {
+    let out = enforcer(&[
+        "run",
+        "--policy",
+        &example(),
+        "--iface",
+        "lo",
+        "--iface",
+        "lo",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--iface lo is given twice"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The active generation in a pinned `CONFIG` map.
+fn pinned_generation(pin_dir: &str) -> u32 {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(std::path::Path::new(pin_dir).join("CONFIG")).expect("CONFIG pin");
+    let config: Array<_, enforcer_common::maps::Config> =
+        Array::try_from(Map::Array(data)).expect("CONFIG is an array");
+    config.get(&0, 0).expect("CONFIG[0]").generation
+}
+
+/// Start `enforcer run` on `lo` of `ns` and wait until it enforces; `None` if it exits first.
+fn start_enforcer(ns: &str, files: &RunFiles, policy: &str) -> Option<std::process::Child> {
+    use std::io::BufRead as _;
+    let mut child = Command::new("nsenter")
+        .args(files.args(ns, "skb", &enforcer_bin().display().to_string(), policy))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start enforcer");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let ready = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Enforcing"));
+    ready.then_some(child)
+}
+
+fn stop(mut child: std::process::Child, signal: i32) {
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), signal) };
+    let _ = child.wait();
+}
+
+/// One daemon per pin directory: a second `run` on the same pins is refused before it loads
+/// anything, and the first one's policy (its generation) is untouched.
+#[test]
+fn a_second_run_on_the_same_pin_directory_changes_nothing() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return;
+    }
+    let ns = integration_tests::netns::NetNs::new(&format!(
+        "{}-lock",
+        integration_tests::netns::unique_prefix()
+    ));
+    let files = RunFiles::new("lock");
+    let first = start_enforcer(&ns.name, &files, &example()).expect("the first run enforces");
+    let generation = pinned_generation(&files.pin_dir);
+    let other = RunFiles {
+        pin_dir: files.pin_dir.clone(),
+        state_file: format!("{}.second", files.state_file),
+    };
+    let second = Command::new("nsenter")
+        .args(other.args(
+            &ns.name,
+            "skb",
+            &enforcer_bin().display().to_string(),
+            &example(),
+        ))
+        .output()
+        .expect("run the second enforcer");
+    let still = pinned_generation(&files.pin_dir);
+    let pins_left = std::path::Path::new(&files.pin_dir).join("CONFIG").exists();
+    std::mem::forget(other); // Its pin directory is the first run's; `files` cleans up.
+    stop(first, libc::SIGTERM);
+    let text = text(&second);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("another `enforcer run` is enforcing from pin directory"),
+        "{text}"
+    );
+    assert_eq!(still, generation, "the second run flipped the live policy");
+    assert!(pins_left, "the second run removed the first one's pins");
+}
+
+/// A start that fails after loading (here: the state file cannot be written) detaches and
+/// removes the pins it created, and keeps the pins a previous run left.
+#[test]
+fn a_failed_start_removes_what_it_created_and_nothing_else() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return;
+    }
+    let ns = integration_tests::netns::NetNs::new(&format!(
+        "{}-fail",
+        integration_tests::netns::unique_prefix()
+    ));
+    let bin = enforcer_bin().display().to_string();
+    let failing = RunFiles {
+        pin_dir: RunFiles::new("fail").pin_dir.clone(),
+        state_file: "/proc/enforcer-never/state.json".to_owned(),
+    };
+    let out = Command::new("nsenter")
+        .args(failing.args(&ns.name, "skb", &bin, &example()))
+        .output()
+        .expect("run enforcer");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("writing state file"), "{}", text(&out));
+    assert!(
+        !std::path::Path::new(&failing.pin_dir).exists(),
+        "a failed start left its pin directory"
+    );
+    let link = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{}", ns.name),
+            "ip",
+            "-d",
+            "link",
+            "show",
+            "lo",
+        ])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "a failed start left XDP attached: {}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+
+    // A previous run killed with SIGKILL leaves its pins; a failed start keeps them.
+    let files = RunFiles::new("kept");
+    let first = start_enforcer(&ns.name, &files, &example()).expect("the first run enforces");
+    stop(first, libc::SIGKILL);
+    let failing = RunFiles {
+        pin_dir: files.pin_dir.clone(),
+        state_file: "/proc/enforcer-never/state.json".to_owned(),
+    };
+    let out = Command::new("nsenter")
+        .args(failing.args(&ns.name, "skb", &bin, &example()))
+        .output()
+        .expect("run enforcer");
+    std::mem::forget(failing);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        std::path::Path::new(&files.pin_dir)
+            .join("SIM_STATS")
+            .exists(),
+        "a failed start removed a previous run's pins"
+    );
+}
