@@ -91,6 +91,20 @@ pub enum LoadError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// A map pinned by an earlier run does not fit what this build and capacity need.
+    #[error(
+        "the map {map} pinned in {dir} does not fit this start: {what}. It was made by another \
+         build or with smaller capacities; start with the capacities it was made with, or stop \
+         every enforcer using {dir} and remove that directory (its counters are lost)"
+    )]
+    PinMismatch {
+        /// Map name.
+        map: &'static str,
+        /// Pin directory.
+        dir: String,
+        /// What differs.
+        what: String,
+    },
     /// The interface does not exist.
     #[error("no network interface named `{0}`; check `ip link`")]
     NoSuchInterface(String),
@@ -107,6 +121,80 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
     }
 }
 
+/// The maps whose size is chosen at load time, with the size `capacity` gives them; every other
+/// map keeps the size written in the object.
+fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
+    [
+        (names::SIM_V4, capacity.sim_v4),
+        (names::SIM_V6, capacity.sim_v6),
+        (names::SIM_STATS, capacity.sims),
+        (names::NET_V4, capacity.nets_v4),
+        (names::NET_V6, capacity.nets_v6),
+        (names::RULES, capacity.rule_entries),
+        (names::PORT_RULES, capacity.port_rules),
+        (names::RULE_STATS, capacity.rules),
+    ]
+}
+
+/// Check every map already pinned in `dir` against the one this build would create with
+/// `capacity` (from the object's own map definitions): the same map type, key size and value
+/// size, and at least as many entries. A pin from an older layout or a smaller run is refused
+/// before anything is loaded, rather than reused to fail half-way through a policy.
+///
+/// # Errors
+/// [`LoadError::PinMismatch`] naming the map and what differs.
+pub fn check_pins(dir: &Path, capacity: &Capacity) -> Result<(), LoadError> {
+    let object = aya_obj::Object::parse(PROGRAM).map_err(|source| LoadError::Object {
+        pin_dir: dir.display().to_string(),
+        source: Box::new(aya::EbpfError::ParseError(source)),
+    })?;
+    let sized = sized_maps(capacity);
+    for name in names::ALL {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(def) = object.maps.get(name) else {
+            continue;
+        };
+        let needed = sized
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(def.max_entries(), |&(_, entries)| entries);
+        let mismatch = |what: String| LoadError::PinMismatch {
+            map: name,
+            dir: dir.display().to_string(),
+            what,
+        };
+        let info = aya::maps::MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(|e| mismatch(format!("it cannot be read ({e})")))?;
+        let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        if pinned_type != def.map_type() {
+            return Err(mismatch(format!(
+                "it is a map of type {pinned_type}, this build needs type {}",
+                def.map_type()
+            )));
+        }
+        if (info.key_size(), info.value_size()) != (def.key_size(), def.value_size()) {
+            return Err(mismatch(format!(
+                "its keys and values are {} and {} bytes, this build needs {} and {}",
+                info.key_size(),
+                info.value_size(),
+                def.key_size(),
+                def.value_size()
+            )));
+        }
+        if info.max_entries() < needed {
+            return Err(mismatch(format!(
+                "it holds {} entries, this start needs {needed}",
+                info.max_entries()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A loaded (not necessarily attached) enforcer program and its maps.
 pub struct Enforcer {
     ebpf: Ebpf,
@@ -119,16 +207,13 @@ impl Enforcer {
     /// Load the object with maps sized by `capacity`; with `pin_dir`, every map is pinned there
     /// (and reused if already pinned, so counters survive a daemon restart).
     pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        if let Some(dir) = pin_dir {
+            check_pins(dir, &capacity)?;
+        }
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::SIM_V4, capacity.sim_v4)
-            .map_max_entries(names::SIM_V6, capacity.sim_v6)
-            .map_max_entries(names::SIM_STATS, capacity.sims)
-            .map_max_entries(names::NET_V4, capacity.nets_v4)
-            .map_max_entries(names::NET_V6, capacity.nets_v6)
-            .map_max_entries(names::RULES, capacity.rule_entries)
-            .map_max_entries(names::PORT_RULES, capacity.port_rules)
-            .map_max_entries(names::RULE_STATS, capacity.rules);
+        for (name, entries) in sized_maps(&capacity) {
+            loader.map_max_entries(name, entries);
+        }
         if let Some(dir) = pin_dir {
             for name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));

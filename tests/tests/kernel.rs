@@ -658,3 +658,51 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Pins left by a run with smaller capacities are refused, naming the map, before anything is
+/// loaded; the pins and their counters stay as they were.
+#[test]
+fn pinned_maps_that_do_not_fit_are_refused_and_kept() {
+    use enforcer::loader::{Capacity, Enforcer};
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/enforcer-pin-fit-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
+    let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
+    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let small = Capacity::for_test_run(&compiled.image, compiled.rules.len());
+    let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
+    let result = std::panic::catch_unwind(|| {
+        let mut first = Enforcer::load(small, Some(&pin_dir)).expect("load with pins");
+        first.apply(&compiled.image).expect("apply");
+        first.test_run(&frame, 1, TEST_IFINDEX).expect("test run");
+        std::mem::drop(first);
+
+        let larger = small.with_sims(small.sims * 4);
+        let error = Enforcer::load(larger, Some(&pin_dir))
+            .err()
+            .expect("pins with fewer SIM entries are refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("SIM_") && message.contains("entries, this start needs"),
+            "{message}"
+        );
+        // Nothing was replaced: the same capacity loads again, counters intact.
+        let again = Enforcer::load(small, Some(&pin_dir)).expect("the old capacity still fits");
+        let passed = enforcer::counters::sim(
+            again
+                .map(enforcer_common::maps::names::SIM_STATS)
+                .expect("SIM_STATS"),
+            0,
+        )
+        .expect("read SIM_STATS")
+        .pass_packets;
+        assert_eq!(passed, 1, "the pinned counters survived the refused start");
+        again.unpin().expect("remove pins");
+    });
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
