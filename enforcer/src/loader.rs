@@ -137,9 +137,12 @@ fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
 }
 
 /// Check every map already pinned in `dir` against the one this build would create with
-/// `capacity` (from the object's own map definitions): the same map type, key size and value
-/// size, and at least as many entries. A pin from an older layout or a smaller run is refused
-/// before anything is loaded, rather than reused to fail half-way through a policy.
+/// `capacity` (from the object's own map definitions): the same map type, key size, value size
+/// and flags, and at least as many entries. A pin from an older layout or a smaller run is
+/// refused before anything is loaded, rather than reused to fail half-way through a policy.
+/// A layout change that keeps the sizes (fields reordered) is caught by the map's name: the
+/// convention is that any key or value change renames the map (`RULES_V2`, `VERDICTS_V2`), so
+/// an old pin is never opened under the new layout.
 ///
 /// # Errors
 /// [`LoadError::PinMismatch`] naming the map and what differs.
@@ -183,6 +186,13 @@ pub fn check_pins(dir: &Path, capacity: &Capacity) -> Result<(), LoadError> {
                 info.value_size(),
                 def.key_size(),
                 def.value_size()
+            )));
+        }
+        if info.map_flags() != def.map_flags() {
+            return Err(mismatch(format!(
+                "its flags are {:#x}, this build needs {:#x}",
+                info.map_flags(),
+                def.map_flags()
             )));
         }
         if info.max_entries() < needed {

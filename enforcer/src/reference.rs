@@ -116,7 +116,9 @@ impl RuleTable for Reference {
             return None;
         }
         let allows = |entry: &RuleKey| {
-            if entry.subject != key.subject || entry.class != key.class {
+            // Single-port entries live in `PORT_RULES` only, as in the kernel: a compiler that
+            // lost a subject's single-port tier must not be hidden by finding them here.
+            if entry.port_bits == 16 || entry.subject != key.subject || entry.class != key.class {
                 return false;
             }
             if entry.proto == PROTO_ANY {

@@ -126,3 +126,30 @@ proptest! {
         }
     }
 }
+
+/// The same mutated and arbitrary frames through the real XDP program: the harness checks
+/// that the kernel returns the reference parser's verdict and counts it (every header walk of
+/// the kernel against its userspace twin, on inputs no generator was written for).
+#[test]
+fn kernel_and_reference_agree_on_fuzzed_frames() {
+    use proptest::test_runner::TestRunner;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return;
+    }
+    let harness = std::cell::RefCell::new(integration_tests::harness::Harness::new(
+        integration_tests::forwarded::POLICY,
+        &[],
+    ));
+    let mut runner = TestRunner::new(config());
+    runner
+        .run(&frames(), |frame| {
+            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+            if frame.len() >= 14 {
+                harness.borrow_mut().check(&frame);
+            }
+            Ok(())
+        })
+        .expect("kernel and reference agree");
+}
