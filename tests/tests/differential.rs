@@ -264,7 +264,9 @@ impl RandomPolicy {
                 let _ = writeln!(sims_text, "ipv6 = \"{prefix}::/64\"");
                 sims_v6.push(prefix);
             }
-            if rng.chance(10) {
+            // The second SIM is always quarantined, so that even four policies (the VM
+            // matrix's 20,000 frames) reach that verdict; others by chance.
+            if i == 1 || rng.chance(10) {
                 let _ = writeln!(sims_text, "state = \"quarantined\"");
             }
             imsis.push(imsi);
