@@ -402,6 +402,20 @@ fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(!stderr.contains('\u{1b}'), "ANSI escape in {stderr:?}");
 }
 
+/// A network namespace of its own for a test that loads XDP; `None` (test skipped, with why)
+/// when not root.
+fn root_namespace(tag: &str) -> Option<integration_tests::netns::NetNs> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to load XDP");
+        return None;
+    }
+    Some(integration_tests::netns::NetNs::new(&format!(
+        "{}-{tag}",
+        integration_tests::netns::unique_prefix()
+    )))
+}
+
 /// A pin directory and state file of one `enforcer run`, removed on drop (a failed attach
 /// leaves its pins behind).
 struct RunFiles {
@@ -454,15 +468,9 @@ impl Drop for RunFiles {
 #[test]
 fn attach_to_an_interface_held_by_another_program_names_it() {
     use std::io::BufRead as _;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to load XDP");
+    let Some(ns) = root_namespace("held") else {
         return;
-    }
-    let ns = integration_tests::netns::NetNs::new(&format!(
-        "{}-held",
-        integration_tests::netns::unique_prefix()
-    ));
+    };
     let bin = enforcer_bin().display().to_string();
     let policy = example();
     let (first_files, second_files) = (RunFiles::new("held1"), RunFiles::new("held2"));
@@ -560,15 +568,9 @@ fn stop(mut child: std::process::Child, signal: i32) {
 /// anything, and the first one's policy (its generation) is untouched.
 #[test]
 fn a_second_run_on_the_same_pin_directory_changes_nothing() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to load XDP");
+    let Some(ns) = root_namespace("lock") else {
         return;
-    }
-    let ns = integration_tests::netns::NetNs::new(&format!(
-        "{}-lock",
-        integration_tests::netns::unique_prefix()
-    ));
+    };
     let files = RunFiles::new("lock");
     let first = start_enforcer(&ns.name, &files, &example()).expect("the first run enforces");
     let generation = pinned_generation(&files.pin_dir);
@@ -603,15 +605,9 @@ fn a_second_run_on_the_same_pin_directory_changes_nothing() {
 /// removes the pins it created, and keeps the pins a previous run left.
 #[test]
 fn a_failed_start_removes_what_it_created_and_nothing_else() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to load XDP");
+    let Some(ns) = root_namespace("fail") else {
         return;
-    }
-    let ns = integration_tests::netns::NetNs::new(&format!(
-        "{}-fail",
-        integration_tests::netns::unique_prefix()
-    ));
+    };
     let bin = enforcer_bin().display().to_string();
     let failing = RunFiles {
         pin_dir: RunFiles::new("fail").pin_dir.clone(),

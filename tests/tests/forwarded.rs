@@ -11,6 +11,15 @@ use integration_tests::{
     harness::{Harness, TEST_IFINDEX, hex},
 };
 
+/// The SIM's TCP/443 frame to the payment host: rule 0 of the fixtures' policy.
+fn allowed() -> integration_tests::frames::Frame {
+    integration_tests::frames::Frame::new(
+        "10.64.0.1",
+        "198.51.100.10",
+        integration_tests::frames::L4::Tcp(443),
+    )
+}
+
 fn name(verdict: Verdict) -> String {
     enforcer::replay::verdict_name(verdict)
 }
@@ -46,6 +55,14 @@ fn every_forwarding_fixture_gets_its_verdict() {
 struct Scratch(PathBuf);
 
 impl Scratch {
+    /// A scratch directory holding the fixtures' policy; returns it and the policy's path.
+    fn with_policy(tag: &str) -> (Self, PathBuf) {
+        let scratch = Self::new(tag);
+        let policy = scratch.0.join("policy.toml");
+        std::fs::write(&policy, POLICY).expect("write policy");
+        (scratch, policy)
+    }
+
     fn new(tag: &str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("enforcer-replay-{}-{tag}", std::process::id()));
@@ -99,9 +116,7 @@ fn replay(
 
 #[test]
 fn replay_shows_the_fixture_verdicts_from_pcap_and_pcapng() {
-    let scratch = Scratch::new("fixtures");
-    let policy = scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("write policy");
+    let (scratch, policy) = Scratch::with_policy("fixtures");
     for core_facing in [false, true] {
         let chosen: Vec<Fixture> = fixtures()
             .into_iter()
@@ -144,15 +159,8 @@ fn replay_shows_the_fixture_verdicts_from_pcap_and_pcapng() {
 
 #[test]
 fn replay_prints_a_table_with_addresses_ports_and_the_rule() {
-    let scratch = Scratch::new("table");
-    let policy = scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("write policy");
-    let allowed = integration_tests::frames::Frame::new(
-        "10.64.0.1",
-        "198.51.100.10",
-        integration_tests::frames::L4::Tcp(443),
-    )
-    .build();
+    let (scratch, policy) = Scratch::with_policy("table");
+    let allowed = allowed().build();
     let capture = scratch.0.join("one.pcap");
     write_pcap(&capture, &[&allowed, &allowed[..10]]);
     let out = Command::new(enforcer_bin())
@@ -188,9 +196,7 @@ fn replay_prints_a_table_with_addresses_ports_and_the_rule() {
 
 #[test]
 fn replay_refuses_a_file_that_is_not_a_capture() {
-    let scratch = Scratch::new("bad");
-    let policy = scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("write policy");
+    let (_scratch, policy) = Scratch::with_policy("bad");
     let out = Command::new(enforcer_bin())
         .args(["policy", "replay"])
         .arg(&policy)
@@ -221,14 +227,8 @@ fn raw_pcap(snaplen: u32, linktype: u32, records: &[(&[u8], u32)]) -> Vec<u8> {
 /// judged with its reason, and nothing else in the file is lost.
 #[test]
 fn replay_lists_what_it_cannot_judge_and_why() {
-    let scratch = Scratch::new("unjudged");
-    let policy = scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("write policy");
-    let allowed = integration_tests::frames::Frame::new(
-        "10.64.0.1",
-        "198.51.100.10",
-        integration_tests::frames::L4::Tcp(443),
-    );
+    let (scratch, policy) = Scratch::with_policy("unjudged");
+    let allowed = allowed();
     let frame = allowed.build();
     let mut jumbo = allowed.clone();
     jumbo.payload = 4000;
@@ -282,15 +282,8 @@ fn replay_lists_what_it_cannot_judge_and_why() {
 
 #[test]
 fn replay_reads_standard_input_and_names_an_empty_file() {
-    let scratch = Scratch::new("stdin");
-    let policy = scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("write policy");
-    let frame = integration_tests::frames::Frame::new(
-        "10.64.0.1",
-        "198.51.100.10",
-        integration_tests::frames::L4::Tcp(443),
-    )
-    .build();
+    let (scratch, policy) = Scratch::with_policy("stdin");
+    let frame = allowed().build();
     let capture = scratch.0.join("in.pcap");
     std::fs::write(&capture, integration_tests::capture::file(&[frame], true)).expect("write");
     let out = Command::new("sh")

@@ -593,16 +593,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
     let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
     let compiled = enforcer::compile::compile(&policy).expect("compiles");
-    let capacity = Capacity {
-        sims: 1024,
-        sim_v4: 1024,
-        sim_v6: 1024,
-        nets_v4: 1024,
-        nets_v6: 1024,
-        rule_entries: 4096,
-        port_rules: 4096,
-        rules: 1024,
-    };
+    let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let packets = |enforcer: &Enforcer| {
         enforcer::counters::sim(
