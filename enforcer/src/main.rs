@@ -22,7 +22,7 @@ use enforcer::{
     report::{Report, State},
 };
 use enforcer_common::maps::IFACE_DROP_NON_POOL;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
 const DEFAULT_STATE_FILE: &str = "/run/enforcer/state.json";
@@ -324,7 +324,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the signal handler")?;
-    runtime.block_on(wait_for_shutdown())?;
+    let (policy, compiled, state) = runtime.block_on(enforce_until_stopped(
+        &args,
+        &mut enforcer,
+        (policy, compiled, state),
+    ))?;
 
     let totals = Totals::read(
         enforcer
@@ -400,16 +404,77 @@ fn start(
     Ok((enforcer, state))
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
+/// The policy being enforced, its compilation and the names written for `stats`.
+type Loaded = (ValidatedPolicy, Compiled, State);
+
+/// Enforce until SIGINT or SIGTERM; on SIGHUP read the policy file again and apply it (see
+/// [`reload`]). Returns the policy in force at the end.
+async fn enforce_until_stopped(
+    args: &RunArgs,
+    enforcer: &mut Enforcer,
+    mut loaded: Loaded,
+) -> anyhow::Result<Loaded> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    info!("Enforcing; stop with SIGINT or SIGTERM.");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down."),
-        _ = int.recv() => info!("SIGINT received, shutting down."),
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    info!("Enforcing; reload the policy with SIGHUP, stop with SIGINT or SIGTERM.");
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                info!("SIGTERM received, shutting down.");
+                return Ok(loaded);
+            }
+            _ = int.recv() => {
+                info!("SIGINT received, shutting down.");
+                return Ok(loaded);
+            }
+            _ = hup.recv() => match reload(args, enforcer) {
+                Ok(new) => loaded = new,
+                Err(err) => error!(
+                    policy = %args.policy.display(),
+                    error = format!("{err:#}"),
+                    "Reload failed; still enforcing the previous policy."
+                ),
+            },
+        }
     }
-    Ok(())
+}
+
+/// Read, validate and compile the policy file again, check it fits the loaded maps, and apply
+/// it to the running program: the new generation is filled, then one write switches to it (the
+/// program stays attached, so there is no moment without enforcement). A policy that fails
+/// validation, compilation or the capacity check changes nothing.
+fn reload(args: &RunArgs, enforcer: &mut Enforcer) -> anyhow::Result<Loaded> {
+    let (policy, compiled) = load_policy(&args.policy, &args.input.options())?;
+    enforcer
+        .capacity()
+        .check(&compiled.image, compiled.rules.len())
+        .with_context(|| {
+            format!(
+                "{} does not fit the maps loaded at start; restart with larger capacities",
+                args.policy.display()
+            )
+        })?;
+    let generation = enforcer.apply(&compiled.image)?;
+    // The new policy is in force from here on; a state file that cannot be written only leaves
+    // `stats` with the old names, which is worth a warning, not a failed reload.
+    let state = State::new(&policy, &compiled, &args.pin_dir);
+    if let Err(err) = state.write(&args.state_file) {
+        warn!(
+            error = %err,
+            state_file = %args.state_file.display(),
+            "Policy reloaded, but the state file for `enforcer stats` could not be written."
+        );
+    }
+    info!(
+        policy = %args.policy.display(),
+        sims = policy.sims.len(),
+        rules = compiled.rules.len(),
+        generation,
+        "Reloaded policy."
+    );
+    Ok((policy, compiled, state))
 }
 
 fn nix_if_nametoindex(name: &str) -> anyhow::Result<u32> {

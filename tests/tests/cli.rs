@@ -661,3 +661,81 @@ fn a_failed_start_removes_what_it_created_and_nothing_else() {
         "a failed start removed a previous run's pins"
     );
 }
+
+/// SIGHUP reloads the policy file into the running program (the generation flips, the state
+/// file names the new rules, the daemon keeps running); an invalid file changes nothing.
+#[test]
+fn sighup_reloads_the_policy_and_an_invalid_one_changes_nothing() {
+    let Some(ns) = root_namespace("hup") else {
+        return;
+    };
+    let files = RunFiles::new("hup");
+    let policy = temp_policy(
+        "hup",
+        r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "s"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "s"
+"#,
+    );
+    let policy_arg = policy.display().to_string();
+    let child = start_enforcer(&ns.name, &files, &policy_arg).expect("the run enforces");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let rules = || -> usize {
+        let text = std::fs::read_to_string(&files.state_file).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["rules"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let wait_for = |what: &dyn Fn() -> bool| {
+        (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            what()
+        })
+    };
+    let before = pinned_generation(&files.pin_dir);
+    let one_rule = rules();
+
+    let mut text = std::fs::read_to_string(&policy).expect("read policy");
+    text = text.replace(
+        "ports = [443] } ]",
+        "ports = [443] }, { to = [\"198.51.100.20\"], proto = \"udp\", ports = [53] } ]",
+    );
+    std::fs::write(&policy, &text).expect("edit policy");
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloaded = wait_for(&|| rules() == 2);
+    let after = pinned_generation(&files.pin_dir);
+
+    std::fs::write(&policy, "pools = [\"10.64.0.0/16\"]\n[[segments]\nname = ").expect("break");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after_invalid = pinned_generation(&files.pin_dir);
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    stop(child, libc::SIGTERM);
+    let _ = std::fs::remove_file(&policy);
+
+    assert_eq!(one_rule, 1, "the state file names the first policy's rule");
+    assert!(
+        reloaded,
+        "SIGHUP did not reload the policy (state file rules: {})",
+        rules()
+    );
+    assert_ne!(
+        after, before,
+        "a reload fills the other generation and switches to it"
+    );
+    assert_eq!(
+        after_invalid, after,
+        "an invalid policy changed the running one"
+    );
+    assert!(alive, "an invalid policy on SIGHUP stopped the daemon");
+}
