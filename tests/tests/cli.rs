@@ -23,6 +23,12 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Assert that the command failed and said `needle`, printing all it said otherwise.
+fn fails_saying(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "succeeded: {}", text(out));
+    assert!(text(out).contains(needle), "{}", text(out));
+}
+
 fn example() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/policy.toml")
@@ -157,12 +163,7 @@ fn run_on_a_missing_interface_says_so() {
         "--pin-dir",
         &pin_dir,
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("no network interface named `nosuchif0`"),
-        "{}",
-        text(&out)
-    );
+    fails_saying(&out, "no network interface named `nosuchif0`");
     assert!(
         !Path::new(&pin_dir).exists(),
         "nothing pinned before the interfaces are checked"
@@ -184,12 +185,7 @@ fn run_under_setpriv(setpriv: &[&str]) -> Output {
 #[test]
 fn run_as_an_unprivileged_user_names_the_capabilities() {
     let out = run_under_setpriv(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("needs CAP_BPF and CAP_NET_ADMIN; run it as root"),
-        "{}",
-        text(&out)
-    );
+    fails_saying(&out, "needs CAP_BPF and CAP_NET_ADMIN; run it as root");
 }
 
 /// Privilege is judged by capabilities, not by uid: root without CAP_BPF (and CAP_SYS_ADMIN)
@@ -243,12 +239,7 @@ fn drop_non_pool_must_name_an_attached_interface() {
 #[test]
 fn stats_without_a_running_enforcer_explains() {
     let out = enforcer(&["stats", "--state-file", "/nonexistent/state.json"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("is `enforcer run` running"),
-        "{}",
-        text(&out)
-    );
+    fails_saying(&out, "is `enforcer run` running");
 }
 
 /// A directory of its own for one test, removed at the end.
@@ -350,12 +341,7 @@ fn policy_check_refuses_devices_fifos_and_large_files_quickly() {
         );
     }
     let out = enforcer(&["policy", "check", &example(), "--max-file-size", "100"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("larger than 100 bytes"),
-        "{}",
-        text(&out)
-    );
+    fails_saying(&out, "larger than 100 bytes");
 }
 
 #[test]
@@ -525,12 +511,7 @@ fn run_refuses_the_same_interface_twice() {
         "--iface",
         "lo",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("--iface lo is given twice"),
-        "{}",
-        text(&out)
-    );
+    fails_saying(&out, "--iface lo is given twice");
 }
 
 /// The active generation in a pinned `CONFIG` map.

@@ -845,13 +845,7 @@ fn validation_keeps_its_invariants_on_generated_policies() {
 #[test]
 fn inventory_reader_survives_arbitrary_bytes() {
     let dir = Scratch::new("inventory-bytes");
-    let policies = corpus("policy", "toml");
-    let host = policies
-        .iter()
-        .find(|(n, _)| n == "inventory-host.toml")
-        .expect("host")
-        .1
-        .clone();
+    let host = inventory_host();
     run_property(
         "arbitrary inventory bytes",
         proptest::collection::vec(any::<u8>(), 0..2_048),
@@ -862,13 +856,7 @@ fn inventory_reader_survives_arbitrary_bytes() {
 #[test]
 fn inventory_reader_survives_mutated_corpus_inventories() {
     let dir = Scratch::new("inventory-mutated");
-    let policies = corpus("policy", "toml");
-    let host = policies
-        .iter()
-        .find(|(n, _)| n == "inventory-host.toml")
-        .expect("host")
-        .1
-        .clone();
+    let host = inventory_host();
     let inventories = corpus("inventory", "csv");
     let files = inventories.len();
     run_property(
@@ -879,4 +867,13 @@ fn inventory_reader_survives_mutated_corpus_inventories() {
             check(&dir.0, &host, Some(&csv))
         },
     );
+}
+
+/// The corpus policy that names an inventory, for the inventory fuzzers.
+fn inventory_host() -> Vec<u8> {
+    corpus("policy", "toml")
+        .into_iter()
+        .find(|(n, _)| n == "inventory-host.toml")
+        .expect("tests/corpus/policy/inventory-host.toml")
+        .1
 }

@@ -210,19 +210,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
                         expected.verdict
                     ));
                 }
-                let mut ours = Vec::new();
-                let mut empty = Vec::new();
-                for _ in 0..plan.reps {
-                    let (_, t) = enforcer
-                        .test_run(&frame, plan.repeat, IFINDEX)
-                        .map_err(|e| format!("{e}"))?;
-                    ours.push(t.as_nanos() as f64);
-                    let (_, t) = enforcer
-                        .baseline_test_run(&frame, plan.repeat)
-                        .map_err(|e| format!("{e}"))?;
-                    empty.push(t.as_nanos() as f64);
-                }
-                let (ours, empty) = (Stats::of(&ours), Stats::of(&empty));
+                let (ours, empty) = against_empty(&mut enforcer, &frame, plan)?;
                 let counted: Lookups = lookups(&reference, &frame, IFINDEX);
                 let verdict = match expected.verdict {
                     enforcer_common::Verdict::Pass(r, _) => format!("pass {}", r.name()),
@@ -633,19 +621,7 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
                 generated.name
             ));
         }
-        let mut ours = Vec::new();
-        let mut empty = Vec::new();
-        for _ in 0..plan.reps {
-            let (_, t) = enforcer
-                .test_run(&frame, plan.repeat, IFINDEX)
-                .map_err(|e| format!("{e}"))?;
-            ours.push(t.as_nanos() as f64);
-            let (_, t) = enforcer
-                .baseline_test_run(&frame, plan.repeat)
-                .map_err(|e| format!("{e}"))?;
-            empty.push(t.as_nanos() as f64);
-        }
-        let (ours, empty) = (Stats::of(&ours), Stats::of(&empty));
+        let (ours, empty) = against_empty(&mut enforcer, &frame, plan)?;
         let mib = |b: u64| b as f64 / 1_048_576.0;
         let _ = writeln!(
             md,
@@ -692,4 +668,26 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
         met(cidrs_s <= 1.0),
     );
     Ok(json!(rows))
+}
+
+/// Per-run ns of `frame` through the enforcer and through the empty program, interleaved
+/// `plan.reps` times with `plan.repeat` runs each, so both see the same machine state.
+fn against_empty(
+    enforcer: &mut Enforcer,
+    frame: &[u8],
+    plan: &Plan,
+) -> Result<(Stats, Stats), String> {
+    let mut ours = Vec::new();
+    let mut empty = Vec::new();
+    for _ in 0..plan.reps {
+        let (_, t) = enforcer
+            .test_run(frame, plan.repeat, IFINDEX)
+            .map_err(|e| format!("{e}"))?;
+        ours.push(t.as_nanos() as f64);
+        let (_, t) = enforcer
+            .baseline_test_run(frame, plan.repeat)
+            .map_err(|e| format!("{e}"))?;
+        empty.push(t.as_nanos() as f64);
+    }
+    Ok((Stats::of(&ours), Stats::of(&empty)))
 }
