@@ -4,7 +4,9 @@
 mod batch;
 pub mod capacity;
 pub mod compile;
+pub mod control;
 pub mod counters;
+pub mod links;
 pub mod loader;
 pub mod oracle;
 pub mod pins;
@@ -13,4 +15,5 @@ pub mod privileges;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod runtime;
 pub mod xdp_holder;

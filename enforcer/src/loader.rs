@@ -15,7 +15,8 @@ use aya::{
 };
 use enforcer_common::maps::{
     Config, GENERATIONS, IPPROTO_UDP, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_WORDS, PortRuleKey,
-    RULE_KEY_LEN, RuleEntry, SegmentEntry, SimEntry, names, ports_used_index, segment_index,
+    RULE_KEY_LEN, RuleEntry, SIM_QUARANTINED, SegmentEntry, SimEntry, SimKeyV4, SimKeyV6, names,
+    ports_used_index, segment_index,
 };
 
 pub use crate::capacity::Capacity;
@@ -256,6 +257,11 @@ impl Enforcer {
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
         })
+    }
+
+    /// The XDP program (loaded), for attaching through pinned links (`crate::links`).
+    pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        xdp(&mut self.ebpf)
     }
 
     /// Map sizes in use.
@@ -636,6 +642,55 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// Set or clear `SIM_QUARANTINED` on the SIM entries at `v4` and `v6` (the addresses of one
+    /// SIM): each entry is read and replaced with one map update, which the program sees
+    /// atomically (a hash map update swaps in a new element). Returns the entries changed.
+    pub fn set_sim_quarantine(
+        &mut self,
+        v4: Option<SimKeyV4>,
+        v6: Option<SimKeyV6>,
+        quarantined: bool,
+    ) -> Result<usize, LoadError> {
+        fn one<K: Pod>(
+            map: &mut Map,
+            name: &'static str,
+            key: K,
+            quarantined: bool,
+        ) -> Result<usize, LoadError> {
+            let mut map: HashMap<&mut MapData, K, SimEntry> =
+                HashMap::try_from(map).map_err(map_err(name, "opening"))?;
+            let Ok(mut entry) = map.get(&key, 0) else {
+                return Ok(0);
+            };
+            if quarantined {
+                entry.flags |= SIM_QUARANTINED;
+            } else {
+                entry.flags &= !SIM_QUARANTINED;
+            }
+            map.insert(key, entry, 0)
+                .map_err(map_err(name, "writing"))?;
+            Ok(1)
+        }
+        let mut changed = 0;
+        if let Some(key) = v4 {
+            changed += one(
+                self.map_mut(names::SIM_V4)?,
+                names::SIM_V4,
+                key,
+                quarantined,
+            )?;
+        }
+        if let Some(key) = v6 {
+            changed += one(
+                self.map_mut(names::SIM_V6)?,
+                names::SIM_V6,
+                key,
+                quarantined,
+            )?;
+        }
+        Ok(changed)
     }
 
     /// Run `frame` through the program `repeat` times with `BPF_PROG_TEST_RUN`; returns the

@@ -1,4 +1,6 @@
-//! `enforcer`: the daemon (`run`) and its CLI (`policy check`, `policy replay`, `stats`).
+//! `enforcer`: the daemon (`run`) and its CLI: offline policy tools (`policy check`, `policy
+//! replay`) and clients of the running daemon (`status`, `stats`, `policy apply`, `sim`), plus
+//! `detach`.
 
 mod cli;
 
@@ -8,24 +10,19 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use enforcer::{
     capacity::{self, Limits},
-    compile::{self, Compiled},
-    counters::Totals,
-    loader::{Capacity, Enforcer},
-    pins::PinDir,
+    compile::Compiled,
+    control,
+    loader::Capacity,
     policy::{self, SimState, ValidatedPolicy},
-    privileges,
-    report::{Report, State},
+    runtime,
 };
-use enforcer_common::maps::IFACE_DROP_NON_POOL;
-use tracing::{error, info, warn};
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
-const DEFAULT_STATE_FILE: &str = "/run/enforcer/state.json";
 
 /// Zero Trust packet enforcement for cellular IoT fleets, in XDP.
 #[derive(Parser)]
@@ -37,13 +34,62 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load a policy, attach to interfaces and enforce until SIGINT/SIGTERM.
+    /// The daemon: load a policy, attach to interfaces and enforce; reload on SIGHUP; stop on
+    /// SIGTERM/SIGINT, leaving enforcement pinned (see `detach`).
     Run(RunArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Show per-SIM, per-segment and per-rule counters of a running enforcer.
+    /// Show per-SIM, per-segment and per-rule counters of the running daemon.
     Stats(StatsArgs),
+    /// Show what the running daemon has loaded and attached.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Look at or act on one SIM of the running daemon.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Remove the enforcement a stopped daemon left pinned: detach every interface and remove
+    /// the program and maps (counters are lost).
+    Detach {
+        /// Pin directory of the daemon.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+/// Where the running daemon listens.
+#[derive(clap::Args)]
+struct SocketArg {
+    /// Control socket of the running daemon.
+    #[arg(long, env = "ENFORCER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// A SIM's segment, state, addresses and counters.
+    Show(SimArgs),
+    /// Drop every packet of the SIM from the next one on, until `sim release`; survives policy
+    /// reloads.
+    Quarantine(SimArgs),
+    /// Lift a quarantine set with `sim quarantine` (one the policy file sets stays).
+    Release(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// IMSI (15 digits).
+    imsi: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    socket: SocketArg,
 }
 
 #[derive(clap::Args)]
@@ -63,12 +109,12 @@ struct RunArgs {
     /// core-facing link); repeatable.
     #[arg(long = "drop-non-pool", value_name = "IF")]
     drop_non_pool: Vec<String>,
-    /// Where the maps are pinned (on bpffs) for `enforcer stats`.
+    /// Where the program, its links and maps are pinned (on bpffs); one daemon per directory.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Where the names behind map indices are written for `enforcer stats`.
-    #[arg(long, default_value = DEFAULT_STATE_FILE)]
-    state_file: PathBuf,
+    /// Control socket the CLI talks to (created mode 0600).
+    #[arg(long, env = "ENFORCER_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(flatten)]
     limits: Limits,
 }
@@ -112,6 +158,17 @@ enum PolicyCommand {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Validate a policy file and make it the running daemon's policy (what SIGHUP does for the
+    /// file in force); an invalid one changes nothing.
+    Apply {
+        /// Policy file (TOML).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 /// How policy files are read (`policy::LoadOptions`).
@@ -143,12 +200,8 @@ struct StatsArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
-    /// Pin directory of the running enforcer.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// State file of the running enforcer.
-    #[arg(long, default_value = DEFAULT_STATE_FILE)]
-    state_file: PathBuf,
+    #[command(flatten)]
+    socket: SocketArg,
 }
 
 fn main() -> ExitCode {
@@ -158,7 +211,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         // No colour codes in journald or a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -186,7 +239,20 @@ fn main() -> ExitCode {
                 core_facing,
             )
         }),
-        Command::Stats(args) => stats(&args),
+        Command::Policy(PolicyCommand::Apply { file, json, socket }) => {
+            cli::daemon::apply(&socket.socket, &file, json)
+        }
+        Command::Stats(args) => cli::daemon::stats(&args.socket.socket, &args.imsi, args.json),
+        Command::Status { json, socket } => cli::daemon::status(&socket.socket, json),
+        Command::Sim(command) => {
+            let (action, args) = match command {
+                SimCommand::Show(args) => (cli::daemon::SimAction::Show, args),
+                SimCommand::Quarantine(args) => (cli::daemon::SimAction::Quarantine, args),
+                SimCommand::Release(args) => (cli::daemon::SimAction::Release, args),
+            };
+            cli::daemon::sim(&args.socket.socket, action, &args.imsi, args.json)
+        }
+        Command::Detach { pin_dir } => cli::detach::run(&pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,6 +261,23 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard error that drops what cannot be written: a daemon must not die because whoever
+/// read its log went away (tracing-subscriber reports a failed write with `eprintln!`, which
+/// panics when stderr is a closed pipe).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
@@ -210,10 +293,7 @@ fn load_policy(
     path: &Path,
     options: &policy::LoadOptions,
 ) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
-    let policy = policy::load_with(path, options)?;
-    let compiled = compile::compile(&policy)
-        .with_context(|| format!("compiling {} failed", path.display()))?;
-    Ok((policy, compiled))
+    runtime::load_policy(path, options)
 }
 
 fn check(
@@ -283,239 +363,17 @@ fn check(
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (policy, compiled) = load_policy(&args.policy, &args.input.options())?;
-    privileges::require_bpf("enforcer run").map_err(anyhow::Error::msg)?;
-    if let Some(iface) = args.drop_non_pool.iter().find(|i| !args.ifaces.contains(i)) {
-        bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
-    }
-    if let Some((i, iface)) = args
-        .ifaces
-        .iter()
-        .enumerate()
-        .find(|(i, iface)| args.ifaces[..*i].contains(iface))
-    {
-        bail!(
-            "--iface {iface} is given twice (the {} time); give each interface once",
-            i + 1
-        );
-    }
-    let mut ifindexes = Vec::new();
-    for iface in &args.ifaces {
-        let index = nix_if_nametoindex(iface)
-            .with_context(|| format!("no network interface named `{iface}`; check `ip link`"))?;
-        ifindexes.push(index);
-    }
-
-    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &args.limits);
-    capacity
-        .check(&compiled.image, compiled.rules.len())
-        .with_context(|| format!("{} does not fit the maps", args.policy.display()))?;
-    let pins = PinDir::claim(&args.pin_dir)?;
-    let started = start(&args, &policy, &compiled, capacity, &ifindexes);
-    let (mut enforcer, state) = match started {
-        Ok(started) => started,
-        Err(err) => {
-            // Leave nothing behind that this start created; a previous run's pins stay.
-            pins.remove_created();
-            return Err(err);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal handler")?;
-    let (policy, compiled, state) = runtime.block_on(enforce_until_stopped(
-        &args,
-        &mut enforcer,
-        (policy, compiled, state),
-    ))?;
-
-    let totals = Totals::read(
-        enforcer
-            .map(enforcer_common::maps::names::SIM_STATS)
-            .context("SIM_STATS missing")?,
-        enforcer
-            .map(enforcer_common::maps::names::VERDICT_STATS)
-            .context("VERDICT_STATS missing")?,
-        enforcer
-            .map(enforcer_common::maps::names::RULE_STATS)
-            .context("RULE_STATS missing")?,
-        policy.sims.len(),
-        compiled.rules.len(),
-    )
-    .context("reading counters")?;
-    print!("{}", Report::new(&state, &totals, &[]).to_table());
-    enforcer.detach_all()?;
-    info!("Detached XDP program.");
-    if let Err(err) = enforcer.unpin() {
-        warn!(error = %err, pin_dir = %args.pin_dir.display(), "Could not remove pins.");
-    }
-    if let Err(err) = std::fs::remove_file(&args.state_file) {
-        warn!(error = %err, "Could not remove the state file.");
-    }
-    Ok(())
-}
-
-/// Load, fill, attach and write the state file: every step of `run` that can fail after the
-/// pin directory is claimed.
-fn start(
-    args: &RunArgs,
-    policy: &ValidatedPolicy,
-    compiled: &Compiled,
-    capacity: Capacity,
-    ifindexes: &[u32],
-) -> anyhow::Result<(Enforcer, State)> {
-    let mut enforcer = Enforcer::load(capacity, Some(&args.pin_dir))?;
-    let generation = enforcer.apply(&compiled.image)?;
-    info!(
-        policy = %args.policy.display(),
-        sims = policy.sims.len(),
-        rules = compiled.rules.len(),
-        generation,
-        verified_insns = enforcer.verified_instructions().unwrap_or(0),
-        "Loaded policy."
-    );
-    for (iface, index) in args.ifaces.iter().zip(ifindexes) {
-        let flags = if args.drop_non_pool.contains(iface) {
-            IFACE_DROP_NON_POOL
-        } else {
-            0
-        };
-        enforcer.set_iface(*index, flags)?;
-    }
-    let mode = match args.xdp_mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Skb => XdpMode::Skb,
-    };
-    for iface in &args.ifaces {
-        if let Err(err) = enforcer.attach(iface, mode) {
-            // Detach what did attach: a failed start enforces nothing half-way.
-            let _ = enforcer.detach_all();
-            return Err(err.into());
-        }
-        info!(iface = %iface, mode = ?mode, "Attached XDP program.");
-    }
-    let state = State::new(policy, compiled, &args.pin_dir);
-    if let Err(err) = state.write(&args.state_file) {
-        let _ = enforcer.detach_all();
-        return Err(anyhow::Error::new(err)
-            .context(format!("writing state file {}", args.state_file.display())));
-    }
-    Ok((enforcer, state))
-}
-
-/// The policy being enforced, its compilation and the names written for `stats`.
-type Loaded = (ValidatedPolicy, Compiled, State);
-
-/// Enforce until SIGINT or SIGTERM; on SIGHUP read the policy file again and apply it (see
-/// [`reload`]). Returns the policy in force at the end.
-async fn enforce_until_stopped(
-    args: &RunArgs,
-    enforcer: &mut Enforcer,
-    mut loaded: Loaded,
-) -> anyhow::Result<Loaded> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    info!("Enforcing; reload the policy with SIGHUP, stop with SIGINT or SIGTERM.");
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                info!("SIGTERM received, shutting down.");
-                return Ok(loaded);
-            }
-            _ = int.recv() => {
-                info!("SIGINT received, shutting down.");
-                return Ok(loaded);
-            }
-            _ = hup.recv() => match reload(args, enforcer) {
-                Ok(new) => loaded = new,
-                Err(err) => error!(
-                    policy = %args.policy.display(),
-                    error = format!("{err:#}"),
-                    "Reload failed; still enforcing the previous policy."
-                ),
-            },
-        }
-    }
-}
-
-/// Read, validate and compile the policy file again, check it fits the loaded maps, and apply
-/// it to the running program: the new generation is filled, then one write switches to it (the
-/// program stays attached, so there is no moment without enforcement). A policy that fails
-/// validation, compilation or the capacity check changes nothing.
-fn reload(args: &RunArgs, enforcer: &mut Enforcer) -> anyhow::Result<Loaded> {
-    let (policy, compiled) = load_policy(&args.policy, &args.input.options())?;
-    enforcer
-        .capacity()
-        .check(&compiled.image, compiled.rules.len())
-        .with_context(|| {
-            format!(
-                "{} does not fit the maps loaded at start; restart with larger capacities",
-                args.policy.display()
-            )
-        })?;
-    let generation = enforcer.apply(&compiled.image)?;
-    // The new policy is in force from here on; a state file that cannot be written only leaves
-    // `stats` with the old names, which is worth a warning, not a failed reload.
-    let state = State::new(&policy, &compiled, &args.pin_dir);
-    if let Err(err) = state.write(&args.state_file) {
-        warn!(
-            error = %err,
-            state_file = %args.state_file.display(),
-            "Policy reloaded, but the state file for `enforcer stats` could not be written."
-        );
-    }
-    info!(
-        policy = %args.policy.display(),
-        sims = policy.sims.len(),
-        rules = compiled.rules.len(),
-        generation,
-        "Reloaded policy."
-    );
-    Ok((policy, compiled, state))
-}
-
-fn nix_if_nametoindex(name: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
-    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(index)
-}
-
-fn stats(args: &StatsArgs) -> anyhow::Result<()> {
-    let state = State::read(&args.state_file).with_context(|| {
-        format!(
-            "reading {}; is `enforcer run` running (with the same --state-file)?",
-            args.state_file.display()
-        )
-    })?;
-    for imsi in &args.imsi {
-        if !state.sims.iter().any(|s| &s.imsi == imsi) {
-            bail!(
-                "IMSI {imsi} is not in the loaded policy ({})",
-                state.policy.display()
-            );
-        }
-    }
-    let totals = Totals::read_pinned(&args.pin_dir, state.sims.len(), state.rules.len())
-        .with_context(|| {
-            format!(
-                "reading counters pinned in {}; is `enforcer run` running?",
-                args.pin_dir.display()
-            )
-        })?;
-    let report = Report::new(&state, &totals, &args.imsi);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        write!(out, "{}", report.to_table())?;
-    }
-    Ok(())
+    runtime::run(runtime::Settings {
+        load: args.input.options(),
+        policy: args.policy,
+        ifaces: args.ifaces,
+        core_facing: args.drop_non_pool,
+        mode: match args.xdp_mode {
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+        },
+        pin_dir: args.pin_dir,
+        socket: args.socket,
+        limits: args.limits,
+    })
 }

@@ -56,6 +56,9 @@ pub struct PinDir {
     _lock: File,
     created_dir: bool,
     existing: Vec<&'static str>,
+    /// The program pin and the links directory were there before this claim.
+    had_program: bool,
+    had_links: bool,
 }
 
 impl PinDir {
@@ -106,6 +109,8 @@ impl PinDir {
             _lock: lock,
             created_dir,
             existing,
+            had_program: path.join(crate::links::PROGRAM_PIN).exists(),
+            had_links: path.join(crate::links::LINKS_DIR).exists(),
         })
     }
 
@@ -116,12 +121,19 @@ impl PinDir {
     }
 
     /// After a failed start: remove the pins this start created (and the directory, if it
-    /// created that too), keeping every pin that was there before.
+    /// created that too), keeping every pin that was there before. Links the start created
+    /// are the caller's to remove first (`crate::links::remove`).
     pub fn remove_created(&self) {
         for name in names::ALL {
             if !self.existing.contains(&name) {
                 let _ = std::fs::remove_file(self.path.join(name));
             }
+        }
+        if !self.had_program {
+            let _ = std::fs::remove_file(self.path.join(crate::links::PROGRAM_PIN));
+        }
+        if !self.had_links {
+            let _ = std::fs::remove_dir(self.path.join(crate::links::LINKS_DIR));
         }
         if self.created_dir {
             let _ = std::fs::remove_dir(&self.path);

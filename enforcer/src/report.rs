@@ -81,7 +81,7 @@ impl State {
 }
 
 /// A counter report.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Report {
     /// Per-SIM counters (filtered).
     pub sims: Vec<SimRow>,
@@ -92,7 +92,7 @@ pub struct Report {
 }
 
 /// One SIM's counters.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SimRow {
     /// IMSI.
     pub imsi: String,
@@ -111,7 +111,7 @@ pub struct SimRow {
 }
 
 /// One segment's verdict counts (packets) by reason name.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SegmentRow {
     /// Segment name, or `-` for packets of no segment.
     pub segment: String,
@@ -120,7 +120,7 @@ pub struct SegmentRow {
 }
 
 /// One rule's passes.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleRow {
     /// Rule id.
     pub id: usize,

@@ -443,15 +443,17 @@ impl Drop for Topology {
 }
 
 /// `enforcer run` on the gateway's interfaces, in the gateway's network namespace but the
-/// host's mount namespace (so its pins land on the host's bpffs, where `stats` finds them).
+/// host's mount namespace (so its pins land on the host's bpffs).
 pub struct Daemon {
     child: Option<Child>,
     /// Pin directory.
     pub pin_dir: PathBuf,
-    /// State file.
-    pub state_file: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
     bin: PathBuf,
     state_dir: PathBuf,
+    gw: String,
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -462,37 +464,69 @@ impl Daemon {
     /// When it does not start within 20 seconds.
     #[must_use]
     pub fn start(bin: &Path, policy: &Path, topology: &Topology, mode: &str) -> Self {
+        Self::start_with(bin, policy, topology, mode, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `run` arguments.
+    ///
+    /// # Panics
+    /// When it does not start within 20 seconds.
+    #[must_use]
+    pub fn start_with(
+        bin: &Path,
+        policy: &Path,
+        topology: &Topology,
+        mode: &str,
+        extra: &[&str],
+    ) -> Self {
         let state_dir = std::env::temp_dir().join(format!("{}-state", topology.prefix));
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.prefix));
-        let state_file = state_dir.join("state.json");
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", topology.gw.name))
-            .arg(bin)
-            .args(["run", "--policy"])
-            .arg(policy)
-            .args(["--xdp-mode", mode, "--pin-dir"])
-            .arg(&pin_dir)
-            .arg("--state-file")
-            .arg(&state_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let socket = state_dir.join("enforcer.sock");
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--policy".into()];
+        args.push(policy.into());
+        args.extend(["--xdp-mode".into(), mode.into(), "--pin-dir".into()]);
+        args.push(pin_dir.clone().into());
+        args.push("--socket".into());
+        args.push(socket.clone().into());
         for iface in &topology.gw_ifaces {
-            cmd.args(["--iface", iface]);
+            args.extend(["--iface".into(), iface.into()]);
         }
-        let child = cmd.spawn().expect("start enforcer run");
+        args.extend(extra.iter().map(Into::into));
         let mut daemon = Self {
-            child: Some(child),
+            child: None,
             pin_dir,
-            state_file,
+            socket,
             bin: bin.to_owned(),
             state_dir,
+            gw: topology.gw.name.clone(),
+            args,
         };
+        daemon.restart();
+        daemon
+    }
+
+    /// Start the daemon again with the same arguments (after [`Daemon::kill`] or
+    /// [`Daemon::stop`]) and wait until it answers on its socket.
+    ///
+    /// # Panics
+    /// When it is running, or does not start within 20 seconds.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is running");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.gw))
+            .arg(&self.bin)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start enforcer run");
+        self.child = Some(child);
         let start = Instant::now();
-        while !daemon.state_file.exists() {
-            if let Some(child) = daemon.child.as_mut()
+        loop {
+            if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let out = daemon
+                let out = self
                     .child
                     .take()
                     .expect("child")
@@ -503,13 +537,43 @@ impl Daemon {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            if self.socket.exists() && self.try_cli(&["status"]).is_ok() {
+                return;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "enforcer run did not start within 20 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        daemon
+    }
+
+    /// `enforcer ARGS --socket <this daemon's>`: stdout, or stderr as the error.
+    ///
+    /// # Errors
+    /// The command's stderr when it fails.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `enforcer ARGS --socket <this daemon's>`; returns stdout.
+    ///
+    /// # Panics
+    /// When the command fails.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|err| panic!("enforcer {} failed: {err}", args.join(" ")))
     }
 
     /// `enforcer stats` with extra arguments; returns stdout.
@@ -518,21 +582,45 @@ impl Daemon {
     /// When the command fails.
     #[must_use]
     pub fn stats(&self, extra: &[&str]) -> String {
+        let mut args = vec!["stats"];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// `enforcer status --json`.
+    ///
+    /// # Panics
+    /// When the command fails or prints no JSON.
+    #[must_use]
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["status", "--json"])).expect("status --json is JSON")
+    }
+
+    /// SIGKILL the daemon and reap it.
+    ///
+    /// # Panics
+    /// When it is not running.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// `enforcer detach` on this daemon's pin directory (the daemon must be stopped).
+    ///
+    /// # Errors
+    /// Its stderr.
+    pub fn detach(&self) -> Result<String, String> {
         let out = Command::new(&self.bin)
-            .arg("stats")
-            .arg("--pin-dir")
+            .args(["detach", "--pin-dir"])
             .arg(&self.pin_dir)
-            .arg("--state-file")
-            .arg(&self.state_file)
-            .args(extra)
             .output()
-            .expect("run enforcer stats");
-        assert!(
-            out.status.success(),
-            "enforcer stats failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Send SIGINT and wait; returns (success, stdout, stderr).
@@ -561,8 +649,9 @@ impl Drop for Daemon {
                 eprintln!("warning: enforcer run exited with an error:\n{stderr}");
             }
         }
-        // The daemon unpins on a clean exit; make sure nothing is left after a crash.
+        // Stopping leaves enforcement pinned: remove it (the namespaces go with the topology).
         if self.pin_dir.exists() {
+            let _ = self.detach();
             let _ = std::fs::remove_dir_all(&self.pin_dir);
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);

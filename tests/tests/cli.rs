@@ -238,8 +238,15 @@ fn drop_non_pool_must_name_an_attached_interface() {
 
 #[test]
 fn stats_without_a_running_enforcer_explains() {
-    let out = enforcer(&["stats", "--state-file", "/nonexistent/state.json"]);
-    fails_saying(&out, "is `enforcer run` running");
+    for command in [
+        &["stats"][..],
+        &["status"],
+        &["sim", "show", "001010000000001"],
+    ] {
+        let mut args = command.to_vec();
+        args.extend(["--socket", "/nonexistent/enforcer.sock"]);
+        fails_saying(&enforcer(&args), "is `enforcer run` running");
+    }
 }
 
 /// A directory of its own for one test, removed at the end.
@@ -402,11 +409,11 @@ fn root_namespace(tag: &str) -> Option<integration_tests::netns::NetNs> {
     )))
 }
 
-/// A pin directory and state file of one `enforcer run`, removed on drop (a failed attach
-/// leaves its pins behind).
+/// A pin directory and control socket of one `enforcer run`, removed on drop (stopping the
+/// daemon leaves its pins).
 struct RunFiles {
     pin_dir: String,
-    state_file: String,
+    socket: String,
 }
 
 impl RunFiles {
@@ -414,8 +421,8 @@ impl RunFiles {
         let id = format!("{}-{name}", std::process::id());
         Self {
             pin_dir: format!("/sys/fs/bpf/enforcer-cli-{id}"),
-            state_file: std::env::temp_dir()
-                .join(format!("enforcer-cli-{id}.json"))
+            socket: std::env::temp_dir()
+                .join(format!("enforcer-cli-{id}.sock"))
                 .display()
                 .to_string(),
         }
@@ -423,31 +430,50 @@ impl RunFiles {
 
     /// `nsenter` arguments (not `ip netns exec`, which hides bpffs behind a fresh /sys).
     fn args(&self, ns: &str, mode: &str, bin: &str, policy: &str) -> Vec<String> {
+        self.args_on(ns, mode, bin, policy, &["lo"])
+    }
+
+    fn args_on(
+        &self,
+        ns: &str,
+        mode: &str,
+        bin: &str,
+        policy: &str,
+        ifaces: &[&str],
+    ) -> Vec<String> {
         let net = format!("--net=/run/netns/{ns}");
-        [
+        let mut args: Vec<String> = [
             net.as_str(),
             bin,
             "run",
             "--policy",
             policy,
-            "--iface",
-            "lo",
             "--xdp-mode",
             mode,
             "--pin-dir",
             &self.pin_dir,
-            "--state-file",
-            &self.state_file,
+            "--socket",
+            &self.socket,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        for iface in ifaces {
+            args.extend(["--iface".to_owned(), (*iface).to_owned()]);
+        }
+        args
+    }
+
+    /// `enforcer detach` on this pin directory.
+    fn detach(&self) -> Output {
+        enforcer(&["detach", "--pin-dir", &self.pin_dir])
     }
 }
 
 impl Drop for RunFiles {
     fn drop(&mut self) {
+        let _ = self.detach();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.state_file);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -489,6 +515,9 @@ fn attach_to_an_interface_held_by_another_program_names_it() {
         !text.contains("--xdp-mode skb"),
         "no skb hint in skb mode: {text}"
     );
+    // Stopping the first leaves `lo` enforced; `detach` frees it.
+    let detached = first_files.detach();
+    assert!(detached.status.success(), "{}", self::text(&detached));
     // With `lo` free again, native mode fails (lo has no driver XDP) and suggests skb.
     let third_files = RunFiles::new("held3");
     let third = Command::new("nsenter")
@@ -557,7 +586,7 @@ fn a_second_run_on_the_same_pin_directory_changes_nothing() {
     let generation = pinned_generation(&files.pin_dir);
     let other = RunFiles {
         pin_dir: files.pin_dir.clone(),
-        state_file: format!("{}.second", files.state_file),
+        socket: format!("{}.second", files.socket),
     };
     let second = Command::new("nsenter")
         .args(other.args(
@@ -582,64 +611,104 @@ fn a_second_run_on_the_same_pin_directory_changes_nothing() {
     assert!(pins_left, "the second run removed the first one's pins");
 }
 
-/// A start that fails after loading (here: the state file cannot be written) detaches and
-/// removes the pins it created, and keeps the pins a previous run left.
+/// Whether `iface` in namespace `ns` has an XDP program attached.
+fn has_xdp(ns: &str, iface: &str) -> bool {
+    let link = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{ns}"),
+            "ip",
+            "-d",
+            "link",
+            "show",
+            iface,
+        ])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&link.stdout).contains("prog/xdp")
+}
+
+/// A start that fails after loading (here: its last interface is held by another daemon's
+/// program) detaches the links and removes the pins it created, and keeps what a previous run
+/// left: that run's pins, and its link, which goes on enforcing.
 #[test]
 fn a_failed_start_removes_what_it_created_and_nothing_else() {
     let Some(ns) = root_namespace("fail") else {
         return;
     };
+    ns.exec_ok(&[
+        "ip", "link", "add", "fail0", "type", "veth", "peer", "name", "fail1",
+    ]);
+    ns.exec_ok(&["ip", "link", "set", "fail0", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "fail1", "up"]);
     let bin = enforcer_bin().display().to_string();
-    let failing = RunFiles {
-        pin_dir: RunFiles::new("fail").pin_dir.clone(),
-        state_file: "/proc/enforcer-never/state.json".to_owned(),
+    // Another daemon holds fail1.
+    let holder_files = RunFiles::new("failholder");
+    let holder = {
+        use std::io::BufRead as _;
+        let mut child = Command::new("nsenter")
+            .args(holder_files.args_on(&ns.name, "skb", &bin, &example(), &["fail1"]))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the holder");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let ready = std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Enforcing"));
+        assert!(ready, "the holder never enforced");
+        child
     };
+
+    let failing = RunFiles::new("fail");
     let out = Command::new("nsenter")
-        .args(failing.args(&ns.name, "skb", &bin, &example()))
+        .args(failing.args_on(&ns.name, "skb", &bin, &example(), &["fail0", "fail1"]))
         .output()
         .expect("run enforcer");
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("writing state file"), "{}", text(&out));
     assert!(
-        !std::path::Path::new(&failing.pin_dir).exists(),
+        text(&out).contains("already holds `fail1`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !Path::new(&failing.pin_dir).exists(),
         "a failed start left its pin directory"
     );
-    let link = Command::new("nsenter")
-        .args([
-            &format!("--net=/run/netns/{}", ns.name),
-            "ip",
-            "-d",
-            "link",
-            "show",
-            "lo",
-        ])
-        .output()
-        .expect("ip link");
     assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
-        "a failed start left XDP attached: {}",
-        String::from_utf8_lossy(&link.stdout)
+        !has_xdp(&ns.name, "fail0"),
+        "a failed start left XDP on fail0"
+    );
+    assert!(
+        has_xdp(&ns.name, "fail1"),
+        "a failed start touched another daemon's link"
     );
 
-    // A previous run killed with SIGKILL leaves its pins; a failed start keeps them.
+    // A previous run killed with SIGKILL leaves its pins and its link on lo, enforcing; a
+    // failed start on the same pins keeps both.
     let files = RunFiles::new("kept");
     let first = start_enforcer(&ns.name, &files, &example()).expect("the first run enforces");
     stop(first, libc::SIGKILL);
-    let failing = RunFiles {
-        pin_dir: files.pin_dir.clone(),
-        state_file: "/proc/enforcer-never/state.json".to_owned(),
-    };
+    assert!(
+        has_xdp(&ns.name, "lo"),
+        "SIGKILL removed enforcement from lo"
+    );
     let out = Command::new("nsenter")
-        .args(failing.args(&ns.name, "skb", &bin, &example()))
+        .args(files.args_on(&ns.name, "skb", &bin, &example(), &["lo", "fail0", "fail1"]))
         .output()
         .expect("run enforcer");
-    std::mem::forget(failing);
+    stop(holder, libc::SIGTERM);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        std::path::Path::new(&files.pin_dir)
-            .join("SIM_STATS")
-            .exists(),
+        Path::new(&files.pin_dir).join("SIM_STATS").exists(),
         "a failed start removed a previous run's pins"
+    );
+    assert!(
+        has_xdp(&ns.name, "lo"),
+        "a failed start detached a previous run's link"
+    );
+    assert!(
+        !has_xdp(&ns.name, "fail0"),
+        "a failed start left its own link on fail0"
     );
 }
 
@@ -668,8 +737,8 @@ segment = "s"
     let child = start_enforcer(&ns.name, &files, &policy_arg).expect("the run enforces");
     let pid = i32::try_from(child.id()).expect("pid");
     let rules = || -> usize {
-        let text = std::fs::read_to_string(&files.state_file).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&text)
+        let out = enforcer(&["stats", "--json", "--socket", &files.socket]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|v| v["rules"].as_array().map(Vec::len))
             .unwrap_or(0)
@@ -704,10 +773,10 @@ segment = "s"
     stop(child, libc::SIGTERM);
     let _ = std::fs::remove_file(&policy);
 
-    assert_eq!(one_rule, 1, "the state file names the first policy's rule");
+    assert_eq!(one_rule, 1, "stats names the first policy's rule");
     assert!(
         reloaded,
-        "SIGHUP did not reload the policy (state file rules: {})",
+        "SIGHUP did not reload the policy (rules in stats: {})",
         rules()
     );
     assert_ne!(

@@ -1,2 +1,4 @@
 //! Subcommands whose work is more than a few lines, one module each.
+pub mod daemon;
+pub mod detach;
 pub mod replay;

@@ -1,0 +1,247 @@
+//! Clients of the running daemon's control socket: `status`, `stats`, `policy apply`, `sim …`.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use enforcer::control::{Applied, Command, Reply, SimInfo, Status, unix};
+
+/// Send `command`, turn an error reply into an error.
+fn call(socket: &Path, command: &Command) -> anyhow::Result<Reply> {
+    match unix::call(socket, command)? {
+        Reply::Error { message } => bail!("{message}"),
+        reply => Ok(reply),
+    }
+}
+
+fn unexpected(reply: &Reply) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the daemon answered with something else ({reply:?}); use the client of the daemon's \
+         version"
+    )
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    // Encoded first, so a closed pipe (`| head`) is an io::Error that main treats as done.
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    std::io::stdout().lock().write_all(&text)?;
+    Ok(())
+}
+
+/// `enforcer status`.
+pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = call(socket, &Command::Status)?;
+    let Reply::Status(status) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return print_json(&status);
+    }
+    print!("{}", status_table(&status));
+    Ok(())
+}
+
+fn status_table(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let ago = now().saturating_sub(s.applied_at);
+    let _ = writeln!(out, "enforcer {} (pid {})", s.version, s.pid);
+    let _ = writeln!(out, "pin dir:   {}", s.pin_dir.display());
+    let _ = writeln!(
+        out,
+        "policy:    {} (generation {}, applied {ago} s ago, {} applies since start)",
+        s.policy.display(),
+        s.generation,
+        s.applies
+    );
+    let _ = writeln!(
+        out,
+        "program:   id {} ({} instructions verified)",
+        s.program_id, s.verified_instructions
+    );
+    let _ = writeln!(
+        out,
+        "SIMs:      {} ({} active, {} quarantined, {} of them by command)",
+        s.sims.total, s.sims.active, s.sims.quarantined, s.sims.quarantined_by_command
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  STATE",
+        "INTERFACE", "MODE", "ROLE", "IFINDEX", "LINK", "PROGRAM", "REATTACHED"
+    );
+    for i in &s.interfaces {
+        let (ifindex, link, program, state) = match &i.link {
+            Some(l) if l.ifindex != 0 && l.program_id == s.program_id => {
+                (l.ifindex, l.link_id, l.program_id, "enforcing")
+            }
+            Some(l) if l.ifindex != 0 => (l.ifindex, l.link_id, l.program_id, "other program"),
+            Some(l) => (0, l.link_id, l.program_id, "interface gone"),
+            None => (0, 0, 0, "not attached"),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  {state}",
+            i.iface,
+            i.mode,
+            if i.core_facing { "core" } else { "-" },
+            ifindex,
+            link,
+            program,
+            i.reattached
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<28} {:>10} {:>10} {:>6}",
+        "MAP", "ENTRIES", "USED", "CAPACITY", "FILL"
+    );
+    for m in &s.maps {
+        let fill = if m.capacity == 0 {
+            0.0
+        } else {
+            m.used as f64 * 100.0 / f64::from(m.capacity)
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<28} {:>10} {:>10} {:>5.1}%",
+            m.map, m.what, m.used, m.capacity, fill
+        );
+    }
+    out
+}
+
+/// `enforcer stats`.
+pub fn stats(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> {
+    let reply = call(
+        socket,
+        &Command::Stats {
+            imsis: imsis.to_vec(),
+        },
+    )?;
+    let Reply::Stats(report) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return print_json(&report);
+    }
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", report.to_table())?;
+    Ok(())
+}
+
+/// `enforcer policy apply FILE`.
+pub fn apply(socket: &Path, file: &Path, json: bool) -> anyhow::Result<()> {
+    // The daemon resolves the path in its own working directory: send an absolute one.
+    let path: PathBuf =
+        std::fs::canonicalize(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let reply = call(socket, &Command::ApplyPolicy { path })?;
+    let Reply::Applied(applied) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return print_json(&applied);
+    }
+    println!("{}", applied_line(&applied));
+    Ok(())
+}
+
+fn applied_line(a: &Applied) -> String {
+    format!(
+        "applied {}: generation {}, {} SIMs ({} added, {} removed, {} changed), {} rules, in \
+         {:.1} ms",
+        a.policy.display(),
+        a.generation,
+        a.sims,
+        a.sims_added,
+        a.sims_removed,
+        a.sims_changed,
+        a.rules,
+        a.took_ms
+    )
+}
+
+/// What `enforcer sim` does.
+#[derive(Debug, Clone, Copy)]
+pub enum SimAction {
+    /// `sim show`.
+    Show,
+    /// `sim quarantine`.
+    Quarantine,
+    /// `sim release`.
+    Release,
+}
+
+/// `enforcer sim show|quarantine|release IMSI`.
+pub fn sim(socket: &Path, action: SimAction, imsi: &str, json: bool) -> anyhow::Result<()> {
+    let imsi = imsi.to_owned();
+    let command = match action {
+        SimAction::Show => Command::SimShow { imsi },
+        SimAction::Quarantine => Command::SimQuarantine {
+            imsi,
+            source: source(),
+        },
+        SimAction::Release => Command::SimRelease { imsi },
+    };
+    let reply = call(socket, &command)?;
+    let Reply::Sim(info) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return print_json(&info);
+    }
+    print!("{}", sim_text(&info));
+    Ok(())
+}
+
+fn sim_text(s: &SimInfo) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "IMSI:       {}", s.imsi);
+    let _ = writeln!(out, "segment:    {}", s.segment);
+    let _ = write!(out, "state:      {}", s.state);
+    match &s.quarantine {
+        Some(q) => {
+            let _ = writeln!(
+                out,
+                " (by command: {}, {} s ago)",
+                q.source,
+                now().saturating_sub(q.at)
+            );
+        }
+        None => {
+            let _ = writeln!(out);
+        }
+    }
+    let _ = writeln!(out, "addresses:  {}", s.addresses.join(", "));
+    let _ = writeln!(
+        out,
+        "passed:     {} packets, {} bytes",
+        s.pass_packets, s.pass_bytes
+    );
+    let _ = writeln!(
+        out,
+        "dropped:    {} packets, {} bytes",
+        s.drop_packets, s.drop_bytes
+    );
+    out
+}
+
+/// Who is asking, for the record kept with an override: `cli:<user>`.
+fn source() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            format!("uid {}", unsafe { libc::getuid() })
+        });
+    format!("cli:{user}")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,60 @@
+//! `enforcer detach`: remove what a stopped daemon left enforcing (links, program, maps).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use enforcer::{
+    links,
+    pins::{PinDir, PinDirError},
+};
+use enforcer_common::maps::names;
+
+/// Detach every pinned link under `pin_dir` and remove the program, map pins and directory.
+/// Refused while a daemon holds the directory: it would re-attach.
+pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
+    if !pin_dir.exists() {
+        println!("nothing to detach: {} does not exist", pin_dir.display());
+        return Ok(());
+    }
+    let pins = match PinDir::claim(pin_dir) {
+        Ok(pins) => pins,
+        Err(PinDirError::Held { path }) => anyhow::bail!(
+            "a running `enforcer run` holds {}; stop it first (`systemctl stop enforcer` or \
+             SIGTERM: its enforcement stays pinned), then run `enforcer detach` again",
+            path.display()
+        ),
+        Err(err) => return Err(err.into()),
+    };
+    let detached = links::remove_all(pins.path()).context("removing the link pins")?;
+    for name in names::ALL {
+        let path = pins.path().join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    drop(pins);
+    std::fs::remove_dir(pin_dir).with_context(|| {
+        format!(
+            "removing {}; it holds pins this build does not know (another program's?): look \
+             with `ls {}`",
+            pin_dir.display(),
+            pin_dir.display()
+        )
+    })?;
+    if detached.is_empty() {
+        println!(
+            "no interface was attached; removed the pins in {}",
+            pin_dir.display()
+        );
+    } else {
+        println!(
+            "detached from {}; removed the program and maps pinned in {}",
+            detached.join(", "),
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}

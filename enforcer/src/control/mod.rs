@@ -1,0 +1,202 @@
+//! The daemon's commands and their transports. Every client (the CLI today, a REST API later)
+//! sends one [`Command`] and gets one [`Reply`]; the daemon's actor (`crate::runtime`) is the
+//! only thing that acts on them, in the order they arrive.
+//!
+//! The first transport is a Unix stream socket ([`unix`]): one JSON object per line each way,
+//! one command per connection. The socket is created mode 0600 in a directory the daemon
+//! creates mode 0700, so only root (or the daemon's own user) can talk to it: its replies name
+//! every IMSI.
+
+pub mod unix;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{links::Attachment, report::Report};
+
+/// Where `enforcer run` listens unless told otherwise, and where clients look.
+pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
+
+/// A request to the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// What is loaded and attached ([`Status`]).
+    Status,
+    /// Counters, with the names behind them ([`Report`]); `imsis` filters the SIM rows and is
+    /// read for those SIMs only.
+    Stats {
+        /// IMSIs to show; empty for all.
+        imsis: Vec<String>,
+    },
+    /// Validate, compile and apply a policy file; it becomes the file SIGHUP reloads.
+    ApplyPolicy {
+        /// Policy file, as the daemon (not the client) resolves it: pass an absolute path.
+        path: PathBuf,
+    },
+    /// Read the policy file in force again and apply it (what SIGHUP does).
+    Reload,
+    /// One SIM: its segment, state, addresses and counters.
+    SimShow {
+        /// IMSI (3GPP TS 23.003: 15 digits).
+        imsi: String,
+    },
+    /// Drop all traffic of a SIM from the next packet on, until released; survives reloads and
+    /// restarts.
+    SimQuarantine {
+        /// IMSI.
+        imsi: String,
+        /// Who asked (free text, kept with the override, e.g. `cli:root`).
+        source: String,
+    },
+    /// Lift a quarantine set by [`Command::SimQuarantine`] (a quarantine the policy file sets
+    /// stays).
+    SimRelease {
+        /// IMSI.
+        imsi: String,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// For [`Command::Status`].
+    Status(Box<Status>),
+    /// For [`Command::Stats`].
+    Stats(Box<Report>),
+    /// For [`Command::ApplyPolicy`] and [`Command::Reload`].
+    Applied(Applied),
+    /// For the `Sim*` commands.
+    Sim(SimInfo),
+    /// The command failed and changed nothing; the text says why and what to do.
+    Error {
+        /// Message for the operator.
+        message: String,
+    },
+}
+
+/// A running daemon's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Daemon process id.
+    pub pid: u32,
+    /// `enforcer` version.
+    pub version: String,
+    /// Pin directory (bpffs).
+    pub pin_dir: PathBuf,
+    /// The policy file in force.
+    pub policy: PathBuf,
+    /// Unix time (seconds) the policy in force was applied.
+    pub applied_at: u64,
+    /// Active generation (0 or 1) and how many policies this daemon applied.
+    pub generation: u8,
+    /// Policies applied since the daemon started (the first load included).
+    pub applies: u64,
+    /// Kernel id of this daemon's XDP program.
+    pub program_id: u32,
+    /// Instructions the verifier processed for it.
+    pub verified_instructions: u32,
+    /// Every interface of `--iface`.
+    pub interfaces: Vec<Interface>,
+    /// SIM counts by state.
+    pub sims: SimCounts,
+    /// Fill of every map sized by the policy.
+    pub maps: Vec<MapFill>,
+}
+
+/// One attached interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// Interface name.
+    pub iface: String,
+    /// `driver` or `skb` (generic) XDP, as requested when the link was made.
+    pub mode: String,
+    /// Drops traffic from outside every pool (`--drop-non-pool`).
+    pub core_facing: bool,
+    /// The pinned link, as the kernel reports it now (`ifindex` 0: the interface is gone).
+    pub link: Option<Attachment>,
+    /// Times the daemon attached it again after the interface was re-created.
+    pub reattached: u32,
+}
+
+/// SIMs of the policy in force, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimCounts {
+    /// Every SIM.
+    pub total: usize,
+    /// Not quarantined.
+    pub active: usize,
+    /// Quarantined by the policy file or by command.
+    pub quarantined: usize,
+    /// Of those, quarantined by command (runtime overrides).
+    pub quarantined_by_command: usize,
+}
+
+/// A map's fill: entries the policy needs against entries the map holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// Map name.
+    pub map: String,
+    /// What is counted.
+    pub what: String,
+    /// Entries in use.
+    pub used: usize,
+    /// Entries the map holds.
+    pub capacity: u32,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The policy file now in force.
+    pub policy: PathBuf,
+    /// Generation now active.
+    pub generation: u8,
+    /// SIMs and rules of the new policy.
+    pub sims: usize,
+    /// Rules of the new policy.
+    pub rules: usize,
+    /// SIMs added, removed and changed (segment, addresses or state) against the previous
+    /// policy.
+    pub sims_added: usize,
+    /// SIMs no longer in the policy.
+    pub sims_removed: usize,
+    /// SIMs whose segment, addresses or state changed.
+    pub sims_changed: usize,
+    /// Milliseconds from reading the file to the new policy in force.
+    pub took_ms: f64,
+}
+
+/// One SIM as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimInfo {
+    /// IMSI.
+    pub imsi: String,
+    /// Segment name.
+    pub segment: String,
+    /// `active` or `quarantined`.
+    pub state: String,
+    /// Why quarantined, when by command: who and when (unix seconds).
+    pub quarantine: Option<Override>,
+    /// Addresses (IPv4 /32 and IPv6 /64 prefixes) bound to it.
+    pub addresses: Vec<String>,
+    /// Packets and bytes passed and dropped.
+    pub pass_packets: u64,
+    /// Bytes passed.
+    pub pass_bytes: u64,
+    /// Packets dropped.
+    pub drop_packets: u64,
+    /// Bytes dropped.
+    pub drop_bytes: u64,
+}
+
+/// A runtime override of the policy file, set by command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// Who set it.
+    pub source: String,
+    /// Unix time (seconds) it was set.
+    pub at: u64,
+}

@@ -1,0 +1,205 @@
+//! The control socket: a Unix stream socket, one JSON [`Command`] line in, one JSON [`Reply`]
+//! line out, then the connection closes.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    sync::{mpsc, oneshot},
+};
+
+use super::{Command, Reply};
+
+/// Longest command line accepted, in bytes (a command is a few hundred bytes).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client waits for the reply: a full reload of a million-SIM policy takes seconds.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A command with the channel its reply goes back on.
+pub type Request = (Command, oneshot::Sender<Reply>);
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another daemon answers on the socket.
+    #[error(
+        "another enforcer daemon listens on {}; stop it first, or give this one its own --socket",
+        path.display()
+    )]
+    InUse {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// No daemon answers.
+    #[error(
+        "no enforcer daemon answers on {}: is `enforcer run` running (`systemctl status \
+         enforcer`)? If it was started with --socket, give the same --socket here",
+        path.display()
+    )]
+    NoDaemon {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating, reading or writing the socket failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon's reply was not understood (a different `enforcer` version?).
+    #[error(
+        "the daemon on {} sent a reply this `enforcer` does not understand ({detail}); use the \
+         client of the same version as the daemon",
+        path.display()
+    )]
+    BadReply {
+        /// Socket path.
+        path: PathBuf,
+        /// Parser message.
+        detail: String,
+    },
+}
+
+/// Create the listening socket at `path`, mode 0600, in a directory created mode 0700 if
+/// missing. A socket file left by a daemon that died is replaced; one a live daemon answers on
+/// is not.
+///
+/// # Errors
+/// [`ControlError::InUse`] when a daemon answers on it; [`ControlError::Io`] otherwise.
+pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
+    let io_err = |what: &'static str| {
+        move |source| ControlError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(io_err("creating the directory of"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("restricting the directory of"))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io_err("removing the stale socket"))?;
+    }
+    // No window in which others may connect: the socket is created with umask 0177.
+    // SAFETY: umask only changes this process's file creation mask; it cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(io_err("listening on"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("restricting"))?;
+    Ok(listener)
+}
+
+/// Accept connections forever, handing each command to `actor` and writing its reply back.
+/// Connections are served concurrently; the actor still applies commands one at a time.
+pub async fn serve(listener: tokio::net::UnixListener, actor: mpsc::Sender<Request>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let actor = actor.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection(stream, actor).await {
+                tracing::debug!(error = %err, "control connection ended early");
+            }
+        });
+    }
+}
+
+async fn connection(
+    stream: tokio::net::UnixStream,
+    actor: mpsc::Sender<Request>,
+) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let reply = if line.len() > MAX_REQUEST {
+        Reply::Error {
+            message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),
+        }
+    } else {
+        match serde_json::from_str::<Command>(&line) {
+            Err(err) => Reply::Error {
+                message: format!(
+                    "command not understood ({err}); nothing was done. Use the `enforcer` client \
+                     of the daemon's version"
+                ),
+            },
+            Ok(command) => {
+                let (tx, rx) = oneshot::channel();
+                if actor.send((command, tx)).await.is_err() {
+                    Reply::Error {
+                        message: "the daemon is shutting down; nothing was done".into(),
+                    }
+                } else {
+                    rx.await.unwrap_or_else(|_| Reply::Error {
+                        message: "the daemon stopped before answering".into(),
+                    })
+                }
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Send `command` to the daemon listening on `path` and wait for its reply (blocking).
+///
+/// # Errors
+/// [`ControlError::NoDaemon`] when nothing answers; [`ControlError::Io`] or
+/// [`ControlError::BadReply`] for a broken exchange.
+pub fn call(path: &Path, command: &Command) -> Result<Reply, ControlError> {
+    let io_err = |what: &'static str| {
+        move |source| ControlError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::NoDaemon {
+        path: path.to_owned(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(io_err("configuring"))?;
+    let mut line = serde_json::to_vec(command).map_err(|e| io_err("encoding for")(e.into()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err("writing to"))?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(io_err("reading the reply from"))?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,564 @@
+//! The actor: the one owner of the loaded program, its maps and links, the policy in force and
+//! the runtime overrides. It handles one [`Event`] at a time.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use enforcer_common::maps::{IFACE_DROP_NON_POOL, SimKeyV4, SimKeyV6, names};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::start::{Settings, if_index, load_policy};
+use crate::{
+    compile::Compiled,
+    control::{Applied, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status},
+    counters::{self, Totals},
+    links::{self, How},
+    loader::Enforcer,
+    policy::{Sim, SimState, ValidatedPolicy},
+    report::{Report, State},
+};
+
+/// What the actor is asked to do.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A command from a client, and where its reply goes.
+    Command(Command, oneshot::Sender<Reply>),
+    /// SIGHUP: reload the policy file in force.
+    Hangup,
+    /// Time to check that every interface still runs its link.
+    CheckLinks,
+    /// A stop signal (its name).
+    Stop(&'static str),
+}
+
+/// One interface of `--iface`.
+#[derive(Debug, Clone)]
+pub(crate) struct Iface {
+    pub name: String,
+    /// Its index when last attached; 0 while it is gone.
+    pub ifindex: u32,
+    pub core_facing: bool,
+    pub reattached: u32,
+}
+
+/// The daemon's state; see the module docs.
+pub struct Daemon {
+    settings: Settings,
+    pub(super) enforcer: Enforcer,
+    /// The policy in force, as its file says (overrides are not written into it).
+    policy: ValidatedPolicy,
+    /// Its compilation, with the overrides applied to the SIM entries.
+    compiled: Compiled,
+    /// Names behind the map indices, for `stats`.
+    names: State,
+    /// IMSI (as a number; 3GPP TS 23.003 allows at most 15 digits) → SIM index.
+    index: HashMap<u64, u32>,
+    /// Quarantines set by command, by IMSI: they outlive reloads (not yet restarts).
+    overrides: BTreeMap<String, Override>,
+    applied_at: u64,
+    applies: u64,
+    generation: u8,
+    ifaces: Vec<Iface>,
+}
+
+impl Daemon {
+    pub(super) fn new(
+        settings: Settings,
+        enforcer: Enforcer,
+        policy: ValidatedPolicy,
+        compiled: Compiled,
+        ifaces: Vec<Iface>,
+    ) -> Self {
+        let names = State::new(&policy, &compiled, &settings.pin_dir);
+        let index = imsi_index(&policy);
+        Self {
+            settings,
+            enforcer,
+            policy,
+            compiled,
+            names,
+            index,
+            overrides: BTreeMap::new(),
+            applied_at: now(),
+            applies: 0,
+            generation: 0,
+            ifaces,
+        }
+    }
+
+    /// Write the policy this daemon was created with (and the overrides) into the maps.
+    pub(super) fn apply_loaded(&mut self) -> anyhow::Result<()> {
+        self.patch_overrides_into_image();
+        self.generation = self.enforcer.apply(&self.compiled.image)?;
+        self.applies += 1;
+        info!(
+            policy = %self.policy.path.display(),
+            sims = self.policy.sims.len(),
+            rules = self.compiled.rules.len(),
+            generation = self.generation,
+            verified_insns = self.enforcer.verified_instructions().unwrap_or(0),
+            "Loaded policy."
+        );
+        Ok(())
+    }
+
+    /// Set every interface's flags and attach through its pinned link; `created` collects the
+    /// interfaces that got a new link (for the caller to remove on failure).
+    pub(super) fn attach_all(&mut self, created: &mut Vec<String>) -> anyhow::Result<()> {
+        for iface in &self.ifaces {
+            let flags = if iface.core_facing {
+                IFACE_DROP_NON_POOL
+            } else {
+                0
+            };
+            self.enforcer.set_iface(iface.ifindex, flags)?;
+            if iface.attach(
+                &mut self.enforcer,
+                &self.settings.pin_dir,
+                self.settings.mode,
+            )? == How::Created
+            {
+                created.push(iface.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle one event (not `Stop`, which the caller handles).
+    pub(crate) fn handle(&mut self, event: Event) {
+        match event {
+            Event::Command(command, reply) => {
+                let answer = self.command(command);
+                let _ = reply.send(answer);
+            }
+            Event::Hangup => {
+                let path = self.policy.path.clone();
+                match self.apply_file(&path) {
+                    Ok(applied) => info!(
+                        policy = %applied.policy.display(),
+                        generation = applied.generation,
+                        took_ms = applied.took_ms,
+                        "Reloaded policy on SIGHUP."
+                    ),
+                    Err(err) => error!(
+                        policy = %path.display(),
+                        error = format!("{err:#}"),
+                        "Reload failed; still enforcing the previous policy."
+                    ),
+                }
+            }
+            Event::CheckLinks => self.check_links(),
+            Event::Stop(_) => {}
+        }
+    }
+
+    fn command(&mut self, command: Command) -> Reply {
+        let result = match command {
+            Command::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Command::Stats { imsis } => self.stats(&imsis).map(|r| Reply::Stats(Box::new(r))),
+            Command::ApplyPolicy { path } => self.apply_file(&path).map(Reply::Applied),
+            Command::Reload => {
+                let path = self.policy.path.clone();
+                self.apply_file(&path).map(Reply::Applied)
+            }
+            Command::SimShow { imsi } => self.sim_info(&imsi).map(Reply::Sim),
+            Command::SimQuarantine { imsi, source } => {
+                self.quarantine(&imsi, &source).map(Reply::Sim)
+            }
+            Command::SimRelease { imsi } => self.release(&imsi).map(Reply::Sim),
+        };
+        result.unwrap_or_else(|err| Reply::Error {
+            message: format!("{err:#}"),
+        })
+    }
+
+    /// Validate, compile and apply `path`; on any error the policy in force stays in force,
+    /// in every map.
+    fn apply_file(&mut self, path: &Path) -> anyhow::Result<Applied> {
+        let started = Instant::now();
+        let (policy, compiled) = load_policy(path, &self.settings.load)?;
+        self.enforcer
+            .capacity()
+            .check(&compiled.image, compiled.rules.len())
+            .with_context(|| {
+                format!(
+                    "{} does not fit the maps loaded at start; nothing changed. Restart with \
+                     larger capacities (--max-sims, --max-nets, --max-rule-entries)",
+                    path.display()
+                )
+            })?;
+        let (added, removed, changed) = sim_changes(&self.policy, &policy);
+        let old = std::mem::replace(&mut self.compiled, compiled);
+        self.patch_overrides_into_image_for(&policy);
+        match self.enforcer.apply(&self.compiled.image) {
+            Ok(generation) => self.generation = generation,
+            Err(err) => {
+                self.compiled = old;
+                return Err(anyhow!(err).context(format!(
+                    "applying {} failed; the previous policy stays in force",
+                    path.display()
+                )));
+            }
+        }
+        self.names = State::new(&policy, &self.compiled, &self.settings.pin_dir);
+        self.index = imsi_index(&policy);
+        self.policy = policy;
+        self.applied_at = now();
+        self.applies += 1;
+        Ok(Applied {
+            policy: self.policy.path.clone(),
+            generation: self.generation,
+            sims: self.policy.sims.len(),
+            rules: self.compiled.rules.len(),
+            sims_added: added,
+            sims_removed: removed,
+            sims_changed: changed,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn patch_overrides_into_image(&mut self) {
+        let policy = std::mem::replace(
+            &mut self.policy,
+            ValidatedPolicy {
+                path: std::path::PathBuf::new(),
+                pools: Vec::new(),
+                segments: Vec::new(),
+                sims: Vec::new(),
+            },
+        );
+        self.patch_overrides_into_image_for(&policy);
+        self.policy = policy;
+    }
+
+    /// Set the quarantine flag in the compiled SIM entries of every SIM quarantined by command.
+    fn patch_overrides_into_image_for(&mut self, policy: &ValidatedPolicy) {
+        if self.overrides.is_empty() {
+            return;
+        }
+        let quarantined: std::collections::HashSet<u32> = policy
+            .sims
+            .iter()
+            .enumerate()
+            .filter(|(_, sim)| self.overrides.contains_key(&sim.imsi))
+            .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        let image = &mut self.compiled.image;
+        for entry in image
+            .sims_v4
+            .iter_mut()
+            .map(|(_, e)| e)
+            .chain(image.sims_v6.iter_mut().map(|(_, e)| e))
+        {
+            if quarantined.contains(&entry.sim) {
+                entry.flags |= enforcer_common::maps::SIM_QUARANTINED;
+            }
+        }
+    }
+
+    fn sim(&self, imsi: &str) -> anyhow::Result<(u32, &Sim)> {
+        let index = imsi
+            .parse::<u64>()
+            .ok()
+            .filter(|_| (14..=15).contains(&imsi.len()))
+            .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?;
+        let &sim = self.index.get(&index).ok_or_else(|| {
+            anyhow!(
+                "IMSI {imsi} is not in the policy in force ({}); add it there first",
+                self.policy.path.display()
+            )
+        })?;
+        Ok((sim, &self.policy.sims[sim as usize]))
+    }
+
+    fn quarantine(&mut self, imsi: &str, source: &str) -> anyhow::Result<SimInfo> {
+        let (_, sim) = self.sim(imsi)?;
+        let (v4, v6) = keys(sim);
+        let started = Instant::now();
+        self.enforcer.set_sim_quarantine(v4, v6, true)?;
+        self.overrides.insert(
+            imsi.to_owned(),
+            Override {
+                source: source.to_owned(),
+                at: now(),
+            },
+        );
+        self.patch_overrides_into_image();
+        warn!(
+            imsi,
+            source,
+            took_us = started.elapsed().as_micros(),
+            "SIM quarantined by command."
+        );
+        self.sim_info(imsi)
+    }
+
+    fn release(&mut self, imsi: &str) -> anyhow::Result<SimInfo> {
+        let (index, sim) = self.sim(imsi)?;
+        let (v4, v6) = keys(sim);
+        let by_file = sim.state == SimState::Quarantined;
+        if self.overrides.remove(imsi).is_none() {
+            bail!("IMSI {imsi} is not quarantined by command; nothing changed");
+        }
+        if !by_file {
+            self.enforcer.set_sim_quarantine(v4, v6, false)?;
+            let image = &mut self.compiled.image;
+            for entry in image
+                .sims_v4
+                .iter_mut()
+                .map(|(_, e)| e)
+                .chain(image.sims_v6.iter_mut().map(|(_, e)| e))
+                .filter(|e| e.sim == index)
+            {
+                entry.flags &= !enforcer_common::maps::SIM_QUARANTINED;
+            }
+        }
+        info!(
+            imsi,
+            still_quarantined_by_policy = by_file,
+            "Quarantine lifted."
+        );
+        self.sim_info(imsi)
+    }
+
+    fn sim_info(&self, imsi: &str) -> anyhow::Result<SimInfo> {
+        let (index, sim) = self.sim(imsi)?;
+        let quarantine = self.overrides.get(imsi).cloned();
+        let state = if quarantine.is_some() {
+            SimState::Quarantined
+        } else {
+            sim.state
+        };
+        let counters = self
+            .enforcer
+            .map(names::SIM_STATS)
+            .context("SIM_STATS missing")
+            .and_then(|map| Ok(counters::sim(map, index)?))
+            .unwrap_or_default();
+        let mut addresses = Vec::new();
+        if let Some(v4) = sim.ipv4 {
+            addresses.push(v4.to_string());
+        }
+        if let Some(v6) = sim.ipv6 {
+            addresses.push(v6.to_string());
+        }
+        Ok(SimInfo {
+            imsi: sim.imsi.clone(),
+            segment: self
+                .policy
+                .segments
+                .get(usize::from(sim.segment))
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            state: state.name().to_owned(),
+            quarantine,
+            addresses,
+            pass_packets: counters.pass_packets,
+            pass_bytes: counters.pass_bytes,
+            drop_packets: counters.drop_packets,
+            drop_bytes: counters.drop_bytes,
+        })
+    }
+
+    fn stats(&self, imsis: &[String]) -> anyhow::Result<Report> {
+        for imsi in imsis {
+            self.sim(imsi)?;
+        }
+        let map = |name| {
+            self.enforcer
+                .map(name)
+                .with_context(|| format!("{name} missing"))
+        };
+        let totals = Totals::read(
+            map(names::SIM_STATS)?,
+            map(names::VERDICT_STATS)?,
+            map(names::RULE_STATS)?,
+            self.policy.sims.len(),
+            self.compiled.rules.len(),
+        )
+        .context("reading counters")?;
+        let mut report = Report::new(&self.names, &totals, imsis);
+        for row in &mut report.sims {
+            if self.overrides.contains_key(&row.imsi) {
+                row.state = SimState::Quarantined.name().to_owned();
+            }
+        }
+        Ok(report)
+    }
+
+    fn status(&mut self) -> Status {
+        let pinned = links::pinned(&self.settings.pin_dir);
+        let mode = match self.settings.mode {
+            aya::programs::XdpMode::Skb => "skb",
+            _ => "driver",
+        };
+        let interfaces = self
+            .ifaces
+            .iter()
+            .map(|iface| Interface {
+                iface: iface.name.clone(),
+                mode: mode.to_owned(),
+                core_facing: iface.core_facing,
+                link: pinned.iter().find(|a| a.iface == iface.name).cloned(),
+                reattached: iface.reattached,
+            })
+            .collect();
+        let quarantined_by_file = self
+            .policy
+            .sims
+            .iter()
+            .filter(|s| s.state == SimState::Quarantined)
+            .count();
+        let quarantined_by_command = self
+            .overrides
+            .keys()
+            .filter(|imsi| {
+                self.sim(imsi)
+                    .is_ok_and(|(_, sim)| sim.state != SimState::Quarantined)
+            })
+            .count();
+        let quarantined = quarantined_by_file + quarantined_by_command;
+        let maps = self
+            .enforcer
+            .capacity()
+            .fill(&self.compiled.image, self.compiled.rules.len())
+            .into_iter()
+            .map(|fill| MapFill {
+                map: fill.map.to_owned(),
+                what: fill.what.to_owned(),
+                used: fill.needed,
+                capacity: fill.capacity,
+            })
+            .collect();
+        let program = self.enforcer.program().ok().and_then(|p| p.info().ok());
+        Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pin_dir: self.settings.pin_dir.clone(),
+            policy: self.policy.path.clone(),
+            applied_at: self.applied_at,
+            generation: self.generation,
+            applies: self.applies,
+            program_id: program.as_ref().map_or(0, aya::programs::ProgramInfo::id),
+            verified_instructions: program
+                .and_then(|p| p.verified_instruction_count())
+                .unwrap_or(0),
+            interfaces,
+            sims: SimCounts {
+                total: self.policy.sims.len(),
+                active: self.policy.sims.len() - quarantined,
+                quarantined,
+                quarantined_by_command,
+            },
+            maps,
+        }
+    }
+
+    /// Re-attach every interface whose link no longer runs on it: deleted and re-created
+    /// interfaces get a new ifindex, and the kernel detaches a link whose device goes away.
+    fn check_links(&mut self) {
+        for i in 0..self.ifaces.len() {
+            let name = self.ifaces[i].name.clone();
+            let Ok(now_index) = if_index(&name) else {
+                if self.ifaces[i].ifindex != 0 {
+                    warn!(iface = %name, "Interface is gone; it is attached again when it returns.");
+                    self.ifaces[i].ifindex = 0;
+                }
+                continue;
+            };
+            let attached = links::link_info(&links::link_pin(&self.settings.pin_dir, &name))
+                .is_ok_and(|info| info.ifindex == now_index);
+            if attached {
+                continue;
+            }
+            self.ifaces[i].ifindex = now_index;
+            let flags = if self.ifaces[i].core_facing {
+                IFACE_DROP_NON_POOL
+            } else {
+                0
+            };
+            let result = self
+                .enforcer
+                .set_iface(now_index, flags)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    self.ifaces[i].attach(
+                        &mut self.enforcer,
+                        &self.settings.pin_dir,
+                        self.settings.mode,
+                    )
+                });
+            match result {
+                Ok(_) => {
+                    self.ifaces[i].reattached += 1;
+                    warn!(iface = %name, ifindex = now_index, "Interface re-created: attached again.");
+                }
+                Err(err) => error!(
+                    iface = %name,
+                    error = format!("{err:#}"),
+                    "Interface re-created, but attaching to it failed; retrying."
+                ),
+            }
+        }
+    }
+}
+
+/// IMSI → SIM index for a policy.
+fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
+    policy
+        .sims
+        .iter()
+        .enumerate()
+        .filter_map(|(i, sim)| Some((sim.imsi.parse().ok()?, u32::try_from(i).ok()?)))
+        .collect()
+}
+
+/// The map keys of a SIM's addresses.
+fn keys(sim: &Sim) -> (Option<SimKeyV4>, Option<SimKeyV6>) {
+    let v6 = sim.ipv6.map(|net| {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&net.network().octets()[..8]);
+        prefix
+    });
+    (sim.ipv4.map(|a| a.octets()), v6)
+}
+
+/// SIMs added, removed and changed (segment by name, addresses, state) from `old` to `new`.
+fn sim_changes(old: &ValidatedPolicy, new: &ValidatedPolicy) -> (usize, usize, usize) {
+    let segment = |p: &ValidatedPolicy, s: &Sim| {
+        p.segments
+            .get(usize::from(s.segment))
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    };
+    let before: HashMap<&str, &Sim> = old.sims.iter().map(|s| (s.imsi.as_str(), s)).collect();
+    let (mut added, mut changed) = (0, 0);
+    for sim in &new.sims {
+        match before.get(sim.imsi.as_str()) {
+            None => added += 1,
+            Some(was) => {
+                if was.ipv4 != sim.ipv4
+                    || was.ipv6 != sim.ipv6
+                    || was.state != sim.state
+                    || was.rules != sim.rules
+                    || segment(old, was) != segment(new, sim)
+                {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    let removed = old.sims.len() + added - new.sims.len();
+    (added, removed, changed)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,319 @@
+//! `enforcer run`: check everything that can be checked before touching the kernel, claim the
+//! pin directory, load (adopting pinned maps, links and program), attach, then serve until a
+//! stop signal.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::XdpMode;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::daemon::{Daemon, Event, Iface};
+use crate::{
+    capacity::Limits,
+    compile::{self, Compiled},
+    control::unix,
+    links::{self, How},
+    loader::{Capacity, Enforcer},
+    pins::PinDir,
+    policy::{self, LoadOptions, ValidatedPolicy},
+    privileges,
+};
+
+/// How often the actor checks that every interface still runs its link (a re-created
+/// interface gets a new ifindex and loses XDP).
+const LINK_CHECK: Duration = Duration::from_secs(1);
+
+/// Everything `enforcer run` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Policy file.
+    pub policy: PathBuf,
+    /// How policy files are read.
+    pub load: LoadOptions,
+    /// Interfaces to attach to, in order.
+    pub ifaces: Vec<String>,
+    /// Of those, the ones facing the packet core (`IFACE_DROP_NON_POOL`).
+    pub core_facing: Vec<String>,
+    /// XDP mode for links this daemon creates.
+    pub mode: XdpMode,
+    /// Pin directory on bpffs.
+    pub pin_dir: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Map capacities.
+    pub limits: Limits,
+}
+
+/// Read, validate and compile `path`.
+///
+/// # Errors
+/// The policy's own errors, with the file named.
+pub fn load_policy(
+    path: &Path,
+    options: &LoadOptions,
+) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
+    let policy = policy::load_with(path, options)?;
+    let compiled = compile::compile(&policy)
+        .with_context(|| format!("compiling {} failed", path.display()))?;
+    Ok((policy, compiled))
+}
+
+/// Run the daemon until SIGTERM or SIGINT. Enforcement stays pinned when it returns.
+///
+/// # Errors
+/// A start that fails changes nothing that was there before it: it removes the links and pins
+/// it created, and leaves an earlier daemon's (adopted) ones enforcing.
+pub fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // One spelling of the file in force, whatever the working directory of later clients.
+    if let Ok(path) = std::fs::canonicalize(&settings.policy) {
+        settings.policy = path;
+    }
+    let (policy, compiled) = load_policy(&settings.policy, &settings.load)?;
+    privileges::require_bpf("enforcer run").map_err(anyhow::Error::msg)?;
+    if let Some(iface) = settings
+        .core_facing
+        .iter()
+        .find(|i| !settings.ifaces.contains(i))
+    {
+        bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
+    }
+    if let Some((i, iface)) = settings
+        .ifaces
+        .iter()
+        .enumerate()
+        .find(|(i, iface)| settings.ifaces[..*i].contains(iface))
+    {
+        bail!(
+            "--iface {iface} is given twice (the {} time); give each interface once",
+            i + 1
+        );
+    }
+    let mut ifaces = Vec::new();
+    for name in &settings.ifaces {
+        let index = if_index(name)
+            .with_context(|| format!("no network interface named `{name}`; check `ip link`"))?;
+        ifaces.push(Iface {
+            name: name.clone(),
+            ifindex: index,
+            core_facing: settings.core_facing.contains(name),
+            reattached: 0,
+        });
+    }
+    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
+    capacity
+        .check(&compiled.image, compiled.rules.len())
+        .with_context(|| format!("{} does not fit the maps", settings.policy.display()))?;
+
+    let pins = PinDir::claim(&settings.pin_dir)?;
+    let listener = unix::bind(&settings.socket)?;
+    let daemon = match start(&settings, &pins, capacity, policy, compiled, ifaces) {
+        Ok(daemon) => daemon,
+        Err(err) => {
+            pins.remove_created();
+            let _ = std::fs::remove_file(&settings.socket);
+            return Err(err);
+        }
+    };
+    serve(daemon, listener, &settings)?;
+    drop(pins);
+    Ok(())
+}
+
+/// Load, fill and attach: every step that touches the kernel. On error, the links this start
+/// created are removed (the caller removes the pins); links adopted from an earlier daemon keep
+/// enforcing.
+fn start(
+    settings: &Settings,
+    pins: &PinDir,
+    capacity: Capacity,
+    policy: ValidatedPolicy,
+    compiled: Compiled,
+    ifaces: Vec<Iface>,
+) -> anyhow::Result<Daemon> {
+    let enforcer = Enforcer::load(capacity, Some(pins.path()))?;
+    let mut daemon = Daemon::new(settings.clone(), enforcer, policy, compiled, ifaces);
+    daemon
+        .apply_loaded()
+        .context("writing the policy into the maps")?;
+    let mut created = Vec::new();
+    let result = daemon.attach_all(&mut created);
+    if let Err(err) = result {
+        for iface in created {
+            let _ = links::remove(pins.path(), &iface);
+        }
+        return Err(err);
+    }
+    // Links pinned by an earlier daemon for interfaces no longer given: the operator took
+    // them out of the configuration, so they stop being enforced, and the log says so.
+    for stale in links::pinned(pins.path())
+        .into_iter()
+        .filter(|a| !settings.ifaces.contains(&a.iface))
+    {
+        match links::remove(pins.path(), &stale.iface) {
+            Ok(_) => warn!(iface = %stale.iface, "Detached: no longer given with --iface."),
+            Err(err) => warn!(iface = %stale.iface, error = %err, "Could not detach."),
+        }
+    }
+    links::pin_program(daemon.enforcer.program()?, pins.path())?;
+    Ok(daemon)
+}
+
+/// Serve commands, signals and link checks until a stop signal. The I/O (socket, signals,
+/// timers) runs on a tokio runtime in its own thread; the actor is this thread.
+fn serve(
+    mut daemon: Daemon,
+    listener: std::os::unix::net::UnixListener,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let (events, mut inbox) = mpsc::channel::<Event>(1024);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let io = std::thread::Builder::new()
+        .name("enforcer-io".into())
+        .spawn(move || io_thread(listener, events, ready_tx))
+        .context("starting the I/O thread")?;
+    // Ready only once the signal handlers are in place: a SIGHUP before that would kill the
+    // daemon (the default action) instead of reloading.
+    ready
+        .recv()
+        .context("the I/O thread failed before serving")?;
+    info!(
+        socket = %settings.socket.display(),
+        pin_dir = %settings.pin_dir.display(),
+        "Enforcing; reload with SIGHUP or `enforcer policy apply`, stop with SIGTERM (enforcement \
+         stays pinned; `enforcer detach` removes it)."
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    while let Some(event) = inbox.blocking_recv() {
+        match event {
+            Event::Stop(signal) => {
+                info!(
+                    signal,
+                    pin_dir = %settings.pin_dir.display(),
+                    "Stopping; the program, its links and maps stay pinned and enforcing the \
+                     policy in force. `enforcer detach` removes them."
+                );
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                break;
+            }
+            other => daemon.handle(other),
+        }
+    }
+    drop(inbox);
+    let _ = std::fs::remove_file(&settings.socket);
+    drop(io);
+    Ok(())
+}
+
+fn io_thread(
+    listener: std::os::unix::net::UnixListener,
+    events: mpsc::Sender<Event>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "Cannot start the I/O runtime; stopping.");
+            let _ = events.blocking_send(Event::Stop("none (I/O runtime failed)"));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (requests, mut incoming) = mpsc::channel::<unix::Request>(256);
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(listener));
+        let listener = match listener {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "Cannot serve the control socket; stopping.");
+                let _ = events
+                    .send(Event::Stop("none (control socket failed)"))
+                    .await;
+                return;
+            }
+        };
+        tokio::spawn(unix::serve(listener, requests));
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = events
+                .send(Event::Stop("none (signal handlers failed)"))
+                .await;
+            return;
+        };
+        let _ = ready.send(());
+        let mut checks = tokio::time::interval(LINK_CHECK);
+        loop {
+            let event = tokio::select! {
+                _ = term.recv() => Event::Stop("SIGTERM"),
+                _ = int.recv() => Event::Stop("SIGINT"),
+                _ = hup.recv() => Event::Hangup,
+                Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
+                _ = checks.tick() => Event::CheckLinks,
+            };
+            let stop = matches!(event, Event::Stop(_));
+            if events.send(event).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+}
+
+/// The index of interface `name`.
+///
+/// # Errors
+/// The OS error when there is no such interface.
+pub fn if_index(name: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(name).context("interface name contains a NUL byte")?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(index)
+}
+
+impl Iface {
+    /// Attach (or re-attach) this interface through its pinned link.
+    pub(super) fn attach(
+        &self,
+        enforcer: &mut Enforcer,
+        pin_dir: &Path,
+        mode: XdpMode,
+    ) -> anyhow::Result<How> {
+        let program = enforcer.program()?;
+        let (how, link) = links::attach(program, pin_dir, &self.name, self.ifindex, mode).map_err(
+            |err| match err {
+                links::AttachError::Attach(source) => {
+                    anyhow::Error::new(crate::loader::LoadError::Attach {
+                        iface: self.name.clone(),
+                        mode,
+                        hint: crate::xdp_holder::attach_hint(&self.name, mode),
+                        source: Box::new(source),
+                    })
+                }
+                links::AttachError::Link(err) => anyhow::Error::new(err),
+            },
+        )?;
+        info!(
+            iface = %self.name,
+            ifindex = self.ifindex,
+            link_id = link.link_id,
+            program_id = link.program_id,
+            how = ?how,
+            "Attached XDP program through a pinned link."
+        );
+        Ok(how)
+    }
+}
