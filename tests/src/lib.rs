@@ -10,6 +10,7 @@ pub mod harness;
 pub mod netns;
 pub mod rng;
 pub mod scale;
+pub mod stream;
 pub mod throughput;
 pub mod topology;
 
