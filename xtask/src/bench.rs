@@ -20,7 +20,7 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     setup::prepare(
         "the benchmark loads XDP programs",
         setup::Purpose::Bench,
-        &["integration-tests"],
+        &["integration-tests", "enforcer"],
         true,
     )?;
     let out = root().join("target/bench");

@@ -13,7 +13,7 @@
 //! - End to end through veth against nftables.
 //!
 //! Writes `report.md` and `report.json` into the output directory. `--only SECTION,...` runs
-//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`.
+//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`.
 //!
 //! Usage: enforcer-bench [--quick] [--only SECTIONS] [--out DIR] | enforcer-bench load POLICY
 
@@ -351,6 +351,17 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     } else {
         Value::Null
     };
+
+    let daemon = if plan.runs("daemon") {
+        // The `enforcer` binary built beside this one (`cargo xtask bench` builds both).
+        let bin = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("enforcer");
+        let sims = *plan.sims.iter().max().unwrap_or(&10_000);
+        integration_tests::daemon_bench::run(&mut md, &work, &bin, sims, quick)?
+    } else {
+        Value::Null
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let report = json!({
@@ -361,6 +372,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         "map_memory_bytes": memory.iter().map(|(n, b)| (n.to_string(), json!(b))).collect::<serde_json::Map<_, _>>(),
         "policy_size": scale,
         "end_to_end": e2e,
+        "daemon": daemon,
     });
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     std::fs::write(

@@ -1,0 +1,340 @@
+//! The benchmark's `daemon` section: the real `enforcer run` on `lo` of a namespace of its
+//! own, driven through its control socket as an operator would, at the benchmark's largest
+//! SIM count. Issue 10's targets: start (validate + compile + load) time and peak RSS, a full
+//! reload, a reload with 1% of the SIMs changed, one SIM changed, quarantine latency, `stats`
+//! for all SIMs and for one, and the time without enforcement across a restart.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer::control::{Command as Ctl, Reply, unix};
+use serde_json::{Value, json};
+
+use crate::{
+    bench::{Generated, SEGMENTS, generate},
+    netns::{NetNs, unique_prefix},
+};
+
+/// A daemon under test and its files.
+struct Running {
+    child: Option<Child>,
+    bin: PathBuf,
+    ns: NetNs,
+    pin_dir: String,
+    socket: PathBuf,
+    policy: PathBuf,
+}
+
+impl Running {
+    fn start(bin: &Path, policy: &Path, tag: &str) -> Result<(Self, Duration), String> {
+        let prefix = unique_prefix();
+        let ns = NetNs::new(&format!("{prefix}-{tag}"));
+        let mut running = Self {
+            child: None,
+            bin: bin.to_owned(),
+            pin_dir: format!("/sys/fs/bpf/{prefix}-{tag}"),
+            socket: std::env::temp_dir().join(format!("{prefix}-{tag}.sock")),
+            policy: policy.to_owned(),
+            ns,
+        };
+        let took = running.spawn()?;
+        Ok((running, took))
+    }
+
+    /// Start `enforcer run` and wait until it answers `status`; returns the time that took.
+    fn spawn(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.name))
+            .arg(&self.bin)
+            .args([
+                "run",
+                "--xdp-mode",
+                "skb",
+                "--iface",
+                "lo",
+                "--pin-dir",
+                &self.pin_dir,
+            ])
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--policy")
+            .arg(&self.policy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting enforcer run: {e}"))?;
+        self.child = Some(child);
+        while started.elapsed() < Duration::from_secs(120) {
+            if self.socket.exists() && matches!(self.call(&Ctl::Status), Ok(Reply::Status(_))) {
+                return Ok(started.elapsed());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("enforcer run exited early: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err("enforcer run did not start within 120 s".into())
+    }
+
+    fn call(&self, command: &Ctl) -> Result<Reply, String> {
+        match unix::call(&self.socket, command).map_err(|e| e.to_string())? {
+            Reply::Error { message } => Err(message),
+            reply => Ok(reply),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Peak resident set of the daemon so far (`VmHWM`), MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        proc_kib(self.pid(), "VmHWM:") / 1024.0
+    }
+
+    fn rss_mib(&self) -> f64 {
+        proc_kib(self.pid(), "VmRSS:") / 1024.0
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new(&self.bin)
+            .args(["detach", "--pin-dir", &self.pin_dir])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn proc_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// A copy of `generated`'s policy directory with the segment of SIMs `changed` moved to the
+/// next segment.
+fn variant(generated: &Generated, dir: &Path, changed: impl Fn(u32) -> bool) -> PathBuf {
+    let source = generated.policy.parent().expect("policy dir");
+    std::fs::create_dir_all(dir).expect("variant dir");
+    std::fs::copy(&generated.policy, dir.join("policy.toml")).expect("copy policy");
+    let csv = std::fs::read_to_string(source.join("sims.csv")).expect("read inventory");
+    let mut out = String::with_capacity(csv.len());
+    for (i, line) in csv.lines().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX).wrapping_sub(1);
+        if i > 0 && changed(index) {
+            let mut fields: Vec<&str> = line.split(',').collect();
+            let next = format!("seg{}", (index + 1) % SEGMENTS);
+            fields[3] = &next;
+            out.push_str(&fields.join(","));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    std::fs::write(dir.join("sims.csv"), out).expect("write inventory");
+    dir.join("policy.toml")
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+fn applied_ms(reply: &Reply) -> f64 {
+    match reply {
+        Reply::Applied(a) => a.took_ms,
+        _ => f64::NAN,
+    }
+}
+
+/// Run the section with `sims` SIMs; appends a table to `md` and returns the figures.
+///
+/// # Errors
+/// A daemon that fails to start or a command that fails.
+pub fn run(
+    md: &mut String,
+    work: &Path,
+    bin: &Path,
+    sims: u32,
+    quick: bool,
+) -> Result<Value, String> {
+    let generated = generate(&work.join("daemon"), sims, 1);
+    let one = variant(&generated, &work.join("daemon-one"), |i| i == sims / 2);
+    let pct = variant(&generated, &work.join("daemon-pct"), |i| i % 100 == 7);
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let (base, one, pct) = (abs(&generated.policy), abs(&one), abs(&pct));
+
+    let (mut daemon, start) = Running::start(bin, &base, "bd")?;
+    let rss_after_start = daemon.rss_mib();
+    let peak_start = daemon.peak_rss_mib();
+
+    let apply = |d: &Running, p: &Path| d.call(&Ctl::ApplyPolicy { path: p.to_owned() });
+    let full_reload = applied_ms(&apply(&daemon, &base)?);
+    let peak_reload = daemon.peak_rss_mib();
+    let pct_reload = applied_ms(&apply(&daemon, &pct)?);
+    let _ = apply(&daemon, &base)?;
+    let rounds = if quick { 4 } else { 20 };
+    let mut one_change = Vec::new();
+    for round in 0..rounds {
+        let path = if round % 2 == 0 { &one } else { &base };
+        one_change.push(applied_ms(&apply(&daemon, path)?));
+    }
+
+    let imsi = format!("{:015}", 1_010_000_000_000u64 + u64::from(sims / 3));
+    let mut quarantine = Vec::new();
+    for _ in 0..if quick { 20 } else { 200 } {
+        let started = Instant::now();
+        daemon.call(&Ctl::SimQuarantine {
+            imsi: imsi.clone(),
+            source: "bench".into(),
+        })?;
+        quarantine.push(started.elapsed().as_secs_f64() * 1e3);
+        daemon.call(&Ctl::SimRelease { imsi: imsi.clone() })?;
+    }
+    let timed = |command: Ctl| -> Result<f64, String> {
+        let started = Instant::now();
+        daemon.call(&command)?;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    let stats_all = timed(Ctl::Stats { imsis: Vec::new() })?;
+    let stats_one = timed(Ctl::Stats {
+        imsis: vec![imsi.clone()],
+    })?;
+
+    // A restart: the pinned program enforces while no daemon runs; the new one swaps its
+    // program into the same links.
+    daemon.kill();
+    let links_kept = !crate::netns::run("ls", &[&format!("{}/links", daemon.pin_dir)])
+        .stdout
+        .is_empty();
+    let restart = daemon.spawn()?;
+    let peak_final = daemon.peak_rss_mib();
+    drop(daemon);
+
+    let (p50_one, p99_one) = (
+        percentile(&mut one_change.clone(), 50.0),
+        percentile(&mut one_change, 99.0),
+    );
+    let (p50_q, p99_q) = (
+        percentile(&mut quarantine.clone(), 50.0),
+        percentile(&mut quarantine, 99.0),
+    );
+    let met = |value: f64, target: f64| if value <= target { "met" } else { "NOT met" };
+    let _ = writeln!(
+        md,
+        "\n## Daemon operations at {sims} SIMs (`enforcer run` on lo, commands over its socket)\n"
+    );
+    let _ = writeln!(md, "| operation | figure | target |\n|---|---:|---|");
+    let rows = [
+        (
+            "start: validate + compile + load + attach, to answering",
+            format!("{:.2} s", start.as_secs_f64()),
+            format!("≤ 1.5 s ({})", met(start.as_secs_f64(), 1.5)),
+        ),
+        (
+            "daemon RSS after start / peak",
+            format!("{rss_after_start:.0} / {peak_start:.0} MiB"),
+            format!("≤ 150 MB ({})", met(peak_start, 150.0)),
+        ),
+        (
+            "peak RSS after a full reload",
+            format!("{peak_reload:.0} MiB"),
+            format!("≤ 2× start ({})", met(peak_reload, 2.0 * peak_start)),
+        ),
+        (
+            "full reload (policy apply, same file)",
+            format!("{full_reload:.0} ms"),
+            "-".to_owned(),
+        ),
+        (
+            "reload with 1% of SIMs changed",
+            format!("{pct_reload:.0} ms"),
+            format!("≤ 500 ms ({})", met(pct_reload, 500.0)),
+        ),
+        (
+            "one SIM changed, p50 / p99",
+            format!("{p50_one:.1} / {p99_one:.1} ms"),
+            format!("≤ 1 ms p99 ({})", met(p99_one, 1.0)),
+        ),
+        (
+            "sim quarantine → map written (reply), p50 / p99",
+            format!("{p50_q:.2} / {p99_q:.2} ms"),
+            format!("≤ 10 ms p99 ({})", met(p99_q, 10.0)),
+        ),
+        (
+            "stats, every SIM",
+            format!("{stats_all:.0} ms"),
+            format!("≤ 300 ms ({})", met(stats_all, 300.0)),
+        ),
+        (
+            "stats, one SIM",
+            format!("{stats_one:.1} ms"),
+            format!("≤ 10 ms ({})", met(stats_one, 10.0)),
+        ),
+        (
+            "kill -9, restart to answering (links stay pinned)",
+            format!("{:.2} s", restart.as_secs_f64()),
+            "-".to_owned(),
+        ),
+        (
+            "time without enforcement across the restart",
+            if links_kept {
+                "0 s (links pinned)".to_owned()
+            } else {
+                "links lost".to_owned()
+            },
+            format!("0 ({})", if links_kept { "met" } else { "NOT met" }),
+        ),
+    ];
+    for (what, figure, target) in &rows {
+        let _ = writeln!(md, "| {what} | {figure} | {target} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nPeak RSS over the whole run: {peak_final:.0} MiB. Quarantine latency is command to \
+         reply: the daemon replies after the map write, so the next packet is judged quarantined. \
+         The live tests show it on traffic (`tests/tests/live.rs`)."
+    );
+    Ok(json!({
+        "sims": sims,
+        "start_s": start.as_secs_f64(),
+        "rss_after_start_mib": rss_after_start,
+        "peak_rss_start_mib": peak_start,
+        "peak_rss_reload_mib": peak_reload,
+        "full_reload_ms": full_reload,
+        "pct_reload_ms": pct_reload,
+        "one_change_ms": {"p50": p50_one, "p99": p99_one},
+        "quarantine_ms": {"p50": p50_q, "p99": p99_q},
+        "stats_all_ms": stats_all,
+        "stats_one_ms": stats_one,
+        "restart_s": restart.as_secs_f64(),
+        "links_kept": links_kept,
+    }))
+}
