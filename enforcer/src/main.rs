@@ -1,4 +1,4 @@
-//! `enforcer`: the daemon (`run`) and its CLI (`policy check`, `policy replay`, `stats`).
+//! `enforcer`: the daemon (`run`) and its CLI (`policy check|replay|diff`, `stats`).
 
 mod cli;
 
@@ -112,6 +112,9 @@ enum PolicyCommand {
         #[command(flatten)]
         input: InputArgs,
     },
+    /// Show what changes between two policy files: SIMs, segments, rules, pools (exit status
+    /// 0 same, 1 different, 2 error).
+    Diff(cli::diff::DiffArgs),
 }
 
 /// How policy files are read (`policy::LoadOptions`).
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
                 core_facing,
             )
         }),
+        Command::Policy(PolicyCommand::Diff(args)) => return cli::diff::run(&args),
         Command::Stats(args) => stats(&args),
     };
     match result {

@@ -1,2 +1,3 @@
 //! Subcommands whose work is more than a few lines, one module each.
+pub mod diff;
 pub mod replay;
