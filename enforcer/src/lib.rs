@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod compile;
 pub mod counters;
 pub mod diff;
+pub mod explain;
 pub mod loader;
 pub mod oracle;
 pub mod pins;

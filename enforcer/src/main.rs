@@ -1,4 +1,4 @@
-//! `enforcer`: the daemon (`run`) and its CLI (`policy check|replay|diff`, `stats`).
+//! `enforcer`: the daemon (`run`) and its CLI (`policy check|replay|diff|explain`, `stats`).
 
 mod cli;
 
@@ -115,6 +115,8 @@ enum PolicyCommand {
     /// Show what changes between two policy files: SIMs, segments, rules, pools (exit status
     /// 0 same, 1 different, 2 error).
     Diff(cli::diff::DiffArgs),
+    /// Explain the verdict on a packet (--from/--to) or what a SIM may reach (--imsi).
+    Explain(cli::explain::ExplainArgs),
 }
 
 /// How policy files are read (`policy::LoadOptions`).
@@ -190,6 +192,7 @@ fn main() -> ExitCode {
             )
         }),
         Command::Policy(PolicyCommand::Diff(args)) => return cli::diff::run(&args),
+        Command::Policy(PolicyCommand::Explain(args)) => cli::explain::run(&args),
         Command::Stats(args) => stats(&args),
     };
     match result {

@@ -1,3 +1,4 @@
 //! Subcommands whose work is more than a few lines, one module each.
 pub mod diff;
+pub mod explain;
 pub mod replay;
