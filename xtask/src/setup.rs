@@ -83,6 +83,11 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::VmTest, Purpose::Test],
     },
     Package {
+        name: "systemd",
+        why: "`systemd-analyze verify` checks packaging/enforcer.service",
+        for_: &[Purpose::Test],
+    },
+    Package {
         name: "binutils",
         why: "`strip` keeps the VM tests' initramfs small",
         for_: &[Purpose::VmTest, Purpose::Test],
