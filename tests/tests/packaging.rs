@@ -128,3 +128,106 @@ fn packaged_example_policy_is_valid() {
     let default = std::fs::read_to_string(packaging("enforcer.default")).expect("read default");
     assert!(default.lines().any(|l| l.starts_with("ENFORCER_ARGS=")));
 }
+
+/// `cargo xtask package` with the built (debug) binary: a .deb that holds the binary, the
+/// unit and the conffiles with the right modes, root-owned, whose Depends dpkg-shlibdeps
+/// computed, and whose binary runs. The release build itself is left to `cargo xtask
+/// package` (minutes); the layout does not depend on the profile.
+#[test]
+fn xtask_package_builds_a_debian_package() {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = std::env::temp_dir().join(format!("enforcer-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .current_dir(&workspace)
+        .args(["xtask", "package", "--binary"])
+        .arg(enforcer_bin())
+        .arg("--out-dir")
+        .arg(&out_dir)
+        // Uncompressed: xz takes most of a minute on a debug binary, and the layout is the same.
+        .args(["--compression", "none"])
+        .output()
+        .expect("run cargo xtask package");
+    assert!(
+        built.status.success(),
+        "cargo xtask package failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let arch = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .expect("dpkg --print-architecture");
+    let arch = String::from_utf8_lossy(&arch.stdout).trim().to_owned();
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = out_dir.join(format!("enforcer_{version}_{arch}.deb"));
+    assert!(deb.exists(), "{} missing", deb.display());
+    let dpkg_deb = |args: &[&str]| -> String {
+        let out = Command::new("dpkg-deb")
+            .args(args)
+            .arg(&deb)
+            .output()
+            .expect("run dpkg-deb");
+        assert!(out.status.success(), "dpkg-deb {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let field = |name: &str| {
+        dpkg_deb(&["--field"])
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+    };
+    assert_eq!(field("Package").as_deref(), Some("enforcer"));
+    assert_eq!(field("Version").as_deref(), Some(version));
+    let depends = field("Depends").expect("Depends");
+    assert!(depends.contains("libc6 (>= "), "Depends: {depends}");
+    let contents = dpkg_deb(&["--contents"]);
+    for (mode, path) in [
+        ("-rwxr-xr-x root/root", "./usr/bin/enforcer"),
+        (
+            "-rw-r--r-- root/root",
+            "./lib/systemd/system/enforcer.service",
+        ),
+        ("-rw-r--r-- root/root", "./etc/default/enforcer"),
+        ("-rw-r--r-- root/root", "./etc/enforcer/policy.toml"),
+        ("-rw-r--r-- root/root", "./usr/share/doc/enforcer/README.md"),
+        ("-rw-r--r-- root/root", "./usr/share/doc/enforcer/copyright"),
+    ] {
+        assert!(
+            contents
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(&format!(" {path}"))),
+            "`{mode} ... {path}` missing from:\n{contents}"
+        );
+    }
+    let unpacked = out_dir.join("root");
+    let control = out_dir.join("control");
+    dpkg_deb_to(&deb, "-x", &unpacked);
+    dpkg_deb_to(&deb, "-e", &control);
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).expect("conffiles");
+    assert_eq!(
+        conffiles,
+        "/etc/default/enforcer\n/etc/enforcer/policy.toml\n"
+    );
+    let unit = std::fs::read_to_string(unpacked.join("lib/systemd/system/enforcer.service"))
+        .expect("unit in the package");
+    assert_eq!(unit, unit_text());
+    let runs = Command::new(unpacked.join("usr/bin/enforcer"))
+        .arg("--version")
+        .output()
+        .expect("run the packaged binary");
+    assert_eq!(
+        String::from_utf8_lossy(&runs.stdout).trim(),
+        format!("enforcer {version}")
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+fn dpkg_deb_to(deb: &std::path::Path, flag: &str, dir: &std::path::Path) {
+    let status = Command::new("dpkg-deb")
+        .arg(flag)
+        .arg(deb)
+        .arg(dir)
+        .status()
+        .expect("run dpkg-deb");
+    assert!(status.success(), "dpkg-deb {flag} failed");
+}
