@@ -509,13 +509,19 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let totals = Totals::read_pinned(&args.pin_dir, state.sims.len(), state.rules.len())
-        .with_context(|| {
-            format!(
-                "reading counters pinned in {}; is `enforcer run` running?",
-                args.pin_dir.display()
-            )
-        })?;
+    // With --imsi only those SIMs' slots are read (one lookup each), not the whole fleet.
+    let only: Vec<u32> = (state.sims.iter().enumerate())
+        .filter(|(_, s)| args.imsi.contains(&s.imsi))
+        .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect();
+    let totals =
+        Totals::read_pinned_only(&args.pin_dir, state.sims.len(), state.rules.len(), &only)
+            .with_context(|| {
+                format!(
+                    "reading counters pinned in {}; is `enforcer run` running?",
+                    args.pin_dir.display()
+                )
+            })?;
     let report = Report::new(&state, &totals, &args.imsi);
     let mut out = std::io::stdout().lock();
     if args.json {
