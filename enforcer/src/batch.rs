@@ -1,5 +1,6 @@
-//! `BPF_MAP_UPDATE_BATCH` (Linux 5.6, aa2e93b8e58e) for hash and array maps: aya 0.14 has no
-//! batch operations, and one syscall per key makes a million-SIM load take seconds.
+//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_BATCH` (Linux 5.6, aa2e93b8e58e, cb4d03ab499d)
+//! for hash and array maps: aya 0.14 has no batch operations, and one syscall per key makes a
+//! million-SIM load or counter read take seconds.
 
 use std::{
     io,
@@ -8,6 +9,8 @@ use std::{
 
 use aya::Pod;
 
+/// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// `BPF_MAP_UPDATE_BATCH` from `enum bpf_cmd`.
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Keys per syscall: large enough to amortise the syscall, small enough to bound kernel work
@@ -57,4 +60,85 @@ pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Read elements `0..count` of the per-CPU array behind `fd`, `cpus` values of `T` each
+/// (`cpus` = possible CPUs, as the kernel lays per-CPU values out): element-major, so element
+/// `i` on CPU `c` is at `i * cpus + c`. Elements the map does not have are left out (the result
+/// is shorter). A chunk of keys per syscall, as libbpf's `bpf_map_lookup_batch`: the kernel
+/// fills `keys` and, per key, `cpus` values each `size_of::<T>()` rounded up to 8 bytes, and
+/// returns the last key read as the token for the next call; ENOENT marks the end.
+pub fn lookup_percpu_array<T: Pod + Default>(
+    fd: impl AsFd,
+    count: u32,
+    cpus: usize,
+) -> io::Result<Vec<T>> {
+    let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let stride = size_of::<T>().next_multiple_of(8);
+    let total = count as usize;
+    let mut out = vec![T::default(); total * cpus];
+    let chunk = CHUNK.min(total.max(1));
+    let mut keys = vec![0u32; chunk];
+    let mut values = vec![0u8; chunk * cpus * stride];
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut read = 0usize;
+    let mut first = true;
+    while read < total {
+        let want = chunk.min(total - read);
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const token_in) as u64
+            },
+            out_batch: (&raw mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(want).unwrap_or(u32::MAX),
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys` holds `want` u32 keys and `values`
+        // `want` elements of `cpus` values of `stride` bytes (what the kernel writes per key of
+        // a per-CPU array of `T`); both tokens are u32 like the array's key; all outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let done = if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                return Err(err);
+            }
+            true
+        } else {
+            false
+        };
+        let got = (attr.count as usize).min(want);
+        for (i, key) in keys[..got].iter().enumerate() {
+            let key = *key as usize;
+            if key >= total {
+                continue;
+            }
+            for cpu in 0..cpus {
+                let offset = (i * cpus + cpu) * stride;
+                // SAFETY: `offset + size_of::<T>()` lies inside `values` (i < got <= want,
+                // cpu < cpus); `T: Pod` may hold any bytes; the read is unaligned-safe.
+                out[key * cpus + cpu] =
+                    unsafe { values.as_ptr().add(offset).cast::<T>().read_unaligned() };
+            }
+        }
+        read += got;
+        if done || got == 0 {
+            out.truncate(read.min(total) * cpus);
+            break;
+        }
+        token_in = token_out;
+        first = false;
+    }
+    Ok(out)
 }

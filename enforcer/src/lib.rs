@@ -6,6 +6,8 @@ pub mod capacity;
 pub mod compile;
 pub mod control;
 pub mod counters;
+pub mod diff;
+pub mod explain;
 pub mod links;
 pub mod loader;
 pub mod oracle;

@@ -1,6 +1,6 @@
-//! `enforcer`: the daemon (`run`) and its CLI: offline policy tools (`policy check`, `policy
-//! replay`) and clients of the running daemon (`status`, `stats`, `policy apply`, `sim`), plus
-//! `detach`.
+//! `enforcer`: the daemon (`run`) and its CLI: offline policy tools (`policy
+//! check|replay|diff|explain`) and clients of the running daemon (`status`, `stats`, `policy
+//! apply`, `sim`), plus `detach`.
 
 mod cli;
 
@@ -169,6 +169,11 @@ enum PolicyCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Show what changes between two policy files: SIMs, segments, rules, pools (exit status
+    /// 0 same, 1 different, 2 error).
+    Diff(cli::diff::DiffArgs),
+    /// Explain the verdict on a packet (--from/--to) or what a SIM may reach (--imsi).
+    Explain(cli::explain::ExplainArgs),
 }
 
 /// How policy files are read (`policy::LoadOptions`).
@@ -253,6 +258,8 @@ fn main() -> ExitCode {
             cli::daemon::sim(&args.socket.socket, action, &args.imsi, args.json)
         }
         Command::Detach { pin_dir } => cli::detach::run(&pin_dir),
+        Command::Policy(PolicyCommand::Diff(args)) => return cli::diff::run(&args),
+        Command::Policy(PolicyCommand::Explain(args)) => cli::explain::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

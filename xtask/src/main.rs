@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -47,6 +48,19 @@ enum Command {
         #[arg(long, value_name = "SECTIONS")]
         only: Option<String>,
     },
+    /// Build target/debian/enforcer_<version>_<arch>.deb (release build, systemd unit,
+    /// conffiles in /etc).
+    Package {
+        /// Package this binary instead of building a release one (tests use a debug build).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
+        /// Where to write the .deb (default target/debian).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+        /// dpkg-deb's compressor: xz (default, smallest), gzip or none (fastest, for tests).
+        #[arg(long, value_name = "TYPE", default_value = "xz")]
+        compression: package::Compression,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +71,11 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Command::VmTest { kernels } => vm_test::run(&kernels),
+        Command::Package {
+            binary,
+            out_dir,
+            compression,
+        } => package::run(binary.as_deref(), out_dir.as_deref(), compression).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

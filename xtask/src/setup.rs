@@ -29,6 +29,8 @@ pub enum Purpose {
     VmTest,
     /// `cargo xtask test`: everything, since it runs vm-test and the quick benchmark too.
     Test,
+    /// `cargo xtask package`: the Debian packaging tools.
+    Package,
 }
 
 /// A Debian package, why it is needed and by which commands.
@@ -81,6 +83,16 @@ const APT_PACKAGES: &[Package] = &[
         name: "xz-utils",
         why: "unpacks the guest kernel's veth.ko.xz",
         for_: &[Purpose::VmTest, Purpose::Test],
+    },
+    Package {
+        name: "dpkg-dev",
+        why: "`dpkg-shlibdeps` computes the Debian package's Depends",
+        for_: &[Purpose::Package, Purpose::Test],
+    },
+    Package {
+        name: "systemd",
+        why: "`systemd-analyze verify` checks packaging/enforcer.service",
+        for_: &[Purpose::Test],
     },
     Package {
         name: "binutils",
@@ -209,6 +221,7 @@ fn command_name(purpose: Purpose) -> &'static str {
         Purpose::Bench => "`cargo xtask bench`",
         Purpose::VmTest => "`cargo xtask vm-test`",
         Purpose::Test => "`cargo xtask test`",
+        Purpose::Package => "`cargo xtask package`",
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod error;
 mod inventory;
 pub mod raw;
+pub mod show;
 pub mod source;
 mod validate;
 

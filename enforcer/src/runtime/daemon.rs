@@ -366,21 +366,27 @@ impl Daemon {
     }
 
     fn stats(&self, imsis: &[String]) -> anyhow::Result<Report> {
+        let mut only = Vec::new();
         for imsi in imsis {
-            self.sim(imsi)?;
+            only.push(self.sim(imsi)?.0);
         }
         let map = |name| {
             self.enforcer
                 .map(name)
                 .with_context(|| format!("{name} missing"))
         };
-        let totals = Totals::read(
+        let (sims, verdicts, rules) = (
             map(names::SIM_STATS)?,
             map(names::VERDICT_STATS)?,
             map(names::RULE_STATS)?,
-            self.policy.sims.len(),
-            self.compiled.rules.len(),
-        )
+        );
+        let (n_sims, n_rules) = (self.policy.sims.len(), self.compiled.rules.len());
+        // With IMSIs, only their slots are read (one lookup each), not the whole fleet.
+        let totals = if only.is_empty() {
+            Totals::read(sims, verdicts, rules, n_sims, n_rules)
+        } else {
+            Totals::read_only(sims, verdicts, rules, n_sims, &only, n_rules)
+        }
         .context("reading counters")?;
         let mut report = Report::new(&self.names, &totals, imsis);
         for row in &mut report.sims {
