@@ -23,7 +23,7 @@ pub struct State {
     pub segments: Vec<String>,
     /// SIMs by index.
     pub sims: Vec<SimName>,
-    /// Rules by id: `owner @ file:line`.
+    /// Rules by id: `owner @ file:line`, then `: description` when the rule has one.
     pub rules: Vec<String>,
 }
 
@@ -58,7 +58,13 @@ impl State {
             rules: compiled
                 .rules
                 .iter()
-                .map(|r| format!("{} @ {}", r.owner, r.origin))
+                .map(|r| {
+                    if r.description.is_empty() {
+                        format!("{} @ {}", r.owner, r.origin)
+                    } else {
+                        format!("{} @ {}: {}", r.owner, r.origin, r.description)
+                    }
+                })
                 .collect(),
         }
     }

@@ -789,3 +789,56 @@ segment = "s"
     );
     assert!(alive, "an invalid policy on SIGHUP stopped the daemon");
 }
+
+/// Pins left by a run with smaller maps are refused by a start that needs larger ones, with a
+/// message naming the map and what to do; nothing changes: the earlier run's program keeps
+/// enforcing through its link and its maps stay as they were.
+#[test]
+fn pins_of_a_smaller_run_are_refused_and_nothing_changes() {
+    let Some(ns) = root_namespace("reuse") else {
+        return;
+    };
+    let bin = enforcer_bin().display().to_string();
+    let files = RunFiles::new("reuse");
+    let mut small = files.args(&ns.name, "skb", &bin, &example());
+    small.extend(["--max-sims".to_owned(), "70000".to_owned()]);
+    let child = {
+        use std::io::BufRead as _;
+        let mut child = Command::new("nsenter")
+            .args(&small)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start enforcer");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let ready = std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Enforcing"));
+        assert!(ready, "the first run never enforced");
+        child
+    };
+    stop(child, libc::SIGKILL);
+    let generation = pinned_generation(&files.pin_dir);
+    let mut large = files.args(&ns.name, "skb", &bin, &example());
+    large.extend(["--max-sims".to_owned(), "200000".to_owned()]);
+    let out = Command::new("nsenter")
+        .args(&large)
+        .output()
+        .expect("run enforcer");
+    let text = text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("pinned in") && text.contains("does not fit this start"),
+        "{text}"
+    );
+    assert!(text.contains("this start needs 200000"), "{text}");
+    assert_eq!(
+        pinned_generation(&files.pin_dir),
+        generation,
+        "the refused start changed the pinned policy"
+    );
+    assert!(
+        has_xdp(&ns.name, "lo"),
+        "the refused start detached the earlier run's link"
+    );
+}

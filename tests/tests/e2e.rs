@@ -80,6 +80,18 @@ fn enforce_example_policy(mode: &str) {
         "quarantined meter: 2 dropped"
     );
     assert_eq!(segment_packets(&stats, "meters", "drop_quarantined"), 2);
+    let rules: Vec<&str> = stats["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.starts_with("segment ev-chargers @ ") && r.ends_with(": DNS")),
+        "rules are shown with their owner, file:line and description: {rules:?}"
+    );
     assert_eq!(
         segment_packets(&stats, "-", "drop_spoofed"),
         1,
