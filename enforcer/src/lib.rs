@@ -8,6 +8,7 @@ pub mod counters;
 pub mod diff;
 pub mod explain;
 pub mod loader;
+pub mod netlink_watch;
 pub mod oracle;
 pub mod pins;
 pub mod policy;
