@@ -62,27 +62,79 @@ pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<(
     Ok(())
 }
 
+/// Elements per thread below which a read is not split: a thread costs more than it saves.
+const MIN_PER_THREAD: usize = 2 * CHUNK;
+/// Threads at most: the kernel's batch lookup costs a few hundred nanoseconds per element
+/// (copy per CPU, then copy to user per element), so a million SIMs are split across cores.
+const MAX_THREADS: usize = 4;
+
 /// Read elements `0..count` of the per-CPU array behind `fd`, `cpus` values of `T` each
 /// (`cpus` = possible CPUs, as the kernel lays per-CPU values out): element-major, so element
 /// `i` on CPU `c` is at `i * cpus + c`. Elements the map does not have are left out (the result
-/// is shorter). A chunk of keys per syscall, as libbpf's `bpf_map_lookup_batch`: the kernel
-/// fills `keys` and, per key, `cpus` values each `size_of::<T>()` rounded up to 8 bytes, and
-/// returns the last key read as the token for the next call; ENOENT marks the end.
-pub fn lookup_percpu_array<T: Pod + Default>(
+/// is shorter). Large reads are split into key ranges read on up to [`MAX_THREADS`] threads.
+pub fn lookup_percpu_array<T: Pod + Default + Send>(
     fd: impl AsFd,
     count: u32,
     cpus: usize,
 ) -> io::Result<Vec<T>> {
     let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
-    let stride = size_of::<T>().next_multiple_of(8);
     let total = count as usize;
     let mut out = vec![T::default(); total * cpus];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_THREADS)
+        .min(total / MIN_PER_THREAD)
+        .max(1);
+    let per_thread = total.div_ceil(threads).max(1);
+    let results: Vec<(usize, usize, io::Result<usize>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = out
+            .chunks_mut(per_thread * cpus)
+            .enumerate()
+            .map(|(i, part)| {
+                let start = i * per_thread;
+                let len = part.len() / cpus.max(1);
+                scope.spawn(move || (start, len, lookup_range(fd, start, part, cpus)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        0,
+                        1,
+                        Err(io::Error::other("a batch lookup thread panicked")),
+                    )
+                })
+            })
+            .collect()
+    });
+    for (start, len, result) in results {
+        let read = result?;
+        if read < len {
+            // The map ended early: keep what precedes the gap.
+            out.truncate((start + read) * cpus);
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Read elements `start..start + out.len() / cpus` into `out`; returns how many were read.
+/// A chunk of keys per syscall, as libbpf's `bpf_map_lookup_batch`: the kernel fills `keys`
+/// and, per key, `cpus` values each `size_of::<T>()` rounded up to 8 bytes, and returns the
+/// last key read as the token for the next call (`in_batch`: the key before the first one
+/// wanted); ENOENT marks the end of the map.
+fn lookup_range<T: Pod>(fd: u32, start: usize, out: &mut [T], cpus: usize) -> io::Result<usize> {
+    let stride = size_of::<T>().next_multiple_of(8);
+    let total = out.len() / cpus.max(1);
     let chunk = CHUNK.min(total.max(1));
     let mut keys = vec![0u32; chunk];
     let mut values = vec![0u8; chunk * cpus * stride];
-    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut token_in = u32::try_from(start).unwrap_or(u32::MAX).wrapping_sub(1);
+    let mut token_out = 0u32;
     let mut read = 0usize;
-    let mut first = true;
+    let mut first = start == 0;
     while read < total {
         let want = chunk.min(total - read);
         let mut attr = BatchAttr {
@@ -120,25 +172,23 @@ pub fn lookup_percpu_array<T: Pod + Default>(
         };
         let got = (attr.count as usize).min(want);
         for (i, key) in keys[..got].iter().enumerate() {
-            let key = *key as usize;
-            if key >= total {
+            let Some(slot) = (*key as usize).checked_sub(start).filter(|k| *k < total) else {
                 continue;
-            }
+            };
             for cpu in 0..cpus {
                 let offset = (i * cpus + cpu) * stride;
                 // SAFETY: `offset + size_of::<T>()` lies inside `values` (i < got <= want,
                 // cpu < cpus); `T: Pod` may hold any bytes; the read is unaligned-safe.
-                out[key * cpus + cpu] =
+                out[slot * cpus + cpu] =
                     unsafe { values.as_ptr().add(offset).cast::<T>().read_unaligned() };
             }
         }
         read += got;
         if done || got == 0 {
-            out.truncate(read.min(total) * cpus);
             break;
         }
         token_in = token_out;
         first = false;
     }
-    Ok(out)
+    Ok(read)
 }

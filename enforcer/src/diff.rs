@@ -134,8 +134,8 @@ impl PolicyDiff {
     }
 }
 
-/// Compare two policies. Linear in their size (hash maps by identity), so two million-SIM
-/// policies compare in about a second.
+/// Compare two policies. Linear in their size (hash maps by identity): two million-SIM
+/// policies compare in well under a second once validated.
 #[must_use]
 pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
     let mut out = PolicyDiff::default();
@@ -236,6 +236,24 @@ fn sim_fields(
     new: &ValidatedPolicy,
     after: &Sim,
 ) -> Vec<FieldChange> {
+    // Most SIMs are unchanged: compare without building strings first.
+    let same_segment = old
+        .segments
+        .get(usize::from(before.segment))
+        .map(|s| &s.name)
+        == new
+            .segments
+            .get(usize::from(after.segment))
+            .map(|s| &s.name);
+    if same_segment
+        && before.state == after.state
+        && before.ipv4 == after.ipv4
+        && before.ipv6 == after.ipv6
+        && before.iccid == after.iccid
+        && before.msisdn == after.msisdn
+    {
+        return Vec::new();
+    }
     let pairs: [(&'static str, Option<String>, Option<String>); 6] = [
         (
             "segment",

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod explain;
 pub mod links;
 pub mod loader;
+pub mod netlink_watch;
 pub mod oracle;
 pub mod pins;
 pub mod policy;

@@ -101,9 +101,10 @@ fn counter_values(rng: &mut Rng, cpus: usize) -> Vec<Counter> {
 
 #[test]
 fn batch_reads_equal_one_lookup_per_element() {
-    // More than two 64Ki chunks, and a count that ends inside a chunk and short of the map.
-    let capacity = 150_000;
-    let sims = 140_001usize;
+    // Several 64Ki chunks, split across two threads on a machine with two cores or more (at
+    // 140,001), and a count that ends inside a chunk and short of the map.
+    let capacity = 300_000;
+    let sims = 280_001usize;
     let pinned = Pinned::load("equal", capacity);
     let cpus = possible_cpus();
     let mut rng = Rng::new(0x00c0_47e5);
@@ -114,7 +115,9 @@ fn batch_reads_equal_one_lookup_per_element() {
         written.push(index);
     }
     // The chunk edges and both ends.
-    for index in [0, 65_535, 65_536, 131_071, 131_072, 140_000, 140_001] {
+    for index in [
+        0, 65_535, 65_536, 131_071, 131_072, 140_000, 140_001, 262_143, 262_144, 280_000, 280_001,
+    ] {
         pinned.set(names::SIM_STATS, index, sim_values(&mut rng, cpus));
         written.push(index);
     }
@@ -132,6 +135,7 @@ fn batch_reads_equal_one_lookup_per_element() {
     let each = Totals::read_each(sim, verdict, rule, sims, 1).expect("per-element read");
     assert_eq!(batch.sims.len(), sims);
     assert_eq!(batch.verdicts.len(), VERDICT_STATS_ENTRIES as usize);
+    assert!(batch.sims[280_000].pass_packets > 0 && batch.sims[140_000].pass_packets > 0);
     let nonzero = batch.sims.iter().filter(|c| c.pass_packets > 0).count();
     assert!(nonzero > 250, "only {nonzero} SIM slots read back non-zero");
     assert_eq!(batch, each, "batch and per-element reads differ");
@@ -145,7 +149,7 @@ fn batch_reads_equal_one_lookup_per_element() {
     );
 
     // Only the chosen SIMs: their slots equal the full read's, every other slot is zero.
-    let only = [written[0], written[1], 140_000];
+    let only = [written[0], written[1], 140_000, 280_000];
     let some = Totals::read_only(sim, verdict, rule, sims, &only, 1).expect("read some");
     let full = Totals::read(sim, verdict, rule, sims, 1).expect("batch read");
     for (index, counters) in some.sims.iter().enumerate() {

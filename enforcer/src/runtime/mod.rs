@@ -3,7 +3,7 @@
 //! ```text
 //!  control socket ─┐
 //!  SIGHUP/SIGTERM ─┼─> mpsc<Event> ─> actor (this thread): Enforcer, policy, names, overrides
-//!  link checks    ─┘                        │
+//!  rtnetlink links ┘                        │
 //!                                           └─> maps, pinned links (bpffs)
 //! ```
 //!

@@ -24,9 +24,10 @@ use crate::{
     privileges,
 };
 
-/// How often the actor checks that every interface still runs its link (a re-created
-/// interface gets a new ifindex and loses XDP).
-const LINK_CHECK: Duration = Duration::from_secs(1);
+/// How often the actor checks that every interface still runs its link, besides the check on
+/// every rtnetlink link event: a safety net should the netlink socket overflow and drop events
+/// (ENOBUFS) or fail to open.
+const LINK_CHECK: Duration = Duration::from_secs(5);
 
 /// Everything `enforcer run` is told on its command line.
 #[derive(Debug, Clone)]
@@ -252,14 +253,37 @@ fn io_thread(
                 .await;
             return;
         };
+        // Interfaces deleted and re-created: every RTM_NEWLINK/RTM_DELLINK makes the actor
+        // check its links at once.
+        let mut watcher = match crate::netlink_watch::watch_links().await {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "Cannot watch links over rtnetlink; checking every {} s instead.",
+                    LINK_CHECK.as_secs()
+                );
+                None
+            }
+        };
         let _ = ready.send(());
         let mut checks = tokio::time::interval(LINK_CHECK);
         loop {
+            let link_event = async {
+                match watcher.as_mut() {
+                    Some(watcher) => watcher.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 _ = term.recv() => Event::Stop("SIGTERM"),
                 _ = int.recv() => Event::Stop("SIGINT"),
                 _ = hup.recv() => Event::Hangup,
                 Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
+                Some(link) = link_event => {
+                    tracing::debug!(iface = %link.name, ifindex = link.ifindex, kind = ?link.kind, "Link event.");
+                    Event::CheckLinks
+                }
                 _ = checks.tick() => Event::CheckLinks,
             };
             let stop = matches!(event, Event::Stop(_));
