@@ -15,7 +15,7 @@ use enforcer_common::{
     maps::{IFACE_DROP_NON_POOL, IPPROTO_TCP, IPPROTO_UDP},
 };
 use ipnetwork::IpNetwork;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     compile::Compiled,
@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// What to explain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Query {
     /// What this SIM may reach: its segment, state and rules in order.
     Sim {
@@ -36,7 +37,7 @@ pub enum Query {
 }
 
 /// A packet to judge, as the first fragment (or an unfragmented packet) of its flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packet {
     /// Source address.
     pub from: IpAddr,
@@ -89,7 +90,7 @@ pub enum ExplainError {
 }
 
 /// The answer to a [`Query`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum Explanation {
     /// What a SIM may reach.
@@ -99,14 +100,14 @@ pub enum Explanation {
 }
 
 /// A SIM as explanations show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimRef {
     /// IMSI.
     pub imsi: String,
     /// Segment name.
     pub segment: String,
     /// `active` or `quarantined`.
-    pub state: &'static str,
+    pub state: String,
     /// IPv4 address, if any.
     pub ipv4: Option<String>,
     /// IPv6 /64, if any.
@@ -114,7 +115,7 @@ pub struct SimRef {
 }
 
 /// A rule as explanations show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
     /// Rule id (the index `enforcer stats` and `policy replay` show as `#id`).
     pub id: u32,
@@ -129,7 +130,7 @@ pub struct RuleRef {
 }
 
 /// What a SIM may reach.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimExplanation {
     /// The SIM.
     pub sim: SimRef,
@@ -140,15 +141,15 @@ pub struct SimExplanation {
 }
 
 /// Why a packet passes or drops.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketExplanation {
     /// The packet, e.g. `tcp 10.64.0.1 -> 198.51.100.10:443`.
     pub packet: String,
     /// `pass` or `drop`.
-    pub verdict: &'static str,
+    pub verdict: String,
     /// The counted reason (`rule`, `non_pool`, `no_rule`, `lateral`, `spoofed`, ...), as in
     /// `enforcer stats` and `policy replay`.
-    pub reason: &'static str,
+    pub reason: String,
     /// The rule counted for a pass by rule.
     pub rule: Option<RuleRef>,
     /// The SIM that holds the source address, if any.
@@ -195,7 +196,7 @@ fn sim_ref(policy: &ValidatedPolicy, sim: &Sim) -> SimRef {
             .segments
             .get(usize::from(sim.segment))
             .map_or_else(String::new, |s| s.name.clone()),
-        state: sim.state.name(),
+        state: sim.state.name().to_owned(),
         ipv4: sim.ipv4.map(|a| a.to_string()),
         ipv6: sim.ipv6.map(|n| n.to_string()),
     }
@@ -472,8 +473,8 @@ fn packet_explanation(
     });
     Ok(PacketExplanation {
         packet: format!("{} {from} -> {to}{port}", show::proto_name(packet.proto)),
-        verdict: verdict_name,
-        reason,
+        verdict: verdict_name.to_owned(),
+        reason: reason.to_owned(),
         rule,
         sender,
         destination,
@@ -522,7 +523,7 @@ mod tests {
             IPPROTO_TCP,
             Some(443),
         ));
-        assert_eq!((e.verdict, e.reason), ("pass", "rule"));
+        assert_eq!((e.verdict.as_str(), e.reason.as_str()), ("pass", "rule"));
         let rule = e.rule.expect("a rule");
         assert_eq!(rule.owner, "segment ev-chargers");
         assert!(rule.origin.ends_with("policy.toml:16"), "{}", rule.origin);
@@ -535,7 +536,7 @@ mod tests {
     #[test]
     fn a_dropped_packet_says_which_rule_would_allow_it() {
         let e = explained(&packet("10.64.0.1", "10.0.0.5", IPPROTO_TCP, Some(22)));
-        assert_eq!((e.verdict, e.reason), ("drop", "no_rule"));
+        assert_eq!((e.verdict.as_str(), e.reason.as_str()), ("drop", "no_rule"));
         assert_eq!(
             e.why,
             "no rule of segment ev-chargers or SIM 001010000000001 allows tcp/22 to 10.0.0.5"

@@ -67,7 +67,7 @@ enum Command {
 struct SocketArg {
     /// Control socket of the running daemon.
     #[arg(long, env = "ENFORCER_SOCKET", default_value = control::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -172,7 +172,8 @@ enum PolicyCommand {
     /// Show what changes between two policy files: SIMs, segments, rules, pools (exit status
     /// 0 same, 1 different, 2 error).
     Diff(cli::diff::DiffArgs),
-    /// Explain the verdict on a packet (--from/--to) or what a SIM may reach (--imsi).
+    /// Explain the verdict on a packet (--from/--to) or what a SIM may reach (--imsi), under a
+    /// policy file or, without FILE, under the running daemon's policy and overrides.
     Explain(cli::explain::ExplainArgs),
 }
 

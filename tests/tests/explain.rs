@@ -89,8 +89,8 @@ fn agree(harness: &mut Harness, from: &str, to: &str, l4: L4, core_facing: bool)
     };
     assert_eq!(
         (
-            explained.verdict,
-            explained.reason,
+            explained.verdict.as_str(),
+            explained.reason.as_str(),
             explained.rule.as_ref().map(|r| r.id)
         ),
         (verdict, reason, rule),

@@ -313,6 +313,9 @@ fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     assert!(applied.contains("applied"), "{applied}");
     std::thread::sleep(Duration::from_millis(150));
     let shown = daemon.cli(&["sim", "show", DEVICE_IMSI, "--json"]);
+    let explained = daemon.cli(&[
+        "policy", "explain", "--from", DEVICE, "--to", SERVICE, "--proto", "udp", "--port", "7001",
+    ]);
     let cut_until = flow.sent();
     let released = daemon.cli(&["sim", "release", DEVICE_IMSI]);
     let back_from = flow.sent();
@@ -322,6 +325,15 @@ fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     let shown: Value = serde_json::from_str(&shown).expect("sim show --json");
     assert_eq!(shown["state"], "quarantined", "after a reload: {shown}");
     assert!(released.contains("state:      active"), "{released}");
+    assert!(
+        explained.contains("drop (quarantined)")
+            && explained.contains(&format!("enforcer sim release {DEVICE_IMSI}")),
+        "explain asked of the daemon knows the quarantine by command: {explained}"
+    );
+    let after = daemon.cli(&[
+        "policy", "explain", "--from", DEVICE, "--to", SERVICE, "--proto", "udp", "--port", "7001",
+    ]);
+    assert!(after.contains("pass (rule)"), "after release: {after}");
     let leaked: Vec<u64> = (cut_from..cut_until)
         .filter(|s| outcome.received.contains(s))
         .collect();

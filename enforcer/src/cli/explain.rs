@@ -1,5 +1,6 @@
-//! `enforcer policy explain FILE --imsi IMSI | --from ADDR --to ADDR [--proto P] [--port N]`:
-//! why a packet passes or drops under a policy, or what a SIM may reach; offline.
+//! `enforcer policy explain [FILE] --imsi IMSI | --from ADDR --to ADDR [--proto P] [--port N]`:
+//! why a packet passes or drops under a policy, or what a SIM may reach: offline with FILE,
+//! else asked of the running daemon (its policy in force and its quarantines by command).
 
 use std::{io::Write as _, net::IpAddr, path::PathBuf};
 
@@ -11,8 +12,8 @@ use crate::InputArgs;
 /// Arguments of `policy explain`.
 #[derive(clap::Args)]
 pub struct ExplainArgs {
-    /// Policy file (TOML).
-    file: PathBuf,
+    /// Policy file (TOML); without it, the running daemon answers for its policy in force.
+    file: Option<PathBuf>,
     /// List what this SIM may reach: its segment, state and rules in order.
     #[arg(long, conflicts_with_all = ["from", "to", "proto", "port"], required_unless_present = "from")]
     imsi: Option<String>,
@@ -36,6 +37,8 @@ pub struct ExplainArgs {
     json: bool,
     #[command(flatten)]
     input: InputArgs,
+    #[command(flatten)]
+    socket: crate::SocketArg,
 }
 
 fn parse_proto(text: &str) -> anyhow::Result<u8> {
@@ -76,8 +79,20 @@ fn query(args: &ExplainArgs) -> anyhow::Result<Query> {
 /// Validate and compile the policy, answer the query and print the answer.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
     let query = query(args)?;
-    let (policy, compiled) = crate::load_policy(&args.file, &args.input.options())?;
-    let explanation = explain::explain(&policy, &compiled, &query)?;
+    let explanation = match &args.file {
+        Some(file) => {
+            let (policy, compiled) = crate::load_policy(file, &args.input.options())?;
+            explain::explain(&policy, &compiled, &query)?
+        }
+        None => match enforcer::control::unix::call(
+            &args.socket.socket,
+            &enforcer::control::Command::Explain { query },
+        )? {
+            enforcer::control::Reply::Explained(explanation) => *explanation,
+            enforcer::control::Reply::Error { message } => bail!("{message}"),
+            other => bail!("the daemon answered with something else ({other:?})"),
+        },
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &explanation)?;

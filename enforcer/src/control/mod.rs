@@ -13,7 +13,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{links::Attachment, report::Report};
+use crate::{
+    explain::{Explanation, Query},
+    links::Attachment,
+    report::Report,
+};
 
 /// Where `enforcer run` listens unless told otherwise, and where clients look.
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
@@ -56,6 +60,12 @@ pub enum Command {
         /// IMSI.
         imsi: String,
     },
+    /// The verdict on a packet, or what a SIM may reach, under the policy in force and the
+    /// quarantines set by command.
+    Explain {
+        /// The question.
+        query: Query,
+    },
 }
 
 /// The daemon's answer.
@@ -70,6 +80,8 @@ pub enum Reply {
     Applied(Applied),
     /// For the `Sim*` commands.
     Sim(SimInfo),
+    /// For [`Command::Explain`].
+    Explained(Box<Explanation>),
     /// The command failed and changed nothing; the text says why and what to do.
     Error {
         /// Message for the operator.

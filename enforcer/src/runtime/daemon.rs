@@ -17,6 +17,7 @@ use crate::{
     compile::Compiled,
     control::{Applied, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status},
     counters::{self, Totals},
+    explain::{self, Explanation, Query},
     links::{self, How},
     loader::Enforcer,
     policy::{Sim, SimState, ValidatedPolicy},
@@ -171,6 +172,9 @@ impl Daemon {
                 self.quarantine(&imsi, &source).map(Reply::Sim)
             }
             Command::SimRelease { imsi } => self.release(&imsi).map(Reply::Sim),
+            Command::Explain { query } => {
+                self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
+            }
         };
         result.unwrap_or_else(|err| Reply::Error {
             message: format!("{err:#}"),
@@ -324,6 +328,48 @@ impl Daemon {
             "Quarantine lifted."
         );
         self.sim_info(imsi)
+    }
+
+    /// [`explain::explain`] on the policy in force, with the quarantines set by command: such a
+    /// SIM's packets are dropped as quarantined (the first check after the source's SIM is
+    /// found), and the way out is `sim release`.
+    fn explain(&self, query: &Query) -> anyhow::Result<Explanation> {
+        let mut explanation = explain::explain(&self.policy, &self.compiled, query)?;
+        match &mut explanation {
+            Explanation::Sim(s) => {
+                if let Some(o) = self.overrides.get(&s.sim.imsi) {
+                    s.sim.state = SimState::Quarantined.name().to_owned();
+                    s.summary = format!(
+                        "SIM {} is quarantined by command ({}): everything it sends is dropped,                          whatever its rules; `enforcer sim release {}` lifts it",
+                        s.sim.imsi, o.source, s.sim.imsi
+                    );
+                }
+            }
+            Explanation::Packet(p) => {
+                let quarantined = p
+                    .sender
+                    .as_ref()
+                    .and_then(|sim| self.overrides.get(&sim.imsi).map(|o| (sim.imsi.clone(), o)));
+                let judged_by_sim = !matches!(
+                    p.reason.as_str(),
+                    "malformed" | "spoofed" | "non_pool" | "not_ip" | "neighbour" | "source_route"
+                );
+                if let (Some((imsi, o)), true) = (quarantined, judged_by_sim) {
+                    if let Some(sim) = p.sender.as_mut() {
+                        sim.state = SimState::Quarantined.name().to_owned();
+                    }
+                    p.verdict = "drop".to_owned();
+                    p.reason = "quarantined".to_owned();
+                    p.rule = None;
+                    p.why = format!(
+                        "SIM {imsi} is quarantined by command ({}): everything it sends is                          dropped",
+                        o.source
+                    );
+                    p.fix = Some(format!("enforcer sim release {imsi}"));
+                }
+            }
+        }
+        Ok(explanation)
     }
 
     fn sim_info(&self, imsi: &str) -> anyhow::Result<SimInfo> {
