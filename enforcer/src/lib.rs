@@ -5,6 +5,7 @@ mod batch;
 pub mod capacity;
 pub mod compile;
 pub mod counters;
+pub mod ids;
 pub mod loader;
 pub mod oracle;
 pub mod pins;

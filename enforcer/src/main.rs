@@ -211,7 +211,7 @@ fn load_policy(
     options: &policy::LoadOptions,
 ) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
     let policy = policy::load_with(path, options)?;
-    let compiled = compile::compile(&policy)
+    let compiled = compile::compile_fresh(&policy)
         .with_context(|| format!("compiling {} failed", path.display()))?;
     Ok((policy, compiled))
 }
@@ -495,7 +495,7 @@ fn stats(args: &StatsArgs) -> anyhow::Result<()> {
         )
     })?;
     for imsi in &args.imsi {
-        if !state.sims.iter().any(|s| &s.imsi == imsi) {
+        if !state.has_imsi(imsi) {
             bail!(
                 "IMSI {imsi} is not in the loaded policy ({})",
                 state.policy.display()

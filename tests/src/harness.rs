@@ -48,7 +48,7 @@ impl Harness {
     /// If the program cannot be loaded (tests need root).
     #[must_use]
     pub fn from_policy(policy: ValidatedPolicy, ifaces: &[(u32, u32)]) -> Self {
-        let compiled = compile::compile(&policy).expect("test policy compiles");
+        let compiled = compile::compile_fresh(&policy).expect("test policy compiles");
         let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)
             .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));

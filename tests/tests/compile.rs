@@ -20,7 +20,7 @@ fn policies_compile_to_their_snapshots() {
             continue;
         }
         let policy = enforcer::policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let dump = enforcer::compile::compile(&policy)
+        let dump = enforcer::compile::compile_fresh(&policy)
             .expect("compiles")
             .image
             .dump();
@@ -52,8 +52,8 @@ fn policies_compile_to_their_snapshots() {
 fn compilation_is_deterministic() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
     let policy = enforcer::policy::load(&path).expect("example policy is valid");
-    let a = enforcer::compile::compile(&policy).expect("compiles");
-    let b = enforcer::compile::compile(&policy).expect("compiles");
+    let a = enforcer::compile::compile_fresh(&policy).expect("compiles");
+    let b = enforcer::compile::compile_fresh(&policy).expect("compiles");
     assert_eq!(a, b);
 }
 
@@ -72,7 +72,7 @@ fn large_policies_compile_to_linear_entries() {
     ] {
         let policy = enforcer::policy::from_str(Path::new("scale.toml"), &generated.text)
             .unwrap_or_else(|e| panic!("{}: {e}", generated.name));
-        let compiled = enforcer::compile::compile(&policy).expect("compiles");
+        let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
         let image = &compiled.image;
         assert_eq!(compiled.rules.len(), generated.rules, "{}", generated.name);
         assert!(
@@ -222,7 +222,7 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
         }
         let policy = enforcer::policy::from_str(Path::new("oracle.toml"), &text)
             .unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{text}"));
-        let compiled = enforcer::compile::compile(&policy).expect("compiles");
+        let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
         let reference = Reference::new(&compiled.image, 0, std::collections::HashMap::new());
         for _ in 0..200 {
             let src = rng.below(4) as usize;

@@ -506,7 +506,7 @@ segment = "chargers"
 "#;
     let policy =
         enforcer::policy::from_str(std::path::Path::new("second.toml"), second).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let generation = harness
         .enforcer
         .apply(&compiled.image)
@@ -592,7 +592,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     ));
     std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
     let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let packets = |enforcer: &Enforcer| {
@@ -621,7 +621,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         let edited = POLICY.replace("ports = [443]", "ports = [8443]");
         let edited =
             enforcer::policy::from_str(std::path::Path::new("t.toml"), &edited).expect("valid");
-        let edited = enforcer::compile::compile(&edited).expect("compiles");
+        let edited = enforcer::compile::compile_fresh(&edited).expect("compiles");
         second
             .apply(&edited.image)
             .expect("apply the edited policy onto the reused maps");
@@ -661,7 +661,7 @@ fn pinned_maps_that_do_not_fit_are_refused_and_kept() {
     ));
     std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
     let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let small = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let result = std::panic::catch_unwind(|| {

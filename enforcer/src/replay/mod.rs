@@ -127,7 +127,7 @@ pub struct Judgement {
 pub struct Replayer {
     enforcer: Enforcer,
     reference: Reference,
-    rules: Vec<RuleInfo>,
+    rules: Vec<Option<RuleInfo>>,
     sims: usize,
     /// The counters as they are in the kernel after the last judged frame.
     shadow: Totals,
@@ -165,7 +165,7 @@ impl Replayer {
     /// Where rule `id` was written and whose it is.
     #[must_use]
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
-        self.rules.get(usize::try_from(id).ok()?)
+        self.rules.get(usize::try_from(id).ok()?)?.as_ref()
     }
 
     /// Judge one Ethernet frame with the kernel program. `Ok(Err(why))`: the kernel cannot

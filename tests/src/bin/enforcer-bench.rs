@@ -118,7 +118,7 @@ fn load_only(path: &Path) -> ExitCode {
         }
     };
     let validated = start.elapsed();
-    let compiled = compile::compile(&policy).expect("generated policy compiles");
+    let compiled = compile::compile_fresh(&policy).expect("generated policy compiles");
     let compiled_at = start.elapsed();
     let capacity = Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
     let mut enforcer = Enforcer::load(capacity, None).expect("load the XDP program");
@@ -191,7 +191,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
                 continue;
             }
             let policy = policy::load(&generated.policy).map_err(|e| e.to_string())?;
-            let compiled = compile::compile(&policy).map_err(|e| e.to_string())?;
+            let compiled = compile::compile_fresh(&policy).map_err(|e| e.to_string())?;
             let capacity =
                 Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
             let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
@@ -300,7 +300,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         let largest = *plan.sims.iter().max().unwrap_or(&1);
         let generated = generate(&work.join("memory"), largest, 1);
         let policy = policy::load(&generated.policy).map_err(|e| e.to_string())?;
-        let compiled = compile::compile(&policy).map_err(|e| e.to_string())?;
+        let compiled = compile::compile_fresh(&policy).map_err(|e| e.to_string())?;
         let capacity =
             Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
         let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
@@ -591,7 +591,7 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
         let policy = policy::load(&path).map_err(|e| e.to_string())?;
         let validate_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let compiled = compile::compile(&policy).map_err(|e| e.to_string())?;
+        let compiled = compile::compile_fresh(&policy).map_err(|e| e.to_string())?;
         let compile_s = start.elapsed().as_secs_f64();
         let image = &compiled.image;
         let nets = image.nets_v4.len() + image.nets_v6.len() - policy.pools.len();
