@@ -5,6 +5,7 @@ mod batch;
 pub mod capacity;
 pub mod compile;
 pub mod counters;
+pub mod held;
 pub mod ids;
 pub mod loader;
 pub mod oracle;

@@ -366,12 +366,14 @@ fn start(
     ifindexes: &[u32],
 ) -> anyhow::Result<(Enforcer, State)> {
     let mut enforcer = Enforcer::load(capacity, Some(&args.pin_dir))?;
-    let generation = enforcer.apply(&compiled.image)?;
+    let report = enforcer.apply(&compiled.image)?;
     info!(
         policy = %args.policy.display(),
         sims = policy.sims.len(),
         rules = compiled.rules.len(),
-        generation,
+        generation = report.generation,
+        entries_written = report.entries_written,
+        write_ms = report.write_time.as_millis(),
         verified_insns = enforcer.verified_instructions().unwrap_or(0),
         "Loaded policy."
     );
@@ -456,7 +458,7 @@ fn reload(args: &RunArgs, enforcer: &mut Enforcer) -> anyhow::Result<Loaded> {
                 args.policy.display()
             )
         })?;
-    let generation = enforcer.apply(&compiled.image)?;
+    let report = enforcer.apply(&compiled.image)?;
     // The new policy is in force from here on; a state file that cannot be written only leaves
     // `stats` with the old names, which is worth a warning, not a failed reload.
     let state = State::new(&policy, &compiled, &args.pin_dir);
@@ -471,7 +473,14 @@ fn reload(args: &RunArgs, enforcer: &mut Enforcer) -> anyhow::Result<Loaded> {
         policy = %args.policy.display(),
         sims = policy.sims.len(),
         rules = compiled.rules.len(),
-        generation,
+        generation = report.generation,
+        sims_added = report.sims_added,
+        sims_removed = report.sims_removed,
+        sims_changed = report.sims_changed,
+        rule_entries_changed = report.rule_entries_changed,
+        entries_written = report.entries_written,
+        bindings_deleted = report.bindings_deleted,
+        write_ms = report.write_time.as_millis(),
         "Reloaded policy."
     );
     Ok((policy, compiled, state))

@@ -52,7 +52,10 @@ impl Harness {
         let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)
             .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));
-        let generation = enforcer.apply(&compiled.image).expect("writing the maps");
+        let generation = enforcer
+            .apply(&compiled.image)
+            .expect("writing the maps")
+            .generation;
         for &(ifindex, flags) in ifaces {
             enforcer.set_iface(ifindex, flags).expect("writing IFACES");
         }

@@ -510,7 +510,8 @@ segment = "chargers"
     let generation = harness
         .enforcer
         .apply(&compiled.image)
-        .expect("apply the second policy");
+        .expect("apply the second policy")
+        .generation;
     assert_ne!(
         generation, first,
         "apply fills the inactive generation and flips to it"
@@ -552,33 +553,43 @@ segment = "chargers"
     }
 
     use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
-    use enforcer_common::maps::{PortRuleKey, RULE_KEY_LEN, RuleEntry, SimEntry, names};
-    let sims: HashMap<&MapData, [u8; 4], SimEntry> =
-        HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4")).expect("hash map");
+    use enforcer_common::maps::{
+        PortRuleKey, RULE_KEY_LEN, RuleEntry, SIM_NONE, SimBinding, names,
+    };
+    let sims: HashMap<&MapData, [u8; 4], SimBinding> =
+        HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4_V2"))
+            .expect("hash map");
+    let bindings: Vec<([u8; 4], SimBinding)> = sims.iter().filter_map(Result::ok).collect();
     assert_eq!(
-        sims.keys().count(),
+        bindings.len(),
         2,
-        "stale SIMs are removed from a map that held entries"
+        "bindings only the old policy had are deleted after the flip: {bindings:?}"
     );
+    assert!(
+        bindings.iter().all(|(_, b)| b.of(generation) != SIM_NONE),
+        "every binding left is bound in the active generation: {bindings:?}"
+    );
+    // The active generation holds exactly the new policy's rules (the other one keeps the old
+    // policy's, as the base the next reload writes its differences against).
     let rules: LpmTrie<&MapData, [u8; RULE_KEY_LEN], RuleEntry> =
         LpmTrie::try_from(harness.enforcer.map(names::RULES).expect("RULES_V2")).expect("trie");
-    let mut generations: Vec<u8> = rules
+    let mut active = rules
         .keys()
         .filter_map(Result::ok)
-        .map(|key: Key<[u8; RULE_KEY_LEN]>| key.data()[0])
-        .collect();
+        .filter(|key: &Key<[u8; RULE_KEY_LEN]>| key.data()[0] == generation)
+        .count();
     let single: HashMap<&MapData, PortRuleKey, RuleEntry> =
         HashMap::try_from(harness.enforcer.map(names::PORT_RULES).expect("PORT_RULES"))
             .expect("hash map");
-    generations.extend(
-        single
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| key.generation),
-    );
-    assert!(
-        !generations.is_empty() && generations.iter().all(|g| *g == generation),
-        "only the active generation's rules remain: {generations:?}"
+    active += single
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| key.generation == generation)
+        .count();
+    assert_eq!(
+        active,
+        harness.compiled.image.rules.len(),
+        "the active generation holds the new policy's rule entries and no others"
     );
 }
 
@@ -622,9 +633,14 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         let edited =
             enforcer::policy::from_str(std::path::Path::new("t.toml"), &edited).expect("valid");
         let edited = enforcer::compile::compile_fresh(&edited).expect("compiles");
-        second
+        let report = second
             .apply(&edited.image)
             .expect("apply the edited policy onto the reused maps");
+        assert_eq!(
+            report.sims_added + report.sims_removed,
+            0,
+            "the adopted maps were read back: {report:?}"
+        );
         let action = second
             .test_run(&frame, 1, TEST_IFINDEX)
             .expect("test run")

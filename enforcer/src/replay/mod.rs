@@ -143,7 +143,7 @@ impl Replayer {
     pub fn new(compiled: &Compiled, sims: usize, core_facing: bool) -> Result<Self, ReplayError> {
         let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)?;
-        let generation = enforcer.apply(&compiled.image)?;
+        let generation = enforcer.apply(&compiled.image)?.generation;
         let flags = if core_facing { IFACE_DROP_NON_POOL } else { 0 };
         enforcer.set_iface(REPLAY_IFINDEX, flags)?;
         let reference = Reference::new(

@@ -197,7 +197,8 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
             let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
             let generation = enforcer
                 .apply(&compiled.image)
-                .map_err(|e| format!("{e}"))?;
+                .map_err(|e| format!("{e}"))?
+                .generation;
             let reference = Reference::new(&compiled.image, generation, HashMap::new());
             for (shape, frame) in shapes(sims) {
                 let expected = reference.evaluate(&frame, IFINDEX);
@@ -601,7 +602,10 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
         let estimated: u64 = capacity.memory(image, cpus).iter().map(|(_, b)| b).sum();
         let mut enforcer = Enforcer::load(capacity, None).map_err(|e| format!("{e}"))?;
         let start = Instant::now();
-        let generation = enforcer.apply(image).map_err(|e| format!("{e}"))?;
+        let generation = enforcer
+            .apply(image)
+            .map_err(|e| format!("{e}"))?
+            .generation;
         let fill_s = start.elapsed().as_secs_f64();
         let measured: u64 = enforcer.map_memory().iter().map(|(_, b)| b).sum();
 
