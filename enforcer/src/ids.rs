@@ -114,7 +114,9 @@ pub struct IdError {
 /// One id space: keys to ids, which of them are retired, and the free ids below the highest.
 #[derive(Debug, Clone, Default)]
 pub struct Space {
-    ids: HashMap<String, (u32, bool)>,
+    /// Key → (id, retired). foldhash rather than SipHash: the keys come from our own policy
+    /// file, not from the network, and a million lookups per reload is the hot path.
+    ids: HashMap<String, (u32, bool), foldhash::fast::RandomState>,
     /// Released ids below `next`, reused lowest first.
     free: BTreeSet<u32>,
     next: u32,
@@ -143,7 +145,7 @@ impl Space {
     /// A space holding `rows` of (key, id, retired), as a store read them.
     #[must_use]
     pub fn from_rows(rows: impl IntoIterator<Item = (String, u32, bool)>) -> Self {
-        let ids: HashMap<String, (u32, bool)> = rows
+        let ids: HashMap<String, (u32, bool), _> = rows
             .into_iter()
             .map(|(key, id, retired)| (key, (id, retired)))
             .collect();
@@ -170,45 +172,65 @@ impl Space {
     }
 
     /// Give every key of `keys` an id (its own if it has one, else the lowest free one below
-    /// `limit`) and retire the keys in use that `keys` lacks.
-    fn assign(
-        &mut self,
+    /// `limit`) and retire the keys in use that `keys` lacks. Changes nothing: [`Space::apply`]
+    /// records the result.
+    fn plan(
+        &self,
         kind: Kind,
         limit: u32,
-        keys: &[String],
+        keys: &[&str],
     ) -> Result<(Vec<u32>, SpaceChanges), IdError> {
         let mut changes = SpaceChanges::default();
         let mut out = Vec::with_capacity(keys.len());
-        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        // Ids of the keys given, by id: what is in use and not in `keys` gets retired.
+        let mut seen = vec![false; self.next as usize];
+        let mut free = self.free.iter().copied();
+        let mut next = self.next;
         for key in keys {
-            seen.insert(key.as_str());
-            if let Some((id, retired)) = self.ids.get_mut(key.as_str()) {
-                if *retired {
-                    *retired = false;
-                    changes.revived.push(key.clone());
+            if let Some(&(id, retired)) = self.ids.get(*key) {
+                if retired {
+                    changes.revived.push((*key).to_owned());
                 }
-                out.push(*id);
+                seen[id as usize] = true;
+                out.push(id);
                 continue;
             }
-            let id = match self.free.pop_first() {
+            let id = match free.next() {
                 Some(id) => id,
-                None if self.next < limit => {
-                    self.next += 1;
-                    self.next - 1
+                None if next < limit => {
+                    next += 1;
+                    next - 1
                 }
                 None => return Err(IdError { kind, limit }),
             };
-            self.ids.insert(key.clone(), (id, false));
-            changes.added.push((key.clone(), id));
+            changes.added.push(((*key).to_owned(), id));
             out.push(id);
         }
-        for (key, (_, retired)) in &mut self.ids {
-            if !*retired && !seen.contains(key.as_str()) {
-                *retired = true;
+        for (key, &(id, retired)) in &self.ids {
+            if !retired && !seen[id as usize] {
                 changes.retired.push(key.clone());
             }
         }
         Ok((out, changes))
+    }
+
+    /// Record `changes` from [`Space::plan`] of this space.
+    fn apply(&mut self, changes: &SpaceChanges) {
+        for (key, id) in &changes.added {
+            self.free.remove(id);
+            self.next = self.next.max(id + 1);
+            self.ids.insert(key.clone(), (*id, false));
+        }
+        for key in &changes.revived {
+            if let Some((_, retired)) = self.ids.get_mut(key) {
+                *retired = false;
+            }
+        }
+        for key in &changes.retired {
+            if let Some((_, retired)) = self.ids.get_mut(key) {
+                *retired = true;
+            }
+        }
     }
 
     /// Forget every retired key; their ids become free. Returns the released (key, id) pairs.
@@ -251,23 +273,34 @@ pub struct Changes {
 
 impl Allocator {
     /// Ids for `policy`: existing keys keep theirs, new ones get free ids, keys not in the
-    /// policy are retired. On error nothing is changed.
+    /// policy are retired.
     ///
     /// # Errors
-    /// [`IdError`] when a space is full (see the module docs on retired ids).
+    /// [`IdError`] when a space is full (see the module docs on retired ids); then nothing
+    /// is changed.
     pub fn assign(&mut self, policy: &ValidatedPolicy) -> Result<(Ids, Changes), IdError> {
-        let mut next = self.clone();
-        let imsis: Vec<String> = policy.sims.iter().map(|s| s.imsi.clone()).collect();
-        let names: Vec<String> = policy.segments.iter().map(|s| s.name.clone()).collect();
-        let rules = rule_identities(policy);
-        let (sims, sim_changes) = next.sims.assign(Kind::Sim, MAX_SIMS_LIMIT, &imsis)?;
+        let planned = self.plan(policy)?;
+        self.apply(&planned.1);
+        Ok(planned)
+    }
+
+    /// The ids [`Allocator::assign`] would give, and its changes, without recording them: a
+    /// store writes the changes first and then calls [`Allocator::apply`].
+    ///
+    /// # Errors
+    /// As [`Allocator::assign`].
+    pub fn plan(&self, policy: &ValidatedPolicy) -> Result<(Ids, Changes), IdError> {
+        let imsis: Vec<&str> = policy.sims.iter().map(|s| s.imsi.as_str()).collect();
+        let names: Vec<&str> = policy.segments.iter().map(|s| s.name.as_str()).collect();
+        let identities = rule_identities(policy);
+        let rules: Vec<&str> = identities.iter().map(String::as_str).collect();
+        let (sims, sim_changes) = self.sims.plan(Kind::Sim, MAX_SIMS_LIMIT, &imsis)?;
         let (segments, segment_changes) =
-            next.segments.assign(Kind::Segment, MAX_SEGMENTS, &names)?;
-        let (rules, rule_changes) = next.rules.assign(Kind::Rule, u32::MAX, &rules)?;
-        *self = next;
+            self.segments.plan(Kind::Segment, MAX_SEGMENTS, &names)?;
+        let (rules, rule_changes) = self.rules.plan(Kind::Rule, u32::MAX, &rules)?;
         let ids = Ids {
             sims,
-            // `Space::assign` keeps segment ids below MAX_SEGMENTS, which fits a u16.
+            // `Space::plan` keeps segment ids below MAX_SEGMENTS, which fits a u16.
             segments: segments
                 .into_iter()
                 .map(|id| u16::try_from(id).unwrap_or(u16::MAX))
@@ -280,6 +313,13 @@ impl Allocator {
             rules: rule_changes,
         };
         Ok((ids, changes))
+    }
+
+    /// Record `changes` from [`Allocator::plan`].
+    pub fn apply(&mut self, changes: &Changes) {
+        self.sims.apply(&changes.sims);
+        self.segments.apply(&changes.segments);
+        self.rules.apply(&changes.rules);
     }
 
     /// Release every retired id of the three spaces (see the module docs): call it only once

@@ -1,6 +1,6 @@
 //! The enforcer daemon and CLI as a library: policy files, compilation to map contents, the
-//! loader, counters, the userspace reference model of the XDP program, the independent policy
-//! oracle and capture replay.
+//! loader, stable ids and the store that keeps them, counters, the userspace reference model of
+//! the XDP program, the independent policy oracle and capture replay.
 mod batch;
 pub mod capacity;
 pub mod compile;
@@ -15,4 +15,5 @@ pub mod privileges;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod store;
 pub mod xdp_holder;
