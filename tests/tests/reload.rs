@@ -398,3 +398,81 @@ fn a_reload_that_does_not_fit_beside_the_active_policy_changes_nothing() {
     let again = enforcer.apply(&a.image).expect("A again");
     assert_ne!(again.generation, applied.generation);
 }
+
+/// With ids from the store, adding a SIM at the start of the file moves no other SIM: each
+/// keeps its index, its counters and its name in the `stats` report.
+#[test]
+fn adding_a_sim_first_keeps_every_other_sims_index_and_counters() {
+    use enforcer::{counters::Totals, report::Report, report::State, store::Store};
+    use enforcer_common::maps::names;
+
+    let mut store = Store::open_in_memory().expect("store");
+    let a = validated("a.toml", A);
+    let ids_a = store.assign_ids(&a).expect("ids for A");
+    let compiled_a = compile::compile(&a, &ids_a).expect("A compiles");
+    let grown_text = A.replacen(
+        "[[sims]]",
+        "[[sims]]\nimsi = \"001010000000099\"\nipv4 = \"10.64.0.99\"\nsegment = \"red\"\n[[sims]]",
+        1,
+    );
+    let grown = validated("grown.toml", &grown_text);
+    let ids_grown = store.assign_ids(&grown).expect("ids for the grown policy");
+    assert_eq!(ids_grown.sims[1..], ids_a.sims[..], "no SIM index moved");
+    assert_eq!(ids_grown.segments, ids_a.segments, "no segment id moved");
+    assert_eq!(ids_grown.rules, ids_a.rules, "no rule id moved");
+    let compiled_grown = compile::compile(&grown, &ids_grown).expect("compiles");
+
+    let mut enforcer = load(&compiled_grown, &compiled_a);
+    enforcer.apply(&compiled_a.image).expect("apply A");
+    // SIM 001010000000001 (10.64.0.1, red) passes three packets to its payment host.
+    let payment = Frame::new("10.64.0.1", "198.51.100.1", L4::Tcp(443)).build();
+    for _ in 0..3 {
+        enforcer
+            .test_run(&payment, 1, TEST_IFINDEX)
+            .expect("test run");
+    }
+    let report = enforcer
+        .apply(&compiled_grown.image)
+        .expect("apply the grown policy");
+    assert_eq!(
+        (report.sims_added, report.sims_removed, report.sims_changed),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    let (action, _) = enforcer
+        .test_run(&payment, 1, TEST_IFINDEX)
+        .expect("test run");
+    assert_eq!(action, enforcer_common::verdict::XDP_PASS);
+
+    let sim_index = ids_grown.sims[1];
+    let state = State::new(&grown, &compiled_grown, Path::new("/nonexistent"));
+    let totals = Totals::read(
+        enforcer.map(names::SIM_STATS).expect("SIM_STATS"),
+        enforcer.map(names::VERDICT_STATS).expect("VERDICTS_V2"),
+        enforcer.map(names::RULE_STATS).expect("RULE_STATS"),
+        state.sims.len(),
+        state.rules.len(),
+    )
+    .expect("read counters");
+    assert_eq!(
+        totals.sims[sim_index as usize].pass_packets, 4,
+        "its counter continued"
+    );
+    let report = Report::new(&state, &totals, &["001010000000001".to_owned()]);
+    assert_eq!(report.sims.len(), 1);
+    assert_eq!(report.sims[0].segment, "red");
+    assert_eq!(
+        report.sims[0].pass_packets, 4,
+        "the report names the counter by IMSI"
+    );
+    let rule = report
+        .rules
+        .iter()
+        .find(|r| r.packets > 0)
+        .expect("the payment rule counted");
+    assert!(
+        rule.rule.starts_with("segment red @ grown.toml:"),
+        "{rule:?}"
+    );
+    assert_eq!(rule.packets, 4, "the rule's counter followed it too");
+}
