@@ -262,7 +262,7 @@ fn check(
     )?;
     writeln!(
         out,
-        "  map entries: SIM_V4 {}, SIM_V6 {}, NET_V4 {}, NET_V6 {}, SEGMENTS {}, PORT_RULES {}, \
+        "  map entries: SIM_V4_V2 {}, SIM_V6_V2 {}, NET_V4 {}, NET_V6 {}, SEGMENTS {}, PORT_RULES {}, \
          RULES_V2 {} ({} total)",
         image.sims_v4.len(),
         image.sims_v6.len(),
