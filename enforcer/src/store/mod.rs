@@ -362,6 +362,25 @@ impl Store {
     }
 }
 
+/// Apply `overrides` to `policy` before it is compiled: a quarantine override quarantines its
+/// SIM whatever the file says. Returns how many of the policy's SIMs were overridden; an
+/// override of an IMSI the policy lacks is left in the store for when the SIM comes back.
+pub fn apply_overrides(policy: &mut ValidatedPolicy, overrides: &[Override]) -> usize {
+    let quarantined: std::collections::HashSet<&str> = overrides
+        .iter()
+        .filter(|o| o.kind == OverrideKind::Quarantine)
+        .map(|o| o.imsi.as_str())
+        .collect();
+    let mut applied = 0;
+    for sim in &mut policy.sims {
+        if quarantined.contains(sim.imsi.as_str()) {
+            sim.state = crate::policy::SimState::Quarantined;
+            applied += 1;
+        }
+    }
+    applied
+}
+
 fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     let path = path.to_owned();
     move |source| StoreError::Sql { what, path, source }

@@ -159,6 +159,30 @@ fn overrides_are_set_replaced_listed_and_cleared() {
     assert!(store.override_of("001010000000002").expect("one").is_some());
 }
 
+#[test]
+fn a_quarantine_override_quarantines_its_sim_in_the_policy() {
+    let mut store = Store::open_in_memory().expect("memory store");
+    let mut policy = policy(0, 3);
+    let imsi = policy.sims[1].imsi.clone();
+    store
+        .set_override(&imsi, OverrideKind::Quarantine, "operator:alice")
+        .expect("set");
+    store
+        .set_override(
+            "999990000000000",
+            OverrideKind::Quarantine,
+            "operator:alice",
+        )
+        .expect("set an override for a SIM not in the policy");
+    let applied = super::apply_overrides(&mut policy, &store.overrides().expect("list"));
+    assert_eq!(applied, 1);
+    let states: Vec<SimState> = policy.sims.iter().map(|s| s.state).collect();
+    assert_eq!(
+        states,
+        vec![SimState::Active, SimState::Quarantined, SimState::Active]
+    );
+}
+
 /// At a million SIMs: ids for a fresh store, then for the same policy again (nothing to
 /// write), then with one SIM added. Prints the times; run with `--release --ignored
 /// --nocapture` for the figures in BENCHMARKS.md. The bounds are loose (debug builds, loaded
