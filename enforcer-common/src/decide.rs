@@ -61,10 +61,11 @@ pub const fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
 pub trait Tables: RuleTable {
     /// The active generation (`CONFIG[0]`).
     fn generation(&self) -> u8;
-    /// `SIM_V4[addr]`.
-    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry>;
-    /// `SIM_V6[prefix]` for the /64 prefix of an address.
-    fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry>;
+    /// The SIM bound to `addr` in `generation`: `SIM_V4_V2[addr]`'s slot for `generation`, with
+    /// that SIM's `SIM_POLICY` entry of the same generation.
+    fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry>;
+    /// As [`Tables::sim_v4`], for the /64 prefix of an IPv6 address (`SIM_V6_V2`).
+    fn sim_v6(&self, generation: u8, prefix: [u8; 8]) -> Option<SimEntry>;
     /// Longest match of `addr` in `NET_V4` for `generation`.
     fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry>;
     /// Longest match of `addr` in `NET_V6` for `generation`.
@@ -159,11 +160,11 @@ fn found<T: Default>(value: Option<T>) -> (bool, T) {
 }
 
 #[inline(always)]
-fn sim_of<T: Tables>(tables: &T, v6: bool, addr: &[u8; 16]) -> (bool, SimEntry) {
+fn sim_of<T: Tables>(tables: &T, generation: u8, v6: bool, addr: &[u8; 16]) -> (bool, SimEntry) {
     if v6 {
-        found(tables.sim_v6(prefix64(addr)))
+        found(tables.sim_v6(generation, prefix64(addr)))
     } else {
-        found(tables.sim_v4([addr[0], addr[1], addr[2], addr[3]]))
+        found(tables.sim_v4(generation, [addr[0], addr[1], addr[2], addr[3]]))
     }
 }
 
@@ -180,7 +181,7 @@ fn net_of<T: Tables>(tables: &T, generation: u8, v6: bool, addr: &[u8; 16]) -> (
 #[inline(always)]
 pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     let generation = tables.generation();
-    let (src_is_sim, src_sim) = sim_of(tables, meta.v6, &meta.src);
+    let (src_is_sim, src_sim) = sim_of(tables, generation, meta.v6, &meta.src);
     let (src_in_net, src_net) = if src_is_sim {
         (false, NetEntry::default())
     } else {
@@ -189,7 +190,7 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     let (dst_in_net, dst_net) = net_of(tables, generation, meta.v6, &meta.dst);
     let dst_in_pool = dst_in_net && dst_net.flags & NET_POOL != 0;
     let (dst_is_sim, dst_sim) = if dst_in_pool {
-        sim_of(tables, meta.v6, &meta.dst)
+        sim_of(tables, generation, meta.v6, &meta.dst)
     } else {
         (false, SimEntry::default())
     };

@@ -2,9 +2,11 @@
 //!
 //! # How a packet finds its rule (a bounded number of lookups, whatever the policy size)
 //!
-//! 1. `SIM_V4` / `SIM_V6` (exact-match hash): source IPv4 /32 or IPv6 /64 prefix → [`SimEntry`]
-//!    (SIM index, segment, quarantine flag, which rule tiers the SIM has of its own).
-//!    Never a trie over SIMs: a trie costs grow with the number of SIMs, a hash does not.
+//! 1. `SIM_V4_V2` / `SIM_V6_V2` (exact-match hash): source IPv4 /32 or IPv6 /64 prefix →
+//!    [`SimBinding`], the SIM index per generation; then `SIM_POLICY` (array) at
+//!    [`sim_policy_index`] → [`SimPolicy`] (segment, quarantine flag, which rule tiers the SIM
+//!    has of its own). Together they make the [`SimEntry`] that `decide` reads. Never a trie over
+//!    SIMs: a trie costs grow with the number of SIMs, a hash does not.
 //! 2. `NET_V4` / `NET_V6` (LPM trie over the policy's distinct CIDRs and pools): destination →
 //!    [`NetEntry`] (a destination class, or "inside a pool"). The same trie tells whether an
 //!    unbound source lies in a pool (spoofed). A class stands for the set of rules whose CIDRs
@@ -13,7 +15,7 @@
 //!    towards 70,000 hosts is one class, not 70,000. The price of one lookup: a rule towards a
 //!    CIDR that contains other policy CIDRs is entered under their classes as well, so a wide
 //!    rule over n narrower destinations costs n times its entries (n + 1 classes, not n²).
-//! 3. For a pool destination, `SIM_V*` again: destination SIM → its segment and SIM classes.
+//! 3. For a pool destination, `SIM_V*_V2` and `SIM_POLICY` again: destination SIM → its segment and SIM classes.
 //! 4. `RULES_V2` (LPM trie, key [`RuleKey::lpm_data`]): (generation, subject, destination class,
 //!    protocol, port) → rule id, in **one** lookup per subject and class. The key's bits run from
 //!    the exact part (generation, subject, class) to the wildcards (protocol, then port), so the
@@ -49,12 +51,23 @@
 //!
 //! # Generations
 //!
-//! Every policy table (`NET_*`, `SEGMENTS`, `RULES_V2`, `PORT_RULES`) is keyed by a generation
-//! (0 or 1) and `CONFIG` names the active one. A reload fills the inactive generation, flips
-//! `CONFIG.generation` with one array write, then clears the old one (make before break), so
-//! `NET_*`, `RULES_V2` and `PORT_RULES` are sized for two policies. The SIM tables are not
-//! doubled (1M SIMs would cost twice the memory): SIM indices and segment ids are stable across
-//! generations and a SIM entry is replaced in place with one atomic update.
+//! Every policy table is keyed by a generation (0 or 1) and `CONFIG` names the active one; the
+//! program reads `CONFIG.generation` once per packet and uses it for every lookup, so a packet
+//! sees one generation's policy whole. `NET_*`, `SEGMENTS`, `RULES_V2`, `PORT_RULES` and
+//! `PORTS_USED` hold the generation in their key or index. The SIM tables are split so that
+//! 1M SIMs are not stored twice: an address's [`SimBinding`] (one hash entry) holds the SIM
+//! index of each generation ([`SIM_NONE`] where the address is unbound), and `SIM_POLICY` holds
+//! each SIM's [`SimPolicy`] per generation (an array of 4-byte values, 2 × the SIM capacity; not
+//! per CPU). A binding is replaced whole by one hash update, which readers see atomically.
+//!
+//! A reload (`enforcer::loader`) writes only the inactive generation (binding slots, SIM
+//! policies, nets, segments, rules), flips `CONFIG.generation` with one array write, waits for
+//! the program runs that may still use the old generation, then deletes the bindings that only
+//! the old generation had. Before the flip nothing the active generation reads has changed, and
+//! after it nothing the old one held is read, so every packet is judged by the old policy or by
+//! the new one, never by a mix (a SIM with another SIM's rules). The old generation keeps the
+//! rest of its entries: they are what the next reload compares against, so it writes only what
+//! differs.
 
 /// Number of policy generations kept side by side for make-before-break reloads.
 pub const GENERATIONS: u32 = 2;
@@ -82,7 +95,7 @@ pub const MAX_IFACES: u32 = 64;
 
 /// Default capacities; the loader resizes these maps to the policy at load time.
 pub mod defaults {
-    /// Default `SIM_V4`/`SIM_V6`/`SIM_STATS` capacity.
+    /// Default `SIM_V4_V2`/`SIM_V6_V2`/`SIM_STATS` capacity (`SIM_POLICY`: twice that).
     pub const MAX_SIMS: u32 = 65_536;
     /// Default and least `RULES_V2` capacity.
     pub const MAX_RULE_ENTRIES: u32 = 65_536;
@@ -97,10 +110,12 @@ pub mod defaults {
 pub mod names {
     /// `Array<Config>`, one entry: the active generation.
     pub const CONFIG: &str = "CONFIG";
-    /// `HashMap<SimKeyV4, SimEntry>`.
-    pub const SIM_V4: &str = "SIM_V4";
-    /// `HashMap<SimKeyV6, SimEntry>`.
-    pub const SIM_V6: &str = "SIM_V6";
+    /// `HashMap<SimKeyV4, SimBinding>`. (`SIM_V4` held a [`super::SimEntry`], one generation.)
+    pub const SIM_V4: &str = "SIM_V4_V2";
+    /// `HashMap<SimKeyV6, SimBinding>`. (`SIM_V6` held a [`super::SimEntry`].)
+    pub const SIM_V6: &str = "SIM_V6_V2";
+    /// `Array<SimPolicy>` indexed by [`super::sim_policy_index`].
+    pub const SIM_POLICY: &str = "SIM_POLICY";
     /// `LpmTrie<NetKeyV4, NetEntry>`.
     pub const NET_V4: &str = "NET_V4";
     /// `LpmTrie<NetKeyV6, NetEntry>`.
@@ -124,10 +139,11 @@ pub mod names {
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
+        SIM_POLICY,
         NET_V4,
         NET_V6,
         SEGMENTS,
@@ -171,7 +187,70 @@ pub const SIM_QUARANTINED: u8 = 1;
 /// probes its SIM class as well as its segment class.
 pub const SIM_DST_NAMED: u8 = 2;
 
-/// Value of `SIM_V4`/`SIM_V6`.
+/// No SIM: the value of a [`SimBinding`] slot for a generation in which the address is unbound.
+pub const SIM_NONE: u32 = u32::MAX;
+
+/// Value of `SIM_V4_V2`/`SIM_V6_V2`: which SIM holds the address in each generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SimBinding {
+    /// SIM index by generation, [`SIM_NONE`] if the address is unbound in that generation.
+    pub sim: [u32; 2],
+}
+
+impl Default for SimBinding {
+    fn default() -> Self {
+        Self { sim: [SIM_NONE; 2] }
+    }
+}
+
+impl SimBinding {
+    /// The SIM index of `generation` (0 or 1; other values use their low bit).
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(&self, generation: u8) -> u32 {
+        if generation & 1 == 0 {
+            self.sim[0]
+        } else {
+            self.sim[1]
+        }
+    }
+
+    /// This binding with `generation`'s slot set to `sim`.
+    #[must_use]
+    pub const fn with(mut self, generation: u8, sim: u32) -> Self {
+        if generation & 1 == 0 {
+            self.sim[0] = sim;
+        } else {
+            self.sim[1] = sim;
+        }
+        self
+    }
+}
+
+/// Value of `SIM_POLICY`: what one generation's policy says about one SIM.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SimPolicy {
+    /// Segment id, `< MAX_SEGMENTS`.
+    pub segment: u16,
+    /// `SIM_*` flags.
+    pub flags: u8,
+    /// `TIER_*` bits of the SIM's own rules; 0 when it has none.
+    pub tiers: u8,
+}
+
+/// Index of (generation, SIM index) in `SIM_POLICY`: the two generations of a SIM side by side,
+/// so the map needs no load-time stride and a pinned map fits any capacity up to its size.
+#[inline(always)]
+#[must_use]
+pub const fn sim_policy_index(generation: u8, sim: u32) -> u32 {
+    sim.wrapping_shl(1) | (generation & 1) as u32
+}
+
+/// A SIM as `decide` sees it: a binding's SIM index with that SIM's [`SimPolicy`]. It is also
+/// the logical SIM table of a compiled image (address → `SimEntry`), which the loader splits
+/// into bindings and policies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SimEntry {
@@ -183,6 +262,30 @@ pub struct SimEntry {
     pub flags: u8,
     /// `TIER_*` bits of the SIM's own rules; 0 when it has none.
     pub tiers: u8,
+}
+
+impl SimEntry {
+    /// SIM `sim` with its policy.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(sim: u32, policy: SimPolicy) -> Self {
+        Self {
+            sim,
+            segment: policy.segment,
+            flags: policy.flags,
+            tiers: policy.tiers,
+        }
+    }
+
+    /// The SIM's [`SimPolicy`] part.
+    #[must_use]
+    pub const fn policy(&self) -> SimPolicy {
+        SimPolicy {
+            segment: self.segment,
+            flags: self.flags,
+            tiers: self.tiers,
+        }
+    }
 }
 
 /// LPM data for `NET_V4`: generation byte, then the address. Prefix length = 8 + CIDR length.
@@ -374,6 +477,8 @@ pub struct Counter {
 pod!(
     Config,
     SimEntry,
+    SimBinding,
+    SimPolicy,
     NetEntry,
     SegmentEntry,
     PortRuleKey,
@@ -386,6 +491,8 @@ pod!(
 const _: () = {
     assert!(size_of::<Config>() == 8);
     assert!(size_of::<SimEntry>() == 8);
+    assert!(size_of::<SimBinding>() == 8);
+    assert!(size_of::<SimPolicy>() == 4);
     assert!(size_of::<NetEntry>() == 8);
     assert!(size_of::<SegmentEntry>() == 8);
     assert!(size_of::<PortRuleKey>() == 12);

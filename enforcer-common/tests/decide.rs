@@ -318,7 +318,7 @@ impl Tables for World {
     fn generation(&self) -> u8 {
         0
     }
-    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
+    fn sim_v4(&self, _: u8, addr: [u8; 4]) -> Option<SimEntry> {
         match addr {
             [10, 0, 0, 1] => Some(SimEntry {
                 sim: 0,
@@ -335,7 +335,7 @@ impl Tables for World {
             _ => None,
         }
     }
-    fn sim_v6(&self, _: [u8; 8]) -> Option<SimEntry> {
+    fn sim_v6(&self, _: u8, _: [u8; 8]) -> Option<SimEntry> {
         None
     }
     fn net_v4(&self, _: u8, addr: [u8; 4]) -> Option<NetEntry> {

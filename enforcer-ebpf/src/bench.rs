@@ -1,11 +1,11 @@
 //! Programs for `cargo xtask bench` only; the daemon never attaches them. They live in this
-//! object so the benchmark needs no second BPF build, and so `xdp_bare` can share `SIM_V4`.
+//! object so the benchmark needs no second BPF build, and so `xdp_bare` can share `SIM_V4_V2`.
 //!
 //! - `xdp_gen`: the traffic generator, run by BPF_PROG_TEST_RUN in live-frames mode; writes a
 //!   whole 64-byte UDP frame (pages come back with whatever the gateway wrote) with the next
 //!   SIM's source address and returns `XDP_TX`.
 //! - `xdp_sink`: counts and drops what the gateway forwarded.
-//! - `xdp_bare`, `xdp_bare_pass`: one `SIM_V4` hash lookup, count, drop or pass (the upper
+//! - `xdp_bare`, `xdp_bare_pass`: one `SIM_V4_V2` hash lookup, count, drop or pass (the upper
 //!   reference).
 //! - `xdp_drop_all`: count and drop (the ceiling of the generator and the veth path).
 //!
@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use enforcer_common::verdict::{XDP_DROP, XDP_PASS};
 
-use crate::maps::SIM_V4;
+use crate::maps::SIM_V4_V2;
 
 /// `XDP_TX` from `enum xdp_action`.
 const XDP_TX: u32 = 3;
@@ -127,7 +127,7 @@ fn bare_lookup(ctx: &XdpContext) -> bool {
     // SAFETY: bytes 26..30 (the IPv4 source) are inside the checked 34 bytes.
     let src: [u8; 4] =
         unsafe { core::ptr::read_unaligned(start.wrapping_add(26) as *const [u8; 4]) };
-    let hit = SIM_V4.get_ptr(src).is_some();
+    let hit = SIM_V4_V2.get_ptr(src).is_some();
     bump(0);
     hit
 }

@@ -1,7 +1,7 @@
 //! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
 //! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
 //!
-//! Reads `CONFIG`, `SIM_V4`, `SIM_V6`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
+//! Reads `CONFIG`, `SIM_V4_V2`, `SIM_V6_V2`, `SIM_POLICY`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
 //! `PORT_RULES`, `RULES_V2` and `IFACES`; writes nothing.
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -9,13 +9,15 @@ use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
     maps::{
-        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SimEntry, ports_used_index, segment_index,
+        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SimBinding, SimEntry,
+        ports_used_index, segment_index, sim_policy_index,
     },
     rules::RuleTable,
 };
 
 use crate::maps::{
-    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_V4, SIM_V6,
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_POLICY,
+    SIM_V4_V2, SIM_V6_V2,
 };
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
@@ -52,16 +54,19 @@ impl Tables for KernelMaps {
     }
 
     #[inline(always)]
-    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
+    fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
         // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
-        // `SIM_V4` is not preallocated, so a concurrent delete frees it only after RCU.
-        SIM_V4.get_ptr(addr).map(|entry| unsafe { *entry })
+        // `SIM_V4_V2` is not preallocated, so a concurrent delete frees it only after RCU, and
+        // an update replaces the whole entry (a reader sees the old or the new binding).
+        let binding: SimBinding = SIM_V4_V2.get_ptr(addr).map(|entry| unsafe { *entry })?;
+        sim_policy(generation, binding.of(generation))
     }
 
     #[inline(always)]
-    fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry> {
+    fn sim_v6(&self, generation: u8, prefix: [u8; 8]) -> Option<SimEntry> {
         // SAFETY: as in `sim_v4`: a valid, not preallocated entry, read once.
-        SIM_V6.get_ptr(prefix).map(|entry| unsafe { *entry })
+        let binding: SimBinding = SIM_V6_V2.get_ptr(prefix).map(|entry| unsafe { *entry })?;
+        sim_policy(generation, binding.of(generation))
     }
 
     #[inline(always)]
@@ -104,6 +109,18 @@ impl Tables for KernelMaps {
             .get_ptr(ifindex)
             .map_or(0, |entry| unsafe { (*entry).flags })
     }
+}
+
+/// SIM `sim` of `generation` with its `SIM_POLICY` entry; `None` for [`SIM_NONE`] (the address
+/// is unbound in this generation) and for an index past the map.
+#[inline(always)]
+fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
+    if sim == SIM_NONE {
+        return None;
+    }
+    SIM_POLICY
+        .get(sim_policy_index(generation, sim))
+        .map(|policy| SimEntry::new(sim, *policy))
 }
 
 /// Gather the decision inputs for one parsed packet.

@@ -9,23 +9,28 @@ use aya_ebpf::{
 };
 use enforcer_common::maps::{
     Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES,
-    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimCounters, SimEntry,
-    SimKeyV4, SimKeyV6, VERDICT_STATS_ENTRIES, defaults,
+    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimCounters,
+    SimKeyV4, SimKeyV6, SimPolicy, VERDICT_STATS_ENTRIES, defaults,
 };
 
 /// The active policy generation.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// IPv4 /32 → SIM. Not preallocated: entries are RCU-freed, so a reader never sees a reused one.
+/// IPv4 /32 → SIM index per generation. Not preallocated: entries are RCU-freed, so a reader
+/// never sees a reused one.
 #[map]
-pub static SIM_V4: HashMap<SimKeyV4, SimEntry> =
+pub static SIM_V4_V2: HashMap<SimKeyV4, SimBinding> =
     HashMap::with_max_entries(defaults::MAX_SIMS, BPF_F_NO_PREALLOC);
 
-/// IPv6 /64 prefix → SIM.
+/// IPv6 /64 prefix → SIM index per generation.
 #[map]
-pub static SIM_V6: HashMap<SimKeyV6, SimEntry> =
+pub static SIM_V6_V2: HashMap<SimKeyV6, SimBinding> =
     HashMap::with_max_entries(defaults::MAX_SIMS, BPF_F_NO_PREALLOC);
+
+/// (SIM index, generation) → segment, flags and tiers of the SIM.
+#[map]
+pub static SIM_POLICY: Array<SimPolicy> = Array::with_max_entries(2 * defaults::MAX_SIMS, 0);
 
 /// (generation, IPv4 CIDR) → destination class or pool.
 #[map]

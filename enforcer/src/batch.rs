@@ -13,6 +13,8 @@ use aya::Pod;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// `BPF_MAP_UPDATE_BATCH` from `enum bpf_cmd`.
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// `BPF_MAP_DELETE_BATCH` from `enum bpf_cmd` (hash maps; Linux 5.6 too).
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Keys per syscall: large enough to amortise the syscall, small enough to bound kernel work
 /// per call (the kernel checks for signals between elements anyway).
 const CHUNK: usize = 65_536;
@@ -29,6 +31,35 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+/// Delete `keys` from the hash map behind `fd` with as few syscalls as possible. Every key must
+/// exist (the kernel stops at the first missing one with `ENOENT`).
+pub fn delete<K: Pod>(fd: impl AsFd, keys: &[K]) -> io::Result<()> {
+    let fd = fd.as_fd().as_raw_fd();
+    for chunk in keys.chunks(CHUNK) {
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: u32::try_from(chunk.len()).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.batch` whose `keys` points at `count` keys of the
+        // map's key type, alive for the duration of the call; the kernel reads no values for a
+        // delete and writes back only `count`, inside `attr`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Write `entries` into the map behind `fd` with as few syscalls as possible.

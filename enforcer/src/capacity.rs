@@ -18,11 +18,12 @@ use crate::compile::MapImage;
 /// Map sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
-    /// SIM indices: entries of `SIM_STATS` (per CPU, so the largest map at scale).
+    /// SIM indices: entries of `SIM_STATS` (per CPU, so the largest map at scale); `SIM_POLICY`
+    /// holds twice as many (one per generation, 4 bytes, not per CPU).
     pub sims: u32,
-    /// Entries of `SIM_V4`.
+    /// Entries of `SIM_V4_V2`.
     pub sim_v4: u32,
-    /// Entries of `SIM_V6`.
+    /// Entries of `SIM_V6_V2`.
     pub sim_v6: u32,
     /// Entries of `NET_V4` (both generations).
     pub nets_v4: u32,
@@ -300,6 +301,7 @@ impl Capacity {
             (names::CONFIG, array(1, 8)),
             (names::SIM_V4, hash(self.sim_v4, image.sims_v4.len(), 4, 8)),
             (names::SIM_V6, hash(self.sim_v6, image.sims_v6.len(), 8, 8)),
+            (names::SIM_POLICY, array(self.sims.saturating_mul(2), 4)),
             (names::NET_V4, lpm(image.nets_v4.len(), 5, 8)),
             (names::NET_V6, lpm(image.nets_v6.len(), 17, 8)),
             (names::SEGMENTS, array(SEGMENT_ENTRIES, 8)),
@@ -327,6 +329,113 @@ impl Capacity {
             (names::VERDICT_STATS, per_cpu(VERDICT_STATS_ENTRIES, 16)),
             (names::RULE_STATS, per_cpu(self.rules, 16)),
         ]
+    }
+}
+
+/// Entries each policy-sized map holds at the peak of a reload, when the active policy and the
+/// new one live side by side: the bindings of both policies' addresses, the higher SIM and
+/// rule ids of the two, and in the generation-keyed maps the active generation plus the larger
+/// of what the target generation holds now and what it will hold (deletes are written first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peak {
+    /// `SIM_V4_V2` entries.
+    pub sim_v4: usize,
+    /// `SIM_V6_V2` entries.
+    pub sim_v6: usize,
+    /// SIM index slots (`SIM_STATS`; `SIM_POLICY` has two per slot).
+    pub sim_slots: usize,
+    /// `NET_V4` entries.
+    pub nets_v4: usize,
+    /// `NET_V6` entries.
+    pub nets_v6: usize,
+    /// `RULES_V2` entries.
+    pub rule_entries: usize,
+    /// `PORT_RULES` entries.
+    pub port_rules: usize,
+    /// Rule id slots (`RULE_STATS`).
+    pub rule_slots: usize,
+}
+
+impl Capacity {
+    /// Whether a reload whose peak is `peak` fits: checked before anything is written, so a
+    /// reload either fits whole or changes nothing.
+    ///
+    /// # Errors
+    /// [`CapacityError`] naming every map that would overflow.
+    pub fn check_peak(&self, peak: &Peak) -> Result<(), CapacityError> {
+        let fill = |map, what, needed, capacity, flag| Fill {
+            map,
+            what,
+            needed,
+            capacity,
+            flag,
+        };
+        let over: Vec<Fill> = [
+            fill(
+                names::SIM_V4,
+                "IPv4 SIM addresses of the old and new policy",
+                peak.sim_v4,
+                self.sim_v4,
+                "--max-sims",
+            ),
+            fill(
+                names::SIM_V6,
+                "IPv6 SIM prefixes of the old and new policy",
+                peak.sim_v6,
+                self.sim_v6,
+                "--max-sims",
+            ),
+            fill(
+                names::SIM_STATS,
+                "SIM indices",
+                peak.sim_slots,
+                self.sims,
+                "--max-sims",
+            ),
+            fill(
+                names::NET_V4,
+                "IPv4 networks of the old and new policy",
+                peak.nets_v4,
+                self.nets_v4,
+                "--max-nets",
+            ),
+            fill(
+                names::NET_V6,
+                "IPv6 networks of the old and new policy",
+                peak.nets_v6,
+                self.nets_v6,
+                "--max-nets",
+            ),
+            fill(
+                names::RULES,
+                "rule entries of the old and new policy",
+                peak.rule_entries,
+                self.rule_entries,
+                "--max-rule-entries",
+            ),
+            fill(
+                names::PORT_RULES,
+                "single-port rule entries of the old and new policy",
+                peak.port_rules,
+                self.port_rules,
+                "--max-rule-entries",
+            ),
+            fill(
+                names::RULE_STATS,
+                "rule ids",
+                peak.rule_slots,
+                self.rules,
+                "--max-rule-entries",
+            ),
+        ]
+        .into_iter()
+        .filter(|f| !f.fits())
+        .collect();
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(CapacityError(over))
+        }
     }
 }
 

@@ -31,7 +31,10 @@ use enforcer_common::maps::{
 };
 use ipnetwork::IpNetwork;
 
-use crate::policy::{Dest, Rule, SimState, ValidatedPolicy};
+use crate::{
+    ids::Ids,
+    policy::{Dest, Rule, SimState, ValidatedPolicy},
+};
 
 /// An `NET_V4` entry: CIDR and value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,8 +81,18 @@ pub struct MapImage {
 pub struct Compiled {
     /// Map contents.
     pub image: MapImage,
-    /// Rule id → where it was written and whose it is.
-    pub rules: Vec<RuleInfo>,
+    /// Rule id → where it was written and whose it is; `None` for ids this policy does not
+    /// use (retired or released ids of other rules). Its length is the rule id slots used.
+    pub rules: Vec<Option<RuleInfo>>,
+    /// The ids the policy was compiled with.
+    pub ids: Ids,
+}
+
+/// Which policy vector a rule's owner is in, and where.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Segment(usize),
+    Sim(usize),
 }
 
 /// Userspace description of a rule id.
@@ -102,34 +115,68 @@ pub enum CompileError {
         /// The limit.
         max: u32,
     },
+    /// The ids do not belong to this policy (another count of SIMs, segments or rules).
+    #[error("the ids given to compile do not match the policy's SIMs, segments and rules")]
+    Ids,
 }
 
-/// Compile a validated policy.
-pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
-    let owned: Vec<(u32, String, &Rule)> = policy
+/// Compile a validated policy with positional ids ([`Ids::fresh`]): for offline tools and
+/// tests, which compile one policy on its own.
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_fresh(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
+    compile(policy, &Ids::fresh(policy))
+}
+
+/// Compile a validated policy with the stable `ids` of its SIMs, segments and rules (from
+/// [`crate::ids::Allocator`] or the store): every SIM index, segment id and rule id in the
+/// image is taken from `ids`, so an unchanged SIM compiles to the same entries whatever moved
+/// around it in the file.
+///
+/// # Errors
+/// [`CompileError::TooManyClasses`] for a policy whose CIDRs need more classes than the
+/// encoding holds; [`CompileError::Ids`] if `ids` were not made for this policy.
+pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileError> {
+    let rule_count = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
+        + policy.sims.iter().map(|s| s.rules.len()).sum::<usize>();
+    if ids.sims.len() != policy.sims.len()
+        || ids.segments.len() != policy.segments.len()
+        || ids.rules.len() != rule_count
+    {
+        return Err(CompileError::Ids);
+    }
+    // Rules by position (compile order); `Owner` holds the owner's position in the policy.
+    let owned: Vec<(u32, Owner, String, &Rule)> = policy
         .segments
         .iter()
         .enumerate()
-        .flat_map(|(id, segment)| {
+        .flat_map(|(pos, segment)| {
+            let subject = u32::from(ids.segments[pos]);
             segment.rules.iter().map(move |rule| {
                 let owner = format!("segment {}", segment.name);
-                (u32::try_from(id).unwrap_or(u32::MAX), owner, rule)
+                (subject, Owner::Segment(pos), owner, rule)
             })
         })
-        .chain(policy.sims.iter().enumerate().flat_map(|(index, sim)| {
-            sim.rules.iter().map(move |rule| {
-                let subject = SUBJECT_SIM | u32::try_from(index).unwrap_or(u32::MAX);
-                (subject, format!("imsi {}", sim.imsi), rule)
-            })
+        .chain(policy.sims.iter().enumerate().flat_map(|(pos, sim)| {
+            let subject = SUBJECT_SIM | ids.sims[pos];
+            sim.rules
+                .iter()
+                .map(move |rule| (subject, Owner::Sim(pos), format!("imsi {}", sim.imsi), rule))
         }))
         .collect();
 
-    let classes = NetClasses::new(owned.iter().map(|(_, _, rule)| *rule))?;
-    let matches: Vec<Vec<Match>> = owned.iter().map(|(_, _, rule)| matches_of(rule)).collect();
+    let classes = NetClasses::new(owned.iter().map(|(_, _, _, rule)| *rule))?;
+    let matches: Vec<Vec<Match>> = owned
+        .iter()
+        .map(|(_, _, _, rule)| matches_of(rule))
+        .collect();
 
+    // Entries carry the rule's position until the end, so that when two rules give the same
+    // key the first in the file keeps it, whatever their stable ids.
     let mut entries: Vec<(RuleKey, u32)> = Vec::new();
     let mut push = |subject: u32, class: u32, rule: usize| {
-        let id = u32::try_from(rule).unwrap_or(u32::MAX);
+        let pos = u32::try_from(rule).unwrap_or(u32::MAX);
         for m in &matches[rule] {
             let key = RuleKey {
                 subject,
@@ -138,7 +185,7 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
                 port_bits: m.port_bits,
                 port: m.port,
             };
-            entries.push((key, id));
+            entries.push((key, pos));
         }
     };
     // Rules towards CIDRs: once per class whose rule set holds them.
@@ -148,12 +195,18 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
             push(owned[rule as usize].0, class, rule as usize);
         }
     }
-    let mut segment_tiers = vec![0u8; policy.segments.len()];
+    let segment_slots = ids
+        .segments
+        .iter()
+        .map(|&s| usize::from(s) + 1)
+        .max()
+        .unwrap_or(0);
+    let mut segment_tiers = vec![0u8; segment_slots];
     let mut sim_tiers = vec![0u8; policy.sims.len()];
     let mut named_sims = BTreeSet::new();
-    let mut infos = Vec::with_capacity(owned.len());
-    for (id, (subject, owner, rule)) in owned.iter().enumerate() {
-        infos.push(RuleInfo {
+    let mut infos = vec![None; ids.rule_slots()];
+    for (pos, (subject, owner_pos, owner, rule)) in owned.iter().enumerate() {
+        infos[ids.rules[pos] as usize] = Some(RuleInfo {
             owner: owner.clone(),
             origin: rule.origin.clone(),
             description: rule.description.clone(),
@@ -163,47 +216,58 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
         for dest in &rule.to {
             match dest {
                 Dest::Segment(segment) => {
-                    named.insert(CLASS_SEGMENT | u32::from(*segment));
+                    let id = ids
+                        .segments
+                        .get(usize::from(*segment))
+                        .ok_or(CompileError::Ids)?;
+                    named.insert(CLASS_SEGMENT | u32::from(*id));
                 }
-                Dest::Sim(index) => {
-                    named_sims.insert(*index);
-                    named.insert(CLASS_SIM | index);
+                Dest::Sim(sim) => {
+                    let id = ids.sims.get(*sim as usize).ok_or(CompileError::Ids)?;
+                    named_sims.insert(*sim as usize);
+                    named.insert(CLASS_SIM | id);
                 }
                 Dest::Net(_) => {}
             }
         }
         for class in named {
-            push(*subject, class, id);
+            push(*subject, class, pos);
         }
         if !rule.to.is_empty() {
-            let tiers = matches[id].iter().fold(0, |tiers, m| tiers | m.tier());
-            if subject & SUBJECT_SIM != 0 {
-                sim_tiers[(subject & !SUBJECT_SIM) as usize] |= tiers;
-            } else {
-                segment_tiers[*subject as usize] |= tiers;
+            let tiers = matches[pos].iter().fold(0, |tiers, m| tiers | m.tier());
+            match owner_pos {
+                Owner::Sim(sim) => sim_tiers[*sim] |= tiers,
+                Owner::Segment(segment) => {
+                    segment_tiers[usize::from(ids.segments[*segment])] |= tiers;
+                }
             }
         }
     }
-    // The lowest rule id keeps a key.
+    // The first rule in the file keeps a key.
     entries.sort_unstable();
     entries.dedup_by_key(|(key, _)| *key);
+    for (_, rule) in &mut entries {
+        *rule = ids.rules[*rule as usize];
+    }
 
     let mut sims_v4 = Vec::new();
     let mut sims_v6 = Vec::new();
-    for (index, sim) in policy.sims.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
+    for (pos, sim) in policy.sims.iter().enumerate() {
         let mut flags = 0;
         if sim.state == SimState::Quarantined {
             flags |= SIM_QUARANTINED;
         }
-        if named_sims.contains(&index) {
+        if named_sims.contains(&pos) {
             flags |= SIM_DST_NAMED;
         }
         let entry = SimEntry {
-            sim: index,
-            segment: sim.segment,
+            sim: ids.sims[pos],
+            segment: *ids
+                .segments
+                .get(usize::from(sim.segment))
+                .ok_or(CompileError::Ids)?,
             flags,
-            tiers: sim_tiers[index as usize],
+            tiers: sim_tiers[pos],
         };
         if let Some(addr) = sim.ipv4 {
             sims_v4.push((addr.octets(), entry));
@@ -260,6 +324,7 @@ pub fn compile(policy: &ValidatedPolicy) -> Result<Compiled, CompileError> {
     Ok(Compiled {
         image,
         rules: infos,
+        ids: ids.clone(),
     })
 }
 
@@ -314,10 +379,8 @@ fn matches_of(rule: &Rule) -> Vec<Match> {
     out
 }
 
-/// Port ranges (inclusive) as aligned blocks `(first port, prefix bits)`: the ranges are merged,
-/// then each is cut greedily into the largest aligned power-of-two blocks (at most 30 per range).
-#[must_use]
-pub fn port_blocks(ranges: &[(u16, u16)]) -> Vec<(u16, u8)> {
+/// Port ranges (inclusive) sorted and merged (overlapping or adjacent ranges become one).
+fn merge_ports(ranges: &[(u16, u16)]) -> Vec<(u32, u32)> {
     let mut sorted: Vec<(u32, u32)> = ranges
         .iter()
         .map(|&(lo, hi)| (u32::from(lo), u32::from(hi)))
@@ -330,6 +393,30 @@ pub fn port_blocks(ranges: &[(u16, u16)]) -> Vec<(u16, u8)> {
             _ => merged.push((lo, hi)),
         }
     }
+    merged
+}
+
+/// Port ranges as canonical text, merged and sorted: `53,8000-8100` (empty for any port).
+#[must_use]
+pub fn port_ranges_text(ranges: &[(u16, u16)]) -> String {
+    merge_ports(ranges)
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Port ranges (inclusive) as aligned blocks `(first port, prefix bits)`: the ranges are merged,
+/// then each is cut greedily into the largest aligned power-of-two blocks (at most 30 per range).
+#[must_use]
+pub fn port_blocks(ranges: &[(u16, u16)]) -> Vec<(u16, u8)> {
+    let merged = merge_ports(ranges);
     let mut blocks = Vec::new();
     for (mut lo, hi) in merged {
         while lo <= hi {

@@ -1,6 +1,6 @@
 //! The enforcer daemon and CLI as a library: policy files, compilation to map contents, the
-//! loader, counters, the userspace reference model of the XDP program, the independent policy
-//! oracle and capture replay.
+//! loader, stable ids and the store that keeps them, counters, the userspace reference model of
+//! the XDP program, the independent policy oracle and capture replay.
 mod batch;
 pub mod capacity;
 pub mod compile;
@@ -8,6 +8,8 @@ pub mod control;
 pub mod counters;
 pub mod diff;
 pub mod explain;
+pub mod held;
+pub mod ids;
 pub mod links;
 pub mod loader;
 pub mod netlink_watch;
@@ -19,4 +21,5 @@ pub mod reference;
 pub mod replay;
 pub mod report;
 pub mod runtime;
+pub mod store;
 pub mod xdp_holder;

@@ -2,10 +2,9 @@
 //! writes a [`MapImage`] make-before-break, attaches to interfaces and runs test packets.
 
 use std::{
-    collections::HashSet,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -14,13 +13,19 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use enforcer_common::maps::{
-    Config, GENERATIONS, IPPROTO_UDP, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_WORDS, PortRuleKey,
-    RULE_KEY_LEN, RuleEntry, SIM_QUARANTINED, SegmentEntry, SimEntry, SimKeyV4, SimKeyV6, names,
-    ports_used_index, segment_index,
+    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_BITS_ANY, PORT_WORDS, PROTO_ANY,
+    PortRuleKey, RULE_BITS_PORTS, RULE_BITS_PROTO, RULE_KEY_LEN, RuleEntry, RuleKey, SIM_NONE,
+    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, SimPolicy, names,
+    ports_used_index, segment_index, sim_policy_index,
 };
 
 pub use crate::capacity::Capacity;
-use crate::{batch, capacity::CapacityError, compile::MapImage};
+use crate::{
+    batch,
+    capacity::{CapacityError, Peak},
+    compile::MapImage,
+    held::{Held, Plan},
+};
 
 /// The XDP object built by `build.rs`.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -124,10 +129,11 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
 
 /// The maps whose size is chosen at load time, with the size `capacity` gives them; every other
 /// map keeps the size written in the object.
-fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
+fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 9] {
     [
         (names::SIM_V4, capacity.sim_v4),
         (names::SIM_V6, capacity.sim_v6),
+        (names::SIM_POLICY, capacity.sims.saturating_mul(2)),
         (names::SIM_STATS, capacity.sims),
         (names::NET_V4, capacity.nets_v4),
         (names::NET_V6, capacity.nets_v6),
@@ -212,6 +218,40 @@ pub struct Enforcer {
     capacity: Capacity,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
+    /// What the policy maps hold; `None` until read from maps adopted from an earlier process,
+    /// or after a failed write.
+    held: Option<Held>,
+}
+
+/// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
+/// generation's bindings and returns (after which the next apply may rewrite the old
+/// generation). A program run reads `CONFIG.generation` once and is one RCU read-side critical
+/// section (the driver's NAPI poll, or `BPF_PROG_TEST_RUN`, holds `rcu_read_lock`) that takes
+/// well under a microsecond per packet (BENCHMARKS.md), so every run that saw the old
+/// generation has ended long before this. Userspace has no `synchronize_rcu`; 50 ms leaves room
+/// for a reader preempted on a loaded machine (a preemptible RCU read side can be), at a cost
+/// only reloads pay. `apply` takes `&mut self`, so the next apply cannot start sooner.
+pub const GRACE: Duration = Duration::from_millis(50);
+
+/// What [`Enforcer::apply`] changed, for the daemon to log and report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The generation now active.
+    pub generation: u8,
+    /// SIM indices in the new policy and not in the previous one.
+    pub sims_added: usize,
+    /// SIM indices in the previous policy and not in the new one.
+    pub sims_removed: usize,
+    /// SIM indices in both whose segment, flags, tiers or addresses changed.
+    pub sims_changed: usize,
+    /// Rule entries (`RULES_V2` and `PORT_RULES`) that differ between the two policies.
+    pub rule_entries_changed: usize,
+    /// Map entries written or deleted before the flip: what differed in the target generation.
+    pub entries_written: usize,
+    /// Bindings deleted after the flip (addresses only the previous policy had).
+    pub bindings_deleted: usize,
+    /// Time from the start of the apply to the flip (diff and writes), without the grace wait.
+    pub write_time: Duration,
 }
 
 impl Enforcer {
@@ -221,6 +261,8 @@ impl Enforcer {
         if let Some(dir) = pin_dir {
             check_pins(dir, &capacity)?;
         }
+        // Maps pinned by an earlier process hold a policy this one has not seen.
+        let adopted = pin_dir.is_some_and(|dir| names::ALL.iter().any(|n| dir.join(n).exists()));
         let mut loader = EbpfLoader::new();
         for (name, entries) in sized_maps(&capacity) {
             loader.map_max_entries(name, entries);
@@ -256,6 +298,7 @@ impl Enforcer {
             capacity,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
+            held: (!adopted).then(Held::empty),
         })
     }
 
@@ -324,18 +367,38 @@ impl Enforcer {
         })
     }
 
-    /// Write `image` make-before-break: fill the inactive generation, update the SIMs in place,
-    /// flip `CONFIG`, then clear the old generation. Returns the new active generation.
-    pub fn apply(&mut self, image: &MapImage) -> Result<u8, LoadError> {
-        self.capacity.check(image, 0)?;
+    /// Write `image` make-before-break and return what changed.
+    ///
+    /// 1. Check that the old and the new policy fit the maps side by side ([`Peak`]); if not,
+    ///    return [`LoadError::Capacity`] having written nothing.
+    /// 2. Write the inactive generation: only the entries that differ from what it holds
+    ///    (bindings' slots for that generation, `SIM_POLICY`, nets, segments, rules, ports).
+    ///    The active generation reads none of it; a failure here leaves it in force, untouched.
+    /// 3. Flip `CONFIG.generation`: one array write, which packets see whole.
+    /// 4. Wait [`GRACE`] for program runs that read the old generation, then delete the
+    ///    bindings only the old generation had.
+    ///
+    /// # Errors
+    /// [`LoadError::Capacity`] before any write; [`LoadError::Map`] for a failed map write (the
+    /// previous policy stays enforced in every map, and the next apply re-reads the maps).
+    pub fn apply(&mut self, image: &MapImage) -> Result<ApplyReport, LoadError> {
         let active = self.generation()?;
         let target = active ^ 1;
-
-        self.write_nets(image, target)?;
-        self.write_segments(image, target)?;
-        self.write_ports_used(image, target)?;
-        self.write_rules(image, target)?;
-        self.write_sims(image)?;
+        let mut held = match self.held.take() {
+            Some(held) => held,
+            None => self.read_held()?,
+        };
+        let started = Instant::now();
+        let mut plan = held.plan(image, target);
+        let peak = peak(&held, &plan, image, active, target);
+        if let Err(error) = self.capacity.check_peak(&peak) {
+            self.held = Some(held);
+            return Err(error.into());
+        }
+        // On an error `self.held` stays `None`: the next apply reads the maps again.
+        self.write_plan(&plan, target)?;
+        held.written(&mut plan, target);
+        self.held = Some(held);
 
         let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)
             .map_err(map_err(names::CONFIG, "opening"))?;
@@ -349,24 +412,140 @@ impl Enforcer {
                 0,
             )
             .map_err(map_err(names::CONFIG, "flipping the generation"))?;
+        let written = started.elapsed();
 
-        self.clear_nets(active)?;
-        self.clear_rules(active)?;
-        Ok(target)
+        std::thread::sleep(GRACE);
+        let unbound = plan.unbind_v4.len() + plan.unbind_v6.len();
+        let cleared = self
+            .batch_delete(names::SIM_V4, &plan.unbind_v4)
+            .and_then(|()| self.batch_delete(names::SIM_V6, &plan.unbind_v6));
+        match cleared {
+            Ok(()) => {
+                if let Some(held) = &mut self.held {
+                    held.unbound(&plan);
+                }
+            }
+            Err(error) => {
+                // The new policy is in force; the stale bindings are unbound in it, so they only
+                // take room. The next apply reads the maps again and retries.
+                tracing::warn!(error = %error, "Could not delete bindings of the old generation.");
+                self.held = None;
+            }
+        }
+        Ok(ApplyReport {
+            generation: target,
+            sims_added: plan.summary.sims_added,
+            sims_removed: plan.summary.sims_removed,
+            sims_changed: plan.summary.sims_changed,
+            rule_entries_changed: plan.summary.rule_entries_changed,
+            entries_written: plan.writes_before_flip(),
+            bindings_deleted: unbound,
+            write_time: written,
+        })
     }
 
-    fn write_nets(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        self.clear_nets(generation)?;
-        let v4 = image
+    /// Write every entry of `plan` into generation `target`: deletes first, so a generation
+    /// never holds more than the larger of its old and new contents.
+    fn write_plan(&mut self, plan: &Plan, target: u8) -> Result<(), LoadError> {
+        self.remove_lpm::<5, NetEntry>(
+            names::NET_V4,
+            plan.nets_v4
+                .deletes
+                .iter()
+                .map(|(addr, len)| net_key(target, addr, *len)),
+        )?;
+        self.remove_lpm::<17, NetEntry>(
+            names::NET_V6,
+            plan.nets_v6
+                .deletes
+                .iter()
+                .map(|(addr, len)| net_key(target, addr, *len)),
+        )?;
+        let (single, trie): (Vec<&RuleKey>, Vec<&RuleKey>) =
+            plan.rules.deletes.iter().partition(|k| k.port_bits == 16);
+        let single: Vec<PortRuleKey> = single
+            .into_iter()
+            .map(|k| PortRuleKey::of(k, target))
+            .collect();
+        self.batch_delete(names::PORT_RULES, &single)?;
+        self.remove_lpm::<RULE_KEY_LEN, RuleEntry>(
+            names::RULES,
+            trie.into_iter()
+                .map(|k| Key::new(k.prefix_len(), k.lpm_data(target))),
+        )?;
+
+        let nets_v4 = plan
             .nets_v4
+            .upserts
             .iter()
-            .map(|n| (&n.addr[..], n.prefix_len, n.entry));
-        self.insert_nets::<5>(names::NET_V4, generation, v4)?;
-        let v6 = image
+            .map(|((addr, len), e)| (&addr[..], *len, *e));
+        self.insert_nets::<5>(names::NET_V4, target, nets_v4)?;
+        let nets_v6 = plan
             .nets_v6
+            .upserts
             .iter()
-            .map(|n| (&n.addr[..], n.prefix_len, n.entry));
-        self.insert_nets::<17>(names::NET_V6, generation, v6)
+            .map(|((addr, len), e)| (&addr[..], *len, *e));
+        self.insert_nets::<17>(names::NET_V6, target, nets_v6)?;
+        let single: Vec<(PortRuleKey, RuleEntry)> = plan
+            .rules
+            .upserts
+            .iter()
+            .filter(|(k, _)| k.port_bits == 16)
+            .map(|(k, e)| (PortRuleKey::of(k, target), *e))
+            .collect();
+        self.batch_write(names::PORT_RULES, &single)?;
+        let trie: Vec<(Key<[u8; RULE_KEY_LEN]>, RuleEntry)> = plan
+            .rules
+            .upserts
+            .iter()
+            .filter(|(k, _)| k.port_bits != 16)
+            .map(|(k, e)| (Key::new(k.prefix_len(), k.lpm_data(target)), *e))
+            .collect();
+        self.write_rule_trie(&trie)?;
+
+        let segments: Vec<(u32, SegmentEntry)> = plan
+            .segments
+            .iter()
+            .map(|(id, e)| (segment_index(target, *id), *e))
+            .collect();
+        self.batch_write(names::SEGMENTS, &segments)?;
+        let words: Vec<(u32, u64)> = plan
+            .ports_used
+            .iter()
+            .map(|&(i, word)| {
+                let udp = i >= PORT_WORDS as usize;
+                let port = u16::try_from((i % PORT_WORDS as usize) << 6).unwrap_or(0);
+                (ports_used_index(target, udp, port), word)
+            })
+            .collect();
+        self.batch_write(names::PORTS_USED, &words)?;
+        let policies: Vec<(u32, SimPolicy)> = plan
+            .sim_policy
+            .iter()
+            .map(|(sim, p)| (sim_policy_index(target, *sim), *p))
+            .collect();
+        self.batch_write(names::SIM_POLICY, &policies)?;
+        // Last, though the order does not matter to packets: nothing reads `target` yet.
+        self.batch_write(names::SIM_V4, &plan.bindings_v4)?;
+        self.batch_write(names::SIM_V6, &plan.bindings_v6)
+    }
+
+    fn write_rule_trie(
+        &mut self,
+        entries: &[(Key<[u8; RULE_KEY_LEN]>, RuleEntry)],
+    ) -> Result<(), LoadError> {
+        if self.batch_write(names::RULES, entries).is_ok() {
+            return Ok(());
+        }
+        // Kernels without batch updates for LPM tries: one syscall per entry.
+        let mut trie: LpmTrie<&mut MapData, [u8; RULE_KEY_LEN], RuleEntry> =
+            LpmTrie::try_from(self.map_mut(names::RULES)?)
+                .map_err(map_err(names::RULES, "opening"))?;
+        for (key, entry) in entries {
+            trie.insert(key, *entry, 0)
+                .map_err(map_err(names::RULES, "inserting"))?;
+        }
+        Ok(())
     }
 
     /// Insert `(address, prefix length, entry)` into the LPM map `name` as generation
@@ -380,144 +559,155 @@ impl Enforcer {
         let mut trie: LpmTrie<&mut MapData, [u8; K], NetEntry> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
         for (addr, prefix_len, entry) in nets {
-            let mut data = [0u8; K];
-            data[0] = generation;
-            data[1..].copy_from_slice(addr);
-            trie.insert(&Key::new(8 + u32::from(prefix_len), data), entry, 0)
+            trie.insert(&net_key(generation, addr, prefix_len), entry, 0)
                 .map_err(map_err(name, "inserting"))?;
         }
         Ok(())
     }
 
-    fn clear_nets(&mut self, generation: u8) -> Result<(), LoadError> {
-        self.clear_lpm::<5, NetEntry>(names::NET_V4, generation)?;
-        self.clear_lpm::<17, NetEntry>(names::NET_V6, generation)
-    }
-
-    /// Remove every entry of generation `generation` from the LPM map `name`.
-    fn clear_lpm<const K: usize, V: Pod>(
+    /// Remove `keys` from the LPM map `name`.
+    fn remove_lpm<const K: usize, V: Pod>(
         &mut self,
         name: &'static str,
-        generation: u8,
+        keys: impl Iterator<Item = Key<[u8; K]>>,
     ) -> Result<(), LoadError> {
         let mut trie: LpmTrie<&mut MapData, [u8; K], V> =
             LpmTrie::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
-        let stale: Vec<Key<[u8; K]>> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.data()[0] == generation)
-            .collect();
-        for key in &stale {
-            trie.remove(key).map_err(map_err(name, "clearing"))?;
+        for key in keys {
+            trie.remove(&key).map_err(map_err(name, "clearing"))?;
         }
         Ok(())
     }
 
-    fn write_segments(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        let entries: Vec<(u32, SegmentEntry)> = (0..MAX_SEGMENTS)
-            .map(|id| {
-                let entry = image.segments.get(id as usize).copied().unwrap_or_default();
-                (segment_index(generation, id as u16), entry)
-            })
-            .collect();
-        self.batch_write(names::SEGMENTS, &entries)
-    }
-
-    /// The whole `PORTS_USED` block of `generation`, so bits of an older policy are cleared.
-    fn write_ports_used(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        let mut words = vec![0u64; 2 * PORT_WORDS as usize];
-        for (key, _) in image.single_port_rules(true) {
-            let udp = key.proto == IPPROTO_UDP;
-            let word = (usize::from(udp) * PORT_WORDS as usize) + usize::from(key.port >> 6);
-            words[word] |= 1 << (key.port & 63);
+    /// What the policy maps hold, read from the kernel: for maps adopted from an earlier
+    /// process, or after a failed write. One syscall per entry (the bindings of a million SIMs
+    /// take about a second), paid once.
+    fn read_held(&self) -> Result<Held, LoadError> {
+        let mut held = Held::empty();
+        let v4: LpmTrie<&MapData, [u8; 5], NetEntry> =
+            LpmTrie::try_from(self.map_ref(names::NET_V4)?)
+                .map_err(map_err(names::NET_V4, "opening"))?;
+        for item in v4.iter() {
+            let (key, entry) = item.map_err(map_err(names::NET_V4, "reading"))?;
+            let d = key.data();
+            let len = u8::try_from(key.prefix_len().saturating_sub(8)).unwrap_or(u8::MAX);
+            held.generations[usize::from(d[0] & 1)]
+                .nets_v4
+                .insert(([d[1], d[2], d[3], d[4]], len), entry);
         }
-        let entries: Vec<(u32, u64)> = words
-            .into_iter()
-            .enumerate()
-            .map(|(i, word)| {
+        let v6: LpmTrie<&MapData, [u8; 17], NetEntry> =
+            LpmTrie::try_from(self.map_ref(names::NET_V6)?)
+                .map_err(map_err(names::NET_V6, "opening"))?;
+        for item in v6.iter() {
+            let (key, entry) = item.map_err(map_err(names::NET_V6, "reading"))?;
+            let d = key.data();
+            let len = u8::try_from(key.prefix_len().saturating_sub(8)).unwrap_or(u8::MAX);
+            let mut addr = [0u8; 16];
+            addr.copy_from_slice(&d[1..]);
+            held.generations[usize::from(d[0] & 1)]
+                .nets_v6
+                .insert((addr, len), entry);
+        }
+        let trie: LpmTrie<&MapData, [u8; RULE_KEY_LEN], RuleEntry> =
+            LpmTrie::try_from(self.map_ref(names::RULES)?)
+                .map_err(map_err(names::RULES, "opening"))?;
+        for item in trie.iter() {
+            let (key, entry) = item.map_err(map_err(names::RULES, "reading"))?;
+            let (generation, key) = rule_key_of_lpm(key.data(), key.prefix_len());
+            held.generations[usize::from(generation & 1)]
+                .rules
+                .insert(key, entry);
+        }
+        let single: HashMap<&MapData, PortRuleKey, RuleEntry> =
+            HashMap::try_from(self.map_ref(names::PORT_RULES)?)
+                .map_err(map_err(names::PORT_RULES, "opening"))?;
+        for item in single.iter() {
+            let (key, entry) = item.map_err(map_err(names::PORT_RULES, "reading"))?;
+            let rule = RuleKey {
+                subject: key.subject,
+                class: key.class,
+                proto: key.proto,
+                port: key.port,
+                port_bits: 16,
+            };
+            held.generations[usize::from(key.generation & 1)]
+                .rules
+                .insert(rule, entry);
+        }
+        let segments: Array<&MapData, SegmentEntry> =
+            Array::try_from(self.map_ref(names::SEGMENTS)?)
+                .map_err(map_err(names::SEGMENTS, "opening"))?;
+        let words: Array<&MapData, u64> = Array::try_from(self.map_ref(names::PORTS_USED)?)
+            .map_err(map_err(names::PORTS_USED, "opening"))?;
+        for (generation, held_gen) in (0u8..).zip(held.generations.iter_mut()) {
+            for id in 0..MAX_SEGMENTS {
+                held_gen.segments[id as usize] = segments
+                    .get(&segment_index(generation, id as u16), 0)
+                    .map_err(map_err(names::SEGMENTS, "reading"))?;
+            }
+            for (i, word) in held_gen.ports_used.iter_mut().enumerate() {
                 let udp = i >= PORT_WORDS as usize;
                 let port = u16::try_from((i % PORT_WORDS as usize) << 6).unwrap_or(0);
-                (ports_used_index(generation, udp, port), word)
-            })
-            .collect();
-        self.batch_write(names::PORTS_USED, &entries)
-    }
-
-    fn write_rules(&mut self, image: &MapImage, generation: u8) -> Result<(), LoadError> {
-        self.clear_rules(generation)?;
-        let single: Vec<(PortRuleKey, RuleEntry)> = image
-            .single_port_rules(true)
-            .map(|(key, entry)| (PortRuleKey::of(key, generation), *entry))
-            .collect();
-        self.batch_write(names::PORT_RULES, &single)?;
-        let entries: Vec<(Key<[u8; RULE_KEY_LEN]>, RuleEntry)> = image
-            .single_port_rules(false)
-            .map(|(key, entry)| (Key::new(key.prefix_len(), key.lpm_data(generation)), *entry))
-            .collect();
-        if self.batch_write(names::RULES, &entries).is_ok() {
-            return Ok(());
-        }
-        // Kernels without batch updates for LPM tries: one syscall per entry.
-        let mut trie: LpmTrie<&mut MapData, [u8; RULE_KEY_LEN], RuleEntry> =
-            LpmTrie::try_from(self.map_mut(names::RULES)?)
-                .map_err(map_err(names::RULES, "opening"))?;
-        for (key, entry) in &entries {
-            trie.insert(key, *entry, 0)
-                .map_err(map_err(names::RULES, "inserting"))?;
-        }
-        Ok(())
-    }
-
-    fn clear_rules(&mut self, generation: u8) -> Result<(), LoadError> {
-        let mut single: HashMap<&mut MapData, PortRuleKey, RuleEntry> =
-            HashMap::try_from(self.map_mut(names::PORT_RULES)?)
-                .map_err(map_err(names::PORT_RULES, "opening"))?;
-        let stale: Vec<PortRuleKey> = single
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| key.generation == generation)
-            .collect();
-        for key in &stale {
-            single
-                .remove(key)
-                .map_err(map_err(names::PORT_RULES, "clearing"))?;
-        }
-        self.clear_lpm::<RULE_KEY_LEN, RuleEntry>(names::RULES, generation)
-    }
-
-    fn write_sims(&mut self, image: &MapImage) -> Result<(), LoadError> {
-        self.write_sim_map(names::SIM_V4, &image.sims_v4)?;
-        self.write_sim_map(names::SIM_V6, &image.sims_v6)
-    }
-
-    /// Upsert every SIM in one batch; then, only if the map held entries before (pinned maps
-    /// reused after a restart), remove the SIMs the policy no longer has. A fresh map has none,
-    /// and scanning a million keys one syscall at a time costs about a second.
-    fn write_sim_map<K: Pod + Eq + std::hash::Hash>(
-        &mut self,
-        name: &'static str,
-        entries: &[(K, SimEntry)],
-    ) -> Result<(), LoadError> {
-        let had_entries = {
-            let map: HashMap<&MapData, K, SimEntry> =
-                HashMap::try_from(self.map_ref(name)?).map_err(map_err(name, "opening"))?;
-            map.keys().next().is_some()
-        };
-        self.batch_write(name, entries)?;
-        if had_entries {
-            let keep: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-            let mut map: HashMap<&mut MapData, K, SimEntry> =
-                HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
-            let stale: Vec<K> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !keep.contains(k))
-                .collect();
-            for key in &stale {
-                map.remove(key).map_err(map_err(name, "clearing"))?;
+                *word = words
+                    .get(&ports_used_index(generation, udp, port), 0)
+                    .map_err(map_err(names::PORTS_USED, "reading"))?;
             }
         }
-        Ok(())
+        let v4: HashMap<&MapData, SimKeyV4, SimBinding> =
+            HashMap::try_from(self.map_ref(names::SIM_V4)?)
+                .map_err(map_err(names::SIM_V4, "opening"))?;
+        for item in v4.iter() {
+            let (key, binding) = item.map_err(map_err(names::SIM_V4, "reading"))?;
+            held.bindings_v4.push((key, binding));
+        }
+        held.bindings_v4.sort_unstable();
+        let v6: HashMap<&MapData, SimKeyV6, SimBinding> =
+            HashMap::try_from(self.map_ref(names::SIM_V6)?)
+                .map_err(map_err(names::SIM_V6, "opening"))?;
+        for item in v6.iter() {
+            let (key, binding) = item.map_err(map_err(names::SIM_V6, "reading"))?;
+            held.bindings_v6.push((key, binding));
+        }
+        held.bindings_v6.sort_unstable();
+        // The `SIM_POLICY` entries of the SIMs each generation binds (the others are unused).
+        let policies: Array<&MapData, SimPolicy> =
+            Array::try_from(self.map_ref(names::SIM_POLICY)?)
+                .map_err(map_err(names::SIM_POLICY, "opening"))?;
+        let v4 = held.bindings_v4.iter().map(|(_, b)| b);
+        let bindings = v4.chain(held.bindings_v6.iter().map(|(_, b)| b));
+        let mut sims: [std::collections::BTreeSet<u32>; 2] = Default::default();
+        for binding in bindings {
+            for (generation, set) in (0u8..).zip(sims.iter_mut()) {
+                let sim = binding.of(generation);
+                if sim != SIM_NONE {
+                    set.insert(sim);
+                }
+            }
+        }
+        for ((generation, set), held_gen) in (0u8..).zip(sims).zip(held.generations.iter_mut()) {
+            let slots = set.last().map_or(0, |&sim| sim as usize + 1);
+            let mut known = vec![None; slots];
+            for sim in set {
+                let policy = policies
+                    .get(&sim_policy_index(generation, sim), 0)
+                    .map_err(map_err(names::SIM_POLICY, "reading"))?;
+                known[sim as usize] = Some(policy);
+            }
+            held_gen.sim_policy = Some(known);
+        }
+        Ok(held)
+    }
+
+    /// Delete `keys` (which must exist) from the hash map `name`.
+    fn batch_delete<K: Pod>(&self, name: &'static str, keys: &[K]) -> Result<(), LoadError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        batch::delete(self.map_data(name)?.fd(), keys).map_err(|source| LoadError::Map {
+            map: name,
+            what: "deleting",
+            source,
+        })
     }
 
     /// Write `entries` into map `name` with `BPF_MAP_UPDATE_BATCH`.
@@ -526,6 +716,9 @@ impl Enforcer {
         name: &'static str,
         entries: &[(K, V)],
     ) -> Result<(), LoadError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         batch::update(self.map_data(name)?.fd(), entries).map_err(|source| LoadError::Map {
             map: name,
             what: "writing",
@@ -644,53 +837,52 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Set or clear `SIM_QUARANTINED` on the SIM entries at `v4` and `v6` (the addresses of one
-    /// SIM): each entry is read and replaced with one map update, which the program sees
-    /// atomically (a hash map update swaps in a new element). Returns the entries changed.
-    pub fn set_sim_quarantine(
-        &mut self,
-        v4: Option<SimKeyV4>,
-        v6: Option<SimKeyV6>,
-        quarantined: bool,
-    ) -> Result<usize, LoadError> {
-        fn one<K: Pod>(
-            map: &mut Map,
-            name: &'static str,
-            key: K,
-            quarantined: bool,
-        ) -> Result<usize, LoadError> {
-            let mut map: HashMap<&mut MapData, K, SimEntry> =
-                HashMap::try_from(map).map_err(map_err(name, "opening"))?;
-            let Ok(mut entry) = map.get(&key, 0) else {
-                return Ok(0);
-            };
+    /// Set or clear `SIM_QUARANTINED` in both generations' `SIM_POLICY` entries of SIM index
+    /// `sim`, the active generation first: each entry is one 4-byte array write, so the next
+    /// packet sees it whole. What the loader holds of the generations follows, so the next
+    /// apply's diff stays right.
+    pub fn set_sim_quarantine(&mut self, sim: u32, quarantined: bool) -> Result<(), LoadError> {
+        let active = self.generation()?;
+        for generation in [active, active ^ 1] {
+            let index = sim_policy_index(generation, sim);
+            let mut map: Array<&mut MapData, SimPolicy> =
+                Array::try_from(self.map_mut(names::SIM_POLICY)?)
+                    .map_err(map_err(names::SIM_POLICY, "opening"))?;
+            let mut entry = map
+                .get(&index, 0)
+                .map_err(map_err(names::SIM_POLICY, "reading"))?;
             if quarantined {
                 entry.flags |= SIM_QUARANTINED;
             } else {
                 entry.flags &= !SIM_QUARANTINED;
             }
-            map.insert(key, entry, 0)
-                .map_err(map_err(name, "writing"))?;
-            Ok(1)
+            map.set(index, entry, 0)
+                .map_err(map_err(names::SIM_POLICY, "writing"))?;
+            if let Some(held) = self.held.as_mut()
+                && let Some(policies) = held.generations[usize::from(generation)]
+                    .sim_policy
+                    .as_mut()
+                && let Some(Some(held_entry)) = policies.get_mut(sim as usize)
+            {
+                held_entry.flags = entry.flags;
+            }
         }
-        let mut changed = 0;
-        if let Some(key) = v4 {
-            changed += one(
-                self.map_mut(names::SIM_V4)?,
-                names::SIM_V4,
-                key,
-                quarantined,
-            )?;
-        }
-        if let Some(key) = v6 {
-            changed += one(
-                self.map_mut(names::SIM_V6)?,
-                names::SIM_V6,
-                key,
-                quarantined,
-            )?;
-        }
-        Ok(changed)
+        Ok(())
+    }
+
+    /// Pin the XDP program at `path` (on a bpffs mount), so that another thread or process can
+    /// open it with `aya::programs::Xdp::from_pin` and run test packets while this one applies
+    /// policies.
+    ///
+    /// # Errors
+    /// [`LoadError::Program`] if pinning fails.
+    pub fn pin_program(&mut self, path: &Path) -> Result<(), LoadError> {
+        xdp(&mut self.ebpf)?
+            .pin(path)
+            .map_err(|source| LoadError::Program {
+                what: format!("pinning the XDP program at {}", path.display()),
+                source: Box::new(ProgramError::IOError(std::io::Error::other(source))),
+            })
     }
 
     /// Run `frame` through the program `repeat` times with `BPF_PROG_TEST_RUN`; returns the
@@ -740,6 +932,57 @@ impl Enforcer {
                 source: Box::new(source),
             })?;
         Ok((result.return_value, result.duration))
+    }
+}
+
+/// The LPM key of a `NET_*` entry: generation byte, address, prefix length + 8.
+fn net_key<const K: usize>(generation: u8, addr: &[u8], prefix_len: u8) -> Key<[u8; K]> {
+    let mut data = [0u8; K];
+    data[0] = generation;
+    data[1..].copy_from_slice(addr);
+    Key::new(8 + u32::from(prefix_len), data)
+}
+
+/// The generation and [`RuleKey`] of a `RULES_V2` key: the inverse of
+/// [`RuleKey::lpm_data`] and [`RuleKey::prefix_len`].
+fn rule_key_of_lpm(data: [u8; RULE_KEY_LEN], prefix_len: u32) -> (u8, RuleKey) {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let mut key = RuleKey {
+        subject: be32(&data[1..5]),
+        class: be32(&data[5..9]),
+        proto: data[9],
+        port: u16::from_be_bytes([data[11], data[12]]),
+        port_bits: PORT_BITS_ANY,
+    };
+    if prefix_len >= RULE_BITS_PORTS {
+        key.port_bits = u8::try_from(prefix_len - RULE_BITS_PORTS).unwrap_or(16);
+    } else if prefix_len < RULE_BITS_PROTO {
+        key.proto = PROTO_ANY;
+    }
+    (data[0], key)
+}
+
+/// The entries each map holds at the peak of applying `plan` (see [`Peak`]).
+fn peak(held: &Held, plan: &Plan, image: &MapImage, active: u8, target: u8) -> Peak {
+    let now = &held.generations[usize::from(active & 1)];
+    let before = &held.generations[usize::from(target & 1)];
+    let after = &plan.target;
+    let grown = |n: usize, upserts: usize| n + upserts;
+    let (new_v4, new_v6) = plan.new_bindings;
+    Peak {
+        sim_v4: grown(held.bindings_v4.len(), new_v4),
+        sim_v6: grown(held.bindings_v6.len(), new_v6),
+        sim_slots: image.sim_slots(),
+        nets_v4: now.nets_v4.len() + before.nets_v4.len().max(after.nets_v4.len()),
+        nets_v6: now.nets_v6.len() + before.nets_v6.len().max(after.nets_v6.len()),
+        rule_entries: now.rule_count(false) + before.rule_count(false).max(after.rule_count(false)),
+        port_rules: now.rule_count(true) + before.rule_count(true).max(after.rule_count(true)),
+        rule_slots: image
+            .rules
+            .iter()
+            .map(|(_, e)| e.rule as usize + 1)
+            .max()
+            .unwrap_or(0),
     }
 }
 

@@ -23,6 +23,7 @@ use enforcer::{
 };
 
 const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+const DEFAULT_STORE_DIR: &str = "/var/lib/enforcer";
 
 /// Zero Trust packet enforcement for cellular IoT fleets, in XDP.
 #[derive(Parser)]
@@ -115,6 +116,11 @@ struct RunArgs {
     /// Control socket the CLI talks to (created mode 0600).
     #[arg(long, env = "ENFORCER_SOCKET", default_value = control::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// The daemon's store (SQLite, created 0600): stable ids and quarantines by command.
+    /// Default: /var/lib/enforcer/<name of the pin directory>.db, one per pin directory, as the
+    /// ids number the pinned maps' slots.
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
     #[command(flatten)]
     limits: Limits,
 }
@@ -350,7 +356,7 @@ fn check(
     )?;
     writeln!(
         out,
-        "  map entries: SIM_V4 {}, SIM_V6 {}, NET_V4 {}, NET_V6 {}, SEGMENTS {}, PORT_RULES {}, \
+        "  map entries: SIM_V4_V2 {}, SIM_V6_V2 {}, NET_V4 {}, NET_V6 {}, SEGMENTS {}, PORT_RULES {}, \
          RULES_V2 {} ({} total)",
         image.sims_v4.len(),
         image.sims_v6.len(),
@@ -380,6 +386,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Mode::Native => XdpMode::Driver,
             Mode::Skb => XdpMode::Skb,
         },
+        store: args.store.unwrap_or_else(|| {
+            let name = args
+                .pin_dir
+                .file_name()
+                .map_or_else(|| "enforcer".into(), |n| n.to_string_lossy().into_owned());
+            PathBuf::from(DEFAULT_STORE_DIR).join(format!("{name}.db"))
+        }),
         pin_dir: args.pin_dir,
         socket: args.socket,
         limits: args.limits,

@@ -156,12 +156,16 @@ impl Tables for Reference {
         self.generation
     }
 
-    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
-        self.sims_v4.get(&addr).copied()
+    fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
+        (generation == self.generation)
+            .then(|| self.sims_v4.get(&addr).copied())
+            .flatten()
     }
 
-    fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry> {
-        self.sims_v6.get(&prefix).copied()
+    fn sim_v6(&self, generation: u8, prefix: [u8; 8]) -> Option<SimEntry> {
+        (generation == self.generation)
+            .then(|| self.sims_v6.get(&prefix).copied())
+            .flatten()
     }
 
     fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry> {

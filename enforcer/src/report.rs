@@ -12,19 +12,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::{compile::Compiled, counters::Totals, policy::ValidatedPolicy};
 
-/// Names of a loaded policy, by index: SIM index → IMSI, segment id → name, rule id → origin.
+/// Names of a loaded policy, by stable id (`crate::ids`): SIM index → IMSI, segment id → name,
+/// rule id → origin. Ids are not positions, so every list has holes (`None`) where an id is
+/// retired, released or never used; counters are looked up by the same ids.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
     /// Policy file loaded.
     pub policy: PathBuf,
     /// Where the maps are pinned.
     pub pin_dir: PathBuf,
-    /// Segment names by id.
-    pub segments: Vec<String>,
-    /// SIMs by index.
-    pub sims: Vec<SimName>,
-    /// Rules by id: `owner @ file:line`, then `: description` when the rule has one.
-    pub rules: Vec<String>,
+    /// Segment names by segment id.
+    pub segments: Vec<Option<String>>,
+    /// SIMs by SIM index.
+    pub sims: Vec<Option<SimName>>,
+    /// Rules by rule id: `owner @ file:line`, then `: description` when the rule has one.
+    pub rules: Vec<Option<String>>,
 }
 
 /// One SIM as `stats` shows it.
@@ -42,31 +44,51 @@ impl State {
     /// Names for a policy loaded with its maps pinned at `pin_dir`.
     #[must_use]
     pub fn new(policy: &ValidatedPolicy, compiled: &Compiled, pin_dir: &Path) -> Self {
+        let ids = &compiled.ids;
+        let mut segments: Vec<Option<String>> = vec![
+            None;
+            ids.segments
+                .iter()
+                .map(|&s| usize::from(s) + 1)
+                .max()
+                .unwrap_or(0)
+        ];
+        for (segment, &id) in policy.segments.iter().zip(&ids.segments) {
+            segments[usize::from(id)] = Some(segment.name.clone());
+        }
+        let mut sims: Vec<Option<SimName>> = vec![None; ids.sim_slots()];
+        for (sim, &index) in policy.sims.iter().zip(&ids.sims) {
+            sims[index as usize] = Some(SimName {
+                imsi: sim.imsi.clone(),
+                segment: ids.segments[usize::from(sim.segment)],
+                state: sim.state.name().to_owned(),
+            });
+        }
         Self {
             policy: policy.path.clone(),
             pin_dir: pin_dir.to_owned(),
-            segments: policy.segments.iter().map(|s| s.name.clone()).collect(),
-            sims: policy
-                .sims
-                .iter()
-                .map(|sim| SimName {
-                    imsi: sim.imsi.clone(),
-                    segment: sim.segment,
-                    state: sim.state.name().to_owned(),
-                })
-                .collect(),
+            segments,
+            sims,
             rules: compiled
                 .rules
                 .iter()
                 .map(|r| {
-                    if r.description.is_empty() {
-                        format!("{} @ {}", r.owner, r.origin)
-                    } else {
-                        format!("{} @ {}: {}", r.owner, r.origin, r.description)
-                    }
+                    r.as_ref().map(|r| {
+                        if r.description.is_empty() {
+                            format!("{} @ {}", r.owner, r.origin)
+                        } else {
+                            format!("{} @ {}: {}", r.owner, r.origin, r.description)
+                        }
+                    })
                 })
                 .collect(),
         }
+    }
+
+    /// Whether the loaded policy has a SIM with this IMSI.
+    #[must_use]
+    pub fn has_imsi(&self, imsi: &str) -> bool {
+        self.sims.iter().flatten().any(|s| s.imsi == imsi)
     }
 
     /// Write atomically (temporary file, then rename) to `path`.
@@ -146,6 +168,7 @@ impl Report {
             .sims
             .iter()
             .zip(&totals.sims)
+            .filter_map(|(name, c)| name.as_ref().map(|name| (name, c)))
             .filter(|(name, _)| imsis.is_empty() || imsis.contains(&name.imsi))
             .map(|(name, c)| SimRow {
                 imsi: name.imsi.clone(),
@@ -153,6 +176,7 @@ impl Report {
                     .segments
                     .get(usize::from(name.segment))
                     .cloned()
+                    .flatten()
                     .unwrap_or_default(),
                 state: name.state.clone(),
                 pass_packets: c.pass_packets,
@@ -165,7 +189,7 @@ impl Report {
             .segments
             .iter()
             .enumerate()
-            .map(|(id, name)| (u32::try_from(id).unwrap_or(u32::MAX), name.clone()))
+            .filter_map(|(id, name)| Some((u32::try_from(id).ok()?, name.clone()?)))
             .chain([(SEGMENT_NONE, "-".to_owned())]);
         let segments = blocks
             .map(|(block, segment)| {
@@ -188,7 +212,8 @@ impl Report {
             .iter()
             .zip(&totals.rules)
             .enumerate()
-            .map(|(id, (rule, c))| RuleRow {
+            .filter_map(|(id, (rule, c))| Some((id, rule.as_ref()?, c)))
+            .map(|(id, rule, c)| RuleRow {
                 id,
                 rule: rule.clone(),
                 packets: c.packets,

@@ -310,7 +310,7 @@ proptest! {
         let validated = policy::from_str(Path::new("gen.toml"), &text);
         prop_assume!(validated.is_ok(), "generator made an invalid policy");
         let validated = validated.unwrap();
-        let compiled = compile::compile(&validated).expect("a valid policy compiles");
+        let compiled = compile::compile_fresh(&validated).expect("a valid policy compiles");
         for packet in packets {
             let flags = if packet.core_facing { IFACE_DROP_NON_POOL } else { 0 };
             let model = Reference::new(&compiled.image, 0, HashMap::from([(1, flags)]));
@@ -355,7 +355,7 @@ ipv4 = "10.64.0.1"
 segment = "s0"
 "#;
     let validated = policy::from_str(Path::new("overlap.toml"), text).expect("valid policy");
-    let compiled = compile::compile(&validated).expect("compiles");
+    let compiled = compile::compile_fresh(&validated).expect("compiles");
     let model = Reference::new(&compiled.image, 0, HashMap::new());
     let mut counted = std::collections::HashSet::new();
     for dst in [[198, 51, 100, 7], [198, 51, 100, 200], [203, 0, 113, 1]] {

@@ -196,13 +196,22 @@ impl Tables for Counting<'_> {
         Self::bump(&self.array);
         self.inner.generation()
     }
-    fn sim_v4(&self, addr: [u8; 4]) -> Option<SimEntry> {
+    // A bound address costs a hash lookup (the binding) and an array lookup (`SIM_POLICY`).
+    fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
         Self::bump(&self.hash);
-        self.inner.sim_v4(addr)
+        let sim = self.inner.sim_v4(generation, addr);
+        if sim.is_some() {
+            Self::bump(&self.array);
+        }
+        sim
     }
-    fn sim_v6(&self, prefix: [u8; 8]) -> Option<SimEntry> {
+    fn sim_v6(&self, generation: u8, prefix: [u8; 8]) -> Option<SimEntry> {
         Self::bump(&self.hash);
-        self.inner.sim_v6(prefix)
+        let sim = self.inner.sim_v6(generation, prefix);
+        if sim.is_some() {
+            Self::bump(&self.array);
+        }
+        sim
     }
     fn net_v4(&self, generation: u8, addr: [u8; 4]) -> Option<NetEntry> {
         Self::bump(&self.lpm);

@@ -62,6 +62,8 @@ impl Running {
             ])
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--store")
+            .arg(self.socket.with_extension("db"))
             .arg("--policy")
             .arg(&self.policy)
             .stdout(Stdio::null())
@@ -119,6 +121,9 @@ impl Drop for Running {
             .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.socket);
+        for suffix in ["db", "db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(self.socket.with_extension(suffix));
+        }
     }
 }
 

@@ -48,11 +48,14 @@ impl Harness {
     /// If the program cannot be loaded (tests need root).
     #[must_use]
     pub fn from_policy(policy: ValidatedPolicy, ifaces: &[(u32, u32)]) -> Self {
-        let compiled = compile::compile(&policy).expect("test policy compiles");
+        let compiled = compile::compile_fresh(&policy).expect("test policy compiles");
         let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)
             .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));
-        let generation = enforcer.apply(&compiled.image).expect("writing the maps");
+        let generation = enforcer
+            .apply(&compiled.image)
+            .expect("writing the maps")
+            .generation;
         for &(ifindex, flags) in ifaces {
             enforcer.set_iface(ifindex, flags).expect("writing IFACES");
         }

@@ -366,7 +366,7 @@ impl Gateway {
     ) -> Self {
         let generated = generate(policy_dir, sims, 1);
         let policy = policy::load(&generated.policy).expect("bench policy");
-        let compiled = compile::compile(&policy).expect("compiles");
+        let compiled = compile::compile_fresh(&policy).expect("compiles");
         let capacity =
             Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
         match filter {

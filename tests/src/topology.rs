@@ -488,6 +488,8 @@ impl Daemon {
         args.push(pin_dir.clone().into());
         args.push("--socket".into());
         args.push(socket.clone().into());
+        args.push("--store".into());
+        args.push(state_dir.join("enforcer.db").into());
         for iface in &topology.gw_ifaces {
             args.extend(["--iface".into(), iface.into()]);
         }

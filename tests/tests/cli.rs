@@ -414,6 +414,7 @@ fn root_namespace(tag: &str) -> Option<integration_tests::netns::NetNs> {
 struct RunFiles {
     pin_dir: String,
     socket: String,
+    store: String,
 }
 
 impl RunFiles {
@@ -423,6 +424,10 @@ impl RunFiles {
             pin_dir: format!("/sys/fs/bpf/enforcer-cli-{id}"),
             socket: std::env::temp_dir()
                 .join(format!("enforcer-cli-{id}.sock"))
+                .display()
+                .to_string(),
+            store: std::env::temp_dir()
+                .join(format!("enforcer-cli-{id}.db"))
                 .display()
                 .to_string(),
         }
@@ -454,6 +459,8 @@ impl RunFiles {
             &self.pin_dir,
             "--socket",
             &self.socket,
+            "--store",
+            &self.store,
         ]
         .map(str::to_owned)
         .to_vec();
@@ -474,6 +481,9 @@ impl Drop for RunFiles {
         let _ = self.detach();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.socket);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.store));
+        }
     }
 }
 
@@ -587,6 +597,7 @@ fn a_second_run_on_the_same_pin_directory_changes_nothing() {
     let other = RunFiles {
         pin_dir: files.pin_dir.clone(),
         socket: format!("{}.second", files.socket),
+        store: format!("{}.second", files.store),
     };
     let second = Command::new("nsenter")
         .args(other.args(

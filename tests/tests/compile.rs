@@ -20,7 +20,7 @@ fn policies_compile_to_their_snapshots() {
             continue;
         }
         let policy = enforcer::policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let dump = enforcer::compile::compile(&policy)
+        let dump = enforcer::compile::compile_fresh(&policy)
             .expect("compiles")
             .image
             .dump();
@@ -52,8 +52,8 @@ fn policies_compile_to_their_snapshots() {
 fn compilation_is_deterministic() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
     let policy = enforcer::policy::load(&path).expect("example policy is valid");
-    let a = enforcer::compile::compile(&policy).expect("compiles");
-    let b = enforcer::compile::compile(&policy).expect("compiles");
+    let a = enforcer::compile::compile_fresh(&policy).expect("compiles");
+    let b = enforcer::compile::compile_fresh(&policy).expect("compiles");
     assert_eq!(a, b);
 }
 
@@ -72,7 +72,7 @@ fn large_policies_compile_to_linear_entries() {
     ] {
         let policy = enforcer::policy::from_str(Path::new("scale.toml"), &generated.text)
             .unwrap_or_else(|e| panic!("{}: {e}", generated.name));
-        let compiled = enforcer::compile::compile(&policy).expect("compiles");
+        let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
         let image = &compiled.image;
         assert_eq!(compiled.rules.len(), generated.rules, "{}", generated.name);
         assert!(
@@ -222,8 +222,22 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
         }
         let policy = enforcer::policy::from_str(Path::new("oracle.toml"), &text)
             .unwrap_or_else(|e| panic!("generated policy invalid: {e}\n{text}"));
-        let compiled = enforcer::compile::compile(&policy).expect("compiles");
+        let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
         let reference = Reference::new(&compiled.image, 0, std::collections::HashMap::new());
+        // The same policy with stable ids that are not positions (reversed, spread out), as
+        // a store gives after SIMs, segments and rules came and went.
+        let fresh = enforcer::ids::Ids::fresh(&policy);
+        let spread = |ids: &[u32], step: u32| -> Vec<u32> {
+            ids.iter().rev().map(|&id| id * step + 5).collect()
+        };
+        let shuffled_ids = enforcer::ids::Ids {
+            sims: spread(&fresh.sims, 3),
+            segments: fresh.segments.iter().rev().map(|&s| s * 7 + 2).collect(),
+            rules: spread(&fresh.rules, 2),
+        };
+        let shuffled = enforcer::compile::compile(&policy, &shuffled_ids).expect("compiles");
+        let shuffled_reference =
+            Reference::new(&shuffled.image, 0, std::collections::HashMap::new());
         for _ in 0..200 {
             let src = rng.below(4) as usize;
             let dst: Ipv4Addr = match rng.below(6) {
@@ -251,6 +265,26 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
             };
             let verdict = decide(&identify(&reference, &meta));
             let compiled_allows = matches!(verdict, Verdict::Pass(PassReason::Rule, _));
+            // Stable ids change names, not judgements: the same verdict, counted for the same
+            // rule (the first in the file that allows the packet, whatever its id).
+            let with_ids = decide(&identify(&shuffled_reference, &meta));
+            let rule_of = |v: Verdict, c: &enforcer::compile::Compiled| match v {
+                Verdict::Pass(PassReason::Rule, id) => c.rules[id as usize]
+                    .as_ref()
+                    .map(|r| (r.owner.clone(), r.origin.clone())),
+                _ => None,
+            };
+            assert_eq!(
+                (
+                    std::mem::discriminant(&with_ids),
+                    rule_of(with_ids, &shuffled)
+                ),
+                (
+                    std::mem::discriminant(&verdict),
+                    rule_of(verdict, &compiled)
+                ),
+                "seed {seed}: stable ids changed the judgement ({with_ids:?} vs {verdict:?})\n{text}"
+            );
             let expected = oracle(&policy, src, dst, &meta);
             assert_eq!(
                 compiled_allows, expected,

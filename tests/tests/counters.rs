@@ -37,7 +37,7 @@ struct Pinned {
 impl Pinned {
     fn load(tag: &str, sims: u32) -> Self {
         let policy = policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
-        let compiled = compile::compile(&policy).expect("compiles");
+        let compiled = compile::compile_fresh(&policy).expect("compiles");
         let capacity = Capacity {
             sims,
             ..Capacity::for_test_run(&compiled.image, compiled.rules.len())

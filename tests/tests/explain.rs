@@ -99,7 +99,12 @@ fn agree(harness: &mut Harness, from: &str, to: &str, l4: L4, core_facing: bool)
         hex(&frame)
     );
     if let Some(r) = &explained.rule {
-        assert_eq!(r.origin, harness.compiled.rules[r.id as usize].origin);
+        assert_eq!(
+            Some(r.origin.as_str()),
+            harness.compiled.rules[r.id as usize]
+                .as_ref()
+                .map(|i| i.origin.as_str())
+        );
     }
     format!("{verdict}_{reason}")
 }

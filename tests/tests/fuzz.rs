@@ -231,7 +231,7 @@ fn judge(loaded: Result<ValidatedPolicy, policy::PolicyErrors>) -> Result<bool, 
             invariants(&policy)?;
             // Compilation of a valid policy must not panic; an `Err` (a capacity) is allowed.
             // Its memory is not judged here: compile's growth with rules is issue 9 section 1.
-            let _ = enforcer::compile::compile(&policy);
+            let _ = enforcer::compile::compile_fresh(&policy);
             Ok(true)
         }
         Err(errors) => {

@@ -506,11 +506,12 @@ segment = "chargers"
 "#;
     let policy =
         enforcer::policy::from_str(std::path::Path::new("second.toml"), second).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let generation = harness
         .enforcer
         .apply(&compiled.image)
-        .expect("apply the second policy");
+        .expect("apply the second policy")
+        .generation;
     assert_ne!(
         generation, first,
         "apply fills the inactive generation and flips to it"
@@ -552,33 +553,43 @@ segment = "chargers"
     }
 
     use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
-    use enforcer_common::maps::{PortRuleKey, RULE_KEY_LEN, RuleEntry, SimEntry, names};
-    let sims: HashMap<&MapData, [u8; 4], SimEntry> =
-        HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4")).expect("hash map");
+    use enforcer_common::maps::{
+        PortRuleKey, RULE_KEY_LEN, RuleEntry, SIM_NONE, SimBinding, names,
+    };
+    let sims: HashMap<&MapData, [u8; 4], SimBinding> =
+        HashMap::try_from(harness.enforcer.map(names::SIM_V4).expect("SIM_V4_V2"))
+            .expect("hash map");
+    let bindings: Vec<([u8; 4], SimBinding)> = sims.iter().filter_map(Result::ok).collect();
     assert_eq!(
-        sims.keys().count(),
+        bindings.len(),
         2,
-        "stale SIMs are removed from a map that held entries"
+        "bindings only the old policy had are deleted after the flip: {bindings:?}"
     );
+    assert!(
+        bindings.iter().all(|(_, b)| b.of(generation) != SIM_NONE),
+        "every binding left is bound in the active generation: {bindings:?}"
+    );
+    // The active generation holds exactly the new policy's rules (the other one keeps the old
+    // policy's, as the base the next reload writes its differences against).
     let rules: LpmTrie<&MapData, [u8; RULE_KEY_LEN], RuleEntry> =
         LpmTrie::try_from(harness.enforcer.map(names::RULES).expect("RULES_V2")).expect("trie");
-    let mut generations: Vec<u8> = rules
+    let mut active = rules
         .keys()
         .filter_map(Result::ok)
-        .map(|key: Key<[u8; RULE_KEY_LEN]>| key.data()[0])
-        .collect();
+        .filter(|key: &Key<[u8; RULE_KEY_LEN]>| key.data()[0] == generation)
+        .count();
     let single: HashMap<&MapData, PortRuleKey, RuleEntry> =
         HashMap::try_from(harness.enforcer.map(names::PORT_RULES).expect("PORT_RULES"))
             .expect("hash map");
-    generations.extend(
-        single
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| key.generation),
-    );
-    assert!(
-        !generations.is_empty() && generations.iter().all(|g| *g == generation),
-        "only the active generation's rules remain: {generations:?}"
+    active += single
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| key.generation == generation)
+        .count();
+    assert_eq!(
+        active,
+        harness.compiled.image.rules.len(),
+        "the active generation holds the new policy's rule entries and no others"
     );
 }
 
@@ -592,7 +603,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     ));
     std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
     let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let packets = |enforcer: &Enforcer| {
@@ -621,10 +632,15 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         let edited = POLICY.replace("ports = [443]", "ports = [8443]");
         let edited =
             enforcer::policy::from_str(std::path::Path::new("t.toml"), &edited).expect("valid");
-        let edited = enforcer::compile::compile(&edited).expect("compiles");
-        second
+        let edited = enforcer::compile::compile_fresh(&edited).expect("compiles");
+        let report = second
             .apply(&edited.image)
             .expect("apply the edited policy onto the reused maps");
+        assert_eq!(
+            report.sims_added + report.sims_removed,
+            0,
+            "the adopted maps were read back: {report:?}"
+        );
         let action = second
             .test_run(&frame, 1, TEST_IFINDEX)
             .expect("test run")
@@ -661,7 +677,7 @@ fn pinned_maps_that_do_not_fit_are_refused_and_kept() {
     ));
     std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
     let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
-    let compiled = enforcer::compile::compile(&policy).expect("compiles");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let small = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let result = std::panic::catch_unwind(|| {

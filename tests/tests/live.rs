@@ -384,7 +384,9 @@ fn an_interface_deleted_and_recreated_is_attached_again() {
             "--pin-dir",
             &pin_dir,
         ])
-        .args(["--socket", &socket_arg, "--policy"])
+        .args(["--socket", &socket_arg, "--store"])
+        .arg(policies.0.join("re.db"))
+        .arg("--policy")
         .arg(policies.a())
         .stderr(std::process::Stdio::null())
         .spawn()

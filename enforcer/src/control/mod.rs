@@ -175,8 +175,12 @@ pub struct Applied {
     pub sims_added: usize,
     /// SIMs no longer in the policy.
     pub sims_removed: usize,
-    /// SIMs whose segment, addresses or state changed.
+    /// SIMs whose segment, addresses, state or own rules changed.
     pub sims_changed: usize,
+    /// Rule entries (`RULES_V2` and `PORT_RULES`) that differ between the two policies.
+    pub rule_entries_changed: usize,
+    /// Map entries written: what differed in the generation that became active.
+    pub entries_written: usize,
     /// Milliseconds from reading the file to the new policy in force.
     pub took_ms: f64,
 }

@@ -127,7 +127,7 @@ pub struct Judgement {
 pub struct Replayer {
     enforcer: Enforcer,
     reference: Reference,
-    rules: Vec<RuleInfo>,
+    rules: Vec<Option<RuleInfo>>,
     sims: usize,
     /// The counters as they are in the kernel after the last judged frame.
     shadow: Totals,
@@ -143,7 +143,7 @@ impl Replayer {
     pub fn new(compiled: &Compiled, sims: usize, core_facing: bool) -> Result<Self, ReplayError> {
         let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
         let mut enforcer = Enforcer::load(capacity, None)?;
-        let generation = enforcer.apply(&compiled.image)?;
+        let generation = enforcer.apply(&compiled.image)?.generation;
         let flags = if core_facing { IFACE_DROP_NON_POOL } else { 0 };
         enforcer.set_iface(REPLAY_IFINDEX, flags)?;
         let reference = Reference::new(
@@ -165,7 +165,7 @@ impl Replayer {
     /// Where rule `id` was written and whose it is.
     #[must_use]
     pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
-        self.rules.get(usize::try_from(id).ok()?)
+        self.rules.get(usize::try_from(id).ok()?)?.as_ref()
     }
 
     /// Judge one Ethernet frame with the kernel program. `Ok(Err(why))`: the kernel cannot

@@ -2,19 +2,19 @@
 //! the runtime overrides. It handles one [`Event`] at a time.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use enforcer_common::maps::{IFACE_DROP_NON_POOL, SimKeyV4, SimKeyV6, names};
+use enforcer_common::maps::{IFACE_DROP_NON_POOL, names};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::start::{Settings, if_index, load_policy};
+use super::start::{Settings, if_index};
 use crate::{
-    compile::Compiled,
+    compile::{self, Compiled},
     control::{Applied, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status},
     counters::{self, Totals},
     explain::{self, Explanation, Query},
@@ -22,6 +22,7 @@ use crate::{
     loader::Enforcer,
     policy::{Sim, SimState, ValidatedPolicy},
     report::{Report, State},
+    store::{self, OverrideKind, Store},
 };
 
 /// What the actor is asked to do.
@@ -47,20 +48,63 @@ pub(crate) struct Iface {
     pub reattached: u32,
 }
 
+/// A policy compiled for the daemon: the file's policy with the overrides applied, its
+/// compilation with the store's ids, and the overrides themselves.
+pub(crate) struct Loaded {
+    pub policy: ValidatedPolicy,
+    pub compiled: Compiled,
+    /// IMSIs quarantined by command that the policy file quarantines too (a release keeps
+    /// them quarantined).
+    pub file_quarantined: HashSet<String>,
+    /// Overrides as the store holds them.
+    pub overrides: Vec<store::Override>,
+}
+
+/// Assign stable ids to `policy` in `store` (the store is written before any map), apply the
+/// quarantines by command to it, and compile it.
+///
+/// # Errors
+/// The store's errors (ids exhausted, database errors) and compilation errors.
+pub(crate) fn compile_with(
+    store: &mut Store,
+    policy: &mut ValidatedPolicy,
+    overrides: &[store::Override],
+) -> anyhow::Result<(Compiled, HashSet<String>)> {
+    let ids = store.assign_ids(policy).context("assigning stable ids")?;
+    let quarantined: HashSet<&str> = overrides
+        .iter()
+        .filter(|o| o.kind == OverrideKind::Quarantine)
+        .map(|o| o.imsi.as_str())
+        .collect();
+    let file_quarantined = policy
+        .sims
+        .iter()
+        .filter(|s| s.state == SimState::Quarantined && quarantined.contains(s.imsi.as_str()))
+        .map(|s| s.imsi.clone())
+        .collect();
+    store::apply_overrides(policy, overrides);
+    let compiled = compile::compile(policy, &ids)?;
+    Ok((compiled, file_quarantined))
+}
+
 /// The daemon's state; see the module docs.
 pub struct Daemon {
     settings: Settings,
     pub(super) enforcer: Enforcer,
-    /// The policy in force, as its file says (overrides are not written into it).
+    store: Store,
+    /// The policy in force: the file's, with the quarantines by command applied.
     policy: ValidatedPolicy,
-    /// Its compilation, with the overrides applied to the SIM entries.
+    /// Its compilation (with the store's stable ids).
     compiled: Compiled,
     /// Names behind the map indices, for `stats`.
     names: State,
-    /// IMSI (as a number; 3GPP TS 23.003 allows at most 15 digits) → SIM index.
+    /// IMSI (as a number; 3GPP TS 23.003 allows at most 15 digits) → position in `policy.sims`.
     index: HashMap<u64, u32>,
-    /// Quarantines set by command, by IMSI: they outlive reloads (not yet restarts).
+    /// Quarantines set by command, by IMSI, as the store holds them: they outlive reloads and
+    /// restarts until released.
     overrides: BTreeMap<String, Override>,
+    /// Of those, the IMSIs the policy file quarantines as well.
+    file_quarantined: HashSet<String>,
     applied_at: u64,
     applies: u64,
     generation: u8,
@@ -71,20 +115,22 @@ impl Daemon {
     pub(super) fn new(
         settings: Settings,
         enforcer: Enforcer,
-        policy: ValidatedPolicy,
-        compiled: Compiled,
+        store: Store,
+        loaded: Loaded,
         ifaces: Vec<Iface>,
     ) -> Self {
-        let names = State::new(&policy, &compiled, &settings.pin_dir);
-        let index = imsi_index(&policy);
+        let names = State::new(&loaded.policy, &loaded.compiled, &settings.pin_dir);
+        let index = imsi_index(&loaded.policy);
         Self {
             settings,
             enforcer,
-            policy,
-            compiled,
+            store,
             names,
             index,
-            overrides: BTreeMap::new(),
+            overrides: overrides_by_imsi(&loaded.overrides),
+            file_quarantined: loaded.file_quarantined,
+            policy: loaded.policy,
+            compiled: loaded.compiled,
             applied_at: now(),
             applies: 0,
             generation: 0,
@@ -92,16 +138,18 @@ impl Daemon {
         }
     }
 
-    /// Write the policy this daemon was created with (and the overrides) into the maps.
+    /// Write the policy this daemon was created with (overrides applied) into the maps.
     pub(super) fn apply_loaded(&mut self) -> anyhow::Result<()> {
-        self.patch_overrides_into_image();
-        self.generation = self.enforcer.apply(&self.compiled.image)?;
+        let report = self.enforcer.apply(&self.compiled.image)?;
+        self.generation = report.generation;
         self.applies += 1;
         info!(
             policy = %self.policy.path.display(),
             sims = self.policy.sims.len(),
-            rules = self.compiled.rules.len(),
+            rules = self.compiled.rules.iter().flatten().count(),
+            quarantined_by_command = self.overrides.len(),
             generation = self.generation,
+            entries_written = report.entries_written,
             verified_insns = self.enforcer.verified_instructions().unwrap_or(0),
             "Loaded policy."
         );
@@ -182,10 +230,14 @@ impl Daemon {
     }
 
     /// Validate, compile and apply `path`; on any error the policy in force stays in force,
-    /// in every map.
+    /// in every map (the store may have ids for the refused policy's new SIMs: they are kept
+    /// for those IMSIs, as for any other).
     fn apply_file(&mut self, path: &Path) -> anyhow::Result<Applied> {
         let started = Instant::now();
-        let (policy, compiled) = load_policy(path, &self.settings.load)?;
+        let mut policy = crate::policy::load_with(path, &self.settings.load)?;
+        let stored = self.store.overrides().context("reading the overrides")?;
+        let (compiled, file_quarantined) = compile_with(&mut self.store, &mut policy, &stored)
+            .with_context(|| format!("compiling {} failed", path.display()))?;
         self.enforcer
             .capacity()
             .check(&compiled.image, compiled.rules.len())
@@ -196,95 +248,70 @@ impl Daemon {
                     path.display()
                 )
             })?;
-        let (added, removed, changed) = sim_changes(&self.policy, &policy);
-        let old = std::mem::replace(&mut self.compiled, compiled);
-        self.patch_overrides_into_image_for(&policy);
-        match self.enforcer.apply(&self.compiled.image) {
-            Ok(generation) => self.generation = generation,
-            Err(err) => {
-                self.compiled = old;
-                return Err(anyhow!(err).context(format!(
-                    "applying {} failed; the previous policy stays in force",
-                    path.display()
-                )));
-            }
-        }
-        self.names = State::new(&policy, &self.compiled, &self.settings.pin_dir);
+        let report = self.enforcer.apply(&compiled.image).map_err(|err| {
+            anyhow!(err).context(format!(
+                "applying {} failed; the previous policy stays in force",
+                path.display()
+            ))
+        })?;
+        self.generation = report.generation;
+        self.names = State::new(&policy, &compiled, &self.settings.pin_dir);
         self.index = imsi_index(&policy);
         self.policy = policy;
+        self.compiled = compiled;
+        self.file_quarantined = file_quarantined;
+        self.overrides = overrides_by_imsi(&stored);
         self.applied_at = now();
         self.applies += 1;
         Ok(Applied {
             policy: self.policy.path.clone(),
             generation: self.generation,
             sims: self.policy.sims.len(),
-            rules: self.compiled.rules.len(),
-            sims_added: added,
-            sims_removed: removed,
-            sims_changed: changed,
+            rules: self.compiled.rules.iter().flatten().count(),
+            sims_added: report.sims_added,
+            sims_removed: report.sims_removed,
+            sims_changed: report.sims_changed,
+            rule_entries_changed: report.rule_entries_changed,
+            entries_written: report.entries_written,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
 
-    fn patch_overrides_into_image(&mut self) {
-        let policy = std::mem::replace(
-            &mut self.policy,
-            ValidatedPolicy {
-                path: std::path::PathBuf::new(),
-                pools: Vec::new(),
-                segments: Vec::new(),
-                sims: Vec::new(),
-            },
-        );
-        self.patch_overrides_into_image_for(&policy);
-        self.policy = policy;
-    }
-
-    /// Set the quarantine flag in the compiled SIM entries of every SIM quarantined by command.
-    fn patch_overrides_into_image_for(&mut self, policy: &ValidatedPolicy) {
-        if self.overrides.is_empty() {
-            return;
-        }
-        let quarantined: std::collections::HashSet<u32> = policy
-            .sims
-            .iter()
-            .enumerate()
-            .filter(|(_, sim)| self.overrides.contains_key(&sim.imsi))
-            .map(|(i, _)| u32::try_from(i).unwrap_or(u32::MAX))
-            .collect();
-        let image = &mut self.compiled.image;
-        for entry in image
-            .sims_v4
-            .iter_mut()
-            .map(|(_, e)| e)
-            .chain(image.sims_v6.iter_mut().map(|(_, e)| e))
-        {
-            if quarantined.contains(&entry.sim) {
-                entry.flags |= enforcer_common::maps::SIM_QUARANTINED;
-            }
-        }
-    }
-
-    fn sim(&self, imsi: &str) -> anyhow::Result<(u32, &Sim)> {
-        let index = imsi
+    /// The SIM with `imsi`: its position in the policy, its stable SIM index and itself.
+    fn sim(&self, imsi: &str) -> anyhow::Result<(usize, u32, &Sim)> {
+        let key = imsi
             .parse::<u64>()
             .ok()
             .filter(|_| (14..=15).contains(&imsi.len()))
             .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?;
-        let &sim = self.index.get(&index).ok_or_else(|| {
+        let &position = self.index.get(&key).ok_or_else(|| {
             anyhow!(
                 "IMSI {imsi} is not in the policy in force ({}); add it there first",
                 self.policy.path.display()
             )
         })?;
-        Ok((sim, &self.policy.sims[sim as usize]))
+        let position = position as usize;
+        Ok((
+            position,
+            self.compiled.ids.sims[position],
+            &self.policy.sims[position],
+        ))
     }
 
+    /// Quarantine by command: the store first (so a crash after it still quarantines at the
+    /// next start), then the SIM's `SIM_POLICY` entries, one write each.
     fn quarantine(&mut self, imsi: &str, source: &str) -> anyhow::Result<SimInfo> {
-        let (_, sim) = self.sim(imsi)?;
-        let (v4, v6) = keys(sim);
+        let (position, index, sim) = self.sim(imsi)?;
+        let by_file = sim.state == SimState::Quarantined && !self.overrides.contains_key(imsi);
         let started = Instant::now();
-        self.enforcer.set_sim_quarantine(v4, v6, true)?;
+        self.store
+            .set_override(imsi, OverrideKind::Quarantine, source)
+            .context("recording the quarantine in the store; nothing changed")?;
+        self.enforcer.set_sim_quarantine(index, true)?;
+        self.policy.sims[position].state = SimState::Quarantined;
+        if by_file {
+            self.file_quarantined.insert(imsi.to_owned());
+        }
         self.overrides.insert(
             imsi.to_owned(),
             Override {
@@ -292,7 +319,6 @@ impl Daemon {
                 at: now(),
             },
         );
-        self.patch_overrides_into_image();
         warn!(
             imsi,
             source,
@@ -303,24 +329,18 @@ impl Daemon {
     }
 
     fn release(&mut self, imsi: &str) -> anyhow::Result<SimInfo> {
-        let (index, sim) = self.sim(imsi)?;
-        let (v4, v6) = keys(sim);
-        let by_file = sim.state == SimState::Quarantined;
-        if self.overrides.remove(imsi).is_none() {
+        let (position, index, _) = self.sim(imsi)?;
+        if !self.overrides.contains_key(imsi) {
             bail!("IMSI {imsi} is not quarantined by command; nothing changed");
         }
+        self.store
+            .clear_override(imsi)
+            .context("removing the quarantine from the store; nothing changed")?;
+        self.overrides.remove(imsi);
+        let by_file = self.file_quarantined.remove(imsi);
         if !by_file {
-            self.enforcer.set_sim_quarantine(v4, v6, false)?;
-            let image = &mut self.compiled.image;
-            for entry in image
-                .sims_v4
-                .iter_mut()
-                .map(|(_, e)| e)
-                .chain(image.sims_v6.iter_mut().map(|(_, e)| e))
-                .filter(|e| e.sim == index)
-            {
-                entry.flags &= !enforcer_common::maps::SIM_QUARANTINED;
-            }
+            self.enforcer.set_sim_quarantine(index, false)?;
+            self.policy.sims[position].state = SimState::Active;
         }
         info!(
             imsi,
@@ -373,13 +393,9 @@ impl Daemon {
     }
 
     fn sim_info(&self, imsi: &str) -> anyhow::Result<SimInfo> {
-        let (index, sim) = self.sim(imsi)?;
+        let (_, index, sim) = self.sim(imsi)?;
         let quarantine = self.overrides.get(imsi).cloned();
-        let state = if quarantine.is_some() {
-            SimState::Quarantined
-        } else {
-            sim.state
-        };
+        let state = sim.state;
         let counters = self
             .enforcer
             .map(names::SIM_STATS)
@@ -414,7 +430,7 @@ impl Daemon {
     fn stats(&self, imsis: &[String]) -> anyhow::Result<Report> {
         let mut only = Vec::new();
         for imsi in imsis {
-            only.push(self.sim(imsi)?.0);
+            only.push(self.sim(imsi)?.1);
         }
         let map = |name| {
             self.enforcer
@@ -426,7 +442,8 @@ impl Daemon {
             map(names::VERDICT_STATS)?,
             map(names::RULE_STATS)?,
         );
-        let (n_sims, n_rules) = (self.policy.sims.len(), self.compiled.rules.len());
+        // Slots, not SIMs: stable ids leave holes (retired SIMs and rules).
+        let (n_sims, n_rules) = (self.compiled.image.sim_slots(), self.compiled.rules.len());
         // With IMSIs, only their slots are read (one lookup each), not the whole fleet.
         let totals = if only.is_empty() {
             Totals::read(sims, verdicts, rules, n_sims, n_rules)
@@ -434,10 +451,11 @@ impl Daemon {
             Totals::read_only(sims, verdicts, rules, n_sims, &only, n_rules)
         }
         .context("reading counters")?;
+        // `names` holds the states at the last apply; quarantines by command since then show too.
         let mut report = Report::new(&self.names, &totals, imsis);
         for row in &mut report.sims {
-            if self.overrides.contains_key(&row.imsi) {
-                row.state = SimState::Quarantined.name().to_owned();
+            if let Ok((_, _, sim)) = self.sim(&row.imsi) {
+                row.state = sim.state.name().to_owned();
             }
         }
         Ok(report)
@@ -460,7 +478,8 @@ impl Daemon {
                 reattached: iface.reattached,
             })
             .collect();
-        let quarantined_by_file = self
+        // The policy's states include the quarantines by command.
+        let quarantined = self
             .policy
             .sims
             .iter()
@@ -469,12 +488,8 @@ impl Daemon {
         let quarantined_by_command = self
             .overrides
             .keys()
-            .filter(|imsi| {
-                self.sim(imsi)
-                    .is_ok_and(|(_, sim)| sim.state != SimState::Quarantined)
-            })
+            .filter(|imsi| self.sim(imsi).is_ok() && !self.file_quarantined.contains(*imsi))
             .count();
-        let quarantined = quarantined_by_file + quarantined_by_command;
         let maps = self
             .enforcer
             .capacity()
@@ -560,7 +575,24 @@ impl Daemon {
     }
 }
 
-/// IMSI → SIM index for a policy.
+/// The store's overrides by IMSI, as the control protocol shows them.
+fn overrides_by_imsi(overrides: &[store::Override]) -> BTreeMap<String, Override> {
+    overrides
+        .iter()
+        .filter(|o| o.kind == OverrideKind::Quarantine)
+        .map(|o| {
+            (
+                o.imsi.clone(),
+                Override {
+                    source: o.source.clone(),
+                    at: u64::try_from(o.at).unwrap_or(0),
+                },
+            )
+        })
+        .collect()
+}
+
+/// IMSI → position in the policy.
 fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
     policy
         .sims
@@ -568,45 +600,6 @@ fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
         .enumerate()
         .filter_map(|(i, sim)| Some((sim.imsi.parse().ok()?, u32::try_from(i).ok()?)))
         .collect()
-}
-
-/// The map keys of a SIM's addresses.
-fn keys(sim: &Sim) -> (Option<SimKeyV4>, Option<SimKeyV6>) {
-    let v6 = sim.ipv6.map(|net| {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&net.network().octets()[..8]);
-        prefix
-    });
-    (sim.ipv4.map(|a| a.octets()), v6)
-}
-
-/// SIMs added, removed and changed (segment by name, addresses, state) from `old` to `new`.
-fn sim_changes(old: &ValidatedPolicy, new: &ValidatedPolicy) -> (usize, usize, usize) {
-    let segment = |p: &ValidatedPolicy, s: &Sim| {
-        p.segments
-            .get(usize::from(s.segment))
-            .map(|s| s.name.clone())
-            .unwrap_or_default()
-    };
-    let before: HashMap<&str, &Sim> = old.sims.iter().map(|s| (s.imsi.as_str(), s)).collect();
-    let (mut added, mut changed) = (0, 0);
-    for sim in &new.sims {
-        match before.get(sim.imsi.as_str()) {
-            None => added += 1,
-            Some(was) => {
-                if was.ipv4 != sim.ipv4
-                    || was.ipv6 != sim.ipv6
-                    || was.state != sim.state
-                    || was.rules != sim.rules
-                    || segment(old, was) != segment(new, sim)
-                {
-                    changed += 1;
-                }
-            }
-        }
-    }
-    let removed = old.sims.len() + added - new.sims.len();
-    (added, removed, changed)
 }
 
 fn now() -> u64 {

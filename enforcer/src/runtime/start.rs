@@ -12,7 +12,7 @@ use aya::programs::XdpMode;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::daemon::{Daemon, Event, Iface};
+use super::daemon::{Daemon, Event, Iface, Loaded, compile_with};
 use crate::{
     capacity::Limits,
     compile::{self, Compiled},
@@ -22,6 +22,7 @@ use crate::{
     pins::PinDir,
     policy::{self, LoadOptions, ValidatedPolicy},
     privileges,
+    store::Store,
 };
 
 /// How often the actor checks that every interface still runs its link, besides the check on
@@ -46,11 +47,14 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     /// Control socket.
     pub socket: PathBuf,
+    /// The daemon's store (SQLite): stable ids and overrides.
+    pub store: PathBuf,
     /// Map capacities.
     pub limits: Limits,
 }
 
-/// Read, validate and compile `path`.
+/// Read, validate and compile `path` with positional ids, for the offline tools (`policy
+/// check`, `replay`, `explain FILE`); the daemon compiles with the stable ids of its store.
 ///
 /// # Errors
 /// The policy's own errors, with the file named.
@@ -59,7 +63,7 @@ pub fn load_policy(
     options: &LoadOptions,
 ) -> anyhow::Result<(ValidatedPolicy, Compiled)> {
     let policy = policy::load_with(path, options)?;
-    let compiled = compile::compile(&policy)
+    let compiled = compile::compile_fresh(&policy)
         .with_context(|| format!("compiling {} failed", path.display()))?;
     Ok((policy, compiled))
 }
@@ -105,14 +109,47 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             reattached: 0,
         });
     }
-    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
-    capacity
+    // A first check with positional ids, before anything is claimed or written.
+    Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits)
         .check(&compiled.image, compiled.rules.len())
         .with_context(|| format!("{} does not fit the maps", settings.policy.display()))?;
+    drop(compiled);
 
     let pins = PinDir::claim(&settings.pin_dir)?;
-    let listener = unix::bind(&settings.socket)?;
-    let daemon = match start(&settings, &pins, capacity, policy, compiled, ifaces) {
+    // The store only after the claim: a second daemon must not touch the first one's ids.
+    let mut store = Store::open(&settings.store).with_context(|| {
+        format!(
+            "opening the store {}; give another with --store",
+            settings.store.display()
+        )
+    })?;
+    let overrides = store.overrides().context("reading the overrides")?;
+    let mut policy = policy;
+    let (compiled, file_quarantined) = compile_with(&mut store, &mut policy, &overrides)
+        .with_context(|| format!("compiling {} failed", settings.policy.display()))?;
+    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
+    if let Err(err) = capacity.check(&compiled.image, compiled.rules.len()) {
+        pins.remove_created();
+        return Err(anyhow::Error::new(err).context(format!(
+            "{} does not fit the maps (with the ids of retired SIMs kept in {})",
+            settings.policy.display(),
+            settings.store.display()
+        )));
+    }
+    let listener = match unix::bind(&settings.socket) {
+        Ok(listener) => listener,
+        Err(err) => {
+            pins.remove_created();
+            return Err(err.into());
+        }
+    };
+    let loaded = Loaded {
+        policy,
+        compiled,
+        file_quarantined,
+        overrides,
+    };
+    let daemon = match start(&settings, &pins, capacity, store, loaded, ifaces) {
         Ok(daemon) => daemon,
         Err(err) => {
             pins.remove_created();
@@ -132,12 +169,12 @@ fn start(
     settings: &Settings,
     pins: &PinDir,
     capacity: Capacity,
-    policy: ValidatedPolicy,
-    compiled: Compiled,
+    store: Store,
+    loaded: Loaded,
     ifaces: Vec<Iface>,
 ) -> anyhow::Result<Daemon> {
     let enforcer = Enforcer::load(capacity, Some(pins.path()))?;
-    let mut daemon = Daemon::new(settings.clone(), enforcer, policy, compiled, ifaces);
+    let mut daemon = Daemon::new(settings.clone(), enforcer, store, loaded, ifaces);
     daemon
         .apply_loaded()
         .context("writing the policy into the maps")?;

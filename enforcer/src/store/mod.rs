@@ -1,0 +1,485 @@
+//! The daemon's persistent state, in SQLite: the stable id allocations (SIMs, segments, rules;
+//! see [`crate::ids`]) and the runtime overrides (a SIM quarantined by an operator or an alert,
+//! whatever the policy file says).
+//!
+//! **Why SQLite:** every change is one transaction, so a crash (or power loss) leaves the store
+//! as it was before or after a change, never half-written; a JSON file rewritten whole does not
+//! scale to a million SIMs nor survive a crash mid-write. bpfman keeps its programs, links and
+//! maps the same way. `rusqlite` with the `bundled` feature builds SQLite in, so neither CI nor
+//! a gateway needs a system package.
+//!
+//! **Order:** the daemon writes the store before the maps ([`Store::assign_ids`], then compile
+//! and `Enforcer::apply`), so after a crash the store is never behind the maps: an id in the
+//! maps is always in the store.
+//!
+//! **Speed:** the allocations are read once, at [`Store::open`], one `SELECT` per table, and
+//! kept in memory; [`Store::assign_ids`] computes the ids in memory and writes only the rows
+//! that changed (new keys, keys retired or back), in one transaction with prepared statements,
+//! into `WITHOUT ROWID` tables keyed by the key. An unchanged reload writes nothing.
+//!
+//! Files: the database (mode 0600) and SQLite's `-wal` and `-shm` beside it (WAL journal, with
+//! `synchronous = NORMAL`: durable across a daemon crash; a power loss may lose the last
+//! transaction, and the maps with it), in a directory created with mode 0700.
+
+mod schema;
+
+use std::{
+    fs::{DirBuilder, OpenOptions},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+pub use schema::SCHEMA_VERSION;
+
+use crate::{
+    ids::{Allocator, Changes, IdError, Ids, Space, SpaceChanges},
+    policy::ValidatedPolicy,
+};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory or file could not be created or opened.
+    #[error(
+        "creating or opening the store {path} failed; check that its directory is writable by \
+         the daemon"
+    )]
+    Io {
+        /// Database path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("{what} in the store {path} failed")]
+    Sql {
+        /// What was being done.
+        what: &'static str,
+        /// Database path, or `:memory:`.
+        path: String,
+        /// Cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer enforcer.
+    #[error(
+        "the store {path} has schema version {found}, newer than this build's {supported}; run \
+         the enforcer that wrote it, or move the file away (its ids and overrides are lost, and \
+         counters are then named anew)"
+    )]
+    NewerSchema {
+        /// Database path.
+        path: String,
+        /// Version in the file.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+    /// A row holds a value no enforcer writes.
+    #[error("the store {path} holds an invalid {what}; move the file away to start afresh")]
+    Corrupt {
+        /// Database path.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// An id space is full.
+    #[error(transparent)]
+    Ids(#[from] IdError),
+}
+
+/// Kinds of runtime override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OverrideKind {
+    /// The SIM's traffic is dropped, whatever the policy file says.
+    Quarantine,
+}
+
+impl OverrideKind {
+    /// The word stored in the `kind` column.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            OverrideKind::Quarantine => "quarantine",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "quarantine" => Some(OverrideKind::Quarantine),
+            _ => None,
+        }
+    }
+}
+
+/// One runtime override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The SIM's IMSI.
+    pub imsi: String,
+    /// What is overridden.
+    pub kind: OverrideKind,
+    /// Who set it (`operator:alice`, `alert:scan`), free text.
+    pub source: String,
+    /// When it was set, Unix seconds.
+    pub at: i64,
+}
+
+/// The open store, with the id allocations cached in memory.
+pub struct Store {
+    conn: Connection,
+    /// Database path for messages, or `:memory:`.
+    path: String,
+    ids: Allocator,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store at `path`: its directory is created with mode 0700 and the
+    /// file with mode 0600 if they do not exist; the schema is created or checked.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] if the directory or file cannot be made or opened;
+    /// [`StoreError::NewerSchema`] for a file of a newer build; [`StoreError::Sql`] or
+    /// [`StoreError::Corrupt`] for a file SQLite cannot read or with invalid rows.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+        // Create the file ourselves so that it gets mode 0600 (SQLite would use the umask);
+        // SQLite gives its `-wal` and `-shm` files the database file's mode.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let name = path.display().to_string();
+        let conn = Connection::open(path).map_err(sql(&name, "opening"))?;
+        Self::init(conn, name)
+    }
+
+    /// A store in memory, for tests and offline tools: the same schema and behaviour, gone
+    /// when dropped.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if SQLite cannot start.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let name = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(sql(&name, "opening"))?;
+        Self::init(conn, name)
+    }
+
+    fn init(conn: Connection, path: String) -> Result<Self, StoreError> {
+        schema::prepare(&conn, &path)?;
+        let ids = Allocator {
+            sims: load_space(&conn, &path, schema::SIMS)?,
+            segments: load_space(&conn, &path, schema::SEGMENTS)?,
+            rules: load_space(&conn, &path, schema::RULES)?,
+        };
+        Ok(Self { conn, path, ids })
+    }
+
+    /// The stable ids for `policy` (see [`crate::ids`]): known IMSIs, segment names and rules
+    /// keep theirs, new ones get free ids, and those no longer in the policy are retired. The
+    /// changed rows are written in one transaction before the ids are returned.
+    ///
+    /// # Errors
+    /// [`StoreError::Ids`] when an id space is full; [`StoreError::Sql`] if the write fails.
+    /// Either way the store is unchanged.
+    pub fn assign_ids(&mut self, policy: &ValidatedPolicy) -> Result<Ids, StoreError> {
+        let (ids, changes) = self.ids.plan(policy)?;
+        self.write(&changes, false)?;
+        self.ids.apply(&changes);
+        Ok(ids)
+    }
+
+    /// Release every retired id (see [`crate::ids::Allocator::release_retired`]): call it only
+    /// once the counters of the retired ids have been read out or reset. Returns what was
+    /// released.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails; the store is then unchanged.
+    pub fn release_retired(&mut self) -> Result<Changes, StoreError> {
+        let mut released = self.ids.clone();
+        let changes = released.release_retired();
+        self.write(&changes, true)?;
+        self.ids = released;
+        Ok(changes)
+    }
+
+    /// The in-memory copy of the allocations, as stored.
+    #[must_use]
+    pub fn allocations(&self) -> &Allocator {
+        &self.ids
+    }
+
+    /// Write one allocation change set in one transaction; with `delete`, retired rows are
+    /// deleted (released) rather than marked.
+    fn write(&mut self, changes: &Changes, delete: bool) -> Result<(), StoreError> {
+        if changes.sims.is_empty() && changes.segments.is_empty() && changes.rules.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql(&path, "starting a transaction"))?;
+        for (table, space) in [
+            (schema::SIMS, &changes.sims),
+            (schema::SEGMENTS, &changes.segments),
+            (schema::RULES, &changes.rules),
+        ] {
+            write_space(&tx, &path, table, space, delete)?;
+        }
+        tx.commit().map_err(sql(&path, "committing ids"))
+    }
+
+    /// Set the override of `imsi` (replacing any it had), stamped with the current time.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn set_override(
+        &mut self,
+        imsi: &str,
+        kind: OverrideKind,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.conn
+            .prepare_cached(
+                "INSERT INTO overrides (imsi, kind, source, at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (imsi) DO UPDATE SET kind = ?2, source = ?3, at = ?4",
+            )
+            .and_then(|mut s| s.execute(params![imsi, kind.name(), source, at]))
+            .map_err(sql(&self.path, "setting an override"))?;
+        Ok(())
+    }
+
+    /// Remove the override of `imsi`; whether it had one.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn clear_override(&mut self, imsi: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .conn
+            .prepare_cached("DELETE FROM overrides WHERE imsi = ?1")
+            .and_then(|mut s| s.execute([imsi]))
+            .map_err(sql(&self.path, "clearing an override"))?;
+        Ok(removed > 0)
+    }
+
+    /// Every override, by IMSI.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the read fails, [`StoreError::Corrupt`] for an unknown kind.
+    pub fn overrides(&self) -> Result<Vec<Override>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT imsi, kind, source, at FROM overrides ORDER BY imsi")
+            .map_err(sql(&self.path, "reading overrides"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(sql(&self.path, "reading overrides"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (imsi, kind, source, at) = row.map_err(sql(&self.path, "reading overrides"))?;
+            let kind = OverrideKind::from_name(&kind).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("override kind `{kind}` for IMSI {imsi}"),
+            })?;
+            out.push(Override {
+                imsi,
+                kind,
+                source,
+                at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The override of one SIM, if any.
+    ///
+    /// # Errors
+    /// As [`Store::overrides`].
+    pub fn override_of(&self, imsi: &str) -> Result<Option<Override>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT kind, source, at FROM overrides WHERE imsi = ?1")
+            .and_then(|mut s| {
+                s.query_row([imsi], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(sql(&self.path, "reading an override"))?;
+        row.map(|(kind, source, at)| {
+            let kind = OverrideKind::from_name(&kind).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("override kind `{kind}` for IMSI {imsi}"),
+            })?;
+            Ok(Override {
+                imsi: imsi.to_owned(),
+                kind,
+                source,
+                at,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Apply `overrides` to `policy` before it is compiled: a quarantine override quarantines its
+/// SIM whatever the file says. Returns how many of the policy's SIMs were overridden; an
+/// override of an IMSI the policy lacks is left in the store for when the SIM comes back.
+pub fn apply_overrides(policy: &mut ValidatedPolicy, overrides: &[Override]) -> usize {
+    let quarantined: std::collections::HashSet<&str> = overrides
+        .iter()
+        .filter(|o| o.kind == OverrideKind::Quarantine)
+        .map(|o| o.imsi.as_str())
+        .collect();
+    let mut applied = 0;
+    for sim in &mut policy.sims {
+        if quarantined.contains(sim.imsi.as_str()) {
+            sim.state = crate::policy::SimState::Quarantined;
+            applied += 1;
+        }
+    }
+    applied
+}
+
+fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Sql { what, path, source }
+}
+
+/// Rows per `INSERT` statement (512 parameters, below every SQLite's limit of 999).
+const INSERT_ROWS: usize = 256;
+
+/// Every row of an id table, in one `SELECT`.
+fn load_space(conn: &Connection, path: &str, table: &schema::IdTable) -> Result<Space, StoreError> {
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT {key}, id, retired FROM {name}",
+            key = table.key,
+            name = table.name
+        ))
+        .map_err(sql(path, "reading ids"))?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, bool>(2)?,
+            ))
+        })
+        .map_err(sql(path, "reading ids"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, id, retired) = row.map_err(sql(path, "reading ids"))?;
+        let id = u32::try_from(id)
+            .ok()
+            .filter(|&id| id < table.limit)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.to_owned(),
+                what: format!("{} id {id} for `{key}`", table.kind.name()),
+            })?;
+        out.push((key, id, retired));
+    }
+    Ok(Space::from_rows(out))
+}
+
+/// Write one space's changes with prepared statements; added rows sorted by key, so that the
+/// B-tree is filled in order.
+fn write_space(
+    tx: &rusqlite::Transaction<'_>,
+    path: &str,
+    table: &schema::IdTable,
+    changes: &SpaceChanges,
+    delete: bool,
+) -> Result<(), StoreError> {
+    let (name, key) = (table.name, table.key);
+    if !changes.added.is_empty() {
+        let mut added: Vec<&(String, u32)> = changes.added.iter().collect();
+        added.sort_unstable();
+        // Many rows per statement: SQLite's cost per executed statement (bind, step, reset)
+        // is most of an insert's, so a million SIMs in rows of 256 take a fraction of the time.
+        let statement = |rows: usize| {
+            let values = vec!["(?, ?, 0)"; rows].join(", ");
+            format!("INSERT INTO {name} ({key}, id, retired) VALUES {values}")
+        };
+        let full = statement(INSERT_ROWS);
+        for chunk in added.chunks(INSERT_ROWS) {
+            let text = if chunk.len() == INSERT_ROWS {
+                full.clone()
+            } else {
+                statement(chunk.len())
+            };
+            let mut insert = tx.prepare_cached(&text).map_err(sql(path, "adding ids"))?;
+            let params: Vec<&dyn rusqlite::ToSql> = chunk
+                .iter()
+                .flat_map(|(k, id)| [k as &dyn rusqlite::ToSql, id as &dyn rusqlite::ToSql])
+                .collect();
+            insert
+                .execute(params.as_slice())
+                .map_err(sql(path, "adding ids"))?;
+        }
+    }
+    let mark = |keys: &[String], sql_text: String, what| -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut statement = tx.prepare_cached(&sql_text).map_err(sql(path, what))?;
+        for k in keys {
+            statement.execute([k]).map_err(sql(path, what))?;
+        }
+        Ok(())
+    };
+    mark(
+        &changes.revived,
+        format!("UPDATE {name} SET retired = 0 WHERE {key} = ?1"),
+        "reviving ids",
+    )?;
+    let retire = if delete {
+        format!("DELETE FROM {name} WHERE {key} = ?1")
+    } else {
+        format!("UPDATE {name} SET retired = 1 WHERE {key} = ?1")
+    };
+    mark(&changes.retired, retire, "retiring ids")
+}
+
+#[cfg(test)]
+mod tests;
