@@ -291,8 +291,8 @@ fn restarts_keep_enforcing_without_loss_and_adopt_the_links() {
     );
 }
 
-/// `sim quarantine` cuts the SIM from the next packet, a policy reload keeps the quarantine,
-/// and `sim release` lets it through again.
+/// `sim quarantine` cuts the SIM from the next packet, a policy reload and a `kill -9` restart
+/// keep the quarantine (the store), and `sim release` lets it through again.
 #[test]
 fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     if !root() {
@@ -300,7 +300,7 @@ fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     }
     let topology = topology();
     let policies = Policies::new();
-    let daemon = Daemon::start(&enforcer_bin(), &policies.a(), &topology, "native");
+    let mut daemon = Daemon::start(&enforcer_bin(), &policies.a(), &topology, "native");
     let flow = flow(&topology, 7001);
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -312,6 +312,9 @@ fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     let applied = daemon.cli(&["policy", "apply", &policies.a().display().to_string()]);
     assert!(applied.contains("applied"), "{applied}");
     std::thread::sleep(Duration::from_millis(150));
+    // The store keeps it across a crash and restart.
+    daemon.kill();
+    daemon.restart();
     let shown = daemon.cli(&["sim", "show", DEVICE_IMSI, "--json"]);
     let explained = daemon.cli(&[
         "policy", "explain", "--from", DEVICE, "--to", SERVICE, "--proto", "udp", "--port", "7001",
@@ -323,7 +326,16 @@ fn quarantine_takes_effect_at_once_survives_a_reload_and_is_released() {
     let outcome = flow.finish();
 
     let shown: Value = serde_json::from_str(&shown).expect("sim show --json");
-    assert_eq!(shown["state"], "quarantined", "after a reload: {shown}");
+    assert_eq!(
+        shown["state"], "quarantined",
+        "after a reload and a kill -9 restart: {shown}"
+    );
+    assert!(
+        shown["quarantine"]["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("cli:")),
+        "who quarantined it is kept: {shown}"
+    );
     assert!(released.contains("state:      active"), "{released}");
     assert!(
         explained.contains("drop (quarantined)")
