@@ -78,7 +78,7 @@ impl Drop for Files {
 }
 
 fn start(ns: &NetNs, files: &Files, policy: &Path) -> Child {
-    let child = Command::new("nsenter")
+    let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", ns.name))
         .arg(enforcer_bin())
         .args([
@@ -107,6 +107,8 @@ fn start(ns: &NetNs, files: &Files, policy: &Path) -> Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("enforcer run did not start within 60 s");
 }
 
