@@ -80,6 +80,22 @@ enum SimCommand {
     Quarantine(SimArgs),
     /// Lift a quarantine set with `sim quarantine` (one the policy file sets stays).
     Release(SimArgs),
+    /// Bind an address to the SIM in place of its policy file's address of that family (an
+    /// IPv4 address, or an IPv6 address or /64 prefix); survives reloads and restarts.
+    Bind {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// The address.
+        address: String,
+    },
+    /// Remove the SIM's run-time bindings (only ADDRESS's, if given): its policy file's
+    /// addresses apply again.
+    Unbind {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// The binding to remove.
+        address: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -257,12 +273,15 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::daemon::stats(&args.socket.socket, &args.imsi, args.json),
         Command::Status { json, socket } => cli::daemon::status(&socket.socket, json),
         Command::Sim(command) => {
+            use cli::daemon::SimAction;
             let (action, args) = match command {
-                SimCommand::Show(args) => (cli::daemon::SimAction::Show, args),
-                SimCommand::Quarantine(args) => (cli::daemon::SimAction::Quarantine, args),
-                SimCommand::Release(args) => (cli::daemon::SimAction::Release, args),
+                SimCommand::Show(args) => (SimAction::Show, args),
+                SimCommand::Quarantine(args) => (SimAction::Quarantine, args),
+                SimCommand::Release(args) => (SimAction::Release, args),
+                SimCommand::Bind { sim, address } => (SimAction::Bind(address), sim),
+                SimCommand::Unbind { sim, address } => (SimAction::Unbind(address), sim),
             };
-            cli::daemon::sim(&args.socket.socket, action, &args.imsi, args.json)
+            cli::daemon::sim(&args.socket.socket, &action, &args.imsi, args.json)
         }
         Command::Detach { pin_dir } => cli::detach::run(&pin_dir),
         Command::Policy(PolicyCommand::Diff(args)) => return cli::diff::run(&args),

@@ -450,3 +450,94 @@ fn an_interface_deleted_and_recreated_is_attached_again() {
         String::from_utf8_lossy(&xdp.stdout)
     );
 }
+
+/// `sim bind` gives a SIM a new address (as the packet core would on a new session) in place
+/// of its policy file's: from the next packet the new address is judged as that SIM and the
+/// old one as spoofed; the binding survives a `kill -9` restart; `sim unbind` restores the
+/// file's address. Addresses held by another SIM or outside every pool are refused.
+#[test]
+fn bind_moves_a_sim_to_a_new_address_and_unbind_restores_it() {
+    if !root() {
+        return;
+    }
+    const NEW: &str = "10.64.9.9";
+    let topology = topology();
+    let policies = Policies::new();
+    let mut daemon = Daemon::start(&enforcer_bin(), &policies.a(), &topology, "native");
+    let dst: SocketAddr = format!("{SERVICE}:7001").parse().expect("address");
+    let interval = Duration::from_millis(1);
+    let from_new = Stream::start(&topology.dev_a.name, NEW, &topology.svc.name, dst, interval);
+    let dst2: SocketAddr = format!("{SERVICE}:7002").parse().expect("address");
+    let from_old = Stream::start(
+        &topology.dev_a.name,
+        DEVICE,
+        &topology.svc.name,
+        dst2,
+        interval,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+
+    let held = daemon.try_cli(&["sim", "bind", DEVICE_IMSI, "10.64.0.1"]);
+    let outside = daemon.try_cli(&["sim", "bind", DEVICE_IMSI, "172.16.0.1"]);
+    let new_before = from_new.sent();
+    let bound = daemon.cli(&["sim", "bind", DEVICE_IMSI, NEW]);
+    let (new_from, old_cut_from) = (from_new.sent(), from_old.sent());
+    std::thread::sleep(Duration::from_millis(150));
+    daemon.kill();
+    daemon.restart();
+    let shown = daemon.cli(&["sim", "show", DEVICE_IMSI, "--json"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let (new_until, old_cut_until) = (from_new.sent(), from_old.sent());
+    let unbound = daemon.cli(&["sim", "unbind", DEVICE_IMSI]);
+    let (new_cut_from, old_back_from) = (from_new.sent(), from_old.sent());
+    std::thread::sleep(Duration::from_millis(150));
+    let from_new = from_new.finish();
+    let from_old = from_old.finish();
+
+    let held = held.expect_err("an address of another SIM is refused");
+    assert!(held.contains("is bound to IMSI 001010000000001"), "{held}");
+    let outside = outside.expect_err("an address outside every pool is refused");
+    assert!(outside.contains("in no pool"), "{outside}");
+    assert!(bound.contains(&format!("addresses:  {NEW}")), "{bound}");
+    let shown: Value = serde_json::from_str(&shown).expect("sim show --json");
+    assert_eq!(
+        shown["addresses"][0], NEW,
+        "after a kill -9 restart: {shown}"
+    );
+    assert_eq!(shown["bindings"][0]["applied"], true, "{shown}");
+    assert!(
+        unbound.contains(&format!("addresses:  {DEVICE}")),
+        "{unbound}"
+    );
+
+    let missing: Vec<u64> = (new_from..new_until)
+        .filter(|s| !from_new.received.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "datagrams from the bound address were dropped while bound: {missing:?}"
+    );
+    let unbound_passes: Vec<&u64> = from_new
+        .received
+        .iter()
+        .filter(|s| **s < new_before || **s >= new_cut_from)
+        .collect();
+    assert!(
+        unbound_passes.is_empty(),
+        "datagrams from {NEW} passed while it was not bound: {unbound_passes:?}"
+    );
+    let leaked: Vec<u64> = (old_cut_from..old_cut_until)
+        .filter(|s| from_old.received.contains(s))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the file's address passed while the SIM was bound elsewhere: {leaked:?}"
+    );
+    let missing: Vec<u64> = (old_back_from..from_old.sent)
+        .filter(|s| !from_old.received.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the file's address was dropped after unbind: {missing:?}"
+    );
+}

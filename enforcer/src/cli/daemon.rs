@@ -164,7 +164,7 @@ fn applied_line(a: &Applied) -> String {
 }
 
 /// What `enforcer sim` does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum SimAction {
     /// `sim show`.
     Show,
@@ -172,10 +172,14 @@ pub enum SimAction {
     Quarantine,
     /// `sim release`.
     Release,
+    /// `sim bind ADDRESS`.
+    Bind(String),
+    /// `sim unbind [ADDRESS]`.
+    Unbind(Option<String>),
 }
 
-/// `enforcer sim show|quarantine|release IMSI`.
-pub fn sim(socket: &Path, action: SimAction, imsi: &str, json: bool) -> anyhow::Result<()> {
+/// `enforcer sim show|quarantine|release|bind|unbind IMSI`.
+pub fn sim(socket: &Path, action: &SimAction, imsi: &str, json: bool) -> anyhow::Result<()> {
     let imsi = imsi.to_owned();
     let command = match action {
         SimAction::Show => Command::SimShow { imsi },
@@ -184,6 +188,15 @@ pub fn sim(socket: &Path, action: SimAction, imsi: &str, json: bool) -> anyhow::
             source: source(),
         },
         SimAction::Release => Command::SimRelease { imsi },
+        SimAction::Bind(address) => Command::SimBind {
+            imsi,
+            address: address.clone(),
+            source: source(),
+        },
+        SimAction::Unbind(address) => Command::SimUnbind {
+            imsi,
+            address: address.clone(),
+        },
     };
     let reply = call(socket, &command)?;
     let Reply::Sim(info) = reply else {
@@ -216,6 +229,20 @@ fn sim_text(s: &SimInfo) -> String {
         }
     }
     let _ = writeln!(out, "addresses:  {}", s.addresses.join(", "));
+    for b in &s.bindings {
+        let _ = writeln!(
+            out,
+            "bound:      {} (by command: {}, {} s ago){}",
+            b.address,
+            b.source,
+            now().saturating_sub(b.at),
+            if b.applied {
+                ""
+            } else {
+                "; not applied: the policy file gives it to another SIM or it is in no pool"
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "passed:     {} packets, {} bytes",

@@ -60,6 +60,23 @@ pub enum Command {
         /// IMSI.
         imsi: String,
     },
+    /// Bind an address to a SIM at run time, in place of its policy file's address of that
+    /// family; survives reloads and restarts until unbound.
+    SimBind {
+        /// IMSI.
+        imsi: String,
+        /// IPv4 address, or IPv6 address or /64 prefix.
+        address: String,
+        /// Who asked.
+        source: String,
+    },
+    /// Remove a SIM's run-time bindings (only this address's, if given).
+    SimUnbind {
+        /// IMSI.
+        imsi: String,
+        /// The binding to remove; all of the SIM's when absent.
+        address: Option<String>,
+    },
     /// The verdict on a packet, or what a SIM may reach, under the policy in force and the
     /// quarantines set by command.
     Explain {
@@ -198,6 +215,8 @@ pub struct SimInfo {
     pub quarantine: Option<Override>,
     /// Addresses (IPv4 /32 and IPv6 /64 prefixes) bound to it.
     pub addresses: Vec<String>,
+    /// Run-time bindings (`sim bind`), applied or shadowed.
+    pub bindings: Vec<Bound>,
     /// Packets and bytes passed and dropped.
     pub pass_packets: u64,
     /// Bytes passed.
@@ -206,6 +225,20 @@ pub struct SimInfo {
     pub drop_packets: u64,
     /// Bytes dropped.
     pub drop_bytes: u64,
+}
+
+/// An address bound to a SIM at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    /// IPv4 /32 or IPv6 /64.
+    pub address: String,
+    /// Who bound it.
+    pub source: String,
+    /// Unix time (seconds) it was bound.
+    pub at: u64,
+    /// False when the policy file gives the address to another SIM (the file wins until it
+    /// frees the address) or puts it outside every pool.
+    pub applied: bool,
 }
 
 /// A runtime override of the policy file, set by command.

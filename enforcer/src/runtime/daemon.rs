@@ -15,7 +15,9 @@ use tracing::{error, info, warn};
 use super::start::{Settings, if_index};
 use crate::{
     compile::{self, Compiled},
-    control::{Applied, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status},
+    control::{
+        Applied, Bound, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status,
+    },
     counters::{self, Totals},
     explain::{self, Explanation, Query},
     links::{self, How},
@@ -48,28 +50,45 @@ pub(crate) struct Iface {
     pub reattached: u32,
 }
 
-/// A policy compiled for the daemon: the file's policy with the overrides applied, its
-/// compilation with the store's ids, and the overrides themselves.
+/// A policy compiled for the daemon: the file's policy with the store's run-time state
+/// (quarantines and bindings by command) applied, and what it takes to undo them.
 pub(crate) struct Loaded {
     pub policy: ValidatedPolicy,
+    pub prepared: Prepared,
+}
+
+/// What [`compile_with`] made of a policy.
+pub(crate) struct Prepared {
     pub compiled: Compiled,
     /// IMSIs quarantined by command that the policy file quarantines too (a release keeps
     /// them quarantined).
     pub file_quarantined: HashSet<String>,
+    /// The file's addresses of SIMs with a run-time binding, to restore on unbind.
+    pub file_addresses: HashMap<String, FileAddresses>,
     /// Overrides as the store holds them.
     pub overrides: Vec<store::Override>,
+    /// Run-time bindings as the store holds them.
+    pub bindings: Vec<store::Binding>,
 }
 
+/// A SIM's addresses as its policy file gives them.
+pub(crate) type FileAddresses = (Option<std::net::Ipv4Addr>, Option<ipnetwork::Ipv6Network>);
+
 /// Assign stable ids to `policy` in `store` (the store is written before any map), apply the
-/// quarantines by command to it, and compile it.
+/// run-time state the store holds (quarantines, then bindings) to it, and compile it.
+///
+/// A binding is applied only where it is still valid: its SIM is in the policy, its address in
+/// a pool and not the file's address of another SIM (the file wins; the binding stays in the
+/// store, logged as shadowed, and applies again once the address is free).
 ///
 /// # Errors
 /// The store's errors (ids exhausted, database errors) and compilation errors.
 pub(crate) fn compile_with(
     store: &mut Store,
     policy: &mut ValidatedPolicy,
-    overrides: &[store::Override],
-) -> anyhow::Result<(Compiled, HashSet<String>)> {
+) -> anyhow::Result<Prepared> {
+    let overrides = store.overrides().context("reading the overrides")?;
+    let bindings = store.bindings().context("reading the bindings")?;
     let ids = store.assign_ids(policy).context("assigning stable ids")?;
     let quarantined: HashSet<&str> = overrides
         .iter()
@@ -82,9 +101,117 @@ pub(crate) fn compile_with(
         .filter(|s| s.state == SimState::Quarantined && quarantined.contains(s.imsi.as_str()))
         .map(|s| s.imsi.clone())
         .collect();
-    store::apply_overrides(policy, overrides);
+    store::apply_overrides(policy, &overrides);
+    let file_addresses = apply_bindings(policy, &bindings);
     let compiled = compile::compile(policy, &ids)?;
-    Ok((compiled, file_quarantined))
+    Ok(Prepared {
+        compiled,
+        file_quarantined,
+        file_addresses,
+        overrides,
+        bindings,
+    })
+}
+
+/// Put the valid `bindings` into `policy` (see [`compile_with`]); returns the file's addresses
+/// of the SIMs they changed.
+fn apply_bindings(
+    policy: &mut ValidatedPolicy,
+    bindings: &[store::Binding],
+) -> HashMap<String, FileAddresses> {
+    let mut changed = HashMap::new();
+    if bindings.is_empty() {
+        return changed;
+    }
+    let bound: HashSet<&str> = bindings.iter().map(|b| b.imsi.as_str()).collect();
+    let addresses: HashSet<ipnetwork::IpNetwork> = bindings.iter().map(|b| b.address).collect();
+    let mut position = HashMap::new();
+    let mut holder = HashMap::new();
+    for (i, sim) in policy.sims.iter().enumerate() {
+        if bound.contains(sim.imsi.as_str()) {
+            position.insert(sim.imsi.clone(), i);
+        }
+        for net in sim_addresses(sim) {
+            if addresses.contains(&net) {
+                holder.insert(net, i);
+            }
+        }
+    }
+    for binding in bindings {
+        let Some(&i) = position.get(&binding.imsi) else {
+            continue;
+        };
+        if let Some(&other) = holder.get(&binding.address).filter(|&&h| h != i) {
+            warn!(
+                imsi = %binding.imsi,
+                address = %binding.address,
+                holder = %policy.sims[other].imsi,
+                "Run-time binding shadowed: the policy file gives the address to another SIM."
+            );
+            continue;
+        }
+        if !policy.pools.iter().any(|p| in_pool(*p, binding.address)) {
+            warn!(
+                imsi = %binding.imsi,
+                address = %binding.address,
+                "Run-time binding not applied: the address is in no pool of the policy."
+            );
+            continue;
+        }
+        let sim = &mut policy.sims[i];
+        changed
+            .entry(sim.imsi.clone())
+            .or_insert((sim.ipv4, sim.ipv6));
+        match binding.address {
+            ipnetwork::IpNetwork::V4(net) => sim.ipv4 = Some(net.ip()),
+            ipnetwork::IpNetwork::V6(net) => sim.ipv6 = Some(net),
+        }
+    }
+    changed
+}
+
+/// A SIM's addresses as networks: its IPv4 /32 and IPv6 /64.
+fn sim_addresses(sim: &Sim) -> impl Iterator<Item = ipnetwork::IpNetwork> + '_ {
+    let v4 = sim
+        .ipv4
+        .map(|a| ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::from(a)));
+    v4.into_iter().chain(sim.ipv6.map(ipnetwork::IpNetwork::V6))
+}
+
+/// Whether `address` lies inside `pool` (same family).
+fn in_pool(pool: ipnetwork::IpNetwork, address: ipnetwork::IpNetwork) -> bool {
+    match (pool, address) {
+        (ipnetwork::IpNetwork::V4(p), ipnetwork::IpNetwork::V4(a)) => p.contains(a.ip()),
+        (ipnetwork::IpNetwork::V6(p), ipnetwork::IpNetwork::V6(a)) => {
+            p.contains(a.network()) && a.prefix() >= p.prefix()
+        }
+        _ => false,
+    }
+}
+
+/// `ADDR` of `sim bind`: an IPv4 address (a /32), or an IPv6 address or /64 prefix (the /64 it
+/// lies in, which is what the datapath keys an IPv6 SIM by).
+fn parse_binding(text: &str) -> anyhow::Result<ipnetwork::IpNetwork> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(match ip {
+            std::net::IpAddr::V4(a) => ipnetwork::IpNetwork::V4(a.into()),
+            std::net::IpAddr::V6(a) => ipnetwork::IpNetwork::V6(
+                ipnetwork::Ipv6Network::new(a, 64)
+                    .and_then(|n| ipnetwork::Ipv6Network::new(n.network(), 64))
+                    .map_err(|e| anyhow!("{text}: {e}"))?,
+            ),
+        });
+    }
+    match text.parse::<ipnetwork::IpNetwork>() {
+        Ok(ipnetwork::IpNetwork::V6(n)) if n.prefix() == 64 => Ok(ipnetwork::IpNetwork::V6(
+            ipnetwork::Ipv6Network::new(n.network(), 64).map_err(|e| anyhow!("{text}: {e}"))?,
+        )),
+        Ok(ipnetwork::IpNetwork::V4(n)) if n.prefix() == 32 => Ok(ipnetwork::IpNetwork::V4(n)),
+        _ => bail!(
+            "`{text}` is not an address to bind: give an IPv4 address, or an IPv6 address or /64 \
+             prefix"
+        ),
+    }
 }
 
 /// The daemon's state; see the module docs.
@@ -105,6 +232,10 @@ pub struct Daemon {
     overrides: BTreeMap<String, Override>,
     /// Of those, the IMSIs the policy file quarantines as well.
     file_quarantined: HashSet<String>,
+    /// Run-time bindings as the store holds them (applied or shadowed).
+    bindings: Vec<store::Binding>,
+    /// The file's addresses of the SIMs a run-time binding changed.
+    file_addresses: HashMap<String, FileAddresses>,
     applied_at: u64,
     applies: u64,
     generation: u8,
@@ -119,18 +250,21 @@ impl Daemon {
         loaded: Loaded,
         ifaces: Vec<Iface>,
     ) -> Self {
-        let names = State::new(&loaded.policy, &loaded.compiled, &settings.pin_dir);
-        let index = imsi_index(&loaded.policy);
+        let Loaded { policy, prepared } = loaded;
+        let names = State::new(&policy, &prepared.compiled, &settings.pin_dir);
+        let index = imsi_index(&policy);
         Self {
             settings,
             enforcer,
             store,
             names,
             index,
-            overrides: overrides_by_imsi(&loaded.overrides),
-            file_quarantined: loaded.file_quarantined,
-            policy: loaded.policy,
-            compiled: loaded.compiled,
+            overrides: overrides_by_imsi(&prepared.overrides),
+            file_quarantined: prepared.file_quarantined,
+            bindings: prepared.bindings,
+            file_addresses: prepared.file_addresses,
+            policy,
+            compiled: prepared.compiled,
             applied_at: now(),
             applies: 0,
             generation: 0,
@@ -220,6 +354,14 @@ impl Daemon {
                 self.quarantine(&imsi, &source).map(Reply::Sim)
             }
             Command::SimRelease { imsi } => self.release(&imsi).map(Reply::Sim),
+            Command::SimBind {
+                imsi,
+                address,
+                source,
+            } => self.bind(&imsi, &address, &source).map(Reply::Sim),
+            Command::SimUnbind { imsi, address } => {
+                self.unbind(&imsi, address.as_deref()).map(Reply::Sim)
+            }
             Command::Explain { query } => {
                 self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
             }
@@ -235,9 +377,9 @@ impl Daemon {
     fn apply_file(&mut self, path: &Path) -> anyhow::Result<Applied> {
         let started = Instant::now();
         let mut policy = crate::policy::load_with(path, &self.settings.load)?;
-        let stored = self.store.overrides().context("reading the overrides")?;
-        let (compiled, file_quarantined) = compile_with(&mut self.store, &mut policy, &stored)
+        let prepared = compile_with(&mut self.store, &mut policy)
             .with_context(|| format!("compiling {} failed", path.display()))?;
+        let compiled = &prepared.compiled;
         self.enforcer
             .capacity()
             .check(&compiled.image, compiled.rules.len())
@@ -255,12 +397,14 @@ impl Daemon {
             ))
         })?;
         self.generation = report.generation;
-        self.names = State::new(&policy, &compiled, &self.settings.pin_dir);
+        self.names = State::new(&policy, compiled, &self.settings.pin_dir);
         self.index = imsi_index(&policy);
         self.policy = policy;
-        self.compiled = compiled;
-        self.file_quarantined = file_quarantined;
-        self.overrides = overrides_by_imsi(&stored);
+        self.overrides = overrides_by_imsi(&prepared.overrides);
+        self.file_quarantined = prepared.file_quarantined;
+        self.bindings = prepared.bindings;
+        self.file_addresses = prepared.file_addresses;
+        self.compiled = prepared.compiled;
         self.applied_at = now();
         self.applies += 1;
         Ok(Applied {
@@ -350,6 +494,130 @@ impl Daemon {
         self.sim_info(imsi)
     }
 
+    /// Bind `address` to the SIM at run time, in place of its policy file's address of that
+    /// family: the store first, then a recompilation with the same ids and an incremental apply
+    /// (a generation switch, so every packet sees the old or the new binding whole).
+    fn bind(&mut self, imsi: &str, address: &str, source: &str) -> anyhow::Result<SimInfo> {
+        let net = parse_binding(address)?;
+        let (position, _, _) = self.sim(imsi)?;
+        if !self.policy.pools.iter().any(|p| in_pool(*p, net)) {
+            bail!(
+                "{net} is in no pool of the policy in force ({}); a SIM's address must lie in a \
+                 declared pool. Nothing changed",
+                self.policy.path.display()
+            );
+        }
+        if let Some((_, other)) = self
+            .policy
+            .sims
+            .iter()
+            .enumerate()
+            .find(|(i, s)| *i != position && sim_addresses(s).any(|a| a == net))
+        {
+            bail!(
+                "{net} is bound to IMSI {}; unbind it there first (`enforcer sim unbind {} {net}`). \
+                 Nothing changed",
+                other.imsi,
+                other.imsi
+            );
+        }
+        let previous = self
+            .bindings
+            .iter()
+            .find(|b| b.imsi == imsi && b.address.is_ipv6() == net.is_ipv6())
+            .cloned();
+        self.store
+            .set_binding(imsi, net, source)
+            .context("recording the binding in the store; nothing changed")?;
+        let sim = &self.policy.sims[position];
+        let before = (sim.ipv4, sim.ipv6);
+        let sim = &mut self.policy.sims[position];
+        match net {
+            ipnetwork::IpNetwork::V4(n) => sim.ipv4 = Some(n.ip()),
+            ipnetwork::IpNetwork::V6(n) => sim.ipv6 = Some(n),
+        }
+        if let Err(err) = self.recompile() {
+            let sim = &mut self.policy.sims[position];
+            (sim.ipv4, sim.ipv6) = before;
+            let _ = match previous {
+                Some(p) => self.store.set_binding(imsi, p.address, &p.source),
+                None => self.store.clear_binding(imsi, net.is_ipv6()).map(|_| ()),
+            };
+            return Err(err.context("binding failed; nothing changed"));
+        }
+        self.file_addresses.entry(imsi.to_owned()).or_insert(before);
+        self.bindings = self.store.bindings().context("reading the bindings")?;
+        info!(imsi, address = %net, source, "Address bound by command.");
+        self.sim_info(imsi)
+    }
+
+    /// Remove the SIM's run-time bindings (only `address`'s, if given): its policy file's
+    /// addresses apply again.
+    fn unbind(&mut self, imsi: &str, address: Option<&str>) -> anyhow::Result<SimInfo> {
+        let only = address.map(parse_binding).transpose()?;
+        let (position, _, _) = self.sim(imsi)?;
+        let mine: Vec<store::Binding> = self
+            .bindings
+            .iter()
+            .filter(|b| b.imsi == imsi && only.is_none_or(|a| a == b.address))
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            bail!(
+                "IMSI {imsi} has no run-time binding{}; nothing changed",
+                only.map_or_else(String::new, |a| format!(" of {a}"))
+            );
+        }
+        for b in &mine {
+            self.store
+                .clear_binding(imsi, b.address.is_ipv6())
+                .context("removing the binding from the store")?;
+        }
+        let file = self.file_addresses.get(imsi).copied();
+        let sim = &self.policy.sims[position];
+        let before = (sim.ipv4, sim.ipv6);
+        if let Some((file_v4, file_v6)) = file {
+            let sim = &mut self.policy.sims[position];
+            for b in &mine {
+                if b.address.is_ipv6() {
+                    sim.ipv6 = file_v6;
+                } else {
+                    sim.ipv4 = file_v4;
+                }
+            }
+        }
+        if let Err(err) = self.recompile() {
+            let sim = &mut self.policy.sims[position];
+            (sim.ipv4, sim.ipv6) = before;
+            for b in &mine {
+                let _ = self.store.set_binding(imsi, b.address, &b.source);
+            }
+            return Err(err.context("unbinding failed; nothing changed"));
+        }
+        self.bindings = self.store.bindings().context("reading the bindings")?;
+        if !self.bindings.iter().any(|b| b.imsi == imsi) {
+            self.file_addresses.remove(imsi);
+        }
+        info!(imsi, removed = mine.len(), "Run-time binding removed.");
+        self.sim_info(imsi)
+    }
+
+    /// Compile the policy in force again with the same ids (after a change of run-time state
+    /// that adds or removes no SIM) and apply it incrementally.
+    fn recompile(&mut self) -> anyhow::Result<()> {
+        let compiled = compile::compile(&self.policy, &self.compiled.ids)?;
+        self.enforcer
+            .capacity()
+            .check(&compiled.image, compiled.rules.len())
+            .context("the change does not fit the maps loaded at start")?;
+        let report = self.enforcer.apply(&compiled.image)?;
+        self.generation = report.generation;
+        self.names = State::new(&self.policy, &compiled, &self.settings.pin_dir);
+        self.compiled = compiled;
+        self.applies += 1;
+        Ok(())
+    }
+
     /// [`explain::explain`] on the policy in force, with the quarantines set by command: such a
     /// SIM's packets are dropped as quarantined (the first check after the source's SIM is
     /// found), and the way out is `sim release`.
@@ -420,6 +688,17 @@ impl Daemon {
             state: state.name().to_owned(),
             quarantine,
             addresses,
+            bindings: self
+                .bindings
+                .iter()
+                .filter(|b| b.imsi == imsi)
+                .map(|b| Bound {
+                    address: b.address.to_string(),
+                    source: b.source.clone(),
+                    at: u64::try_from(b.at).unwrap_or(0),
+                    applied: sim_addresses(sim).any(|a| a == b.address),
+                })
+                .collect(),
             pass_packets: counters.pass_packets,
             pass_bytes: counters.pass_bytes,
             drop_packets: counters.drop_packets,

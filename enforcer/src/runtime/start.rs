@@ -123,10 +123,10 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             settings.store.display()
         )
     })?;
-    let overrides = store.overrides().context("reading the overrides")?;
     let mut policy = policy;
-    let (compiled, file_quarantined) = compile_with(&mut store, &mut policy, &overrides)
+    let prepared = compile_with(&mut store, &mut policy)
         .with_context(|| format!("compiling {} failed", settings.policy.display()))?;
+    let compiled = &prepared.compiled;
     let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
     if let Err(err) = capacity.check(&compiled.image, compiled.rules.len()) {
         pins.remove_created();
@@ -143,12 +143,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             return Err(err.into());
         }
     };
-    let loaded = Loaded {
-        policy,
-        compiled,
-        file_quarantined,
-        overrides,
-    };
+    let loaded = Loaded { policy, prepared };
     let daemon = match start(&settings, &pins, capacity, store, loaded, ifaces) {
         Ok(daemon) => daemon,
         Err(err) => {

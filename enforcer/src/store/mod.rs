@@ -128,6 +128,20 @@ pub struct Override {
     pub at: i64,
 }
 
+/// An address bound to a SIM at run time (`enforcer sim bind`; later RADIUS accounting), in
+/// place of the policy file's address of that family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The SIM's IMSI.
+    pub imsi: String,
+    /// IPv4 /32 or IPv6 /64.
+    pub address: ipnetwork::IpNetwork,
+    /// Who set it.
+    pub source: String,
+    /// When it was set, Unix seconds.
+    pub at: i64,
+}
+
 /// The open store, with the id allocations cached in memory.
 pub struct Store {
     conn: Connection,
@@ -320,6 +334,81 @@ impl Store {
             out.push(Override {
                 imsi,
                 kind,
+                source,
+                at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Bind `address` (an IPv4 /32 or an IPv6 /64, as text) to `imsi` at run time, replacing
+    /// its binding of the same family, stamped with the current time.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn set_binding(
+        &mut self,
+        imsi: &str,
+        address: ipnetwork::IpNetwork,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let family = if address.is_ipv4() { 4 } else { 6 };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO bindings (imsi, family, address, source, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (imsi, family) \
+                 DO UPDATE SET address = ?3, source = ?4, at = ?5",
+            )
+            .and_then(|mut s| s.execute(params![imsi, family, address.to_string(), source, at]))
+            .map_err(sql(&self.path, "setting a binding"))?;
+        Ok(())
+    }
+
+    /// Remove the run-time binding of `imsi` for IPv4 (`v6` false) or IPv6; whether it had one.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn clear_binding(&mut self, imsi: &str, v6: bool) -> Result<bool, StoreError> {
+        let removed = self
+            .conn
+            .prepare_cached("DELETE FROM bindings WHERE imsi = ?1 AND family = ?2")
+            .and_then(|mut s| s.execute(params![imsi, if v6 { 6 } else { 4 }]))
+            .map_err(sql(&self.path, "clearing a binding"))?;
+        Ok(removed > 0)
+    }
+
+    /// Every run-time binding, by IMSI then family.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the read fails, [`StoreError::Corrupt`] for an unreadable address.
+    pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT imsi, address, source, at FROM bindings ORDER BY imsi, family")
+            .map_err(sql(&self.path, "reading bindings"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(sql(&self.path, "reading bindings"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (imsi, address, source, at) = row.map_err(sql(&self.path, "reading bindings"))?;
+            let address = address.parse().map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("binding address `{address}` for IMSI {imsi}"),
+            })?;
+            out.push(Binding {
+                imsi,
+                address,
                 source,
                 at,
             });

@@ -54,6 +54,8 @@ CREATE TABLE rules (identity TEXT PRIMARY KEY, id INTEGER NOT NULL, retired INTE
     WITHOUT ROWID;
 CREATE TABLE overrides (imsi TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL,
     at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE bindings (imsi TEXT NOT NULL, family INTEGER NOT NULL, address TEXT NOT NULL,
+    source TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (imsi, family)) WITHOUT ROWID;
 ";
 
 /// Set the connection up (WAL, `synchronous = NORMAL`), create the schema in a new file and
