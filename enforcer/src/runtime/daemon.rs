@@ -23,7 +23,7 @@ use crate::{
     links::{self, How},
     loader::Enforcer,
     policy::{Sim, SimState, ValidatedPolicy},
-    report::{Report, State},
+    report::{Report, SimRow, State},
     store::{self, OverrideKind, Store},
 };
 
@@ -453,6 +453,7 @@ impl Daemon {
             .context("recording the quarantine in the store; nothing changed")?;
         self.enforcer.set_sim_quarantine(index, true)?;
         self.policy.sims[position].state = SimState::Quarantined;
+        self.set_name_state(index, SimState::Quarantined);
         if by_file {
             self.file_quarantined.insert(imsi.to_owned());
         }
@@ -485,6 +486,7 @@ impl Daemon {
         if !by_file {
             self.enforcer.set_sim_quarantine(index, false)?;
             self.policy.sims[position].state = SimState::Active;
+            self.set_name_state(index, SimState::Active);
         }
         info!(
             imsi,
@@ -492,6 +494,13 @@ impl Daemon {
             "Quarantine lifted."
         );
         self.sim_info(imsi)
+    }
+
+    /// Keep the names `stats` shows in step with a state changed by command.
+    fn set_name_state(&mut self, index: u32, state: SimState) {
+        if let Some(Some(name)) = self.names.sims.get_mut(index as usize) {
+            state.name().clone_into(&mut name.state);
+        }
     }
 
     /// Bind `address` to the SIM at run time, in place of its policy file's address of that
@@ -723,19 +732,34 @@ impl Daemon {
         );
         // Slots, not SIMs: stable ids leave holes (retired SIMs and rules).
         let (n_sims, n_rules) = (self.compiled.image.sim_slots(), self.compiled.rules.len());
-        // With IMSIs, only their slots are read (one lookup each), not the whole fleet.
-        let totals = if only.is_empty() {
-            Totals::read(sims, verdicts, rules, n_sims, n_rules)
-        } else {
-            Totals::read_only(sims, verdicts, rules, n_sims, &only, n_rules)
+        if only.is_empty() {
+            let totals =
+                Totals::read(sims, verdicts, rules, n_sims, n_rules).context("reading counters")?;
+            return Ok(Report::new(&self.names, &totals, &[]));
         }
-        .context("reading counters")?;
-        // `names` holds the states at the last apply; quarantines by command since then show too.
-        let mut report = Report::new(&self.names, &totals, imsis);
-        for row in &mut report.sims {
-            if let Ok((_, _, sim)) = self.sim(&row.imsi) {
-                row.state = sim.state.name().to_owned();
-            }
+        // With IMSIs, only their slots are read (one lookup each) and only their rows made,
+        // not a pass over the whole fleet.
+        let totals = Totals::read_only(sims, verdicts, rules, 0, &[], n_rules)
+            .context("reading counters")?;
+        let segments_and_rules = State {
+            policy: self.names.policy.clone(),
+            pin_dir: self.names.pin_dir.clone(),
+            segments: self.names.segments.clone(),
+            sims: Vec::new(),
+            rules: self.names.rules.clone(),
+        };
+        let mut report = Report::new(&segments_and_rules, &totals, &[]);
+        for imsi in imsis {
+            let info = self.sim_info(imsi)?;
+            report.sims.push(SimRow {
+                imsi: info.imsi,
+                segment: info.segment,
+                state: info.state,
+                pass_packets: info.pass_packets,
+                pass_bytes: info.pass_bytes,
+                drop_packets: info.drop_packets,
+                drop_bytes: info.drop_bytes,
+            });
         }
         Ok(report)
     }
