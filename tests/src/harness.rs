@@ -198,3 +198,25 @@ impl Harness {
 pub fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect::<String>()
 }
+
+/// One `BPF_PROG_TEST_RUN` of `frame` on a program opened from its pin (`Xdp::from_pin`), as
+/// arriving on [`TEST_IFINDEX`]: the XDP action.
+///
+/// # Panics
+/// When the kernel refuses the run.
+#[must_use]
+pub fn run_pinned(program: &aya::programs::Xdp, frame: &[u8]) -> u32 {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let mut ctx = [0u8; 24];
+    let len = u32::try_from(frame.len()).expect("small frame");
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&TEST_IFINDEX.to_ne_bytes());
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = 1;
+    program
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
+}

@@ -33,3 +33,17 @@ pub fn enforcer_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Run `command` to completion: its standard output, or its standard error as the error (also
+/// when it cannot be started).
+///
+/// # Errors
+/// The command's stderr when it fails.
+pub fn output_text(command: &mut std::process::Command) -> Result<String, String> {
+    let out = command.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

@@ -555,17 +555,12 @@ impl Daemon {
     /// # Errors
     /// The command's stderr when it fails.
     pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        crate::output_text(
+            Command::new(&self.bin)
+                .args(args)
+                .arg("--socket")
+                .arg(&self.socket),
+        )
     }
 
     /// `enforcer ARGS --socket <this daemon's>`; returns stdout.
@@ -613,16 +608,11 @@ impl Daemon {
     /// # Errors
     /// Its stderr.
     pub fn detach(&self) -> Result<String, String> {
-        let out = Command::new(&self.bin)
-            .args(["detach", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        crate::output_text(
+            Command::new(&self.bin)
+                .args(["detach", "--pin-dir"])
+                .arg(&self.pin_dir),
+        )
     }
 
     /// Send SIGINT and wait; returns (success, stdout, stderr).

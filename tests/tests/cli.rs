@@ -564,9 +564,15 @@ fn pinned_generation(pin_dir: &str) -> u32 {
 
 /// Start `enforcer run` on `lo` of `ns` and wait until it enforces; `None` if it exits first.
 fn start_enforcer(ns: &str, files: &RunFiles, policy: &str) -> Option<std::process::Child> {
+    enforcing(&files.args(ns, "skb", &enforcer_bin().display().to_string(), policy))
+}
+
+/// Start `nsenter ARGS` (an `enforcer run`) and wait until it logs that it enforces; `None`
+/// if it exits first.
+fn enforcing(args: &[String]) -> Option<std::process::Child> {
     use std::io::BufRead as _;
     let mut child = Command::new("nsenter")
-        .args(files.args(ns, "skb", &enforcer_bin().display().to_string(), policy))
+        .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start enforcer");
@@ -575,7 +581,12 @@ fn start_enforcer(ns: &str, files: &RunFiles, policy: &str) -> Option<std::proce
         .lines()
         .map_while(Result::ok)
         .any(|line| line.contains("Enforcing"));
-    ready.then_some(child)
+    if ready {
+        Some(child)
+    } else {
+        let _ = child.wait();
+        None
+    }
 }
 
 fn stop(mut child: std::process::Child, signal: i32) {
@@ -654,21 +665,8 @@ fn a_failed_start_removes_what_it_created_and_nothing_else() {
     let bin = enforcer_bin().display().to_string();
     // Another daemon holds fail1.
     let holder_files = RunFiles::new("failholder");
-    let holder = {
-        use std::io::BufRead as _;
-        let mut child = Command::new("nsenter")
-            .args(holder_files.args_on(&ns.name, "skb", &bin, &example(), &["fail1"]))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the holder");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let ready = std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Enforcing"));
-        assert!(ready, "the holder never enforced");
-        child
-    };
+    let holder = enforcing(&holder_files.args_on(&ns.name, "skb", &bin, &example(), &["fail1"]))
+        .expect("the holder enforces");
 
     let failing = RunFiles::new("fail");
     let out = Command::new("nsenter")
@@ -813,21 +811,7 @@ fn pins_of_a_smaller_run_are_refused_and_nothing_changes() {
     let files = RunFiles::new("reuse");
     let mut small = files.args(&ns.name, "skb", &bin, &example());
     small.extend(["--max-sims".to_owned(), "70000".to_owned()]);
-    let child = {
-        use std::io::BufRead as _;
-        let mut child = Command::new("nsenter")
-            .args(&small)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start enforcer");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let ready = std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Enforcing"));
-        assert!(ready, "the first run never enforced");
-        child
-    };
+    let child = enforcing(&small).expect("the first run enforces");
     stop(child, libc::SIGKILL);
     let generation = pinned_generation(&files.pin_dir);
     let mut large = files.args(&ns.name, "skb", &bin, &example());

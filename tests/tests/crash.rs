@@ -11,12 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use integration_tests::{
     enforcer_bin,
     frames::{Frame, L4},
+    harness::run_pinned,
     netns::{NetNs, unique_prefix},
+    output_text,
     rng::Rng,
 };
 
@@ -113,33 +115,12 @@ fn start(ns: &NetNs, files: &Files, policy: &Path) -> Child {
 }
 
 fn cli(files: &Files, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(enforcer_bin())
-        .args(args)
-        .arg("--socket")
-        .arg(&files.socket)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn run(program: &Xdp, frame: &[u8]) -> u32 {
-    let mut ctx = [0u8; 24];
-    let len = u32::try_from(frame.len()).expect("small frame");
-    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-    // ingress_ifindex 1: lo, which exists in every namespace, as in the daemon's.
-    ctx[12..16].copy_from_slice(&1u32.to_ne_bytes());
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.ctx_in = Some(&ctx);
-    opts.repeat = 1;
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+    output_text(
+        Command::new(enforcer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&files.socket),
+    )
 }
 
 /// Which policy the pinned program enforces for each sampled SIM: `Some(true)` for s1's
@@ -151,11 +132,11 @@ fn enforced(pin_dir: &str, sample: &[u32]) -> Vec<(u32, Option<bool>)> {
         .iter()
         .map(|&i| {
             let src = address(i);
-            let to_1 = run(
+            let to_1 = run_pinned(
                 &program,
                 &Frame::new(&src, "192.0.2.53", L4::Udp(7001)).build(),
             );
-            let to_2 = run(
+            let to_2 = run_pinned(
                 &program,
                 &Frame::new(&src, "192.0.2.53", L4::Udp(7002)).build(),
             );

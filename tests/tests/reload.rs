@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use enforcer::{
     compile::{self, Compiled},
@@ -24,7 +24,7 @@ use enforcer::{
 use enforcer_common::maps::SimBinding;
 use integration_tests::{
     frames::{Frame, L4},
-    harness::TEST_IFINDEX,
+    harness::{TEST_IFINDEX, run_pinned},
 };
 
 /// Policy A. Segments red, blue, green; SIMs 1-4; 10.64.0.4 is quarantined.
@@ -152,22 +152,6 @@ impl Drop for PinGuard {
     }
 }
 
-/// One BPF_PROG_TEST_RUN of `frame` on a program opened from its pin: the XDP action.
-fn run(program: &Xdp, frame: &[u8]) -> u32 {
-    let mut ctx = [0u8; 24];
-    let len = u32::try_from(frame.len()).expect("small frame");
-    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-    ctx[12..16].copy_from_slice(&TEST_IFINDEX.to_ne_bytes());
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.ctx_in = Some(&ctx);
-    opts.repeat = 1;
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
-}
-
 fn load(compiled: &Compiled, other: &Compiled) -> Enforcer {
     let capacity =
         Capacity::for_test_run(&compiled.image, compiled.rules.len().max(other.rules.len()));
@@ -184,9 +168,15 @@ fn reload_is_atomic(a: &Compiled, b: &Compiled, what: &str) {
 
     // Each policy's verdicts, alone.
     enforcer.apply(&a.image).expect("apply A");
-    let with_a: Vec<u32> = frames.iter().map(|(_, f)| run(&program, f)).collect();
+    let with_a: Vec<u32> = frames
+        .iter()
+        .map(|(_, f)| run_pinned(&program, f))
+        .collect();
     enforcer.apply(&b.image).expect("apply B");
-    let with_b: Vec<u32> = frames.iter().map(|(_, f)| run(&program, f)).collect();
+    let with_b: Vec<u32> = frames
+        .iter()
+        .map(|(_, f)| run_pinned(&program, f))
+        .collect();
     let telling = with_a.iter().zip(&with_b).filter(|(x, y)| x == y).count();
     assert!(
         telling >= frames.len() / 2,
@@ -203,7 +193,7 @@ fn reload_is_atomic(a: &Compiled, b: &Compiled, what: &str) {
             let mut wrong = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 for (i, (name, frame)) in frames.iter().enumerate() {
-                    let action = run(&program, frame);
+                    let action = run_pinned(&program, frame);
                     if action != with_a[i] && action != with_b[i] {
                         wrong.push(format!(
                             "{name}: got action {action}, A gives {}, B gives {}",
@@ -363,7 +353,10 @@ fn a_reload_that_does_not_fit_beside_the_active_policy_changes_nothing() {
     enforcer.pin_program(&pin.0).expect("pin");
     let program = Xdp::from_pin(&pin.0, XdpAttachType::Interface).expect("open the pinned program");
     let frames = frames();
-    let before: Vec<u32> = frames.iter().map(|(_, f)| run(&program, f)).collect();
+    let before: Vec<u32> = frames
+        .iter()
+        .map(|(_, f)| run_pinned(&program, f))
+        .collect();
     let bindings = |enforcer: &Enforcer| {
         let map = enforcer
             .map(enforcer_common::maps::names::SIM_V4)
@@ -387,7 +380,10 @@ fn a_reload_that_does_not_fit_beside_the_active_policy_changes_nothing() {
         enforcer.generation().expect("generation"),
         applied.generation
     );
-    let after: Vec<u32> = frames.iter().map(|(_, f)| run(&program, f)).collect();
+    let after: Vec<u32> = frames
+        .iter()
+        .map(|(_, f)| run_pinned(&program, f))
+        .collect();
     assert_eq!(before, after, "the refused reload changed verdicts");
     assert_eq!(
         bound,

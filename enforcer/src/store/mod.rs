@@ -305,28 +305,37 @@ impl Store {
         Ok(removed > 0)
     }
 
+    /// The rows of `query`, which selects (imsi, a text, source, at): the shape of the
+    /// overrides and bindings tables.
+    fn text_rows(
+        &self,
+        query: &str,
+        what: &'static str,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(query)
+            .map_err(sql(&self.path, what))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .map_err(sql(&self.path, what))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&self.path, what))
+    }
+
     /// Every override, by IMSI.
     ///
     /// # Errors
     /// [`StoreError::Sql`] if the read fails, [`StoreError::Corrupt`] for an unknown kind.
     pub fn overrides(&self) -> Result<Vec<Override>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT imsi, kind, source, at FROM overrides ORDER BY imsi")
-            .map_err(sql(&self.path, "reading overrides"))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(sql(&self.path, "reading overrides"))?;
+        let rows = self.text_rows(
+            "SELECT imsi, kind, source, at FROM overrides ORDER BY imsi",
+            "reading overrides",
+        )?;
         let mut out = Vec::new();
-        for row in rows {
-            let (imsi, kind, source, at) = row.map_err(sql(&self.path, "reading overrides"))?;
+        for (imsi, kind, source, at) in rows {
             let kind = OverrideKind::from_name(&kind).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: format!("override kind `{kind}` for IMSI {imsi}"),
@@ -385,23 +394,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`] if the read fails, [`StoreError::Corrupt`] for an unreadable address.
     pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT imsi, address, source, at FROM bindings ORDER BY imsi, family")
-            .map_err(sql(&self.path, "reading bindings"))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(sql(&self.path, "reading bindings"))?;
+        let rows = self.text_rows(
+            "SELECT imsi, address, source, at FROM bindings ORDER BY imsi, family",
+            "reading bindings",
+        )?;
         let mut out = Vec::new();
-        for row in rows {
-            let (imsi, address, source, at) = row.map_err(sql(&self.path, "reading bindings"))?;
+        for (imsi, address, source, at) in rows {
             let address = address.parse().map_err(|_| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: format!("binding address `{address}` for IMSI {imsi}"),
