@@ -837,3 +837,52 @@ fn pins_of_a_smaller_run_are_refused_and_nothing_changes() {
         "the refused start detached the earlier run's link"
     );
 }
+
+/// A `--socket` path that holds something other than a socket (a typo naming the policy file)
+/// is refused and left as it was, and the start removes what it created.
+#[test]
+fn run_never_removes_a_file_that_is_not_a_socket() {
+    let Some(ns) = root_namespace("notsock") else {
+        return;
+    };
+    let mut files = RunFiles::new("notsock");
+    let precious =
+        std::env::temp_dir().join(format!("enforcer-cli-{}-precious", std::process::id()));
+    std::fs::write(&precious, "keep me").expect("write file");
+    files.socket = precious.display().to_string();
+    let out = Command::new("nsenter")
+        .args(files.args(
+            &ns.name,
+            "skb",
+            &enforcer_bin().display().to_string(),
+            &example(),
+        ))
+        .output()
+        .expect("run enforcer");
+    let kept = std::fs::read_to_string(&precious).unwrap_or_default();
+    let _ = std::fs::remove_file(&precious);
+    files.socket = format!("{}.none", files.socket);
+    fails_saying(&out, "exists and is not a socket");
+    assert_eq!(kept, "keep me", "the file at --socket was touched");
+    assert!(
+        !Path::new(&files.pin_dir).exists(),
+        "the refused start left its pin directory"
+    );
+}
+
+/// `detach` on a directory that is not on bpffs removes nothing, whatever its entries are
+/// called.
+#[test]
+fn detach_refuses_a_directory_that_is_not_on_bpffs() {
+    let dir = Scratch::new("detach");
+    let pins = dir.0.join("pins");
+    std::fs::create_dir_all(pins.join("links")).expect("dirs");
+    for name in ["prog", "SIM_STATS", "links/eth0"] {
+        std::fs::write(pins.join(name), "keep").expect("write");
+    }
+    let out = enforcer(&["detach", "--pin-dir", &pins.display().to_string()]);
+    fails_saying(&out, "is not on a BPF filesystem");
+    for name in ["prog", "SIM_STATS", "links/eth0"] {
+        assert!(pins.join(name).exists(), "detach removed {name}");
+    }
+}

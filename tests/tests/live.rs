@@ -495,7 +495,10 @@ fn bind_moves_a_sim_to_a_new_address_and_unbind_restores_it() {
     let from_old = from_old.finish();
 
     let held = held.expect_err("an address of another SIM is refused");
-    assert!(held.contains("is bound to IMSI 001010000000001"), "{held}");
+    assert!(
+        held.contains("belongs to IMSI 001010000000001 in the policy file"),
+        "{held}"
+    );
     let outside = outside.expect_err("an address outside every pool is refused");
     assert!(outside.contains("in no pool"), "{outside}");
     assert!(bound.contains(&format!("addresses:  {NEW}")), "{bound}");

@@ -16,6 +16,15 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
         println!("nothing to detach: {} does not exist", pin_dir.display());
         return Ok(());
     }
+    // Only ever unlink BPF objects: a mistyped --pin-dir on an ordinary filesystem must not
+    // lose files that happen to share a map's name.
+    if !is_bpffs(pin_dir) {
+        anyhow::bail!(
+            "{} is not on a BPF filesystem (bpffs), so it holds no pins; give the --pin-dir of \
+             the daemon (default /sys/fs/bpf/enforcer). Nothing was removed",
+            pin_dir.display()
+        );
+    }
     let pins = match PinDir::claim(pin_dir) {
         Ok(pins) => pins,
         Err(PinDirError::Held { path }) => anyhow::bail!(
@@ -57,4 +66,18 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `path` lies on a bpffs mount (`statfs` type `BPF_FS_MAGIC`).
+fn is_bpffs(path: &Path) -> bool {
+    /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero `statfs` is a valid value for the kernel to overwrite.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `stat` is a writable `statfs`, both alive for the call.
+    let rc = unsafe { libc::statfs(name.as_ptr(), &raw mut stat) };
+    rc == 0 && i64::from(stat.f_type) == BPF_FS_MAGIC
 }

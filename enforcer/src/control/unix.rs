@@ -35,6 +35,16 @@ pub enum ControlError {
         /// Socket path.
         path: PathBuf,
     },
+    /// Something other than a socket is at the path: never removed.
+    #[error(
+        "{} exists and is not a socket; give --socket a path of its own (nothing there was \
+         touched)",
+        path.display()
+    )]
+    NotASocket {
+        /// Socket path.
+        path: PathBuf,
+    },
     /// No daemon answers.
     #[error(
         "no enforcer daemon answers on {}: is `enforcer run` running (`systemctl status \
@@ -95,7 +105,13 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlErro
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting the directory of"))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        if !meta.file_type().is_socket() {
+            return Err(ControlError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse {
                 path: path.to_owned(),
@@ -115,18 +131,36 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlErro
     Ok(listener)
 }
 
+/// Connections served at once; more wait in the kernel's backlog. A client that holds a
+/// connection without sending its command is dropped after [`REQUEST_TIMEOUT`].
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its command line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accept connections forever, handing each command to `actor` and writing its reply back.
-/// Connections are served concurrently; the actor still applies commands one at a time.
+/// Connections are served concurrently (at most [`MAX_CONNECTIONS`]); the actor still applies
+/// commands one at a time. An `accept` error (out of descriptors) backs off instead of
+/// spinning.
 pub async fn serve(listener: tokio::net::UnixListener, actor: mpsc::Sender<Request>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "Accepting a control connection failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let actor = actor.clone();
         tokio::spawn(async move {
             if let Err(err) = connection(stream, actor).await {
                 tracing::debug!(error = %err, "control connection ended early");
             }
+            drop(permit);
         });
     }
 }
@@ -137,8 +171,12 @@ async fn connection(
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1));
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut bytes))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no command within the timeout"))??;
+    // Not UTF-8: the JSON parser below says so in its reply.
+    let line = String::from_utf8_lossy(&bytes);
     let reply = if line.len() > MAX_REQUEST {
         Reply::Error {
             message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),

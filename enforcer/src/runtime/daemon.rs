@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use enforcer_common::maps::{IFACE_DROP_NON_POOL, names};
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::start::{Settings, if_index};
 use crate::{
@@ -476,7 +476,15 @@ impl Daemon {
     fn release(&mut self, imsi: &str) -> anyhow::Result<SimInfo> {
         let (position, index, _) = self.sim(imsi)?;
         if !self.overrides.contains_key(imsi) {
-            bail!("IMSI {imsi} is not quarantined by command; nothing changed");
+            let why = if self.policy.sims[position].state == SimState::Quarantined {
+                format!(
+                    "; the policy file quarantines it ({}): change the file to release it",
+                    self.policy.path.display()
+                )
+            } else {
+                String::new()
+            };
+            bail!("IMSI {imsi} is not quarantined by command{why}; nothing changed");
         }
         self.store
             .clear_override(imsi)
@@ -523,11 +531,23 @@ impl Daemon {
             .enumerate()
             .find(|(i, s)| *i != position && sim_addresses(s).any(|a| a == net))
         {
+            let by_command = self
+                .bindings
+                .iter()
+                .any(|b| b.imsi == other.imsi && b.address == net);
+            if by_command {
+                bail!(
+                    "{net} is bound to IMSI {} by command; unbind it there first (`enforcer sim \
+                     unbind {} {net}`). Nothing changed",
+                    other.imsi,
+                    other.imsi
+                );
+            }
             bail!(
-                "{net} is bound to IMSI {}; unbind it there first (`enforcer sim unbind {} {net}`). \
+                "{net} belongs to IMSI {} in the policy file ({}); change the file to move it. \
                  Nothing changed",
                 other.imsi,
-                other.imsi
+                self.policy.path.display()
             );
         }
         let previous = self
@@ -834,17 +854,34 @@ impl Daemon {
     fn check_links(&mut self) {
         for i in 0..self.ifaces.len() {
             let name = self.ifaces[i].name.clone();
-            let Ok(now_index) = if_index(&name) else {
-                if self.ifaces[i].ifindex != 0 {
-                    warn!(iface = %name, "Interface is gone; it is attached again when it returns.");
-                    self.ifaces[i].ifindex = 0;
+            let now_index = match if_index(&name) {
+                Ok(index) => index,
+                // Only "no such device" means gone; anything else (out of descriptors) says
+                // nothing about the interface: look again next time.
+                Err(err)
+                    if err
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.raw_os_error() == Some(libc::ENODEV)) =>
+                {
+                    if self.ifaces[i].ifindex != 0 {
+                        warn!(iface = %name, "Interface is gone; it is attached again when it returns.");
+                        self.ifaces[i].ifindex = 0;
+                    }
+                    continue;
                 }
-                continue;
+                Err(err) => {
+                    debug!(iface = %name, error = %err, "Cannot look the interface up; checking later.");
+                    continue;
+                }
             };
-            let attached = links::link_info(&links::link_pin(&self.settings.pin_dir, &name))
-                .is_ok_and(|info| info.ifindex == now_index);
-            if attached {
-                continue;
+            match links::link_info(&links::link_pin(&self.settings.pin_dir, &name)) {
+                Ok(info) if info.ifindex == now_index => continue,
+                // The pin exists but cannot be read (out of descriptors): not a reason to attach.
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    debug!(iface = %name, error = %err, "Cannot read the link; checking later.");
+                    continue;
+                }
+                _ => {}
             }
             self.ifaces[i].ifindex = now_index;
             let flags = if self.ifaces[i].core_facing {

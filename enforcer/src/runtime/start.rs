@@ -116,26 +116,8 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     drop(compiled);
 
     let pins = PinDir::claim(&settings.pin_dir)?;
-    // The store only after the claim: a second daemon must not touch the first one's ids.
-    let mut store = Store::open(&settings.store).with_context(|| {
-        format!(
-            "opening the store {}; give another with --store",
-            settings.store.display()
-        )
-    })?;
-    let mut policy = policy;
-    let prepared = compile_with(&mut store, &mut policy)
-        .with_context(|| format!("compiling {} failed", settings.policy.display()))?;
-    let compiled = &prepared.compiled;
-    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
-    if let Err(err) = capacity.check(&compiled.image, compiled.rules.len()) {
-        pins.remove_created();
-        return Err(anyhow::Error::new(err).context(format!(
-            "{} does not fit the maps (with the ids of retired SIMs kept in {})",
-            settings.policy.display(),
-            settings.store.display()
-        )));
-    }
+    // The socket next (a live daemon's is never taken over), then the store: a second daemon
+    // must not touch the first one's ids. From here on a failure undoes what this start made.
     let listener = match unix::bind(&settings.socket) {
         Ok(listener) => listener,
         Err(err) => {
@@ -143,15 +125,34 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             return Err(err.into());
         }
     };
-    let loaded = Loaded { policy, prepared };
-    let daemon = match start(&settings, &pins, capacity, store, loaded, ifaces) {
-        Ok(daemon) => daemon,
-        Err(err) => {
-            pins.remove_created();
-            let _ = std::fs::remove_file(&settings.socket);
-            return Err(err);
-        }
+    let fail = |err: anyhow::Error| {
+        pins.remove_created();
+        let _ = std::fs::remove_file(&settings.socket);
+        err
     };
+    let mut store = Store::open(&settings.store)
+        .with_context(|| {
+            format!(
+                "opening the store {}; give another with --store",
+                settings.store.display()
+            )
+        })
+        .map_err(fail)?;
+    let mut policy = policy;
+    let prepared = compile_with(&mut store, &mut policy)
+        .with_context(|| format!("compiling {} failed", settings.policy.display()))
+        .map_err(fail)?;
+    let compiled = &prepared.compiled;
+    let capacity = Capacity::for_policy(&compiled.image, compiled.rules.len(), &settings.limits);
+    if let Err(err) = capacity.check(&compiled.image, compiled.rules.len()) {
+        return Err(fail(anyhow::Error::new(err).context(format!(
+            "{} does not fit the maps (with the ids of retired SIMs kept in {})",
+            settings.policy.display(),
+            settings.store.display()
+        ))));
+    }
+    let loaded = Loaded { policy, prepared };
+    let daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
     serve(daemon, listener, &settings)?;
     drop(pins);
     Ok(())

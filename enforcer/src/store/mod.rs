@@ -25,6 +25,7 @@ mod schema;
 
 use std::{
     fs::{DirBuilder, OpenOptions},
+    os::unix::fs::PermissionsExt as _,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -188,6 +189,8 @@ impl Store {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
+        // An existing file keeps its mode on open: tighten it, as it lists every IMSI.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let name = path.display().to_string();
         let conn = Connection::open(path).map_err(sql(&name, "opening"))?;
         Self::init(conn, name)
