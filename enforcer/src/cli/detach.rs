@@ -79,5 +79,8 @@ fn is_bpffs(path: &Path) -> bool {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `name` is NUL-terminated and `stat` is a writable `statfs`, both alive for the call.
     let rc = unsafe { libc::statfs(name.as_ptr(), &raw mut stat) };
-    rc == 0 && i64::from(stat.f_type) == BPF_FS_MAGIC
+    // `f_type` is `__fsword_t`: i64 on x86_64 and aarch64, narrower on some other targets.
+    #[allow(clippy::useless_conversion)]
+    let kind = i64::from(stat.f_type);
+    rc == 0 && kind == BPF_FS_MAGIC
 }
