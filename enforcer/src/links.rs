@@ -259,10 +259,18 @@ pub fn remove(pin_dir: &Path, iface: &str) -> Result<bool, LinkError> {
 /// [`LinkError::Pin`] for a pin that cannot be removed.
 pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>, LinkError> {
     let mut removed = Vec::new();
+    let mut ids = Vec::new();
     for attachment in pinned(pin_dir) {
         if remove(pin_dir, &attachment.iface)? {
+            ids.push(attachment.link_id);
             removed.push(attachment.iface);
         }
+    }
+    // The kernel frees a link whose last reference goes in deferred work: wait until every
+    // one is gone, so that the caller's "detached" is true when it is said.
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    while ids.iter().any(|&id| link_exists(id)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // Pins that no longer open as links (should not happen) go too.
     if let Ok(entries) = std::fs::read_dir(pin_dir.join(LINKS_DIR)) {
@@ -291,6 +299,45 @@ pub fn remove_all(pin_dir: &Path) -> Result<Vec<String>, LinkError> {
         }
     }
     Ok(removed)
+}
+
+/// Longest [`remove_all`] waits for the kernel to release unpinned links.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a BPF link with kernel id `id` still exists (`BPF_LINK_GET_FD_BY_ID`).
+fn link_exists(id: u32) -> bool {
+    /// `BPF_LINK_GET_FD_BY_ID` from `enum bpf_cmd`.
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    /// The `*_GET_FD_BY_ID` member of `union bpf_attr`.
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    if id == 0 {
+        return false;
+    }
+    let mut attr = Attr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for this command, alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_FD_BY_ID,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    }
+    // SAFETY: the kernel just returned this descriptor; closing it is all we do with it.
+    unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+    true
 }
 
 fn ensure_dir(path: &Path) -> Result<(), LinkError> {
