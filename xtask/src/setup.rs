@@ -95,6 +95,28 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::Test],
     },
     Package {
+        name: "gcc",
+        why: "the C compiler and linker: rusqlite builds its bundled SQLite, rustc links with it",
+        for_: &[
+            Purpose::Demo,
+            Purpose::Bench,
+            Purpose::VmTest,
+            Purpose::Test,
+            Purpose::Package,
+        ],
+    },
+    Package {
+        name: "libc6-dev",
+        why: "C headers and start files for the bundled SQLite and for linking",
+        for_: &[
+            Purpose::Demo,
+            Purpose::Bench,
+            Purpose::VmTest,
+            Purpose::Test,
+            Purpose::Package,
+        ],
+    },
+    Package {
         name: "binutils",
         why: "`strip` keeps the VM tests' initramfs small",
         for_: &[Purpose::VmTest, Purpose::Test],
