@@ -33,6 +33,28 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// One `bpf(cmd, attr)` batch call.
+///
+/// # Safety
+/// `attr`'s pointers (keys, values, tokens) must point at memory of the sizes the command and
+/// the map expect for `attr.count` elements, alive for the call.
+unsafe fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr.batch` by the caller's contract; the kernel writes
+    // back only inside it and behind its pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Delete `keys` from the hash map behind `fd` with as few syscalls as possible. Every key must
 /// exist (the kernel stops at the first missing one with `ENOENT`).
 pub fn delete<K: Pod>(fd: impl AsFd, keys: &[K]) -> io::Result<()> {
@@ -47,17 +69,7 @@ pub fn delete<K: Pod>(fd: impl AsFd, keys: &[K]) -> io::Result<()> {
         // SAFETY: `attr` is a valid `bpf_attr.batch` whose `keys` points at `count` keys of the
         // map's key type, alive for the duration of the call; the kernel reads no values for a
         // delete and writes back only `count`, inside `attr`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        unsafe { batch_call(BPF_MAP_DELETE_BATCH, &mut attr) }?;
     }
     Ok(())
 }
@@ -78,17 +90,7 @@ pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<(
         // SAFETY: `attr` is a valid `bpf_attr.batch` whose `keys` and `values` point at `count`
         // elements of the map's key and value types, alive for the duration of the call; the
         // kernel writes back only `count`, inside `attr`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     }
     Ok(())
 }
@@ -184,22 +186,10 @@ fn lookup_range<T: Pod>(fd: u32, start: usize, out: &mut [T], cpus: usize) -> io
         // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys` holds `want` u32 keys and `values`
         // `want` elements of `cpus` values of `stride` bytes (what the kernel writes per key of
         // a per-CPU array of `T`); both tokens are u32 like the array's key; all outlive the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let done = if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENOENT) {
-                return Err(err);
-            }
-            true
-        } else {
-            false
+        let done = match unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(()) => false,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(err) => return Err(err),
         };
         let got = (attr.count as usize).min(want);
         for (i, key) in keys[..got].iter().enumerate() {

@@ -268,16 +268,7 @@ impl Capacity {
 
     /// Whether `image` fits: every map that overflows, with the flag to raise.
     pub fn check(&self, image: &MapImage, rules: usize) -> Result<(), CapacityError> {
-        let over: Vec<Fill> = self
-            .fill(image, rules)
-            .into_iter()
-            .filter(|f| !f.fits())
-            .collect();
-        if over.is_empty() {
-            Ok(())
-        } else {
-            Err(CapacityError(over))
-        }
+        overflow(self.fill(image, rules))
     }
 
     /// Kernel memory of every map with `image` loaded once, in bytes, by map name, as the
@@ -370,7 +361,7 @@ impl Capacity {
             capacity,
             flag,
         };
-        let over: Vec<Fill> = [
+        overflow([
             fill(
                 names::SIM_V4,
                 "IPv4 SIM addresses of the old and new policy",
@@ -427,15 +418,17 @@ impl Capacity {
                 self.rules,
                 "--max-rule-entries",
             ),
-        ]
-        .into_iter()
-        .filter(|f| !f.fits())
-        .collect();
-        if over.is_empty() {
-            Ok(())
-        } else {
-            Err(CapacityError(over))
-        }
+        ])
+    }
+}
+
+/// `Ok` when every fill fits, else the ones that overflow.
+fn overflow(fills: impl IntoIterator<Item = Fill>) -> Result<(), CapacityError> {
+    let over: Vec<Fill> = fills.into_iter().filter(|f| !f.fits()).collect();
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(CapacityError(over))
     }
 }
 

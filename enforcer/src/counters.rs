@@ -7,15 +7,13 @@
 //! Single slots (one SIM for `stats --imsi`, one rule) take one lookup each. Kernels without
 //! batch lookups on arrays (before 5.6) get the per-element path.
 
-use std::path::Path;
-
 use aya::{
     maps::{Map, MapData, MapError, PerCpuArray},
     sys::SyscallError,
 };
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    maps::{Counter, SimCounters, VERDICT_STATS_ENTRIES, names, verdict_stats_index},
+    maps::{Counter, SimCounters, VERDICT_STATS_ENTRIES, verdict_stats_index},
 };
 
 use crate::batch;
@@ -95,27 +93,6 @@ impl Totals {
             .collect()
     }
 
-    /// Read from maps pinned under `dir`.
-    pub fn read_pinned(dir: &Path, sims: usize, rules: usize) -> Result<Self, MapError> {
-        let (sim_stats, verdict_stats, rule_stats) = open_pinned(dir)?;
-        Self::read(&sim_stats, &verdict_stats, &rule_stats, sims, rules)
-    }
-
-    /// Read from maps pinned under `dir`, of the SIMs only those at `only` (see
-    /// [`Totals::read_only`]); all of them when `only` is empty.
-    pub fn read_pinned_only(
-        dir: &Path,
-        sims: usize,
-        rules: usize,
-        only: &[u32],
-    ) -> Result<Self, MapError> {
-        if only.is_empty() {
-            return Self::read_pinned(dir, sims, rules);
-        }
-        let (sim_stats, verdict_stats, rule_stats) = open_pinned(dir)?;
-        Self::read_only(&sim_stats, &verdict_stats, &rule_stats, sims, only, rules)
-    }
-
     /// Packets and bytes with `verdict` in segment block `segment` (an id or `SEGMENT_NONE`).
     #[must_use]
     pub fn verdict(&self, segment: u32, verdict: Verdict) -> Counter {
@@ -173,17 +150,6 @@ fn add_sim(total: &mut SimCounters, cpu: &SimCounters) {
 fn add_counter(total: &mut Counter, cpu: &Counter) {
     total.packets += cpu.packets;
     total.bytes += cpu.bytes;
-}
-
-fn open_pinned(dir: &Path) -> Result<(Map, Map, Map), MapError> {
-    let open = |name: &str| -> Result<Map, MapError> {
-        Map::from_map_data(MapData::from_pin(dir.join(name))?)
-    };
-    Ok((
-        open(names::SIM_STATS)?,
-        open(names::VERDICT_STATS)?,
-        open(names::RULE_STATS)?,
-    ))
 }
 
 /// The first `count` elements (at most the map's size), summed over CPUs, by batch lookup.

@@ -193,28 +193,22 @@ pub enum AttachError {
     Link(#[from] LinkError),
 }
 
-/// Pin `program` at `<pin_dir>/prog`, replacing the pin of an earlier program (which lives on
-/// only as long as a link still runs it).
+/// Make room for this daemon's program pin at `<pin_dir>/prog`: remove an earlier program's
+/// pin (that program lives on only as long as a link still runs it). Returns the pin's path,
+/// for `Enforcer::pin_program`.
 ///
 /// # Errors
-/// [`LinkError::Pin`].
-pub fn pin_program(program: &mut Xdp, pin_dir: &Path) -> Result<(), LinkError> {
+/// [`LinkError::Pin`] when the old pin cannot be removed.
+pub fn clear_program_pin(pin_dir: &Path) -> Result<PathBuf, LinkError> {
     let path = pin_dir.join(PROGRAM_PIN);
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(LinkError::Pin {
-                what: "removing the old program pin",
-                path,
-                source: e,
-            });
-        }
-        _ => {}
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LinkError::Pin {
+            what: "removing the old program pin",
+            path,
+            source: e,
+        }),
+        _ => Ok(path),
     }
-    program.pin(&path).map_err(|e| LinkError::Pin {
-        what: "pinning the program at",
-        path,
-        source: io::Error::other(e),
-    })
 }
 
 /// Every link pinned under `pin_dir`, with what it is attached to now.

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use enforcer_common::maps::{
     Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_BITS_ANY, PORT_WORDS, PROTO_ANY,
@@ -217,7 +217,6 @@ pub struct Enforcer {
     ebpf: Ebpf,
     capacity: Capacity,
     pin_dir: Option<PathBuf>,
-    links: Vec<(String, XdpLinkId)>,
     /// What the policy maps hold; `None` until read from maps adopted from an earlier process,
     /// or after a failed write.
     held: Option<Held>,
@@ -297,7 +296,6 @@ impl Enforcer {
             ebpf,
             capacity,
             pin_dir: pin_dir.map(Path::to_owned),
-            links: Vec::new(),
             held: (!adopted).then(Held::empty),
         })
     }
@@ -752,7 +750,7 @@ impl Enforcer {
     /// Attach the program to `iface`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
         let program = xdp(&mut self.ebpf)?;
-        let link = program.attach(iface, mode).map_err(|source| match source {
+        program.attach(iface, mode).map_err(|source| match source {
             ProgramError::UnknownInterface { .. } => LoadError::NoSuchInterface(iface.to_owned()),
             source => LoadError::Attach {
                 iface: iface.to_owned(),
@@ -761,7 +759,6 @@ impl Enforcer {
                 source: Box::new(source),
             },
         })?;
-        self.links.push((iface.to_owned(), link));
         Ok(())
     }
 
@@ -805,19 +802,6 @@ impl Enforcer {
             })?;
         }
         Ok(program)
-    }
-
-    /// Detach from every interface.
-    pub fn detach_all(&mut self) -> Result<(), LoadError> {
-        let links = std::mem::take(&mut self.links);
-        let program = xdp(&mut self.ebpf)?;
-        for (iface, link) in links {
-            program.detach(link).map_err(|source| LoadError::Program {
-                what: format!("detaching from `{iface}`"),
-                source: Box::new(source),
-            })?;
-        }
-        Ok(())
     }
 
     /// Remove the pins (the maps live on while the program holds them).

@@ -1,9 +1,8 @@
-//! What a running enforcer tells `enforcer stats`: the names behind map indices (written by
-//! `enforcer run` to a state file beside the pins), and counter reports as tables or JSON.
+//! What the daemon tells `enforcer stats`: the names behind map indices (the daemon keeps them
+//! with the policy in force), and counter reports as tables or JSON.
 
 use std::{
     fmt::Write as _,
-    io,
     path::{Path, PathBuf},
 };
 
@@ -83,28 +82,6 @@ impl State {
                 })
                 .collect(),
         }
-    }
-
-    /// Whether the loaded policy has a SIM with this IMSI.
-    #[must_use]
-    pub fn has_imsi(&self, imsi: &str) -> bool {
-        self.sims.iter().flatten().any(|s| s.imsi == imsi)
-    }
-
-    /// Write atomically (temporary file, then rename) to `path`.
-    pub fn write(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(io::Error::other)?)?;
-        std::fs::rename(tmp, path)
-    }
-
-    /// Read the state file at `path`.
-    pub fn read(path: &Path) -> io::Result<Self> {
-        let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(io::Error::other)
     }
 }
 

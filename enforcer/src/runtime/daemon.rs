@@ -647,39 +647,32 @@ impl Daemon {
         Ok(())
     }
 
-    /// [`explain::explain`] on the policy in force, with the quarantines set by command: such a
-    /// SIM's packets are dropped as quarantined (the first check after the source's SIM is
-    /// found), and the way out is `sim release`.
+    /// [`explain::explain`] on the policy in force (which holds the quarantines and bindings set
+    /// by command); for a quarantine by command it names who set it and `sim release`.
     fn explain(&self, query: &Query) -> anyhow::Result<Explanation> {
         let mut explanation = explain::explain(&self.policy, &self.compiled, query)?;
         match &mut explanation {
             Explanation::Sim(s) => {
                 if let Some(o) = self.overrides.get(&s.sim.imsi) {
-                    s.sim.state = SimState::Quarantined.name().to_owned();
                     s.summary = format!(
-                        "SIM {} is quarantined by command ({}): everything it sends is dropped,                          whatever its rules; `enforcer sim release {}` lifts it",
+                        "SIM {} is quarantined by command ({}): everything it sends is dropped, \
+                         whatever its rules; `enforcer sim release {}` lifts it",
                         s.sim.imsi, o.source, s.sim.imsi
                     );
                 }
             }
             Explanation::Packet(p) => {
-                let quarantined = p
+                // The policy in force holds the quarantine already, so the verdict is right;
+                // only the way out differs from a quarantine the file sets.
+                let by_command = p
                     .sender
                     .as_ref()
+                    .filter(|_| p.reason == "quarantined")
                     .and_then(|sim| self.overrides.get(&sim.imsi).map(|o| (sim.imsi.clone(), o)));
-                let judged_by_sim = !matches!(
-                    p.reason.as_str(),
-                    "malformed" | "spoofed" | "non_pool" | "not_ip" | "neighbour" | "source_route"
-                );
-                if let (Some((imsi, o)), true) = (quarantined, judged_by_sim) {
-                    if let Some(sim) = p.sender.as_mut() {
-                        sim.state = SimState::Quarantined.name().to_owned();
-                    }
-                    p.verdict = "drop".to_owned();
-                    p.reason = "quarantined".to_owned();
-                    p.rule = None;
+                if let Some((imsi, o)) = by_command {
                     p.why = format!(
-                        "SIM {imsi} is quarantined by command ({}): everything it sends is                          dropped",
+                        "SIM {imsi} is quarantined by command ({}): everything it sends is \
+                         dropped",
                         o.source
                     );
                     p.fix = Some(format!("enforcer sim release {imsi}"));

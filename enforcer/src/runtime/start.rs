@@ -193,7 +193,8 @@ fn start(
             Err(err) => warn!(iface = %stale.iface, error = %err, "Could not detach."),
         }
     }
-    links::pin_program(daemon.enforcer.program()?, pins.path())?;
+    let pin = links::clear_program_pin(pins.path())?;
+    daemon.enforcer.pin_program(&pin)?;
     Ok(daemon)
 }
 
