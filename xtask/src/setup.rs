@@ -130,8 +130,9 @@ fn packages_for(purpose: Purpose) -> impl Iterator<Item = &'static Package> {
         .filter(move |package| package.for_.contains(&purpose))
 }
 
-/// The apt command that installs `names`: never removes a package, no recommends.
-fn install_command(names: &[&str]) -> Command {
+/// The apt command that installs `names`, from `release` (`-t`) when given: never removes a
+/// package, no recommends.
+fn install_command(names: &[&str], release: Option<&str>) -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.args([
         "install",
@@ -139,10 +140,59 @@ fn install_command(names: &[&str]) -> Command {
         "-q",
         "--no-install-recommends",
         "--no-remove",
-    ])
-    .args(names)
-    .env("DEBIAN_FRONTEND", "noninteractive");
+    ]);
+    if let Some(release) = release {
+        cmd.args(["-t", release]);
+    }
+    cmd.args(names).env("DEBIAN_FRONTEND", "noninteractive");
     cmd
+}
+
+/// Debian 12's backports suite.
+const BACKPORTS: &str = "bookworm-backports";
+/// Where setup declares the backports suite when no apt source names it.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/enforcer-bookworm-backports.sources";
+
+/// Whether `name` must come from bookworm-backports: QEMU's system emulator when the machine
+/// already has qemu-utils from there (some images ship qemu-img 10 from backports, and
+/// bookworm's qemu-system-common 7.2 breaks it, so installing that would remove qemu-utils).
+fn needs_backports(name: &str) -> bool {
+    name == "qemu-system-x86"
+        && output(Command::new("dpkg-query").args(["-W", "-f=${Version}", "qemu-utils"]))
+            .is_some_and(|version| version.contains("bpo12"))
+}
+
+/// Declare bookworm-backports as an apt source unless one already does. Backports are never
+/// preferred over the release (priority 100): only packages asked for with `-t` come from there.
+fn ensure_backports_source() -> anyhow::Result<()> {
+    let declared = std::fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .chain([PathBuf::from("/etc/apt/sources.list")])
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "list" || ext == "sources")
+        })
+        .any(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| {
+                text.lines()
+                    .any(|line| !line.trim_start().starts_with('#') && line.contains(BACKPORTS))
+            })
+        });
+    if declared {
+        return Ok(());
+    }
+    eprintln!("xtask: adding {BACKPORTS} as an apt source ({BACKPORTS_SOURCE}) for qemu-system-x86");
+    std::fs::write(
+        BACKPORTS_SOURCE,
+        format!(
+            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {BACKPORTS}\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )
+    .with_context(|| format!("writing {BACKPORTS_SOURCE}"))
 }
 
 /// Check what `purpose` needs; install what is missing.
@@ -157,12 +207,23 @@ pub fn run(purpose: Purpose) -> anyhow::Result<()> {
             eprintln!("xtask:   {:<16} {}", package.name, package.why);
         }
         require_root("install Debian packages")?;
+        let (backported, plain): (Vec<&str>, Vec<&str>) = missing
+            .iter()
+            .map(|p| p.name)
+            .partition(|name| needs_backports(name));
+        if !backported.is_empty() {
+            ensure_backports_source()?;
+        }
         exec(Command::new("apt-get").args(["update", "-q"]))?;
-        let names: Vec<&str> = missing.iter().map(|p| p.name).collect();
-        exec(&mut install_command(&names)).context(
-            "apt-get could not install without removing a package (setup never removes one); \
-             resolve the conflict by hand",
-        )?;
+        for (names, release) in [(plain, None), (backported, Some(BACKPORTS))] {
+            if names.is_empty() {
+                continue;
+            }
+            exec(&mut install_command(&names, release)).context(
+                "apt-get could not install without removing a package (setup never removes one); \
+                 resolve the conflict by hand",
+            )?;
+        }
     }
     let llvm_major = check_nightly()?;
     if !has_rust_src() {
@@ -410,7 +471,7 @@ mod tests {
 
     #[test]
     fn install_never_removes_a_package() {
-        let cmd = install_command(&["nftables"]);
+        let cmd = install_command(&["nftables"], None);
         let args: Vec<_> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -418,6 +479,13 @@ mod tests {
         assert_eq!(args[0], "install");
         assert!(args.contains(&"--no-remove".to_owned()), "{args:?}");
         assert_eq!(args.last().map(String::as_str), Some("nftables"));
+        let from = install_command(&["qemu-system-x86"], Some(BACKPORTS));
+        let args: Vec<_> = from
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["-t", BACKPORTS]), "{args:?}");
+        assert!(args.contains(&"--no-remove".to_owned()), "{args:?}");
     }
 
     #[test]
