@@ -62,7 +62,7 @@ pub trait Tables: RuleTable {
     /// The active generation (`CONFIG[0]`).
     fn generation(&self) -> u8;
     /// The SIM bound to `addr` in `generation`: `SIM_V4_V2[addr]`'s slot for `generation`, with
-    /// that SIM's `SIM_POLICY` entry of the same generation.
+    /// that SIM's `SIMS` policy word of the same generation.
     fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry>;
     /// As [`Tables::sim_v4`], for the /64 prefix of an IPv6 address (`SIM_V6_V2`).
     fn sim_v6(&self, generation: u8, prefix: [u8; 8]) -> Option<SimEntry>;

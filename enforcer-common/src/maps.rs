@@ -3,9 +3,9 @@
 //! # How a packet finds its rule (a bounded number of lookups, whatever the policy size)
 //!
 //! 1. `SIM_V4_V2` / `SIM_V6_V2` (exact-match hash): source IPv4 /32 or IPv6 /64 prefix →
-//!    [`SimBinding`], the SIM index per generation; then `SIM_POLICY` (array) at
-//!    [`sim_policy_index`] → [`SimPolicy`] (segment, quarantine flag, which rule tiers the SIM
-//!    has of its own). Together they make the [`SimEntry`] that `decide` reads. Never a trie over
+//!    [`SimBinding`], the SIM index per generation; then `SIMS` (array) at that index →
+//!    [`SimRecord`], whose word for the generation is the [`SimPolicy`] (segment, quarantine
+//!    flag, which rule tiers the SIM has of its own). Together they make the [`SimEntry`] that `decide` reads. Never a trie over
 //!    SIMs: a trie costs grow with the number of SIMs, a hash does not.
 //! 2. `NET_V4` / `NET_V6` (LPM trie over the policy's distinct CIDRs and pools): destination →
 //!    [`NetEntry`] (a destination class, or "inside a pool"). The same trie tells whether an
@@ -15,7 +15,7 @@
 //!    towards 70,000 hosts is one class, not 70,000. The price of one lookup: a rule towards a
 //!    CIDR that contains other policy CIDRs is entered under their classes as well, so a wide
 //!    rule over n narrower destinations costs n times its entries (n + 1 classes, not n²).
-//! 3. For a pool destination, `SIM_V*_V2` and `SIM_POLICY` again: destination SIM → its segment and SIM classes.
+//! 3. For a pool destination, `SIM_V*_V2` and `SIMS` again: destination SIM → its segment and SIM classes.
 //! 4. `RULES_V2` (LPM trie, key [`RuleKey::lpm_data`]): (generation, subject, destination class,
 //!    protocol, port) → rule id, in **one** lookup per subject and class. The key's bits run from
 //!    the exact part (generation, subject, class) to the wildcards (protocol, then port), so the
@@ -46,7 +46,10 @@
 //! `enforcer run` and `enforcer policy check` share): the SIM maps, `NET_V4`/`NET_V6`,
 //! `RULES_V2` and `PORT_RULES`. LPM tries allocate per entry, so their capacity is a limit, not
 //! memory; hash maps allocate their buckets by capacity (16 bytes a slot) and entries as written;
-//! the per-CPU counter arrays are allocated whole. (`PORT_CLASS`, a 256K-entry array of the
+//! arrays are allocated whole. Nothing sized by SIMs is per CPU: `SIMS` holds each SIM's
+//! counters beside its policy (atomic adds; one device's traffic stays on one CPU by RSS, so
+//! they rarely contend), so its memory is `40 B × SIM capacity` on 2 CPUs and on 64. Only the
+//! small fixed tables (`VERDICTS_V2`, `RULE_STATS`) are per CPU. (`PORT_CLASS`, a 256K-entry array of the
 //! port classes, is gone with the port classes.)
 //!
 //! # Generations
@@ -56,9 +59,11 @@
 //! sees one generation's policy whole. `NET_*`, `SEGMENTS`, `RULES_V2`, `PORT_RULES` and
 //! `PORTS_USED` hold the generation in their key or index. The SIM tables are split so that
 //! 1M SIMs are not stored twice: an address's [`SimBinding`] (one hash entry) holds the SIM
-//! index of each generation ([`SIM_NONE`] where the address is unbound), and `SIM_POLICY` holds
-//! each SIM's [`SimPolicy`] per generation (an array of 4-byte values, 2 × the SIM capacity; not
-//! per CPU). A binding is replaced whole by one hash update, which readers see atomically.
+//! index of each generation ([`SIM_NONE`] where the address is unbound), and each SIM's
+//! [`SimRecord`] in `SIMS` holds its [`SimPolicy`] per generation, one aligned 32-bit word each
+//! (written by the daemon through a memory mapping of the array, read by the program with one
+//! load, so neither sees half a policy). A binding is replaced whole by one hash update, which
+//! readers see atomically.
 //!
 //! A reload (`enforcer::loader`) writes only the inactive generation (binding slots, SIM
 //! policies, nets, segments, rules), flips `CONFIG.generation` with one array write, waits for
@@ -95,7 +100,7 @@ pub const MAX_IFACES: u32 = 64;
 
 /// Default capacities; the loader resizes these maps to the policy at load time.
 pub mod defaults {
-    /// Default `SIM_V4_V2`/`SIM_V6_V2`/`SIM_STATS` capacity (`SIM_POLICY`: twice that).
+    /// Default `SIM_V4_V2`/`SIM_V6_V2`/`SIMS` capacity.
     pub const MAX_SIMS: u32 = 65_536;
     /// Default and least `RULES_V2` capacity.
     pub const MAX_RULE_ENTRIES: u32 = 65_536;
@@ -114,8 +119,10 @@ pub mod names {
     pub const SIM_V4: &str = "SIM_V4_V2";
     /// `HashMap<SimKeyV6, SimBinding>`. (`SIM_V6` held a [`super::SimEntry`].)
     pub const SIM_V6: &str = "SIM_V6_V2";
-    /// `Array<SimPolicy>` indexed by [`super::sim_policy_index`].
-    pub const SIM_POLICY: &str = "SIM_POLICY";
+    /// `Array<SimRecord>` indexed by SIM index, `BPF_F_MMAPABLE`: each SIM's policy per
+    /// generation and its counters. (It replaced `SIM_POLICY`, the policies alone, and
+    /// `SIM_STATS`, per-CPU counters whose memory grew with the CPUs.)
+    pub const SIMS: &str = "SIMS";
     /// `LpmTrie<NetKeyV4, NetEntry>`.
     pub const NET_V4: &str = "NET_V4";
     /// `LpmTrie<NetKeyV6, NetEntry>`.
@@ -131,19 +138,27 @@ pub mod names {
     pub const PORTS_USED: &str = "PORTS_USED";
     /// `HashMap<u32 ifindex, IfaceEntry>`.
     pub const IFACES: &str = "IFACES";
-    /// `PerCpuArray<SimCounters>` indexed by SIM index.
-    pub const SIM_STATS: &str = "SIM_STATS";
     /// `PerCpuArray<Counter>` indexed by [`super::verdict_stats_index`]. `_V2`: 32 slots per
     /// segment (the first layout, `VERDICT_STATS`, had 16).
     pub const VERDICT_STATS: &str = "VERDICTS_V2";
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
+    /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
+    /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
+    pub const RETIRED: [&str; 6] = [
+        "SIM_POLICY",
+        "SIM_STATS",
+        "SIM_V4",
+        "SIM_V6",
+        "RULES",
+        "VERDICT_STATS",
+    ];
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
-        SIM_POLICY,
+        SIMS,
         NET_V4,
         NET_V6,
         SEGMENTS,
@@ -151,7 +166,6 @@ pub mod names {
         PORT_RULES,
         PORTS_USED,
         IFACES,
-        SIM_STATS,
         VERDICT_STATS,
         RULE_STATS,
     ];
@@ -228,7 +242,7 @@ impl SimBinding {
     }
 }
 
-/// Value of `SIM_POLICY`: what one generation's policy says about one SIM.
+/// What one generation's policy says about one SIM ([`SimRecord::policy`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SimPolicy {
@@ -240,12 +254,51 @@ pub struct SimPolicy {
     pub tiers: u8,
 }
 
-/// Index of (generation, SIM index) in `SIM_POLICY`: the two generations of a SIM side by side,
-/// so the map needs no load-time stride and a pinned map fits any capacity up to its size.
-#[inline(always)]
-#[must_use]
-pub const fn sim_policy_index(generation: u8, sim: u32) -> u32 {
-    sim.wrapping_shl(1) | (generation & 1) as u32
+impl SimPolicy {
+    /// The policy as one little-endian 32-bit word (segment, flags, tiers from the low byte):
+    /// the form [`SimRecord::policy`] stores, so that it is written and read in one access.
+    #[inline(always)]
+    #[must_use]
+    pub const fn to_word(self) -> u32 {
+        self.segment as u32 | (self.flags as u32) << 16 | (self.tiers as u32) << 24
+    }
+
+    /// The inverse of [`SimPolicy::to_word`].
+    #[inline(always)]
+    #[must_use]
+    pub const fn from_word(word: u32) -> Self {
+        Self {
+            segment: word as u16,
+            flags: (word >> 16) as u8,
+            tiers: (word >> 24) as u8,
+        }
+    }
+}
+
+/// Value of `SIMS`, one per SIM index: the SIM's policy in each generation and its counters.
+/// The program reads `policy[generation]` (one 32-bit load) and adds to `counters` with atomic
+/// adds, in the same 40 bytes; the daemon writes policies and reads counters through a memory
+/// mapping of the array (`BPF_F_MMAPABLE`), without a syscall per SIM.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimRecord {
+    /// [`SimPolicy::to_word`] of the SIM in generation 0 and 1; 0 (segment 0, no flags, no
+    /// tiers) for a SIM that no generation binds.
+    pub policy: [u32; 2],
+    /// Packets and bytes the SIM sent, passed and dropped, since its index was first used.
+    pub counters: SimCounters,
+}
+
+impl SimRecord {
+    /// Byte offset of `policy[generation]` in a record.
+    #[inline(always)]
+    #[must_use]
+    pub const fn policy_offset(generation: u8) -> usize {
+        (generation & 1) as usize * 4
+    }
+
+    /// Byte offset of `counters` in a record.
+    pub const COUNTERS_OFFSET: usize = 8;
 }
 
 /// A SIM as `decide` sees it: a binding's SIM index with that SIM's [`SimPolicy`]. It is also
@@ -254,7 +307,7 @@ pub const fn sim_policy_index(generation: u8, sim: u32) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SimEntry {
-    /// Stable SIM index: slot in `SIM_STATS`, and the SIM's subject and class id.
+    /// Stable SIM index: slot in `SIMS`, and the SIM's subject and class id.
     pub sim: u32,
     /// Segment id, `< MAX_SEGMENTS`.
     pub segment: u16,
@@ -450,7 +503,7 @@ pub struct IfaceEntry {
     pub flags: u32,
 }
 
-/// Value of `SIM_STATS` (per CPU).
+/// Per-SIM counters, in [`SimRecord::counters`]. Each field is added to atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimCounters {
@@ -479,6 +532,7 @@ pod!(
     SimEntry,
     SimBinding,
     SimPolicy,
+    SimRecord,
     NetEntry,
     SegmentEntry,
     PortRuleKey,
@@ -493,6 +547,8 @@ const _: () = {
     assert!(size_of::<SimEntry>() == 8);
     assert!(size_of::<SimBinding>() == 8);
     assert!(size_of::<SimPolicy>() == 4);
+    assert!(size_of::<SimRecord>() == 40);
+    assert!(core::mem::offset_of!(SimRecord, counters) == SimRecord::COUNTERS_OFFSET);
     assert!(size_of::<NetEntry>() == 8);
     assert!(size_of::<SegmentEntry>() == 8);
     assert!(size_of::<PortRuleKey>() == 12);

@@ -1,14 +1,17 @@
 //! Stage 4, account: the single exit. Counts every packet once per table it belongs to.
 //!
-//! Writes `VERDICTS_V2` (per segment, by verdict), `SIM_STATS` (per SIM) and `RULE_STATS`
-//! (per allowing rule); all per-CPU arrays, so no atomics on the hot path.
+//! Writes `VERDICTS_V2` (per segment, by verdict) and `RULE_STATS` (per allowing rule), small
+//! per-CPU arrays without atomics, and the SIM's counters in its `SIMS` record (atomic adds:
+//! a table sized by SIMs is never per CPU).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use enforcer_common::{
     PassReason, Src, SrcKind, Verdict,
     maps::{SEGMENT_NONE, verdict_stats_index},
 };
 
-use crate::maps::{RULE_STATS, SIM_STATS, VERDICTS_V2};
+use crate::maps::{RULE_STATS, SIMS, VERDICTS_V2};
 
 /// Count one packet of `bytes` bytes with `verdict`, sent by `src`.
 #[inline(always)]
@@ -28,16 +31,26 @@ pub fn record(verdict: Verdict, src: &Src, bytes: u64) {
             (*counter).bytes = (*counter).bytes.wrapping_add(bytes);
         }
     }
-    if is_sim && let Some(counter) = SIM_STATS.get_ptr_mut(src.sim.sim) {
-        // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
+    if is_sim && let Some(record) = SIMS.get_ptr_mut(src.sim.sim) {
+        // SAFETY: `record` comes from a successful array lookup, valid and 8-byte aligned for
+        // this run. The counters are shared by every CPU (not per CPU: the table is sized by
+        // SIMs), so each is added to atomically; one device's traffic stays on one CPU by RSS,
+        // so the cache line rarely moves.
         unsafe {
-            if let Verdict::Pass(..) = verdict {
-                (*counter).pass_packets = (*counter).pass_packets.wrapping_add(1);
-                (*counter).pass_bytes = (*counter).pass_bytes.wrapping_add(bytes);
+            let counters = &raw mut (*record).counters;
+            let (packets, bytes_counter) = if let Verdict::Pass(..) = verdict {
+                (
+                    &raw mut (*counters).pass_packets,
+                    &raw mut (*counters).pass_bytes,
+                )
             } else {
-                (*counter).drop_packets = (*counter).drop_packets.wrapping_add(1);
-                (*counter).drop_bytes = (*counter).drop_bytes.wrapping_add(bytes);
-            }
+                (
+                    &raw mut (*counters).drop_packets,
+                    &raw mut (*counters).drop_bytes,
+                )
+            };
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes_counter, bytes);
         }
     }
     if let Verdict::Pass(PassReason::Rule, rule) = verdict

@@ -1,7 +1,7 @@
 //! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
 //! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
 //!
-//! Reads `CONFIG`, `SIM_V4_V2`, `SIM_V6_V2`, `SIM_POLICY`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
+//! Reads `CONFIG`, `SIM_V4_V2`, `SIM_V6_V2`, `SIMS`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
 //! `PORT_RULES`, `RULES_V2` and `IFACES`; writes nothing.
 
 use aya_ebpf::maps::lpm_trie::Key;
@@ -9,14 +9,14 @@ use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
     maps::{
-        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SimBinding, SimEntry,
-        ports_used_index, segment_index, sim_policy_index,
+        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SimBinding, SimEntry, SimPolicy,
+        ports_used_index, segment_index,
     },
     rules::RuleTable,
 };
 
 use crate::maps::{
-    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_POLICY,
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIMS,
     SIM_V4_V2, SIM_V6_V2,
 };
 
@@ -111,16 +111,25 @@ impl Tables for KernelMaps {
     }
 }
 
-/// SIM `sim` of `generation` with its `SIM_POLICY` entry; `None` for [`SIM_NONE`] (the address
-/// is unbound in this generation) and for an index past the map.
+/// SIM `sim` of `generation` with its policy word from `SIMS`; `None` for [`SIM_NONE`] (the
+/// address is unbound in this generation) and for an index past the map.
 #[inline(always)]
 fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
     if sim == SIM_NONE {
         return None;
     }
-    SIM_POLICY
-        .get(sim_policy_index(generation, sim))
-        .map(|policy| SimEntry::new(sim, *policy))
+    let record = SIMS.get_ptr(sim)?;
+    // SAFETY: `record` comes from a successful array lookup, valid for this run. The daemon
+    // rewrites a policy word through its memory mapping while packets run: one aligned 32-bit
+    // volatile load sees the old word or the new one, never half of each.
+    let word = unsafe {
+        core::ptr::read_volatile(
+            (&raw const (*record).policy)
+                .cast::<u32>()
+                .add(usize::from(generation & 1)),
+        )
+    };
+    Some(SimEntry::new(sim, SimPolicy::from_word(word)))
 }
 
 /// Gather the decision inputs for one parsed packet.

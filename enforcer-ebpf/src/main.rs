@@ -4,6 +4,10 @@
 //! inbound replies) slots in between decide and account.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
+// `atomic_xadd` for the per-SIM counters: the BPF target has no compare-and-swap, so `core`
+// offers no `AtomicU64::fetch_add`, but LLVM lowers the intrinsic to BPF's atomic add.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics: atomic_xadd, see above")]
 
 mod account;
 mod bench;

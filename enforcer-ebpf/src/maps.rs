@@ -3,14 +3,14 @@
 //! policy.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use enforcer_common::maps::{
     Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES,
-    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimCounters,
-    SimKeyV4, SimKeyV6, SimPolicy, VERDICT_STATS_ENTRIES, defaults,
+    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4,
+    SimKeyV6, SimRecord, VERDICT_STATS_ENTRIES, defaults,
 };
 
 /// The active policy generation.
@@ -28,9 +28,10 @@ pub static SIM_V4_V2: HashMap<SimKeyV4, SimBinding> =
 pub static SIM_V6_V2: HashMap<SimKeyV6, SimBinding> =
     HashMap::with_max_entries(defaults::MAX_SIMS, BPF_F_NO_PREALLOC);
 
-/// (SIM index, generation) → segment, flags and tiers of the SIM.
+/// SIM index → the SIM's policy per generation and its counters (atomic adds). Memory-mapped
+/// by the daemon, which writes policies and reads counters without a syscall per SIM.
 #[map]
-pub static SIM_POLICY: Array<SimPolicy> = Array::with_max_entries(2 * defaults::MAX_SIMS, 0);
+pub static SIMS: Array<SimRecord> = Array::with_max_entries(defaults::MAX_SIMS, BPF_F_MMAPABLE);
 
 /// (generation, IPv4 CIDR) → destination class or pool.
 #[map]
@@ -61,11 +62,6 @@ pub static PORTS_USED: Array<u64> = Array::with_max_entries(PORTS_USED_ENTRIES, 
 /// ifindex → per-interface settings.
 #[map]
 pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFACES, 0);
-
-/// Per-SIM packets and bytes passed and dropped, per CPU.
-#[map]
-pub static SIM_STATS: PerCpuArray<SimCounters> =
-    PerCpuArray::with_max_entries(defaults::MAX_SIMS, 0);
 
 /// Per-segment (and no-segment) packets and bytes by verdict slot, per CPU (`_V2`: 32 slots).
 #[map]

@@ -4,8 +4,9 @@
 //! same two with the same flags, so check and run never disagree.
 //!
 //! Memory is estimated with the kernel's own accounting (`map_mem_usage` of each map type, the
-//! `memlock` of a map's fdinfo on 6.x): preallocated arrays by capacity, per-CPU arrays by
-//! capacity × possible CPUs, hash maps by buckets (capacity rounded up to a power of two) plus
+//! `memlock` of a map's fdinfo on 6.x): preallocated arrays by capacity (a memory-mappable
+//! one in whole pages), per-CPU arrays by capacity × possible CPUs (only the small fixed
+//! tables are per CPU), hash maps by buckets (capacity rounded up to a power of two) plus
 //! their entries, LPM tries by their entries. The benchmark prints it beside the measured figure.
 
 use enforcer_common::maps::{
@@ -18,8 +19,8 @@ use crate::compile::MapImage;
 /// Map sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
-    /// SIM indices: entries of `SIM_STATS` (per CPU, so the largest map at scale); `SIM_POLICY`
-    /// holds twice as many (one per generation, 4 bytes, not per CPU).
+    /// SIM indices: entries of `SIMS` (40 bytes each: a policy word per generation and the
+    /// SIM's counters; not per CPU).
     pub sims: u32,
     /// Entries of `SIM_V4_V2`.
     pub sim_v4: u32,
@@ -215,7 +216,7 @@ impl Capacity {
                 "--max-sims",
             ),
             fill(
-                names::SIM_STATS,
+                names::SIMS,
                 "SIM indices",
                 image.sim_slots(),
                 self.sims,
@@ -292,7 +293,8 @@ impl Capacity {
             (names::CONFIG, array(1, 8)),
             (names::SIM_V4, hash(self.sim_v4, image.sims_v4.len(), 4, 8)),
             (names::SIM_V6, hash(self.sim_v6, image.sims_v6.len(), 8, 8)),
-            (names::SIM_POLICY, array(self.sims.saturating_mul(2), 4)),
+            // Memory-mappable: the values start on a page, and the whole is whole pages.
+            (names::SIMS, array(self.sims, 40).next_multiple_of(4096) + 4096),
             (names::NET_V4, lpm(image.nets_v4.len(), 5, 8)),
             (names::NET_V6, lpm(image.nets_v6.len(), 17, 8)),
             (names::SEGMENTS, array(SEGMENT_ENTRIES, 8)),
@@ -316,7 +318,6 @@ impl Capacity {
             ),
             // Preallocated: every entry exists from the start.
             (names::IFACES, hash(MAX_IFACES, MAX_IFACES as usize, 4, 4)),
-            (names::SIM_STATS, per_cpu(self.sims, 32)),
             (names::VERDICT_STATS, per_cpu(VERDICT_STATS_ENTRIES, 16)),
             (names::RULE_STATS, per_cpu(self.rules, 16)),
         ]
@@ -333,7 +334,7 @@ pub struct Peak {
     pub sim_v4: usize,
     /// `SIM_V6_V2` entries.
     pub sim_v6: usize,
-    /// SIM index slots (`SIM_STATS`; `SIM_POLICY` has two per slot).
+    /// SIM index slots (`SIMS`).
     pub sim_slots: usize,
     /// `NET_V4` entries.
     pub nets_v4: usize,
@@ -377,7 +378,7 @@ impl Capacity {
                 "--max-sims",
             ),
             fill(
-                names::SIM_STATS,
+                names::SIMS,
                 "SIM indices",
                 peak.sim_slots,
                 self.sims,

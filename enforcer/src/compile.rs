@@ -575,7 +575,7 @@ impl MapImage {
             .filter(move |(key, _)| (key.port_bits == 16) == single)
     }
 
-    /// SIM index slots the image uses (highest SIM index + 1): the `SIM_STATS` entries needed.
+    /// SIM index slots the image uses (highest SIM index + 1): the `SIMS` entries needed.
     #[must_use]
     pub fn sim_slots(&self) -> usize {
         let v4 = self.sims_v4.iter().map(|(_, e)| e.sim);

@@ -1,11 +1,9 @@
-//! Reading the per-CPU counter maps (`SIM_STATS`, `VERDICT_STATS`, `RULE_STATS`) and summing
-//! CPUs, from a loaded program or from pinned maps of a running daemon.
+//! Reading the counters: per-SIM ones from the mapped `SIMS` array ([`SimTable`], plain
+//! loads, no syscall), and the per-CPU maps (`VERDICT_STATS`, `RULE_STATS`) summed over CPUs.
 //!
-//! Whole tables are read with `BPF_MAP_LOOKUP_BATCH` (`batch::lookup_percpu_array`): 64Ki
-//! elements per syscall instead of one, large tables split across up to four threads (the
-//! kernel's copying dominates), so a million SIMs read in about 0.3 s on two cores.
-//! Single slots (one SIM for `stats --imsi`, one rule) take one lookup each. Kernels without
-//! batch lookups on arrays (before 5.6) get the per-element path.
+//! Per-CPU tables are read with `BPF_MAP_LOOKUP_BATCH` (`batch::lookup_percpu_array`): 64Ki
+//! elements per syscall instead of one. Single slots (one rule) take one lookup each. Kernels
+//! without batch lookups on arrays (before 5.6) get the per-element path.
 
 use aya::{
     maps::{Map, MapData, MapError, PerCpuArray},
@@ -16,7 +14,7 @@ use enforcer_common::{
     maps::{Counter, SimCounters, VERDICT_STATS_ENTRIES, verdict_stats_index},
 };
 
-use crate::batch;
+use crate::{batch, sim_table::SimTable};
 
 /// Counters summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,41 +28,43 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Read `sims` SIM slots and `rules` rule slots from the three counter maps.
+    /// Read `sims` SIM slots (from the mapped `SIMS`) and `rules` rule slots, and every
+    /// verdict slot, from the counter maps.
     pub fn read(
-        sim_stats: &Map,
+        sim_table: &SimTable,
         verdict_stats: &Map,
         rule_stats: &Map,
         sims: usize,
         rules: usize,
     ) -> Result<Self, MapError> {
         Ok(Self {
-            sims: sum(sim_stats, sims, add_sim)?,
+            sims: read_table(sim_table, sims),
             verdicts: sum(verdict_stats, VERDICT_STATS_ENTRIES as usize, add_counter)?,
             rules: sum(rule_stats, rules, add_counter)?,
         })
     }
 
-    /// Like [`Totals::read`], one syscall per element and CPU set: the path for kernels
-    /// without batch lookups, and the reference the batch path is tested against.
+    /// Like [`Totals::read`], one syscall per element and CPU set for the per-CPU maps: the
+    /// path for kernels without batch lookups, and the reference the batch path is tested
+    /// against.
     pub fn read_each(
-        sim_stats: &Map,
+        sim_table: &SimTable,
         verdict_stats: &Map,
         rule_stats: &Map,
         sims: usize,
         rules: usize,
     ) -> Result<Self, MapError> {
         Ok(Self {
-            sims: sum_each(sim_stats, sims, add_sim)?,
+            sims: read_table(sim_table, sims),
             verdicts: sum_each(verdict_stats, VERDICT_STATS_ENTRIES as usize, add_counter)?,
             rules: sum_each(rule_stats, rules, add_counter)?,
         })
     }
 
-    /// Like [`Totals::read`], but of the SIMs only those at `only` (SIM indices) are read,
-    /// one lookup each; the other SIM slots stay zero. For `stats --imsi` at any fleet size.
+    /// Like [`Totals::read`], but of the SIMs only those at `only` (SIM indices) are read;
+    /// the other SIM slots stay zero. For `stats --imsi` at any fleet size.
     pub fn read_only(
-        sim_stats: &Map,
+        sim_table: &SimTable,
         verdict_stats: &Map,
         rule_stats: &Map,
         sims: usize,
@@ -72,7 +72,7 @@ impl Totals {
         rules: usize,
     ) -> Result<Self, MapError> {
         let mut dense = vec![SimCounters::default(); sims];
-        for (&index, counters) in only.iter().zip(Self::read_sims(sim_stats, only)?) {
+        for (&index, counters) in only.iter().zip(Self::read_sims(sim_table, only)) {
             if let Some(slot) = dense.get_mut(index as usize) {
                 *slot = counters;
             }
@@ -84,13 +84,10 @@ impl Totals {
         })
     }
 
-    /// The counters of the SIMs at `indices`, in that order, one lookup each.
-    pub fn read_sims(sim_stats: &Map, indices: &[u32]) -> Result<Vec<SimCounters>, MapError> {
-        let array: PerCpuArray<&MapData, SimCounters> = PerCpuArray::try_from(sim_stats)?;
-        indices
-            .iter()
-            .map(|&index| sum_cpus(&array, index, add_sim))
-            .collect()
+    /// The counters of the SIMs at `indices`, in that order (zero past the table).
+    #[must_use]
+    pub fn read_sims(sim_table: &SimTable, indices: &[u32]) -> Vec<SimCounters> {
+        indices.iter().map(|&index| sim_table.counters(index)).collect()
     }
 
     /// Packets and bytes with `verdict` in segment block `segment` (an id or `SEGMENT_NONE`).
@@ -121,9 +118,16 @@ impl Totals {
     }
 }
 
-/// One SIM's counters, summed over CPUs.
-pub fn sim(sim_stats: &Map, sim: u32) -> Result<SimCounters, MapError> {
-    sum_one(sim_stats, sim, add_sim)
+/// One SIM's counters (zero past the table).
+#[must_use]
+pub fn sim(sim_table: &SimTable, sim: u32) -> SimCounters {
+    sim_table.counters(sim)
+}
+
+/// The first `count` SIM slots' counters (at most the table's size).
+fn read_table(sim_table: &SimTable, count: usize) -> Vec<SimCounters> {
+    let count = u32::try_from(count).unwrap_or(u32::MAX).min(sim_table.entries());
+    (0..count).map(|sim| sim_table.counters(sim)).collect()
 }
 
 /// One verdict slot of one segment block, summed over CPUs.
@@ -138,13 +142,6 @@ pub fn verdict(verdict_stats: &Map, segment: u32, verdict: Verdict) -> Result<Co
 /// One rule's counters, summed over CPUs.
 pub fn rule(rule_stats: &Map, rule: u32) -> Result<Counter, MapError> {
     sum_one(rule_stats, rule, add_counter)
-}
-
-fn add_sim(total: &mut SimCounters, cpu: &SimCounters) {
-    total.pass_packets += cpu.pass_packets;
-    total.pass_bytes += cpu.pass_bytes;
-    total.drop_packets += cpu.drop_packets;
-    total.drop_bytes += cpu.drop_bytes;
 }
 
 fn add_counter(total: &mut Counter, cpu: &Counter) {

@@ -32,7 +32,7 @@ pub struct Generation {
     pub segments: Vec<SegmentEntry>,
     /// `PORTS_USED` block: TCP words, then UDP words.
     pub ports_used: Vec<u64>,
-    /// `SIM_POLICY` entries by SIM index (`None`: no SIM of this generation's policy, value
+    /// SIM policy words (`SIMS`) by SIM index (`None`: no SIM of this generation's policy, value
     /// unknown); the whole vector is `None` when nothing is known, so every SIM of the next
     /// image is written.
     pub sim_policy: Option<Vec<Option<SimPolicy>>>,
@@ -172,7 +172,7 @@ pub struct Plan {
     pub segments: Vec<(u16, SegmentEntry)>,
     /// `PORTS_USED` words (word of the TCP-then-UDP block, value) of the target generation.
     pub ports_used: Vec<(usize, u64)>,
-    /// `SIM_POLICY` entries (SIM index, policy) of the target generation.
+    /// SIM policy words (SIM index, policy) of the target generation.
     pub sim_policy: Vec<(u32, SimPolicy)>,
     /// `SIM_V4_V2` bindings with their target slot set; the active slot is as it was.
     pub bindings_v4: Vec<(SimKeyV4, SimBinding)>,

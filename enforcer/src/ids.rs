@@ -5,7 +5,7 @@
 //! Takes a [`ValidatedPolicy`] (whose ids are positions in its vectors) and gives [`Ids`], the
 //! stable id of every position, which [`crate::compile::compile`] writes into the maps.
 //!
-//! - **SIM index** (slot in `SIM_STATS` and `SIM_POLICY`, subject and class id): by IMSI.
+//! - **SIM index** (slot in `SIMS`, subject and class id): by IMSI.
 //! - **Segment id** (block in `VERDICTS_V2`, slot in `SEGMENTS`): by segment name, `<
 //!   MAX_SEGMENTS`.
 //! - **Rule id** (slot in `RULE_STATS`): by [`rule_identity`], the owner plus a canonical text of

@@ -21,5 +21,6 @@ pub mod reference;
 pub mod replay;
 pub mod report;
 pub mod runtime;
+pub mod sim_table;
 pub mod store;
 pub mod xdp_holder;

@@ -15,8 +15,8 @@ use aya::{
 use enforcer_common::maps::{
     Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_BITS_ANY, PORT_WORDS, PROTO_ANY,
     PortRuleKey, RULE_BITS_PORTS, RULE_BITS_PROTO, RULE_KEY_LEN, RuleEntry, RuleKey, SIM_NONE,
-    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, SimPolicy, names,
-    ports_used_index, segment_index, sim_policy_index,
+    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, names,
+    ports_used_index, segment_index,
 };
 
 pub use crate::capacity::Capacity;
@@ -25,6 +25,7 @@ use crate::{
     capacity::{CapacityError, Peak},
     compile::MapImage,
     held::{Held, Plan},
+    sim_table::SimTable,
 };
 
 /// The XDP object built by `build.rs`.
@@ -111,6 +112,19 @@ pub enum LoadError {
         /// What differs.
         what: String,
     },
+    /// A map of an earlier layout is pinned: an older enforcer made the directory, and its
+    /// program may still be attached and reading that map.
+    #[error(
+        "{dir} holds the map {map}, which this build no longer uses: an older enforcer made it. \
+         Its program cannot be replaced in place; run `enforcer detach --pin-dir {dir}` (traffic \
+         passes unenforced until the new daemon has started) and start again"
+    )]
+    OldLayout {
+        /// The retired map's name.
+        map: &'static str,
+        /// Pin directory.
+        dir: String,
+    },
     /// The interface does not exist.
     #[error("no network interface named `{0}`; check `ip link`")]
     NoSuchInterface(String),
@@ -129,12 +143,11 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
 
 /// The maps whose size is chosen at load time, with the size `capacity` gives them; every other
 /// map keeps the size written in the object.
-fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 9] {
+fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
     [
         (names::SIM_V4, capacity.sim_v4),
         (names::SIM_V6, capacity.sim_v6),
-        (names::SIM_POLICY, capacity.sims.saturating_mul(2)),
-        (names::SIM_STATS, capacity.sims),
+        (names::SIMS, capacity.sims),
         (names::NET_V4, capacity.nets_v4),
         (names::NET_V6, capacity.nets_v6),
         (names::RULES, capacity.rule_entries),
@@ -152,12 +165,22 @@ fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 9] {
 /// an old pin is never opened under the new layout.
 ///
 /// # Errors
+/// [`LoadError::OldLayout`] if a map of an earlier layout is pinned there;
 /// [`LoadError::PinMismatch`] naming the map and what differs.
 pub fn check_pins(dir: &Path, capacity: &Capacity) -> Result<(), LoadError> {
     let object = aya_obj::Object::parse(PROGRAM).map_err(|source| LoadError::Object {
         pin_dir: dir.display().to_string(),
         source: Box::new(aya::EbpfError::ParseError(source)),
     })?;
+    if let Some(map) = names::RETIRED
+        .into_iter()
+        .find(|name| dir.join(name).exists())
+    {
+        return Err(LoadError::OldLayout {
+            map,
+            dir: dir.display().to_string(),
+        });
+    }
     let sized = sized_maps(capacity);
     for name in names::ALL {
         let path = dir.join(name);
@@ -220,6 +243,8 @@ pub struct Enforcer {
     /// What the policy maps hold; `None` until read from maps adopted from an earlier process,
     /// or after a failed write.
     held: Option<Held>,
+    /// `SIMS`, memory-mapped: SIM policies are written and counters read through it.
+    sims: SimTable,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -292,11 +317,26 @@ impl Enforcer {
                 source: Box::new(source),
             },
         })?;
+        let sims = match ebpf.map(names::SIMS) {
+            Some(Map::Array(data)) => SimTable::map(data).map_err(|source| LoadError::Map {
+                map: names::SIMS,
+                what: "memory-mapping",
+                source,
+            })?,
+            _ => {
+                return Err(LoadError::Map {
+                    map: names::SIMS,
+                    what: "opening",
+                    source: std::io::Error::other("missing from the object, or not an array"),
+                });
+            }
+        };
         Ok(Self {
             ebpf,
             capacity,
             pin_dir: pin_dir.map(Path::to_owned),
             held: (!adopted).then(Held::empty),
+            sims,
         })
     }
 
@@ -370,7 +410,7 @@ impl Enforcer {
     /// 1. Check that the old and the new policy fit the maps side by side ([`Peak`]); if not,
     ///    return [`LoadError::Capacity`] having written nothing.
     /// 2. Write the inactive generation: only the entries that differ from what it holds
-    ///    (bindings' slots for that generation, `SIM_POLICY`, nets, segments, rules, ports).
+    ///    (bindings' slots for that generation, SIM policy words, nets, segments, rules, ports).
     ///    The active generation reads none of it; a failure here leaves it in force, untouched.
     /// 3. Flip `CONFIG.generation`: one array write, which packets see whole.
     /// 4. Wait [`GRACE`] for program runs that read the old generation, then delete the
@@ -517,12 +557,21 @@ impl Enforcer {
             })
             .collect();
         self.batch_write(names::PORTS_USED, &words)?;
-        let policies: Vec<(u32, SimPolicy)> = plan
-            .sim_policy
-            .iter()
-            .map(|(sim, p)| (sim_policy_index(target, *sim), *p))
-            .collect();
-        self.batch_write(names::SIM_POLICY, &policies)?;
+        for &(sim, policy) in &plan.sim_policy {
+            if !self.sims.set_policy(target, sim, policy) {
+                return Err(LoadError::Map {
+                    map: names::SIMS,
+                    what: "writing",
+                    source: std::io::Error::other(format!(
+                        "SIM index {sim} is past its {} entries",
+                        self.sims.entries()
+                    )),
+                });
+            }
+        }
+        // The words are plain stores into shared memory; the flip that follows is a syscall,
+        // but make the order explicit: every policy word is visible before `CONFIG` changes.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // Last, though the order does not matter to packets: nothing reads `target` yet.
         self.batch_write(names::SIM_V4, &plan.bindings_v4)?;
         self.batch_write(names::SIM_V6, &plan.bindings_v6)
@@ -667,10 +716,7 @@ impl Enforcer {
             held.bindings_v6.push((key, binding));
         }
         held.bindings_v6.sort_unstable();
-        // The `SIM_POLICY` entries of the SIMs each generation binds (the others are unused).
-        let policies: Array<&MapData, SimPolicy> =
-            Array::try_from(self.map_ref(names::SIM_POLICY)?)
-                .map_err(map_err(names::SIM_POLICY, "opening"))?;
+        // The policy words of the SIMs each generation binds (the others are unused).
         let v4 = held.bindings_v4.iter().map(|(_, b)| b);
         let bindings = v4.chain(held.bindings_v6.iter().map(|(_, b)| b));
         let mut sims: [std::collections::BTreeSet<u32>; 2] = Default::default();
@@ -686,9 +732,11 @@ impl Enforcer {
             let slots = set.last().map_or(0, |&sim| sim as usize + 1);
             let mut known = vec![None; slots];
             for sim in set {
-                let policy = policies
-                    .get(&sim_policy_index(generation, sim), 0)
-                    .map_err(map_err(names::SIM_POLICY, "reading"))?;
+                let policy = self.sims.policy(generation, sim).ok_or(LoadError::Map {
+                    map: names::SIMS,
+                    what: "reading",
+                    source: std::io::Error::other(format!("a binding names SIM index {sim}, past the array")),
+                })?;
                 known[sim as usize] = Some(policy);
             }
             held_gen.sim_policy = Some(known);
@@ -821,27 +869,30 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Set or clear `SIM_QUARANTINED` in both generations' `SIM_POLICY` entries of SIM index
-    /// `sim`, the active generation first: each entry is one 4-byte array write, so the next
-    /// packet sees it whole. What the loader holds of the generations follows, so the next
+    /// Set or clear `SIM_QUARANTINED` in both generations' policy words of SIM index `sim`,
+    /// the active generation first: each is one 32-bit store into the mapped `SIMS`, so the
+    /// next packet sees it whole. What the loader holds of the generations follows, so the next
     /// apply's diff stays right.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `sim` is past the array, before anything is written.
     pub fn set_sim_quarantine(&mut self, sim: u32, quarantined: bool) -> Result<(), LoadError> {
         let active = self.generation()?;
+        if sim >= self.sims.entries() {
+            return Err(LoadError::Map {
+                map: names::SIMS,
+                what: "writing",
+                source: std::io::Error::other(format!("SIM index {sim} is past the array")),
+            });
+        }
         for generation in [active, active ^ 1] {
-            let index = sim_policy_index(generation, sim);
-            let mut map: Array<&mut MapData, SimPolicy> =
-                Array::try_from(self.map_mut(names::SIM_POLICY)?)
-                    .map_err(map_err(names::SIM_POLICY, "opening"))?;
-            let mut entry = map
-                .get(&index, 0)
-                .map_err(map_err(names::SIM_POLICY, "reading"))?;
+            let mut entry = self.sims.policy(generation, sim).unwrap_or_default();
             if quarantined {
                 entry.flags |= SIM_QUARANTINED;
             } else {
                 entry.flags &= !SIM_QUARANTINED;
             }
-            map.set(index, entry, 0)
-                .map_err(map_err(names::SIM_POLICY, "writing"))?;
+            self.sims.set_policy(generation, sim, entry);
             if let Some(held) = self.held.as_mut()
                 && let Some(policies) = held.generations[usize::from(generation)]
                     .sim_policy
@@ -852,6 +903,12 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// The mapped `SIMS` array: SIM policies and counters without a syscall per SIM.
+    #[must_use]
+    pub fn sim_table(&self) -> &SimTable {
+        &self.sims
     }
 
     /// Pin the XDP program at `path` (on a bpffs mount), so that another thread or process can

@@ -196,7 +196,7 @@ impl Tables for Counting<'_> {
         Self::bump(&self.array);
         self.inner.generation()
     }
-    // A bound address costs a hash lookup (the binding) and an array lookup (`SIM_POLICY`).
+    // A bound address costs a hash lookup (the binding) and an array lookup (`SIMS`).
     fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
         Self::bump(&self.hash);
         let sim = self.inner.sim_v4(generation, addr);

@@ -439,7 +439,7 @@ impl Gateway {
             }
             Gateway::Xdp(enforcer, None) => {
                 let totals = Totals::read(
-                    enforcer.map(names::SIM_STATS).expect("SIM_STATS"),
+                    enforcer.sim_table(),
                     enforcer.map(names::VERDICT_STATS).expect("VERDICT_STATS"),
                     enforcer.map(names::RULE_STATS).expect("RULE_STATS"),
                     0,

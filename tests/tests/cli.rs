@@ -708,7 +708,7 @@ fn a_failed_start_removes_what_it_created_and_nothing_else() {
     stop(holder, libc::SIGTERM);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        Path::new(&files.pin_dir).join("SIM_STATS").exists(),
+        Path::new(&files.pin_dir).join("SIMS").exists(),
         "a failed start removed a previous run's pins"
     );
     assert!(
@@ -877,12 +877,12 @@ fn detach_refuses_a_directory_that_is_not_on_bpffs() {
     let dir = Scratch::new("detach");
     let pins = dir.0.join("pins");
     std::fs::create_dir_all(pins.join("links")).expect("dirs");
-    for name in ["prog", "SIM_STATS", "links/eth0"] {
+    for name in ["prog", "SIMS", "links/eth0"] {
         std::fs::write(pins.join(name), "keep").expect("write");
     }
     let out = enforcer(&["detach", "--pin-dir", &pins.display().to_string()]);
     fails_saying(&out, "is not on a BPF filesystem");
-    for name in ["prog", "SIM_STATS", "links/eth0"] {
+    for name in ["prog", "SIMS", "links/eth0"] {
         assert!(pins.join(name).exists(), "detach removed {name}");
     }
 }

@@ -119,7 +119,7 @@ fn enforce_example_policy(mode: &str) {
     let (ok, _, stderr) = daemon.stop();
     assert!(ok, "enforcer run failed on SIGINT:\n{stderr}");
     assert!(
-        daemon.pin_dir.join("links").exists() && daemon.pin_dir.join("SIM_STATS").exists(),
+        daemon.pin_dir.join("links").exists() && daemon.pin_dir.join("SIMS").exists(),
         "stopping leaves the program, links and maps pinned"
     );
     assert!(

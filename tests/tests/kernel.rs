@@ -607,14 +607,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
     let packets = |enforcer: &Enforcer| {
-        enforcer::counters::sim(
-            enforcer
-                .map(enforcer_common::maps::names::SIM_STATS)
-                .expect("SIM_STATS"),
-            0,
-        )
-        .expect("read SIM_STATS")
-        .pass_packets
+        enforcer::counters::sim(enforcer.sim_table(), 0).pass_packets
     };
     let result = std::panic::catch_unwind(|| {
         let mut first = Enforcer::load(capacity, Some(&pin_dir)).expect("load with pins");
@@ -649,14 +642,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         let moved = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(8443)).build();
         second.test_run(&moved, 1, TEST_IFINDEX).expect("test run");
         assert_eq!(packets(&second), 4, "the SIM's pass counter continues");
-        let drops = enforcer::counters::sim(
-            second
-                .map(enforcer_common::maps::names::SIM_STATS)
-                .expect("SIM_STATS"),
-            0,
-        )
-        .expect("read SIM_STATS")
-        .drop_packets;
+        let drops = enforcer::counters::sim(second.sim_table(), 0).drop_packets;
         assert_eq!(drops, 1, "the dropped packet is counted for the same SIM");
         second.unpin().expect("remove pins");
     });
@@ -692,21 +678,52 @@ fn pinned_maps_that_do_not_fit_are_refused_and_kept() {
             .expect("pins with fewer SIM entries are refused");
         let message = error.to_string();
         assert!(
-            message.contains("SIM_") && message.contains("entries, this start needs"),
+            message.contains("SIM") && message.contains("entries, this start needs"),
             "{message}"
         );
         // Nothing was replaced: the same capacity loads again, counters intact.
         let again = Enforcer::load(small, Some(&pin_dir)).expect("the old capacity still fits");
-        let passed = enforcer::counters::sim(
-            again
-                .map(enforcer_common::maps::names::SIM_STATS)
-                .expect("SIM_STATS"),
-            0,
-        )
-        .expect("read SIM_STATS")
-        .pass_packets;
+        let passed = enforcer::counters::sim(again.sim_table(), 0).pass_packets;
         assert_eq!(passed, 1, "the pinned counters survived the refused start");
         again.unpin().expect("remove pins");
+    });
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A pin directory made by an older layout (here a `SIM_POLICY` pin, which this build replaced
+/// with `SIMS`) is refused with what to do, before anything is loaded or changed.
+#[test]
+fn pins_of_an_older_layout_are_refused_with_what_to_do() {
+    use enforcer::loader::{Capacity, Enforcer};
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/enforcer-pin-old-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&pin_dir).expect("create pin dir on bpffs");
+    let policy = enforcer::policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
+    let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
+    let result = std::panic::catch_unwind(|| {
+        let first = Enforcer::load(capacity, Some(&pin_dir)).expect("load with pins");
+        std::mem::drop(first);
+        // Stand-in for the older build's map: any pinned map under the retired name.
+        std::fs::rename(pin_dir.join("IFACES"), pin_dir.join("SIM_POLICY"))
+            .expect("rename a pin on bpffs");
+        let error = Enforcer::load(capacity, Some(&pin_dir))
+            .err()
+            .expect("an older layout's pins are refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("SIM_POLICY") && message.contains("enforcer detach --pin-dir"),
+            "{message}"
+        );
+        assert!(
+            !pin_dir.join("IFACES").exists() && pin_dir.join("SIM_POLICY").exists(),
+            "nothing was re-created or removed"
+        );
     });
     let _ = std::fs::remove_dir_all(&pin_dir);
     if let Err(panic) = result {

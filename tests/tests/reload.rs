@@ -312,7 +312,7 @@ fn a_one_sim_change_writes_a_handful_of_entries() {
         (1, 0, 1),
         "{change:?}"
     );
-    // Two bindings (the new SIM's, and none moved), two SIM_POLICY entries; nothing else.
+    // Two bindings (the new SIM's, and none moved), two SIM policy words; nothing else.
     assert!(
         change.entries_written <= 6,
         "a one-SIM change wrote {} entries: {change:?}",
@@ -443,7 +443,7 @@ fn adding_a_sim_first_keeps_every_other_sims_index_and_counters() {
     let sim_index = ids_grown.sims[1];
     let state = State::new(&grown, &compiled_grown, Path::new("/nonexistent"));
     let totals = Totals::read(
-        enforcer.map(names::SIM_STATS).expect("SIM_STATS"),
+        enforcer.sim_table(),
         enforcer.map(names::VERDICT_STATS).expect("VERDICTS_V2"),
         enforcer.map(names::RULE_STATS).expect("RULE_STATS"),
         state.sims.len(),

@@ -249,7 +249,7 @@ impl Replayer {
 
     fn read_all(&self) -> Result<Totals, ReplayError> {
         Totals::read(
-            self.map(names::SIM_STATS)?,
+            self.enforcer.sim_table(),
             self.map(names::VERDICT_STATS)?,
             self.map(names::RULE_STATS)?,
             self.sims,

@@ -443,7 +443,7 @@ impl Daemon {
     }
 
     /// Quarantine by command: the store first (so a crash after it still quarantines at the
-    /// next start), then the SIM's `SIM_POLICY` entries, one write each.
+    /// next start), then the SIM's policy words in `SIMS`, one store each.
     fn quarantine(&mut self, imsi: &str, source: &str) -> anyhow::Result<SimInfo> {
         let (position, index, sim) = self.sim(imsi)?;
         let by_file = sim.state == SimState::Quarantined && !self.overrides.contains_key(imsi);
@@ -686,12 +686,7 @@ impl Daemon {
         let (_, index, sim) = self.sim(imsi)?;
         let quarantine = self.overrides.get(imsi).cloned();
         let state = sim.state;
-        let counters = self
-            .enforcer
-            .map(names::SIM_STATS)
-            .context("SIM_STATS missing")
-            .and_then(|map| Ok(counters::sim(map, index)?))
-            .unwrap_or_default();
+        let counters = counters::sim(self.enforcer.sim_table(), index);
         let mut addresses = Vec::new();
         if let Some(v4) = sim.ipv4 {
             addresses.push(v4.to_string());
@@ -739,7 +734,7 @@ impl Daemon {
                 .with_context(|| format!("{name} missing"))
         };
         let (sims, verdicts, rules) = (
-            map(names::SIM_STATS)?,
+            self.enforcer.sim_table(),
             map(names::VERDICT_STATS)?,
             map(names::RULE_STATS)?,
         );
