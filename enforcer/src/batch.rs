@@ -74,9 +74,33 @@ pub fn delete<K: Pod>(fd: impl AsFd, keys: &[K]) -> io::Result<()> {
     Ok(())
 }
 
-/// Write `entries` into the map behind `fd` with as few syscalls as possible.
-pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<()> {
-    let fd = fd.as_fd().as_raw_fd();
+/// Write `entries` (distinct keys) into the map behind `fd` with as few syscalls as possible.
+/// Large writes are split into parts written on up to [`MAX_THREADS`] threads at once: the
+/// kernel's insert (a hash map's bucket lock and element allocation, about a microsecond per
+/// element) dominates, and its locks are per bucket, so parts run in parallel. The order in
+/// which entries land does not matter (keys are distinct); on an error some parts may be
+/// written and others not, which the callers treat as a failed write of them all.
+pub fn update<K: Pod + Sync, V: Pod + Sync>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<()> {
+    let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let threads = threads_for(entries.len());
+    if threads == 1 {
+        return update_part(fd, entries);
+    }
+    let per_thread = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || update_part(fd, part)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a batch update thread panicked")))
+        })
+    })
+}
+
+/// Write `entries` with one `BPF_MAP_UPDATE_BATCH` per [`CHUNK`].
+fn update_part<K: Pod, V: Pod>(fd: u32, entries: &[(K, V)]) -> io::Result<()> {
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
         let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
@@ -84,7 +108,7 @@ pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<(
             keys: keys.as_ptr() as u64,
             values: values.as_ptr() as u64,
             count: u32::try_from(chunk.len()).unwrap_or(u32::MAX),
-            map_fd: u32::try_from(fd).unwrap_or(u32::MAX),
+            map_fd: fd,
             ..BatchAttr::default()
         };
         // SAFETY: `attr` is a valid `bpf_attr.batch` whose `keys` and `values` point at `count`
@@ -93,6 +117,16 @@ pub fn update<K: Pod, V: Pod>(fd: impl AsFd, entries: &[(K, V)]) -> io::Result<(
         unsafe { batch_call(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     }
     Ok(())
+}
+
+/// Threads to split `elements` over: one per core up to [`MAX_THREADS`], none below
+/// [`MIN_PER_THREAD`] elements each.
+fn threads_for(elements: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(MAX_THREADS)
+        .min(elements / MIN_PER_THREAD)
+        .max(1)
 }
 
 /// Elements per thread below which a read is not split: a thread costs more than it saves.
@@ -113,11 +147,7 @@ pub fn lookup_percpu_array<T: Pod + Default + Send>(
     let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
     let total = count as usize;
     let mut out = vec![T::default(); total * cpus];
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .min(MAX_THREADS)
-        .min(total / MIN_PER_THREAD)
-        .max(1);
+    let threads = threads_for(total);
     let per_thread = total.div_ceil(threads).max(1);
     let results: Vec<(usize, usize, io::Result<usize>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = out

@@ -757,7 +757,7 @@ impl Enforcer {
     }
 
     /// Write `entries` into map `name` with `BPF_MAP_UPDATE_BATCH`.
-    fn batch_write<K: Pod, V: Pod>(
+    fn batch_write<K: Pod + Sync, V: Pod + Sync>(
         &self,
         name: &'static str,
         entries: &[(K, V)],
