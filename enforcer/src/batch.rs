@@ -183,6 +183,21 @@ pub fn lookup_percpu_array<T: Pod + Default + Send>(
     Ok(out)
 }
 
+/// Read elements `start..start + count` of the per-CPU array behind `fd` (laid out as
+/// [`lookup_percpu_array`] lays them out), on this thread; elements past the map are left out.
+pub fn lookup_percpu_range<T: Pod + Default>(
+    fd: impl AsFd,
+    start: u32,
+    count: u32,
+    cpus: usize,
+) -> io::Result<Vec<T>> {
+    let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let mut out = vec![T::default(); count as usize * cpus];
+    let read = lookup_range(fd, start as usize, &mut out, cpus)?;
+    out.truncate(read * cpus);
+    Ok(out)
+}
+
 /// Read elements `start..start + out.len() / cpus` into `out`; returns how many were read.
 /// A chunk of keys per syscall, as libbpf's `bpf_map_lookup_batch`: the kernel fills `keys`
 /// and, per key, `cpus` values each `size_of::<T>()` rounded up to 8 bytes, and returns the

@@ -11,7 +11,10 @@ use aya::{
 };
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    maps::{Counter, SimCounters, VERDICT_STATS_ENTRIES, verdict_stats_index},
+    maps::{
+        Counter, SEGMENT_NONE, SimCounters, VERDICT_SLOTS, VERDICT_STATS_ENTRIES,
+        verdict_stats_index,
+    },
 };
 
 use crate::{batch, sim_table::SimTable};
@@ -61,14 +64,17 @@ impl Totals {
         })
     }
 
-    /// Like [`Totals::read`], but of the SIMs only those at `only` (SIM indices) are read;
-    /// the other SIM slots stay zero. For `stats --imsi` at any fleet size.
+    /// Like [`Totals::read`], but of the SIMs only those at `only` (SIM indices) are read
+    /// (the other SIM slots stay zero), and of the verdicts only the blocks of segment ids
+    /// below `segments` and the no-segment block (the others stay zero): for the daemon's
+    /// `stats`, which knows both, at any fleet size.
     pub fn read_only(
         sim_table: &SimTable,
         verdict_stats: &Map,
         rule_stats: &Map,
         sims: usize,
         only: &[u32],
+        segments: usize,
         rules: usize,
     ) -> Result<Self, MapError> {
         let mut dense = vec![SimCounters::default(); sims];
@@ -79,7 +85,7 @@ impl Totals {
         }
         Ok(Self {
             sims: dense,
-            verdicts: sum(verdict_stats, VERDICT_STATS_ENTRIES as usize, add_counter)?,
+            verdicts: read_verdicts(verdict_stats, segments)?,
             rules: sum(rule_stats, rules, add_counter)?,
         })
     }
@@ -122,6 +128,40 @@ impl Totals {
 #[must_use]
 pub fn sim(sim_table: &SimTable, sim: u32) -> SimCounters {
     sim_table.counters(sim)
+}
+
+/// Every verdict slot, read for the blocks of segment ids below `segments` and the
+/// no-segment block, zero for the others.
+fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
+    let slots = VERDICT_SLOTS as usize;
+    let segments = segments.min(SEGMENT_NONE as usize);
+    let mut verdicts = sum(map, segments * slots, add_counter)?;
+    verdicts.resize(VERDICT_STATS_ENTRIES as usize, Counter::default());
+    let Map::PerCpuArray(data) = map else {
+        return Ok(verdicts);
+    };
+    let cpus = crate::capacity::possible_cpus();
+    let none = SEGMENT_NONE * VERDICT_SLOTS;
+    let values = match batch::lookup_percpu_range::<Counter>(data.fd(), none, VERDICT_SLOTS, cpus)
+    {
+        Ok(values) => values,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
+            return sum_each(map, VERDICT_STATS_ENTRIES as usize, add_counter);
+        }
+        Err(io_error) => {
+            return Err(SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            }
+            .into());
+        }
+    };
+    for (slot, per_cpu) in verdicts[none as usize..].iter_mut().zip(values.chunks(cpus)) {
+        for value in per_cpu {
+            add_counter(slot, value);
+        }
+    }
+    Ok(verdicts)
 }
 
 /// The first `count` SIM slots' counters (at most the table's size).

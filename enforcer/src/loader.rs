@@ -244,7 +244,7 @@ pub struct Enforcer {
     /// or after a failed write.
     held: Option<Held>,
     /// `SIMS`, memory-mapped: SIM policies are written and counters read through it.
-    sims: SimTable,
+    sims: std::sync::Arc<SimTable>,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -318,11 +318,13 @@ impl Enforcer {
             },
         })?;
         let sims = match ebpf.map(names::SIMS) {
-            Some(Map::Array(data)) => SimTable::map(data).map_err(|source| LoadError::Map {
-                map: names::SIMS,
-                what: "memory-mapping",
-                source,
-            })?,
+            Some(Map::Array(data)) => {
+                std::sync::Arc::new(SimTable::map(data).map_err(|source| LoadError::Map {
+                    map: names::SIMS,
+                    what: "memory-mapping",
+                    source,
+                })?)
+            }
             _ => {
                 return Err(LoadError::Map {
                     map: names::SIMS,
@@ -909,6 +911,13 @@ impl Enforcer {
     #[must_use]
     pub fn sim_table(&self) -> &SimTable {
         &self.sims
+    }
+
+    /// The mapped `SIMS` array, shared: for a thread that reads counters while this
+    /// `Enforcer` goes on (the mapping lives as long as any holder).
+    #[must_use]
+    pub fn shared_sim_table(&self) -> std::sync::Arc<SimTable> {
+        std::sync::Arc::clone(&self.sims)
     }
 
     /// Pin the XDP program at `path` (on a bpffs mount), so that another thread or process can

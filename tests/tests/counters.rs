@@ -178,7 +178,7 @@ fn batch_reads_equal_one_lookup_per_element() {
 
     // Only the chosen SIMs: their slots equal the full read's, every other slot is zero.
     let only = [random_key(&written, 0), random_key(&written, 1), 140_000, 280_000];
-    let some = Totals::read_only(table, verdict, rule, sims, &only, 1).expect("read some");
+    let some = Totals::read_only(table, verdict, rule, sims, &only, 1024, 1).expect("read some");
     for (index, counters) in some.sims.iter().enumerate() {
         let chosen = only.contains(&u32::try_from(index).expect("fits"));
         let want = if chosen {
@@ -190,6 +190,16 @@ fn batch_reads_equal_one_lookup_per_element() {
     }
     assert_eq!(some.verdicts, batch.verdicts);
     assert_eq!(some.rules, batch.rules);
+    // Only the blocks of segments 0 and 1 and the no-segment block: slot 5 (segment 0) and
+    // the last (no segment) are read, the rest are zero.
+    let two = Totals::read_only(table, verdict, rule, 0, &[], 2, 1).expect("read two blocks");
+    assert_eq!(two.verdicts.len(), batch.verdicts.len());
+    for (slot, (got, all)) in two.verdicts.iter().zip(&batch.verdicts).enumerate() {
+        let read = slot < 2 * 32 || slot >= 1024 * 32;
+        let want = if read { *all } else { Counter::default() };
+        assert_eq!(*got, want, "verdict slot {slot}");
+    }
+    assert!(two.verdicts[5].packets > 0 && two.verdicts[VERDICT_STATS_ENTRIES as usize - 1].packets > 0);
 
     // A policy word written through the mapping is what the map's syscall reads back.
     let policy = SimPolicy {

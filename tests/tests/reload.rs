@@ -446,7 +446,7 @@ fn adding_a_sim_first_keeps_every_other_sims_index_and_counters() {
         enforcer.sim_table(),
         enforcer.map(names::VERDICT_STATS).expect("VERDICTS_V2"),
         enforcer.map(names::RULE_STATS).expect("RULE_STATS"),
-        state.sims.len(),
+        compiled_grown.image.sim_slots(),
         state.rules.len(),
     )
     .expect("read counters");
@@ -454,7 +454,13 @@ fn adding_a_sim_first_keeps_every_other_sims_index_and_counters() {
         totals.sims[sim_index as usize].pass_packets, 4,
         "its counter continued"
     );
-    let report = Report::new(&state, &totals, &["001010000000001".to_owned()]);
+    let rows = state.sim_rows(
+        &grown,
+        &compiled_grown.ids,
+        &totals,
+        &["001010000000001".to_owned()],
+    );
+    let report = Report::new(&state, &totals, rows);
     assert_eq!(report.sims.len(), 1);
     assert_eq!(report.sims[0].segment, "red");
     assert_eq!(

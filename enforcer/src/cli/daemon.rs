@@ -1,12 +1,15 @@
 //! Clients of the running daemon's control socket: `status`, `stats`, `policy apply`, `sim …`.
 
 use std::{
-    io::Write as _,
+    io::{BufRead as _, Write as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
-use enforcer::control::{Applied, Command, Reply, SimInfo, Status, unix};
+use enforcer::{
+    control::{Applied, Command, END_OF_ROWS, Reply, RowFormat, SimInfo, Status, unix},
+    report::TABLE_HEADER,
+};
 
 /// Send `command`, turn an error reply into an error.
 fn call(socket: &Path, command: &Command) -> anyhow::Result<Reply> {
@@ -115,20 +118,71 @@ fn status_table(s: &Status) -> String {
 
 /// `enforcer stats`.
 pub fn stats(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> {
-    let reply = call(
+    // The whole fleet comes as rows after the reply (a million SIMs as one JSON value took
+    // seconds to encode and decode); chosen SIMs come inside it.
+    let stream = imsis
+        .is_empty()
+        .then_some(if json { RowFormat::Json } else { RowFormat::Table });
+    let (reply, mut rows) = unix::call_with_rows(
         socket,
         &Command::Stats {
             imsis: imsis.to_vec(),
+            stream,
         },
     )?;
-    let Reply::Stats(report) = reply else {
-        return Err(unexpected(&reply));
+    let report = match reply {
+        Reply::Stats(report) => report,
+        Reply::Error { message } => bail!("{message}"),
+        other => return Err(unexpected(&other)),
     };
-    if json {
-        return print_json(&report);
+    if stream.is_none() {
+        if json {
+            return print_json(&report);
+        }
+        write!(std::io::stdout().lock(), "{}", report.to_table())?;
+        return Ok(());
     }
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", report.to_table())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if json {
+        out.write_all(b"{\n  \"sims\": [")?;
+    } else {
+        out.write_all(TABLE_HEADER.as_bytes())?;
+    }
+    let mut line = Vec::with_capacity(256);
+    let mut first = true;
+    loop {
+        line.clear();
+        rows.read_until(b'\n', &mut line)
+            .context("reading the SIM rows from the daemon")?;
+        if line.is_empty() || !line.ends_with(b"\n") {
+            bail!(
+                "the daemon closed the connection before the last SIM row; the rows above are \
+                 incomplete (see the daemon's log)"
+            );
+        }
+        if line == END_OF_ROWS {
+            break;
+        }
+        if json {
+            out.write_all(if first { b"\n    " } else { b",\n    " })?;
+            out.write_all(&line[..line.len() - 1])?;
+        } else {
+            out.write_all(&line)?;
+        }
+        first = false;
+    }
+    if json {
+        out.write_all(b"\n  ],\n  \"segments\": ")?;
+        let segments = serde_json::to_string_pretty(&report.segments)?.replace('\n', "\n  ");
+        out.write_all(segments.as_bytes())?;
+        out.write_all(b",\n  \"rules\": ")?;
+        let rules = serde_json::to_string_pretty(&report.rules)?.replace('\n', "\n  ");
+        out.write_all(rules.as_bytes())?;
+        out.write_all(b"\n}\n")?;
+    } else {
+        out.write_all(report.tail_table().as_bytes())?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -22,6 +22,37 @@ use crate::{
 /// Where `enforcer run` listens unless told otherwise, and where clients look.
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 
+/// How streamed SIM rows of [`Command::Stats`] are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowFormat {
+    /// Lines of the `enforcer stats` table ([`crate::report::table_row`]).
+    Table,
+    /// One [`crate::report::SimRow`] as compact JSON per line ([`crate::report::json_row`]).
+    Json,
+}
+
+/// The line that ends streamed SIM rows: a client that reaches the connection's end without it
+/// knows the rows are incomplete (the daemon stopped half-way).
+pub const END_OF_ROWS: &[u8] = b"#end\n";
+
+/// What the actor answers a command with: the reply line, and for a streamed `stats` the SIM
+/// rows that follow it on the connection, in chunks, from a thread of their own (so a slow
+/// reader holds up neither the actor nor other clients).
+#[derive(Debug)]
+pub struct Answer {
+    /// The reply line.
+    pub reply: Reply,
+    /// Bytes to write after the reply line, until the sender is dropped.
+    pub rows: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+}
+
+impl From<Reply> for Answer {
+    fn from(reply: Reply) -> Self {
+        Self { reply, rows: None }
+    }
+}
+
 /// A request to the running daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -33,6 +64,12 @@ pub enum Command {
     Stats {
         /// IMSIs to show; empty for all.
         imsis: Vec<String>,
+        /// For the whole fleet (`imsis` empty): send the SIM rows after the reply, already
+        /// formatted, one per line until the connection closes, instead of inside it; the
+        /// reply's `sims` is then empty. A million SIMs as one JSON reply took seconds to
+        /// encode and decode. Absent (older clients): the rows are in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<RowFormat>,
     },
     /// Validate, compile and apply a policy file; it becomes the file SIGHUP reloads.
     ApplyPolicy {

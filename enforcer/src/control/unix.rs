@@ -13,15 +13,15 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{Command, Reply};
+use super::{Answer, Command, Reply};
 
 /// Longest command line accepted, in bytes (a command is a few hundred bytes).
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client waits for the reply: a full reload of a million-SIM policy takes seconds.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A command with the channel its reply goes back on.
-pub type Request = (Command, oneshot::Sender<Reply>);
+/// A command with the channel its answer goes back on.
+pub type Request = (Command, oneshot::Sender<Answer>);
 
 /// Errors of the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +177,11 @@ async fn connection(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no command within the timeout"))??;
     // Not UTF-8: the JSON parser below says so in its reply.
     let line = String::from_utf8_lossy(&bytes);
-    let reply = if line.len() > MAX_REQUEST {
+    let answer: Answer = if line.len() > MAX_REQUEST {
         Reply::Error {
             message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),
         }
+        .into()
     } else {
         match serde_json::from_str::<Command>(&line) {
             Err(err) => Reply::Error {
@@ -188,26 +189,43 @@ async fn connection(
                     "command not understood ({err}); nothing was done. Use the `enforcer` client \
                      of the daemon's version"
                 ),
-            },
+            }
+            .into(),
             Ok(command) => {
                 let (tx, rx) = oneshot::channel();
                 if actor.send((command, tx)).await.is_err() {
                     Reply::Error {
                         message: "the daemon is shutting down; nothing was done".into(),
                     }
+                    .into()
                 } else {
-                    rx.await.unwrap_or_else(|_| Reply::Error {
-                        message: "the daemon stopped before answering".into(),
+                    rx.await.unwrap_or_else(|_| {
+                        Reply::Error {
+                            message: "the daemon stopped before answering".into(),
+                        }
+                        .into()
                     })
                 }
             }
         }
     };
-    let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    let mut out = serde_json::to_vec(&answer.reply).map_err(io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
+    if let Some(mut rows) = answer.rows {
+        // A reader that stops reading is dropped after the timeout; dropping `rows` ends the
+        // thread that formats them.
+        while let Some(chunk) = rows.recv().await {
+            tokio::time::timeout(ROWS_TIMEOUT, write.write_all(&chunk))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the reader stalled"))??;
+        }
+    }
     write.shutdown().await
 }
+
+/// How long a client may leave streamed rows unread before its connection is dropped.
+pub const ROWS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Send `command` to the daemon listening on `path` and wait for its reply (blocking).
 ///
@@ -215,6 +233,18 @@ async fn connection(
 /// [`ControlError::NoDaemon`] when nothing answers; [`ControlError::Io`] or
 /// [`ControlError::BadReply`] for a broken exchange.
 pub fn call(path: &Path, command: &Command) -> Result<Reply, ControlError> {
+    call_with_rows(path, command).map(|(reply, _)| reply)
+}
+
+/// Like [`call`], and the connection after the reply line: what a streamed `stats` sends
+/// there (SIM rows until the daemon closes the connection).
+///
+/// # Errors
+/// As [`call`].
+pub fn call_with_rows(
+    path: &Path,
+    command: &Command,
+) -> Result<(Reply, BufReader<UnixStream>), ControlError> {
     let io_err = |what: &'static str| {
         move |source| ControlError::Io {
             what,
@@ -233,11 +263,13 @@ pub fn call(path: &Path, command: &Command) -> Result<Reply, ControlError> {
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err("writing to"))?;
     let mut reply = String::new();
-    BufReader::new(stream)
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    reader
         .read_line(&mut reply)
         .map_err(io_err("reading the reply from"))?;
-    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+    let reply = serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
         path: path.to_owned(),
         detail: e.to_string(),
-    })
+    })?;
+    Ok((reply, reader))
 }

@@ -16,14 +16,15 @@ use super::start::{Settings, if_index};
 use crate::{
     compile::{self, Compiled},
     control::{
-        Applied, Bound, Command, Interface, MapFill, Override, Reply, SimCounts, SimInfo, Status,
+        Answer, Applied, Bound, Command, END_OF_ROWS, Interface, MapFill, Override, Reply, RowFormat,
+        SimCounts, SimInfo, Status,
     },
     counters::{self, Totals},
     explain::{self, Explanation, Query},
     links::{self, How},
     loader::Enforcer,
     policy::{Sim, SimState, ValidatedPolicy},
-    report::{Report, SimRow, State},
+    report::{self, Report, State},
     store::{self, OverrideKind, Store},
 };
 
@@ -31,7 +32,7 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A command from a client, and where its reply goes.
-    Command(Command, oneshot::Sender<Reply>),
+    Command(Command, oneshot::Sender<Answer>),
     /// SIGHUP: reload the policy file in force.
     Hangup,
     /// Time to check that every interface still runs its link.
@@ -316,7 +317,18 @@ impl Daemon {
     pub(crate) fn handle(&mut self, event: Event) {
         match event {
             Event::Command(command, reply) => {
-                let answer = self.command(command);
+                let answer = match command {
+                    Command::Stats {
+                        imsis,
+                        stream: Some(format),
+                    } if imsis.is_empty() => self.stats_stream(format).unwrap_or_else(|err| {
+                        Reply::Error {
+                            message: format!("{err:#}"),
+                        }
+                        .into()
+                    }),
+                    command => self.command(command).into(),
+                };
                 let _ = reply.send(answer);
             }
             Event::Hangup => {
@@ -343,7 +355,7 @@ impl Daemon {
     fn command(&mut self, command: Command) -> Reply {
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
-            Command::Stats { imsis } => self.stats(&imsis).map(|r| Reply::Stats(Box::new(r))),
+            Command::Stats { imsis, .. } => self.stats(&imsis).map(|r| Reply::Stats(Box::new(r))),
             Command::ApplyPolicy { path } => self.apply_file(&path).map(Reply::Applied),
             Command::Reload => {
                 let path = self.policy.path.clone();
@@ -453,7 +465,6 @@ impl Daemon {
             .context("recording the quarantine in the store; nothing changed")?;
         self.enforcer.set_sim_quarantine(index, true)?;
         self.policy.sims[position].state = SimState::Quarantined;
-        self.set_name_state(index, SimState::Quarantined);
         if by_file {
             self.file_quarantined.insert(imsi.to_owned());
         }
@@ -494,7 +505,6 @@ impl Daemon {
         if !by_file {
             self.enforcer.set_sim_quarantine(index, false)?;
             self.policy.sims[position].state = SimState::Active;
-            self.set_name_state(index, SimState::Active);
         }
         info!(
             imsi,
@@ -502,13 +512,6 @@ impl Daemon {
             "Quarantine lifted."
         );
         self.sim_info(imsi)
-    }
-
-    /// Keep the names `stats` shows in step with a state changed by command.
-    fn set_name_state(&mut self, index: u32, state: SimState) {
-        if let Some(Some(name)) = self.names.sims.get_mut(index as usize) {
-            state.name().clone_into(&mut name.state);
-        }
     }
 
     /// Bind `address` to the SIM at run time, in place of its policy file's address of that
@@ -728,48 +731,88 @@ impl Daemon {
         for imsi in imsis {
             only.push(self.sim(imsi)?.1);
         }
+        let totals = self.read_totals(&only)?;
+        if only.is_empty() {
+            // An older client: every row inside the reply.
+            let rows = self
+                .names
+                .sim_rows(&self.policy, &self.compiled.ids, &totals, &[]);
+            return Ok(Report::new(&self.names, &totals, rows));
+        }
+        // With IMSIs, only their slots were read and only their rows are made, not a pass over
+        // the whole fleet.
+        let mut rows = Vec::with_capacity(imsis.len());
+        for imsi in imsis {
+            let (position, index, sim) = self.sim(imsi)?;
+            let segment = self.compiled.ids.segments[usize::from(sim.segment)];
+            let _ = position;
+            rows.push(self.names.sim_row(sim, segment, &totals.sims[index as usize]));
+        }
+        Ok(Report::new(&self.names, &totals, rows))
+    }
+
+    /// The segment and rule counters, and the SIM counters of the SIM indices in `only` (the
+    /// other SIM slots zero, up to the highest of them).
+    fn read_totals(&self, only: &[u32]) -> anyhow::Result<Totals> {
         let map = |name| {
             self.enforcer
                 .map(name)
                 .with_context(|| format!("{name} missing"))
         };
-        let (sims, verdicts, rules) = (
+        let slots = only.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        Totals::read_only(
             self.enforcer.sim_table(),
             map(names::VERDICT_STATS)?,
             map(names::RULE_STATS)?,
-        );
-        // Slots, not SIMs: stable ids leave holes (retired SIMs and rules).
-        let (n_sims, n_rules) = (self.compiled.image.sim_slots(), self.compiled.rules.len());
-        if only.is_empty() {
-            let totals =
-                Totals::read(sims, verdicts, rules, n_sims, n_rules).context("reading counters")?;
-            return Ok(Report::new(&self.names, &totals, &[]));
-        }
-        // With IMSIs, only their slots are read (one lookup each) and only their rows made,
-        // not a pass over the whole fleet.
-        let totals = Totals::read_only(sims, verdicts, rules, 0, &[], n_rules)
-            .context("reading counters")?;
-        let segments_and_rules = State {
-            policy: self.names.policy.clone(),
-            pin_dir: self.names.pin_dir.clone(),
-            segments: self.names.segments.clone(),
-            sims: Vec::new(),
-            rules: self.names.rules.clone(),
-        };
-        let mut report = Report::new(&segments_and_rules, &totals, &[]);
-        for imsi in imsis {
-            let info = self.sim_info(imsi)?;
-            report.sims.push(SimRow {
-                imsi: info.imsi,
-                segment: info.segment,
-                state: info.state,
-                pass_packets: info.pass_packets,
-                pass_bytes: info.pass_bytes,
-                drop_packets: info.drop_packets,
-                drop_bytes: info.drop_bytes,
-            });
-        }
-        Ok(report)
+            slots,
+            only,
+            self.names.segments.len(),
+            self.compiled.rules.len(),
+        )
+        .context("reading counters")
+    }
+
+    /// `stats` of the whole fleet, streamed: the reply holds the segments and rules; the SIM
+    /// rows follow it, formatted on a thread of their own from a snapshot of the names (16
+    /// bytes a SIM) and the live counters of the mapped `SIMS`, in chunks through a bounded
+    /// channel, so neither a million rows nor a slow reader weighs on the actor.
+    fn stats_stream(&self, format: RowFormat) -> anyhow::Result<Answer> {
+        let totals = self.read_totals(&[])?;
+        let report = Report::new(&self.names, &totals, Vec::new());
+        let rows: Vec<RowName> = self
+            .policy
+            .sims
+            .iter()
+            .zip(&self.compiled.ids.sims)
+            .map(|(sim, &index)| RowName {
+                imsi: imsi_key(&sim.imsi),
+                index,
+                segment: self.compiled.ids.segments[usize::from(sim.segment)],
+                quarantined: sim.state == SimState::Quarantined,
+            })
+            .collect();
+        let segments: Vec<String> = self
+            .names
+            .segments
+            .iter()
+            .map(|name| {
+                let name = name.as_deref().unwrap_or_default();
+                match format {
+                    RowFormat::Table => name.to_owned(),
+                    RowFormat::Json => serde_json::to_string(name).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let table = self.enforcer.shared_sim_table();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        std::thread::Builder::new()
+            .name("enforcer-stats".into())
+            .spawn(move || stream_rows(&rows, &segments, &table, format, &tx))
+            .context("starting the thread that writes the SIM rows")?;
+        Ok(Answer {
+            reply: Reply::Stats(Box::new(report)),
+            rows: Some(rx),
+        })
     }
 
     fn status(&mut self) -> Status {
@@ -934,4 +977,70 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What a streamed `stats` row needs of a SIM, copied when the command arrives.
+struct RowName {
+    /// [`imsi_key`] of the IMSI.
+    imsi: (u64, u8),
+    index: u32,
+    segment: u16,
+    quarantined: bool,
+}
+
+/// The IMSI as (value, digits), which [`write_imsi`] turns back into its text, leading zeros
+/// included.
+fn imsi_key(imsi: &str) -> (u64, u8) {
+    (
+        imsi.parse().unwrap_or(0),
+        u8::try_from(imsi.len()).unwrap_or(0),
+    )
+}
+
+fn write_imsi<'a>(buffer: &'a mut [u8; 20], (value, digits): (u64, u8)) -> &'a str {
+    let mut value = value;
+    let digits = usize::from(digits).min(buffer.len());
+    for slot in buffer[..digits].iter_mut().rev() {
+        *slot = b'0' + u8::try_from(value % 10).unwrap_or(0);
+        value /= 10;
+    }
+    std::str::from_utf8(&buffer[..digits]).unwrap_or_default()
+}
+
+/// Format `rows` in chunks of about 256 KiB into `tx`, then [`END_OF_ROWS`]; stops early when
+/// the connection is gone (the receiver dropped).
+fn stream_rows(
+    rows: &[RowName],
+    segments: &[String],
+    table: &crate::sim_table::SimTable,
+    format: RowFormat,
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    const CHUNK: usize = 256 * 1024;
+    let mut chunk = Vec::with_capacity(CHUNK + 512);
+    let mut imsi = [0u8; 20];
+    for row in rows {
+        let imsi = write_imsi(&mut imsi, row.imsi);
+        let segment = segments
+            .get(usize::from(row.segment))
+            .map_or("", String::as_str);
+        let state = if row.quarantined {
+            SimState::Quarantined.name()
+        } else {
+            SimState::Active.name()
+        };
+        let counters = table.counters(row.index);
+        match format {
+            RowFormat::Table => report::table_row(&mut chunk, imsi, segment, state, &counters),
+            RowFormat::Json => report::json_row(&mut chunk, imsi, segment, state, &counters),
+        }
+        if chunk.len() >= CHUNK {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 512));
+            if tx.blocking_send(full).is_err() {
+                return;
+            }
+        }
+    }
+    chunk.extend_from_slice(END_OF_ROWS);
+    let _ = tx.blocking_send(chunk);
 }
