@@ -16,8 +16,8 @@ use enforcer_common::{
 };
 
 use crate::maps::{
-    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIMS,
-    SIM_V4_V2, SIM_V6_V2,
+    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_V4_V2,
+    SIM_V6_V2, SIMS,
 };
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.

@@ -294,7 +294,10 @@ impl Capacity {
             (names::SIM_V4, hash(self.sim_v4, image.sims_v4.len(), 4, 8)),
             (names::SIM_V6, hash(self.sim_v6, image.sims_v6.len(), 8, 8)),
             // Memory-mappable: the values start on a page, and the whole is whole pages.
-            (names::SIMS, array(self.sims, 40).next_multiple_of(4096) + 4096),
+            (
+                names::SIMS,
+                array(self.sims, 40).next_multiple_of(4096) + 4096,
+            ),
             (names::NET_V4, lpm(image.nets_v4.len(), 5, 8)),
             (names::NET_V6, lpm(image.nets_v6.len(), 17, 8)),
             (names::SEGMENTS, array(SEGMENT_ENTRIES, 8)),

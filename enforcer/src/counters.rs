@@ -93,7 +93,10 @@ impl Totals {
     /// The counters of the SIMs at `indices`, in that order (zero past the table).
     #[must_use]
     pub fn read_sims(sim_table: &SimTable, indices: &[u32]) -> Vec<SimCounters> {
-        indices.iter().map(|&index| sim_table.counters(index)).collect()
+        indices
+            .iter()
+            .map(|&index| sim_table.counters(index))
+            .collect()
     }
 
     /// Packets and bytes with `verdict` in segment block `segment` (an id or `SEGMENT_NONE`).
@@ -142,8 +145,7 @@ fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
     };
     let cpus = crate::capacity::possible_cpus();
     let none = SEGMENT_NONE * VERDICT_SLOTS;
-    let values = match batch::lookup_percpu_range::<Counter>(data.fd(), none, VERDICT_SLOTS, cpus)
-    {
+    let values = match batch::lookup_percpu_range::<Counter>(data.fd(), none, VERDICT_SLOTS, cpus) {
         Ok(values) => values,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
             return sum_each(map, VERDICT_STATS_ENTRIES as usize, add_counter);
@@ -156,7 +158,10 @@ fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
             .into());
         }
     };
-    for (slot, per_cpu) in verdicts[none as usize..].iter_mut().zip(values.chunks(cpus)) {
+    for (slot, per_cpu) in verdicts[none as usize..]
+        .iter_mut()
+        .zip(values.chunks(cpus))
+    {
         for value in per_cpu {
             add_counter(slot, value);
         }
@@ -166,7 +171,9 @@ fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
 
 /// The first `count` SIM slots' counters (at most the table's size).
 fn read_table(sim_table: &SimTable, count: usize) -> Vec<SimCounters> {
-    let count = u32::try_from(count).unwrap_or(u32::MAX).min(sim_table.entries());
+    let count = u32::try_from(count)
+        .unwrap_or(u32::MAX)
+        .min(sim_table.entries());
     (0..count).map(|sim| sim_table.counters(sim)).collect()
 }
 

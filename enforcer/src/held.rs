@@ -10,7 +10,7 @@
 //! by SIM index: 12 bytes per address and 5 per SIM and generation (about 25 MiB at a million
 //! SIMs). A plan is linear in the policy, whatever it changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use enforcer_common::maps::{
     IPPROTO_UDP, MAX_SEGMENTS, NetEntry, PORT_WORDS, RuleEntry, RuleKey, SIM_NONE, SegmentEntry,
@@ -231,7 +231,18 @@ pub struct Held {
     pub bindings_v4: Vec<(SimKeyV4, SimBinding)>,
     /// `SIM_V6_V2`, whole, sorted by key.
     pub bindings_v6: Vec<(SimKeyV6, SimBinding)>,
+    /// Run-time changes to `SIM_V4_V2` not yet folded into `bindings_v4`: key → what the map
+    /// holds now (`None`: deleted). A run-time bind costs an insert here rather than a shift
+    /// of a million-entry vector; [`Held::settle`] folds them in one merge (before every plan,
+    /// and once [`PENDING_MAX`] accumulate).
+    pub pending_v4: BTreeMap<SimKeyV4, Option<SimBinding>>,
+    /// Run-time changes to `SIM_V6_V2` not yet folded into `bindings_v6`.
+    pub pending_v6: BTreeMap<SimKeyV6, Option<SimBinding>>,
 }
+
+/// Run-time binding changes held apart before they are folded into the sorted vectors: a
+/// merge of a million entries (a few milliseconds) every 4,096 changes.
+pub const PENDING_MAX: usize = 4096;
 
 impl Held {
     /// Fresh maps.
@@ -241,13 +252,53 @@ impl Held {
             generations: [Generation::empty(), Generation::empty()],
             bindings_v4: Vec::new(),
             bindings_v6: Vec::new(),
+            pending_v4: BTreeMap::new(),
+            pending_v6: BTreeMap::new(),
         }
     }
 
+    /// What `SIM_V4_V2` holds at `key`.
+    #[must_use]
+    pub fn binding_v4(&self, key: SimKeyV4) -> Option<SimBinding> {
+        lookup(&self.bindings_v4, &self.pending_v4, key)
+    }
+
+    /// What `SIM_V6_V2` holds at `key`.
+    #[must_use]
+    pub fn binding_v6(&self, key: SimKeyV6) -> Option<SimBinding> {
+        lookup(&self.bindings_v6, &self.pending_v6, key)
+    }
+
+    /// Record that `SIM_V4_V2` now holds `binding` at `key` (`None`: the key was deleted).
+    pub fn set_binding_v4(&mut self, key: SimKeyV4, binding: Option<SimBinding>) {
+        self.pending_v4.insert(key, binding);
+        if self.pending_v4.len() >= PENDING_MAX {
+            settle(&mut self.bindings_v4, &mut self.pending_v4);
+        }
+    }
+
+    /// Record that `SIM_V6_V2` now holds `binding` at `key` (`None`: the key was deleted).
+    pub fn set_binding_v6(&mut self, key: SimKeyV6, binding: Option<SimBinding>) {
+        self.pending_v6.insert(key, binding);
+        if self.pending_v6.len() >= PENDING_MAX {
+            settle(&mut self.bindings_v6, &mut self.pending_v6);
+        }
+    }
+
+    /// Fold the run-time changes into the sorted vectors.
+    pub fn settle(&mut self) {
+        settle(&mut self.bindings_v4, &mut self.pending_v4);
+        settle(&mut self.bindings_v6, &mut self.pending_v6);
+    }
+
     /// The writes that make generation `target` hold `image` while the other one stays
-    /// active.
+    /// active. Call [`Held::settle`] first: run-time changes still pending are not seen.
     #[must_use]
     pub fn plan(&self, image: &MapImage, target: u8) -> Plan {
+        debug_assert!(
+            self.pending_v4.is_empty() && self.pending_v6.is_empty(),
+            "plan before settle"
+        );
         let active = target ^ 1;
         let new = Generation::of(image);
         let old = &self.generations[usize::from(target & 1)];
@@ -329,6 +380,43 @@ impl Held {
         remove_sorted(&mut self.bindings_v4, &plan.unbind_v4);
         remove_sorted(&mut self.bindings_v6, &plan.unbind_v6);
     }
+}
+
+/// The binding at `key`: a pending change first, then the sorted vector.
+fn lookup<K: Copy + Ord>(
+    sorted: &[(K, SimBinding)],
+    pending: &BTreeMap<K, Option<SimBinding>>,
+    key: K,
+) -> Option<SimBinding> {
+    match pending.get(&key) {
+        Some(change) => *change,
+        None => sorted
+            .binary_search_by(|(k, _)| k.cmp(&key))
+            .ok()
+            .map(|i| sorted[i].1),
+    }
+}
+
+/// Fold `pending` into `sorted` (upserts and deletes) in one merge each, and empty it.
+fn settle<K: Copy + Ord>(
+    sorted: &mut Vec<(K, SimBinding)>,
+    pending: &mut BTreeMap<K, Option<SimBinding>>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let changes = std::mem::take(pending);
+    let upserts: Vec<(K, SimBinding)> = changes
+        .iter()
+        .filter_map(|(k, b)| b.map(|b| (*k, b)))
+        .collect();
+    let deletes: Vec<K> = changes
+        .iter()
+        .filter(|(_, b)| b.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    merge_into(sorted, &upserts);
+    remove_sorted(sorted, &deletes);
 }
 
 /// Upsert the sorted `updates` into the sorted `held`, in one merge.

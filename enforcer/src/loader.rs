@@ -15,8 +15,8 @@ use aya::{
 use enforcer_common::maps::{
     Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_BITS_ANY, PORT_WORDS, PROTO_ANY,
     PortRuleKey, RULE_BITS_PORTS, RULE_BITS_PROTO, RULE_KEY_LEN, RuleEntry, RuleKey, SIM_NONE,
-    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, names,
-    ports_used_index, segment_index,
+    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, names, ports_used_index,
+    segment_index,
 };
 
 pub use crate::capacity::Capacity;
@@ -429,6 +429,7 @@ impl Enforcer {
             None => self.read_held()?,
         };
         let started = Instant::now();
+        held.settle();
         let mut plan = held.plan(image, target);
         let peak = peak(&held, &plan, image, active, target);
         if let Err(error) = self.capacity.check_peak(&peak) {
@@ -737,7 +738,9 @@ impl Enforcer {
                 let policy = self.sims.policy(generation, sim).ok_or(LoadError::Map {
                     map: names::SIMS,
                     what: "reading",
-                    source: std::io::Error::other(format!("a binding names SIM index {sim}, past the array")),
+                    source: std::io::Error::other(format!(
+                        "a binding names SIM index {sim}, past the array"
+                    )),
                 })?;
                 known[sim as usize] = Some(policy);
             }
@@ -907,6 +910,94 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Bind the IPv4 address `key` to SIM index `sim` in the active generation at once, or
+    /// unbind it (`None`): a run-time binding (`sim bind`, later RADIUS), without a generation
+    /// switch. One hash update (or delete, when no generation binds the address any more),
+    /// which packets see whole: a packet finds the old binding or the new one. The other
+    /// generation's slot is kept, so the next apply's diff stays right.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if the map is full or the write fails; nothing changed then.
+    pub fn set_binding_v4(&mut self, key: SimKeyV4, sim: Option<u32>) -> Result<(), LoadError> {
+        let (held, active) = self.held_and_active()?;
+        let current = held.binding_v4(key);
+        let next = binding_with(current, active, sim);
+        self.write_binding(names::SIM_V4, key, current, next)?;
+        if let Some(held) = self.held.as_mut() {
+            held.set_binding_v4(key, next);
+        }
+        Ok(())
+    }
+
+    /// [`Enforcer::set_binding_v4`] for an IPv6 /64 prefix.
+    ///
+    /// # Errors
+    /// As [`Enforcer::set_binding_v4`].
+    pub fn set_binding_v6(&mut self, key: SimKeyV6, sim: Option<u32>) -> Result<(), LoadError> {
+        let (held, active) = self.held_and_active()?;
+        let current = held.binding_v6(key);
+        let next = binding_with(current, active, sim);
+        self.write_binding(names::SIM_V6, key, current, next)?;
+        if let Some(held) = self.held.as_mut() {
+            held.set_binding_v6(key, next);
+        }
+        Ok(())
+    }
+
+    /// The SIM index the active generation binds to `key`, if any.
+    ///
+    /// # Errors
+    /// Reading the generation, or the maps adopted from an earlier process, fails.
+    pub fn bound_v4(&mut self, key: SimKeyV4) -> Result<Option<u32>, LoadError> {
+        let (held, active) = self.held_and_active()?;
+        Ok(held
+            .binding_v4(key)
+            .map(|b| b.of(active))
+            .filter(|&s| s != SIM_NONE))
+    }
+
+    /// [`Enforcer::bound_v4`] for an IPv6 /64 prefix.
+    ///
+    /// # Errors
+    /// As [`Enforcer::bound_v4`].
+    pub fn bound_v6(&mut self, key: SimKeyV6) -> Result<Option<u32>, LoadError> {
+        let (held, active) = self.held_and_active()?;
+        Ok(held
+            .binding_v6(key)
+            .map(|b| b.of(active))
+            .filter(|&s| s != SIM_NONE))
+    }
+
+    /// What the maps hold (read from them first if this process does not know) and the
+    /// active generation.
+    fn held_and_active(&mut self) -> Result<(&Held, u8), LoadError> {
+        let active = self.generation()?;
+        if self.held.is_none() {
+            self.held = Some(self.read_held()?);
+        }
+        let held = self.held.as_ref().ok_or(LoadError::Map {
+            map: names::SIM_V4,
+            what: "reading",
+            source: std::io::Error::other("no record of the maps"),
+        })?;
+        Ok((held, active))
+    }
+
+    /// Write `next` at `key` of the bindings map `name` (delete it for `None`), one syscall.
+    fn write_binding<K: Pod + Sync>(
+        &self,
+        name: &'static str,
+        key: K,
+        current: Option<SimBinding>,
+        next: Option<SimBinding>,
+    ) -> Result<(), LoadError> {
+        match (current, next) {
+            (None, None) => Ok(()),
+            (Some(_), None) => self.batch_delete(name, &[key]),
+            (_, Some(binding)) => self.batch_write(name, &[(key, binding)]),
+        }
+    }
+
     /// The mapped `SIMS` array: SIM policies and counters without a syscall per SIM.
     #[must_use]
     pub fn sim_table(&self) -> &SimTable {
@@ -1052,4 +1143,13 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
         what: "opening the XDP program".into(),
         source: Box::new(source),
     })
+}
+
+/// `current` with the `active` generation's slot set to `sim` (`SIM_NONE` for `None`); `None`
+/// when neither generation binds the address then (the key is deleted).
+fn binding_with(current: Option<SimBinding>, active: u8, sim: Option<u32>) -> Option<SimBinding> {
+    let next = current
+        .unwrap_or_default()
+        .with(active, sim.unwrap_or(SIM_NONE));
+    (next.sim != [SIM_NONE; 2]).then_some(next)
 }

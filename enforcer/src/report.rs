@@ -109,11 +109,7 @@ impl State {
             .zip(&ids.sims)
             .filter(|(sim, _)| imsis.is_empty() || imsis.contains(&sim.imsi))
             .map(|(sim, &index)| {
-                let counters = totals
-                    .sims
-                    .get(index as usize)
-                    .copied()
-                    .unwrap_or_default();
+                let counters = totals.sims.get(index as usize).copied().unwrap_or_default();
                 self.sim_row(sim, ids.segments[usize::from(sim.segment)], &counters)
             })
             .collect()
@@ -352,7 +348,11 @@ mod tests {
     fn a_table_row_is_what_format_would_write() {
         for (imsi, segment, state) in [
             ("001010000000001", "meters", "active"),
-            ("00101000000001", "a-segment-name-longer-than-16", "quarantined"),
+            (
+                "00101000000001",
+                "a-segment-name-longer-than-16",
+                "quarantined",
+            ),
             ("001010000000001", "seg\u{e9}", "active"),
         ] {
             let c = counters();

@@ -78,7 +78,8 @@ impl SimTable {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let base = NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        let base =
+            NonNull::new(base.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
         Ok(Self {
             base,
             bytes,
@@ -132,7 +133,10 @@ impl SimTable {
     /// packets keep counting). Zero past the array.
     #[must_use]
     pub fn counters(&self, sim: u32) -> SimCounters {
-        let read = |field| self.counter(sim, field).map_or(0, |c| c.load(Ordering::Relaxed));
+        let read = |field| {
+            self.counter(sim, field)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
         SimCounters {
             pass_packets: read(0),
             pass_bytes: read(1),

@@ -132,7 +132,17 @@ fn batch_reads_equal_one_lookup_per_element() {
     let cpus = possible_cpus();
     let mut rng = Rng::new(0x00c0_47e5);
     let mut written = std::collections::BTreeMap::new();
-    let edges = [0, 101, 102, 204, 65_535, 140_000, 280_000, 280_001, capacity - 1];
+    let edges = [
+        0,
+        101,
+        102,
+        204,
+        65_535,
+        140_000,
+        280_000,
+        280_001,
+        capacity - 1,
+    ];
     let random: Vec<u32> = (0..300)
         .map(|_| u32::try_from(rng.below(capacity.into())).expect("index fits"))
         .collect();
@@ -177,7 +187,12 @@ fn batch_reads_equal_one_lookup_per_element() {
     assert_eq!(table.counters(capacity), SimCounters::default());
 
     // Only the chosen SIMs: their slots equal the full read's, every other slot is zero.
-    let only = [random_key(&written, 0), random_key(&written, 1), 140_000, 280_000];
+    let only = [
+        random_key(&written, 0),
+        random_key(&written, 1),
+        140_000,
+        280_000,
+    ];
     let some = Totals::read_only(table, verdict, rule, sims, &only, 1024, 1).expect("read some");
     for (index, counters) in some.sims.iter().enumerate() {
         let chosen = only.contains(&u32::try_from(index).expect("fits"));
@@ -195,11 +210,13 @@ fn batch_reads_equal_one_lookup_per_element() {
     let two = Totals::read_only(table, verdict, rule, 0, &[], 2, 1).expect("read two blocks");
     assert_eq!(two.verdicts.len(), batch.verdicts.len());
     for (slot, (got, all)) in two.verdicts.iter().zip(&batch.verdicts).enumerate() {
-        let read = slot < 2 * 32 || slot >= 1024 * 32;
+        let read = !(2 * 32..1024 * 32).contains(&slot);
         let want = if read { *all } else { Counter::default() };
         assert_eq!(*got, want, "verdict slot {slot}");
     }
-    assert!(two.verdicts[5].packets > 0 && two.verdicts[VERDICT_STATS_ENTRIES as usize - 1].packets > 0);
+    assert!(
+        two.verdicts[5].packets > 0 && two.verdicts[VERDICT_STATS_ENTRIES as usize - 1].packets > 0
+    );
 
     // A policy word written through the mapping is what the map's syscall reads back.
     let policy = SimPolicy {
@@ -212,12 +229,18 @@ fn batch_reads_equal_one_lookup_per_element() {
     let array: Array<MapData, SimRecord> = Array::try_from(Map::Array(data)).expect("an array");
     let record = array.get(&280_001, 0).expect("read the record");
     assert_eq!(SimPolicy::from_word(record.policy[1]), policy);
-    assert_eq!(record.counters, written[&280_001].counters, "counters untouched");
+    assert_eq!(
+        record.counters, written[&280_001].counters,
+        "counters untouched"
+    );
     assert!(!table.set_policy(0, capacity, policy), "past the table");
 }
 
 fn random_key(written: &std::collections::BTreeMap<u32, SimRecord>, n: usize) -> u32 {
-    *written.keys().nth(n * 97 + 13).expect("enough SIM slots written")
+    *written
+        .keys()
+        .nth(n * 97 + 13)
+        .expect("enough SIM slots written")
 }
 
 /// Times the whole-fleet read and a one-SIM read; prints the figures. The bounds are loose

@@ -606,9 +606,8 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
-    let packets = |enforcer: &Enforcer| {
-        enforcer::counters::sim(enforcer.sim_table(), 0).pass_packets
-    };
+    let packets =
+        |enforcer: &Enforcer| enforcer::counters::sim(enforcer.sim_table(), 0).pass_packets;
     let result = std::panic::catch_unwind(|| {
         let mut first = Enforcer::load(capacity, Some(&pin_dir)).expect("load with pins");
         first.apply(&compiled.image).expect("apply");

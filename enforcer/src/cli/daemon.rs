@@ -120,9 +120,11 @@ fn status_table(s: &Status) -> String {
 pub fn stats(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> {
     // The whole fleet comes as rows after the reply (a million SIMs as one JSON value took
     // seconds to encode and decode); chosen SIMs come inside it.
-    let stream = imsis
-        .is_empty()
-        .then_some(if json { RowFormat::Json } else { RowFormat::Table });
+    let stream = imsis.is_empty().then_some(if json {
+        RowFormat::Json
+    } else {
+        RowFormat::Table
+    });
     let (reply, mut rows) = unix::call_with_rows(
         socket,
         &Command::Stats {

@@ -16,8 +16,8 @@ use super::start::{Settings, if_index};
 use crate::{
     compile::{self, Compiled},
     control::{
-        Answer, Applied, Bound, Command, END_OF_ROWS, Interface, MapFill, Override, Reply, RowFormat,
-        SimCounts, SimInfo, Status,
+        Answer, Applied, Bound, Command, END_OF_ROWS, Interface, MapFill, Override, Reply,
+        RowFormat, SimCounts, SimInfo, Status,
     },
     counters::{self, Totals},
     explain::{self, Explanation, Query},
@@ -228,13 +228,18 @@ pub struct Daemon {
     names: State,
     /// IMSI (as a number; 3GPP TS 23.003 allows at most 15 digits) → position in `policy.sims`.
     index: HashMap<u64, u32>,
+    /// SIM index → position in `policy.sims` (`u32::MAX`: none).
+    positions: Vec<u32>,
+    /// Run-time bindings changed the policy since `compiled` was made: recompile (same ids)
+    /// before reading its image.
+    compiled_stale: bool,
     /// Quarantines set by command, by IMSI, as the store holds them: they outlive reloads and
     /// restarts until released.
     overrides: BTreeMap<String, Override>,
     /// Of those, the IMSIs the policy file quarantines as well.
     file_quarantined: HashSet<String>,
-    /// Run-time bindings as the store holds them (applied or shadowed).
-    bindings: Vec<store::Binding>,
+    /// Run-time bindings as the store holds them (applied or shadowed), by (IMSI, IPv6).
+    bindings: HashMap<(String, bool), store::Binding>,
     /// The file's addresses of the SIMs a run-time binding changed.
     file_addresses: HashMap<String, FileAddresses>,
     applied_at: u64,
@@ -254,15 +259,18 @@ impl Daemon {
         let Loaded { policy, prepared } = loaded;
         let names = State::new(&policy, &prepared.compiled, &settings.pin_dir);
         let index = imsi_index(&policy);
+        let positions = sim_positions(&prepared.compiled);
         Self {
             settings,
             enforcer,
             store,
             names,
             index,
+            positions,
+            compiled_stale: false,
             overrides: overrides_by_imsi(&prepared.overrides),
             file_quarantined: prepared.file_quarantined,
-            bindings: prepared.bindings,
+            bindings: bindings_by_key(prepared.bindings),
             file_addresses: prepared.file_addresses,
             policy,
             compiled: prepared.compiled,
@@ -353,6 +361,14 @@ impl Daemon {
     }
 
     fn command(&mut self, command: Command) -> Reply {
+        // Status and explain read the compiled image; run-time bindings leave it stale.
+        if matches!(command, Command::Status | Command::Explain { .. })
+            && let Err(err) = self.refresh_compiled()
+        {
+            return Reply::Error {
+                message: format!("{err:#}"),
+            };
+        }
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
             Command::Stats { imsis, .. } => self.stats(&imsis).map(|r| Reply::Stats(Box::new(r))),
@@ -411,12 +427,14 @@ impl Daemon {
         self.generation = report.generation;
         self.names = State::new(&policy, compiled, &self.settings.pin_dir);
         self.index = imsi_index(&policy);
+        self.positions = sim_positions(compiled);
         self.policy = policy;
         self.overrides = overrides_by_imsi(&prepared.overrides);
         self.file_quarantined = prepared.file_quarantined;
-        self.bindings = prepared.bindings;
+        self.bindings = bindings_by_key(prepared.bindings);
         self.file_addresses = prepared.file_addresses;
         self.compiled = prepared.compiled;
+        self.compiled_stale = false;
         self.applied_at = now();
         self.applies += 1;
         Ok(Applied {
@@ -515,11 +533,18 @@ impl Daemon {
     }
 
     /// Bind `address` to the SIM at run time, in place of its policy file's address of that
-    /// family: the store first, then a recompilation with the same ids and an incremental apply
-    /// (a generation switch, so every packet sees the old or the new binding whole).
+    /// family: the store first, then the bindings map of the active generation directly (the
+    /// new address, then the old one removed: two hash writes, each seen whole by packets, no
+    /// generation switch), then the policy in force. A change costs the same at 1M SIMs as at
+    /// one: nothing is recompiled (the compiled image is brought up to date when something
+    /// reads it).
     fn bind(&mut self, imsi: &str, address: &str, source: &str) -> anyhow::Result<SimInfo> {
         let net = parse_binding(address)?;
-        let (position, _, _) = self.sim(imsi)?;
+        let (position, index, sim) = self.sim(imsi)?;
+        let imsi = sim.imsi.clone();
+        let before = (sim.ipv4, sim.ipv6);
+        let old = sim_addresses(sim).find(|a| a.is_ipv6() == net.is_ipv6());
+        let v6 = net.is_ipv6();
         if !self.policy.pools.iter().any(|p| in_pool(*p, net)) {
             bail!(
                 "{net} is in no pool of the policy in force ({}); a SIM's address must lie in a \
@@ -527,71 +552,61 @@ impl Daemon {
                 self.policy.path.display()
             );
         }
-        if let Some((_, other)) = self
-            .policy
-            .sims
-            .iter()
-            .enumerate()
-            .find(|(i, s)| *i != position && sim_addresses(s).any(|a| a == net))
-        {
+        if let Some(other) = self.holder(net)?.filter(|&other| other != index) {
+            let other = self.imsi_of(other);
             let by_command = self
                 .bindings
-                .iter()
-                .any(|b| b.imsi == other.imsi && b.address == net);
+                .get(&(other.clone(), v6))
+                .is_some_and(|b| b.address == net);
             if by_command {
                 bail!(
-                    "{net} is bound to IMSI {} by command; unbind it there first (`enforcer sim \
-                     unbind {} {net}`). Nothing changed",
-                    other.imsi,
-                    other.imsi
+                    "{net} is bound to IMSI {other} by command; unbind it there first (`enforcer \
+                     sim unbind {other} {net}`). Nothing changed"
                 );
             }
             bail!(
-                "{net} belongs to IMSI {} in the policy file ({}); change the file to move it. \
-                 Nothing changed",
-                other.imsi,
+                "{net} belongs to IMSI {other} in the policy file ({}); change the file to move \
+                 it. Nothing changed",
                 self.policy.path.display()
             );
         }
-        let previous = self
-            .bindings
-            .iter()
-            .find(|b| b.imsi == imsi && b.address.is_ipv6() == net.is_ipv6())
-            .cloned();
+        let previous = self.bindings.get(&(imsi.clone(), v6)).cloned();
         self.store
-            .set_binding(imsi, net, source)
+            .set_binding(&imsi, net, source)
             .context("recording the binding in the store; nothing changed")?;
-        let sim = &self.policy.sims[position];
-        let before = (sim.ipv4, sim.ipv6);
-        let sim = &mut self.policy.sims[position];
-        match net {
-            ipnetwork::IpNetwork::V4(n) => sim.ipv4 = Some(n.ip()),
-            ipnetwork::IpNetwork::V6(n) => sim.ipv6 = Some(n),
-        }
-        if let Err(err) = self.recompile() {
-            let sim = &mut self.policy.sims[position];
-            (sim.ipv4, sim.ipv6) = before;
-            let _ = match previous {
-                Some(p) => self.store.set_binding(imsi, p.address, &p.source),
-                None => self.store.clear_binding(imsi, net.is_ipv6()).map(|_| ()),
+        if let Err(err) = self.move_binding(index, old, Some(net)) {
+            let _ = match &previous {
+                Some(p) => self.store.set_binding(&imsi, p.address, &p.source),
+                None => self.store.clear_binding(&imsi, v6).map(|_| ()),
             };
             return Err(err.context("binding failed; nothing changed"));
         }
-        self.file_addresses.entry(imsi.to_owned()).or_insert(before);
-        self.bindings = self.store.bindings().context("reading the bindings")?;
+        set_address(&mut self.policy.sims[position], v6, Some(net));
+        self.compiled_stale = true;
+        self.file_addresses.entry(imsi.clone()).or_insert(before);
+        self.bindings.insert(
+            (imsi.clone(), v6),
+            store::Binding {
+                imsi: imsi.clone(),
+                address: net,
+                source: source.to_owned(),
+                at: i64::try_from(now()).unwrap_or(i64::MAX),
+            },
+        );
         info!(imsi, address = %net, source, "Address bound by command.");
-        self.sim_info(imsi)
+        self.sim_info(&imsi)
     }
 
     /// Remove the SIM's run-time bindings (only `address`'s, if given): its policy file's
-    /// addresses apply again.
+    /// addresses apply again, directly in the active generation as for [`Daemon::bind`].
     fn unbind(&mut self, imsi: &str, address: Option<&str>) -> anyhow::Result<SimInfo> {
         let only = address.map(parse_binding).transpose()?;
-        let (position, _, _) = self.sim(imsi)?;
-        let mine: Vec<store::Binding> = self
-            .bindings
+        let (position, index, sim) = self.sim(imsi)?;
+        let imsi = sim.imsi.clone();
+        let mine: Vec<store::Binding> = [false, true]
             .iter()
-            .filter(|b| b.imsi == imsi && only.is_none_or(|a| a == b.address))
+            .filter_map(|&v6| self.bindings.get(&(imsi.clone(), v6)))
+            .filter(|b| only.is_none_or(|a| a == b.address))
             .cloned()
             .collect();
         if mine.is_empty() {
@@ -600,53 +615,115 @@ impl Daemon {
                 only.map_or_else(String::new, |a| format!(" of {a}"))
             );
         }
+        let (file_v4, file_v6) = self.file_addresses.get(&imsi).copied().unwrap_or_default();
+        let file_v4 = file_v4.map(|a| ipnetwork::IpNetwork::V4(a.into()));
+        let file_v6 = file_v6.map(ipnetwork::IpNetwork::V6);
+        // Every check before the first write: the file's address must still be free.
+        for b in &mine {
+            let restore = if b.address.is_ipv6() {
+                file_v6
+            } else {
+                file_v4
+            };
+            if let Some(restore) = restore
+                && let Some(other) = self.holder(restore)?.filter(|&o| o != index)
+            {
+                bail!(
+                    "IMSI {imsi}'s file address {restore} is bound to IMSI {} by command now; \
+                     unbind it there first. Nothing changed",
+                    self.imsi_of(other)
+                );
+            }
+        }
         for b in &mine {
             self.store
-                .clear_binding(imsi, b.address.is_ipv6())
+                .clear_binding(&imsi, b.address.is_ipv6())
                 .context("removing the binding from the store")?;
         }
-        let file = self.file_addresses.get(imsi).copied();
-        let sim = &self.policy.sims[position];
-        let before = (sim.ipv4, sim.ipv6);
-        if let Some((file_v4, file_v6)) = file {
-            let sim = &mut self.policy.sims[position];
-            for b in &mine {
-                if b.address.is_ipv6() {
-                    sim.ipv6 = file_v6;
-                } else {
-                    sim.ipv4 = file_v4;
+        for b in &mine {
+            let v6 = b.address.is_ipv6();
+            let restore = if v6 { file_v6 } else { file_v4 };
+            // A binding the file shadowed was never in the maps: the SIM keeps its address.
+            let current = sim_addresses(&self.policy.sims[position]).find(|a| a.is_ipv6() == v6);
+            if current != Some(b.address) {
+                self.bindings.remove(&(imsi.clone(), v6));
+                continue;
+            }
+            if let Err(err) = self.move_binding(index, current, restore) {
+                for b in &mine {
+                    let _ = self.store.set_binding(&imsi, b.address, &b.source);
                 }
+                return Err(err.context("unbinding failed"));
             }
+            set_address(&mut self.policy.sims[position], v6, restore);
+            self.compiled_stale = true;
+            self.bindings.remove(&(imsi.clone(), v6));
         }
-        if let Err(err) = self.recompile() {
-            let sim = &mut self.policy.sims[position];
-            (sim.ipv4, sim.ipv6) = before;
-            for b in &mine {
-                let _ = self.store.set_binding(imsi, b.address, &b.source);
-            }
-            return Err(err.context("unbinding failed; nothing changed"));
-        }
-        self.bindings = self.store.bindings().context("reading the bindings")?;
-        if !self.bindings.iter().any(|b| b.imsi == imsi) {
-            self.file_addresses.remove(imsi);
+        if !self.bindings.contains_key(&(imsi.clone(), false))
+            && !self.bindings.contains_key(&(imsi.clone(), true))
+        {
+            self.file_addresses.remove(&imsi);
         }
         info!(imsi, removed = mine.len(), "Run-time binding removed.");
-        self.sim_info(imsi)
+        self.sim_info(&imsi)
     }
 
-    /// Compile the policy in force again with the same ids (after a change of run-time state
-    /// that adds or removes no SIM) and apply it incrementally.
-    fn recompile(&mut self) -> anyhow::Result<()> {
-        let compiled = compile::compile(&self.policy, &self.compiled.ids)?;
-        self.enforcer
-            .capacity()
-            .check(&compiled.image, compiled.rules.len())
-            .context("the change does not fit the maps loaded at start")?;
-        let report = self.enforcer.apply(&compiled.image)?;
-        self.generation = report.generation;
-        self.names = State::new(&self.policy, &compiled, &self.settings.pin_dir);
-        self.compiled = compiled;
-        self.applies += 1;
+    /// The SIM index the active generation binds to `net` (an IPv4 /32 or IPv6 /64).
+    fn holder(&mut self, net: ipnetwork::IpNetwork) -> anyhow::Result<Option<u32>> {
+        Ok(match net {
+            ipnetwork::IpNetwork::V4(n) => self.enforcer.bound_v4(n.ip().octets())?,
+            ipnetwork::IpNetwork::V6(n) => self.enforcer.bound_v6(v6_key(n))?,
+        })
+    }
+
+    /// Point `to` at SIM index `index` and then unbind `from`, in the active generation; on
+    /// an error the first write is undone.
+    fn move_binding(
+        &mut self,
+        index: u32,
+        from: Option<ipnetwork::IpNetwork>,
+        to: Option<ipnetwork::IpNetwork>,
+    ) -> anyhow::Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        if let Some(to) = to {
+            self.set_bound(to, Some(index))?;
+        }
+        if let Some(from) = from
+            && let Err(err) = self.set_bound(from, None)
+        {
+            if let Some(to) = to {
+                let _ = self.set_bound(to, None);
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn set_bound(&mut self, net: ipnetwork::IpNetwork, sim: Option<u32>) -> anyhow::Result<()> {
+        match net {
+            ipnetwork::IpNetwork::V4(n) => self.enforcer.set_binding_v4(n.ip().octets(), sim)?,
+            ipnetwork::IpNetwork::V6(n) => self.enforcer.set_binding_v6(v6_key(n), sim)?,
+        }
+        Ok(())
+    }
+
+    /// The IMSI of SIM index `index` in the policy in force (its number if none).
+    fn imsi_of(&self, index: u32) -> String {
+        self.positions
+            .get(index as usize)
+            .and_then(|&p| self.policy.sims.get(p as usize))
+            .map_or_else(|| format!("(SIM index {index})"), |s| s.imsi.clone())
+    }
+
+    /// Bring the compiled image up to date with the policy in force after run-time bindings
+    /// (same ids; nothing is written to the maps, which the bindings changed already).
+    fn refresh_compiled(&mut self) -> anyhow::Result<()> {
+        if self.compiled_stale {
+            self.compiled = compile::compile(&self.policy, &self.compiled.ids)?;
+            self.compiled_stale = false;
+        }
         Ok(())
     }
 
@@ -708,10 +785,9 @@ impl Daemon {
             state: state.name().to_owned(),
             quarantine,
             addresses,
-            bindings: self
-                .bindings
+            bindings: [false, true]
                 .iter()
-                .filter(|b| b.imsi == imsi)
+                .filter_map(|&v6| self.bindings.get(&(sim.imsi.clone(), v6)))
                 .map(|b| Bound {
                     address: b.address.to_string(),
                     source: b.source.clone(),
@@ -746,7 +822,10 @@ impl Daemon {
             let (position, index, sim) = self.sim(imsi)?;
             let segment = self.compiled.ids.segments[usize::from(sim.segment)];
             let _ = position;
-            rows.push(self.names.sim_row(sim, segment, &totals.sims[index as usize]));
+            rows.push(
+                self.names
+                    .sim_row(sim, segment, &totals.sims[index as usize]),
+            );
         }
         Ok(Report::new(&self.names, &totals, rows))
     }
@@ -963,6 +1042,41 @@ fn overrides_by_imsi(overrides: &[store::Override]) -> BTreeMap<String, Override
         .collect()
 }
 
+/// SIM index → position in the policy (`u32::MAX` for an index no SIM of it has).
+fn sim_positions(compiled: &Compiled) -> Vec<u32> {
+    let mut positions = vec![u32::MAX; compiled.ids.sim_slots()];
+    for (position, &index) in compiled.ids.sims.iter().enumerate() {
+        positions[index as usize] = u32::try_from(position).unwrap_or(u32::MAX);
+    }
+    positions
+}
+
+/// Run-time bindings by (IMSI, IPv6).
+fn bindings_by_key(bindings: Vec<store::Binding>) -> HashMap<(String, bool), store::Binding> {
+    bindings
+        .into_iter()
+        .map(|b| ((b.imsi.clone(), b.address.is_ipv6()), b))
+        .collect()
+}
+
+/// The `SIM_V6_V2` key of an IPv6 /64: its first eight bytes.
+fn v6_key(net: ipnetwork::Ipv6Network) -> [u8; 8] {
+    let octets = net.network().octets();
+    [
+        octets[0], octets[1], octets[2], octets[3], octets[4], octets[5], octets[6], octets[7],
+    ]
+}
+
+/// Set `sim`'s address of the family (`v6`) to `net` (`None`: none).
+fn set_address(sim: &mut Sim, v6: bool, net: Option<ipnetwork::IpNetwork>) {
+    match (v6, net) {
+        (false, Some(ipnetwork::IpNetwork::V4(n))) => sim.ipv4 = Some(n.ip()),
+        (true, Some(ipnetwork::IpNetwork::V6(n))) => sim.ipv6 = Some(n),
+        (false, _) => sim.ipv4 = None,
+        (true, _) => sim.ipv6 = None,
+    }
+}
+
 /// IMSI → position in the policy.
 fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
     policy
@@ -997,7 +1111,7 @@ fn imsi_key(imsi: &str) -> (u64, u8) {
     )
 }
 
-fn write_imsi<'a>(buffer: &'a mut [u8; 20], (value, digits): (u64, u8)) -> &'a str {
+fn write_imsi(buffer: &mut [u8; 20], (value, digits): (u64, u8)) -> &str {
     let mut value = value;
     let digits = usize::from(digits).min(buffer.len());
     for slot in buffer[..digits].iter_mut().rev() {
