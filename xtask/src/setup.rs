@@ -184,7 +184,9 @@ fn ensure_backports_source() -> anyhow::Result<()> {
     if declared {
         return Ok(());
     }
-    eprintln!("xtask: adding {BACKPORTS} as an apt source ({BACKPORTS_SOURCE}) for qemu-system-x86");
+    eprintln!(
+        "xtask: adding {BACKPORTS} as an apt source ({BACKPORTS_SOURCE}) for qemu-system-x86"
+    );
     std::fs::write(
         BACKPORTS_SOURCE,
         format!(
