@@ -58,7 +58,7 @@ impl State {
         let mut sims: Vec<Option<SimName>> = vec![None; ids.sim_slots()];
         for (sim, &index) in policy.sims.iter().zip(&ids.sims) {
             sims[index as usize] = Some(SimName {
-                imsi: sim.imsi.clone(),
+                imsi: sim.imsi.to_string(),
                 segment: ids.segments[usize::from(sim.segment)],
                 state: sim.state.name().to_owned(),
             });

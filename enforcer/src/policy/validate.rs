@@ -15,7 +15,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use toml::Value;
 
 use super::{
-    Dest, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
+    Dest, Iccid, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
     error::{Collector, SourceMap, clip},
     inventory,
     raw::{self, Field, RawRule},
@@ -90,9 +90,8 @@ pub(super) struct Checker<'a> {
     segment_ids: HashMap<String, u16>,
     /// Where each segment's name was written, by id.
     segment_places: Vec<usize>,
-    /// IMSI (as [`imsi_key`]) → SIM index; a u64 key rather than a String keeps a million-SIM
-    /// validation lean.
-    imsis: FastMap<u64, u32>,
+    /// IMSI → SIM index.
+    imsis: FastMap<Imsi, u32>,
     /// SIMs checked so far, valid or not: the next SIM's index.
     pub sims_seen: usize,
     /// Where each SIM was written, by index.
@@ -103,8 +102,8 @@ pub(super) struct Checker<'a> {
     segment_families: Vec<u8>,
     ipv4s: FastMap<Ipv4Addr, u32>,
     ipv6s: FastMap<Ipv6Network, u32>,
-    iccids: FastMap<u128, u32>,
-    msisdns: FastMap<u128, u32>,
+    iccids: FastMap<u64, u32>,
+    msisdns: FastMap<u64, u32>,
 }
 
 /// The maps keyed by SIM identifiers and addresses. foldhash rather than SipHash: a million
@@ -232,7 +231,7 @@ pub(super) fn validate(
     for (place, raw_sim) in policy_sims.iter().zip(&raw.sims) {
         let rules = checker.rules(&raw_sim.get_ref().rules);
         if let Some(sim) = place.and_then(|i| sims.get_mut(i)) {
-            sim.rules = rules;
+            sim.set_rules(rules);
         }
     }
 
@@ -498,8 +497,8 @@ impl<'a> Checker<'a> {
                 );
                 None
             }
-            Some((imsi, place)) => {
-                if !(14..=15).contains(&imsi.len()) || !all_digits(imsi) {
+            Some((imsi, place)) => match Imsi::parse(imsi) {
+                None => {
                     self.error(
                         place,
                         "an IMSI of the wrong shape",
@@ -509,60 +508,62 @@ impl<'a> Checker<'a> {
                         ),
                     );
                     None
-                } else {
-                    match self.imsis.get(&imsi_key(imsi)) {
-                        Some(&first) => {
-                            let first = self.sim_origin(first);
-                            self.error(
-                                place,
-                                "an IMSI listed twice",
-                                format!(
-                                    "IMSI `{imsi}` is listed twice (first at {first}); keep one \
-                                     entry"
-                                ),
-                            );
-                            None
-                        }
-                        None => {
-                            self.imsis.insert(imsi_key(imsi), index);
-                            Some((*imsi).to_owned())
-                        }
-                    }
                 }
-            }
+                Some(key) => match self.imsis.get(&key) {
+                    Some(&first) => {
+                        let first = self.sim_origin(first);
+                        self.error(
+                            place,
+                            "an IMSI listed twice",
+                            format!(
+                                "IMSI `{imsi}` is listed twice (first at {first}); keep one entry"
+                            ),
+                        );
+                        None
+                    }
+                    None => {
+                        self.imsis.insert(key, index);
+                        Some(key)
+                    }
+                },
+            },
         };
-        if let Some((iccid, place)) = &text.iccid {
-            if !(19..=20).contains(&iccid.len()) || !all_digits(iccid) || !iccid.starts_with("89") {
-                self.error(
+        let mut iccid = None;
+        if let Some((text, place)) = &text.iccid {
+            iccid = Iccid::parse(text);
+            match iccid {
+                None => self.error(
                     place,
                     "an ICCID of the wrong shape",
                     format!(
                         "ICCID `{}` must be 19 or 20 digits starting with 89 (ITU-T E.118)",
-                        clip(iccid)
+                        clip(text)
                     ),
-                );
-            } else {
-                // 19 and 20 digits apart, as for IMSIs: the length in the top bits.
-                let key = iccid.parse::<u128>().unwrap_or(u128::MAX) | (iccid.len() as u128) << 120;
-                self.unique(place, Identifier::Iccid, iccid, key, index);
+                ),
+                // Each ICCID has its own packed value: 19 and 20 digits stay apart.
+                Some(key) => self.unique(place, Identifier::Iccid, text, key.to_bits(), index),
             }
         }
-        if let Some((msisdn, place)) = &text.msisdn {
-            let digits = msisdn.strip_prefix('+').unwrap_or(msisdn);
-            if !(8..=15).contains(&digits.len()) || !all_digits(digits) {
-                self.error(
+        let mut msisdn = None;
+        if let Some((text, place)) = &text.msisdn {
+            msisdn = Msisdn::parse(text);
+            match msisdn {
+                None => self.error(
                     place,
                     "an MSISDN of the wrong shape",
                     format!(
                         "MSISDN `{}` must be 8 to 15 digits, optionally after `+` (E.164)",
-                        clip(msisdn)
+                        clip(text)
                     ),
-                );
-            } else {
-                // `+4915…` and `4915…` are the same number; 15 digits fit in a u64.
-                let key = u128::from(digits.parse::<u64>().unwrap_or(u64::MAX))
-                    | (digits.len() as u128) << 120;
-                self.unique(place, Identifier::Msisdn, msisdn, key, index);
+                ),
+                // `+4915…` and `4915…` are the same number.
+                Some(key) => self.unique(
+                    place,
+                    Identifier::Msisdn,
+                    text,
+                    u64::from(key.len()) << 56 | key.value(),
+                    index,
+                ),
             }
         }
         let ipv4 = text
@@ -638,20 +639,18 @@ impl<'a> Checker<'a> {
         if self.errors.len() != errors_before {
             return None;
         }
-        Some(Sim {
-            imsi: imsi?,
-            iccid: text.iccid.as_ref().map(|(s, _)| (*s).to_owned()),
-            msisdn: text.msisdn.as_ref().map(|(s, _)| (*s).to_owned()),
-            ipv4,
-            ipv6,
-            segment: segment?,
-            state: state?,
-            rules: Vec::new(),
-        })
+        let mut sim = Sim::new(imsi?, segment?, state?);
+        sim.set_ipv4(ipv4);
+        sim.set_ipv6(ipv6);
+        if iccid.is_some() || msisdn.is_some() {
+            sim.set_iccid(iccid);
+            sim.set_msisdn(msisdn);
+        }
+        Some(sim)
     }
 
     /// Record `key` (an ICCID or MSISDN of SIM `index`) or report that an earlier SIM has it.
-    fn unique(&mut self, place: &Place, id: Identifier, text: &str, key: u128, index: u32) {
+    fn unique(&mut self, place: &Place, id: Identifier, text: &str, key: u64, index: u32) {
         let table = match id {
             Identifier::Iccid => &mut self.iccids,
             Identifier::Msisdn => &mut self.msisdns,
@@ -944,7 +943,7 @@ impl<'a> Checker<'a> {
             return None;
         };
         if let Some(imsi) = text.strip_prefix("imsi:") {
-            return match self.imsis.get(&imsi_key(imsi)) {
+            return match Imsi::parse(imsi).and_then(|key| self.imsis.get(&key)) {
                 Some(&index) => Some(Dest::Sim(index)),
                 None => {
                     self.error(
@@ -1200,17 +1199,6 @@ fn field<'f>(
 ) -> Option<(&'f str, Place)> {
     let f = f.as_ref()?;
     checker.string(f, what).map(|s| (s, Place::Span(f.span())))
-}
-
-/// An IMSI of 14-15 digits packed into a u64: the number, with bit 63 set for 14-digit IMSIs
-/// so that leading zeros still tell them apart. Only for validated (or compared) digit strings;
-/// anything else maps to `u64::MAX`, which no valid IMSI produces.
-fn imsi_key(imsi: &str) -> u64 {
-    match imsi.parse::<u64>() {
-        Ok(value) if all_digits(imsi) && imsi.len() == 14 => value | 1 << 63,
-        Ok(value) if all_digits(imsi) && imsi.len() == 15 => value,
-        _ => u64::MAX,
-    }
 }
 
 fn all_digits(text: &str) -> bool {

@@ -98,8 +98,10 @@ pub(crate) fn compile_with(
     let file_quarantined = policy
         .sims
         .iter()
-        .filter(|s| s.state == SimState::Quarantined && quarantined.contains(s.imsi.as_str()))
-        .map(|s| s.imsi.clone())
+        .filter(|s| {
+            s.state == SimState::Quarantined && quarantined.contains(s.imsi.text().as_str())
+        })
+        .map(|s| s.imsi.to_string())
         .collect();
     store::apply_overrides(policy, &overrides);
     let file_addresses = apply_bindings(policy, &bindings);
@@ -128,8 +130,8 @@ fn apply_bindings(
     let mut position = HashMap::new();
     let mut holder = HashMap::new();
     for (i, sim) in policy.sims.iter().enumerate() {
-        if bound.contains(sim.imsi.as_str()) {
-            position.insert(sim.imsi.clone(), i);
+        if bound.contains(sim.imsi.text().as_str()) {
+            position.insert(sim.imsi.to_string(), i);
         }
         for net in sim_addresses(sim) {
             if addresses.contains(&net) {
@@ -160,11 +162,11 @@ fn apply_bindings(
         }
         let sim = &mut policy.sims[i];
         changed
-            .entry(sim.imsi.clone())
-            .or_insert((sim.ipv4, sim.ipv6));
+            .entry(sim.imsi.to_string())
+            .or_insert((sim.ipv4(), sim.ipv6()));
         match binding.address {
-            ipnetwork::IpNetwork::V4(net) => sim.ipv4 = Some(net.ip()),
-            ipnetwork::IpNetwork::V6(net) => sim.ipv6 = Some(net),
+            ipnetwork::IpNetwork::V4(net) => sim.set_ipv4(Some(net.ip())),
+            ipnetwork::IpNetwork::V6(net) => sim.set_ipv6(Some(net)),
         }
     }
     changed
@@ -173,9 +175,10 @@ fn apply_bindings(
 /// A SIM's addresses as networks: its IPv4 /32 and IPv6 /64.
 fn sim_addresses(sim: &Sim) -> impl Iterator<Item = ipnetwork::IpNetwork> + '_ {
     let v4 = sim
-        .ipv4
+        .ipv4()
         .map(|a| ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::from(a)));
-    v4.into_iter().chain(sim.ipv6.map(ipnetwork::IpNetwork::V6))
+    v4.into_iter()
+        .chain(sim.ipv6().map(ipnetwork::IpNetwork::V6))
 }
 
 /// Whether `address` lies inside `pool` (same family).
@@ -534,7 +537,7 @@ impl Daemon {
             let by_command = self
                 .bindings
                 .iter()
-                .any(|b| b.imsi == other.imsi && b.address == net);
+                .any(|b| other.imsi == b.imsi && b.address == net);
             if by_command {
                 bail!(
                     "{net} is bound to IMSI {} by command; unbind it there first (`enforcer sim \
@@ -559,15 +562,16 @@ impl Daemon {
             .set_binding(imsi, net, source)
             .context("recording the binding in the store; nothing changed")?;
         let sim = &self.policy.sims[position];
-        let before = (sim.ipv4, sim.ipv6);
+        let before = (sim.ipv4(), sim.ipv6());
         let sim = &mut self.policy.sims[position];
         match net {
-            ipnetwork::IpNetwork::V4(n) => sim.ipv4 = Some(n.ip()),
-            ipnetwork::IpNetwork::V6(n) => sim.ipv6 = Some(n),
+            ipnetwork::IpNetwork::V4(n) => sim.set_ipv4(Some(n.ip())),
+            ipnetwork::IpNetwork::V6(n) => sim.set_ipv6(Some(n)),
         }
         if let Err(err) = self.recompile() {
             let sim = &mut self.policy.sims[position];
-            (sim.ipv4, sim.ipv6) = before;
+            sim.set_ipv4(before.0);
+            sim.set_ipv6(before.1);
             let _ = match previous {
                 Some(p) => self.store.set_binding(imsi, p.address, &p.source),
                 None => self.store.clear_binding(imsi, net.is_ipv6()).map(|_| ()),
@@ -604,20 +608,21 @@ impl Daemon {
         }
         let file = self.file_addresses.get(imsi).copied();
         let sim = &self.policy.sims[position];
-        let before = (sim.ipv4, sim.ipv6);
+        let before = (sim.ipv4(), sim.ipv6());
         if let Some((file_v4, file_v6)) = file {
             let sim = &mut self.policy.sims[position];
             for b in &mine {
                 if b.address.is_ipv6() {
-                    sim.ipv6 = file_v6;
+                    sim.set_ipv6(file_v6);
                 } else {
-                    sim.ipv4 = file_v4;
+                    sim.set_ipv4(file_v4);
                 }
             }
         }
         if let Err(err) = self.recompile() {
             let sim = &mut self.policy.sims[position];
-            (sim.ipv4, sim.ipv6) = before;
+            sim.set_ipv4(before.0);
+            sim.set_ipv6(before.1);
             for b in &mine {
                 let _ = self.store.set_binding(imsi, b.address, &b.source);
             }
@@ -693,14 +698,14 @@ impl Daemon {
             .and_then(|map| Ok(counters::sim(map, index)?))
             .unwrap_or_default();
         let mut addresses = Vec::new();
-        if let Some(v4) = sim.ipv4 {
+        if let Some(v4) = sim.ipv4() {
             addresses.push(v4.to_string());
         }
-        if let Some(v6) = sim.ipv6 {
+        if let Some(v6) = sim.ipv6() {
             addresses.push(v6.to_string());
         }
         Ok(SimInfo {
-            imsi: sim.imsi.clone(),
+            imsi: sim.imsi.to_string(),
             segment: self
                 .policy
                 .segments
@@ -931,7 +936,7 @@ fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
         .sims
         .iter()
         .enumerate()
-        .filter_map(|(i, sim)| Some((sim.imsi.parse().ok()?, u32::try_from(i).ok()?)))
+        .filter_map(|(i, sim)| Some((sim.imsi.value(), u32::try_from(i).ok()?)))
         .collect()
 }
 
