@@ -71,11 +71,22 @@ pub(super) fn read(
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to read with the `csv` crate only, to compare both paths.
+    pub(super) static ONLY_CSV: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Check the rows of an inventory held in `bytes` (already named in `checker.inventory_file`)
-/// and append its SIMs: by [`fast::rows`] when the file is plain (ASCII, no quotes, line ends
-/// `\n` or `\r\n`), as nearly every export is, else by the `csv` crate. Both give the same
+/// and append its SIMs: by [`fast::rows`] when the file is plain (ASCII, no quotes, no blank
+/// or comment lines, `\n` line ends), as exports from Unix tools are, else by the `csv` crate. Both give the same
 /// SIMs and the same messages.
 pub(super) fn read_bytes(checker: &mut Checker<'_>, bytes: &[u8], sims: &mut Vec<Sim>) {
+    #[cfg(test)]
+    if ONLY_CSV.get() {
+        read_from(checker, bytes, sims);
+        return;
+    }
     if fast::applies(bytes) {
         fast::rows(checker, bytes, sims);
     } else {
@@ -85,7 +96,7 @@ pub(super) fn read_bytes(checker: &mut Checker<'_>, bytes: &[u8], sims: &mut Vec
 
 /// Check the rows of an inventory read from `input` with the `csv` crate (already named in
 /// `checker.inventory_file`) and append its SIMs: the general path, for files with quotes,
-/// non-ASCII text, a byte order mark or lone `\r` line ends.
+/// non-ASCII text, a byte order mark, `\r\n` line ends, blank lines or comments.
 pub(super) fn read_from(checker: &mut Checker<'_>, input: impl Read, sims: &mut Vec<Sim>) {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -284,36 +295,39 @@ fn unclosed_quote(
 }
 
 /// The fast path: plain files, split by hand with no allocation per row.
-mod fast {
+pub(super) mod fast {
     use super::{Checker, Sim, check_row, columns, read_from};
 
     /// Whether the `csv` crate would read `bytes` exactly as [`rows`] does: ASCII only (so no
-    /// byte order mark and no Unicode spaces to trim), no quote anywhere, and every `\r` part
-    /// of a `\r\n` line end.
-    pub(super) fn applies(bytes: &[u8]) -> bool {
-        let mut after_cr = false;
+    /// byte order mark and no Unicode spaces to trim), no quote, and lines ended by `\n` alone
+    /// with none empty and none a comment. The csv crate numbers lines oddly once a line is
+    /// skipped or ends in `\r\n` (it reports the row after a blank line one line early), so
+    /// such files keep its numbering by going to it.
+    pub(in crate::policy) fn applies(bytes: &[u8]) -> bool {
+        let mut line_start = true;
         for &byte in bytes {
-            if after_cr && byte != b'\n' {
+            if byte >= 0x80
+                || byte == b'"'
+                || byte == b'\r'
+                || line_start && matches!(byte, b'\n' | b'#')
+            {
                 return false;
             }
-            after_cr = byte == b'\r';
-            if byte >= 0x80 || byte == b'"' {
-                return false;
-            }
+            line_start = byte == b'\n';
         }
-        !after_cr
+        true
     }
 
-    /// The lines of `text` with their 1-based numbers, line ends (`\n`, `\r\n`) removed.
+    /// The lines of `text` with their 1-based numbers.
     fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         text.split_terminator('\n')
             .enumerate()
-            .map(|(index, line)| (index + 1, line.strip_suffix('\r').unwrap_or(line)))
+            .map(|(index, line)| (index + 1, line))
     }
 
-    /// Whitespace as `str::trim` sees it, within ASCII.
+    /// Whitespace as `str::trim` sees it, within ASCII (`\r` and `\n` cannot occur here).
     fn trim(field: &str) -> &str {
-        field.trim_matches(|c: char| matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' '))
+        field.trim_matches(|c: char| matches!(c, '\t' | '\x0b' | '\x0c' | ' '))
     }
 
     /// Check every row of `bytes`, which [`applies`] accepted, as `read_from` would.
@@ -323,11 +337,9 @@ mod fast {
             read_from(checker, bytes, sims);
             return;
         };
-        // Blank lines and comments (`#` first on the line) are no records, as in the csv crate.
-        let mut records =
-            lines(text).filter(|(_, line)| !line.is_empty() && !line.starts_with('#'));
+        let mut records = lines(text);
         let Some((_, header)) = records.next() else {
-            // No header at all: the csv crate says what it says about that.
+            // An empty file: the csv crate says what it says about that.
             read_from(checker, bytes, sims);
             return;
         };

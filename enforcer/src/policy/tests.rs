@@ -888,3 +888,100 @@ fn duplicates_point_at_their_first_occurrence() {
         "duplicate key `pools` in document root (first at p.toml:1:1)",
     );
 }
+
+/// The result of loading `inventory` (as `sims.csv`, beside a policy with segment `a`), once
+/// through the fast path where it applies and once through the `csv` crate only.
+fn both_readers(
+    dir: &TempDir,
+    inventory: &str,
+) -> [Result<super::ValidatedPolicy, super::PolicyErrors>; 2] {
+    dir.write("sims.csv", inventory);
+    let path = dir.write("p.toml", &inventory_policy("sims.csv"));
+    [false, true].map(|only_csv| {
+        super::inventory::ONLY_CSV.set(only_csv);
+        let result = super::load(&path);
+        super::inventory::ONLY_CSV.set(false);
+        result
+    })
+}
+
+#[test]
+fn plain_inventories_read_by_hand_give_what_the_csv_crate_gives() {
+    let dir = TempDir::new("fast-path");
+    let row = |n: u32| format!("00101000000{n:04},10.64.0.{n},a,\n");
+    let rows: String = (1..=5).map(row).collect();
+    let plain = [
+        format!("imsi,ipv4,segment,state\n{rows}"),
+        // No line end after the last row.
+        format!("imsi,ipv4,segment,state\n{}", rows.trim_end()),
+        // `#` counts as a comment only first on a line.
+        format!(
+            "imsi,ipv4,segment,state\n{}001010000000009,10.64.0.9,a#b,\n",
+            row(1)
+        ),
+        // Odd spacing: spaces, tabs and vertical tabs around fields and the header's names.
+        format!(
+            " imsi ,\tipv4, segment ,state \n 001010000000001 ,\t10.64.0.1\x0b, a , \n{}",
+            row(2)
+        ),
+        // A line of spaces is a row of one field; a trailing comma is one field too many.
+        format!(
+            "imsi,ipv4,segment,state\n{}   \n{}001010000000009,10.64.0.9,a,,\n",
+            row(1),
+            row(2)
+        ),
+        // Errors on the first and the last row, and a repeated IMSI and address.
+        format!(
+            "imsi,ipv4,segment,state\n0010100000001,10.64.0.100,a,\n{rows}001010000000001,10.64.0.1,b,paused\n"
+        ),
+        format!(
+            "imsi,iccid,msisdn,ipv4,ipv6,segment,state\n001010000000001,8949000000000000001,+491700000001,,fd00:64:0:1::/64,a,\n001010000000002,8949000000000000001,491700000001,10.64.0.2,fd00:64:0:1::/64,a,active\n"
+        ),
+        // Header problems.
+        "imsi,ipv4,segment,colour\n".to_owned(),
+        "imsi,ipv4,imsi,segment\n".to_owned(),
+        "ipv4,state\n".to_owned(),
+        "root:x:0:0:root:/root:/bin/bash\n".to_owned(),
+        "imsi,ipv4,segment\n".to_owned(),
+    ];
+    for (case, inventory) in plain.iter().enumerate() {
+        assert!(
+            super::inventory::fast::applies(inventory.as_bytes()),
+            "case {case} should take the fast path"
+        );
+        let [fast, csv] = both_readers(&dir, inventory);
+        assert_eq!(fast, csv, "case {case}:\n{inventory}");
+    }
+    // Anything else goes to the csv crate: quotes, a byte order mark, `\r`, non-ASCII, blank
+    // lines and comments (which the csv crate numbers lines oddly after).
+    let other = [
+        format!(
+            "imsi,ipv4,segment,state\n\"001010000000001\",10.64.0.1,a,\n{}",
+            row(2)
+        ),
+        format!("\u{feff}imsi,ipv4,segment,state\n{rows}"),
+        format!("imsi,ipv4,segment,state\n{rows}").replace('\n', "\r\n"),
+        format!("imsi,ipv4,segment,state\r{}", row(1).replace('\n', "\r")),
+        format!(
+            "imsi,ipv4,segment,state\n{}001010000000009,10.64.0.9,é,\n",
+            row(1)
+        ),
+        format!("# export\n\nimsi,ipv4,segment,state\n# a comment\n\n{rows}\r\n#end"),
+        format!("\nimsi,ipv4,segment,state\n{rows}"),
+        String::new(),
+    ];
+    for (case, inventory) in other.iter().enumerate() {
+        assert!(
+            !super::inventory::fast::applies(inventory.as_bytes()) || inventory.is_empty(),
+            "case {case} should not take the fast path"
+        );
+        let [fast, csv] = both_readers(&dir, inventory);
+        assert_eq!(fast, csv, "case {case}:\n{inventory}");
+    }
+    // The plain cases did load or fail as expected, not all the same way.
+    let [ok, _] = both_readers(&dir, &plain[1]);
+    assert_eq!(ok.expect("valid").sims.len(), 5);
+    let [bad, _] = both_readers(&dir, &plain[5]);
+    let lines: Vec<usize> = bad.expect_err("invalid").0.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2, 8, 8, 8, 8], "first and last rows");
+}

@@ -87,7 +87,7 @@ pub(super) struct Checker<'a> {
     /// The inventory file's name, for errors at [`Place::Line`].
     pub inventory_file: String,
     pools: Vec<IpNetwork>,
-    segment_ids: HashMap<String, u16>,
+    segment_ids: FastMap<String, u16>,
     /// Where each segment's name was written, by id.
     segment_places: Vec<usize>,
     /// IMSI → SIM index.
@@ -100,8 +100,10 @@ pub(super) struct Checker<'a> {
     sim_families: Vec<u8>,
     /// Address families of the SIMs of each segment, by id.
     segment_families: Vec<u8>,
-    ipv4s: FastMap<Ipv4Addr, u32>,
-    ipv6s: FastMap<Ipv6Network, u32>,
+    /// IPv4 address → SIM index.
+    ipv4s: FastMap<u32, u32>,
+    /// The upper 64 bits of an IPv6 /64 → SIM index.
+    ipv6s: FastMap<u64, u32>,
     iccids: FastMap<u64, u32>,
     msisdns: FastMap<u64, u32>,
 }
@@ -136,7 +138,7 @@ pub(super) fn validate(
         errors,
         inventory_file: String::new(),
         pools: Vec::new(),
-        segment_ids: HashMap::new(),
+        segment_ids: FastMap::default(),
         segment_places: Vec::new(),
         imsis: FastMap::default(),
         sims_seen: 0,
@@ -509,8 +511,9 @@ impl<'a> Checker<'a> {
                     );
                     None
                 }
-                Some(key) => match self.imsis.get(&key) {
-                    Some(&first) => {
+                // One probe: the entry keeps the first SIM's index.
+                Some(key) => match *self.imsis.entry(key).or_insert(index) {
+                    first if first != index => {
                         let first = self.sim_origin(first);
                         self.error(
                             place,
@@ -521,10 +524,7 @@ impl<'a> Checker<'a> {
                         );
                         None
                     }
-                    None => {
-                        self.imsis.insert(key, index);
-                        Some(key)
-                    }
+                    _ => Some(key),
                 },
             },
         };
@@ -655,10 +655,10 @@ impl<'a> Checker<'a> {
             Identifier::Iccid => &mut self.iccids,
             Identifier::Msisdn => &mut self.msisdns,
         };
-        let Some(&first) = table.get(&key) else {
-            table.insert(key, index);
+        let first = *table.entry(key).or_insert(index);
+        if first == index {
             return;
-        };
+        }
         let (kind, what) = match id {
             Identifier::Iccid => ("an ICCID on two SIMs", "ICCID"),
             Identifier::Msisdn => ("an MSISDN on two SIMs", "MSISDN"),
@@ -697,7 +697,8 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        if let Some(&first) = self.ipv4s.get(&addr) {
+        let first = *self.ipv4s.entry(u32::from(addr)).or_insert(index);
+        if first != index {
             let first = self.sim_origin(first);
             self.error(
                 place,
@@ -706,7 +707,6 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        self.ipv4s.insert(addr, index);
         Some(addr)
     }
 
@@ -738,7 +738,10 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        if let Some(&first) = self.ipv6s.get(&net) {
+        // A /64 (checked above): its upper half is the whole of it.
+        let key = (u128::from(net.network()) >> 64) as u64;
+        let first = *self.ipv6s.entry(key).or_insert(index);
+        if first != index {
             let first = self.sim_origin(first);
             self.error(
                 place,
@@ -747,7 +750,6 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        self.ipv6s.insert(net, index);
         Some(net)
     }
 
