@@ -108,6 +108,13 @@ impl Imsi {
         NonZeroU64::new(packed).map(Self)
     }
 
+    /// The packed form: one `u64` per IMSI text, for use as a key. Of IMSIs of one length,
+    /// the smaller number has the smaller key.
+    #[must_use]
+    pub const fn to_bits(self) -> u64 {
+        self.0.get()
+    }
+
     /// The number the digits spell (leading zeros lost: see [`Imsi::len`]).
     #[must_use]
     pub const fn value(self) -> u64 {

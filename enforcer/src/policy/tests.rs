@@ -895,8 +895,17 @@ fn both_readers(
     dir: &TempDir,
     inventory: &str,
 ) -> [Result<super::ValidatedPolicy, super::PolicyErrors>; 2] {
+    both_readers_with(dir, &inventory_policy("sims.csv"), inventory)
+}
+
+/// As [`both_readers`], with policy `text`.
+fn both_readers_with(
+    dir: &TempDir,
+    text: &str,
+    inventory: &str,
+) -> [Result<super::ValidatedPolicy, super::PolicyErrors>; 2] {
     dir.write("sims.csv", inventory);
-    let path = dir.write("p.toml", &inventory_policy("sims.csv"));
+    let path = dir.write("p.toml", text);
     [false, true].map(|only_csv| {
         super::inventory::ONLY_CSV.set(only_csv);
         let result = super::load(&path);
@@ -934,9 +943,8 @@ fn plain_inventories_read_by_hand_give_what_the_csv_crate_gives() {
         format!(
             "imsi,ipv4,segment,state\n0010100000001,10.64.0.100,a,\n{rows}001010000000001,10.64.0.1,b,paused\n"
         ),
-        format!(
-            "imsi,iccid,msisdn,ipv4,ipv6,segment,state\n001010000000001,8949000000000000001,+491700000001,,fd00:64:0:1::/64,a,\n001010000000002,8949000000000000001,491700000001,10.64.0.2,fd00:64:0:1::/64,a,active\n"
-        ),
+        "imsi,iccid,msisdn,ipv4,ipv6,segment,state\n001010000000001,8949000000000000001,+491700000001,,fd00:64:0:1::/64,a,\n001010000000002,8949000000000000001,491700000001,10.64.0.2,fd00:64:0:1::/64,a,active\n"
+            .to_owned(),
         // Header problems.
         "imsi,ipv4,segment,colour\n".to_owned(),
         "imsi,ipv4,imsi,segment\n".to_owned(),
@@ -984,4 +992,49 @@ fn plain_inventories_read_by_hand_give_what_the_csv_crate_gives() {
     let [bad, _] = both_readers(&dir, &plain[5]);
     let lines: Vec<usize> = bad.expect_err("invalid").0.iter().map(|e| e.line).collect();
     assert_eq!(lines, [2, 8, 8, 8, 8], "first and last rows");
+}
+
+#[test]
+fn a_large_inventory_checked_on_two_threads_gives_what_the_csv_crate_gives() {
+    let dir = TempDir::new("two-threads");
+    // Over 1 MiB of rows, so that they are split in two at a line end.
+    let n = 30_000u32;
+    let row = |i: u32| {
+        let state = if i.is_multiple_of(7) {
+            "quarantined"
+        } else {
+            ""
+        };
+        format!(
+            "0010100{i:08},10.64.{}.{},fd00:64:0:{i:x}::/64,a,{state}\n",
+            i / 256,
+            i % 256
+        )
+    };
+    let rows: Vec<String> = (0..n).map(row).collect();
+    let inventory = |rows: &[String]| format!("imsi,ipv4,ipv6,segment,state\n{}", rows.concat());
+    assert!(inventory(&rows).len() > 1 << 20);
+    let middle = (n / 2) as usize;
+    // A rule naming an inventory SIM, a policy SIM, and the SIMs of the inventory.
+    let text = format!(
+        "inventory = \"sims.csv\"\n{HEAD}rules = [{{ to = [\"imsi:0010100{middle:08}\"] }}]\n\
+         [[sims]]\nimsi = \"999990000000001\"\nipv4 = \"10.64.255.1\"\nsegment = \"a\"\n"
+    );
+    let [fast, csv] = both_readers_with(&dir, &text, &inventory(&rows));
+    let policy = fast.expect("valid");
+    assert_eq!(policy.sims.len(), n as usize + 1);
+    let index = u32::try_from(middle).expect("index") + 1;
+    assert_eq!(policy.segments[0].rules[0].to, [Dest::Sim(index)]);
+    assert_eq!(Ok(policy), csv);
+    // Repeats and bad rows at both ends of each half, and across the halves.
+    let mut broken = rows.clone();
+    broken[0] = rows[n as usize - 1].clone();
+    broken[middle - 1] = row(n + 1).replace(",a,", ",b,");
+    broken[middle] = row(n + 2).replace("fd00:64", "fd00:65");
+    broken[middle + 1] = rows[middle - 2].clone();
+    broken.push("999990000000001,10.64.255.1,,a,\n".to_owned());
+    let [fast, csv] = both_readers_with(&dir, &text, &inventory(&broken));
+    let errors = fast.expect_err("invalid");
+    assert_eq!(Err(errors.clone()), csv);
+    assert!(errors.0.len() >= 6, "{errors}");
 }
