@@ -87,9 +87,7 @@ pub(super) fn read_bytes(checker: &mut Checker<'_>, bytes: &[u8], sims: &mut Vec
         read_from(checker, bytes, sims);
         return;
     }
-    if fast::applies(bytes) {
-        fast::rows(checker, bytes, sims);
-    } else {
+    if !fast::rows(checker, bytes, sims) {
         read_from(checker, bytes, sims);
     }
 }
@@ -301,7 +299,7 @@ fn sim_text<'a>(columns: &[Option<usize>; 7], fields: &[&'a str], line: usize) -
 
 /// The fast path: plain files, split by hand with no allocation per row.
 pub(super) mod fast {
-    use super::{Checker, Sim, check_row, columns, read_from, sim_text};
+    use super::{Checker, Sim, check_row, columns, sim_text};
     use crate::policy::validate::QuickCheck;
 
     /// Whether the `csv` crate would read `bytes` exactly as [`rows`] does: ASCII only (so no
@@ -336,42 +334,58 @@ pub(super) mod fast {
         field.trim_matches(|c: char| matches!(c, '\t' | '\x0b' | '\x0c' | ' '))
     }
 
-    /// Check every row of `bytes`, which [`applies`] accepted, as `read_from` would.
-    pub(super) fn rows(checker: &mut Checker<'_>, bytes: &[u8], sims: &mut Vec<Sim>) {
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            // `applies` saw ASCII only; stay correct regardless.
-            read_from(checker, bytes, sims);
-            return;
+    /// Whether `line` (without its `\n`) is one that [`applies`] accepts.
+    fn plain(line: &[u8]) -> bool {
+        // No short cut, so that the loop vectorises.
+        let odd = line.iter().fold(false, |odd, &b| {
+            odd | (b >= 0x80) | (b == b'"') | (b == b'\r')
+        });
+        !odd && line.first().is_some_and(|&b| b != b'#')
+    }
+
+    /// Check every row of `bytes` as `read_from` would, if [`applies`] accepts it; false,
+    /// having done nothing, if not.
+    pub(super) fn rows(checker: &mut Checker<'_>, bytes: &[u8], sims: &mut Vec<Sim>) -> bool {
+        let (header, body) = match bytes.iter().position(|&b| b == b'\n') {
+            Some(end) => (&bytes[..end], &bytes[end + 1..]),
+            None => (bytes, &[][..]),
         };
-        let mut records = lines(text);
-        let Some((_, header)) = records.next() else {
-            // An empty file: the csv crate says what it says about that.
-            read_from(checker, bytes, sims);
-            return;
+        if !plain(header) {
+            return false;
+        }
+        let Ok(header) = std::str::from_utf8(header) else {
+            return false;
         };
+        // The csv crate reads a plain first line the same whatever follows it.
         let headers: csv::StringRecord = header.split(',').map(trim).collect();
         let Some(columns) = columns(checker, &headers) else {
-            return;
+            return true;
         };
-        let body = text.get(header.len() + 1..).unwrap_or_default();
         let width = headers.len();
-        // Every row valid and no repeats, as in nearly every file loaded: taken whole.
-        let quick = quick(&checker.quick_check(), body, &columns, width);
-        let Err(rows) = quick.map_or(Err(Vec::new()), |rows| checker.take_inventory(rows, sims))
-        else {
-            return;
+        // Every row plain and valid and no repeats, as in nearly every file loaded: taken
+        // whole. The rows check their own plainness, on two threads.
+        if let Some(rows) = quick(&checker.quick_check(), body, &columns, width)
+            && checker.take_inventory(rows, sims).is_ok()
+        {
+            return true;
+        }
+        if !applies(bytes) {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return false;
         };
-        drop(rows);
-        // Else row by row, which says what is wrong where.
+        // Row by row, which says what is wrong where.
         let rows = bytes.iter().filter(|b| **b == b'\n').count();
         checker.reserve(rows);
         sims.reserve(rows);
         let mut fields: Vec<&str> = Vec::with_capacity(width + 1);
-        for (line, record) in records {
+        for (line, record) in lines(text).skip(1) {
             fields.clear();
             fields.extend(record.split(',').map(trim));
             check_row(checker, &columns, width, &fields, line, sims);
         }
+        true
     }
 
     /// Below this many bytes of rows, one thread checks them all.
@@ -381,12 +395,12 @@ pub(super) mod fast {
     /// [`QuickCheck::sim`]; on two threads for a large file, split at a line end.
     pub(super) fn quick(
         check: &QuickCheck<'_>,
-        body: &str,
+        body: &[u8],
         columns: &[Option<usize>; 7],
         width: usize,
     ) -> Option<Vec<Sim>> {
         let split = (body.len() >= SPLIT_BYTES)
-            .then(|| body[body.len() / 2..].find('\n'))
+            .then(|| body[body.len() / 2..].iter().position(|&b| b == b'\n'))
             .flatten()
             .map_or(body.len(), |at| body.len() / 2 + at + 1);
         let (first, second) = body.split_at(split);
@@ -408,17 +422,25 @@ pub(super) mod fast {
         Some(sims)
     }
 
-    /// The SIMs of the lines of `rows`, if each passes [`QuickCheck::sim`].
+    /// The SIMs of the lines of `rows`, if each is plain and passes [`QuickCheck::sim`].
     fn quick_rows(
         check: &QuickCheck<'_>,
-        rows: &str,
+        rows: &[u8],
         columns: &[Option<usize>; 7],
         width: usize,
     ) -> Option<Vec<Sim>> {
         // About 40 bytes a row in a typical export; a hint only.
         let mut sims = Vec::with_capacity(rows.len() / 40 + 1);
+        let rows = rows.strip_suffix(b"\n").unwrap_or(rows);
+        if rows.is_empty() {
+            return Some(sims);
+        }
         let mut fields: Vec<&str> = Vec::with_capacity(width + 1);
-        for row in rows.split_terminator('\n') {
+        for row in rows.split(|&b| b == b'\n') {
+            if !plain(row) {
+                return None;
+            }
+            let row = std::str::from_utf8(row).ok()?;
             fields.clear();
             fields.extend(row.split(',').map(trim));
             if fields.len() != width {

@@ -976,6 +976,12 @@ fn plain_inventories_read_by_hand_give_what_the_csv_crate_gives() {
         ),
         format!("# export\n\nimsi,ipv4,segment,state\n# a comment\n\n{rows}\r\n#end"),
         format!("\nimsi,ipv4,segment,state\n{rows}"),
+        // A plain header, then a blank line, a comment, a quote or `\r` further down.
+        format!("imsi,ipv4,segment,state\n{}\n{}", row(1), row(2)),
+        format!("imsi,ipv4,segment,state\n{rows}# end\n"),
+        format!("imsi,ipv4,segment,state\n{rows}001010000000009,\"10.64.0.9\",a,\n"),
+        format!("imsi,ipv4,segment,state\n{rows}001010000000009,10.64.0.9,a,\r\n"),
+        "imsi,colour\n\"x\",1\n".to_owned(),
         String::new(),
     ];
     for (case, inventory) in other.iter().enumerate() {
