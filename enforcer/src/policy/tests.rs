@@ -1044,3 +1044,40 @@ fn a_large_inventory_checked_on_two_threads_gives_what_the_csv_crate_gives() {
     assert_eq!(Err(errors.clone()), csv);
     assert!(errors.0.len() >= 6, "{errors}");
 }
+
+#[test]
+fn the_quick_ipv4_reader_accepts_only_what_the_standard_one_does() {
+    let texts = [
+        "10.64.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "1.2.3.4",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..3.4",
+        ".1.2.3",
+        "1.2.3.",
+        "1.2.3.4 ",
+        "+1.2.3.4",
+        "1.2.3.1000",
+        "a.b.c.d",
+        "",
+        "::1",
+        "1.2.3.-4",
+        "0.00.0.0",
+    ];
+    for text in texts {
+        let standard = text.parse::<std::net::Ipv4Addr>().ok();
+        let quick = super::validate::dotted_quad(text);
+        assert!(
+            quick.is_none() || quick == standard,
+            "{text}: {quick:?} vs {standard:?}"
+        );
+        if text == "10.64.0.1" || text == "255.255.255.255" || text == "0.0.0.0" {
+            assert_eq!(quick, standard, "{text}");
+        }
+    }
+}

@@ -1255,7 +1255,7 @@ impl QuickCheck<'_> {
         let ipv4 = match &text.ipv4 {
             None => None,
             Some((text, _)) => {
-                let addr = Ipv4Addr::from_str(text).ok()?;
+                let addr = dotted_quad(text).or_else(|| Ipv4Addr::from_str(text).ok())?;
                 let in_pool = self.pools.iter().any(|p| p.contains(IpAddr::V4(addr)));
                 Some(addr).filter(|_| in_pool)?.into()
             }
@@ -1291,6 +1291,30 @@ impl QuickCheck<'_> {
         }
         Some(sim)
     }
+}
+
+/// An IPv4 address in its usual shape, four decimal numbers 0-255 without leading zeros
+/// joined by dots, read without the standard parser's generality (a tenth of the time of a
+/// million-row inventory went there). `None` for anything else, which the standard parser
+/// then reads: this accepts nothing it refuses.
+pub(super) fn dotted_quad(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.as_bytes().split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || part.len() > 1 && part[0] == b'0' {
+            return None;
+        }
+        let mut value = 0u16;
+        for &digit in part {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(digit - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 /// A port written as text: ASCII digits only (no sign, no spaces inside), 0-65535.
