@@ -242,6 +242,8 @@ pub(super) fn validate(
     }
 
     if checker.errors.is_empty() {
+        // The csv crate's path grows `sims` by doubling; the policy keeps no slack.
+        sims.shrink_to_fit();
         Ok(ValidatedPolicy {
             path: path.to_owned(),
             pools: checker.pools,
