@@ -139,7 +139,7 @@ pub fn compile_fresh(policy: &ValidatedPolicy) -> Result<Compiled, CompileError>
 /// encoding holds; [`CompileError::Ids`] if `ids` were not made for this policy.
 pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileError> {
     let rule_count = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
-        + policy.sims.iter().map(|s| s.rules.len()).sum::<usize>();
+        + policy.sims.iter().map(|s| s.rules().len()).sum::<usize>();
     if ids.sims.len() != policy.sims.len()
         || ids.segments.len() != policy.segments.len()
         || ids.rules.len() != rule_count
@@ -160,7 +160,7 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         })
         .chain(policy.sims.iter().enumerate().flat_map(|(pos, sim)| {
             let subject = SUBJECT_SIM | ids.sims[pos];
-            sim.rules
+            sim.rules()
                 .iter()
                 .map(move |rule| (subject, Owner::Sim(pos), format!("imsi {}", sim.imsi), rule))
         }))
@@ -269,10 +269,10 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
             flags,
             tiers: sim_tiers[pos],
         };
-        if let Some(addr) = sim.ipv4 {
+        if let Some(addr) = sim.ipv4() {
             sims_v4.push((addr.octets(), entry));
         }
-        if let Some(net) = sim.ipv6 {
+        if let Some(net) = sim.ipv6() {
             let octets = net.network().octets();
             let mut prefix = [0u8; 8];
             prefix.copy_from_slice(&octets[..8]);

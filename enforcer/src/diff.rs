@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::policy::{Rule, Sim, ValidatedPolicy, show};
+use crate::policy::{Imsi, Rule, Sim, ValidatedPolicy, show};
 
 /// Every difference between an old and a new policy.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -172,16 +172,16 @@ pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
         .map(|s| s.name.clone())
         .collect();
 
-    let old_sims: HashMap<&str, &Sim> = old.sims.iter().map(|s| (s.imsi.as_str(), s)).collect();
-    let new_imsis: HashSet<&str> = new.sims.iter().map(|s| s.imsi.as_str()).collect();
+    let old_sims: HashMap<Imsi, &Sim> = old.sims.iter().map(|s| (s.imsi, s)).collect();
+    let new_imsis: HashSet<Imsi> = new.sims.iter().map(|s| s.imsi).collect();
     for sim in &new.sims {
-        match old_sims.get(sim.imsi.as_str()) {
+        match old_sims.get(&sim.imsi) {
             None => out.sims_added.push(summary(new, sim)),
             Some(before) => {
                 let fields = sim_fields(old, before, new, sim);
                 if !fields.is_empty() {
                     out.sims_changed.push(Changed {
-                        name: sim.imsi.clone(),
+                        name: sim.imsi.to_string(),
                         fields,
                     });
                 }
@@ -191,7 +191,7 @@ pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
     out.sims_removed = old
         .sims
         .iter()
-        .filter(|s| !new_imsis.contains(s.imsi.as_str()))
+        .filter(|s| !new_imsis.contains(&s.imsi))
         .map(|s| summary(old, s))
         .collect();
 
@@ -222,11 +222,11 @@ fn segment_name(policy: &ValidatedPolicy, id: u16) -> String {
 
 fn summary(policy: &ValidatedPolicy, sim: &Sim) -> SimSummary {
     SimSummary {
-        imsi: sim.imsi.clone(),
+        imsi: sim.imsi.to_string(),
         segment: segment_name(policy, sim.segment),
         state: sim.state.name(),
-        ipv4: sim.ipv4.map(|a| a.to_string()),
-        ipv6: sim.ipv6.map(|n| n.to_string()),
+        ipv4: sim.ipv4().map(|a| a.to_string()),
+        ipv6: sim.ipv6().map(|n| n.to_string()),
     }
 }
 
@@ -247,10 +247,10 @@ fn sim_fields(
             .map(|s| &s.name);
     if same_segment
         && before.state == after.state
-        && before.ipv4 == after.ipv4
-        && before.ipv6 == after.ipv6
-        && before.iccid == after.iccid
-        && before.msisdn == after.msisdn
+        && before.ipv4() == after.ipv4()
+        && before.ipv6() == after.ipv6()
+        && before.iccid() == after.iccid()
+        && before.msisdn() == after.msisdn()
     {
         return Vec::new();
     }
@@ -267,16 +267,24 @@ fn sim_fields(
         ),
         (
             "ipv4",
-            before.ipv4.map(|a| a.to_string()),
-            after.ipv4.map(|a| a.to_string()),
+            before.ipv4().map(|a| a.to_string()),
+            after.ipv4().map(|a| a.to_string()),
         ),
         (
             "ipv6",
-            before.ipv6.map(|n| n.to_string()),
-            after.ipv6.map(|n| n.to_string()),
+            before.ipv6().map(|n| n.to_string()),
+            after.ipv6().map(|n| n.to_string()),
         ),
-        ("iccid", before.iccid.clone(), after.iccid.clone()),
-        ("msisdn", before.msisdn.clone(), after.msisdn.clone()),
+        (
+            "iccid",
+            before.iccid().map(|i| i.to_string()),
+            after.iccid().map(|i| i.to_string()),
+        ),
+        (
+            "msisdn",
+            before.msisdn().map(|m| m.to_string()),
+            after.msisdn().map(|m| m.to_string()),
+        ),
     ];
     pairs
         .into_iter()
@@ -295,8 +303,8 @@ fn rules_by_owner(policy: &ValidatedPolicy) -> Vec<(String, &[Rule])> {
     let sims = policy
         .sims
         .iter()
-        .filter(|s| !s.rules.is_empty())
-        .map(|s| (format!("imsi {}", s.imsi), s.rules.as_slice()));
+        .filter(|s| !s.rules().is_empty())
+        .map(|s| (format!("imsi {}", s.imsi), s.rules()));
     segments.chain(sims).collect()
 }
 

@@ -191,14 +191,14 @@ pub fn explain(
 
 fn sim_ref(policy: &ValidatedPolicy, sim: &Sim) -> SimRef {
     SimRef {
-        imsi: sim.imsi.clone(),
+        imsi: sim.imsi.to_string(),
         segment: policy
             .segments
             .get(usize::from(sim.segment))
             .map_or_else(String::new, |s| s.name.clone()),
         state: sim.state.name().to_owned(),
-        ipv4: sim.ipv4.map(|a| a.to_string()),
-        ipv6: sim.ipv6.map(|n| n.to_string()),
+        ipv4: sim.ipv4().map(|a| a.to_string()),
+        ipv6: sim.ipv6().map(|n| n.to_string()),
     }
 }
 
@@ -217,9 +217,9 @@ fn rules_of(policy: &ValidatedPolicy, index: usize) -> Vec<(u32, &Rule)> {
         }
     }
     for sim in &policy.sims[..index] {
-        id += u32::try_from(sim.rules.len()).unwrap_or(u32::MAX);
+        id += u32::try_from(sim.rules().len()).unwrap_or(u32::MAX);
     }
-    for rule in &policy.sims[index].rules {
+    for rule in policy.sims[index].rules() {
         out.push((id, rule));
         id += 1;
     }
@@ -287,8 +287,8 @@ fn in_16(addr: IpAddr) -> [u8; 16] {
 
 fn holds(sim: &Sim, addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(a) => sim.ipv4 == Some(a),
-        IpAddr::V6(a) => sim.ipv6.is_some_and(|net| net.contains(a)),
+        IpAddr::V4(a) => sim.ipv4() == Some(a),
+        IpAddr::V6(a) => sim.ipv6().is_some_and(|net| net.contains(a)),
     }
 }
 

@@ -50,7 +50,7 @@ impl Ids {
     pub fn fresh(policy: &ValidatedPolicy) -> Self {
         let count = |n: usize| 0..u32::try_from(n).unwrap_or(u32::MAX);
         let rules = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
-            + policy.sims.iter().map(|s| s.rules.len()).sum::<usize>();
+            + policy.sims.iter().map(|s| s.rules().len()).sum::<usize>();
         Self {
             sims: count(policy.sims.len()).collect(),
             segments: (0..u16::try_from(policy.segments.len()).unwrap_or(u16::MAX)).collect(),
@@ -290,7 +290,8 @@ impl Allocator {
     /// # Errors
     /// As [`Allocator::assign`].
     pub fn plan(&self, policy: &ValidatedPolicy) -> Result<(Ids, Changes), IdError> {
-        let imsis: Vec<&str> = policy.sims.iter().map(|s| s.imsi.as_str()).collect();
+        let imsi_texts: Vec<_> = policy.sims.iter().map(|s| s.imsi.text()).collect();
+        let imsis: Vec<&str> = imsi_texts.iter().map(|t| t.as_str()).collect();
         let names: Vec<&str> = policy.segments.iter().map(|s| s.name.as_str()).collect();
         let identities = rule_identities(policy);
         let rules: Vec<&str> = identities.iter().map(String::as_str).collect();
@@ -363,7 +364,7 @@ pub fn rule_identities(policy: &ValidatedPolicy) -> Vec<String> {
         }
     }
     for sim in &policy.sims {
-        for rule in &sim.rules {
+        for rule in sim.rules() {
             push(format!("imsi {}", sim.imsi), rule);
         }
     }

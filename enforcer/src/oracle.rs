@@ -101,7 +101,7 @@ fn rules_of(policy: &ValidatedPolicy, sender: usize) -> Vec<(u8, u32, &Rule)> {
         }
     }
     for (index, sim) in policy.sims.iter().enumerate() {
-        for rule in &sim.rules {
+        for rule in sim.rules() {
             if index == sender {
                 out.push((1, id, rule));
             }
@@ -187,8 +187,8 @@ fn contains(net: IpNetwork, addr: IpAddr) -> bool {
 /// The SIM's address is `addr`: its IPv4 address, or an address in its IPv6 /64.
 fn holds(sim: &Sim, addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(a) => sim.ipv4 == Some(a),
-        IpAddr::V6(a) => sim.ipv6.is_some_and(|net| net.contains(a)),
+        IpAddr::V4(a) => sim.ipv4() == Some(a),
+        IpAddr::V6(a) => sim.ipv6().is_some_and(|net| net.contains(a)),
     }
 }
 

@@ -83,7 +83,7 @@ impl State {
     #[must_use]
     pub fn sim_row(&self, sim: &Sim, segment: u16, counters: &SimCounters) -> SimRow {
         SimRow {
-            imsi: sim.imsi.clone(),
+            imsi: sim.imsi.to_string(),
             segment: self.segment(segment).to_owned(),
             state: sim.state.name().to_owned(),
             pass_packets: counters.pass_packets,
@@ -107,7 +107,7 @@ impl State {
             .sims
             .iter()
             .zip(&ids.sims)
-            .filter(|(sim, _)| imsis.is_empty() || imsis.contains(&sim.imsi))
+            .filter(|(sim, _)| imsis.is_empty() || imsis.iter().any(|i| sim.imsi == *i))
             .map(|(sim, &index)| {
                 let counters = totals.sims.get(index as usize).copied().unwrap_or_default();
                 self.sim_row(sim, ids.segments[usize::from(sim.segment)], &counters)

@@ -259,7 +259,7 @@ fn address(
     if v6 {
         let base: u128 = match kind {
             0 => {
-                let with: Vec<_> = policy.sims.iter().filter_map(|s| s.ipv6).collect();
+                let with: Vec<_> = policy.sims.iter().filter_map(policy::Sim::ipv6).collect();
                 if with.is_empty() {
                     random
                 } else {
@@ -279,7 +279,7 @@ fn address(
         let random = random as u32;
         let base: u32 = match kind {
             0 => {
-                let with: Vec<_> = policy.sims.iter().filter_map(|s| s.ipv4).collect();
+                let with: Vec<_> = policy.sims.iter().filter_map(policy::Sim::ipv4).collect();
                 if with.is_empty() {
                     random
                 } else {

@@ -148,11 +148,11 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
             return false;
         }
         let in_pool = policy.pools.iter().any(|p| p.contains(dst.into()));
-        let dst_sim = policy.sims.iter().position(|s| s.ipv4 == Some(dst));
+        let dst_sim = policy.sims.iter().position(|s| s.ipv4() == Some(dst));
         let rules = policy.segments[usize::from(sim.segment)]
             .rules
             .iter()
-            .chain(&sim.rules);
+            .chain(sim.rules());
         rules.into_iter().any(|rule| {
             let to = rule.to.iter().any(|d| match d {
                 Dest::Net(net) => !in_pool && net.contains(dst.into()),

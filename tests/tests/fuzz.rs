@@ -275,7 +275,7 @@ fn invariants(policy: &ValidatedPolicy) -> Result<(), String> {
         if !imsis.insert(&sim.imsi) {
             return Err(format!("IMSI {} twice", sim.imsi));
         }
-        if let Some(addr) = sim.ipv4 {
+        if let Some(addr) = sim.ipv4() {
             if !v4.insert(addr) {
                 return Err(format!("{addr} twice"));
             }
@@ -288,7 +288,7 @@ fn invariants(policy: &ValidatedPolicy) -> Result<(), String> {
         .segments
         .iter()
         .flat_map(|s| &s.rules)
-        .chain(policy.sims.iter().flat_map(|s| &s.rules));
+        .chain(policy.sims.iter().flat_map(|s| s.rules()));
     for rule in rules {
         for dest in &rule.to {
             match *dest {

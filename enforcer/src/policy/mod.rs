@@ -9,16 +9,15 @@ pub mod error;
 mod inventory;
 pub mod raw;
 pub mod show;
+mod sim;
 pub mod source;
 mod validate;
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 pub use error::{PolicyError, PolicyErrors};
-use ipnetwork::{IpNetwork, Ipv6Network};
+use ipnetwork::IpNetwork;
+pub use sim::{Digits, Iccid, Imsi, InvalidIdentifier, Msisdn, Sim};
 pub use source::LoadOptions;
 
 /// A policy that passed every check; ids are indices into its vectors.
@@ -63,27 +62,6 @@ impl SimState {
             SimState::Quarantined => "quarantined",
         }
     }
-}
-
-/// A SIM and its addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sim {
-    /// 14–15 digits.
-    pub imsi: String,
-    /// 19–20 digits, if given.
-    pub iccid: Option<String>,
-    /// E.164, if given.
-    pub msisdn: Option<String>,
-    /// IPv4 address, if any.
-    pub ipv4: Option<Ipv4Addr>,
-    /// IPv6 /64, if any.
-    pub ipv6: Option<Ipv6Network>,
-    /// Segment id.
-    pub segment: u16,
-    /// Active or quarantined.
-    pub state: SimState,
-    /// Extra rules for this SIM only.
-    pub rules: Vec<Rule>,
 }
 
 /// One allow rule.

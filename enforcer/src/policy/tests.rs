@@ -888,3 +888,196 @@ fn duplicates_point_at_their_first_occurrence() {
         "duplicate key `pools` in document root (first at p.toml:1:1)",
     );
 }
+
+/// The result of loading `inventory` (as `sims.csv`, beside a policy with segment `a`), once
+/// through the fast path where it applies and once through the `csv` crate only.
+fn both_readers(
+    dir: &TempDir,
+    inventory: &str,
+) -> [Result<super::ValidatedPolicy, super::PolicyErrors>; 2] {
+    both_readers_with(dir, &inventory_policy("sims.csv"), inventory)
+}
+
+/// As [`both_readers`], with policy `text`.
+fn both_readers_with(
+    dir: &TempDir,
+    text: &str,
+    inventory: &str,
+) -> [Result<super::ValidatedPolicy, super::PolicyErrors>; 2] {
+    dir.write("sims.csv", inventory);
+    let path = dir.write("p.toml", text);
+    [false, true].map(|only_csv| {
+        super::inventory::ONLY_CSV.set(only_csv);
+        let result = super::load(&path);
+        super::inventory::ONLY_CSV.set(false);
+        result
+    })
+}
+
+#[test]
+fn plain_inventories_read_by_hand_give_what_the_csv_crate_gives() {
+    let dir = TempDir::new("fast-path");
+    let row = |n: u32| format!("00101000000{n:04},10.64.0.{n},a,\n");
+    let rows: String = (1..=5).map(row).collect();
+    let plain = [
+        format!("imsi,ipv4,segment,state\n{rows}"),
+        // No line end after the last row.
+        format!("imsi,ipv4,segment,state\n{}", rows.trim_end()),
+        // `#` counts as a comment only first on a line.
+        format!(
+            "imsi,ipv4,segment,state\n{}001010000000009,10.64.0.9,a#b,\n",
+            row(1)
+        ),
+        // Odd spacing: spaces, tabs and vertical tabs around fields and the header's names.
+        format!(
+            " imsi ,\tipv4, segment ,state \n 001010000000001 ,\t10.64.0.1\x0b, a , \n{}",
+            row(2)
+        ),
+        // A line of spaces is a row of one field; a trailing comma is one field too many.
+        format!(
+            "imsi,ipv4,segment,state\n{}   \n{}001010000000009,10.64.0.9,a,,\n",
+            row(1),
+            row(2)
+        ),
+        // Errors on the first and the last row, and a repeated IMSI and address.
+        format!(
+            "imsi,ipv4,segment,state\n0010100000001,10.64.0.100,a,\n{rows}001010000000001,10.64.0.1,b,paused\n"
+        ),
+        "imsi,iccid,msisdn,ipv4,ipv6,segment,state\n001010000000001,8949000000000000001,+491700000001,,fd00:64:0:1::/64,a,\n001010000000002,8949000000000000001,491700000001,10.64.0.2,fd00:64:0:1::/64,a,active\n"
+            .to_owned(),
+        // Header problems.
+        "imsi,ipv4,segment,colour\n".to_owned(),
+        "imsi,ipv4,imsi,segment\n".to_owned(),
+        "ipv4,state\n".to_owned(),
+        "root:x:0:0:root:/root:/bin/bash\n".to_owned(),
+        "imsi,ipv4,segment\n".to_owned(),
+    ];
+    for (case, inventory) in plain.iter().enumerate() {
+        assert!(
+            super::inventory::fast::applies(inventory.as_bytes()),
+            "case {case} should take the fast path"
+        );
+        let [fast, csv] = both_readers(&dir, inventory);
+        assert_eq!(fast, csv, "case {case}:\n{inventory}");
+    }
+    // Anything else goes to the csv crate: quotes, a byte order mark, `\r`, non-ASCII, blank
+    // lines and comments (which the csv crate numbers lines oddly after).
+    let other = [
+        format!(
+            "imsi,ipv4,segment,state\n\"001010000000001\",10.64.0.1,a,\n{}",
+            row(2)
+        ),
+        format!("\u{feff}imsi,ipv4,segment,state\n{rows}"),
+        format!("imsi,ipv4,segment,state\n{rows}").replace('\n', "\r\n"),
+        format!("imsi,ipv4,segment,state\r{}", row(1).replace('\n', "\r")),
+        format!(
+            "imsi,ipv4,segment,state\n{}001010000000009,10.64.0.9,é,\n",
+            row(1)
+        ),
+        format!("# export\n\nimsi,ipv4,segment,state\n# a comment\n\n{rows}\r\n#end"),
+        format!("\nimsi,ipv4,segment,state\n{rows}"),
+        // A plain header, then a blank line, a comment, a quote or `\r` further down.
+        format!("imsi,ipv4,segment,state\n{}\n{}", row(1), row(2)),
+        format!("imsi,ipv4,segment,state\n{rows}# end\n"),
+        format!("imsi,ipv4,segment,state\n{rows}001010000000009,\"10.64.0.9\",a,\n"),
+        format!("imsi,ipv4,segment,state\n{rows}001010000000009,10.64.0.9,a,\r\n"),
+        "imsi,colour\n\"x\",1\n".to_owned(),
+        String::new(),
+    ];
+    for (case, inventory) in other.iter().enumerate() {
+        assert!(
+            !super::inventory::fast::applies(inventory.as_bytes()) || inventory.is_empty(),
+            "case {case} should not take the fast path"
+        );
+        let [fast, csv] = both_readers(&dir, inventory);
+        assert_eq!(fast, csv, "case {case}:\n{inventory}");
+    }
+    // The plain cases did load or fail as expected, not all the same way.
+    let [ok, _] = both_readers(&dir, &plain[1]);
+    assert_eq!(ok.expect("valid").sims.len(), 5);
+    let [bad, _] = both_readers(&dir, &plain[5]);
+    let lines: Vec<usize> = bad.expect_err("invalid").0.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [2, 8, 8, 8, 8], "first and last rows");
+}
+
+#[test]
+fn a_large_inventory_checked_on_two_threads_gives_what_the_csv_crate_gives() {
+    let dir = TempDir::new("two-threads");
+    // Over 1 MiB of rows, so that they are split in two at a line end.
+    let n = 30_000u32;
+    let row = |i: u32| {
+        let state = if i.is_multiple_of(7) {
+            "quarantined"
+        } else {
+            ""
+        };
+        format!(
+            "0010100{i:08},10.64.{}.{},fd00:64:0:{i:x}::/64,a,{state}\n",
+            i / 256,
+            i % 256
+        )
+    };
+    let rows: Vec<String> = (0..n).map(row).collect();
+    let inventory = |rows: &[String]| format!("imsi,ipv4,ipv6,segment,state\n{}", rows.concat());
+    assert!(inventory(&rows).len() > 1 << 20);
+    let middle = (n / 2) as usize;
+    // A rule naming an inventory SIM, a policy SIM, and the SIMs of the inventory.
+    let text = format!(
+        "inventory = \"sims.csv\"\n{HEAD}rules = [{{ to = [\"imsi:0010100{middle:08}\"] }}]\n\
+         [[sims]]\nimsi = \"999990000000001\"\nipv4 = \"10.64.255.1\"\nsegment = \"a\"\n"
+    );
+    let [fast, csv] = both_readers_with(&dir, &text, &inventory(&rows));
+    let policy = fast.expect("valid");
+    assert_eq!(policy.sims.len(), n as usize + 1);
+    let index = u32::try_from(middle).expect("index") + 1;
+    assert_eq!(policy.segments[0].rules[0].to, [Dest::Sim(index)]);
+    assert_eq!(Ok(policy), csv);
+    // Repeats and bad rows at both ends of each half, and across the halves.
+    let mut broken = rows.clone();
+    broken[0] = rows[n as usize - 1].clone();
+    broken[middle - 1] = row(n + 1).replace(",a,", ",b,");
+    broken[middle] = row(n + 2).replace("fd00:64", "fd00:65");
+    broken[middle + 1] = rows[middle - 2].clone();
+    broken.push("999990000000001,10.64.255.1,,a,\n".to_owned());
+    let [fast, csv] = both_readers_with(&dir, &text, &inventory(&broken));
+    let errors = fast.expect_err("invalid");
+    assert_eq!(Err(errors.clone()), csv);
+    assert!(errors.0.len() >= 6, "{errors}");
+}
+
+#[test]
+fn the_quick_ipv4_reader_accepts_only_what_the_standard_one_does() {
+    let texts = [
+        "10.64.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "1.2.3.4",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..3.4",
+        ".1.2.3",
+        "1.2.3.",
+        "1.2.3.4 ",
+        "+1.2.3.4",
+        "1.2.3.1000",
+        "a.b.c.d",
+        "",
+        "::1",
+        "1.2.3.-4",
+        "0.00.0.0",
+    ];
+    for text in texts {
+        let standard = text.parse::<std::net::Ipv4Addr>().ok();
+        let quick = super::validate::dotted_quad(text);
+        assert!(
+            quick.is_none() || quick == standard,
+            "{text}: {quick:?} vs {standard:?}"
+        );
+        if text == "10.64.0.1" || text == "255.255.255.255" || text == "0.0.0.0" {
+            assert_eq!(quick, standard, "{text}");
+        }
+    }
+}

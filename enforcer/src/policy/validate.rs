@@ -15,7 +15,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use toml::Value;
 
 use super::{
-    Dest, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
+    Dest, Iccid, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
     error::{Collector, SourceMap, clip},
     inventory,
     raw::{self, Field, RawRule},
@@ -87,12 +87,14 @@ pub(super) struct Checker<'a> {
     /// The inventory file's name, for errors at [`Place::Line`].
     pub inventory_file: String,
     pools: Vec<IpNetwork>,
-    segment_ids: HashMap<String, u16>,
+    segment_ids: FastMap<String, u16>,
     /// Where each segment's name was written, by id.
     segment_places: Vec<usize>,
-    /// IMSI (as [`imsi_key`]) → SIM index; a u64 key rather than a String keeps a million-SIM
-    /// validation lean.
-    imsis: HashMap<u64, u32>,
+    /// IMSI → SIM index, for SIMs checked one by one.
+    imsis: FastMap<Imsi, u32>,
+    /// (IMSI bits, SIM index) of an inventory taken whole by [`Checker::take_inventory`],
+    /// sorted.
+    inventory_imsis: Vec<(u64, u32)>,
     /// SIMs checked so far, valid or not: the next SIM's index.
     pub sims_seen: usize,
     /// Where each SIM was written, by index.
@@ -101,11 +103,18 @@ pub(super) struct Checker<'a> {
     sim_families: Vec<u8>,
     /// Address families of the SIMs of each segment, by id.
     segment_families: Vec<u8>,
-    ipv4s: HashMap<Ipv4Addr, u32>,
-    ipv6s: HashMap<Ipv6Network, u32>,
-    iccids: HashMap<u128, u32>,
-    msisdns: HashMap<u128, u32>,
+    /// IPv4 address → SIM index.
+    ipv4s: FastMap<u32, u32>,
+    /// The upper 64 bits of an IPv6 /64 → SIM index.
+    ipv6s: FastMap<u64, u32>,
+    iccids: FastMap<u64, u32>,
+    msisdns: FastMap<u64, u32>,
 }
+
+/// The maps keyed by SIM identifiers and addresses. foldhash rather than SipHash: a million
+/// inserts of small fixed-size keys cost a third of the time, and the keys come from the
+/// operator's own files, so resistance to crafted collisions is not needed.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// SIM identifiers that must be unique besides the IMSI.
 #[derive(Clone, Copy)]
@@ -132,17 +141,18 @@ pub(super) fn validate(
         errors,
         inventory_file: String::new(),
         pools: Vec::new(),
-        segment_ids: HashMap::new(),
+        segment_ids: FastMap::default(),
         segment_places: Vec::new(),
-        imsis: HashMap::new(),
+        imsis: FastMap::default(),
+        inventory_imsis: Vec::new(),
         sims_seen: 0,
         sim_origins: Vec::new(),
         sim_families: Vec::new(),
         segment_families: Vec::new(),
-        ipv4s: HashMap::new(),
-        ipv6s: HashMap::new(),
-        iccids: HashMap::new(),
-        msisdns: HashMap::new(),
+        ipv4s: FastMap::default(),
+        ipv6s: FastMap::default(),
+        iccids: FastMap::default(),
+        msisdns: FastMap::default(),
     };
 
     checker.pools(&raw.pools);
@@ -227,11 +237,13 @@ pub(super) fn validate(
     for (place, raw_sim) in policy_sims.iter().zip(&raw.sims) {
         let rules = checker.rules(&raw_sim.get_ref().rules);
         if let Some(sim) = place.and_then(|i| sims.get_mut(i)) {
-            sim.rules = rules;
+            sim.set_rules(rules);
         }
     }
 
     if checker.errors.is_empty() {
+        // The csv crate's path grows `sims` by doubling; the policy keeps no slack.
+        sims.shrink_to_fit();
         Ok(ValidatedPolicy {
             path: path.to_owned(),
             pools: checker.pools,
@@ -256,6 +268,104 @@ impl<'a> Checker<'a> {
             }
         };
         self.errors.push(kind, error);
+    }
+
+    /// The index of the SIM with IMSI `imsi`, if there is one.
+    fn sim_index(&self, imsi: Imsi) -> Option<u32> {
+        self.imsis.get(&imsi).copied().or_else(|| {
+            let found = self
+                .inventory_imsis
+                .binary_search_by_key(&imsi.to_bits(), |(bits, _)| *bits);
+            found.ok().map(|at| self.inventory_imsis[at].1)
+        })
+    }
+
+    /// What [`QuickCheck`] needs of the checker, to share between threads.
+    pub(super) fn quick_check(&self) -> QuickCheck<'_> {
+        QuickCheck {
+            pools: &self.pools,
+            segment_ids: &self.segment_ids,
+        }
+    }
+
+    /// Take the SIMs of an inventory whose rows each passed [`QuickCheck::sim`] (row `i` on
+    /// line `i + 2`), appending them to `sims`, if no identifier or address repeats among
+    /// them or with an earlier SIM. Sorting finds repeats with far fewer cache misses than a
+    /// million map inserts. Changes nothing and returns the rows if one repeats: then the
+    /// rows are checked one by one, which reports each repeat where [`Checker::sim`] would.
+    pub(super) fn take_inventory(
+        &mut self,
+        rows: Vec<Sim>,
+        sims: &mut Vec<Sim>,
+    ) -> Result<(), Vec<Sim>> {
+        fn repeats<K: Ord + Copy>(keys: &mut [K], earlier: impl Fn(K) -> bool) -> bool {
+            keys.sort_unstable();
+            keys.windows(2).any(|pair| pair[0] == pair[1]) || keys.iter().any(|k| earlier(*k))
+        }
+        let base = u32::try_from(self.sims_seen).unwrap_or(u32::MAX);
+        let mut imsis: Vec<(u64, u32)> = rows
+            .iter()
+            .zip(base..)
+            .map(|(sim, index)| (sim.imsi.to_bits(), index))
+            .collect();
+        imsis.sort_unstable();
+        let mut ipv4s: Vec<u32> = rows.iter().filter_map(Sim::ipv4).map(u32::from).collect();
+        let mut ipv6s: Vec<u64> = rows
+            .iter()
+            .filter_map(Sim::ipv6)
+            .map(|net| (u128::from(net.network()) >> 64) as u64)
+            .collect();
+        let mut iccids: Vec<u64> = rows
+            .iter()
+            .filter_map(Sim::iccid)
+            .map(Iccid::to_bits)
+            .collect();
+        let mut msisdns: Vec<u64> = rows
+            .iter()
+            .filter_map(Sim::msisdn)
+            .map(|m| u64::from(m.len()) << 56 | m.value())
+            .collect();
+        let (imsi_map, ipv4_map, ipv6_map) = (&self.imsis, &self.ipv4s, &self.ipv6s);
+        let (iccid_map, msisdn_map) = (&self.iccids, &self.msisdns);
+        let repeated = imsis.windows(2).any(|pair| pair[0].0 == pair[1].0)
+            || (!imsi_map.is_empty() && rows.iter().any(|sim| imsi_map.contains_key(&sim.imsi)))
+            || repeats(&mut ipv4s, |k| ipv4_map.contains_key(&k))
+            || repeats(&mut ipv6s, |k| ipv6_map.contains_key(&k))
+            || repeats(&mut iccids, |k| iccid_map.contains_key(&k))
+            || repeats(&mut msisdns, |k| msisdn_map.contains_key(&k));
+        if repeated {
+            return Err(rows);
+        }
+        self.sim_origins
+            .extend((0..rows.len()).map(|i| Origin::of(&Place::Line(i + 2))));
+        self.sim_families.reserve(rows.len());
+        for sim in &rows {
+            let families = if sim.ipv4().is_some() { FAMILY_V4 } else { 0 }
+                | if sim.ipv6().is_some() { FAMILY_V6 } else { 0 };
+            self.sim_families.push(families);
+            if let Some(f) = self.segment_families.get_mut(usize::from(sim.segment)) {
+                *f |= families;
+            }
+        }
+        self.sims_seen += rows.len();
+        self.inventory_imsis = imsis;
+        if sims.is_empty() {
+            *sims = rows;
+        } else {
+            sims.reserve_exact(rows.len());
+            sims.extend(rows);
+        }
+        Ok(())
+    }
+
+    /// Make room for `sims` more SIMs, so that a large inventory fills its maps without
+    /// rehashing.
+    pub(super) fn reserve(&mut self, sims: usize) {
+        self.imsis.reserve(sims);
+        self.ipv4s.reserve(sims);
+        self.ipv6s.reserve(sims);
+        self.sim_origins.reserve(sims);
+        self.sim_families.reserve(sims);
     }
 
     /// `file:line` (inventory) or `file:line:column` (policy) of a SIM, for "first at".
@@ -483,8 +593,8 @@ impl<'a> Checker<'a> {
                 );
                 None
             }
-            Some((imsi, place)) => {
-                if !(14..=15).contains(&imsi.len()) || !all_digits(imsi) {
+            Some((imsi, place)) => match Imsi::parse(imsi) {
+                None => {
                     self.error(
                         place,
                         "an IMSI of the wrong shape",
@@ -494,60 +604,60 @@ impl<'a> Checker<'a> {
                         ),
                     );
                     None
-                } else {
-                    match self.imsis.get(&imsi_key(imsi)) {
-                        Some(&first) => {
-                            let first = self.sim_origin(first);
-                            self.error(
-                                place,
-                                "an IMSI listed twice",
-                                format!(
-                                    "IMSI `{imsi}` is listed twice (first at {first}); keep one \
-                                     entry"
-                                ),
-                            );
-                            None
-                        }
-                        None => {
-                            self.imsis.insert(imsi_key(imsi), index);
-                            Some((*imsi).to_owned())
-                        }
-                    }
                 }
-            }
+                // One probe: the entry keeps the first SIM's index.
+                Some(key) => match *self.imsis.entry(key).or_insert(index) {
+                    first if first != index => {
+                        let first = self.sim_origin(first);
+                        self.error(
+                            place,
+                            "an IMSI listed twice",
+                            format!(
+                                "IMSI `{imsi}` is listed twice (first at {first}); keep one entry"
+                            ),
+                        );
+                        None
+                    }
+                    _ => Some(key),
+                },
+            },
         };
-        if let Some((iccid, place)) = &text.iccid {
-            if !(19..=20).contains(&iccid.len()) || !all_digits(iccid) || !iccid.starts_with("89") {
-                self.error(
+        let mut iccid = None;
+        if let Some((text, place)) = &text.iccid {
+            iccid = Iccid::parse(text);
+            match iccid {
+                None => self.error(
                     place,
                     "an ICCID of the wrong shape",
                     format!(
                         "ICCID `{}` must be 19 or 20 digits starting with 89 (ITU-T E.118)",
-                        clip(iccid)
+                        clip(text)
                     ),
-                );
-            } else {
-                // 19 and 20 digits apart, as for IMSIs: the length in the top bits.
-                let key = iccid.parse::<u128>().unwrap_or(u128::MAX) | (iccid.len() as u128) << 120;
-                self.unique(place, Identifier::Iccid, iccid, key, index);
+                ),
+                // Each ICCID has its own packed value: 19 and 20 digits stay apart.
+                Some(key) => self.unique(place, Identifier::Iccid, text, key.to_bits(), index),
             }
         }
-        if let Some((msisdn, place)) = &text.msisdn {
-            let digits = msisdn.strip_prefix('+').unwrap_or(msisdn);
-            if !(8..=15).contains(&digits.len()) || !all_digits(digits) {
-                self.error(
+        let mut msisdn = None;
+        if let Some((text, place)) = &text.msisdn {
+            msisdn = Msisdn::parse(text);
+            match msisdn {
+                None => self.error(
                     place,
                     "an MSISDN of the wrong shape",
                     format!(
                         "MSISDN `{}` must be 8 to 15 digits, optionally after `+` (E.164)",
-                        clip(msisdn)
+                        clip(text)
                     ),
-                );
-            } else {
-                // `+4915…` and `4915…` are the same number; 15 digits fit in a u64.
-                let key = u128::from(digits.parse::<u64>().unwrap_or(u64::MAX))
-                    | (digits.len() as u128) << 120;
-                self.unique(place, Identifier::Msisdn, msisdn, key, index);
+                ),
+                // `+4915…` and `4915…` are the same number.
+                Some(key) => self.unique(
+                    place,
+                    Identifier::Msisdn,
+                    text,
+                    u64::from(key.len()) << 56 | key.value(),
+                    index,
+                ),
             }
         }
         let ipv4 = text
@@ -623,28 +733,26 @@ impl<'a> Checker<'a> {
         if self.errors.len() != errors_before {
             return None;
         }
-        Some(Sim {
-            imsi: imsi?,
-            iccid: text.iccid.as_ref().map(|(s, _)| (*s).to_owned()),
-            msisdn: text.msisdn.as_ref().map(|(s, _)| (*s).to_owned()),
-            ipv4,
-            ipv6,
-            segment: segment?,
-            state: state?,
-            rules: Vec::new(),
-        })
+        let mut sim = Sim::new(imsi?, segment?, state?);
+        sim.set_ipv4(ipv4);
+        sim.set_ipv6(ipv6);
+        if iccid.is_some() || msisdn.is_some() {
+            sim.set_iccid(iccid);
+            sim.set_msisdn(msisdn);
+        }
+        Some(sim)
     }
 
     /// Record `key` (an ICCID or MSISDN of SIM `index`) or report that an earlier SIM has it.
-    fn unique(&mut self, place: &Place, id: Identifier, text: &str, key: u128, index: u32) {
+    fn unique(&mut self, place: &Place, id: Identifier, text: &str, key: u64, index: u32) {
         let table = match id {
             Identifier::Iccid => &mut self.iccids,
             Identifier::Msisdn => &mut self.msisdns,
         };
-        let Some(&first) = table.get(&key) else {
-            table.insert(key, index);
+        let first = *table.entry(key).or_insert(index);
+        if first == index {
             return;
-        };
+        }
         let (kind, what) = match id {
             Identifier::Iccid => ("an ICCID on two SIMs", "ICCID"),
             Identifier::Msisdn => ("an MSISDN on two SIMs", "MSISDN"),
@@ -683,7 +791,8 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        if let Some(&first) = self.ipv4s.get(&addr) {
+        let first = *self.ipv4s.entry(u32::from(addr)).or_insert(index);
+        if first != index {
             let first = self.sim_origin(first);
             self.error(
                 place,
@@ -692,7 +801,6 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        self.ipv4s.insert(addr, index);
         Some(addr)
     }
 
@@ -724,7 +832,10 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        if let Some(&first) = self.ipv6s.get(&net) {
+        // A /64 (checked above): its upper half is the whole of it.
+        let key = (u128::from(net.network()) >> 64) as u64;
+        let first = *self.ipv6s.entry(key).or_insert(index);
+        if first != index {
             let first = self.sim_origin(first);
             self.error(
                 place,
@@ -733,7 +844,6 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        self.ipv6s.insert(net, index);
         Some(net)
     }
 
@@ -929,8 +1039,8 @@ impl<'a> Checker<'a> {
             return None;
         };
         if let Some(imsi) = text.strip_prefix("imsi:") {
-            return match self.imsis.get(&imsi_key(imsi)) {
-                Some(&index) => Some(Dest::Sim(index)),
+            return match Imsi::parse(imsi).and_then(|key| self.sim_index(key)) {
+                Some(index) => Some(Dest::Sim(index)),
                 None => {
                     self.error(
                         place,
@@ -1123,6 +1233,92 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// The checks of [`Checker::sim`] that need no state beyond pools and segments: everything but
+/// the repeats, which [`Checker::take_inventory`] finds. Shared by the threads that check an
+/// inventory's rows.
+pub(super) struct QuickCheck<'c> {
+    pools: &'c [IpNetwork],
+    segment_ids: &'c FastMap<String, u16>,
+}
+
+impl QuickCheck<'_> {
+    /// The SIM `text` describes if [`Checker::sim`] would find nothing wrong with it on its
+    /// own (a repeat aside); `None` if it would report something.
+    pub(super) fn sim(&self, text: &SimText<'_>) -> Option<Sim> {
+        let imsi = Imsi::parse(text.imsi.as_ref()?.0)?;
+        let iccid = match &text.iccid {
+            None => None,
+            Some((text, _)) => Some(Iccid::parse(text)?),
+        };
+        let msisdn = match &text.msisdn {
+            None => None,
+            Some((text, _)) => Some(Msisdn::parse(text)?),
+        };
+        let ipv4 = match &text.ipv4 {
+            None => None,
+            Some((text, _)) => {
+                let addr = dotted_quad(text).or_else(|| Ipv4Addr::from_str(text).ok())?;
+                let in_pool = self.pools.iter().any(|p| p.contains(IpAddr::V4(addr)));
+                Some(addr).filter(|_| in_pool)?.into()
+            }
+        };
+        let ipv6 = match &text.ipv6 {
+            None => None,
+            Some((text, _)) => {
+                let net = Ipv6Network::from_str(text).ok()?;
+                let in_pool = self
+                    .pools
+                    .iter()
+                    .any(|pool| overlaps(pool, &IpNetwork::V6(net)) && pool.prefix() <= 64);
+                Some(net)
+                    .filter(|n| n.prefix() == 64 && n.network() == n.ip() && in_pool)?
+                    .into()
+            }
+        };
+        if ipv4.is_none() && ipv6.is_none() {
+            return None;
+        }
+        let segment = *self.segment_ids.get(text.segment.as_ref()?.0)?;
+        let state = match text.state.as_ref().map(|(state, _)| *state) {
+            None | Some("active") => SimState::Active,
+            Some("quarantined") => SimState::Quarantined,
+            Some(_) => return None,
+        };
+        let mut sim = Sim::new(imsi, segment, state);
+        sim.set_ipv4(ipv4);
+        sim.set_ipv6(ipv6);
+        if iccid.is_some() || msisdn.is_some() {
+            sim.set_iccid(iccid);
+            sim.set_msisdn(msisdn);
+        }
+        Some(sim)
+    }
+}
+
+/// An IPv4 address in its usual shape, four decimal numbers 0-255 without leading zeros
+/// joined by dots, read without the standard parser's generality (a tenth of the time of a
+/// million-row inventory went there). `None` for anything else, which the standard parser
+/// then reads: this accepts nothing it refuses.
+pub(super) fn dotted_quad(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = text.as_bytes().split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || part.len() > 1 && part[0] == b'0' {
+            return None;
+        }
+        let mut value = 0u16;
+        for &digit in part {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(digit - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
 /// A port written as text: ASCII digits only (no sign, no spaces inside), 0-65535.
 fn port(text: &str) -> Option<u16> {
     let text = text.trim();
@@ -1185,17 +1381,6 @@ fn field<'f>(
 ) -> Option<(&'f str, Place)> {
     let f = f.as_ref()?;
     checker.string(f, what).map(|s| (s, Place::Span(f.span())))
-}
-
-/// An IMSI of 14-15 digits packed into a u64: the number, with bit 63 set for 14-digit IMSIs
-/// so that leading zeros still tell them apart. Only for validated (or compared) digit strings;
-/// anything else maps to `u64::MAX`, which no valid IMSI produces.
-fn imsi_key(imsi: &str) -> u64 {
-    match imsi.parse::<u64>() {
-        Ok(value) if all_digits(imsi) && imsi.len() == 14 => value | 1 << 63,
-        Ok(value) if all_digits(imsi) && imsi.len() == 15 => value,
-        _ => u64::MAX,
-    }
 }
 
 fn all_digits(text: &str) -> bool {

@@ -23,7 +23,7 @@ use crate::{
     explain::{self, Explanation, Query},
     links::{self, How},
     loader::Enforcer,
-    policy::{Sim, SimState, ValidatedPolicy},
+    policy::{Imsi, Sim, SimState, ValidatedPolicy},
     report::{self, Report, State},
     store::{self, OverrideKind, Store},
 };
@@ -99,8 +99,10 @@ pub(crate) fn compile_with(
     let file_quarantined = policy
         .sims
         .iter()
-        .filter(|s| s.state == SimState::Quarantined && quarantined.contains(s.imsi.as_str()))
-        .map(|s| s.imsi.clone())
+        .filter(|s| {
+            s.state == SimState::Quarantined && quarantined.contains(s.imsi.text().as_str())
+        })
+        .map(|s| s.imsi.to_string())
         .collect();
     store::apply_overrides(policy, &overrides);
     let file_addresses = apply_bindings(policy, &bindings);
@@ -129,8 +131,8 @@ fn apply_bindings(
     let mut position = HashMap::new();
     let mut holder = HashMap::new();
     for (i, sim) in policy.sims.iter().enumerate() {
-        if bound.contains(sim.imsi.as_str()) {
-            position.insert(sim.imsi.clone(), i);
+        if bound.contains(sim.imsi.text().as_str()) {
+            position.insert(sim.imsi.to_string(), i);
         }
         for net in sim_addresses(sim) {
             if addresses.contains(&net) {
@@ -161,11 +163,11 @@ fn apply_bindings(
         }
         let sim = &mut policy.sims[i];
         changed
-            .entry(sim.imsi.clone())
-            .or_insert((sim.ipv4, sim.ipv6));
+            .entry(sim.imsi.to_string())
+            .or_insert((sim.ipv4(), sim.ipv6()));
         match binding.address {
-            ipnetwork::IpNetwork::V4(net) => sim.ipv4 = Some(net.ip()),
-            ipnetwork::IpNetwork::V6(net) => sim.ipv6 = Some(net),
+            ipnetwork::IpNetwork::V4(net) => sim.set_ipv4(Some(net.ip())),
+            ipnetwork::IpNetwork::V6(net) => sim.set_ipv6(Some(net)),
         }
     }
     changed
@@ -174,9 +176,10 @@ fn apply_bindings(
 /// A SIM's addresses as networks: its IPv4 /32 and IPv6 /64.
 fn sim_addresses(sim: &Sim) -> impl Iterator<Item = ipnetwork::IpNetwork> + '_ {
     let v4 = sim
-        .ipv4
+        .ipv4()
         .map(|a| ipnetwork::IpNetwork::V4(ipnetwork::Ipv4Network::from(a)));
-    v4.into_iter().chain(sim.ipv6.map(ipnetwork::IpNetwork::V6))
+    v4.into_iter()
+        .chain(sim.ipv6().map(ipnetwork::IpNetwork::V6))
 }
 
 /// Whether `address` lies inside `pool` (same family).
@@ -226,7 +229,7 @@ pub struct Daemon {
     compiled: Compiled,
     /// Names behind the map indices, for `stats`.
     names: State,
-    /// IMSI (as a number; 3GPP TS 23.003 allows at most 15 digits) → position in `policy.sims`.
+    /// IMSI ([`Imsi::to_bits`]: digits and their count) → position in `policy.sims`.
     index: HashMap<u64, u32>,
     /// SIM index → position in `policy.sims` (`u32::MAX`: none).
     positions: Vec<u32>,
@@ -453,11 +456,9 @@ impl Daemon {
 
     /// The SIM with `imsi`: its position in the policy, its stable SIM index and itself.
     fn sim(&self, imsi: &str) -> anyhow::Result<(usize, u32, &Sim)> {
-        let key = imsi
-            .parse::<u64>()
-            .ok()
-            .filter(|_| (14..=15).contains(&imsi.len()))
-            .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?;
+        let key = Imsi::parse(imsi)
+            .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?
+            .to_bits();
         let &position = self.index.get(&key).ok_or_else(|| {
             anyhow!(
                 "IMSI {imsi} is not in the policy in force ({}); add it there first",
@@ -541,8 +542,8 @@ impl Daemon {
     fn bind(&mut self, imsi: &str, address: &str, source: &str) -> anyhow::Result<SimInfo> {
         let net = parse_binding(address)?;
         let (position, index, sim) = self.sim(imsi)?;
-        let imsi = sim.imsi.clone();
-        let before = (sim.ipv4, sim.ipv6);
+        let imsi = sim.imsi.to_string();
+        let before = (sim.ipv4(), sim.ipv6());
         let old = sim_addresses(sim).find(|a| a.is_ipv6() == net.is_ipv6());
         let v6 = net.is_ipv6();
         if !self.policy.pools.iter().any(|p| in_pool(*p, net)) {
@@ -602,7 +603,7 @@ impl Daemon {
     fn unbind(&mut self, imsi: &str, address: Option<&str>) -> anyhow::Result<SimInfo> {
         let only = address.map(parse_binding).transpose()?;
         let (position, index, sim) = self.sim(imsi)?;
-        let imsi = sim.imsi.clone();
+        let imsi = sim.imsi.to_string();
         let mine: Vec<store::Binding> = [false, true]
             .iter()
             .filter_map(|&v6| self.bindings.get(&(imsi.clone(), v6)))
@@ -714,7 +715,7 @@ impl Daemon {
         self.positions
             .get(index as usize)
             .and_then(|&p| self.policy.sims.get(p as usize))
-            .map_or_else(|| format!("(SIM index {index})"), |s| s.imsi.clone())
+            .map_or_else(|| format!("(SIM index {index})"), |s| s.imsi.to_string())
     }
 
     /// Bring the compiled image up to date with the policy in force after run-time bindings
@@ -768,14 +769,14 @@ impl Daemon {
         let state = sim.state;
         let counters = counters::sim(self.enforcer.sim_table(), index);
         let mut addresses = Vec::new();
-        if let Some(v4) = sim.ipv4 {
+        if let Some(v4) = sim.ipv4() {
             addresses.push(v4.to_string());
         }
-        if let Some(v6) = sim.ipv6 {
+        if let Some(v6) = sim.ipv6() {
             addresses.push(v6.to_string());
         }
         Ok(SimInfo {
-            imsi: sim.imsi.clone(),
+            imsi: sim.imsi.to_string(),
             segment: self
                 .policy
                 .segments
@@ -787,7 +788,7 @@ impl Daemon {
             addresses,
             bindings: [false, true]
                 .iter()
-                .filter_map(|&v6| self.bindings.get(&(sim.imsi.clone(), v6)))
+                .filter_map(|&v6| self.bindings.get(&(sim.imsi.to_string(), v6)))
                 .map(|b| Bound {
                     address: b.address.to_string(),
                     source: b.source.clone(),
@@ -864,7 +865,7 @@ impl Daemon {
             .iter()
             .zip(&self.compiled.ids.sims)
             .map(|(sim, &index)| RowName {
-                imsi: imsi_key(&sim.imsi),
+                imsi: sim.imsi,
                 index,
                 segment: self.compiled.ids.segments[usize::from(sim.segment)],
                 quarantined: sim.state == SimState::Quarantined,
@@ -1070,10 +1071,10 @@ fn v6_key(net: ipnetwork::Ipv6Network) -> [u8; 8] {
 /// Set `sim`'s address of the family (`v6`) to `net` (`None`: none).
 fn set_address(sim: &mut Sim, v6: bool, net: Option<ipnetwork::IpNetwork>) {
     match (v6, net) {
-        (false, Some(ipnetwork::IpNetwork::V4(n))) => sim.ipv4 = Some(n.ip()),
-        (true, Some(ipnetwork::IpNetwork::V6(n))) => sim.ipv6 = Some(n),
-        (false, _) => sim.ipv4 = None,
-        (true, _) => sim.ipv6 = None,
+        (false, Some(ipnetwork::IpNetwork::V4(n))) => sim.set_ipv4(Some(n.ip())),
+        (true, Some(ipnetwork::IpNetwork::V6(n))) => sim.set_ipv6(Some(n)),
+        (false, _) => sim.set_ipv4(None),
+        (true, _) => sim.set_ipv6(None),
     }
 }
 
@@ -1083,7 +1084,7 @@ fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
         .sims
         .iter()
         .enumerate()
-        .filter_map(|(i, sim)| Some((sim.imsi.parse().ok()?, u32::try_from(i).ok()?)))
+        .filter_map(|(i, sim)| Some((sim.imsi.to_bits(), u32::try_from(i).ok()?)))
         .collect()
 }
 
@@ -1095,30 +1096,10 @@ fn now() -> u64 {
 
 /// What a streamed `stats` row needs of a SIM, copied when the command arrives.
 struct RowName {
-    /// [`imsi_key`] of the IMSI.
-    imsi: (u64, u8),
+    imsi: Imsi,
     index: u32,
     segment: u16,
     quarantined: bool,
-}
-
-/// The IMSI as (value, digits), which [`write_imsi`] turns back into its text, leading zeros
-/// included.
-fn imsi_key(imsi: &str) -> (u64, u8) {
-    (
-        imsi.parse().unwrap_or(0),
-        u8::try_from(imsi.len()).unwrap_or(0),
-    )
-}
-
-fn write_imsi(buffer: &mut [u8; 20], (value, digits): (u64, u8)) -> &str {
-    let mut value = value;
-    let digits = usize::from(digits).min(buffer.len());
-    for slot in buffer[..digits].iter_mut().rev() {
-        *slot = b'0' + u8::try_from(value % 10).unwrap_or(0);
-        value /= 10;
-    }
-    std::str::from_utf8(&buffer[..digits]).unwrap_or_default()
 }
 
 /// Format `rows` in chunks of about 256 KiB into `tx`, then [`END_OF_ROWS`]; stops early when
@@ -1132,9 +1113,8 @@ fn stream_rows(
 ) {
     const CHUNK: usize = 256 * 1024;
     let mut chunk = Vec::with_capacity(CHUNK + 512);
-    let mut imsi = [0u8; 20];
     for row in rows {
-        let imsi = write_imsi(&mut imsi, row.imsi);
+        let imsi = row.imsi.text();
         let segment = segments
             .get(usize::from(row.segment))
             .map_or("", String::as_str);
@@ -1145,8 +1125,8 @@ fn stream_rows(
         };
         let counters = table.counters(row.index);
         match format {
-            RowFormat::Table => report::table_row(&mut chunk, imsi, segment, state, &counters),
-            RowFormat::Json => report::json_row(&mut chunk, imsi, segment, state, &counters),
+            RowFormat::Table => report::table_row(&mut chunk, &imsi, segment, state, &counters),
+            RowFormat::Json => report::json_row(&mut chunk, &imsi, segment, state, &counters),
         }
         if chunk.len() >= CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK + 512));

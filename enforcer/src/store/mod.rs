@@ -463,7 +463,7 @@ pub fn apply_overrides(policy: &mut ValidatedPolicy, overrides: &[Override]) -> 
         .collect();
     let mut applied = 0;
     for sim in &mut policy.sims {
-        if quarantined.contains(sim.imsi.as_str()) {
+        if quarantined.contains(sim.imsi.text().as_str()) {
             sim.state = crate::policy::SimState::Quarantined;
             applied += 1;
         }

@@ -45,17 +45,13 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             rules: Vec::new(),
         }],
         sims: (first..first + sims)
-            .map(|n| Sim {
-                imsi: format!("{:015}", 1_010_000_000_000 + n),
-                iccid: None,
-                msisdn: None,
-                ipv4: Some(std::net::Ipv4Addr::from(
+            .map(|n| {
+                let imsi = format!("{:015}", 1_010_000_000_000 + n);
+                let mut sim = Sim::new(imsi.parse().expect("imsi"), 0, SimState::Active);
+                sim.set_ipv4(Some(std::net::Ipv4Addr::from(
                     0x0a00_0000 + u32::try_from(n).expect("n"),
-                )),
-                ipv6: None,
-                segment: 0,
-                state: SimState::Active,
-                rules: Vec::new(),
+                )));
+                sim
             })
             .collect(),
     }
@@ -163,7 +159,7 @@ fn overrides_are_set_replaced_listed_and_cleared() {
 fn a_quarantine_override_quarantines_its_sim_in_the_policy() {
     let mut store = Store::open_in_memory().expect("memory store");
     let mut policy = policy(0, 3);
-    let imsi = policy.sims[1].imsi.clone();
+    let imsi = policy.sims[1].imsi.to_string();
     store
         .set_override(&imsi, OverrideKind::Quarantine, "operator:alice")
         .expect("set");
