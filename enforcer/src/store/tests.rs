@@ -216,3 +216,57 @@ fn assign_ids_at_a_million_sims() {
          {one_more:?}; reopen {reopen:?}"
     );
 }
+
+/// Resident set size of this process, in bytes (Linux `/proc/self/statm`).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+/// The daemon's store work at a million SIMs: a fresh store's ids, a reopen (which loads the
+/// id cache) and its memory, an unchanged reload and a reload with 1% of the SIMs replaced by
+/// others. Prints the figures; run with `cargo test --release -p enforcer --lib
+/// store_work_at_a_million_sims -- --ignored --nocapture`.
+#[test]
+#[ignore = "a million SIMs; run in release for the figures"]
+fn store_work_at_a_million_sims() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let sims = 1_000_000;
+    let base = policy(0, sims);
+    let mut store = Store::open(&path).expect("create");
+    let started = Instant::now();
+    store.assign_ids(&base).expect("ids");
+    let fresh = started.elapsed();
+    drop(store);
+
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let mut store = Store::open(&path).expect("reopen");
+    let reopen = started.elapsed();
+    let cache_mib = rss_bytes().saturating_sub(rss_before) as f64 / 1_048_576.0;
+    assert_eq!(store.allocations().sims.rows().count(), 1_000_000);
+
+    let started = Instant::now();
+    let again = store.assign_ids(&base).expect("ids");
+    let unchanged = started.elapsed();
+    // Every 100th SIM is replaced by one the store has not seen.
+    let mut changed = base.clone();
+    for (n, sim) in changed.sims.iter_mut().enumerate().step_by(100) {
+        sim.imsi = format!("{:015}", 2_020_000_000_000 + n);
+    }
+    let started = Instant::now();
+    let ids = store.assign_ids(&changed).expect("ids");
+    let one_percent = started.elapsed();
+    assert_eq!(ids.sims[1..100], again.sims[1..100]);
+    assert_eq!(ids.sims[0], 1_000_000, "a new SIM takes the next index");
+    eprintln!(
+        "store at 1M SIMs: fresh {fresh:?}, reopen {reopen:?} (RSS +{cache_mib:.1} MiB), \
+         unchanged {unchanged:?}, 1% changed {one_percent:?}"
+    );
+}
