@@ -15,7 +15,10 @@
 //! **Speed:** the allocations are read once, at [`Store::open`], one `SELECT` per table, and
 //! kept in memory; [`Store::assign_ids`] computes the ids in memory and writes only the rows
 //! that changed (new keys, keys retired or back), in one transaction with prepared statements,
-//! into `WITHOUT ROWID` tables keyed by the key. An unchanged reload writes nothing.
+//! in key order. SIMs are keyed by [`SimKey`] (the IMSI as an integer with its digit count) in
+//! an `INTEGER PRIMARY KEY` table, so a fresh store appends its rows and a reopen reads them in
+//! key order, straight into the allocator's sorted vectors; the other tables are `WITHOUT ROWID`
+//! tables keyed by their text key. An unchanged reload writes nothing.
 //!
 //! Files: the database (mode 0600) and SQLite's `-wal` and `-shm` beside it (WAL journal, with
 //! `synchronous = NORMAL`: durable across a daemon crash; a power loss may lose the last
@@ -35,7 +38,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 pub use schema::SCHEMA_VERSION;
 
 use crate::{
-    ids::{Allocator, Changes, IdError, Ids, Space, SpaceChanges},
+    ids::{Allocator, Changes, IdError, Ids, SimKey, Space, SpaceChanges},
     policy::ValidatedPolicy,
 };
 
@@ -262,13 +265,9 @@ impl Store {
             .conn
             .transaction()
             .map_err(sql(&path, "starting a transaction"))?;
-        for (table, space) in [
-            (schema::SIMS, &changes.sims),
-            (schema::SEGMENTS, &changes.segments),
-            (schema::RULES, &changes.rules),
-        ] {
-            write_space(&tx, &path, table, space, delete)?;
-        }
+        write_space(&tx, &path, schema::SIMS, &changes.sims, delete)?;
+        write_space(&tx, &path, schema::SEGMENTS, &changes.segments, delete)?;
+        write_space(&tx, &path, schema::RULES, &changes.rules, delete)?;
         tx.commit().map_err(sql(&path, "committing ids"))
     }
 
@@ -479,27 +478,54 @@ fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreE
 /// Rows per `INSERT` statement (512 parameters, below every SQLite's limit of 999).
 const INSERT_ROWS: usize = 256;
 
-/// Every row of an id table, in one `SELECT`.
-fn load_space(conn: &Connection, path: &str, table: &schema::IdTable) -> Result<Space, StoreError> {
+/// The SIM table's key: [`SimKey::to_bits`] as an `INTEGER`, the table's rowid.
+impl rusqlite::ToSql for SimKey {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        // Below 2^54 (see `SimKey`), so the cast keeps every bit.
+        #[expect(clippy::cast_possible_wrap, reason = "below 2^54")]
+        let bits = self.to_bits() as i64;
+        Ok(bits.into())
+    }
+}
+
+impl rusqlite::types::FromSql for SimKey {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let bits = value.as_i64()?;
+        u64::try_from(bits)
+            .ok()
+            .and_then(SimKey::from_bits)
+            .ok_or(rusqlite::types::FromSqlError::OutOfRange(bits))
+    }
+}
+
+/// Every row of an id table, in one `SELECT`, in key order (the table's own order, so the
+/// space takes them without sorting).
+fn load_space<K>(
+    conn: &Connection,
+    path: &str,
+    table: &schema::IdTable,
+) -> Result<Space<K>, StoreError>
+where
+    K: rusqlite::types::FromSql + Ord + Clone + std::fmt::Display,
+{
     let mut statement = conn
         .prepare(&format!(
-            "SELECT {key}, id, retired FROM {name}",
+            "SELECT {key}, id, retired FROM {name} ORDER BY {key}",
             key = table.key,
             name = table.name
         ))
         .map_err(sql(path, "reading ids"))?;
-    let rows = statement
-        .query_map([], |row| {
+    let mut rows = statement.query([]).map_err(sql(path, "reading ids"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql(path, "reading ids"))? {
+        let (key, id, retired) = (|| {
             Ok((
-                row.get::<_, String>(0)?,
+                row.get::<_, K>(0)?,
                 row.get::<_, i64>(1)?,
                 row.get::<_, bool>(2)?,
             ))
-        })
+        })()
         .map_err(sql(path, "reading ids"))?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (key, id, retired) = row.map_err(sql(path, "reading ids"))?;
         let id = u32::try_from(id)
             .ok()
             .filter(|&id| id < table.limit)
@@ -514,17 +540,17 @@ fn load_space(conn: &Connection, path: &str, table: &schema::IdTable) -> Result<
 
 /// Write one space's changes with prepared statements; added rows sorted by key, so that the
 /// B-tree is filled in order.
-fn write_space(
+fn write_space<K: rusqlite::ToSql + Ord>(
     tx: &rusqlite::Transaction<'_>,
     path: &str,
     table: &schema::IdTable,
-    changes: &SpaceChanges,
+    changes: &SpaceChanges<K>,
     delete: bool,
 ) -> Result<(), StoreError> {
     let (name, key) = (table.name, table.key);
     if !changes.added.is_empty() {
-        let mut added: Vec<&(String, u32)> = changes.added.iter().collect();
-        added.sort_unstable();
+        let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
+        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Many rows per statement: SQLite's cost per executed statement (bind, step, reset)
         // is most of an insert's, so a million SIMs in rows of 256 take a fraction of the time.
         let statement = |rows: usize| {
@@ -548,7 +574,7 @@ fn write_space(
                 .map_err(sql(path, "adding ids"))?;
         }
     }
-    let mark = |keys: &[String], sql_text: String, what| -> Result<(), StoreError> {
+    let mark = |keys: &[K], sql_text: String, what| -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }

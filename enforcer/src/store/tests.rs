@@ -8,8 +8,11 @@ use std::{
     time::Instant,
 };
 
-use super::{OverrideKind, SCHEMA_VERSION, Store, StoreError};
-use crate::policy::{Segment, Sim, SimState, ValidatedPolicy};
+use super::{Binding, Override, OverrideKind, SCHEMA_VERSION, Store, StoreError, schema};
+use crate::{
+    ids::SimKey,
+    policy::{Segment, Sim, SimState, ValidatedPolicy},
+};
 
 /// A per-test directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -59,6 +62,184 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             })
             .collect(),
     }
+}
+
+/// A policy of the SIMs `imsis` in segment `a`, no rules.
+fn policy_of(imsis: &[&str]) -> ValidatedPolicy {
+    let mut policy = policy(0, imsis.len() as u64);
+    for (sim, imsi) in policy.sims.iter_mut().zip(imsis) {
+        sim.imsi = (*imsi).to_owned();
+    }
+    policy
+}
+
+fn key(imsi: &str) -> SimKey {
+    SimKey::parse(imsi).expect("a test IMSI")
+}
+
+#[test]
+fn leading_zeros_and_digit_counts_keep_imsis_apart_across_a_reopen() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    // One value, three texts: 14 and 15 digits, with and without leading zeros.
+    let imsis = [
+        "00101000000001",
+        "001010000000001",
+        "101000000001",
+        "999999999999999",
+    ];
+    let mut store = Store::open(&path).expect("create");
+    let first = store.assign_ids(&policy_of(&imsis)).expect("ids");
+    assert_eq!(first.sims, vec![0, 1, 2, 3]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    for (imsi, id) in imsis.iter().zip(&first.sims) {
+        assert_eq!(store.allocations().sims.id(&key(imsi)), Some(*id), "{imsi}");
+    }
+    let reversed: Vec<&str> = imsis.iter().rev().copied().collect();
+    let again = store.assign_ids(&policy_of(&reversed)).expect("ids");
+    assert_eq!(again.sims, vec![3, 2, 1, 0], "each IMSI keeps its own id");
+}
+
+/// Writes a version 1 store as the deployed schema did, with rows of every table.
+fn write_v1_store(path: &Path, sims: &[(&str, i64, i64)]) {
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.execute_batch(&format!(
+        "BEGIN; {} INSERT INTO meta (key, value) VALUES ('schema_version', '1'); COMMIT;",
+        schema::V1
+    ))
+    .expect("version 1 schema");
+    for (imsi, id, retired) in sims {
+        conn.execute(
+            "INSERT INTO sims (imsi, id, retired) VALUES (?1, ?2, ?3)",
+            rusqlite::params![imsi, id, retired],
+        )
+        .expect("SIM row");
+    }
+    conn.execute_batch(
+        "INSERT INTO segments (name, id, retired) VALUES ('a', 0, 0), ('gone', 1, 1);
+         INSERT INTO rules (identity, id, retired) VALUES ('segment a: to=[] protos=[] ports=[]', 4, 0);
+         INSERT INTO overrides (imsi, kind, source, at)
+             VALUES ('001010000000001', 'quarantine', 'operator:alice', 1700000001);
+         INSERT INTO bindings (imsi, family, address, source, at)
+             VALUES ('00101000000002', 4, '10.9.0.1/32', 'operator:bob', 1700000002),
+                    ('00101000000002', 6, 'fd00:9::/64', 'operator:bob', 1700000003);",
+    )
+    .expect("other rows");
+}
+
+fn schema_version(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |row| row.get(0),
+    )
+    .expect("version")
+}
+
+#[test]
+fn a_version_1_store_is_migrated_keeping_every_id_override_and_binding() {
+    let dir = TempDir::new();
+    let path = dir.0.join("state").join("enforcer.db");
+    let v1_sims = [
+        ("001010000000001", 0, 0),
+        ("00101000000002", 1, 0),
+        ("310150123456789", 2, 1),
+        ("001010000000000", 5, 0),
+    ];
+    write_v1_store(&path, &v1_sims);
+
+    let mut store = Store::open(&path).expect("open and migrate");
+    assert_eq!(schema_version(&path), SCHEMA_VERSION.to_string());
+    let rows: Vec<(String, u32, bool)> = store
+        .allocations()
+        .sims
+        .rows()
+        .map(|(k, id, retired)| (k.to_string(), id, retired))
+        .collect();
+    let mut expected: Vec<(String, u32, bool)> = v1_sims
+        .iter()
+        .map(|&(imsi, id, retired)| (imsi.to_owned(), id as u32, retired == 1))
+        .collect();
+    expected.sort_by_key(|r| key(&r.0));
+    assert_eq!(rows, expected, "every SIM id and retired flag survives");
+    let segments = &store.allocations().segments;
+    assert_eq!((segments.id("a"), segments.id("gone")), (Some(0), Some(1)));
+    assert_eq!(
+        store
+            .allocations()
+            .rules
+            .id("segment a: to=[] protos=[] ports=[]"),
+        Some(4)
+    );
+    assert_eq!(
+        store.overrides().expect("overrides"),
+        vec![Override {
+            imsi: "001010000000001".to_owned(),
+            kind: OverrideKind::Quarantine,
+            source: "operator:alice".to_owned(),
+            at: 1_700_000_001,
+        }]
+    );
+    let bindings = store.bindings().expect("bindings");
+    assert_eq!(
+        bindings,
+        vec![
+            Binding {
+                imsi: "00101000000002".to_owned(),
+                address: "10.9.0.1/32".parse().expect("address"),
+                source: "operator:bob".to_owned(),
+                at: 1_700_000_002,
+            },
+            Binding {
+                imsi: "00101000000002".to_owned(),
+                address: "fd00:9::/64".parse().expect("address"),
+                source: "operator:bob".to_owned(),
+                at: 1_700_000_003,
+            },
+        ]
+    );
+
+    // The migrated ids behave as before: a retired SIM comes back to its id, a new one takes
+    // the lowest free id, and a reopen finds the same.
+    let ids = store
+        .assign_ids(&policy_of(&[
+            "310150123456789",
+            "001010000000001",
+            "00101000000002",
+            "001010000000000",
+            "001019999999999",
+        ]))
+        .expect("ids");
+    assert_eq!(ids.sims, vec![2, 0, 1, 5, 3]);
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.allocations().sims.id(&key("001019999999999")),
+        Some(3)
+    );
+    assert_eq!(schema_version(&path), SCHEMA_VERSION.to_string());
+}
+
+#[test]
+fn a_failed_migration_leaves_the_version_1_store_as_it_was() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    write_v1_store(&path, &[("001010000000001", 0, 0), ("00101x", 1, 0)]);
+    let error = Store::open(&path).expect_err("an IMSI that is not digits");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    assert_eq!(schema_version(&path), "1");
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let imsis: Vec<String> = conn
+        .prepare("SELECT imsi FROM sims ORDER BY imsi")
+        .expect("select")
+        .query_map([], |row| row.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(imsis, vec!["001010000000001", "00101x"]);
 }
 
 #[test]
