@@ -15,10 +15,11 @@
 //! **Speed:** the allocations are read once, at [`Store::open`], one `SELECT` per table, and
 //! kept in memory; [`Store::assign_ids`] computes the ids in memory and writes only the rows
 //! that changed (new keys, keys retired or back), in one transaction with prepared statements,
-//! in key order. SIMs are keyed by [`SimKey`] (the IMSI as an integer with its digit count) in
-//! an `INTEGER PRIMARY KEY` table, so a fresh store appends its rows and a reopen reads them in
-//! key order, straight into the allocator's sorted vectors; the other tables are `WITHOUT ROWID`
-//! tables keyed by their text key. An unchanged reload writes nothing.
+//! in key order. SIMs are stored as [`SimKey`] integers (the IMSI with its digit count) in an
+//! append-only table without a key index, their retired keys in a small table of their own (see
+//! `schema::V2_SIMS`): a fresh store appends its rows and a reopen reads them in key order (or a
+//! few sorted runs), straight into the allocator's sorted vectors. The other tables are
+//! `WITHOUT ROWID` tables keyed by their text key. An unchanged reload writes nothing.
 //!
 //! Files: the database (mode 0600) and SQLite's `-wal` and `-shm` beside it (WAL journal, with
 //! `synchronous = NORMAL`: durable across a daemon crash; a power loss may lose the last
@@ -475,8 +476,9 @@ fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreE
     move |source| StoreError::Sql { what, path, source }
 }
 
-/// Rows per `INSERT` statement (512 parameters, below every SQLite's limit of 999).
-const INSERT_ROWS: usize = 256;
+/// Rows per `INSERT` statement: at most 6144 parameters, below the limit of 32766 of the
+/// bundled SQLite (3.32 and later); fewer, longer statements than 256 rows gave a few percent.
+const INSERT_ROWS: usize = 2048;
 
 /// The SIM table's key: [`SimKey::to_bits`] as an `INTEGER`, the table's rowid.
 impl rusqlite::ToSql for SimKey {
@@ -498,8 +500,9 @@ impl rusqlite::types::FromSql for SimKey {
     }
 }
 
-/// Every row of an id table, in one `SELECT`, in key order (the table's own order, so the
-/// space takes them without sorting).
+/// Every row of an id table: one `SELECT` of the table, and one of its retired keys if they
+/// are in a table of their own. Rows come in the table's order, which is key order but for
+/// the keys added since the first assignment: sorting is then one merge of a few sorted runs.
 fn load_space<K>(
     conn: &Connection,
     path: &str,
@@ -508,16 +511,16 @@ fn load_space<K>(
 where
     K: rusqlite::types::FromSql + Ord + Clone + std::fmt::Display,
 {
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT {key}, id, retired FROM {name} ORDER BY {key}",
-            key = table.key,
-            name = table.name
-        ))
-        .map_err(sql(path, "reading ids"))?;
-    let mut rows = statement.query([]).map_err(sql(path, "reading ids"))?;
+    let what = "reading ids";
+    let (name, key) = (table.name, table.key);
+    let query = match table.retired {
+        schema::Retired::Column => format!("SELECT {key}, id, retired FROM {name}"),
+        schema::Retired::Table(_) => format!("SELECT {key}, id, 0 FROM {name}"),
+    };
+    let mut statement = conn.prepare(&query).map_err(sql(path, what))?;
+    let mut rows = statement.query([]).map_err(sql(path, what))?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql(path, "reading ids"))? {
+    while let Some(row) = rows.next().map_err(sql(path, what))? {
         let (key, id, retired) = (|| {
             Ok((
                 row.get::<_, K>(0)?,
@@ -525,7 +528,7 @@ where
                 row.get::<_, bool>(2)?,
             ))
         })()
-        .map_err(sql(path, "reading ids"))?;
+        .map_err(sql(path, what))?;
         let id = u32::try_from(id)
             .ok()
             .filter(|&id| id < table.limit)
@@ -535,11 +538,95 @@ where
             })?;
         out.push((key, id, retired));
     }
+    if !out.is_sorted_by(|a, b| a.0 < b.0) {
+        // Stable and adaptive: a sorted run per assignment that added keys costs one merge.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(twice) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                what: format!("{} `{}` listed twice", table.kind.name(), twice[0].0),
+            });
+        }
+    }
+    if let schema::Retired::Table(retired) = table.retired {
+        let mut statement = conn
+            .prepare(&format!("SELECT {key} FROM {retired} ORDER BY {key}"))
+            .map_err(sql(path, what))?;
+        let marks = statement
+            .query_map([], |row| row.get::<_, K>(0))
+            .map_err(sql(path, what))?;
+        // Both in key order: walk the rows once.
+        let mut at = 0;
+        for mark in marks {
+            let mark = mark.map_err(sql(path, what))?;
+            while out.get(at).is_some_and(|row| row.0 < mark) {
+                at += 1;
+            }
+            match out.get_mut(at) {
+                Some(row) if row.0 == mark => row.2 = true,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_owned(),
+                        what: format!("retired {} `{mark}` without an id", table.kind.name()),
+                    });
+                }
+            }
+        }
+    }
     Ok(Space::from_rows(out))
 }
 
-/// Write one space's changes with prepared statements; added rows sorted by key, so that the
-/// B-tree is filled in order.
+/// Execute `head` followed by `VALUES` rows of `N` parameters, many rows per statement:
+/// SQLite's cost per executed statement (bind, step, reset) is most of an insert's, so a
+/// million rows in statements of [`INSERT_ROWS`] take a fraction of the time.
+fn execute_rows<T, const N: usize>(
+    tx: &rusqlite::Transaction<'_>,
+    path: &str,
+    what: &'static str,
+    head: &str,
+    rows: &[T],
+    params: impl Fn(&T) -> [&dyn rusqlite::ToSql; N],
+) -> Result<(), StoreError> {
+    let row = format!("({})", vec!["?"; N].join(", "));
+    let statement = |rows: usize| format!("{head} VALUES {}", vec![row.as_str(); rows].join(", "));
+    let full = statement(INSERT_ROWS);
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(INSERT_ROWS * N);
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let last;
+        let text = if chunk.len() == INSERT_ROWS {
+            &full
+        } else {
+            last = statement(chunk.len());
+            &last
+        };
+        let mut insert = tx.prepare_cached(text).map_err(sql(path, what))?;
+        values.clear();
+        values.extend(chunk.iter().flat_map(&params));
+        insert.execute(values.as_slice()).map_err(sql(path, what))?;
+    }
+    Ok(())
+}
+
+/// Execute `statement`, of one parameter, once per key.
+fn execute_each<K: rusqlite::ToSql>(
+    tx: &rusqlite::Transaction<'_>,
+    path: &str,
+    what: &'static str,
+    statement: &str,
+    keys: &[K],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut statement = tx.prepare_cached(statement).map_err(sql(path, what))?;
+    for k in keys {
+        statement.execute([k]).map_err(sql(path, what))?;
+    }
+    Ok(())
+}
+
+/// Write one space's changes with prepared statements, in key order so that the B-trees are
+/// filled in order; with `delete`, retired rows are deleted (released) rather than marked.
 fn write_space<K: rusqlite::ToSql + Ord>(
     tx: &rusqlite::Transaction<'_>,
     path: &str,
@@ -551,50 +638,74 @@ fn write_space<K: rusqlite::ToSql + Ord>(
     if !changes.added.is_empty() {
         let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
         added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Many rows per statement: SQLite's cost per executed statement (bind, step, reset)
-        // is most of an insert's, so a million SIMs in rows of 256 take a fraction of the time.
-        let statement = |rows: usize| {
-            let values = vec!["(?, ?, 0)"; rows].join(", ");
-            format!("INSERT INTO {name} ({key}, id, retired) VALUES {values}")
-        };
-        let full = statement(INSERT_ROWS);
-        for chunk in added.chunks(INSERT_ROWS) {
-            let text = if chunk.len() == INSERT_ROWS {
-                full.clone()
-            } else {
-                statement(chunk.len())
-            };
-            let mut insert = tx.prepare_cached(&text).map_err(sql(path, "adding ids"))?;
-            let params: Vec<&dyn rusqlite::ToSql> = chunk
-                .iter()
-                .flat_map(|(k, id)| [k as &dyn rusqlite::ToSql, id as &dyn rusqlite::ToSql])
-                .collect();
-            insert
-                .execute(params.as_slice())
-                .map_err(sql(path, "adding ids"))?;
+        match table.retired {
+            schema::Retired::Column => execute_rows(
+                tx,
+                path,
+                "adding ids",
+                &format!("INSERT INTO {name} ({key}, id, retired)"),
+                &added,
+                |(k, id)| [k, id, &false],
+            )?,
+            schema::Retired::Table(_) => execute_rows(
+                tx,
+                path,
+                "adding ids",
+                &format!("INSERT INTO {name} ({key}, id)"),
+                &added,
+                |(k, id)| [k, id],
+            )?,
         }
     }
-    let mark = |keys: &[K], sql_text: String, what| -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
+    let mut revived: Vec<&K> = changes.revived.iter().collect();
+    revived.sort_unstable();
+    let mut retired: Vec<&K> = changes.retired.iter().collect();
+    retired.sort_unstable();
+    match table.retired {
+        schema::Retired::Column => {
+            let retire = if delete {
+                format!("DELETE FROM {name} WHERE {key} = ?1")
+            } else {
+                format!("UPDATE {name} SET retired = 1 WHERE {key} = ?1")
+            };
+            execute_each(
+                tx,
+                path,
+                "reviving ids",
+                &format!("UPDATE {name} SET retired = 0 WHERE {key} = ?1"),
+                &revived,
+            )?;
+            execute_each(tx, path, "retiring ids", &retire, &retired)
         }
-        let mut statement = tx.prepare_cached(&sql_text).map_err(sql(path, what))?;
-        for k in keys {
-            statement.execute([k]).map_err(sql(path, what))?;
+        // Retired keys in a table of their own: retiring or reviving a few scattered keys
+        // writes a few pages of that small table, not one page of the big one per key.
+        schema::Retired::Table(marks) => {
+            let unmark = format!("DELETE FROM {marks} WHERE {key} = ?1");
+            execute_each(tx, path, "reviving ids", &unmark, &revived)?;
+            if delete {
+                // `name` has no index on the key (see the schema): one pass over it for every
+                // released key rather than a scan per key. A release releases every retired
+                // key, so the marks are exactly the keys to delete.
+                if !retired.is_empty() {
+                    tx.execute(
+                        &format!("DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {marks})"),
+                        [],
+                    )
+                    .map_err(sql(path, "releasing ids"))?;
+                }
+                execute_each(tx, path, "releasing ids", &unmark, &retired)
+            } else {
+                execute_rows(
+                    tx,
+                    path,
+                    "retiring ids",
+                    &format!("INSERT INTO {marks} ({key})"),
+                    &retired,
+                    |k| [k],
+                )
+            }
         }
-        Ok(())
-    };
-    mark(
-        &changes.revived,
-        format!("UPDATE {name} SET retired = 0 WHERE {key} = ?1"),
-        "reviving ids",
-    )?;
-    let retire = if delete {
-        format!("DELETE FROM {name} WHERE {key} = ?1")
-    } else {
-        format!("UPDATE {name} SET retired = 1 WHERE {key} = ?1")
-    };
-    mark(&changes.retired, retire, "retiring ids")
+    }
 }
 
 #[cfg(test)]

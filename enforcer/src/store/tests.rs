@@ -101,6 +101,73 @@ fn leading_zeros_and_digit_counts_keep_imsis_apart_across_a_reopen() {
     assert_eq!(again.sims, vec![3, 2, 1, 0], "each IMSI keeps its own id");
 }
 
+#[test]
+fn sims_added_out_of_key_order_survive_a_reopen_and_a_release() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let mut store = Store::open(&path).expect("create");
+    store
+        .assign_ids(&policy_of(&["310150000000005", "310150000000009"]))
+        .expect("ids");
+    // Smaller keys, and one between: rows the file holds after the first ones.
+    let grown = [
+        "310150000000009",
+        "00101000000001",
+        "310150000000007",
+        "001010000000001",
+    ];
+    let ids = store.assign_ids(&policy_of(&grown)).expect("ids");
+    assert_eq!(ids.sims, vec![1, 2, 3, 4]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    let rows: Vec<(String, u32, bool)> = store
+        .allocations()
+        .sims
+        .rows()
+        .map(|(k, id, retired)| (k.to_string(), id, retired))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("00101000000001".to_owned(), 2, false),
+            ("001010000000001".to_owned(), 4, false),
+            ("310150000000005".to_owned(), 0, true),
+            ("310150000000007".to_owned(), 3, false),
+            ("310150000000009".to_owned(), 1, false),
+        ]
+    );
+    assert_eq!(
+        store.assign_ids(&policy_of(&grown)).expect("ids").sims,
+        ids.sims
+    );
+    let released = store.release_retired().expect("release");
+    assert_eq!(released.sims.retired, vec![key("310150000000005")]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    assert_eq!(store.allocations().sims.len(), 4);
+    let back = store
+        .assign_ids(&policy_of(&["310150000000005"]))
+        .expect("ids");
+    assert_eq!(back.sims, vec![0], "the released index is reused");
+}
+
+#[test]
+fn a_sim_key_listed_twice_in_the_file_is_refused() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let mut store = Store::open(&path).expect("create");
+    store
+        .assign_ids(&policy_of(&["310150000000005", "310150000000009"]))
+        .expect("ids");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute("INSERT INTO sims SELECT imsi_key, 7 FROM sims LIMIT 1", [])
+        .expect("a second row");
+    drop(conn);
+    let error = Store::open(&path).expect_err("a key twice");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+}
+
 /// Writes a version 1 store as the deployed schema did, with rows of every table.
 fn write_v1_store(path: &Path, sims: &[(&str, i64, i64)]) {
     std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
@@ -446,8 +513,15 @@ fn store_work_at_a_million_sims() {
     let one_percent = started.elapsed();
     assert_eq!(ids.sims[1..100], again.sims[1..100]);
     assert_eq!(ids.sims[0], 1_000_000, "a new SIM takes the next index");
+    drop(store);
+    // The added SIMs are a second run of rows in the file.
+    let started = Instant::now();
+    let store = Store::open(&path).expect("reopen");
+    let reopen_changed = started.elapsed();
+    assert_eq!(store.allocations().sims.len(), 1_010_000);
     eprintln!(
         "store at 1M SIMs: fresh {fresh:?}, reopen {reopen:?} (RSS +{cache_mib:.1} MiB), \
-         unchanged {unchanged:?}, 1% changed {one_percent:?}"
+         unchanged {unchanged:?}, 1% changed {one_percent:?}, reopen after that \
+         {reopen_changed:?}"
     );
 }
