@@ -366,7 +366,11 @@ impl<K: Ord + Clone> Space<K> {
         Q: Ord + ToOwned<Owned = K> + ?Sized,
         R: Borrow<Q>,
     {
-        let mut changes = SpaceChanges::default();
+        let mut changes = SpaceChanges {
+            // Exact for a fresh space, the case where it is big.
+            added: Vec::with_capacity(keys.len().saturating_sub(self.keys.len())),
+            ..SpaceChanges::default()
+        };
         let mut out = Vec::with_capacity(keys.len());
         // Which of our keys `keys` holds, by place: those in use and not seen get retired.
         let mut seen = vec![false; self.keys.len()];
@@ -429,9 +433,26 @@ impl<K: Ord + Clone> Space<K> {
             self.next = self.next.max(id + 1);
         }
         let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
-        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if !added.is_sorted_by(|a, b| a.0 <= b.0) {
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        // All after the last key (a fresh space, or keys in a new range): append in place.
+        if self
+            .keys
+            .last()
+            .is_none_or(|last| added.first().is_some_and(|a| *last < a.0))
+        {
+            // Exact: doubling a million-key space's capacity for a few keys would waste MiBs.
+            self.keys.reserve_exact(added.len());
+            self.ids.reserve_exact(added.len());
+            self.retired.reserve_exact(added.len());
+            self.keys.extend(added.iter().map(|a| a.0.clone()));
+            self.ids.extend(added.iter().map(|a| a.1));
+            self.retired.resize(self.keys.len(), false);
+            return;
+        }
         // One merge of two sorted runs, O(n): cheaper than an insert per key once there are
-        // more than a few, and a reload adds few or (on a fresh store) all.
+        // more than a few.
         let total = self.keys.len() + added.len();
         let mut old_space = std::mem::take(self);
         let mut merged = Self {

@@ -576,35 +576,48 @@ where
     Ok(Space::from_rows(out))
 }
 
-/// Execute `head` followed by `VALUES` rows of `N` parameters, many rows per statement:
-/// SQLite's cost per executed statement (bind, step, reset) is most of an insert's, so a
-/// million rows in statements of [`INSERT_ROWS`] take a fraction of the time.
-fn execute_rows<T, const N: usize>(
+/// Execute `head` followed by `VALUES` rows of the parameters `params` gives for each of `rows`
+/// (as many for every row), many rows per statement: SQLite's cost per executed statement
+/// (bind, step, reset) is most of an insert's, so a million rows in statements of
+/// [`INSERT_ROWS`] take a fraction of the time.
+fn execute_rows<'r, T: 'r, P>(
     tx: &rusqlite::Transaction<'_>,
     path: &str,
     what: &'static str,
     head: &str,
-    rows: &[T],
-    params: impl Fn(&T) -> [&dyn rusqlite::ToSql; N],
-) -> Result<(), StoreError> {
-    let row = format!("({})", vec!["?"; N].join(", "));
-    let statement = |rows: usize| format!("{head} VALUES {}", vec![row.as_str(); rows].join(", "));
-    let full = statement(INSERT_ROWS);
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(INSERT_ROWS * N);
-    for chunk in rows.chunks(INSERT_ROWS) {
+    rows: &mut dyn Iterator<Item = &'r T>,
+    params: impl Fn(&'r T) -> P,
+) -> Result<(), StoreError>
+where
+    P: Iterator<Item = &'r dyn rusqlite::ToSql>,
+{
+    let statement = |rows: usize, width: usize| {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        format!("{head} VALUES {}", vec![row.as_str(); rows].join(", "))
+    };
+    let mut full = None;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    loop {
+        values.clear();
+        let mut count = 0;
+        for row in (&mut *rows).take(INSERT_ROWS) {
+            values.extend(params(row));
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let width = values.len() / count;
         let last;
-        let text = if chunk.len() == INSERT_ROWS {
-            &full
+        let text = if count == INSERT_ROWS {
+            full.get_or_insert_with(|| statement(INSERT_ROWS, width))
         } else {
-            last = statement(chunk.len());
+            last = statement(count, width);
             &last
         };
         let mut insert = tx.prepare_cached(text).map_err(sql(path, what))?;
-        values.clear();
-        values.extend(chunk.iter().flat_map(&params));
         insert.execute(values.as_slice()).map_err(sql(path, what))?;
     }
-    Ok(())
 }
 
 /// Execute `statement`, of one parameter, once per key.
@@ -636,25 +649,26 @@ fn write_space<K: rusqlite::ToSql + Ord>(
 ) -> Result<(), StoreError> {
     let (name, key) = (table.name, table.key);
     if !changes.added.is_empty() {
-        let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
-        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        match table.retired {
-            schema::Retired::Column => execute_rows(
-                tx,
-                path,
-                "adding ids",
-                &format!("INSERT INTO {name} ({key}, id, retired)"),
-                &added,
-                |(k, id)| [k, id, &false],
-            )?,
-            schema::Retired::Table(_) => execute_rows(
-                tx,
-                path,
-                "adding ids",
-                &format!("INSERT INTO {name} ({key}, id)"),
-                &added,
-                |(k, id)| [k, id],
-            )?,
+        let (columns, retired): (&str, &[&dyn rusqlite::ToSql]) = match table.retired {
+            schema::Retired::Column => ("id, retired", &[&false]),
+            schema::Retired::Table(_) => ("id", &[]),
+        };
+        let head = format!("INSERT INTO {name} ({key}, {columns})");
+        let insert = |rows: &mut dyn Iterator<Item = &(K, u32)>| -> Result<(), StoreError> {
+            execute_rows(tx, path, "adding ids", &head, rows, |(k, id)| {
+                [k as &dyn rusqlite::ToSql, id]
+                    .into_iter()
+                    .chain(retired.iter().copied())
+            })
+        };
+        // In key order, so that the rows are appended as a sorted run (see `load_space`);
+        // a fresh space's come sorted.
+        if changes.added.is_sorted_by(|a, b| a.0 <= b.0) {
+            insert(&mut changes.added.iter())?;
+        } else {
+            let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            insert(&mut added.into_iter())?;
         }
     }
     let mut revived: Vec<&K> = changes.revived.iter().collect();
@@ -700,8 +714,8 @@ fn write_space<K: rusqlite::ToSql + Ord>(
                     path,
                     "retiring ids",
                     &format!("INSERT INTO {marks} ({key})"),
-                    &retired,
-                    |k| [k],
+                    &mut retired.into_iter(),
+                    |k| std::iter::once(k as &dyn rusqlite::ToSql),
                 )
             }
         }
