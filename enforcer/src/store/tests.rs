@@ -513,6 +513,16 @@ fn store_work_at_a_million_sims() {
     assert_eq!(store.allocations().sims.rows().count(), 1_000_000);
 
     let (again, unchanged) = timed(|| store.assign_ids(&base).expect("ids"));
+    // The same SIMs listed in another order than their keys'.
+    let mut shuffled = base.clone();
+    let half = shuffled.sims.len() / 2;
+    shuffled.sims[..half].reverse();
+    shuffled.sims.rotate_left(half / 3);
+    let (ids, reordered) = timed(|| store.assign_ids(&shuffled).expect("ids"));
+    let mut expected = again.sims.clone();
+    expected[..half].reverse();
+    expected.rotate_left(half / 3);
+    assert_eq!(ids.sims, expected, "reordering moves no id");
     // Every 100th SIM is replaced by one the store has not seen.
     let mut changed = base.clone();
     for (n, sim) in changed.sims.iter_mut().enumerate().step_by(100) {
@@ -527,6 +537,7 @@ fn store_work_at_a_million_sims() {
     assert_eq!(store.allocations().sims.len(), 1_010_000);
     eprintln!(
         "store at 1M SIMs: fresh {fresh}, reopen {reopen} (RSS +{cache_mib:.1} MiB), \
-         unchanged {unchanged}, 1% changed {one_percent}, reopen after that {reopen_changed}"
+         unchanged {unchanged}, reordered {reordered}, 1% changed {one_percent}, reopen after \
+         that {reopen_changed}"
     );
 }
