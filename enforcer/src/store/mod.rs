@@ -480,7 +480,7 @@ fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreE
 /// bundled SQLite (3.32 and later); fewer, longer statements than 256 rows gave a few percent.
 const INSERT_ROWS: usize = 2048;
 
-/// The SIM table's key: [`SimKey::to_bits`] as an `INTEGER`, the table's rowid.
+/// The SIM tables' key column: [`SimKey::to_bits`] as an `INTEGER`.
 impl rusqlite::ToSql for SimKey {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         // Below 2^54 (see `SimKey`), so the cast keeps every bit.

@@ -6,7 +6,7 @@
 use enforcer_common::maps::{MAX_SEGMENTS, MAX_SIMS_LIMIT};
 use rusqlite::{Connection, OptionalExtension as _};
 
-use super::{StoreError, sql};
+use super::{StoreError, execute_rows, sql};
 use crate::ids::{Kind, SimKey};
 
 /// The schema version this build writes (`meta.schema_version`).
@@ -182,24 +182,24 @@ fn migrate_v1(conn: &Connection, path: &str) -> Result<(), StoreError> {
         }
     }
     rows.sort_unstable_by_key(|r| r.0);
-    {
-        let mut insert = tx
-            .prepare("INSERT INTO sims (imsi_key, id) VALUES (?1, ?2)")
-            .map_err(sql(path, "writing version 2 SIM ids"))?;
-        let mut retire = tx
-            .prepare("INSERT INTO retired_sims (imsi_key) VALUES (?1)")
-            .map_err(sql(path, "writing version 2 SIM ids"))?;
-        for (key, id, retired) in &rows {
-            insert
-                .execute(rusqlite::params![key, id])
-                .map_err(sql(path, "writing version 2 SIM ids"))?;
-            if *retired != 0 {
-                retire
-                    .execute([key])
-                    .map_err(sql(path, "writing version 2 SIM ids"))?;
-            }
-        }
-    }
+    let retired: Vec<SimKey> = rows.iter().filter(|r| r.2 != 0).map(|r| r.0).collect();
+    let what = "writing version 2 SIM ids";
+    execute_rows(
+        &tx,
+        path,
+        what,
+        "INSERT INTO sims (imsi_key, id)",
+        &mut rows.iter(),
+        |(key, id, _)| [key as &dyn rusqlite::ToSql, id].into_iter(),
+    )?;
+    execute_rows(
+        &tx,
+        path,
+        what,
+        "INSERT INTO retired_sims (imsi_key)",
+        &mut retired.iter(),
+        |key| std::iter::once(key as &dyn rusqlite::ToSql),
+    )?;
     tx.execute_batch(
         "DROP TABLE sims_v1;
          UPDATE meta SET value = '2' WHERE key = 'schema_version';",

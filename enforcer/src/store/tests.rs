@@ -541,3 +541,26 @@ fn store_work_at_a_million_sims() {
          that {reopen_changed}"
     );
 }
+
+/// Migrating a version 1 store of a million SIMs, once, at the first start of this build.
+/// Prints the time; run in release with `--ignored --nocapture`.
+#[test]
+#[ignore = "a million SIMs; run in release for the figures"]
+fn migrating_a_million_sims() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    write_v1_store(&path, &[]);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999999)
+         INSERT INTO sims SELECT printf('%015d', 1010000000000 + i), i, i % 100 = 0 FROM n;",
+    )
+    .expect("a million version 1 rows");
+    drop(conn);
+    let (store, migrate) = timed(|| Store::open(&path).expect("migrate"));
+    let sims = &store.allocations().sims;
+    assert_eq!(sims.len(), 1_000_000);
+    assert_eq!(sims.rows().filter(|row| row.2).count(), 10_000);
+    assert_eq!(sims.id(&key("001010000012345")), Some(12_345));
+    eprintln!("migrating 1M SIMs from schema version 1: {migrate}");
+}
