@@ -513,9 +513,11 @@ where
 {
     let what = "reading ids";
     let (name, key) = (table.name, table.key);
-    let query = match table.retired {
-        schema::Retired::Column => format!("SELECT {key}, id, retired FROM {name}"),
-        schema::Retired::Table(_) => format!("SELECT {key}, id, 0 FROM {name}"),
+    let retired_column = matches!(table.retired, schema::Retired::Column);
+    let query = if retired_column {
+        format!("SELECT {key}, id, retired FROM {name}")
+    } else {
+        format!("SELECT {key}, id FROM {name}")
     };
     let mut statement = conn.prepare(&query).map_err(sql(path, what))?;
     let mut rows = statement.query([]).map_err(sql(path, what))?;
@@ -525,7 +527,7 @@ where
             Ok((
                 row.get::<_, K>(0)?,
                 row.get::<_, i64>(1)?,
-                row.get::<_, bool>(2)?,
+                retired_column && row.get::<_, bool>(2)?,
             ))
         })()
         .map_err(sql(path, what))?;
