@@ -22,13 +22,17 @@
 //! the maps' capacity (`--max-sims`, `RULE_STATS`, `MAX_SEGMENTS`): allocation past the bound is
 //! an [`IdError`], never a silent reuse.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeSet, HashMap},
+    fmt,
+};
 
 use enforcer_common::maps::{MAX_SEGMENTS, MAX_SIMS_LIMIT};
 
 use crate::{
     compile::port_ranges_text,
-    policy::{Dest, Rule, ValidatedPolicy},
+    policy::{Dest, Imsi, Rule, Sim, ValidatedPolicy},
 };
 
 /// The stable id of every SIM, segment and rule of one policy, by position in the policy.
@@ -98,42 +102,165 @@ impl Kind {
     }
 }
 
-/// An id space is full.
+/// Ids cannot be given.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no free {} id: {limit} are in use or retired; read out the counters of retired ids and \
-     release them, or raise the capacity", kind.name()
-)]
-pub struct IdError {
-    /// The id space.
-    pub kind: Kind,
-    /// Its size.
-    pub limit: u32,
+pub enum IdError {
+    /// An id space is full.
+    #[error(
+        "no free {} id: {limit} are in use or retired; read out the counters of retired ids \
+         and release them, or raise the capacity", kind.name()
+    )]
+    Full {
+        /// The id space.
+        kind: Kind,
+        /// Its size.
+        limit: u32,
+    },
 }
 
+/// A SIM's key in the SIM id space: its IMSI as a number together with its digit count, so that
+/// leading zeros (MCC 001) still tell IMSIs apart, in one `u64`: `digits << 50 | value` (an IMSI
+/// has at most 15 digits and `10^15 < 2^50`). Keys order by digit count, then value: for IMSIs of
+/// one length that is their text order. Eight bytes where a `String` key took 40 and more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SimKey(u64);
+
+impl SimKey {
+    /// The most digits an IMSI has (3GPP TS 23.003).
+    pub const MAX_DIGITS: u32 = 15;
+    const VALUE_BITS: u32 = 50;
+
+    /// The key of an IMSI of 1 to 15 ASCII digits; `None` for anything else.
+    #[must_use]
+    pub fn parse(imsi: &str) -> Option<Self> {
+        let digits = u32::try_from(imsi.len()).ok()?;
+        if !(1..=Self::MAX_DIGITS).contains(&digits) {
+            return None;
+        }
+        let mut value = 0u64;
+        for b in imsi.bytes() {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u64::from(b - b'0');
+        }
+        Some(Self(u64::from(digits) << Self::VALUE_BITS | value))
+    }
+
+    /// The key as one integer, as the store keeps it (below `2^54`, so it fits an `i64`).
+    #[must_use]
+    pub const fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// The key of [`SimKey::to_bits`]; `None` if `bits` is not one (a digit count outside 1 to
+    /// 15, or a value with more digits than the count).
+    #[must_use]
+    pub fn from_bits(bits: u64) -> Option<Self> {
+        let digits = bits >> Self::VALUE_BITS;
+        let value = bits & ((1 << Self::VALUE_BITS) - 1);
+        let fits = u32::try_from(digits)
+            .ok()
+            .filter(|d| (1..=Self::MAX_DIGITS).contains(d))
+            .is_some_and(|d| value < 10u64.pow(d));
+        fits.then_some(Self(bits))
+    }
+
+    /// How many digits the IMSI has, leading zeros included.
+    #[must_use]
+    pub const fn digits(self) -> u32 {
+        // At most 15 by construction: the cast keeps every bit.
+        (self.0 >> Self::VALUE_BITS) as u32
+    }
+
+    /// The IMSI as a number (its leading zeros are in [`SimKey::digits`]).
+    #[must_use]
+    pub const fn value(self) -> u64 {
+        self.0 & ((1 << Self::VALUE_BITS) - 1)
+    }
+}
+
+/// The IMSI text, leading zeros included.
+impl fmt::Display for SimKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:0width$}",
+            self.value(),
+            width = self.digits() as usize
+        )
+    }
+}
+
+/// The key of `sim` in the SIM id space: the one place that reads a policy SIM's IMSI for ids.
+#[must_use]
+pub fn sim_key(sim: &Sim) -> SimKey {
+    SimKey::from(sim.imsi)
+}
+
+/// The same IMSI, as the store keys it (a validated [`Imsi`] always fits).
+impl From<Imsi> for SimKey {
+    fn from(imsi: Imsi) -> Self {
+        Self(u64::from(imsi.len()) << Self::VALUE_BITS | imsi.value())
+    }
+}
+
+/// [`Space::places`] of a key without an id.
+const NOT_FOUND: usize = usize::MAX;
+
 /// One id space: keys to ids, which of them are retired, and the free ids below the highest.
-#[derive(Debug, Clone, Default)]
-pub struct Space {
-    /// Key → (id, retired). foldhash rather than SipHash: the keys come from our own policy
-    /// file, not from the network, and a million lookups per reload is the hot path.
-    ids: HashMap<String, (u32, bool), foldhash::fast::RandomState>,
+///
+/// The keys are a sorted vector beside their ids and retired flags (13 bytes per SIM, no
+/// per-key allocation for SIMs, where a `HashMap<String, _>` took over 60): a policy's keys are
+/// looked up in key order (see `Space::places`), each next to the previous one's place, so
+/// nearly all are found without a search; new keys are merged in, O(n) per assignment.
+#[derive(Debug, Clone)]
+pub struct Space<K> {
+    /// Sorted, each key once.
+    keys: Vec<K>,
+    /// Id of `keys[i]`.
+    ids: Vec<u32>,
+    /// Whether `keys[i]` is retired.
+    retired: Vec<bool>,
     /// Released ids below `next`, reused lowest first.
     free: BTreeSet<u32>,
     next: u32,
 }
 
-/// What an assignment changed in one space: the rows a store must write.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpaceChanges {
-    /// New keys and their ids.
-    pub added: Vec<(String, u32)>,
-    /// Keys that were retired and are in use again.
-    pub revived: Vec<String>,
-    /// Keys in use before and not now.
-    pub retired: Vec<String>,
+impl<K> Default for Space<K> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            ids: Vec::new(),
+            retired: Vec::new(),
+            free: BTreeSet::new(),
+            next: 0,
+        }
+    }
 }
 
-impl SpaceChanges {
+/// What an assignment changed in one space: the rows a store must write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceChanges<K> {
+    /// New keys and their ids.
+    pub added: Vec<(K, u32)>,
+    /// Keys that were retired and are in use again.
+    pub revived: Vec<K>,
+    /// Keys in use before and not now.
+    pub retired: Vec<K>,
+}
+
+impl<K> Default for SpaceChanges<K> {
+    fn default() -> Self {
+        Self {
+            added: Vec::new(),
+            revived: Vec::new(),
+            retired: Vec::new(),
+        }
+    }
+}
+
+impl<K> SpaceChanges<K> {
     /// Nothing changed.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -141,58 +268,170 @@ impl SpaceChanges {
     }
 }
 
-impl Space {
-    /// A space holding `rows` of (key, id, retired), as a store read them.
+impl<K: Ord + Clone> Space<K> {
+    /// A space holding `rows` of (key, id, retired), as a store read them; rows in key order
+    /// (as a store reads them) are taken as they come, others are sorted. Of rows with one key
+    /// the first is kept.
     #[must_use]
-    pub fn from_rows(rows: impl IntoIterator<Item = (String, u32, bool)>) -> Self {
-        let ids: HashMap<String, (u32, bool), _> = rows
-            .into_iter()
-            .map(|(key, id, retired)| (key, (id, retired)))
-            .collect();
-        let next = ids.values().map(|&(id, _)| id + 1).max().unwrap_or(0);
-        let mut used = vec![false; next as usize];
-        for &(id, _) in ids.values() {
+    pub fn from_rows(rows: impl IntoIterator<Item = (K, u32, bool)>) -> Self {
+        let mut space = Self::default();
+        let mut sorted = true;
+        for (key, id, retired) in rows {
+            sorted &= space.keys.last().is_none_or(|last| *last < key);
+            space.keys.push(key);
+            space.ids.push(id);
+            space.retired.push(retired);
+        }
+        if !sorted {
+            let mut rows: Vec<(K, u32, bool)> = space.into_rows().collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.dedup_by(|later, first| later.0 == first.0);
+            space = Self::default();
+            for (key, id, retired) in rows {
+                space.keys.push(key);
+                space.ids.push(id);
+                space.retired.push(retired);
+            }
+        }
+        space.next = space.ids.iter().map(|&id| id + 1).max().unwrap_or(0);
+        let mut used = vec![false; space.next as usize];
+        for &id in &space.ids {
             used[id as usize] = true;
         }
-        let free = (0..next).filter(|&id| !used[id as usize]).collect();
-        Self { ids, free, next }
+        space.free = (0..space.next).filter(|&id| !used[id as usize]).collect();
+        space
+    }
+
+    /// The rows, by value, in key order.
+    fn into_rows(self) -> impl Iterator<Item = (K, u32, bool)> {
+        self.keys
+            .into_iter()
+            .zip(self.ids)
+            .zip(self.retired)
+            .map(|((k, id), r)| (k, id, r))
+    }
+
+    /// The place of `key` in `keys`.
+    fn position<Q>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.keys.binary_search_by(|k| k.borrow().cmp(key))
     }
 
     /// The id of `key`, if it has one (in use or retired).
     #[must_use]
-    pub fn id(&self, key: &str) -> Option<u32> {
-        self.ids.get(key).map(|&(id, _)| id)
+    pub fn id<Q>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.position(key).ok().map(|at| self.ids[at])
     }
 
-    /// Keys with their ids and whether they are retired, in no particular order.
-    pub fn rows(&self) -> impl Iterator<Item = (&str, u32, bool)> {
-        self.ids
+    /// How many keys have an id (in use or retired).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No key has an id.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Keys with their ids and whether they are retired, in key order.
+    pub fn rows(&self) -> impl Iterator<Item = (&K, u32, bool)> {
+        self.keys
             .iter()
-            .map(|(k, &(id, retired))| (k.as_str(), id, retired))
+            .zip(&self.ids)
+            .zip(&self.retired)
+            .map(|((k, &id), &retired)| (k, id, retired))
+    }
+
+    /// The place in `keys` of each of `keys`, [`NOT_FOUND`] for a key without an id. The keys
+    /// are looked up in key order, each next to the previous one's place, so that a walk of a
+    /// sorted policy finds nearly every key without a search: a policy in about key order (as
+    /// inventories mostly are) is walked as it is, another is sorted first, as a million binary
+    /// searches in random order cost several times a sort.
+    fn places<Q, R>(&self, keys: &[R]) -> Vec<usize>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+        R: Borrow<Q>,
+    {
+        let mut places = vec![NOT_FOUND; keys.len()];
+        let mut hint = 0;
+        let mut find = |index: usize, key: &Q| {
+            let place = match self.keys.get(hint) {
+                Some(k) if k.borrow() == key => Ok(hint),
+                _ => self.position(key),
+            };
+            match place {
+                Ok(at) => {
+                    places[index] = at;
+                    hint = at + 1;
+                }
+                Err(at) => hint = at,
+            }
+        };
+        let descents = keys
+            .windows(2)
+            .filter(|w| w[0].borrow() > w[1].borrow())
+            .count();
+        if descents <= keys.len() / 16 {
+            for (index, key) in keys.iter().enumerate() {
+                find(index, key.borrow());
+            }
+        } else {
+            let mut order: Vec<(&Q, usize)> = keys
+                .iter()
+                .enumerate()
+                .map(|(index, key)| (key.borrow(), index))
+                .collect();
+            order.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, index) in order {
+                find(index, key);
+            }
+        }
+        places
     }
 
     /// Give every key of `keys` an id (its own if it has one, else the lowest free one below
     /// `limit`) and retire the keys in use that `keys` lacks. Changes nothing: [`Space::apply`]
     /// records the result.
-    fn plan(
+    fn plan<Q, R>(
         &self,
         kind: Kind,
         limit: u32,
-        keys: &[&str],
-    ) -> Result<(Vec<u32>, SpaceChanges), IdError> {
-        let mut changes = SpaceChanges::default();
+        keys: &[R],
+    ) -> Result<(Vec<u32>, SpaceChanges<K>), IdError>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+        R: Borrow<Q>,
+    {
+        let mut changes = SpaceChanges {
+            // Exact for a fresh space, the case where it is big.
+            added: Vec::with_capacity(keys.len().saturating_sub(self.keys.len())),
+            ..SpaceChanges::default()
+        };
         let mut out = Vec::with_capacity(keys.len());
-        // Ids of the keys given, by id: what is in use and not in `keys` gets retired.
-        let mut seen = vec![false; self.next as usize];
+        let places = self.places::<Q, R>(keys);
+        // Which of our keys `keys` holds, by place: those in use and not seen get retired.
+        let mut seen = vec![false; self.keys.len()];
         let mut free = self.free.iter().copied();
         let mut next = self.next;
-        for key in keys {
-            if let Some(&(id, retired)) = self.ids.get(*key) {
-                if retired {
-                    changes.revived.push((*key).to_owned());
+        for (key, &at) in keys.iter().zip(&places) {
+            let key: &Q = key.borrow();
+            if at != NOT_FOUND {
+                if self.retired[at] && !seen[at] {
+                    changes.revived.push(key.to_owned());
                 }
-                seen[id as usize] = true;
-                out.push(id);
+                seen[at] = true;
+                out.push(self.ids[at]);
                 continue;
             }
             let id = match free.next() {
@@ -201,13 +440,13 @@ impl Space {
                     next += 1;
                     next - 1
                 }
-                None => return Err(IdError { kind, limit }),
+                None => return Err(IdError::Full { kind, limit }),
             };
-            changes.added.push(((*key).to_owned(), id));
+            changes.added.push((key.to_owned(), id));
             out.push(id);
         }
-        for (key, &(id, retired)) in &self.ids {
-            if !retired && !seen[id as usize] {
+        for (at, key) in self.keys.iter().enumerate() {
+            if !self.retired[at] && !seen[at] {
                 changes.retired.push(key.clone());
             }
         }
@@ -215,36 +454,87 @@ impl Space {
     }
 
     /// Record `changes` from [`Space::plan`] of this space.
-    fn apply(&mut self, changes: &SpaceChanges) {
-        for (key, id) in &changes.added {
-            self.free.remove(id);
+    fn apply(&mut self, changes: &SpaceChanges<K>) {
+        for (keys, retired) in [(&changes.revived, false), (&changes.retired, true)] {
+            for key in keys {
+                if let Ok(at) = self.position(key) {
+                    self.retired[at] = retired;
+                }
+            }
+        }
+        if changes.added.is_empty() {
+            return;
+        }
+        for &(_, id) in &changes.added {
+            self.free.remove(&id);
             self.next = self.next.max(id + 1);
-            self.ids.insert(key.clone(), (*id, false));
         }
-        for key in &changes.revived {
-            if let Some((_, retired)) = self.ids.get_mut(key) {
-                *retired = false;
-            }
+        let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
+        if !added.is_sorted_by(|a, b| a.0 <= b.0) {
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
-        for key in &changes.retired {
-            if let Some((_, retired)) = self.ids.get_mut(key) {
-                *retired = true;
-            }
+        // All after the last key (a fresh space, or keys in a new range): append in place.
+        if self
+            .keys
+            .last()
+            .is_none_or(|last| added.first().is_some_and(|a| *last < a.0))
+        {
+            // Exact: doubling a million-key space's capacity for a few keys would waste MiBs.
+            self.keys.reserve_exact(added.len());
+            self.ids.reserve_exact(added.len());
+            self.retired.reserve_exact(added.len());
+            self.keys.extend(added.iter().map(|a| a.0.clone()));
+            self.ids.extend(added.iter().map(|a| a.1));
+            self.retired.resize(self.keys.len(), false);
+            return;
         }
+        // One merge of two sorted runs, O(n): cheaper than an insert per key once there are
+        // more than a few.
+        let total = self.keys.len() + added.len();
+        let mut old_space = std::mem::take(self);
+        let mut merged = Self {
+            keys: Vec::with_capacity(total),
+            ids: Vec::with_capacity(total),
+            retired: Vec::with_capacity(total),
+            free: std::mem::take(&mut old_space.free),
+            next: old_space.next,
+        };
+        let mut old = old_space.into_rows().peekable();
+        let mut added = added.into_iter().peekable();
+        loop {
+            let first_added = added.peek().map(|a| &a.0);
+            let row = if let Some(row) = old.next_if(|o| first_added.is_none_or(|k| o.0 < *k)) {
+                row
+            } else if let Some((key, id)) = added.next() {
+                (key.clone(), *id, false)
+            } else {
+                break;
+            };
+            merged.keys.push(row.0);
+            merged.ids.push(row.1);
+            merged.retired.push(row.2);
+        }
+        *self = merged;
     }
 
     /// Forget every retired key; their ids become free. Returns the released (key, id) pairs.
-    pub fn release_retired(&mut self) -> Vec<(String, u32)> {
-        let released: Vec<(String, u32)> = self
-            .ids
-            .iter()
-            .filter(|(_, (_, retired))| *retired)
-            .map(|(k, &(id, _))| (k.clone(), id))
-            .collect();
-        for (key, id) in &released {
-            self.ids.remove(key);
-            self.free.insert(*id);
+    pub fn release_retired(&mut self) -> Vec<(K, u32)> {
+        let mut released = Vec::new();
+        let mut kept = 0;
+        for at in 0..self.keys.len() {
+            if self.retired[at] {
+                released.push((self.keys[at].clone(), self.ids[at]));
+                self.free.insert(self.ids[at]);
+            } else {
+                self.keys.swap(kept, at);
+                self.ids[kept] = self.ids[at];
+                self.retired[kept] = false;
+                kept += 1;
+            }
         }
+        self.keys.truncate(kept);
+        self.ids.truncate(kept);
+        self.retired.truncate(kept);
         released
     }
 }
@@ -253,22 +543,22 @@ impl Space {
 #[derive(Debug, Clone, Default)]
 pub struct Allocator {
     /// SIM indices by IMSI.
-    pub sims: Space,
+    pub sims: Space<SimKey>,
     /// Segment ids by name.
-    pub segments: Space,
+    pub segments: Space<String>,
     /// Rule ids by [`rule_identity`].
-    pub rules: Space,
+    pub rules: Space<String>,
 }
 
 /// What [`Allocator::assign`] changed, per space.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     /// SIM rows.
-    pub sims: SpaceChanges,
+    pub sims: SpaceChanges<SimKey>,
     /// Segment rows.
-    pub segments: SpaceChanges,
+    pub segments: SpaceChanges<String>,
     /// Rule rows.
-    pub rules: SpaceChanges,
+    pub rules: SpaceChanges<String>,
 }
 
 impl Allocator {
@@ -276,8 +566,8 @@ impl Allocator {
     /// policy are retired.
     ///
     /// # Errors
-    /// [`IdError`] when a space is full (see the module docs on retired ids); then nothing
-    /// is changed.
+    /// [`IdError`] when a space is full (see the module docs on retired ids) or an IMSI is
+    /// not digits; then nothing is changed.
     pub fn assign(&mut self, policy: &ValidatedPolicy) -> Result<(Ids, Changes), IdError> {
         let planned = self.plan(policy)?;
         self.apply(&planned.1);
@@ -290,15 +580,18 @@ impl Allocator {
     /// # Errors
     /// As [`Allocator::assign`].
     pub fn plan(&self, policy: &ValidatedPolicy) -> Result<(Ids, Changes), IdError> {
-        let imsi_texts: Vec<_> = policy.sims.iter().map(|s| s.imsi.text()).collect();
-        let imsis: Vec<&str> = imsi_texts.iter().map(|t| t.as_str()).collect();
+        let imsis = policy.sims.iter().map(sim_key).collect::<Vec<SimKey>>();
         let names: Vec<&str> = policy.segments.iter().map(|s| s.name.as_str()).collect();
         let identities = rule_identities(policy);
-        let rules: Vec<&str> = identities.iter().map(String::as_str).collect();
-        let (sims, sim_changes) = self.sims.plan(Kind::Sim, MAX_SIMS_LIMIT, &imsis)?;
+        let (sims, sim_changes) = self
+            .sims
+            .plan::<SimKey, _>(Kind::Sim, MAX_SIMS_LIMIT, &imsis)?;
         let (segments, segment_changes) =
-            self.segments.plan(Kind::Segment, MAX_SEGMENTS, &names)?;
-        let (rules, rule_changes) = self.rules.plan(Kind::Rule, u32::MAX, &rules)?;
+            self.segments
+                .plan::<str, _>(Kind::Segment, MAX_SEGMENTS, &names)?;
+        let (rules, rule_changes) = self
+            .rules
+            .plan::<str, _>(Kind::Rule, u32::MAX, &identities)?;
         let ids = Ids {
             sims,
             // `Space::plan` keeps segment ids below MAX_SEGMENTS, which fits a u16.
@@ -327,14 +620,16 @@ impl Allocator {
     /// the counters of the retired ids have been read out or reset, as the next owner of an id
     /// inherits whatever its counter slot holds.
     pub fn release_retired(&mut self) -> Changes {
-        let released = |space: &mut Space| SpaceChanges {
-            retired: space
-                .release_retired()
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect(),
-            ..SpaceChanges::default()
-        };
+        fn released<K: Ord + Clone>(space: &mut Space<K>) -> SpaceChanges<K> {
+            SpaceChanges {
+                retired: space
+                    .release_retired()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect(),
+                ..SpaceChanges::default()
+            }
+        }
         Changes {
             sims: released(&mut self.sims),
             segments: released(&mut self.segments),
@@ -412,6 +707,10 @@ mod tests {
         crate::policy::from_str(Path::new("ids.toml"), text).expect("valid test policy")
     }
 
+    fn imsi(text: &str) -> SimKey {
+        SimKey::parse(text).expect("a test IMSI")
+    }
+
     const BASE: &str = r#"
 pools = ["10.0.0.0/24"]
 [[segments]]
@@ -480,7 +779,7 @@ segment = "cams"
             1,
         );
         let (_, changes) = alloc.assign(&policy(&without_first)).expect("ids");
-        assert_eq!(changes.sims.retired, vec!["001010000000001".to_owned()]);
+        assert_eq!(changes.sims.retired, vec![imsi("001010000000001")]);
         let newcomer = without_first.replacen("001010000000002", "001010000000003", 1);
         let (ids, _) = alloc.assign(&policy(&newcomer)).expect("ids");
         assert_ne!(
@@ -509,7 +808,79 @@ segment = "cams"
         alloc.assign(&policy(&without)).expect("ids");
         let (again, changes) = alloc.assign(&policy(BASE)).expect("ids");
         assert_eq!(again.sims, first.sims);
-        assert_eq!(changes.sims.revived, vec!["001010000000001".to_owned()]);
+        assert_eq!(changes.sims.revived, vec![imsi("001010000000001")]);
+    }
+
+    #[test]
+    fn imsi_keys_keep_leading_zeros_and_digit_counts() {
+        let texts = [
+            "001010000000001",
+            "00101000000001",
+            "01010000000001",
+            "1010000000001",
+            "999999999999999",
+            "0",
+        ];
+        let keys: Vec<SimKey> = texts.iter().map(|t| imsi(t)).collect();
+        for (text, key) in texts.iter().zip(&keys) {
+            assert_eq!(key.to_string(), *text, "the text comes back");
+            assert_eq!(SimKey::from_bits(key.to_bits()), Some(*key));
+        }
+        let distinct: BTreeSet<SimKey> = keys.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            texts.len(),
+            "one value, many texts, many keys"
+        );
+        assert!(imsi("001010000000001") < imsi("001010000000002"));
+        assert!(
+            imsi("99999999999999") < imsi("000000000000000"),
+            "by digit count first"
+        );
+        for bad in ["", "1234567890123456", "00101000000000a", "+0101", " 1"] {
+            assert_eq!(SimKey::parse(bad), None, "{bad:?}");
+        }
+        // 16 digits, and a 2-digit count holding a 3-digit value.
+        assert_eq!(SimKey::from_bits(16 << 50), None);
+        assert_eq!(SimKey::from_bits(2 << 50 | 100), None);
+        assert_eq!(SimKey::from_bits(5), None, "no digit count");
+    }
+
+    #[test]
+    fn sims_out_of_key_order_and_many_changes_keep_ids() {
+        // Keys in an order unlike theirs, added, retired and revived in one go.
+        let imsis = |n: &[u64]| -> Vec<SimKey> {
+            n.iter()
+                .map(|n| imsi(&format!("{:015}", n * 7919 % 1000)))
+                .collect()
+        };
+        let mut space: Space<SimKey> = Space::default();
+        let first = imsis(&(0..50).collect::<Vec<_>>());
+        let (ids, changes) = space
+            .plan::<SimKey, _>(Kind::Sim, 1000, &first)
+            .expect("ids");
+        space.apply(&changes);
+        assert_eq!(ids, (0..50).collect::<Vec<u32>>());
+        let second = imsis(&(25..75).rev().collect::<Vec<_>>());
+        let (again, changes) = space
+            .plan::<SimKey, _>(Kind::Sim, 1000, &second)
+            .expect("ids");
+        space.apply(&changes);
+        assert_eq!(changes.added.len(), 25);
+        assert_eq!(changes.retired.len(), 25);
+        for (key, id) in second.iter().zip(&again) {
+            assert_eq!(space.id(key), Some(*id));
+        }
+        assert_eq!(&again[25..], &(25..50).rev().collect::<Vec<u32>>()[..]);
+        let (back, changes) = space
+            .plan::<SimKey, _>(Kind::Sim, 1000, &first)
+            .expect("ids");
+        space.apply(&changes);
+        assert_eq!(back, ids, "the first SIMs come back to their ids");
+        assert_eq!(changes.revived.len(), 25);
+        let rows: Vec<SimKey> = space.rows().map(|(k, _, _)| *k).collect();
+        assert!(rows.is_sorted(), "the space stays in key order");
+        assert_eq!(space.len(), 75);
     }
 
     #[test]

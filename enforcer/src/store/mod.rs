@@ -15,7 +15,11 @@
 //! **Speed:** the allocations are read once, at [`Store::open`], one `SELECT` per table, and
 //! kept in memory; [`Store::assign_ids`] computes the ids in memory and writes only the rows
 //! that changed (new keys, keys retired or back), in one transaction with prepared statements,
-//! into `WITHOUT ROWID` tables keyed by the key. An unchanged reload writes nothing.
+//! in key order. SIMs are stored as [`SimKey`] integers (the IMSI with its digit count) in an
+//! append-only table without a key index, their retired keys in a small table of their own (see
+//! `schema::V2_SIMS`): a fresh store appends its rows and a reopen reads them in key order (or a
+//! few sorted runs), straight into the allocator's sorted vectors. The other tables are
+//! `WITHOUT ROWID` tables keyed by their text key. An unchanged reload writes nothing.
 //!
 //! Files: the database (mode 0600) and SQLite's `-wal` and `-shm` beside it (WAL journal, with
 //! `synchronous = NORMAL`: durable across a daemon crash; a power loss may lose the last
@@ -35,7 +39,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 pub use schema::SCHEMA_VERSION;
 
 use crate::{
-    ids::{Allocator, Changes, IdError, Ids, Space, SpaceChanges},
+    ids::{Allocator, Changes, IdError, Ids, SimKey, Space, SpaceChanges},
     policy::ValidatedPolicy,
 };
 
@@ -262,13 +266,9 @@ impl Store {
             .conn
             .transaction()
             .map_err(sql(&path, "starting a transaction"))?;
-        for (table, space) in [
-            (schema::SIMS, &changes.sims),
-            (schema::SEGMENTS, &changes.segments),
-            (schema::RULES, &changes.rules),
-        ] {
-            write_space(&tx, &path, table, space, delete)?;
-        }
+        write_space(&tx, &path, schema::SIMS, &changes.sims, delete)?;
+        write_space(&tx, &path, schema::SEGMENTS, &changes.segments, delete)?;
+        write_space(&tx, &path, schema::RULES, &changes.rules, delete)?;
         tx.commit().map_err(sql(&path, "committing ids"))
     }
 
@@ -476,30 +476,61 @@ fn sql(path: &str, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreE
     move |source| StoreError::Sql { what, path, source }
 }
 
-/// Rows per `INSERT` statement (512 parameters, below every SQLite's limit of 999).
-const INSERT_ROWS: usize = 256;
+/// Rows per `INSERT` statement: at most 6144 parameters, below the limit of 32766 of the
+/// bundled SQLite (3.32 and later); fewer, longer statements than 256 rows gave a few percent.
+const INSERT_ROWS: usize = 2048;
 
-/// Every row of an id table, in one `SELECT`.
-fn load_space(conn: &Connection, path: &str, table: &schema::IdTable) -> Result<Space, StoreError> {
-    let mut statement = conn
-        .prepare(&format!(
-            "SELECT {key}, id, retired FROM {name}",
-            key = table.key,
-            name = table.name
-        ))
-        .map_err(sql(path, "reading ids"))?;
-    let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, bool>(2)?,
-            ))
-        })
-        .map_err(sql(path, "reading ids"))?;
+/// The SIM tables' key column: [`SimKey::to_bits`] as an `INTEGER`.
+impl rusqlite::ToSql for SimKey {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        // Below 2^54 (see `SimKey`), so the cast keeps every bit.
+        #[expect(clippy::cast_possible_wrap, reason = "below 2^54")]
+        let bits = self.to_bits() as i64;
+        Ok(bits.into())
+    }
+}
+
+impl rusqlite::types::FromSql for SimKey {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let bits = value.as_i64()?;
+        u64::try_from(bits)
+            .ok()
+            .and_then(SimKey::from_bits)
+            .ok_or(rusqlite::types::FromSqlError::OutOfRange(bits))
+    }
+}
+
+/// Every row of an id table: one `SELECT` of the table, and one of its retired keys if they
+/// are in a table of their own. Rows come in the table's order, which is key order but for
+/// the keys added since the first assignment: sorting is then one merge of a few sorted runs.
+fn load_space<K>(
+    conn: &Connection,
+    path: &str,
+    table: &schema::IdTable,
+) -> Result<Space<K>, StoreError>
+where
+    K: rusqlite::types::FromSql + Ord + Clone + std::fmt::Display,
+{
+    let what = "reading ids";
+    let (name, key) = (table.name, table.key);
+    let retired_column = matches!(table.retired, schema::Retired::Column);
+    let query = if retired_column {
+        format!("SELECT {key}, id, retired FROM {name}")
+    } else {
+        format!("SELECT {key}, id FROM {name}")
+    };
+    let mut statement = conn.prepare(&query).map_err(sql(path, what))?;
+    let mut rows = statement.query([]).map_err(sql(path, what))?;
     let mut out = Vec::new();
-    for row in rows {
-        let (key, id, retired) = row.map_err(sql(path, "reading ids"))?;
+    while let Some(row) = rows.next().map_err(sql(path, what))? {
+        let (key, id, retired) = (|| {
+            Ok((
+                row.get::<_, K>(0)?,
+                row.get::<_, i64>(1)?,
+                retired_column && row.get::<_, bool>(2)?,
+            ))
+        })()
+        .map_err(sql(path, what))?;
         let id = u32::try_from(id)
             .ok()
             .filter(|&id| id < table.limit)
@@ -509,66 +540,188 @@ fn load_space(conn: &Connection, path: &str, table: &schema::IdTable) -> Result<
             })?;
         out.push((key, id, retired));
     }
+    if !out.is_sorted_by(|a, b| a.0 < b.0) {
+        // Stable and adaptive: a sorted run per assignment that added keys costs one merge.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(twice) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                what: format!("{} `{}` listed twice", table.kind.name(), twice[0].0),
+            });
+        }
+    }
+    if let schema::Retired::Table(retired) = table.retired {
+        let mut statement = conn
+            .prepare(&format!("SELECT {key} FROM {retired} ORDER BY {key}"))
+            .map_err(sql(path, what))?;
+        let marks = statement
+            .query_map([], |row| row.get::<_, K>(0))
+            .map_err(sql(path, what))?;
+        // Both in key order: walk the rows once.
+        let mut at = 0;
+        for mark in marks {
+            let mark = mark.map_err(sql(path, what))?;
+            while out.get(at).is_some_and(|row| row.0 < mark) {
+                at += 1;
+            }
+            match out.get_mut(at) {
+                Some(row) if row.0 == mark => row.2 = true,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_owned(),
+                        what: format!("retired {} `{mark}` without an id", table.kind.name()),
+                    });
+                }
+            }
+        }
+    }
     Ok(Space::from_rows(out))
 }
 
-/// Write one space's changes with prepared statements; added rows sorted by key, so that the
-/// B-tree is filled in order.
-fn write_space(
+/// Execute `head` followed by `VALUES` rows of the parameters `params` gives for each of `rows`
+/// (as many for every row), many rows per statement: SQLite's cost per executed statement
+/// (bind, step, reset) is most of an insert's, so a million rows in statements of
+/// [`INSERT_ROWS`] take a fraction of the time.
+fn execute_rows<'r, T: 'r, P>(
+    tx: &rusqlite::Transaction<'_>,
+    path: &str,
+    what: &'static str,
+    head: &str,
+    rows: &mut dyn Iterator<Item = &'r T>,
+    params: impl Fn(&'r T) -> P,
+) -> Result<(), StoreError>
+where
+    P: Iterator<Item = &'r dyn rusqlite::ToSql>,
+{
+    let statement = |rows: usize, width: usize| {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        format!("{head} VALUES {}", vec![row.as_str(); rows].join(", "))
+    };
+    let mut full = None;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::new();
+    loop {
+        values.clear();
+        let mut count = 0;
+        for row in (&mut *rows).take(INSERT_ROWS) {
+            values.extend(params(row));
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let width = values.len() / count;
+        let last;
+        let text = if count == INSERT_ROWS {
+            full.get_or_insert_with(|| statement(INSERT_ROWS, width))
+        } else {
+            last = statement(count, width);
+            &last
+        };
+        let mut insert = tx.prepare_cached(text).map_err(sql(path, what))?;
+        insert.execute(values.as_slice()).map_err(sql(path, what))?;
+    }
+}
+
+/// Execute `statement`, of one parameter, once per key.
+fn execute_each<K: rusqlite::ToSql>(
+    tx: &rusqlite::Transaction<'_>,
+    path: &str,
+    what: &'static str,
+    statement: &str,
+    keys: &[K],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut statement = tx.prepare_cached(statement).map_err(sql(path, what))?;
+    for k in keys {
+        statement.execute([k]).map_err(sql(path, what))?;
+    }
+    Ok(())
+}
+
+/// Write one space's changes with prepared statements, in key order so that the B-trees are
+/// filled in order; with `delete`, retired rows are deleted (released) rather than marked.
+fn write_space<K: rusqlite::ToSql + Ord>(
     tx: &rusqlite::Transaction<'_>,
     path: &str,
     table: &schema::IdTable,
-    changes: &SpaceChanges,
+    changes: &SpaceChanges<K>,
     delete: bool,
 ) -> Result<(), StoreError> {
     let (name, key) = (table.name, table.key);
     if !changes.added.is_empty() {
-        let mut added: Vec<&(String, u32)> = changes.added.iter().collect();
-        added.sort_unstable();
-        // Many rows per statement: SQLite's cost per executed statement (bind, step, reset)
-        // is most of an insert's, so a million SIMs in rows of 256 take a fraction of the time.
-        let statement = |rows: usize| {
-            let values = vec!["(?, ?, 0)"; rows].join(", ");
-            format!("INSERT INTO {name} ({key}, id, retired) VALUES {values}")
+        let (columns, retired): (&str, &[&dyn rusqlite::ToSql]) = match table.retired {
+            schema::Retired::Column => ("id, retired", &[&false]),
+            schema::Retired::Table(_) => ("id", &[]),
         };
-        let full = statement(INSERT_ROWS);
-        for chunk in added.chunks(INSERT_ROWS) {
-            let text = if chunk.len() == INSERT_ROWS {
-                full.clone()
-            } else {
-                statement(chunk.len())
-            };
-            let mut insert = tx.prepare_cached(&text).map_err(sql(path, "adding ids"))?;
-            let params: Vec<&dyn rusqlite::ToSql> = chunk
-                .iter()
-                .flat_map(|(k, id)| [k as &dyn rusqlite::ToSql, id as &dyn rusqlite::ToSql])
-                .collect();
-            insert
-                .execute(params.as_slice())
-                .map_err(sql(path, "adding ids"))?;
+        let head = format!("INSERT INTO {name} ({key}, {columns})");
+        let insert = |rows: &mut dyn Iterator<Item = &(K, u32)>| -> Result<(), StoreError> {
+            execute_rows(tx, path, "adding ids", &head, rows, |(k, id)| {
+                [k as &dyn rusqlite::ToSql, id]
+                    .into_iter()
+                    .chain(retired.iter().copied())
+            })
+        };
+        // In key order, so that the rows are appended as a sorted run (see `load_space`);
+        // a fresh space's come sorted.
+        if changes.added.is_sorted_by(|a, b| a.0 <= b.0) {
+            insert(&mut changes.added.iter())?;
+        } else {
+            let mut added: Vec<&(K, u32)> = changes.added.iter().collect();
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            insert(&mut added.into_iter())?;
         }
     }
-    let mark = |keys: &[String], sql_text: String, what| -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
+    let mut revived: Vec<&K> = changes.revived.iter().collect();
+    revived.sort_unstable();
+    let mut retired: Vec<&K> = changes.retired.iter().collect();
+    retired.sort_unstable();
+    match table.retired {
+        schema::Retired::Column => {
+            let retire = if delete {
+                format!("DELETE FROM {name} WHERE {key} = ?1")
+            } else {
+                format!("UPDATE {name} SET retired = 1 WHERE {key} = ?1")
+            };
+            execute_each(
+                tx,
+                path,
+                "reviving ids",
+                &format!("UPDATE {name} SET retired = 0 WHERE {key} = ?1"),
+                &revived,
+            )?;
+            execute_each(tx, path, "retiring ids", &retire, &retired)
         }
-        let mut statement = tx.prepare_cached(&sql_text).map_err(sql(path, what))?;
-        for k in keys {
-            statement.execute([k]).map_err(sql(path, what))?;
+        // Retired keys in a table of their own: retiring or reviving a few scattered keys
+        // writes a few pages of that small table, not one page of the big one per key.
+        schema::Retired::Table(marks) => {
+            let unmark = format!("DELETE FROM {marks} WHERE {key} = ?1");
+            execute_each(tx, path, "reviving ids", &unmark, &revived)?;
+            if delete {
+                // `name` has no index on the key (see the schema): one pass over it for every
+                // released key rather than a scan per key. A release releases every retired
+                // key, so the marks are exactly the keys to delete.
+                if !retired.is_empty() {
+                    tx.execute(
+                        &format!("DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {marks})"),
+                        [],
+                    )
+                    .map_err(sql(path, "releasing ids"))?;
+                }
+                execute_each(tx, path, "releasing ids", &unmark, &retired)
+            } else {
+                execute_rows(
+                    tx,
+                    path,
+                    "retiring ids",
+                    &format!("INSERT INTO {marks} ({key})"),
+                    &mut retired.into_iter(),
+                    |k| std::iter::once(k as &dyn rusqlite::ToSql),
+                )
+            }
         }
-        Ok(())
-    };
-    mark(
-        &changes.revived,
-        format!("UPDATE {name} SET retired = 0 WHERE {key} = ?1"),
-        "reviving ids",
-    )?;
-    let retire = if delete {
-        format!("DELETE FROM {name} WHERE {key} = ?1")
-    } else {
-        format!("UPDATE {name} SET retired = 1 WHERE {key} = ?1")
-    };
-    mark(&changes.retired, retire, "retiring ids")
+    }
 }
 
 #[cfg(test)]

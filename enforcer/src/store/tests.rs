@@ -8,8 +8,11 @@ use std::{
     time::Instant,
 };
 
-use super::{OverrideKind, SCHEMA_VERSION, Store, StoreError};
-use crate::policy::{Segment, Sim, SimState, ValidatedPolicy};
+use super::{Binding, Override, OverrideKind, SCHEMA_VERSION, Store, StoreError, schema};
+use crate::{
+    ids::SimKey,
+    policy::{Segment, Sim, SimState, ValidatedPolicy},
+};
 
 /// A per-test directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -55,6 +58,251 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             })
             .collect(),
     }
+}
+
+/// A policy of the SIMs `imsis` in segment `a`, no rules.
+fn policy_of(imsis: &[&str]) -> ValidatedPolicy {
+    let mut policy = policy(0, imsis.len() as u64);
+    for (sim, imsi) in policy.sims.iter_mut().zip(imsis) {
+        sim.imsi = crate::policy::Imsi::parse(imsi).expect("an IMSI");
+    }
+    policy
+}
+
+fn key(imsi: &str) -> SimKey {
+    SimKey::parse(imsi).expect("a test IMSI")
+}
+
+#[test]
+fn leading_zeros_and_digit_counts_keep_imsis_apart_across_a_reopen() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    // Values shared by texts of 14 and 15 digits, with and without leading zeros.
+    let imsis = [
+        "00101000000001",
+        "001010000000001",
+        "01010000000001",
+        "999999999999999",
+    ];
+    let mut store = Store::open(&path).expect("create");
+    let first = store.assign_ids(&policy_of(&imsis)).expect("ids");
+    assert_eq!(first.sims, vec![0, 1, 2, 3]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    for (imsi, id) in imsis.iter().zip(&first.sims) {
+        assert_eq!(store.allocations().sims.id(&key(imsi)), Some(*id), "{imsi}");
+    }
+    let reversed: Vec<&str> = imsis.iter().rev().copied().collect();
+    let again = store.assign_ids(&policy_of(&reversed)).expect("ids");
+    assert_eq!(again.sims, vec![3, 2, 1, 0], "each IMSI keeps its own id");
+}
+
+#[test]
+fn sims_added_out_of_key_order_survive_a_reopen_and_a_release() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let mut store = Store::open(&path).expect("create");
+    store
+        .assign_ids(&policy_of(&["310150000000005", "310150000000009"]))
+        .expect("ids");
+    // Smaller keys, and one between: rows the file holds after the first ones.
+    let grown = [
+        "310150000000009",
+        "00101000000001",
+        "310150000000007",
+        "001010000000001",
+    ];
+    let ids = store.assign_ids(&policy_of(&grown)).expect("ids");
+    assert_eq!(ids.sims, vec![1, 2, 3, 4]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    let rows: Vec<(String, u32, bool)> = store
+        .allocations()
+        .sims
+        .rows()
+        .map(|(k, id, retired)| (k.to_string(), id, retired))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("00101000000001".to_owned(), 2, false),
+            ("001010000000001".to_owned(), 4, false),
+            ("310150000000005".to_owned(), 0, true),
+            ("310150000000007".to_owned(), 3, false),
+            ("310150000000009".to_owned(), 1, false),
+        ]
+    );
+    assert_eq!(
+        store.assign_ids(&policy_of(&grown)).expect("ids").sims,
+        ids.sims
+    );
+    let released = store.release_retired().expect("release");
+    assert_eq!(released.sims.retired, vec![key("310150000000005")]);
+    drop(store);
+    let mut store = Store::open(&path).expect("reopen");
+    assert_eq!(store.allocations().sims.len(), 4);
+    let back = store
+        .assign_ids(&policy_of(&["310150000000005"]))
+        .expect("ids");
+    assert_eq!(back.sims, vec![0], "the released index is reused");
+}
+
+#[test]
+fn a_sim_key_listed_twice_in_the_file_is_refused() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let mut store = Store::open(&path).expect("create");
+    store
+        .assign_ids(&policy_of(&["310150000000005", "310150000000009"]))
+        .expect("ids");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute("INSERT INTO sims SELECT imsi_key, 7 FROM sims LIMIT 1", [])
+        .expect("a second row");
+    drop(conn);
+    let error = Store::open(&path).expect_err("a key twice");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+}
+
+/// Writes a version 1 store as the deployed schema did, with rows of every table.
+fn write_v1_store(path: &Path, sims: &[(&str, i64, i64)]) {
+    std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.execute_batch(&format!(
+        "BEGIN; {} INSERT INTO meta (key, value) VALUES ('schema_version', '1'); COMMIT;",
+        schema::V1
+    ))
+    .expect("version 1 schema");
+    for (imsi, id, retired) in sims {
+        conn.execute(
+            "INSERT INTO sims (imsi, id, retired) VALUES (?1, ?2, ?3)",
+            rusqlite::params![imsi, id, retired],
+        )
+        .expect("SIM row");
+    }
+    conn.execute_batch(
+        "INSERT INTO segments (name, id, retired) VALUES ('a', 0, 0), ('gone', 1, 1);
+         INSERT INTO rules (identity, id, retired) VALUES ('segment a: to=[] protos=[] ports=[]', 4, 0);
+         INSERT INTO overrides (imsi, kind, source, at)
+             VALUES ('001010000000001', 'quarantine', 'operator:alice', 1700000001);
+         INSERT INTO bindings (imsi, family, address, source, at)
+             VALUES ('00101000000002', 4, '10.9.0.1/32', 'operator:bob', 1700000002),
+                    ('00101000000002', 6, 'fd00:9::/64', 'operator:bob', 1700000003);",
+    )
+    .expect("other rows");
+}
+
+fn schema_version(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).expect("raw open");
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |row| row.get(0),
+    )
+    .expect("version")
+}
+
+#[test]
+fn a_version_1_store_is_migrated_keeping_every_id_override_and_binding() {
+    let dir = TempDir::new();
+    let path = dir.0.join("state").join("enforcer.db");
+    let v1_sims = [
+        ("001010000000001", 0, 0),
+        ("00101000000002", 1, 0),
+        ("310150123456789", 2, 1),
+        ("001010000000000", 5, 0),
+    ];
+    write_v1_store(&path, &v1_sims);
+
+    let mut store = Store::open(&path).expect("open and migrate");
+    assert_eq!(schema_version(&path), SCHEMA_VERSION.to_string());
+    let rows: Vec<(String, u32, bool)> = store
+        .allocations()
+        .sims
+        .rows()
+        .map(|(k, id, retired)| (k.to_string(), id, retired))
+        .collect();
+    let mut expected: Vec<(String, u32, bool)> = v1_sims
+        .iter()
+        .map(|&(imsi, id, retired)| (imsi.to_owned(), id as u32, retired == 1))
+        .collect();
+    expected.sort_by_key(|r| key(&r.0));
+    assert_eq!(rows, expected, "every SIM id and retired flag survives");
+    let segments = &store.allocations().segments;
+    assert_eq!((segments.id("a"), segments.id("gone")), (Some(0), Some(1)));
+    assert_eq!(
+        store
+            .allocations()
+            .rules
+            .id("segment a: to=[] protos=[] ports=[]"),
+        Some(4)
+    );
+    assert_eq!(
+        store.overrides().expect("overrides"),
+        vec![Override {
+            imsi: "001010000000001".to_owned(),
+            kind: OverrideKind::Quarantine,
+            source: "operator:alice".to_owned(),
+            at: 1_700_000_001,
+        }]
+    );
+    let bindings = store.bindings().expect("bindings");
+    assert_eq!(
+        bindings,
+        vec![
+            Binding {
+                imsi: "00101000000002".to_owned(),
+                address: "10.9.0.1/32".parse().expect("address"),
+                source: "operator:bob".to_owned(),
+                at: 1_700_000_002,
+            },
+            Binding {
+                imsi: "00101000000002".to_owned(),
+                address: "fd00:9::/64".parse().expect("address"),
+                source: "operator:bob".to_owned(),
+                at: 1_700_000_003,
+            },
+        ]
+    );
+
+    // The migrated ids behave as before: a retired SIM comes back to its id, a new one takes
+    // the lowest free id, and a reopen finds the same.
+    let ids = store
+        .assign_ids(&policy_of(&[
+            "310150123456789",
+            "001010000000001",
+            "00101000000002",
+            "001010000000000",
+            "001019999999999",
+        ]))
+        .expect("ids");
+    assert_eq!(ids.sims, vec![2, 0, 1, 5, 3]);
+    drop(store);
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.allocations().sims.id(&key("001019999999999")),
+        Some(3)
+    );
+    assert_eq!(schema_version(&path), SCHEMA_VERSION.to_string());
+}
+
+#[test]
+fn a_failed_migration_leaves_the_version_1_store_as_it_was() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    write_v1_store(&path, &[("001010000000001", 0, 0), ("00101x", 1, 0)]);
+    let error = Store::open(&path).expect_err("an IMSI that is not digits");
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    assert_eq!(schema_version(&path), "1");
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let imsis: Vec<String> = conn
+        .prepare("SELECT imsi FROM sims ORDER BY imsi")
+        .expect("select")
+        .query_map([], |row| row.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(imsis, vec!["001010000000001", "00101x"]);
 }
 
 #[test]
@@ -211,4 +459,105 @@ fn assign_ids_at_a_million_sims() {
         "assign_ids at 1M SIMs: fresh {fresh:?}, unchanged {unchanged:?}, one more \
          {one_more:?}; reopen {reopen:?}"
     );
+}
+
+/// Resident set size of this process, in bytes (Linux `/proc/self/statm`).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+/// Wall and on-CPU time (this thread's, from `/proc/thread-self/schedstat`) of `f`: the CPU
+/// time is the steadier figure on a shared machine; their difference is waiting (disk, others).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let cpu = || -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (cpu_before, started) = (cpu(), Instant::now());
+    let out = f();
+    let wall = started.elapsed();
+    let on_cpu = std::time::Duration::from_nanos(cpu().saturating_sub(cpu_before));
+    (out, format!("{wall:.1?} (cpu {on_cpu:.1?})"))
+}
+
+/// The daemon's store work at a million SIMs: a fresh store's ids, a reopen (which loads the
+/// id cache) and its memory, an unchanged reload and a reload with 1% of the SIMs replaced by
+/// others. Prints the figures; run with `cargo test --release -p enforcer --lib
+/// store_work_at_a_million_sims -- --ignored --nocapture`.
+#[test]
+#[ignore = "a million SIMs; run in release for the figures"]
+fn store_work_at_a_million_sims() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    let sims = 1_000_000;
+    let base = policy(0, sims);
+    let mut store = Store::open(&path).expect("create");
+    let (_, fresh) = timed(|| store.assign_ids(&base).expect("ids"));
+    drop(store);
+
+    let rss_before = rss_bytes();
+    let (mut store, reopen) = timed(|| Store::open(&path).expect("reopen"));
+    let cache_mib = rss_bytes().saturating_sub(rss_before) as f64 / 1_048_576.0;
+    assert_eq!(store.allocations().sims.rows().count(), 1_000_000);
+
+    let (again, unchanged) = timed(|| store.assign_ids(&base).expect("ids"));
+    // The same SIMs listed in another order than their keys'.
+    let mut shuffled = base.clone();
+    let half = shuffled.sims.len() / 2;
+    shuffled.sims[..half].reverse();
+    shuffled.sims.rotate_left(half / 3);
+    let (ids, reordered) = timed(|| store.assign_ids(&shuffled).expect("ids"));
+    let mut expected = again.sims.clone();
+    expected[..half].reverse();
+    expected.rotate_left(half / 3);
+    assert_eq!(ids.sims, expected, "reordering moves no id");
+    // Every 100th SIM is replaced by one the store has not seen.
+    let mut changed = base.clone();
+    for (n, sim) in changed.sims.iter_mut().enumerate().step_by(100) {
+        sim.imsi =
+            crate::policy::Imsi::parse(&format!("{:015}", 2_020_000_000_000 + n)).expect("an IMSI");
+    }
+    let (ids, one_percent) = timed(|| store.assign_ids(&changed).expect("ids"));
+    assert_eq!(ids.sims[1..100], again.sims[1..100]);
+    assert_eq!(ids.sims[0], 1_000_000, "a new SIM takes the next index");
+    drop(store);
+    // The added SIMs are a second run of rows in the file.
+    let (store, reopen_changed) = timed(|| Store::open(&path).expect("reopen"));
+    assert_eq!(store.allocations().sims.len(), 1_010_000);
+    eprintln!(
+        "store at 1M SIMs: fresh {fresh}, reopen {reopen} (RSS +{cache_mib:.1} MiB), \
+         unchanged {unchanged}, reordered {reordered}, 1% changed {one_percent}, reopen after \
+         that {reopen_changed}"
+    );
+}
+
+/// Migrating a version 1 store of a million SIMs, once, at the first start of this build.
+/// Prints the time; run in release with `--ignored --nocapture`.
+#[test]
+#[ignore = "a million SIMs; run in release for the figures"]
+fn migrating_a_million_sims() {
+    let dir = TempDir::new();
+    let path = dir.0.join("enforcer.db");
+    write_v1_store(&path, &[]);
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999999)
+         INSERT INTO sims SELECT printf('%015d', 1010000000000 + i), i, i % 100 = 0 FROM n;",
+    )
+    .expect("a million version 1 rows");
+    drop(conn);
+    let (store, migrate) = timed(|| Store::open(&path).expect("migrate"));
+    let sims = &store.allocations().sims;
+    assert_eq!(sims.len(), 1_000_000);
+    assert_eq!(sims.rows().filter(|row| row.2).count(), 10_000);
+    assert_eq!(sims.id(&key("001010000012345")), Some(12_345));
+    eprintln!("migrating 1M SIMs from schema version 1: {migrate}");
 }
