@@ -122,8 +122,13 @@ fn update_part<K: Pod, V: Pod>(fd: u32, entries: &[(K, V)]) -> io::Result<()> {
 /// Threads to split `elements` over: one per core up to [`MAX_THREADS`], none below
 /// [`MIN_PER_THREAD`] elements each.
 fn threads_for(elements: usize) -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
+    // Read once: `available_parallelism` reads cgroup files on every call (tens of
+    // microseconds), which a one-entry write (a run-time bind) must not pay.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if elements < 2 * MIN_PER_THREAD {
+        return 1;
+    }
+    (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get)))
         .min(MAX_THREADS)
         .min(elements / MIN_PER_THREAD)
         .max(1)

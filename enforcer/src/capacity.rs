@@ -489,5 +489,7 @@ fn mib(bytes: u64) -> String {
 /// Possible CPUs of this machine (per-CPU maps allocate for each), at least 1.
 #[must_use]
 pub fn possible_cpus() -> usize {
-    aya::util::nr_cpus().ok().filter(|&n| n > 0).unwrap_or(1)
+    // Fixed for the life of the machine; read once (aya reads a sysfs file per call).
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| aya::util::nr_cpus().ok().filter(|&n| n > 0).unwrap_or(1))
 }

@@ -234,15 +234,22 @@ pub struct Held {
     /// Run-time changes to `SIM_V4_V2` not yet folded into `bindings_v4`: key → what the map
     /// holds now (`None`: deleted). A run-time bind costs an insert here rather than a shift
     /// of a million-entry vector; [`Held::settle`] folds them in one merge (before every plan,
-    /// and once [`PENDING_MAX`] accumulate).
+    /// and once enough accumulate: see [`PENDING_MAX`]).
     pub pending_v4: BTreeMap<SimKeyV4, Option<SimBinding>>,
     /// Run-time changes to `SIM_V6_V2` not yet folded into `bindings_v6`.
     pub pending_v6: BTreeMap<SimKeyV6, Option<SimBinding>>,
 }
 
-/// Run-time binding changes held apart before they are folded into the sorted vectors: a
-/// merge of a million entries (a few milliseconds) every 4,096 changes.
+/// Run-time binding changes held apart before they are folded into the sorted vectors, at
+/// least: the bound is this or an eighth of the bindings, whichever is larger, so that the
+/// merge (a few milliseconds at a million bindings, a stall for the commands queued behind it)
+/// comes once per that many changes and costs O(8) per change amortised.
 pub const PENDING_MAX: usize = 4096;
+
+/// Whether `pending` changes to `sorted` bindings are due to be folded in.
+fn settle_due(pending: usize, sorted: usize) -> bool {
+    pending >= PENDING_MAX.max(sorted / 8)
+}
 
 impl Held {
     /// Fresh maps.
@@ -272,7 +279,7 @@ impl Held {
     /// Record that `SIM_V4_V2` now holds `binding` at `key` (`None`: the key was deleted).
     pub fn set_binding_v4(&mut self, key: SimKeyV4, binding: Option<SimBinding>) {
         self.pending_v4.insert(key, binding);
-        if self.pending_v4.len() >= PENDING_MAX {
+        if settle_due(self.pending_v4.len(), self.bindings_v4.len()) {
             settle(&mut self.bindings_v4, &mut self.pending_v4);
         }
     }
@@ -280,7 +287,7 @@ impl Held {
     /// Record that `SIM_V6_V2` now holds `binding` at `key` (`None`: the key was deleted).
     pub fn set_binding_v6(&mut self, key: SimKeyV6, binding: Option<SimBinding>) {
         self.pending_v6.insert(key, binding);
-        if self.pending_v6.len() >= PENDING_MAX {
+        if settle_due(self.pending_v6.len(), self.bindings_v6.len()) {
             settle(&mut self.bindings_v6, &mut self.pending_v6);
         }
     }

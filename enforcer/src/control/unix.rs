@@ -170,59 +170,81 @@ async fn connection(
     actor: mpsc::Sender<Request>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1));
-    let mut bytes = Vec::new();
-    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut bytes))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no command within the timeout"))??;
-    // Not UTF-8: the JSON parser below says so in its reply.
-    let line = String::from_utf8_lossy(&bytes);
-    let answer: Answer = if line.len() > MAX_REQUEST {
-        Reply::Error {
-            message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut wait = REQUEST_TIMEOUT;
+    loop {
+        let mut bytes = Vec::new();
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let n = tokio::time::timeout(wait, limited.read_until(b'\n', &mut bytes))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "no command within the timeout")
+            })??;
+        if n == 0 {
+            break;
         }
-        .into()
-    } else {
-        match serde_json::from_str::<Command>(&line) {
-            Err(err) => Reply::Error {
-                message: format!(
-                    "command not understood ({err}); nothing was done. Use the `enforcer` client \
-                     of the daemon's version"
-                ),
+        wait = IDLE_TIMEOUT;
+        let oversized = bytes.len() > MAX_REQUEST;
+        let answer = answer(&bytes, &actor).await;
+        let mut out = serde_json::to_vec(&answer.reply).map_err(io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if let Some(mut rows) = answer.rows {
+            // A reader that stops reading is dropped after the timeout; dropping `rows` ends
+            // the thread that formats them. The rows run to the end of the connection.
+            while let Some(chunk) = rows.recv().await {
+                tokio::time::timeout(ROWS_TIMEOUT, write.write_all(&chunk))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the reader stalled"))??;
             }
-            .into(),
-            Ok(command) => {
-                let (tx, rx) = oneshot::channel();
-                if actor.send((command, tx)).await.is_err() {
-                    Reply::Error {
-                        message: "the daemon is shutting down; nothing was done".into(),
-                    }
-                    .into()
-                } else {
-                    rx.await.unwrap_or_else(|_| {
-                        Reply::Error {
-                            message: "the daemon stopped before answering".into(),
-                        }
-                        .into()
-                    })
-                }
-            }
+            break;
         }
-    };
-    let mut out = serde_json::to_vec(&answer.reply).map_err(io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    if let Some(mut rows) = answer.rows {
-        // A reader that stops reading is dropped after the timeout; dropping `rows` ends the
-        // thread that formats them.
-        while let Some(chunk) = rows.recv().await {
-            tokio::time::timeout(ROWS_TIMEOUT, write.write_all(&chunk))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the reader stalled"))??;
+        if oversized {
+            // The rest of that line would read as commands: end here.
+            break;
         }
     }
     write.shutdown().await
 }
+
+/// The actor's answer to one command line.
+async fn answer(bytes: &[u8], actor: &mpsc::Sender<Request>) -> Answer {
+    // Not UTF-8: the JSON parser below says so in its reply.
+    let line = String::from_utf8_lossy(bytes);
+    if line.len() > MAX_REQUEST {
+        return Reply::Error {
+            message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),
+        }
+        .into();
+    }
+    match serde_json::from_str::<Command>(&line) {
+        Err(err) => Reply::Error {
+            message: format!(
+                "command not understood ({err}); nothing was done. Use the `enforcer` client of \
+                 the daemon's version"
+            ),
+        }
+        .into(),
+        Ok(command) => {
+            let (tx, rx) = oneshot::channel();
+            if actor.send((command, tx)).await.is_err() {
+                return Reply::Error {
+                    message: "the daemon is shutting down; nothing was done".into(),
+                }
+                .into();
+            }
+            rx.await.unwrap_or_else(|_| {
+                Reply::Error {
+                    message: "the daemon stopped before answering".into(),
+                }
+                .into()
+            })
+        }
+    }
+}
+
+/// How long a connection may stay open between commands.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long a client may leave streamed rows unread before its connection is dropped.
 pub const ROWS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -272,4 +294,69 @@ pub fn call_with_rows(
         detail: e.to_string(),
     })?;
     Ok((reply, reader))
+}
+
+/// A connection kept open for many commands, one after another (each reply read before the
+/// next command is sent): what a client sending a stream of changes uses, rather than a
+/// connection per command. Not for a streamed `stats`, whose rows end the connection.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+impl Client {
+    /// Connect to the daemon listening on `path`.
+    ///
+    /// # Errors
+    /// [`ControlError::NoDaemon`] when nothing answers; [`ControlError::Io`] otherwise.
+    pub fn connect(path: &Path) -> Result<Self, ControlError> {
+        let stream = UnixStream::connect(path).map_err(|source| ControlError::NoDaemon {
+            path: path.to_owned(),
+            source,
+        })?;
+        stream
+            .set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(|source| ControlError::Io {
+                what: "configuring",
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Send `command` and wait for its reply.
+    ///
+    /// # Errors
+    /// [`ControlError::Io`] or [`ControlError::BadReply`] for a broken exchange (the
+    /// connection is of no further use then).
+    pub fn call(&mut self, command: &Command) -> Result<Reply, ControlError> {
+        let io_err = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| ControlError::Io { what, path, source }
+        };
+        let mut line = serde_json::to_vec(command)
+            .map_err(|e| io_err("encoding for", &self.path)(e.into()))?;
+        line.push(b'\n');
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(io_err("writing to", &self.path))?;
+        let mut reply = String::new();
+        let n = self
+            .reader
+            .read_line(&mut reply)
+            .map_err(io_err("reading the reply from", &self.path))?;
+        if n == 0 {
+            return Err(io_err("reading the reply from", &self.path)(
+                io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
 }
