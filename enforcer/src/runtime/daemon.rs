@@ -21,6 +21,7 @@ use crate::{
     },
     counters::{self, Totals},
     explain::{self, Explanation, Query},
+    ids::SimKey,
     links::{self, How},
     loader::Enforcer,
     policy::{Imsi, Sim, SimState, ValidatedPolicy},
@@ -229,8 +230,6 @@ pub struct Daemon {
     compiled: Compiled,
     /// Names behind the map indices, for `stats`.
     names: State,
-    /// IMSI ([`Imsi::to_bits`]: digits and their count) → position in `policy.sims`.
-    index: HashMap<u64, u32>,
     /// SIM index → position in `policy.sims` (`u32::MAX`: none).
     positions: Vec<u32>,
     /// Run-time bindings changed the policy since `compiled` was made: recompile (same ids)
@@ -261,14 +260,12 @@ impl Daemon {
     ) -> Self {
         let Loaded { policy, prepared } = loaded;
         let names = State::new(&policy, &prepared.compiled, &settings.pin_dir);
-        let index = imsi_index(&policy);
         let positions = sim_positions(&prepared.compiled);
         Self {
             settings,
             enforcer,
             store,
             names,
-            index,
             positions,
             compiled_stale: false,
             overrides: overrides_by_imsi(&prepared.overrides),
@@ -429,7 +426,6 @@ impl Daemon {
         })?;
         self.generation = report.generation;
         self.names = State::new(&policy, compiled, &self.settings.pin_dir);
-        self.index = imsi_index(&policy);
         self.positions = sim_positions(compiled);
         self.policy = policy;
         self.overrides = overrides_by_imsi(&prepared.overrides);
@@ -440,6 +436,7 @@ impl Daemon {
         self.compiled_stale = false;
         self.applied_at = now();
         self.applies += 1;
+        release_free_memory();
         Ok(Applied {
             policy: self.policy.path.clone(),
             generation: self.generation,
@@ -456,21 +453,23 @@ impl Daemon {
 
     /// The SIM with `imsi`: its position in the policy, its stable SIM index and itself.
     fn sim(&self, imsi: &str) -> anyhow::Result<(usize, u32, &Sim)> {
-        let key = Imsi::parse(imsi)
-            .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?
-            .to_bits();
-        let &position = self.index.get(&key).ok_or_else(|| {
+        let key = SimKey::from(
+            Imsi::parse(imsi)
+                .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?,
+        );
+        // The store's id space is sorted by IMSI: its SIM index, then the position of that
+        // index in the policy (none for an IMSI the store keeps only as retired).
+        let found = self.store.allocations().sims.id(&key).and_then(|index| {
+            let position = *self.positions.get(index as usize)?;
+            (position != u32::MAX).then_some((position as usize, index))
+        });
+        let (position, index) = found.ok_or_else(|| {
             anyhow!(
                 "IMSI {imsi} is not in the policy in force ({}); add it there first",
                 self.policy.path.display()
             )
         })?;
-        let position = position as usize;
-        Ok((
-            position,
-            self.compiled.ids.sims[position],
-            &self.policy.sims[position],
-        ))
+        Ok((position, index, &self.policy.sims[position]))
     }
 
     /// Quarantine by command: the store first (so a crash after it still quarantines at the
@@ -1078,14 +1077,16 @@ fn set_address(sim: &mut Sim, v6: bool, net: Option<ipnetwork::IpNetwork>) {
     }
 }
 
-/// IMSI → position in the policy.
-fn imsi_index(policy: &ValidatedPolicy) -> HashMap<u64, u32> {
-    policy
-        .sims
-        .iter()
-        .enumerate()
-        .filter_map(|(i, sim)| Some((sim.imsi.to_bits(), u32::try_from(i).ok()?)))
-        .collect()
+/// Hand the heap's free memory back to the kernel after a load or reload, whose temporaries
+/// (the file's text, validation's duplicate checks, the previous policy) glibc would otherwise
+/// keep for reuse: a daemon that holds a million SIMs for months should not also hold the
+/// peak of its last reload.
+pub(super) fn release_free_memory() {
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel; it has no
+    // preconditions and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn now() -> u64 {

@@ -152,6 +152,8 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         ))));
     }
     let loaded = Loaded { policy, prepared };
+    // Validation's and compilation's temporaries, before the maps and the daemon's own tables.
+    super::daemon::release_free_memory();
     let daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
     serve(daemon, listener, &settings)?;
     drop(pins);
@@ -195,6 +197,7 @@ fn start(
     }
     let pin = links::clear_program_pin(pins.path())?;
     daemon.enforcer.pin_program(&pin)?;
+    super::daemon::release_free_memory();
     Ok(daemon)
 }
 
