@@ -114,11 +114,11 @@ impl Running {
         let mut in_map = false;
         let mut kib = 0.0;
         for line in smaps.lines() {
-            if line.contains(" rw") || line.contains(" r-") || line.contains(" --") {
-                if line.split_whitespace().count() >= 5 && line.contains('-') {
-                    in_map = line.ends_with("anon_inode:bpf-map");
-                    continue;
-                }
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            let fields: Vec<&str> = line.split_whitespace().take(2).collect();
+            if fields.len() == 2 && fields[0].contains('-') && fields[1].len() == 4 {
+                in_map = line.ends_with("anon_inode:bpf-map");
+                continue;
             }
             if in_map && let Some(rest) = line.strip_prefix("Rss:") {
                 kib += rest
