@@ -606,3 +606,65 @@ mod tests {
         assert_eq!(third.writes_before_flip(), 0, "{third:?}");
     }
 }
+
+#[cfg(test)]
+mod pending_tests {
+    use std::collections::BTreeMap;
+
+    use enforcer_common::maps::SimBinding;
+
+    use super::{Held, PENDING_MAX};
+
+    fn binding(a: u32, b: u32) -> SimBinding {
+        SimBinding { sim: [a, b] }
+    }
+
+    /// Run-time changes read back before and after they are folded in, in any order and past
+    /// the fold threshold, equal a plain map of the same changes.
+    #[test]
+    fn pending_changes_read_and_settle_like_a_map() {
+        let mut held = Held::empty();
+        let mut model: BTreeMap<[u8; 4], SimBinding> = BTreeMap::new();
+        for i in 0..1000u32 {
+            let key = (i * 7).to_be_bytes();
+            held.bindings_v4.push((key, binding(i, i)));
+            model.insert(key, binding(i, i));
+        }
+        held.bindings_v4.sort_unstable();
+        let mut state = 0x2545_f491_u32;
+        for step in 0..(PENDING_MAX as u32 * 2 + 17) {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let key = (state % 9000).to_be_bytes();
+            if state % 3 == 0 {
+                held.set_binding_v4(key, None);
+                model.remove(&key);
+            } else {
+                held.set_binding_v4(key, Some(binding(step, u32::MAX)));
+                model.insert(key, binding(step, u32::MAX));
+            }
+            if step % 997 == 0 {
+                for probe in [key, (state % 9000 + 1).to_be_bytes(), [0, 0, 0, 0]] {
+                    assert_eq!(
+                        held.binding_v4(probe),
+                        model.get(&probe).copied(),
+                        "{probe:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            held.pending_v4.len() < PENDING_MAX,
+            "folded in at the threshold: {}",
+            held.pending_v4.len()
+        );
+        held.settle();
+        assert!(held.pending_v4.is_empty());
+        let settled: Vec<([u8; 4], SimBinding)> = model.into_iter().collect();
+        assert_eq!(
+            held.bindings_v4, settled,
+            "sorted, deletes gone, last change wins"
+        );
+    }
+}

@@ -886,3 +886,126 @@ fn detach_refuses_a_directory_that_is_not_on_bpffs() {
         assert!(pins.join(name).exists(), "detach removed {name}");
     }
 }
+
+/// `stats` of a fleet streams its rows after the reply: the table and the JSON list every SIM
+/// once, in policy order, across several of the daemon's 256 KiB chunks; an older client that
+/// asks without `stream` gets the rows inside the reply; one connection carries many commands;
+/// an oversized command line is refused and ends its connection.
+#[test]
+fn stats_streams_the_fleet_and_a_connection_carries_many_commands() {
+    use std::io::{BufRead as _, Write as _};
+
+    use enforcer::control::{Command as Ctl, Reply, unix};
+    let Some(ns) = root_namespace("stream") else {
+        return;
+    };
+    let files = RunFiles::new("stream");
+    const SIMS: u32 = 3000;
+    let dir = std::env::temp_dir().join(format!("enforcer-cli-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let mut csv = String::from("imsi,ipv4,segment\n");
+    let imsi = |i: u32| format!("{:015}", 1_010_000_000_000u64 + u64::from(i));
+    for i in 0..SIMS {
+        csv.push_str(&format!(
+            "{},10.64.{}.{},{}\n",
+            imsi(i),
+            (i + 1) >> 8,
+            (i + 1) & 0xff,
+            if i % 2 == 0 { "even" } else { "odd" }
+        ));
+    }
+    std::fs::write(dir.join("sims.csv"), csv).expect("csv");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"pools = ["10.64.0.0/16"]
+inventory = "sims.csv"
+[[segments]]
+name = "even"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+[[segments]]
+name = "odd"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+"#,
+    )
+    .expect("policy");
+    let child =
+        start_enforcer(&ns.name, &files, &policy.display().to_string()).expect("the run enforces");
+
+    let table = enforcer(&["stats", "--socket", &files.socket]);
+    let json = enforcer(&["stats", "--json", "--socket", &files.socket]);
+    let old_client = unix::call(
+        std::path::Path::new(&files.socket),
+        &Ctl::Stats {
+            imsis: Vec::new(),
+            stream: None,
+        },
+    );
+    let mut kept = unix::Client::connect(std::path::Path::new(&files.socket)).expect("connect");
+    let replies: Vec<Reply> = [
+        Ctl::Status,
+        Ctl::SimQuarantine {
+            imsi: imsi(7),
+            source: "test".into(),
+        },
+        Ctl::SimShow { imsi: imsi(7) },
+        Ctl::SimRelease { imsi: imsi(7) },
+    ]
+    .iter()
+    .map(|c| kept.call(c).expect("a reply on the kept connection"))
+    .collect();
+    let mut raw = std::os::unix::net::UnixStream::connect(&files.socket).expect("connect");
+    raw.write_all(&vec![b'x'; 70_000])
+        .expect("write a long line");
+    raw.write_all(b"\n{\"command\":\"status\"}\n")
+        .expect("write");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(raw).lines() {
+        lines.push(line.expect("read"));
+    }
+    stop(child, libc::SIGTERM);
+    let _ = files.detach();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(table.status.success(), "{}", text(&table));
+    let out = String::from_utf8(table.stdout).expect("UTF-8");
+    let rows: Vec<&str> = out.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), SIMS as usize, "one row per SIM");
+    for (i, row) in rows.iter().enumerate() {
+        let i = u32::try_from(i).expect("fits");
+        let segment = if i % 2 == 0 { "even" } else { "odd" };
+        assert!(
+            row.starts_with(&format!("{:<16} {:<16} active", imsi(i), segment)),
+            "row {i}: {row}"
+        );
+    }
+    assert!(
+        out.contains("VERDICTS (packets)"),
+        "the tail follows the rows"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("stats --json");
+    let sims = json["sims"].as_array().expect("sims");
+    assert_eq!(sims.len(), SIMS as usize);
+    assert_eq!(sims[SIMS as usize - 1]["imsi"], imsi(SIMS - 1));
+    assert_eq!(sims[1]["segment"], "odd");
+    assert_eq!(json["rules"].as_array().map(Vec::len), Some(2));
+    match old_client.expect("the older request is answered") {
+        Reply::Stats(report) => assert_eq!(report.sims.len(), SIMS as usize),
+        other => panic!("not stats: {other:?}"),
+    }
+    assert!(matches!(replies[0], Reply::Status(_)), "{:?}", replies[0]);
+    match (&replies[1], &replies[2], &replies[3]) {
+        (Reply::Sim(q), Reply::Sim(shown), Reply::Sim(released)) => {
+            assert_eq!(q.state, "quarantined");
+            assert_eq!(shown.state, "quarantined");
+            assert_eq!(released.state, "active");
+        }
+        other => panic!("not SIM replies: {other:?}"),
+    }
+    assert_eq!(
+        lines.len(),
+        1,
+        "the connection ends after the refusal: {lines:?}"
+    );
+    assert!(lines[0].contains("command longer than"), "{}", lines[0]);
+}

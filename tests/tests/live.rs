@@ -482,7 +482,12 @@ fn bind_moves_a_sim_to_a_new_address_and_unbind_restores_it() {
     let new_before = from_new.sent();
     let bound = daemon.cli(&["sim", "bind", DEVICE_IMSI, NEW]);
     let (new_from, old_cut_from) = (from_new.sent(), from_old.sent());
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(100));
+    // A reload while the run-time binding is in the maps (written there directly, not by an
+    // apply): the binding stays, without a lost datagram.
+    let policy_a = policies.a();
+    let reloaded = daemon.cli(&["policy", "apply", policy_a.to_str().expect("UTF-8 path")]);
+    std::thread::sleep(Duration::from_millis(100));
     daemon.kill();
     daemon.restart();
     let shown = daemon.cli(&["sim", "show", DEVICE_IMSI, "--json"]);
@@ -502,6 +507,10 @@ fn bind_moves_a_sim_to_a_new_address_and_unbind_restores_it() {
     let outside = outside.expect_err("an address outside every pool is refused");
     assert!(outside.contains("in no pool"), "{outside}");
     assert!(bound.contains(&format!("addresses:  {NEW}")), "{bound}");
+    assert!(
+        reloaded.contains("(0 added, 0 removed, 0 changed)"),
+        "the reload found the maps as the run-time binding left them: {reloaded}"
+    );
     let shown: Value = serde_json::from_str(&shown).expect("sim show --json");
     assert_eq!(
         shown["addresses"][0], NEW,
