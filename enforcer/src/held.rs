@@ -637,14 +637,14 @@ mod pending_tests {
             state ^= state >> 17;
             state ^= state << 5;
             let key = (state % 9000).to_be_bytes();
-            if state % 3 == 0 {
+            if state.is_multiple_of(3) {
                 held.set_binding_v4(key, None);
                 model.remove(&key);
             } else {
                 held.set_binding_v4(key, Some(binding(step, u32::MAX)));
                 model.insert(key, binding(step, u32::MAX));
             }
-            if step % 997 == 0 {
+            if step.is_multiple_of(997) {
                 for probe in [key, (state % 9000 + 1).to_be_bytes(), [0, 0, 0, 0]] {
                     assert_eq!(
                         held.binding_v4(probe),
