@@ -372,10 +372,11 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
             let mib = total as f64 / 1_048_576.0;
             let _ = writeln!(
                 md,
-                "\nTargets at 1,000,000 SIMs: load ≤ 1.5 s: {total_s:.2} s ({}); peak RSS ≤ 150 MB: {rss:.0} MiB ({}); \
-             maps ≤ 256 MiB: {mib:.0} MiB ({}), leaving {:.0} MiB for sessions.",
+                "\nTargets at 1,000,000 SIMs: load ≤ 1.5 s: {total_s:.2} s ({}); maps ≤ 256 MiB: \
+             {mib:.0} MiB ({}), leaving {:.0} MiB for sessions. Peak RSS of this process: {rss:.0} \
+             MiB, with the SIMS map mapped and every step's temporaries kept (it loads, then \
+             reloads twice); the daemon's memory target is judged on the daemon (below).",
                 check(total_s, 1.5),
-                check(rss, 150.0),
                 check(mib, 256.0),
                 256.0 - mib
             );
