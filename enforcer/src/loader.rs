@@ -245,6 +245,8 @@ pub struct Enforcer {
     held: Option<Held>,
     /// `SIMS`, memory-mapped: SIM policies are written and counters read through it.
     sims: std::sync::Arc<SimTable>,
+    /// `CONFIG.generation` as this process last read or wrote it.
+    active: std::cell::Cell<Option<u8>>,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -339,6 +341,7 @@ impl Enforcer {
             pin_dir: pin_dir.map(Path::to_owned),
             held: (!adopted).then(Held::empty),
             sims,
+            active: std::cell::Cell::new(None),
         })
     }
 
@@ -383,12 +386,19 @@ impl Enforcer {
 
     /// The active policy generation.
     pub fn generation(&self) -> Result<u8, LoadError> {
+        // Only this process flips it (one daemon per pin directory), so after the first read
+        // the value it last wrote is the value in the map: a run-time bind needs no syscall.
+        if let Some(active) = self.active.get() {
+            return Ok(active);
+        }
         let config: Array<&MapData, Config> = Array::try_from(self.map_ref(names::CONFIG)?)
             .map_err(map_err(names::CONFIG, "opening"))?;
         let config = config
             .get(&0, 0)
             .map_err(map_err(names::CONFIG, "reading"))?;
-        Ok((config.generation & 1) as u8)
+        let active = (config.generation & 1) as u8;
+        self.active.set(Some(active));
+        Ok(active)
     }
 
     fn map_ref(&self, name: &'static str) -> Result<&Map, LoadError> {
@@ -452,7 +462,12 @@ impl Enforcer {
                 },
                 0,
             )
-            .map_err(map_err(names::CONFIG, "flipping the generation"))?;
+            .map_err(|error| {
+                // Whether the write landed is unknown: read the map next time.
+                self.active.set(None);
+                map_err(names::CONFIG, "flipping the generation")(error)
+            })?;
+        self.active.set(Some(target));
         let written = started.elapsed();
 
         std::thread::sleep(GRACE);
