@@ -234,12 +234,21 @@ struct StatsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines go to stderr from a thread of their own: a reader that stalls (a paused pipe,
+    // a slow terminal) must not stall the daemon's actor, and with it every command. Up to
+    // LOG_BACKLOG lines wait; past that they are dropped, never blocking. The guard flushes
+    // what is queued when main returns.
+    let (writer, _log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BACKLOG)
+        .lossy(true)
+        .thread_name("enforcer-log")
+        .finish(LossyStderr);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(|| LossyStderr)
+        .with_writer(writer)
         // No colour codes in journald or a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -296,6 +305,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Log lines that may wait for a stalled stderr before new ones are dropped (about 2 MB).
+const LOG_BACKLOG: usize = 10_000;
 
 /// Standard error that drops what cannot be written: a daemon must not die because whoever
 /// read its log went away (tracing-subscriber reports a failed write with `eprintln!`, which

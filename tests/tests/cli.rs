@@ -1009,3 +1009,81 @@ rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
     );
     assert!(lines[0].contains("command longer than"), "{}", lines[0]);
 }
+
+/// A log reader that stops reading (here: the test, which never reads the pipe) must not stop
+/// the daemon: 3,000 logged changes (far more than a pipe buffer's 64 KiB of lines) are
+/// all answered, and the lines past the backlog are dropped rather than waited for.
+#[test]
+fn a_stalled_log_reader_does_not_stall_the_daemon() {
+    use enforcer::control::{Command as Ctl, Reply, unix};
+    let Some(ns) = root_namespace("stall") else {
+        return;
+    };
+    let files = RunFiles::new("stall");
+    let policy = temp_policy(
+        "stall",
+        r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "s"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "s"
+"#,
+    );
+    // Its stderr is a pipe this test keeps open and never reads.
+    let args = files.args(
+        &ns.name,
+        "skb",
+        &enforcer_bin().display().to_string(),
+        &policy.display().to_string(),
+    );
+    let mut child = Command::new("nsenter")
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start enforcer");
+    let unread = child.stderr.take();
+    let up = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        matches!(
+            unix::call(std::path::Path::new(&files.socket), &Ctl::Status),
+            Ok(Reply::Status(_))
+        )
+    });
+    assert!(up, "the daemon did not start");
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let socket = files.socket.clone();
+    std::thread::spawn(move || {
+        let mut client = unix::Client::connect(std::path::Path::new(&socket)).expect("connect");
+        let mut answered = 0;
+        for n in 0..3000 {
+            let command = if n % 2 == 0 {
+                Ctl::SimQuarantine {
+                    imsi: "001010000000001".into(),
+                    source: "a test that logs a long source to fill the pipe sooner".into(),
+                }
+            } else {
+                Ctl::SimRelease {
+                    imsi: "001010000000001".into(),
+                }
+            };
+            if matches!(client.call(&command), Ok(Reply::Sim(_))) {
+                answered += 1;
+            }
+        }
+        let _ = done_tx.send(answered);
+    });
+    let answered = done.recv_timeout(std::time::Duration::from_secs(60));
+    stop(child, libc::SIGKILL);
+    drop(unread);
+    let _ = files.detach();
+    let _ = std::fs::remove_file(&policy);
+    assert_eq!(
+        answered,
+        Ok(3000),
+        "the daemon stopped answering while nobody read its log"
+    );
+}
