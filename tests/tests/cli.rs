@@ -1087,3 +1087,97 @@ segment = "s"
         "the daemon stopped answering while nobody read its log"
     );
 }
+
+/// A client that sends commands and never reads the replies is dropped once its replies have
+/// waited 10 s, and no more than two fleet listings wait on readers at once: a third is
+/// refused with what to do, and works again once a reader goes.
+#[test]
+fn unread_replies_and_listings_are_bounded() {
+    use std::io::{Read as _, Write as _};
+
+    use enforcer::control::{Command as Ctl, Reply, RowFormat, unix};
+    let Some(ns) = root_namespace("bound") else {
+        return;
+    };
+    let files = RunFiles::new("bound");
+    // Enough rows (~2 MB as a table) that a listing outlasts the socket buffers.
+    const SIMS: u32 = 20_000;
+    let dir = std::env::temp_dir().join(format!("enforcer-cli-bound-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("policy dir");
+    let mut csv = String::from("imsi,ipv4,segment\n");
+    for i in 0..SIMS {
+        csv.push_str(&format!(
+            "{:015},10.64.{}.{},s\n",
+            1_010_000_000_000u64 + u64::from(i),
+            (i + 1) >> 8,
+            (i + 1) & 0xff
+        ));
+    }
+    std::fs::write(dir.join("sims.csv"), csv).expect("csv");
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "pools = [\"10.64.0.0/16\"]\ninventory = \"sims.csv\"\n[[segments]]\nname = \"s\"\nrules = []\n",
+    )
+    .expect("policy");
+    let child =
+        start_enforcer(&ns.name, &files, &policy.display().to_string()).expect("the run enforces");
+    let socket = std::path::Path::new(&files.socket);
+
+    // Two listings nobody reads past their first bytes.
+    let listing = || {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+        let mut line = serde_json::to_vec(&Ctl::Stats {
+            imsis: Vec::new(),
+            stream: Some(RowFormat::Table),
+        })
+        .expect("encode");
+        line.push(b'\n');
+        s.write_all(&line).expect("send");
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).expect("the reply starts");
+        s
+    };
+    let (one, two) = (listing(), listing());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let third = enforcer(&["stats", "--socket", &files.socket]);
+    drop(one);
+    let after = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        enforcer(&["stats", "--socket", &files.socket])
+            .status
+            .success()
+    });
+    drop(two);
+
+    // A client that writes commands and never reads.
+    let mut deaf = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    deaf.set_write_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let status = b"{\"command\":\"status\"}\n".repeat(2000);
+    let started = std::time::Instant::now();
+    let mut dropped = false;
+    while started.elapsed() < std::time::Duration::from_secs(25) {
+        if deaf.write_all(&status).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    let others = unix::call(socket, &Ctl::Status);
+    stop(child, libc::SIGTERM);
+    let _ = files.detach();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(!third.status.success(), "a third listing was not refused");
+    assert!(
+        text(&third).contains("listings of the whole fleet are in progress"),
+        "{}",
+        text(&third)
+    );
+    assert!(after, "listings did not work again once a reader went");
+    assert!(
+        dropped,
+        "a client that never reads its replies was not dropped within 25 s"
+    );
+    assert!(matches!(others, Ok(Reply::Status(_))), "{others:?}");
+}

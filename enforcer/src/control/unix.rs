@@ -188,7 +188,13 @@ async fn connection(
         let answer = answer(&bytes, &actor).await;
         let mut out = serde_json::to_vec(&answer.reply).map_err(io::Error::other)?;
         out.push(b'\n');
-        write.write_all(&out).await?;
+        // A client that sends commands but never reads its replies fills the socket buffer:
+        // drop it rather than hold one of the connection slots for ever.
+        tokio::time::timeout(REPLY_TIMEOUT, write.write_all(&out))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "the client reads no replies")
+            })??;
         if let Some(mut rows) = answer.rows {
             // A reader that stops reading is dropped after the timeout; dropping `rows` ends
             // the thread that formats them. The rows run to the end of the connection.
@@ -242,6 +248,9 @@ async fn answer(bytes: &[u8], actor: &mpsc::Sender<Request>) -> Answer {
         }
     }
 }
+
+/// How long a reply may wait for the client to read it before the connection is dropped.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a connection may stay open between commands.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

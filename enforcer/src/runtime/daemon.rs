@@ -127,33 +127,20 @@ fn apply_bindings(
     if bindings.is_empty() {
         return changed;
     }
-    let bound: HashSet<&str> = bindings.iter().map(|b| b.imsi.as_str()).collect();
-    let addresses: HashSet<ipnetwork::IpNetwork> = bindings.iter().map(|b| b.address).collect();
+    let wanted: HashSet<&str> = bindings.iter().map(|b| b.imsi.as_str()).collect();
     let mut position = HashMap::new();
-    let mut holder = HashMap::new();
     for (i, sim) in policy.sims.iter().enumerate() {
-        if bound.contains(sim.imsi.text().as_str()) {
+        if wanted.contains(sim.imsi.text().as_str()) {
             position.insert(sim.imsi.to_string(), i);
         }
-        for net in sim_addresses(sim) {
-            if addresses.contains(&net) {
-                holder.insert(net, i);
-            }
-        }
     }
+    // Candidates: the SIM is in the policy and the address in a pool; newest first, as the
+    // newest binding of an address is the packet core's latest word on it.
+    let mut candidates: Vec<(&store::Binding, usize)> = Vec::new();
     for binding in bindings {
         let Some(&i) = position.get(&binding.imsi) else {
             continue;
         };
-        if let Some(&other) = holder.get(&binding.address).filter(|&&h| h != i) {
-            warn!(
-                imsi = %binding.imsi,
-                address = %binding.address,
-                holder = %policy.sims[other].imsi,
-                "Run-time binding shadowed: the policy file gives the address to another SIM."
-            );
-            continue;
-        }
         if !policy.pools.iter().any(|p| in_pool(*p, binding.address)) {
             warn!(
                 imsi = %binding.imsi,
@@ -162,7 +149,78 @@ fn apply_bindings(
             );
             continue;
         }
-        let sim = &mut policy.sims[i];
+        candidates.push((binding, i));
+    }
+    candidates.sort_by(|(a, _), (b, _)| b.at.cmp(&a.at).then_with(|| a.imsi.cmp(&b.imsi)));
+    // The file's holder of every candidate address.
+    let addresses: HashSet<ipnetwork::IpNetwork> =
+        candidates.iter().map(|(b, _)| b.address).collect();
+    let mut file_holder = HashMap::new();
+    for (i, sim) in policy.sims.iter().enumerate() {
+        for net in sim_addresses(sim) {
+            if addresses.contains(&net) {
+                file_holder.insert(net, i);
+            }
+        }
+    }
+    // What the running daemon enforces, as a fixed point: a binding applies unless a newer
+    // applied binding holds its address, or another SIM holds it in the file and has not been
+    // bound elsewhere (a SIM bound elsewhere frees its file address of that family). Taking a
+    // binding out can only keep more file addresses held, so this ends.
+    let mut applied = vec![true; candidates.len()];
+    let mut why: Vec<Option<String>> = vec![None; candidates.len()];
+    loop {
+        let moved: HashSet<(usize, bool)> = candidates
+            .iter()
+            .zip(&applied)
+            .filter(|(_, on)| **on)
+            .map(|((b, i), _)| (*i, b.address.is_ipv6()))
+            .collect();
+        let mut taken: HashMap<ipnetwork::IpNetwork, usize> = HashMap::new();
+        let mut change = false;
+        for (k, (binding, i)) in candidates.iter().enumerate() {
+            if !applied[k] {
+                continue;
+            }
+            let newer = taken.get(&binding.address).copied();
+            let file = file_holder
+                .get(&binding.address)
+                .copied()
+                .filter(|&h| h != *i && !moved.contains(&(h, binding.address.is_ipv6())));
+            if let Some(other) = newer {
+                applied[k] = false;
+                why[k] = Some(format!(
+                    "a newer run-time binding gives the address to IMSI {}",
+                    candidates[other].0.imsi
+                ));
+                change = true;
+            } else if let Some(holder) = file {
+                applied[k] = false;
+                why[k] = Some(format!(
+                    "the policy file gives the address to IMSI {}",
+                    policy.sims[holder].imsi
+                ));
+                change = true;
+            } else {
+                taken.insert(binding.address, k);
+            }
+        }
+        if !change {
+            break;
+        }
+    }
+    for ((binding, i), (on, why)) in candidates.iter().zip(applied.iter().zip(&why)) {
+        if !on {
+            warn!(
+                imsi = %binding.imsi,
+                address = %binding.address,
+                why = why.as_deref().unwrap_or_default(),
+                "Run-time binding shadowed; it applies again once the address is free and the \
+                 policy is reloaded."
+            );
+            continue;
+        }
+        let sim = &mut policy.sims[*i];
         changed
             .entry(sim.imsi.to_string())
             .or_insert((sim.ipv4(), sim.ipv6()));
@@ -197,6 +255,11 @@ fn in_pool(pool: ipnetwork::IpNetwork, address: ipnetwork::IpNetwork) -> bool {
 /// `ADDR` of `sim bind`: an IPv4 address (a /32), or an IPv6 address or /64 prefix (the /64 it
 /// lies in, which is what the datapath keys an IPv6 SIM by).
 fn parse_binding(text: &str) -> anyhow::Result<ipnetwork::IpNetwork> {
+    if let Ok(std::net::IpAddr::V6(a)) = text.parse::<std::net::IpAddr>()
+        && let Some(v4) = a.to_ipv4_mapped()
+    {
+        bail!("`{text}` is an IPv4-mapped IPv6 address; give the IPv4 address ({v4}) itself");
+    }
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
         return Ok(match ip {
             std::net::IpAddr::V4(a) => ipnetwork::IpNetwork::V4(a.into()),
@@ -235,6 +298,8 @@ pub struct Daemon {
     /// Run-time bindings changed the policy since `compiled` was made: recompile (same ids)
     /// before reading its image.
     compiled_stale: bool,
+    /// Streamed `stats` listings in progress (see [`MAX_STREAMS`]).
+    streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Quarantines set by command, by IMSI, as the store holds them: they outlive reloads and
     /// restarts until released.
     overrides: BTreeMap<String, Override>,
@@ -268,6 +333,7 @@ impl Daemon {
             names,
             positions,
             compiled_stale: false,
+            streams: std::sync::Arc::default(),
             overrides: overrides_by_imsi(&prepared.overrides),
             file_quarantined: prepared.file_quarantined,
             bindings: bindings_by_key(prepared.bindings),
@@ -856,6 +922,13 @@ impl Daemon {
     /// bytes a SIM) and the live counters of the mapped `SIMS`, in chunks through a bounded
     /// channel, so neither a million rows nor a slow reader weighs on the actor.
     fn stats_stream(&self, format: RowFormat) -> anyhow::Result<Answer> {
+        // Each listing holds a snapshot of 16 bytes a SIM until its reader has taken the rows.
+        let slot = StreamSlot::take(&self.streams).ok_or_else(|| {
+            anyhow!(
+                "{MAX_STREAMS} stats listings of the whole fleet are in progress; try again when \
+                 one has finished, or ask for some SIMs with --imsi"
+            )
+        })?;
         let totals = self.read_totals(&[])?;
         let report = Report::new(&self.names, &totals, Vec::new());
         let rows: Vec<RowName> = self
@@ -886,7 +959,10 @@ impl Daemon {
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         std::thread::Builder::new()
             .name("enforcer-stats".into())
-            .spawn(move || stream_rows(&rows, &segments, &table, format, &tx))
+            .spawn(move || {
+                stream_rows(&rows, &segments, &table, format, &tx);
+                drop(slot);
+            })
             .context("starting the thread that writes the SIM rows")?;
         Ok(Answer {
             reply: Reply::Stats(Box::new(report)),
@@ -1095,6 +1171,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Streamed `stats` listings at once: each holds a snapshot (16 bytes a SIM, 16 MB at 1M)
+/// and up to a megabyte of formatted rows until its reader takes them (or the 60 s rows
+/// timeout drops it), so their number is bounded, not the readers'.
+const MAX_STREAMS: usize = 2;
+
+/// One of the [`MAX_STREAMS`] listing slots, given back when dropped.
+struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(std::sync::Arc::clone(streams)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// What a streamed `stats` row needs of a SIM, copied when the command arrives.
 struct RowName {
     imsi: Imsi,
@@ -1138,4 +1240,82 @@ fn stream_rows(
     }
     chunk.extend_from_slice(END_OF_ROWS);
     let _ = tx.blocking_send(chunk);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{apply_bindings, store};
+    use crate::policy::{self, ValidatedPolicy};
+
+    const POLICY: &str = r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "s"
+rules = []
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "s"
+[[sims]]
+imsi = "001010000000002"
+ipv4 = "10.64.0.2"
+segment = "s"
+[[sims]]
+imsi = "001010000000003"
+ipv4 = "10.64.0.3"
+segment = "s"
+"#;
+
+    fn bind(sim: u8, address: &str, at: i64) -> store::Binding {
+        store::Binding {
+            imsi: format!("00101000000000{sim}"),
+            address: address.parse().expect("address"),
+            source: "test".into(),
+            at,
+        }
+    }
+
+    /// The IPv4 address of each SIM once `bindings` are applied.
+    fn addresses(bindings: &[store::Binding]) -> Vec<String> {
+        let mut policy: ValidatedPolicy =
+            policy::from_str(std::path::Path::new("t.toml"), POLICY).expect("valid");
+        apply_bindings(&mut policy, bindings);
+        policy
+            .sims
+            .iter()
+            .map(|s| s.ipv4().map(|a| a.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn a_sim_bound_elsewhere_frees_its_file_address() {
+        // SIM 2 moved to .50, then SIM 1 took .2: both hold after a restart.
+        let got = addresses(&[bind(2, "10.64.0.50", 1), bind(1, "10.64.0.2", 2)]);
+        assert_eq!(got, ["10.64.0.2", "10.64.0.50", "10.64.0.3"]);
+        // A chain of moves, in any order in the store.
+        let got = addresses(&[
+            bind(3, "10.64.0.50", 1),
+            bind(1, "10.64.0.2", 3),
+            bind(2, "10.64.0.3", 2),
+        ]);
+        assert_eq!(got, ["10.64.0.2", "10.64.0.3", "10.64.0.50"]);
+    }
+
+    #[test]
+    fn the_file_holder_keeps_an_address_it_was_not_moved_from() {
+        let got = addresses(&[bind(1, "10.64.0.2", 2)]);
+        assert_eq!(got, ["10.64.0.1", "10.64.0.2", "10.64.0.3"], "shadowed");
+        // SIM 2's bind onto SIM 3's address is shadowed, so SIM 2 keeps .2, which shadows
+        // SIM 1's bind in turn.
+        let got = addresses(&[bind(2, "10.64.0.3", 1), bind(1, "10.64.0.2", 2)]);
+        assert_eq!(got, ["10.64.0.1", "10.64.0.2", "10.64.0.3"]);
+    }
+
+    #[test]
+    fn one_address_goes_to_the_newest_binding_only() {
+        let got = addresses(&[bind(3, "10.64.0.77", 1), bind(1, "10.64.0.77", 2)]);
+        assert_eq!(got, ["10.64.0.77", "10.64.0.2", "10.64.0.3"]);
+        let got = addresses(&[bind(3, "10.64.0.77", 5), bind(1, "10.64.0.77", 2)]);
+        assert_eq!(got, ["10.64.0.1", "10.64.0.2", "10.64.0.77"]);
+    }
 }

@@ -763,8 +763,17 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("enforcer-ckpt".into())
             .spawn(move || {
-                let Ok(conn) = Connection::open(&path) else {
-                    return;
+                let conn = match Connection::open(&path) {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        tracing::error!(
+                            error = %err,
+                            store = %path.display(),
+                            "Cannot open the store for checkpoints; its WAL grows until the next \
+                             start."
+                        );
+                        return;
+                    }
                 };
                 let _ = conn.busy_timeout(std::time::Duration::from_secs(1));
                 let _ = conn.pragma_update(None, "cache_size", -256);
