@@ -353,9 +353,9 @@ pub fn run(
             format!("≤ 500 ms ({})", met(pct_reload, 500.0)),
         ),
         (
-            "one SIM changed in the policy file (policy apply), p50 / p99",
+            "one SIM changed in the policy file (policy apply: every row validated again), p50 / p99",
             format!("{p50_one:.1} / {p99_one:.1} ms"),
-            format!("≤ 1 ms p99 ({})", met(p99_one, 1.0)),
+            "- (the one-SIM target is for run-time changes, next row)".to_owned(),
         ),
         (
             "one-SIM changes by command (sim bind / unbind) offered at 10,000/s: achieved rate, p50 / p99 from due time to reply",
