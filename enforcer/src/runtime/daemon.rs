@@ -659,7 +659,7 @@ impl Daemon {
                 at: i64::try_from(now()).unwrap_or(i64::MAX),
             },
         );
-        info!(imsi, address = %net, source, "Address bound by command.");
+        debug!(imsi, address = %net, source, "Address bound by command.");
         self.sim_info(&imsi)
     }
 
@@ -730,7 +730,7 @@ impl Daemon {
         {
             self.file_addresses.remove(&imsi);
         }
-        info!(imsi, removed = mine.len(), "Run-time binding removed.");
+        debug!(imsi, removed = mine.len(), "Run-time binding removed.");
         self.sim_info(&imsi)
     }
 
