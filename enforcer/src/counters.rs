@@ -127,12 +127,6 @@ impl Totals {
     }
 }
 
-/// One SIM's counters (zero past the table).
-#[must_use]
-pub fn sim(sim_table: &SimTable, sim: u32) -> SimCounters {
-    sim_table.counters(sim)
-}
-
 /// Every verdict slot, read for the blocks of segment ids below `segments` and the
 /// no-segment block, zero for the others.
 fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {

@@ -934,14 +934,13 @@ impl Enforcer {
     /// # Errors
     /// [`LoadError::Map`] if the map is full or the write fails; nothing changed then.
     pub fn set_binding_v4(&mut self, key: SimKeyV4, sim: Option<u32>) -> Result<(), LoadError> {
-        let (held, active) = self.held_and_active()?;
-        let current = held.binding_v4(key);
-        let next = binding_with(current, active, sim);
-        self.write_binding(names::SIM_V4, key, current, next)?;
-        if let Some(held) = self.held.as_mut() {
-            held.set_binding_v4(key, next);
-        }
-        Ok(())
+        self.set_binding(
+            names::SIM_V4,
+            key,
+            sim,
+            Held::binding_v4,
+            Held::set_binding_v4,
+        )
     }
 
     /// [`Enforcer::set_binding_v4`] for an IPv6 /64 prefix.
@@ -949,14 +948,13 @@ impl Enforcer {
     /// # Errors
     /// As [`Enforcer::set_binding_v4`].
     pub fn set_binding_v6(&mut self, key: SimKeyV6, sim: Option<u32>) -> Result<(), LoadError> {
-        let (held, active) = self.held_and_active()?;
-        let current = held.binding_v6(key);
-        let next = binding_with(current, active, sim);
-        self.write_binding(names::SIM_V6, key, current, next)?;
-        if let Some(held) = self.held.as_mut() {
-            held.set_binding_v6(key, next);
-        }
-        Ok(())
+        self.set_binding(
+            names::SIM_V6,
+            key,
+            sim,
+            Held::binding_v6,
+            Held::set_binding_v6,
+        )
     }
 
     /// The SIM index the active generation binds to `key`, if any.
@@ -964,11 +962,7 @@ impl Enforcer {
     /// # Errors
     /// Reading the generation, or the maps adopted from an earlier process, fails.
     pub fn bound_v4(&mut self, key: SimKeyV4) -> Result<Option<u32>, LoadError> {
-        let (held, active) = self.held_and_active()?;
-        Ok(held
-            .binding_v4(key)
-            .map(|b| b.of(active))
-            .filter(|&s| s != SIM_NONE))
+        self.bound(key, Held::binding_v4)
     }
 
     /// [`Enforcer::bound_v4`] for an IPv6 /64 prefix.
@@ -976,9 +970,37 @@ impl Enforcer {
     /// # Errors
     /// As [`Enforcer::bound_v4`].
     pub fn bound_v6(&mut self, key: SimKeyV6) -> Result<Option<u32>, LoadError> {
+        self.bound(key, Held::binding_v6)
+    }
+
+    /// One family's [`Enforcer::set_binding_v4`]: `get` and `set` are that family's accessors
+    /// of what the loader holds.
+    fn set_binding<K: Pod + Sync>(
+        &mut self,
+        name: &'static str,
+        key: K,
+        sim: Option<u32>,
+        get: fn(&Held, K) -> Option<SimBinding>,
+        set: fn(&mut Held, K, Option<SimBinding>),
+    ) -> Result<(), LoadError> {
         let (held, active) = self.held_and_active()?;
-        Ok(held
-            .binding_v6(key)
+        let current = get(held, key);
+        let next = binding_with(current, active, sim);
+        self.write_binding(name, key, current, next)?;
+        if let Some(held) = self.held.as_mut() {
+            set(held, key, next);
+        }
+        Ok(())
+    }
+
+    /// One family's [`Enforcer::bound_v4`].
+    fn bound<K: Copy>(
+        &mut self,
+        key: K,
+        get: fn(&Held, K) -> Option<SimBinding>,
+    ) -> Result<Option<u32>, LoadError> {
+        let (held, active) = self.held_and_active()?;
+        Ok(get(held, key)
             .map(|b| b.of(active))
             .filter(|&s| s != SIM_NONE))
     }

@@ -164,7 +164,7 @@ impl Harness {
     /// One SIM's counters.
     #[must_use]
     pub fn sim(&self, sim: u32) -> enforcer_common::maps::SimCounters {
-        counters::sim(self.enforcer.sim_table(), sim)
+        self.enforcer.sim_table().counters(sim)
     }
 
     fn rule(&self, rule: u32) -> u64 {

@@ -274,6 +274,47 @@ impl Drop for Scratch {
     }
 }
 
+/// A policy of one SIM, 001010000000001 at 10.64.0.1, in segment `s` (tcp/443 allowed).
+const ONE_SIM: &str = r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "s"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "s"
+"#;
+
+/// The IMSI of generated fleet SIM `i`.
+fn fleet_imsi(i: u32) -> String {
+    format!("{:015}", 1_010_000_000_000u64 + u64::from(i))
+}
+
+/// A fleet policy in `scratch`: `sims` SIMs in an inventory, SIM `i` at 10.64.x.y in segment
+/// `segments[i % len]`, each segment allowing tcp/443. Returns the policy's path.
+fn fleet(scratch: &Scratch, sims: u32, segments: &[&str]) -> String {
+    let mut csv = String::from("imsi,ipv4,segment\n");
+    for i in 0..sims {
+        csv.push_str(&format!(
+            "{},10.64.{}.{},{}\n",
+            fleet_imsi(i),
+            (i + 1) >> 8,
+            (i + 1) & 0xff,
+            segments[i as usize % segments.len()]
+        ));
+    }
+    scratch.write("sims.csv", &csv);
+    let mut policy = String::from("pools = [\"10.64.0.0/16\"]\ninventory = \"sims.csv\"\n");
+    for segment in segments {
+        policy.push_str(&format!(
+            "[[segments]]\nname = \"{segment}\"\n\
+             rules = [ {{ to = [\"198.51.100.10\"], proto = \"tcp\", ports = [443] }} ]\n"
+        ));
+    }
+    scratch.write("policy.toml", &policy)
+}
+
 const HEAD: &str = "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = \"a\"\n";
 
 #[test]
@@ -729,19 +770,7 @@ fn sighup_reloads_the_policy_and_an_invalid_one_changes_nothing() {
         return;
     };
     let files = RunFiles::new("hup");
-    let policy = temp_policy(
-        "hup",
-        r#"
-pools = ["10.64.0.0/16"]
-[[segments]]
-name = "s"
-rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
-[[sims]]
-imsi = "001010000000001"
-ipv4 = "10.64.0.1"
-segment = "s"
-"#,
-    );
+    let policy = temp_policy("hup", ONE_SIM);
     let policy_arg = policy.display().to_string();
     let child = start_enforcer(&ns.name, &files, &policy_arg).expect("the run enforces");
     let pid = i32::try_from(child.id()).expect("pid");
@@ -901,36 +930,10 @@ fn stats_streams_the_fleet_and_a_connection_carries_many_commands() {
     };
     let files = RunFiles::new("stream");
     const SIMS: u32 = 3000;
-    let dir = std::env::temp_dir().join(format!("enforcer-cli-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("policy dir");
-    let mut csv = String::from("imsi,ipv4,segment\n");
-    let imsi = |i: u32| format!("{:015}", 1_010_000_000_000u64 + u64::from(i));
-    for i in 0..SIMS {
-        csv.push_str(&format!(
-            "{},10.64.{}.{},{}\n",
-            imsi(i),
-            (i + 1) >> 8,
-            (i + 1) & 0xff,
-            if i % 2 == 0 { "even" } else { "odd" }
-        ));
-    }
-    std::fs::write(dir.join("sims.csv"), csv).expect("csv");
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        r#"pools = ["10.64.0.0/16"]
-inventory = "sims.csv"
-[[segments]]
-name = "even"
-rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
-[[segments]]
-name = "odd"
-rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
-"#,
-    )
-    .expect("policy");
-    let child =
-        start_enforcer(&ns.name, &files, &policy.display().to_string()).expect("the run enforces");
+    let scratch = Scratch::new("stream-fleet");
+    let policy = fleet(&scratch, SIMS, &["even", "odd"]);
+    let imsi = fleet_imsi;
+    let child = start_enforcer(&ns.name, &files, &policy).expect("the run enforces");
 
     let table = enforcer(&["stats", "--socket", &files.socket]);
     let json = enforcer(&["stats", "--json", "--socket", &files.socket]);
@@ -965,7 +968,7 @@ rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
     }
     stop(child, libc::SIGTERM);
     let _ = files.detach();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 
     assert!(table.status.success(), "{}", text(&table));
     let out = String::from_utf8(table.stdout).expect("UTF-8");
@@ -1020,19 +1023,7 @@ fn a_stalled_log_reader_does_not_stall_the_daemon() {
         return;
     };
     let files = RunFiles::new("stall");
-    let policy = temp_policy(
-        "stall",
-        r#"
-pools = ["10.64.0.0/16"]
-[[segments]]
-name = "s"
-rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
-[[sims]]
-imsi = "001010000000001"
-ipv4 = "10.64.0.1"
-segment = "s"
-"#,
-    );
+    let policy = temp_policy("stall", ONE_SIM);
     // Its stderr is a pipe this test keeps open and never reads.
     let args = files.args(
         &ns.name,
@@ -1102,26 +1093,9 @@ fn unread_replies_and_listings_are_bounded() {
     let files = RunFiles::new("bound");
     // Enough rows (~2 MB as a table) that a listing outlasts the socket buffers.
     const SIMS: u32 = 20_000;
-    let dir = std::env::temp_dir().join(format!("enforcer-cli-bound-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("policy dir");
-    let mut csv = String::from("imsi,ipv4,segment\n");
-    for i in 0..SIMS {
-        csv.push_str(&format!(
-            "{:015},10.64.{}.{},s\n",
-            1_010_000_000_000u64 + u64::from(i),
-            (i + 1) >> 8,
-            (i + 1) & 0xff
-        ));
-    }
-    std::fs::write(dir.join("sims.csv"), csv).expect("csv");
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "pools = [\"10.64.0.0/16\"]\ninventory = \"sims.csv\"\n[[segments]]\nname = \"s\"\nrules = []\n",
-    )
-    .expect("policy");
-    let child =
-        start_enforcer(&ns.name, &files, &policy.display().to_string()).expect("the run enforces");
+    let scratch = Scratch::new("bound-fleet");
+    let policy = fleet(&scratch, SIMS, &["s"]);
+    let child = start_enforcer(&ns.name, &files, &policy).expect("the run enforces");
     let socket = std::path::Path::new(&files.socket);
 
     // Two listings nobody reads past their first bytes.
@@ -1166,7 +1140,7 @@ fn unread_replies_and_listings_are_bounded() {
     let others = unix::call(socket, &Ctl::Status);
     stop(child, libc::SIGTERM);
     let _ = files.detach();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 
     assert!(!third.status.success(), "a third listing was not refused");
     assert!(

@@ -606,8 +606,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
     let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
     let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
     let frame = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
-    let packets =
-        |enforcer: &Enforcer| enforcer::counters::sim(enforcer.sim_table(), 0).pass_packets;
+    let packets = |enforcer: &Enforcer| enforcer.sim_table().counters(0).pass_packets;
     let result = std::panic::catch_unwind(|| {
         let mut first = Enforcer::load(capacity, Some(&pin_dir)).expect("load with pins");
         first.apply(&compiled.image).expect("apply");
@@ -641,7 +640,7 @@ fn pinned_maps_are_reused_and_keep_their_counters() {
         let moved = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(8443)).build();
         second.test_run(&moved, 1, TEST_IFINDEX).expect("test run");
         assert_eq!(packets(&second), 4, "the SIM's pass counter continues");
-        let drops = enforcer::counters::sim(second.sim_table(), 0).drop_packets;
+        let drops = second.sim_table().counters(0).drop_packets;
         assert_eq!(drops, 1, "the dropped packet is counted for the same SIM");
         second.unpin().expect("remove pins");
     });
@@ -682,7 +681,7 @@ fn pinned_maps_that_do_not_fit_are_refused_and_kept() {
         );
         // Nothing was replaced: the same capacity loads again, counters intact.
         let again = Enforcer::load(small, Some(&pin_dir)).expect("the old capacity still fits");
-        let passed = enforcer::counters::sim(again.sim_table(), 0).pass_packets;
+        let passed = again.sim_table().counters(0).pass_packets;
         assert_eq!(passed, 1, "the pinned counters survived the refused start");
         again.unpin().expect("remove pins");
     });

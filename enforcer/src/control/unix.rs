@@ -276,33 +276,9 @@ pub fn call_with_rows(
     path: &Path,
     command: &Command,
 ) -> Result<(Reply, BufReader<UnixStream>), ControlError> {
-    let io_err = |what: &'static str| {
-        move |source| ControlError::Io {
-            what,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::NoDaemon {
-        path: path.to_owned(),
-        source,
-    })?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io_err("configuring"))?;
-    let mut line = serde_json::to_vec(command).map_err(|e| io_err("encoding for")(e.into()))?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err("writing to"))?;
-    let mut reply = String::new();
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
-    reader
-        .read_line(&mut reply)
-        .map_err(io_err("reading the reply from"))?;
-    let reply = serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
-    Ok((reply, reader))
+    let mut client = Client::connect(path)?;
+    let reply = client.call(command)?;
+    Ok((reply, client.reader))
 }
 
 /// A connection kept open for many commands, one after another (each reply read before the
@@ -331,7 +307,8 @@ impl Client {
                 source,
             })?;
         Ok(Self {
-            reader: BufReader::new(stream),
+            // Large enough for a streamed `stats` read through `call_with_rows`.
+            reader: BufReader::with_capacity(1 << 16, stream),
             path: path.to_owned(),
         })
     }

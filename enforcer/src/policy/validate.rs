@@ -733,14 +733,13 @@ impl<'a> Checker<'a> {
         if self.errors.len() != errors_before {
             return None;
         }
-        let mut sim = Sim::new(imsi?, segment?, state?);
-        sim.set_ipv4(ipv4);
-        sim.set_ipv6(ipv6);
-        if iccid.is_some() || msisdn.is_some() {
-            sim.set_iccid(iccid);
-            sim.set_msisdn(msisdn);
-        }
-        Some(sim)
+        Some(assemble(
+            Sim::new(imsi?, segment?, state?),
+            ipv4,
+            ipv6,
+            iccid,
+            msisdn,
+        ))
     }
 
     /// Record `key` (an ICCID or MSISDN of SIM `index`) or report that an earlier SIM has it.
@@ -1284,14 +1283,13 @@ impl QuickCheck<'_> {
             Some("quarantined") => SimState::Quarantined,
             Some(_) => return None,
         };
-        let mut sim = Sim::new(imsi, segment, state);
-        sim.set_ipv4(ipv4);
-        sim.set_ipv6(ipv6);
-        if iccid.is_some() || msisdn.is_some() {
-            sim.set_iccid(iccid);
-            sim.set_msisdn(msisdn);
-        }
-        Some(sim)
+        Some(assemble(
+            Sim::new(imsi, segment, state),
+            ipv4,
+            ipv6,
+            iccid,
+            msisdn,
+        ))
     }
 }
 
@@ -1402,4 +1400,22 @@ pub(crate) fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
         }
         _ => false,
     }
+}
+
+/// `sim` with its addresses and, only when it has either, its ICCID and MSISDN (which live in
+/// a block allocated for the SIMs that have them).
+fn assemble(
+    mut sim: Sim,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<Ipv6Network>,
+    iccid: Option<Iccid>,
+    msisdn: Option<Msisdn>,
+) -> Sim {
+    sim.set_ipv4(ipv4);
+    sim.set_ipv6(ipv6);
+    if iccid.is_some() || msisdn.is_some() {
+        sim.set_iccid(iccid);
+        sim.set_msisdn(msisdn);
+    }
+    sim
 }

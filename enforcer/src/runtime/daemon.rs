@@ -19,7 +19,7 @@ use crate::{
         Answer, Applied, Bound, Command, END_OF_ROWS, Interface, MapFill, Override, Reply,
         RowFormat, SimCounts, SimInfo, Status,
     },
-    counters::{self, Totals},
+    counters::Totals,
     explain::{self, Explanation, Query},
     ids::SimKey,
     links::{self, How},
@@ -832,7 +832,7 @@ impl Daemon {
         let (_, index, sim) = self.sim(imsi)?;
         let quarantine = self.overrides.get(imsi).cloned();
         let state = sim.state;
-        let counters = counters::sim(self.enforcer.sim_table(), index);
+        let counters = self.enforcer.sim_table().counters(index);
         let mut addresses = Vec::new();
         if let Some(v4) = sim.ipv4() {
             addresses.push(v4.to_string());
@@ -885,9 +885,8 @@ impl Daemon {
         // the whole fleet.
         let mut rows = Vec::with_capacity(imsis.len());
         for imsi in imsis {
-            let (position, index, sim) = self.sim(imsi)?;
+            let (_, index, sim) = self.sim(imsi)?;
             let segment = self.compiled.ids.segments[usize::from(sim.segment)];
-            let _ = position;
             rows.push(
                 self.names
                     .sim_row(sim, segment, &totals.sims[index as usize]),
