@@ -256,12 +256,21 @@ pub fn run(
     // One-SIM changes by command (`sim bind`, then `sim unbind` restoring the file's address),
     // offered at a fixed rate by several clients at once, each over a connection it keeps;
     // latency from the moment a change was due to its reply.
-    let changes = change_rate(
-        &daemon.socket,
-        sims,
-        10_000.0,
-        if quick { 1.0 } else { 3.0 },
-    );
+    // Three runs, judged on the median p99 (the VM's noise moves single runs by 2x and more);
+    // the range is reported beside it.
+    let mut runs: Vec<Changes> = (0..3)
+        .map(|_| {
+            change_rate(
+                &daemon.socket,
+                sims,
+                10_000.0,
+                if quick { 1.0 } else { 3.0 },
+            )
+        })
+        .collect();
+    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    let (p99_min, p99_max) = (runs[0].p99_ms, runs[runs.len() - 1].p99_ms);
+    let changes = runs.swap_remove(runs.len() / 2);
 
     let timed = |extra: &[&str]| -> Result<f64, String> {
         let started = Instant::now();
@@ -358,9 +367,9 @@ pub fn run(
             "- (the one-SIM target is for run-time changes, next row)".to_owned(),
         ),
         (
-            "one-SIM changes by command (sim bind / unbind) offered at 10,000/s: achieved rate, p50 / p99 from due time to reply",
+            "one-SIM changes by command (sim bind / unbind) offered at 10,000/s, 3 runs: achieved rate, p50 / p99 from due time to reply (the run with the median p99; p99 range)",
             format!(
-                "{:.0}/s, {:.2} / {:.2} ms",
+                "{:.0}/s, {:.2} / {:.2} ms ({p99_min:.2}-{p99_max:.2})",
                 changes.rate, changes.p50_ms, changes.p99_ms
             ),
             format!(
@@ -422,7 +431,7 @@ pub fn run(
         "pct_reload_ms": pct_reload,
         "one_change_ms": {"p50": p50_one, "p99": p99_one},
         "quarantine_ms": {"p50": p50_q, "p99": p99_q},
-        "command_changes": {"offered_per_s": 10_000, "achieved_per_s": changes.rate, "p50_ms": changes.p50_ms, "p99_ms": changes.p99_ms, "errors": changes.errors},
+        "command_changes": {"offered_per_s": 10_000, "achieved_per_s": changes.rate, "p50_ms": changes.p50_ms, "p99_ms": changes.p99_ms, "p99_min_ms": p99_min, "p99_max_ms": p99_max, "errors": changes.errors},
         "stats_all_ms": stats_all,
         "stats_one_ms": stats_one,
         "peak_rss_stats_mib": peak_stats,
@@ -445,7 +454,7 @@ struct Changes {
 /// would send changes, not a process per change). A change's latency runs from its due time (not from when a late client sent it),
 /// so a daemon that cannot keep up shows as latency, not as a lower offered rate.
 fn change_rate(socket: &Path, sims: u32, rate: f64, seconds: f64) -> Changes {
-    const CLIENTS: usize = 8;
+    const CLIENTS: usize = 16;
     let total = (rate * seconds) as usize;
     let started = Instant::now() + Duration::from_millis(50);
     let per_slot = Duration::from_secs_f64(1.0 / rate);
@@ -453,6 +462,11 @@ fn change_rate(socket: &Path, sims: u32, rate: f64, seconds: f64) -> Changes {
         let handles: Vec<_> = (0..CLIENTS)
             .map(|client| {
                 scope.spawn(move || {
+                    // Wake on time: the default 50 µs timer slack made every change late by
+                    // up to that much before it was sent, which the daemon would be charged
+                    // for.
+                    // SAFETY: PR_SET_TIMERSLACK takes one integer and changes this thread only.
+                    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
                     let mut latencies = Vec::new();
                     let mut errors = 0;
                     let Ok(mut connection) = unix::Client::connect(socket) else {

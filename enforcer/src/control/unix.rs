@@ -330,6 +330,10 @@ impl Client {
             .get_mut()
             .write_all(&line)
             .map_err(io_err("writing to", &self.path))?;
+        if self.reader.buffer().is_empty() {
+            readable(self.reader.get_ref())
+                .map_err(io_err("reading the reply from", &self.path))?;
+        }
         let mut reply = String::new();
         let n = self
             .reader
@@ -344,5 +348,36 @@ impl Client {
             path: self.path.clone(),
             detail: e.to_string(),
         })
+    }
+}
+
+/// Wait until `stream` has data to read, or [`CLIENT_TIMEOUT`].
+///
+/// A thread blocked in `recv` on a Unix stream socket is also woken each time the peer reads
+/// what it sent (the kernel's write-space wake-up does not say which event it is for), so a
+/// client waiting for its reply that way is woken, and the daemon's CPU interrupted, once for
+/// nothing per command. `poll` for `POLLIN` is woken only by data (or a hang-up).
+fn readable(stream: &UnixStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = i32::try_from(CLIENT_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: `fd` is one valid pollfd that lives across the call; `stream` keeps the
+        // descriptor open.
+        let n = unsafe { libc::poll(&raw mut fd, 1, timeout) };
+        match n {
+            0 => return Err(io::ErrorKind::TimedOut.into()),
+            n if n > 0 => return Ok(()),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
     }
 }

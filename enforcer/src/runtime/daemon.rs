@@ -42,6 +42,34 @@ pub(crate) enum Event {
     Stop(&'static str),
 }
 
+impl Event {
+    /// Whether the actor handles this in place on the event loop: one or a few SIMs' show,
+    /// quarantine, release, bind, unbind or counters, each a few map and store writes (tens of
+    /// microseconds at any fleet size). Everything else may take long at 1M SIMs and runs on
+    /// a blocking thread.
+    pub(crate) fn is_quick(&self) -> bool {
+        /// More SIMs than this in one `stats` go to the blocking thread.
+        const QUICK_STATS: usize = 64;
+        match self {
+            Event::Command(command, _) => match command {
+                Command::SimShow { .. }
+                | Command::SimQuarantine { .. }
+                | Command::SimRelease { .. }
+                | Command::SimBind { .. }
+                | Command::SimUnbind { .. } => true,
+                Command::Stats { imsis, stream } => {
+                    stream.is_none() && !imsis.is_empty() && imsis.len() <= QUICK_STATS
+                }
+                Command::Status
+                | Command::ApplyPolicy { .. }
+                | Command::Reload
+                | Command::Explain { .. } => false,
+            },
+            Event::Hangup | Event::CheckLinks | Event::Stop(_) => false,
+        }
+    }
+}
+
 /// One interface of `--iface`.
 #[derive(Debug, Clone)]
 pub(crate) struct Iface {

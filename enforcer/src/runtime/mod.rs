@@ -1,17 +1,23 @@
 //! The daemon: one actor owns the datapath and applies every change in order.
 //!
 //! ```text
-//!  control socket ─┐
-//!  SIGHUP/SIGTERM ─┼─> mpsc<Event> ─> actor (this thread): Enforcer, policy, names, overrides
-//!  rtnetlink links ┘                        │
-//!                                           └─> maps, pinned links (bpffs)
+//!  control socket ─┐                        ┌─ quick commands (one SIM): in place
+//!  SIGHUP/SIGTERM ─┼─> actor (event loop) ──┤
+//!  rtnetlink links ┘   Daemon: Enforcer,    └─ slow work (validate, compile, reload, link
+//!                      policy, store          checks, listings): the Daemon handed to a
+//!                                             blocking thread and back
+//!                            │
+//!                            └─> maps, pinned links (bpffs)
 //! ```
 //!
-//! The actor runs on the daemon's main thread and does the slow work (validation, compilation,
-//! map writes, counter reads) there, off the tokio event loop, which only moves bytes and
-//! signals (on its own thread). Stopping the daemon (SIGTERM, SIGINT) leaves the program, its
-//! links and its maps pinned and enforcing: the next `enforcer run` adopts them, and only
-//! `enforcer detach` removes them.
+//! The actor is the main task of a tokio current-thread runtime on the daemon's main thread.
+//! A one-SIM change (bind, quarantine…) is handled where it arrives, with no hand-over between
+//! threads; anything that may take long at 1M SIMs moves the whole [`Daemon`] to a blocking
+//! thread and waits for it, so the socket, signals and timers stay served meanwhile, and one
+//! thread at a time owns the datapath.
+//!
+//! Stopping the daemon (SIGTERM, SIGINT) leaves the program, its links and its maps pinned and
+//! enforcing: the next `enforcer run` adopts them, and only `enforcer detach` removes them.
 
 mod daemon;
 mod start;

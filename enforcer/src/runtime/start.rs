@@ -201,24 +201,62 @@ fn start(
     Ok(daemon)
 }
 
-/// Serve commands, signals and link checks until a stop signal. The I/O (socket, signals,
-/// timers) runs on a tokio runtime in its own thread; the actor is this thread.
+/// Serve commands, signals and link checks until a stop signal, on this thread: a tokio
+/// current-thread runtime whose main task is the actor.
+///
+/// The actor handles quick commands ([`Event::is_quick`]: one SIM's bind, quarantine, show…)
+/// in place, so a change costs no hand-over between threads: at 10,000 changes a second each
+/// hand-over (a futex wake there, an eventfd wake back, two context switches) was a third of
+/// the daemon's CPU time, and on a small gateway the queueing it caused was the latency tail.
+/// Everything slow (validation, compilation, a reload's map writes, link checks, listings)
+/// runs on a blocking thread that the actor hands the whole [`Daemon`] to and gets it back
+/// from, so the event loop keeps accepting, reading and answering signals meanwhile, and
+/// still only one thread at a time owns the datapath.
 fn serve(
+    daemon: Daemon,
+    listener: std::os::unix::net::UnixListener,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("enforcer-worker")
+        .build()
+        .context("starting the I/O runtime")?;
+    runtime.block_on(actor(daemon, listener, settings))
+}
+
+async fn actor(
     mut daemon: Daemon,
     listener: std::os::unix::net::UnixListener,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let (events, mut inbox) = mpsc::channel::<Event>(1024);
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    let io = std::thread::Builder::new()
-        .name("enforcer-io".into())
-        .spawn(move || io_thread(listener, events, ready_tx))
-        .context("starting the I/O thread")?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (requests, mut incoming) = mpsc::channel::<unix::Request>(256);
+    listener
+        .set_nonblocking(true)
+        .context("serving the control socket")?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).context("serving the control socket")?;
     // Ready only once the signal handlers are in place: a SIGHUP before that would kill the
     // daemon (the default action) instead of reloading.
-    ready
-        .recv()
-        .context("the I/O thread failed before serving")?;
+    let install = |kind| signal(kind).context("installing the signal handlers");
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    let mut hup = install(SignalKind::hangup())?;
+    tokio::spawn(unix::serve(listener, requests));
+    // Interfaces deleted and re-created: every RTM_NEWLINK/RTM_DELLINK makes the actor check
+    // its links at once.
+    let mut watcher = match crate::netlink_watch::watch_links().await {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(
+                error = %err,
+                "Cannot watch links over rtnetlink; checking every {} s instead.",
+                LINK_CHECK.as_secs()
+            );
+            None
+        }
+    };
     info!(
         socket = %settings.socket.display(),
         pin_dir = %settings.pin_dir.display(),
@@ -226,7 +264,25 @@ fn serve(
          stays pinned; `enforcer detach` removes it)."
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    while let Some(event) = inbox.blocking_recv() {
+    let mut checks = tokio::time::interval(LINK_CHECK);
+    loop {
+        let link_event = async {
+            match watcher.as_mut() {
+                Some(watcher) => watcher.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            _ = term.recv() => Event::Stop("SIGTERM"),
+            _ = int.recv() => Event::Stop("SIGINT"),
+            _ = hup.recv() => Event::Hangup,
+            Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
+            Some(link) = link_event => {
+                tracing::debug!(iface = %link.name, ifindex = link.ifindex, kind = ?link.kind, "Link event.");
+                Event::CheckLinks
+            }
+            _ = checks.tick() => Event::CheckLinks,
+        };
         match event {
             Event::Stop(signal) => {
                 info!(
@@ -238,97 +294,19 @@ fn serve(
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 break;
             }
-            other => daemon.handle(other),
+            event if event.is_quick() => daemon.handle(event),
+            event => {
+                daemon = tokio::task::spawn_blocking(move || {
+                    daemon.handle(event);
+                    daemon
+                })
+                .await
+                .context("the actor's worker thread failed; enforcement stays pinned")?;
+            }
         }
     }
-    drop(inbox);
     let _ = std::fs::remove_file(&settings.socket);
-    drop(io);
     Ok(())
-}
-
-fn io_thread(
-    listener: std::os::unix::net::UnixListener,
-    events: mpsc::Sender<Event>,
-    ready: std::sync::mpsc::Sender<()>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!(error = %err, "Cannot start the I/O runtime; stopping.");
-            let _ = events.blocking_send(Event::Stop("none (I/O runtime failed)"));
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (requests, mut incoming) = mpsc::channel::<unix::Request>(256);
-        let listener = listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixListener::from_std(listener));
-        let listener = match listener {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::error!(error = %err, "Cannot serve the control socket; stopping.");
-                let _ = events
-                    .send(Event::Stop("none (control socket failed)"))
-                    .await;
-                return;
-            }
-        };
-        tokio::spawn(unix::serve(listener, requests));
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = events
-                .send(Event::Stop("none (signal handlers failed)"))
-                .await;
-            return;
-        };
-        // Interfaces deleted and re-created: every RTM_NEWLINK/RTM_DELLINK makes the actor
-        // check its links at once.
-        let mut watcher = match crate::netlink_watch::watch_links().await {
-            Ok(watcher) => Some(watcher),
-            Err(err) => {
-                tracing::warn!(
-                    error = %err,
-                    "Cannot watch links over rtnetlink; checking every {} s instead.",
-                    LINK_CHECK.as_secs()
-                );
-                None
-            }
-        };
-        let _ = ready.send(());
-        let mut checks = tokio::time::interval(LINK_CHECK);
-        loop {
-            let link_event = async {
-                match watcher.as_mut() {
-                    Some(watcher) => watcher.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let event = tokio::select! {
-                _ = term.recv() => Event::Stop("SIGTERM"),
-                _ = int.recv() => Event::Stop("SIGINT"),
-                _ = hup.recv() => Event::Hangup,
-                Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
-                Some(link) = link_event => {
-                    tracing::debug!(iface = %link.name, ifindex = link.ifindex, kind = ?link.kind, "Link event.");
-                    Event::CheckLinks
-                }
-                _ = checks.tick() => Event::CheckLinks,
-            };
-            let stop = matches!(event, Event::Stop(_));
-            if events.send(event).await.is_err() || stop {
-                return;
-            }
-        }
-    });
 }
 
 /// The index of interface `name`.
