@@ -25,8 +25,9 @@
 //! - TCP needs 20 bytes and a data offset of at least 5 words that ends inside the packet, UDP
 //!   8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry no ports and need nothing.
 //! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour) only when
-//!   they come from the link itself: hop limit 255 and no extension header (so no fragment,
-//!   RFC 4861 §6.1.1, RFC 6980). Any other is judged like any ICMPv6.
+//!   they come from the link itself and stay on it: hop limit 255, no extension header (so no
+//!   fragment, RFC 4861 §6.1.1, RFC 6980), and a link-local source, or the unspecified source
+//!   toward a link-scope multicast group. Any other is judged like any ICMPv6.
 
 use core::mem::size_of;
 
@@ -404,21 +405,36 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     transport(ctx, l3, offset, ip_end, addrs, next, false, ifindex)
 }
 
-/// Whether neighbour discovery at `l4` comes from the link itself, so it may pass unjudged: the
-/// hop limit is 255, which no router forwards (RFC 4861 §6.1.1, §7.1: receivers require it),
-/// and the ICMPv6 header directly follows the IPv6 header (no extension headers, so no
-/// fragment: RFC 6980). A device behind the PGW/UPF arrives with a lower hop limit, so it
-/// cannot use neighbour discovery to get past quarantine, spoofing or lateral checks. The
-/// source is not required to be link-local: Linux solicits from a global address when it
-/// resolves one. The header is read again here rather than carried along the walk: a flag
-/// carried through every path doubled the states the verifier explores.
+/// Whether neighbour discovery at `l4` comes from the link itself and stays on it, so it may
+/// pass unjudged: the hop limit is 255, which no router forwards (RFC 4861 §6.1.1, §7.1:
+/// receivers require it); the ICMPv6 header directly follows the IPv6 header (no extension
+/// headers, so no fragment: RFC 6980); and the packet is link-local in scope, so the gateway
+/// will not forward it either: a link-local source (fe80::/10, which routers never forward,
+/// RFC 4291 §2.5.6), or the unspecified source (RFC 4861 §4.1, §4.3: router solicitation and
+/// duplicate address detection) toward a link-scope multicast group (ff02::/16). A device
+/// behind the PGW/UPF arrives with a lower hop limit and its pool address; either way its
+/// "neighbour discovery" is judged like any ICMPv6, so it cannot get past quarantine,
+/// spoofing or lateral checks, nor reach a global destination. A neighbour that solicits from
+/// a global address is judged too (it passes as traffic from outside every pool, or by an
+/// interface's non-pool allowances). The header is read again here rather than carried along
+/// the walk: a flag carried through every path doubled the states the verifier explores.
 #[inline(always)]
-fn on_link(ctx: &XdpContext, l3: usize, l4: usize) -> Result<bool, DropReason> {
+fn on_link(ctx: &XdpContext, l3: usize, l4: usize, addrs: &Addrs) -> Result<bool, DropReason> {
     if l4 != l3.wrapping_add(size_of::<Ipv6Hdr>()) {
         return Ok(false);
     }
     let ip: Ipv6Hdr = read(ctx, l3)?;
-    Ok(ip.hop_limit == 255)
+    Ok(ip.hop_limit == 255 && link_scoped(&addrs.src, &addrs.dst))
+}
+
+/// A link-local source, or the unspecified source toward a link-scope multicast group: see
+/// [`on_link`].
+#[inline(always)]
+fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
+    let unspecified = u128::from_ne_bytes(*src) == 0;
+    let link_multicast = dst[0] == 0xff && dst[1] & 0x0f == 0x02;
+    link_local || (unspecified && link_multicast)
 }
 
 /// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of
@@ -478,7 +494,7 @@ fn transport(
         IPPROTO_ICMPV6 if v6 => {
             inside(8)?;
             let icmp_type: u8 = read(ctx, l4)?;
-            if (133..=137).contains(&icmp_type) && on_link(ctx, l3, l4)? {
+            if (133..=137).contains(&icmp_type) && on_link(ctx, l3, l4, &addrs)? {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
         }

@@ -285,7 +285,7 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         }
         IPPROTO_ICMPV6 if ip.v6 => {
             let icmp = bytes(l4, 0, 8)?;
-            if ip.on_link && (133..=137).contains(&icmp[0]) {
+            if ip.on_link && link_scoped(&ip.src, &ip.dst) && (133..=137).contains(&icmp[0]) {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
         }
@@ -416,4 +416,15 @@ fn ipv6(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
         later_fragment,
         l4: rest,
     })
+}
+
+/// Neighbour discovery that stays on its link (RFC 4861 §4, RFC 4291 §2.5.6): a link-local
+/// source (fe80::/10), or the unspecified source toward a link-scope multicast group
+/// (ff0x with scope 2). Written from the RFCs, apart from the program's check.
+fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    let src = std::net::Ipv6Addr::from(*src);
+    let dst = std::net::Ipv6Addr::from(*dst);
+    let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
+    let link_multicast = dst.is_multicast() && dst.segments()[0] & 0x000f == 0x0002;
+    link_local || (src.is_unspecified() && link_multicast)
 }

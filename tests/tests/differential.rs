@@ -447,10 +447,20 @@ impl RandomPolicy {
         if v6 && rng.chance(8) {
             // Neighbour discovery that stays on its link, or claims to.
             frame.hop_limit = 255;
-            if rng.chance(60) {
-                frame.src = RandomPolicy::inside_v6(rng, "fe80::/64")
-                    .parse()
-                    .expect("link-local address");
+            match rng.below(10) {
+                0..=4 => {
+                    frame.src = RandomPolicy::inside_v6(rng, "fe80::/64")
+                        .parse()
+                        .expect("link-local address");
+                }
+                5..=6 => frame.src = std::net::Ipv6Addr::UNSPECIFIED.into(),
+                _ => {}
+            }
+            if rng.chance(50) {
+                frame.dst = rng
+                    .pick(&["ff02::1", "ff02::2", "ff02::1:ff00:1", "ff05::2"])
+                    .parse::<std::net::IpAddr>()
+                    .expect("multicast address");
             }
         }
         frame.payload = rng.below(64) as usize;

@@ -40,6 +40,7 @@ rules = [ { to = ["203.0.113.7"], proto = "tcp", ports = ["1000-2000"] } ]
 [[sims]]
 imsi = "001010000000002"
 ipv4 = "10.64.0.2"
+ipv6 = "fd00:64:0:3::/64"
 segment = "chargers"
 state = "quarantined"
 
@@ -387,11 +388,33 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(Spoofed),
         ),
         (
-            "on-link neighbour solicitation from a global address passes",
+            "neighbour solicitation from a SIM's global address is judged, even with hop limit 255",
             Frame::new("fd00:64:0:1::1", "ff02::1:ff00:2", L4::Icmp(135))
                 .hop_limit(255)
                 .build(),
-            Verdict::Pass(PassReason::Neighbour, 0),
+            drop(NoRule),
+        ),
+        (
+            "neighbour discovery from a quarantined SIM to a global destination is dropped",
+            Frame::new("fd00:64:0:3::1", "2001:db8::1", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
+            drop(Quarantined),
+        ),
+        (
+            "neighbour advertisement from a quarantined SIM to a link-scope group is dropped",
+            Frame::new("fd00:64:0:3::1", "ff02::1", L4::Icmp(136))
+                .hop_limit(255)
+                .build(),
+            drop(Quarantined),
+        ),
+        (
+            "the unspecified source toward a unicast destination is not link-scoped: judged (from \
+             outside every pool)",
+            Frame::new("::", "fd00:64:0:1::1", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
+            Verdict::Pass(PassReason::NonPool, 0),
         ),
         (
             "router solicitation that crossed a router is judged",
