@@ -12,7 +12,8 @@
 //! which code triggers that changes with every compiler and kernel version.
 //!
 //! Precedence in [`decide`], first match wins:
-//! 1. source outside every pool: pass (or drop, on an interface set to drop non-pool traffic);
+//! 1. source outside every pool: pass (or drop, on a core interface, unless the source is in
+//!    the policy's `core_sources`);
 //! 2. source in a pool without a SIM: drop, spoofed;
 //! 3. quarantined SIM: drop, whatever its rules;
 //! 4. a rule allows the packet ([`crate::rules`]): pass;
@@ -22,8 +23,8 @@
 
 use crate::{
     maps::{
-        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_POOL, NetEntry,
-        SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
+        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_CORE_SOURCE, NET_POOL,
+        NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
     },
     rules::{NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
@@ -249,8 +250,11 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     } else {
         NO_RULE
     };
-    let drop_non_pool =
-        src.kind == SrcKind::Outside && tables.iface_flags(meta.ifindex) & IFACE_DROP_NON_POOL != 0;
+    // A core interface takes non-pool sources only from the policy's `core_sources`.
+    let core_source = src_in_net && src_net.flags & NET_CORE_SOURCE != 0;
+    let drop_non_pool = src.kind == SrcKind::Outside
+        && !core_source
+        && tables.iface_flags(meta.ifindex) & IFACE_DROP_NON_POOL != 0;
     Inputs {
         src,
         dst,

@@ -348,6 +348,9 @@ pub type NetKeyV6 = [u8; 17];
 
 /// The network is (inside) a declared pool.
 pub const NET_POOL: u32 = 1;
+/// The network is (inside) one of the policy's `core_sources`: non-pool sources accepted on a
+/// core interface ([`IFACE_DROP_NON_POOL`]), e.g. the PGW's own management addresses.
+pub const NET_CORE_SOURCE: u32 = 2;
 
 /// Value of `NET_V4`/`NET_V6`.
 #[repr(C)]
@@ -490,9 +493,10 @@ pub struct RuleEntry {
     pub rule: u32,
 }
 
-/// The interface is core-facing (`--drop-non-pool`): only device traffic is expected on it, so
-/// traffic whose source is outside every pool is dropped (`non_pool`), and so are frames that
-/// are neither IPv4, IPv6 nor ARP (`not_ip`).
+/// The interface has the `core` role (`--iface core:IF`): only device traffic is expected on
+/// it, so traffic whose source is outside every pool (and outside the policy's
+/// `core_sources`, [`NET_CORE_SOURCE`]) is dropped (`non_pool`), and so are frames that are
+/// neither IPv4, IPv6 nor ARP (`not_ip`).
 pub const IFACE_DROP_NON_POOL: u32 = 1;
 
 /// Value of `IFACES`.

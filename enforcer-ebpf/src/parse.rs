@@ -26,8 +26,8 @@
 //!   8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry no ports and need nothing.
 //! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour) only when
 //!   they come from the link itself and stay on it: hop limit 255, no extension header (so no
-//!   fragment, RFC 4861 §6.1.1, RFC 6980), and a link-local source, or the unspecified source
-//!   toward a link-scope multicast group. Any other is judged like any ICMPv6.
+//!   fragment, RFC 4861 §6.1.1, RFC 6980), and a link-local source or a link-local or
+//!   link-scope multicast destination. Any other is judged like any ICMPv6.
 
 use core::mem::size_of;
 
@@ -410,14 +410,14 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
 /// receivers require it); the ICMPv6 header directly follows the IPv6 header (no extension
 /// headers, so no fragment: RFC 6980); and the packet is link-local in scope, so the gateway
 /// will not forward it either: a link-local source (fe80::/10, which routers never forward,
-/// RFC 4291 §2.5.6), or the unspecified source (RFC 4861 §4.1, §4.3: router solicitation and
-/// duplicate address detection) toward a link-scope multicast group (ff02::/16). A device
-/// behind the PGW/UPF arrives with a lower hop limit and its pool address; either way its
-/// "neighbour discovery" is judged like any ICMPv6, so it cannot get past quarantine,
-/// spoofing or lateral checks, nor reach a global destination. A neighbour that solicits from
-/// a global address is judged too (it passes as traffic from outside every pool, or by an
-/// interface's non-pool allowances). The header is read again here rather than carried along
-/// the walk: a flag carried through every path doubled the states the verifier explores.
+/// RFC 4291 §2.5.6), or a link-local destination or link-scope multicast group (fe80::/10,
+/// ff02::/16: where solicitations, DAD from the unspecified source and router discovery go,
+/// RFC 4861 §4). A neighbour soliciting from its global address toward a solicited-node group
+/// stays on the link and passes; "neighbour discovery" toward a global destination is judged
+/// like any ICMPv6, so a device cannot use it to get past quarantine, spoofing or lateral
+/// checks; one from behind the PGW/UPF arrives with a lower hop limit and is judged anyway.
+/// The header is read again here rather than carried along the walk: a flag carried through
+/// every path doubled the states the verifier explores.
 #[inline(always)]
 fn on_link(ctx: &XdpContext, l3: usize, l4: usize, addrs: &Addrs) -> Result<bool, DropReason> {
     if l4 != l3.wrapping_add(size_of::<Ipv6Hdr>()) {
@@ -427,14 +427,12 @@ fn on_link(ctx: &XdpContext, l3: usize, l4: usize, addrs: &Addrs) -> Result<bool
     Ok(ip.hop_limit == 255 && link_scoped(&addrs.src, &addrs.dst))
 }
 
-/// A link-local source, or the unspecified source toward a link-scope multicast group: see
-/// [`on_link`].
+/// A link-local source, or a link-local or link-scope multicast destination: see [`on_link`].
 #[inline(always)]
 fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
-    let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-    let unspecified = u128::from_ne_bytes(*src) == 0;
+    let link_local = |a: &[u8; 16]| a[0] == 0xfe && a[1] & 0xc0 == 0x80;
     let link_multicast = dst[0] == 0xff && dst[1] & 0x0f == 0x02;
-    link_local || (unspecified && link_multicast)
+    link_local(src) || link_local(dst) || link_multicast
 }
 
 /// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of

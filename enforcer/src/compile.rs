@@ -25,9 +25,10 @@ use std::{
 };
 
 use enforcer_common::maps::{
-    CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, NET_POOL, NetEntry, PORT_BITS_ANY, PROTO_ANY, RuleEntry,
-    RuleKey, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SegmentEntry, SimEntry, SimKeyV4,
-    SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, TIER_PORT_RANGE, has_ports,
+    CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, NET_CORE_SOURCE, NET_POOL, NetEntry, PORT_BITS_ANY,
+    PROTO_ANY, RuleEntry, RuleKey, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SegmentEntry,
+    SimEntry, SimKeyV4, SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, TIER_PORT_RANGE,
+    has_ports,
 };
 use ipnetwork::IpNetwork;
 
@@ -166,7 +167,10 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         }))
         .collect();
 
-    let classes = NetClasses::new(owned.iter().map(|(_, _, _, rule)| *rule))?;
+    let classes = NetClasses::new(
+        owned.iter().map(|(_, _, _, rule)| *rule),
+        &policy.core_sources,
+    )?;
     let matches: Vec<Vec<Match>> = owned
         .iter()
         .map(|(_, _, _, rule)| matches_of(rule))
@@ -440,6 +444,9 @@ pub fn port_blocks(ranges: &[(u16, u16)]) -> Vec<(u16, u8)> {
     blocks
 }
 
+/// The pseudo-rule id that marks `core_sources` CIDRs in [`Interner::sweep`]; never a rule.
+const CORE_SOURCE: u32 = u32::MAX;
+
 /// Destination classes of the policy's CIDRs, and the rules each class holds.
 struct NetClasses {
     v4: Vec<NetV4>,
@@ -450,9 +457,30 @@ struct NetClasses {
 }
 
 impl NetClasses {
-    fn new<'a>(rules: impl Iterator<Item = &'a Rule>) -> Result<Self, CompileError> {
+    /// `core_sources` are swept with the rules' CIDRs as a pseudo-rule ([`CORE_SOURCE`]), so
+    /// that a class records whether its addresses are core sources whatever the nesting of
+    /// the two kinds of CIDR (longest prefix wins in `NET_*`, so each entry must carry both);
+    /// the marker is then taken out of the rule lists and becomes [`NET_CORE_SOURCE`].
+    fn new<'a>(
+        rules: impl Iterator<Item = &'a Rule>,
+        core_sources: &[IpNetwork],
+    ) -> Result<Self, CompileError> {
         let mut v4: Vec<(u128, u8, u32)> = Vec::new();
         let mut v6: Vec<(u128, u8, u32)> = Vec::new();
+        for net in core_sources {
+            match net {
+                IpNetwork::V4(net) => {
+                    v4.push((
+                        u128::from(u32::from(net.network())),
+                        net.prefix(),
+                        CORE_SOURCE,
+                    ));
+                }
+                IpNetwork::V6(net) => {
+                    v6.push((u128::from(net.network()), net.prefix(), CORE_SOURCE))
+                }
+            }
+        }
         for (id, rule) in rules.enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
             for dest in &rule.to {
@@ -468,22 +496,36 @@ impl NetClasses {
             }
         }
         let mut classes = Interner::default();
-        let v4 = classes
-            .sweep(v4, 32)?
+        let v4 = classes.sweep(v4, 32)?;
+        let v6 = classes.sweep(v6, 128)?;
+        // The marker sorts last in a class's ascending rule list.
+        let core: Vec<bool> = classes
+            .rules
+            .iter_mut()
+            .map(|rules| rules.last() == Some(&CORE_SOURCE) && rules.pop().is_some())
+            .collect();
+        let entry = |class: u32| NetEntry {
+            class,
+            flags: if core[class as usize] {
+                NET_CORE_SOURCE
+            } else {
+                0
+            },
+        };
+        let v4 = v4
             .into_iter()
             .map(|(addr, prefix_len, class)| NetV4 {
                 addr: u32::try_from(addr).unwrap_or(0).to_be_bytes(),
                 prefix_len,
-                entry: NetEntry { class, flags: 0 },
+                entry: entry(class),
             })
             .collect();
-        let v6 = classes
-            .sweep(v6, 128)?
+        let v6 = v6
             .into_iter()
             .map(|(addr, prefix_len, class)| NetV6 {
                 addr: addr.to_be_bytes(),
                 prefix_len,
-                entry: NetEntry { class, flags: 0 },
+                entry: entry(class),
             })
             .collect();
         Ok(Self {

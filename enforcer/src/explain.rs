@@ -393,8 +393,12 @@ fn packet_explanation(
         Verdict::Pass(PassReason::NonPool, _) => (
             format!(
                 "{from} is outside every pool: not a device's packet (a reply, management \
-                 traffic), so it passes; on a core-facing interface (--drop-non-pool) it would \
-                 be dropped"
+                 traffic), so it passes; {}",
+                if policy.core_sources.iter().any(|net| net.contains(from)) {
+                    "it is in `core_sources`, so a core interface takes it too"
+                } else {
+                    "on a core interface (--iface core:IF) it would be dropped"
+                }
             ),
             None,
         ),
@@ -415,9 +419,11 @@ fn packet_explanation(
             )),
         ),
         Verdict::Drop(DropReason::NonPool) => (
-            format!("{from} is outside every pool and the interface is core-facing"),
+            format!("{from} is outside every pool and the interface has the core role"),
             Some(format!(
-                "if {from} is a device address, add its pool to `pools` and give it to a SIM"
+                "if {from} is a device address, add its pool to `pools` and give it to a SIM; if \
+                 it is the packet core's own (a PGW/UPF management address), list its prefix in \
+                 `core_sources`"
             )),
         ),
         Verdict::Drop(DropReason::Quarantined) => {

@@ -116,14 +116,17 @@ struct RunArgs {
     policy: PathBuf,
     #[command(flatten)]
     input: InputArgs,
-    /// Interface to attach to; repeat for each gateway interface.
-    #[arg(long = "iface", value_name = "IF", required = true)]
-    ifaces: Vec<String>,
+    /// Interface to attach to, with its role: `core:IF` faces the packet core (device traffic
+    /// enters here: sources outside every pool and `core_sources`, and frames that are not IP,
+    /// are dropped), `service:IF` (or plain `IF`) faces the services. Repeat for each gateway
+    /// interface.
+    #[arg(long = "iface", value_name = "[ROLE:]IF", required = true, value_parser = parse_iface)]
+    ifaces: Vec<IfaceArg>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = Mode::Native)]
     xdp_mode: Mode,
-    /// Drop traffic from outside every pool arriving on this interface (a dedicated
-    /// core-facing link); repeatable.
+    /// The older spelling of `--iface core:IF` for an interface given with `--iface IF`;
+    /// repeatable.
     #[arg(long = "drop-non-pool", value_name = "IF")]
     drop_non_pool: Vec<String>,
     /// Where the program, its links and maps are pinned (on bpffs); one daemon per directory.
@@ -174,7 +177,7 @@ enum PolicyCommand {
         /// Print one JSON object per packet, then one with the summary.
         #[arg(long)]
         json: bool,
-        /// Judge the packets as if they arrived on a core-facing interface (`--drop-non-pool`).
+        /// Judge the packets as if they arrived on a `core` interface (`run --iface core:IF`).
         #[arg(long)]
         core_facing: bool,
         #[command(flatten)]
@@ -407,12 +410,50 @@ fn check(
     Ok(())
 }
 
+/// One `--iface [ROLE:]IF`.
+#[derive(Clone, Debug)]
+struct IfaceArg {
+    name: String,
+    core: bool,
+}
+
+/// `core:IF`, `service:IF` or `IF` (service). Linux interface names never hold a `:`.
+fn parse_iface(text: &str) -> Result<IfaceArg, String> {
+    let (core, name) = match text.split_once(':') {
+        None => (false, text),
+        Some(("core", name)) => (true, name),
+        Some(("service", name)) => (false, name),
+        Some((role, _)) => {
+            return Err(format!(
+                "unknown interface role `{role}`; give `core:IF` for the interface facing the \
+                 packet core, `service:IF` (or `IF`) for one facing the services"
+            ));
+        }
+    };
+    if name.is_empty() || name.contains(':') {
+        return Err(format!(
+            "`{text}` names no interface; give `[ROLE:]IF`, e.g. `core:eth0`"
+        ));
+    }
+    Ok(IfaceArg {
+        name: name.to_owned(),
+        core,
+    })
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut core_facing = args.drop_non_pool;
+    core_facing.extend(
+        args.ifaces
+            .iter()
+            .filter(|i| i.core)
+            .map(|i| i.name.clone()),
+    );
     runtime::run(runtime::Settings {
         load: args.input.options(),
         policy: args.policy,
-        ifaces: args.ifaces,
-        core_facing: args.drop_non_pool,
+        ifaces: args.ifaces.into_iter().map(|i| i.name).collect(),
+        core_facing,
         mode: match args.xdp_mode {
             Mode::Native => XdpMode::Driver,
             Mode::Skb => XdpMode::Skb,

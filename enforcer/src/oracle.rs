@@ -41,7 +41,8 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
         if in_pool(policy, src) {
             return Verdict::Drop(DropReason::Spoofed);
         }
-        if iface_flags & IFACE_DROP_NON_POOL != 0 {
+        let core_source = policy.core_sources.iter().any(|net| net.contains(src));
+        if iface_flags & IFACE_DROP_NON_POOL != 0 && !core_source {
             return Verdict::Drop(DropReason::NonPool);
         }
         return Verdict::Pass(PassReason::NonPool, 0);

@@ -418,13 +418,14 @@ fn ipv6(l3: &[u8]) -> Result<IpPart<'_>, DropReason> {
     })
 }
 
-/// Neighbour discovery that stays on its link (RFC 4861 §4, RFC 4291 §2.5.6): a link-local
-/// source (fe80::/10), or the unspecified source toward a link-scope multicast group
-/// (ff0x with scope 2). Written from the RFCs, apart from the program's check.
+/// Neighbour discovery that stays on its link (RFC 4861 §4, RFC 4291 §2.5.6, §2.7): from a
+/// link-local source (fe80::/10), or to a link-local address or a link-scope multicast group
+/// (ff0x with scope 2), none of which a router forwards. Written from the RFCs, apart from the
+/// program's check.
 fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
     let src = std::net::Ipv6Addr::from(*src);
     let dst = std::net::Ipv6Addr::from(*dst);
-    let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
+    let link_local = |a: std::net::Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
     let link_multicast = dst.is_multicast() && dst.segments()[0] & 0x000f == 0x0002;
-    link_local || (src.is_unspecified() && link_multicast)
+    link_local(src) || link_local(dst) || link_multicast
 }

@@ -255,7 +255,8 @@ const SERVICES: &[&str] = &[
 pub struct Topology {
     /// Per-run name prefix.
     pub prefix: String,
-    /// Gateway-side interfaces the enforcer attaches to.
+    /// Gateway-side interfaces the enforcer attaches to: A and B face the devices (the packet
+    /// core's side), S the services, in that order.
     pub gw_ifaces: Vec<String>,
     servers: Vec<Child>,
     // Dropped after the servers are killed; field order is drop order.
@@ -309,6 +310,9 @@ impl Topology {
         gw.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         gw.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
 
+        // The link addresses (10.255.x.2, fd00:ff:x::2) stand for the PGW/UPF; the devices'
+        // pool addresses sit behind it, on `lo`, as they would behind the tunnel: never the
+        // source of the link's neighbour discovery.
         let a = name("a");
         addr(&dev_a, &a, "10.255.1.2/24");
         addr(&dev_a, &a, "fd00:ff:1::2/64");
@@ -320,7 +324,7 @@ impl Topology {
             "172.16.0.1/32",
             "fd00:64:0:1::1/64",
         ] {
-            addr(&dev_a, &a, host);
+            addr(&dev_a, "lo", host);
         }
         route(&dev_a, "default", "10.255.1.1");
         route(&dev_a, "default", "fd00:ff:1::1");
@@ -338,7 +342,7 @@ impl Topology {
         let b = name("b");
         addr(&dev_b, &b, "10.255.2.2/24");
         for host in ["10.65.0.1/32", "10.65.0.2/32", "10.66.0.1/32"] {
-            addr(&dev_b, &b, host);
+            addr(&dev_b, "lo", host);
         }
         route(&dev_b, "default", "10.255.2.1");
         for host in ["10.65.0.1", "10.65.0.2", "10.66.0.1"] {
@@ -479,6 +483,50 @@ impl Daemon {
         mode: &str,
         extra: &[&str],
     ) -> Self {
+        Self::launch(
+            bin,
+            policy,
+            topology,
+            mode,
+            topology.gw_ifaces.clone(),
+            extra,
+        )
+    }
+
+    /// Like [`Daemon::start_with`], with the interfaces' roles given: A and B `core`, S
+    /// `service`.
+    ///
+    /// # Panics
+    /// When it does not start within 20 seconds.
+    #[must_use]
+    pub fn start_with_roles(
+        bin: &Path,
+        policy: &Path,
+        topology: &Topology,
+        mode: &str,
+        extra: &[&str],
+    ) -> Self {
+        let last = topology.gw_ifaces.len().saturating_sub(1);
+        let ifaces = topology
+            .gw_ifaces
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let role = if i == last { "service" } else { "core" };
+                format!("{role}:{name}")
+            })
+            .collect();
+        Self::launch(bin, policy, topology, mode, ifaces, extra)
+    }
+
+    fn launch(
+        bin: &Path,
+        policy: &Path,
+        topology: &Topology,
+        mode: &str,
+        ifaces: Vec<String>,
+        extra: &[&str],
+    ) -> Self {
         let state_dir = std::env::temp_dir().join(format!("{}-state", topology.prefix));
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", topology.prefix));
         let socket = state_dir.join("enforcer.sock");
@@ -490,7 +538,7 @@ impl Daemon {
         args.push(socket.clone().into());
         args.push("--store".into());
         args.push(state_dir.join("enforcer.db").into());
-        for iface in &topology.gw_ifaces {
+        for iface in ifaces {
             args.extend(["--iface".into(), iface.into()]);
         }
         args.extend(extra.iter().map(Into::into));

@@ -217,6 +217,19 @@ fn run_checks_capabilities_not_the_uid() {
 }
 
 #[test]
+fn interface_roles_are_checked() {
+    for (iface, needle) in [
+        ("bogus:lo", "unknown interface role `bogus`"),
+        ("core:", "`core:` names no interface"),
+        ("core:a:b", "names no interface"),
+    ] {
+        let out = enforcer(&["run", "--policy", &example(), "--iface", iface]);
+        assert!(!out.status.success(), "{iface}");
+        assert!(text(&out).contains(needle), "{iface}: {}", text(&out));
+    }
+}
+
+#[test]
 fn drop_non_pool_must_name_an_attached_interface() {
     let out = enforcer(&[
         "run",

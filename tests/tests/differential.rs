@@ -238,6 +238,18 @@ impl RandomPolicy {
             .chain(["\"fd00:64::/48\"".to_owned()])
             .collect();
         let _ = writeln!(text, "pools = [{}]", pools.join(", "));
+        // Non-pool sources a core interface accepts, nested in and around the rules' CIDRs
+        // (never 0.0.0.0/0: validation refuses it).
+        let core_sources: Vec<String> = (0..rng.below(3))
+            .map(|_| {
+                if rng.chance(50) {
+                    format!("\"{}\"", rng.pick(&V4_NETS[1..]))
+                } else {
+                    format!("\"{}\"", rng.pick(V6_NETS))
+                }
+            })
+            .collect();
+        let _ = writeln!(text, "core_sources = [{}]", core_sources.join(", "));
 
         let segments = rng.range(1, 4);
         let sim_count = rng.range(2, 12);

@@ -160,3 +160,85 @@ fn example_policy_enforced_on_real_traffic_native_xdp() {
 fn example_policy_enforced_on_real_traffic_skb_mode() {
     enforce_example_policy("skb");
 }
+
+/// Removes a directory when dropped, also when the test fails.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Interface roles on real traffic: with the device-side interfaces `core` and the service
+/// side `service`, a device-side host outside every pool is dropped and counted `non_pool`,
+/// every other probe is judged as on plain interfaces, and once the policy lists its prefix
+/// in `core_sources` it passes again.
+#[test]
+fn core_interfaces_drop_non_pool_sources_unless_listed() {
+    const NON_POOL_HOST: &str = "172.16.0.1";
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+    let scratch = RemoveDir(std::env::temp_dir().join(format!("{}-roles", topology.prefix)));
+    std::fs::create_dir_all(&scratch.0).expect("scratch dir");
+    let text = std::fs::read_to_string(&example).expect("example policy");
+    let plain = scratch.0.join("plain.toml");
+    let listed = scratch.0.join("listed.toml");
+    // The PGW/UPF's own link addresses, as an operator lists them: its neighbour
+    // unreachability probes to the gateway's address come from there.
+    let pgw = r#""10.255.1.0/24", "fd00:ff:1::/64", "10.255.2.0/24""#;
+    std::fs::write(&plain, format!("core_sources = [{pgw}]\n{text}")).expect("write policy");
+    let more = format!(r#"core_sources = [{pgw}, "172.16.0.0/24"]"#);
+    std::fs::write(&listed, format!("{more}\n{text}")).expect("write policy");
+
+    let daemon = Daemon::start_with_roles(&enforcer_bin(), &plain, &topology, "skb", &[]);
+    let status = daemon.status();
+    let roles: Vec<(String, bool)> = status["interfaces"]
+        .as_array()
+        .expect("interfaces in status")
+        .iter()
+        .map(|i| {
+            (
+                i["iface"].as_str().unwrap_or_default().to_owned(),
+                i["core_facing"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles.iter().filter(|(_, core)| *core).count(),
+        2,
+        "A and B core, S not: {roles:?}"
+    );
+    let wrong: Vec<String> = scenario()
+        .iter()
+        .filter_map(|probe| {
+            let expected = probe.expect_through && probe.src != NON_POOL_HOST;
+            let through = topology.send(probe);
+            (through != expected).then(|| format!("{}: through = {through}", probe.label))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "judged wrongly with roles:\n{}",
+        wrong.join("\n")
+    );
+    let stats: Value =
+        serde_json::from_str(&daemon.stats(&["--json"])).expect("stats --json is JSON");
+    assert!(
+        segment_packets(&stats, "-", "drop_non_pool") >= 1,
+        "the non-pool host's datagrams are counted non_pool"
+    );
+
+    let applied = daemon.cli(&["policy", "apply", &listed.to_string_lossy()]);
+    assert!(!applied.is_empty());
+    let host = scenario()
+        .into_iter()
+        .find(|p| p.src == NON_POOL_HOST)
+        .expect("a non-pool probe in the scenario");
+    assert!(
+        topology.send(&host),
+        "listed in core_sources, {} gets through the core interface",
+        host.label
+    );
+    drop(daemon);
+}

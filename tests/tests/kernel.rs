@@ -388,8 +388,15 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(Spoofed),
         ),
         (
-            "neighbour solicitation from a SIM's global address is judged, even with hop limit 255",
+            "on-link neighbour solicitation from a global address to its group passes",
             Frame::new("fd00:64:0:1::1", "ff02::1:ff00:2", L4::Icmp(135))
+                .hop_limit(255)
+                .build(),
+            Verdict::Pass(PassReason::Neighbour, 0),
+        ),
+        (
+            "neighbour discovery from a SIM's global address to a global destination is judged",
+            Frame::new("fd00:64:0:1::1", "2001:db9::1", L4::Icmp(136))
                 .hop_limit(255)
                 .build(),
             drop(NoRule),
@@ -402,11 +409,12 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(Quarantined),
         ),
         (
-            "neighbour advertisement from a quarantined SIM to a link-scope group is dropped",
+            "neighbour advertisement from a quarantined SIM to a link-scope group stays on the \
+             link: passes",
             Frame::new("fd00:64:0:3::1", "ff02::1", L4::Icmp(136))
                 .hop_limit(255)
                 .build(),
-            drop(Quarantined),
+            Verdict::Pass(PassReason::Neighbour, 0),
         ),
         (
             "the unspecified source toward a unicast destination is not link-scoped: judged (from \
@@ -749,5 +757,70 @@ fn pins_of_an_older_layout_are_refused_with_what_to_do() {
     let _ = std::fs::remove_dir_all(&pin_dir);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// A core interface takes non-pool sources only from `core_sources`; the marker nests with the
+/// rules' destination CIDRs without changing which rule allows what.
+#[test]
+fn core_interface_takes_only_core_sources_from_outside_the_pools() {
+    use enforcer_common::maps::IFACE_DROP_NON_POOL;
+    let policy = format!("core_sources = [\"198.51.100.0/28\", \"2001:db8:ff::/48\"]\n{POLICY}");
+    let mut core = Harness::new(&policy, &[(TEST_IFINDEX, IFACE_DROP_NON_POOL)]);
+    let mut service = Harness::new(&policy, &[]);
+    let cases = [
+        (
+            "core source, nested in a rule's /24",
+            Frame::new("198.51.100.3", "10.64.0.1", L4::Tcp(443)).build(),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
+            "core source, the rule's own /32 inside it",
+            Frame::new("198.51.100.10", "10.64.0.1", L4::Tcp(443)).build(),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
+            "the same /24 outside the core sources",
+            Frame::new("198.51.100.20", "10.64.0.1", L4::Tcp(443)).build(),
+            drop(DropReason::NonPool),
+        ),
+        (
+            "IPv6 core source",
+            Frame::new("2001:db8:ff::1", "fd00:64:0:1::1", L4::Udp(53)).build(),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
+            "IPv6 outside the core sources",
+            Frame::new("2001:db8:fe::1", "fd00:64:0:1::1", L4::Udp(53)).build(),
+            drop(DropReason::NonPool),
+        ),
+        // Rules toward the nested CIDRs are unchanged.
+        (
+            "device to the /32 rule inside the core source",
+            Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build(),
+            rule(0),
+        ),
+        (
+            "device to the /24 rule inside the core source",
+            Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005)).build(),
+            rule(1),
+        ),
+    ];
+    for (name, frame, expected) in cases {
+        let outcome = core.reference.evaluate(&frame, TEST_IFINDEX);
+        assert_eq!(outcome.verdict, expected, "reference, core: `{name}`");
+        assert_eq!(
+            core.check(&frame).verdict,
+            expected,
+            "kernel, core: `{name}`"
+        );
+        // A service interface drops no non-pool source.
+        if let Verdict::Drop(DropReason::NonPool) = expected {
+            assert_eq!(
+                service.check(&frame).verdict,
+                Verdict::Pass(PassReason::NonPool, 0),
+                "kernel, service: `{name}`"
+            );
+        }
     }
 }

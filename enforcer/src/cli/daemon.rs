@@ -89,7 +89,7 @@ fn status_table(s: &Status) -> String {
             "{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  {state}",
             i.iface,
             i.mode,
-            if i.core_facing { "core" } else { "-" },
+            if i.core_facing { "core" } else { "service" },
             ifindex,
             link,
             program,

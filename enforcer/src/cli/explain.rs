@@ -29,7 +29,7 @@ pub struct ExplainArgs {
     /// Destination port (tcp and udp).
     #[arg(long)]
     port: Option<u16>,
-    /// Judge the packet as arriving on a core-facing interface (`run --drop-non-pool`).
+    /// Judge the packet as arriving on a `core` interface (`run --iface core:IF`).
     #[arg(long)]
     core_facing: bool,
     /// Print the explanation as JSON.

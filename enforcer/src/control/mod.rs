@@ -179,7 +179,8 @@ pub struct Interface {
     pub iface: String,
     /// `driver` or `skb` (generic) XDP, as requested when the link was made.
     pub mode: String,
-    /// Drops traffic from outside every pool (`--drop-non-pool`).
+    /// The `core` role (`--iface core:IF`): drops traffic from outside every pool and the
+    /// policy's `core_sources`; otherwise the `service` role.
     pub core_facing: bool,
     /// The pinned link, as the kernel reports it now (`ifindex` 0: the interface is gone).
     pub link: Option<Attachment>,

@@ -27,6 +27,9 @@ pub struct ValidatedPolicy {
     pub path: PathBuf,
     /// Declared pools.
     pub pools: Vec<IpNetwork>,
+    /// `core_sources`: non-pool prefixes a core interface accepts packets from (none overlaps
+    /// a pool).
+    pub core_sources: Vec<IpNetwork>,
     /// Segments; a segment id is its index here.
     pub segments: Vec<Segment>,
     /// SIMs; a SIM index is its position here (policy SIMs first, then the inventory's).

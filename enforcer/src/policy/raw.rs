@@ -21,6 +21,10 @@ pub struct RawPolicy {
     /// Address pools (CIDRs) the SIMs get their addresses from.
     #[serde(default)]
     pub pools: Vec<Field>,
+    /// Prefixes outside every pool whose packets a core interface accepts (the PGW's own
+    /// addresses, say); every other non-pool source is dropped there.
+    #[serde(default)]
+    pub core_sources: Vec<Field>,
     /// Segments (per APN/DNN or customer), each with its rules.
     #[serde(default)]
     pub segments: Vec<Spanned<RawSegment>>,
@@ -93,7 +97,7 @@ pub struct RawRule {
     pub datetime: String,
 }
 
-const TOP_KEYS: &[&str] = &["pools", "segments", "sims", "inventory"];
+const TOP_KEYS: &[&str] = &["pools", "core_sources", "segments", "sims", "inventory"];
 const SEGMENT_KEYS: &[&str] = &["name", "description", "rules"];
 const SIM_KEYS: &[&str] = &[
     "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",

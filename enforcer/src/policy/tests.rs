@@ -1081,3 +1081,34 @@ fn the_quick_ipv4_reader_accepts_only_what_the_standard_one_does() {
         }
     }
 }
+
+#[test]
+fn core_sources_are_checked_and_kept() {
+    let text = format!(
+        "core_sources = [\"192.0.2.0/29\", \"2001:db8:ff::/48\", \"192.0.2.0/29\"]\n{HEAD}"
+    );
+    let policy = from_str(Path::new("p.toml"), &text).expect("valid");
+    assert_eq!(
+        policy.core_sources,
+        vec![
+            "192.0.2.0/29".parse().expect("cidr"),
+            "2001:db8:ff::/48".parse().expect("cidr"),
+        ]
+    );
+    one_error(
+        &HEAD.replacen("pools", "core_sources = [\"10.64.1.0/24\"]\npools", 1),
+        1,
+        "core source 10.64.1.0/24 overlaps pool 10.64.0.0/16",
+    );
+    one_error(
+        &format!("core_sources = [\"0.0.0.0/0\"]\n{HEAD}"),
+        1,
+        "holds every address",
+    );
+    one_error(
+        &format!("core_sources = [\"192.0.2.300/29\"]\n{HEAD}"),
+        1,
+        "192.0.2.300/29",
+    );
+    one_error(&format!("core_sources = [29]\n{HEAD}"), 1, "core_sources");
+}

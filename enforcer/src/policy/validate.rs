@@ -156,6 +156,7 @@ pub(super) fn validate(
     };
 
     checker.pools(&raw.pools);
+    let core_sources = checker.core_sources(&raw.core_sources);
     let mut segments: Vec<Segment> = raw
         .segments
         .iter()
@@ -247,6 +248,7 @@ pub(super) fn validate(
         Ok(ValidatedPolicy {
             path: path.to_owned(),
             pools: checker.pools,
+            core_sources,
             segments,
             sims,
         })
@@ -463,6 +465,47 @@ impl<'a> Checker<'a> {
                 "no `pools` declared; add `pools = [\"10.64.0.0/16\"]` with the SIM address pools",
             );
         }
+    }
+
+    /// `core_sources`: CIDRs outside every pool, none of every address.
+    fn core_sources(&mut self, fields: &[Field]) -> Vec<IpNetwork> {
+        let mut out: Vec<IpNetwork> = Vec::new();
+        for field in fields {
+            let Some(text) = self.string(field, "core_sources") else {
+                continue;
+            };
+            let place = Place::Span(field.span());
+            let Some(net) = self.network(text, &place, "core source") else {
+                continue;
+            };
+            if net.prefix() == 0 {
+                self.error(
+                    &place,
+                    "a core source of every address",
+                    format!(
+                        "core source `{net}` holds every address: a core interface would take \
+                         any source, spoofed ones too; list the packet core's own prefixes, or \
+                         attach the interface without the core role"
+                    ),
+                );
+                continue;
+            }
+            if let Some(pool) = self.pools.iter().find(|p| overlaps(p, &net)).copied() {
+                self.error(
+                    &place,
+                    "a core source inside a pool",
+                    format!(
+                        "core source {net} overlaps pool {pool}: pool addresses belong to SIMs \
+                         and are judged as theirs; list only addresses outside the pools"
+                    ),
+                );
+                continue;
+            }
+            if !out.contains(&net) {
+                out.push(net);
+            }
+        }
+        out
     }
 
     /// Parse `text` as a CIDR (or a bare address, a host route) without host bits.

@@ -85,7 +85,10 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         .iter()
         .find(|i| !settings.ifaces.contains(i))
     {
-        bail!("--drop-non-pool {iface} names an interface that is not given with --iface");
+        bail!(
+            "--drop-non-pool {iface} names an interface that is not given with --iface; give it \
+             as `--iface core:{iface}`"
+        );
     }
     if let Some((i, iface)) = settings
         .ifaces

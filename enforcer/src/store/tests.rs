@@ -40,6 +40,7 @@ impl Drop for TempDir {
 /// A policy of `sims` SIMs in segment `a` (IMSIs from `first`), no rules.
 fn policy(first: u64, sims: u64) -> ValidatedPolicy {
     ValidatedPolicy {
+        core_sources: Vec::new(),
         path: PathBuf::from("store.toml"),
         pools: vec!["10.0.0.0/8".parse().expect("pool")],
         segments: vec![Segment {
