@@ -405,11 +405,7 @@ impl<'a> Checker<'a> {
 
     fn pools(&mut self, fields: &[Field]) {
         for field in fields {
-            let Some(text) = self.string(field, "pools") else {
-                continue;
-            };
-            let place = Place::Span(field.span());
-            let Some(net) = self.network(text, &place, "pool") else {
+            let Some((net, place)) = self.cidr_entry(field, "pools", "pool") else {
                 continue;
             };
             if net.prefix() == 0 {
@@ -467,15 +463,20 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// One entry of the CIDR list `key` (`what` names one in errors): the network and where
+    /// it was written, or `None` with the error recorded.
+    fn cidr_entry(&mut self, field: &Field, key: &str, what: &str) -> Option<(IpNetwork, Place)> {
+        let text = self.string(field, key)?;
+        let place = Place::Span(field.span());
+        let net = self.network(text, &place, what)?;
+        Some((net, place))
+    }
+
     /// `core_sources`: CIDRs outside every pool, none of every address.
     fn core_sources(&mut self, fields: &[Field]) -> Vec<IpNetwork> {
         let mut out: Vec<IpNetwork> = Vec::new();
         for field in fields {
-            let Some(text) = self.string(field, "core_sources") else {
-                continue;
-            };
-            let place = Place::Span(field.span());
-            let Some(net) = self.network(text, &place, "core source") else {
+            let Some((net, place)) = self.cidr_entry(field, "core_sources", "core source") else {
                 continue;
             };
             if net.prefix() == 0 {
