@@ -31,24 +31,63 @@ use crate::{
 };
 
 /// What the parser extracts from an IP packet; nothing after this re-reads the frame.
+///
+/// `repr(C, align(8))` with the addresses first: each address is then two aligned 64-bit
+/// words, which the BPF backend copies and compares with word loads. Unaligned, it split them
+/// into single bytes and spilled each to the stack, past the program's 512 bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketMeta {
-    /// IPv6 (else IPv4).
-    pub v6: bool,
     /// Source address in network order; IPv4 uses the first four bytes, the rest are zero.
     pub src: [u8; 16],
     /// Destination address, laid out like `src`.
     pub dst: [u8; 16],
+    /// IPv6 (else IPv4).
+    pub v6: bool,
     /// Transport protocol (after IPv6 extension headers).
     pub proto: u8,
-    /// Destination port in host order; meaningful only when `has_ports` is set.
+    /// Destination port in host order; meaningful only when `has_ports` is set. For an ICMP or
+    /// ICMPv6 echo reply: its identifier (see `sport`).
     pub dport: u16,
+    /// Source port in host order (TCP, UDP). For an ICMP or ICMPv6 echo request: its
+    /// identifier (RFC 792, RFC 4443 §4.1), so that a request and its reply make one session.
+    pub sport: u16,
+    /// The TCP flags byte (RFC 9293 §3.1); for ICMP and ICMPv6 the type; 0 otherwise.
+    pub l4_flags: u8,
     /// The packet carries a TCP or UDP header (not a non-first fragment).
     pub has_ports: bool,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
     /// Interface the frame arrived on.
     pub ifindex: u32,
+    /// Judge the packet as if sent the other way (source and destination, and their ports,
+    /// swapped): how a reply's session is checked in the device's direction. A flag rather
+    /// than a swap, which cost the program 64 bytes of its 512-byte stack.
+    pub reversed: bool,
+}
+
+impl PacketMeta {
+    /// (source, destination) as judged: swapped when [`PacketMeta::reversed`].
+    #[inline(always)]
+    #[must_use]
+    pub fn endpoints(&self) -> (&[u8; 16], &[u8; 16]) {
+        if self.reversed {
+            (&self.dst, &self.src)
+        } else {
+            (&self.src, &self.dst)
+        }
+    }
+
+    /// The destination port as judged (the source port when [`PacketMeta::reversed`]).
+    #[inline(always)]
+    #[must_use]
+    pub fn destination_port(&self) -> u16 {
+        if self.reversed {
+            self.sport
+        } else {
+            self.dport
+        }
+    }
 }
 
 /// An IPv4 address in the 16-byte layout of [`PacketMeta`].
@@ -182,16 +221,18 @@ fn net_of<T: Tables>(tables: &T, generation: u8, v6: bool, addr: &[u8; 16]) -> (
 #[inline(always)]
 pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     let generation = tables.generation();
-    let (src_is_sim, src_sim) = sim_of(tables, generation, meta.v6, &meta.src);
+    let (src, dst) = meta.endpoints();
+    let dport = meta.destination_port();
+    let (src_is_sim, src_sim) = sim_of(tables, generation, meta.v6, src);
     let (src_in_net, src_net) = if src_is_sim {
         (false, NetEntry::default())
     } else {
-        net_of(tables, generation, meta.v6, &meta.src)
+        net_of(tables, generation, meta.v6, src)
     };
-    let (dst_in_net, dst_net) = net_of(tables, generation, meta.v6, &meta.dst);
+    let (dst_in_net, dst_net) = net_of(tables, generation, meta.v6, dst);
     let dst_in_pool = dst_in_net && dst_net.flags & NET_POOL != 0;
     let (dst_is_sim, dst_sim) = if dst_in_pool {
-        sim_of(tables, generation, meta.v6, &meta.dst)
+        sim_of(tables, generation, meta.v6, dst)
     } else {
         (false, SimEntry::default())
     };
@@ -241,10 +282,9 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
         let probe = Probe {
             generation,
             proto: meta.proto,
-            dport: meta.dport,
+            dport,
             has_ports: meta.has_ports,
-            single_port: meta.has_ports
-                && tables.single_port_used(generation, meta.proto, meta.dport),
+            single_port: meta.has_ports && tables.single_port_used(generation, meta.proto, dport),
         };
         match_subjects(tables, &src.sim, &dst, &probe)
     } else {

@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod maps;
 pub mod rules;
+pub mod session;
 pub mod verdict;
 
 pub use decide::{Dst, DstKind, Inputs, Src, SrcKind, decide};

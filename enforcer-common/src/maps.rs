@@ -108,6 +108,9 @@ pub mod defaults {
     pub const MAX_NETS: u32 = 65_536;
     /// Default `RULE_STATS` capacity (rule ids).
     pub const MAX_RULES: u32 = 65_536;
+    /// Default `SESSIONS` capacity: the 2,000,000 live sessions a 1M-SIM gateway is sized for
+    /// (entries are allocated as sessions open, not up front).
+    pub const MAX_SESSIONS: u32 = 2_000_000;
 }
 
 /// Map names, used by the `#[map]` statics and by the loader alike. At most 15 characters, as
@@ -143,6 +146,8 @@ pub mod names {
     pub const VERDICT_STATS: &str = "VERDICTS_V2";
     /// `PerCpuArray<Counter>` indexed by rule id.
     pub const RULE_STATS: &str = "RULE_STATS";
+    /// `HashMap<SessionKey, Session>` (`crate::session`), not preallocated.
+    pub const SESSIONS: &str = "SESSIONS";
     /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
     /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
     pub const RETIRED: [&str; 6] = [
@@ -154,7 +159,7 @@ pub mod names {
         "VERDICT_STATS",
     ];
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
@@ -168,6 +173,7 @@ pub mod names {
         IFACES,
         VERDICT_STATS,
         RULE_STATS,
+        SESSIONS,
     ];
 }
 
@@ -186,8 +192,10 @@ macro_rules! pod {
 pub struct Config {
     /// The active policy generation, 0 or 1.
     pub generation: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// The policy epoch: raised (wrapping) by the daemon after every change that may change
+    /// a verdict (an apply, a quarantine or release, a bind or unbind). A session checked
+    /// under another epoch is checked again on its next packet. (Was a zero pad: same layout.)
+    pub epoch: u32,
 }
 
 /// Source or destination IPv4 address, in network byte order.
@@ -543,7 +551,9 @@ pod!(
     RuleEntry,
     IfaceEntry,
     SimCounters,
-    Counter
+    Counter,
+    crate::session::SessionKey,
+    crate::session::Session
 );
 
 const _: () = {
@@ -560,6 +570,8 @@ const _: () = {
     assert!(size_of::<IfaceEntry>() == 4);
     assert!(size_of::<SimCounters>() == 32);
     assert!(size_of::<Counter>() == 16);
+    assert!(size_of::<crate::session::SessionKey>() == 40);
+    assert!(size_of::<crate::session::Session>() == 64);
 };
 
 /// Index in `PORTS_USED` of the word that holds `port`'s bit for TCP (`udp` false) or UDP.

@@ -31,11 +31,18 @@ pub enum DropReason {
     /// Neither IPv4, IPv6 nor ARP (e.g. MPLS, PPPoE, a 0x9100 tag) on a core-facing interface,
     /// where only device IP traffic is expected; such frames could carry IP past the parser.
     NotIp = 9,
+    /// From outside every pool to a device, and part of no session the device opened (and no
+    /// inbound rule allows it): nothing outside may open a connection to a device.
+    Inbound = 10,
+    /// The first packet of a session the policy allows, but the session table is full: no
+    /// session is created and, failing closed, the packet is dropped. Live sessions are never
+    /// evicted to make room.
+    SessionsFull = 11,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NoRule,
         DropReason::Lateral,
         DropReason::Spoofed,
@@ -45,6 +52,8 @@ impl DropReason {
         DropReason::NonPool,
         DropReason::SourceRoute,
         DropReason::NotIp,
+        DropReason::Inbound,
+        DropReason::SessionsFull,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -60,6 +69,8 @@ impl DropReason {
             DropReason::NonPool => "non_pool",
             DropReason::SourceRoute => "source_route",
             DropReason::NotIp => "not_ip",
+            DropReason::Inbound => "inbound",
+            DropReason::SessionsFull => "sessions_full",
         }
     }
 }
@@ -76,15 +87,20 @@ pub enum PassReason {
     Neighbour = 3,
     /// Neither IPv4 nor IPv6 (nor ARP): not the enforcer's business.
     NotIp = 4,
+    /// A packet toward a device that belongs to a session the device opened, checked against
+    /// the policy in force; the rule id that allowed the session is carried in
+    /// [`Verdict::Pass`].
+    Reply = 5,
 }
 
 impl PassReason {
     /// Every reason, in numeric order.
-    pub const ALL: [PassReason; 4] = [
+    pub const ALL: [PassReason; 5] = [
         PassReason::Rule,
         PassReason::NonPool,
         PassReason::Neighbour,
         PassReason::NotIp,
+        PassReason::Reply,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -95,6 +111,7 @@ impl PassReason {
             PassReason::NonPool => "non_pool",
             PassReason::Neighbour => "neighbour",
             PassReason::NotIp => "not_ip",
+            PassReason::Reply => "reply",
         }
     }
 }
@@ -102,7 +119,8 @@ impl PassReason {
 /// The outcome for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
-    /// Pass; for [`PassReason::Rule`] the second field is the matching rule id, else 0.
+    /// Pass; for [`PassReason::Rule`] and [`PassReason::Reply`] the second field is the rule
+    /// id, else 0.
     Pass(PassReason, u32),
     /// Drop, for the given reason.
     Drop(DropReason),

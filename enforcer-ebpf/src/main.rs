@@ -1,7 +1,7 @@
-//! The enforcer XDP program: parse → identify → decide → account, one exit.
+//! The enforcer XDP program: parse → track (a session of the current policy epoch passes at
+//! once) → identify → decide → account, one exit.
 //!
-//! Every stage is a module; this file only wires them. Flow tracking (a session table for
-//! inbound replies) slots in between decide and account.
+//! Every stage is a module; this file only wires them.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 // `atomic_xadd` for the per-SIM counters: the BPF target has no compare-and-swap, so `core`
@@ -14,9 +14,10 @@ mod bench;
 mod identify;
 mod maps;
 mod parse;
+mod track;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use enforcer_common::{DropReason, Src, Verdict, decide};
+use enforcer_common::{DropReason, PassReason, Src, Verdict, decide::PacketMeta};
 
 use crate::parse::Parsed;
 
@@ -24,7 +25,7 @@ use crate::parse::Parsed;
 #[xdp]
 pub fn enforcer(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
-    let (verdict, src) = run(&ctx);
+    let (verdict, src) = run(&ctx, bytes);
     account::record(verdict, &src, bytes);
     verdict.xdp_action()
 }
@@ -37,18 +38,81 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn run(ctx: &XdpContext) -> (Verdict, Src) {
-    let meta = match parse::packet(ctx) {
-        Ok(Parsed::Ip(meta)) => meta,
-        Ok(Parsed::Done(verdict)) => return (verdict, Src::default()),
-        Ok(Parsed::NotIp) => {
+fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
+    let mut meta = PacketMeta::default();
+    match decode(parse_into(ctx, &mut meta)) {
+        Stage::Ip => {}
+        Stage::Done(verdict) => return (verdict, Src::default()),
+        Stage::NotIp => {
             let flags = identify::iface_flags(parse::ifindex(ctx));
             return (enforcer_common::decide::not_ip(flags), Src::default());
         }
-        Err(reason) => return (Verdict::Drop(reason), Src::default()),
-    };
-    let inputs = identify::lookup(&meta);
-    (decide(&inputs), inputs.src)
+    }
+    let mut sessions = track::KernelSessions::new();
+    enforcer_common::session::judge(&mut sessions, &mut meta, bytes)
+}
+
+/// What [`parse_into`] found, packed in its return register: a BPF function returns one
+/// 64-bit value, not a struct.
+enum Stage {
+    Ip,
+    Done(Verdict),
+    NotIp,
+}
+
+const STAGE_IP: u64 = 0;
+const STAGE_PASS: u64 = 1;
+const STAGE_DROP: u64 = 2;
+const STAGE_NOT_IP: u64 = 3;
+
+/// Stage 1, parse, as a BPF function of its own (never inlined): the header copies it makes
+/// live in its own stack frame, gone before the lookups run. The verifier allows 512 bytes of
+/// stack for the deepest chain of calls, and parse, the session logic and the lookups inlined
+/// into one function needed more. Writes the packet's fields to `meta` for an IP packet;
+/// returns `kind << 40 | reason << 32 | rule`.
+#[inline(never)]
+fn parse_into(ctx: &XdpContext, meta: &mut PacketMeta) -> u64 {
+    match parse::packet(ctx, meta) {
+        Ok(Parsed::Ip) => STAGE_IP << 40,
+        Ok(Parsed::Done(Verdict::Pass(reason, rule))) => {
+            STAGE_PASS << 40 | (reason as u64) << 32 | u64::from(rule)
+        }
+        Ok(Parsed::Done(Verdict::Drop(reason))) | Err(reason) => {
+            STAGE_DROP << 40 | (reason as u64) << 32
+        }
+        Ok(Parsed::NotIp) => STAGE_NOT_IP << 40,
+    }
+}
+
+/// The reasons the parser may return, by number (the only ones it produces).
+#[inline(always)]
+fn decode(code: u64) -> Stage {
+    let reason = ((code >> 32) & 0xff) as u32;
+    let rule = code as u32;
+    match code >> 40 {
+        STAGE_IP => Stage::Ip,
+        STAGE_PASS => Stage::Done(Verdict::Pass(
+            if reason == PassReason::Neighbour as u32 {
+                PassReason::Neighbour
+            } else {
+                PassReason::NotIp
+            },
+            rule,
+        )),
+        STAGE_NOT_IP => Stage::NotIp,
+        _ => Stage::Done(Verdict::Drop(drop_reason(reason))),
+    }
+}
+
+/// The drop reason numbered `n` (every reason the parser can give; anything else reads as
+/// malformed).
+#[inline(always)]
+fn drop_reason(n: u32) -> DropReason {
+    match n {
+        n if n == DropReason::SourceRoute as u32 => DropReason::SourceRoute,
+        n if n == DropReason::NotIp as u32 => DropReason::NotIp,
+        _ => DropReason::Malformed,
+    }
 }
 
 /// Parse errors are the only `Err`; keep the type named so a new one is a compile error here.

@@ -12,6 +12,7 @@ use enforcer_common::maps::{
     PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4,
     SimKeyV6, SimRecord, VERDICT_STATS_ENTRIES, defaults,
 };
+use enforcer_common::session::{Session, SessionKey};
 
 /// The active policy generation.
 #[map]
@@ -67,6 +68,12 @@ pub static IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(MAX_IFAC
 #[map]
 pub static VERDICTS_V2: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(VERDICT_STATS_ENTRIES, 0);
+
+/// Live sessions (`enforcer_common::session`). Not preallocated: memory follows the sessions
+/// open, and a full table refuses new ones (`E2BIG`) without evicting any.
+#[map]
+pub static SESSIONS: HashMap<SessionKey, Session> =
+    HashMap::with_max_entries(defaults::MAX_SESSIONS, BPF_F_NO_PREALLOC);
 
 /// Per-rule packets and bytes passed, per CPU.
 #[map]

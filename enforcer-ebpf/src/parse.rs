@@ -68,6 +68,12 @@ const IPOPT_NUMBER_LSRR: u8 = 3;
 const IPOPT_NUMBER_SSRR: u8 = 9;
 /// Offset of the TCP data-offset byte.
 const TCP_DATA_OFFSET: usize = 12;
+/// Offset of the TCP flags byte.
+const TCP_FLAGS: usize = 13;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 /// Every IPv6 extension header is at least 8 bytes long.
 const IPV6_EXT_MIN_LEN: usize = 8;
 
@@ -132,26 +138,44 @@ struct FragHdr {
     _id: [u8; 4],
 }
 
+/// The first eight bytes of ICMP and ICMPv6: type, code, checksum, and for echo messages the
+/// identifier and sequence number.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    kind: u8,
+    _code: u8,
+    _csum: [u8; 2],
+    id: [u8; 2],
+    _seq: [u8; 2],
+}
+
+/// The ICMP type in `l4_flags`; an echo request's identifier in `sport`, a reply's in `dport`
+/// (see `PacketMeta`).
+#[inline(always)]
+fn echo_ids(meta: &mut PacketMeta, icmp: &IcmpHdr, request: u8, reply: u8) {
+    meta.l4_flags = icmp.kind;
+    let id = u16::from_be_bytes(icmp.id);
+    if icmp.kind == request {
+        meta.sport = id;
+    } else if icmp.kind == reply {
+        meta.dport = id;
+    }
+}
+
 /// First four bytes of TCP and UDP.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ports {
-    _src: [u8; 2],
+    src: [u8; 2],
     dst: [u8; 2],
-}
-
-/// Source and destination in `PacketMeta`'s 16-byte layout.
-#[derive(Clone, Copy)]
-struct Addrs {
-    v6: bool,
-    src: [u8; 16],
-    dst: [u8; 16],
 }
 
 /// What the header walk found.
 pub enum Parsed {
-    /// An IP packet for the rest of the pipeline.
-    Ip(PacketMeta),
+    /// An IP packet for the rest of the pipeline; its fields are in the `PacketMeta` given to
+    /// [`packet`] (written in place: copies of it cost the program's 512-byte stack).
+    Ip,
     /// A frame whose verdict needs no lookup.
     Done(Verdict),
     /// Neither IPv4, IPv6 nor ARP: judged by the interface's role
@@ -212,7 +236,7 @@ fn require(ctx: &XdpContext, offset: usize, len: usize) -> Result<(), DropReason
 
 /// Walk the headers of one frame.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Parsed, DropReason> {
+pub fn packet(ctx: &XdpContext, meta: &mut PacketMeta) -> Result<Parsed, DropReason> {
     let eth: EthHdr = read(ctx, 0)?;
     let mut ethertype = u16::from_be_bytes(eth.proto);
     let mut offset = size_of::<EthHdr>();
@@ -224,10 +248,10 @@ pub fn packet(ctx: &XdpContext) -> Result<Parsed, DropReason> {
         ethertype = u16::from_be_bytes(vlan.proto);
         offset = offset.wrapping_add(size_of::<VlanHdr>());
     }
-    let ifindex = ifindex(ctx);
+    meta.ifindex = ifindex(ctx);
     match ethertype {
-        ETH_P_IP => ipv4(ctx, offset, ifindex),
-        ETH_P_IPV6 => ipv6(ctx, offset, ifindex),
+        ETH_P_IP => ipv4(ctx, offset, meta),
+        ETH_P_IPV6 => ipv6(ctx, offset, meta),
         ETH_P_ARP => Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0))),
         ETH_P_8021Q | ETH_P_8021AD => Err(DropReason::Malformed),
         _ => Ok(Parsed::NotIp),
@@ -242,7 +266,7 @@ pub fn ifindex(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason> {
+fn ipv4(ctx: &XdpContext, l3: usize, meta: &mut PacketMeta) -> Result<Parsed, DropReason> {
     let ip: Ipv4Hdr = read(ctx, l3)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(DropReason::Malformed);
@@ -265,20 +289,17 @@ fn ipv4(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
         }
     }
     let later_fragment = u16::from_be_bytes(ip.frag_off) & 0x1fff != 0;
-    let addrs = Addrs {
-        v6: false,
-        src: v4_in_16(ip.src),
-        dst: v4_in_16(ip.dst),
-    };
+    meta.v6 = false;
+    meta.src = v4_in_16(ip.src);
+    meta.dst = v4_in_16(ip.dst);
     transport(
         ctx,
         l3,
         l3.wrapping_add(header_len),
         l3.wrapping_add(total_len),
-        addrs,
         ip.proto,
         later_fragment,
-        ifindex,
+        meta,
     )
 }
 
@@ -347,7 +368,7 @@ fn walk_ipv4_options(ctx: &XdpContext, start: usize, len: usize) -> Result<(), D
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason> {
+fn ipv6(ctx: &XdpContext, l3: usize, meta: &mut PacketMeta) -> Result<Parsed, DropReason> {
     let ip: Ipv6Hdr = read(ctx, l3)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(DropReason::Malformed);
@@ -359,11 +380,9 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     let ip_len = size_of::<Ipv6Hdr>().wrapping_add(payload_len);
     require(ctx, l3, ip_len)?;
     let ip_end = l3.wrapping_add(ip_len);
-    let addrs = Addrs {
-        v6: true,
-        src: ip.src,
-        dst: ip.dst,
-    };
+    meta.v6 = true;
+    meta.src = ip.src;
+    meta.dst = ip.dst;
     let mut next = ip.next;
     let mut offset = l3.wrapping_add(size_of::<Ipv6Hdr>());
     for _ in 0..MAX_EXT_HDRS {
@@ -381,7 +400,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
             next = frag.next;
             offset = offset.wrapping_add(size_of::<FragHdr>());
             if u16::from_be_bytes(frag.offset_flags) >> 3 != 0 {
-                return transport(ctx, l3, offset, ip_end, addrs, next, true, ifindex);
+                return transport(ctx, l3, offset, ip_end, next, true, meta);
             }
             continue;
         }
@@ -402,7 +421,7 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
     ) {
         return Err(DropReason::Malformed);
     }
-    transport(ctx, l3, offset, ip_end, addrs, next, false, ifindex)
+    transport(ctx, l3, offset, ip_end, next, false, meta)
 }
 
 /// Whether neighbour discovery at `l4` comes from the link itself and stays on it, so it may
@@ -419,12 +438,12 @@ fn ipv6(ctx: &XdpContext, l3: usize, ifindex: u32) -> Result<Parsed, DropReason>
 /// The header is read again here rather than carried along the walk: a flag carried through
 /// every path doubled the states the verifier explores.
 #[inline(always)]
-fn on_link(ctx: &XdpContext, l3: usize, l4: usize, addrs: &Addrs) -> Result<bool, DropReason> {
+fn on_link(ctx: &XdpContext, l3: usize, l4: usize, meta: &PacketMeta) -> Result<bool, DropReason> {
     if l4 != l3.wrapping_add(size_of::<Ipv6Hdr>()) {
         return Ok(false);
     }
     let ip: Ipv6Hdr = read(ctx, l3)?;
-    Ok(ip.hop_limit == 255 && link_scoped(&addrs.src, &addrs.dst))
+    Ok(ip.hop_limit == 255 && link_scoped(&meta.src, &meta.dst))
 }
 
 /// A link-local source, or a link-local or link-scope multicast destination: see [`on_link`].
@@ -438,34 +457,21 @@ fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
 /// Read the transport header at `l4`; every byte of it must lie before `ip_end`, the end of
 /// the IP packet (not of the frame). `l3` is where the IP header starts.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "plain values, so the verifier sees scalars"
-)]
 fn transport(
     ctx: &XdpContext,
     l3: usize,
     l4: usize,
     ip_end: usize,
-    addrs: Addrs,
     proto: u8,
     later_fragment: bool,
-    ifindex: u32,
+    meta: &mut PacketMeta,
 ) -> Result<Parsed, DropReason> {
-    let mut meta = PacketMeta {
-        v6: addrs.v6,
-        src: addrs.src,
-        dst: addrs.dst,
-        proto,
-        dport: 0,
-        has_ports: false,
-        later_fragment,
-        ifindex,
-    };
+    meta.proto = proto;
+    meta.later_fragment = later_fragment;
     if later_fragment {
-        return Ok(Parsed::Ip(meta));
+        return Ok(Parsed::Ip);
     }
-    let v6 = addrs.v6;
+    let v6 = meta.v6;
     let inside = |len: usize| {
         if l4.wrapping_add(len) > ip_end {
             Err(DropReason::Malformed)
@@ -484,19 +490,26 @@ fn transport(
                 if header_len < 20 || l4.wrapping_add(header_len) > ip_end {
                     return Err(DropReason::Malformed);
                 }
+                meta.l4_flags = read(ctx, l4.wrapping_add(TCP_FLAGS))?;
             }
             meta.dport = u16::from_be_bytes(ports.dst);
+            meta.sport = u16::from_be_bytes(ports.src);
             meta.has_ports = true;
         }
-        IPPROTO_ICMP if !v6 => inside(8)?,
+        IPPROTO_ICMP if !v6 => {
+            inside(8)?;
+            let icmp: IcmpHdr = read(ctx, l4)?;
+            echo_ids(meta, &icmp, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY);
+        }
         IPPROTO_ICMPV6 if v6 => {
             inside(8)?;
-            let icmp_type: u8 = read(ctx, l4)?;
-            if (133..=137).contains(&icmp_type) && on_link(ctx, l3, l4, &addrs)? {
+            let icmp: IcmpHdr = read(ctx, l4)?;
+            if (133..=137).contains(&icmp.kind) && on_link(ctx, l3, l4, meta)? {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
+            echo_ids(meta, &icmp, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
         }
         _ => {}
     }
-    Ok(Parsed::Ip(meta))
+    Ok(Parsed::Ip)
 }

@@ -36,6 +36,10 @@ pub struct Capacity {
     pub port_rules: u32,
     /// Entries of `RULE_STATS` (rule ids).
     pub rules: u32,
+    /// Entries of `SESSIONS`: live sessions at most (104 bytes of key and value each, plus
+    /// the kernel's per-entry overhead; not preallocated, so memory follows the sessions in
+    /// use).
+    pub sessions: u32,
 }
 
 impl Default for Capacity {
@@ -49,6 +53,7 @@ impl Default for Capacity {
             rule_entries: defaults::MAX_RULE_ENTRIES,
             port_rules: defaults::MAX_RULE_ENTRIES,
             rules: defaults::MAX_RULES,
+            sessions: defaults::MAX_SESSIONS,
         }
     }
 }
@@ -69,6 +74,10 @@ pub struct Limits {
     /// an eighth, at least 65,536).
     #[arg(long)]
     pub max_rule_entries: Option<u32>,
+    /// Live sessions at most (SESSIONS; default 2,000,000). When full, a packet that would
+    /// open a session is dropped (`sessions_full`); no live session is evicted.
+    #[arg(long)]
+    pub max_sessions: Option<u32>,
 }
 
 /// One map's fill: what the policy needs against what the map holds.
@@ -136,6 +145,7 @@ impl Capacity {
             ),
             port_rules: two_generations(image.single_port_rules(true).count(), floor.port_rules),
             rules: with_headroom(rules, floor.rules),
+            sessions: floor.sessions,
         }
     }
 
@@ -150,6 +160,7 @@ impl Capacity {
             nets_v6: limits.max_nets.unwrap_or(auto.nets_v6),
             rule_entries: limits.max_rule_entries.unwrap_or(auto.rule_entries),
             port_rules: limits.max_rule_entries.unwrap_or(auto.port_rules),
+            sessions: limits.max_sessions.unwrap_or(auto.sessions),
             ..auto
         }
     }
@@ -168,6 +179,7 @@ impl Capacity {
             rule_entries: 4096,
             port_rules: 4096,
             rules: 1024,
+            sessions: 4096,
         };
         Self::for_image(image, rules, floor)
     }

@@ -351,16 +351,21 @@ fn packet_explanation(
         dst: in_16(packet.to),
         proto: packet.proto,
         dport: packet.port.unwrap_or(0),
+        sport: 0,
+        l4_flags: 0,
         has_ports: packet.port.is_some(),
         later_fragment: false,
         ifindex: 0,
+        reversed: false,
     };
     let flags = if packet.core_facing {
         IFACE_DROP_NON_POOL
     } else {
         0
     };
-    let verdict = oracle::judge(policy, &meta, flags);
+    // The first packet of its flow: no session yet (a reply is judged by the session its device
+    // opened, which `enforcer flows` will list).
+    let verdict = oracle::Sessions::default().judge(policy, &meta, flags);
     let sender_index = policy.sims.iter().position(|s| holds(s, packet.from));
     let sender = sender_index.map(|i| sim_ref(policy, &policy.sims[i]));
     let destination = policy
@@ -417,6 +422,21 @@ fn packet_explanation(
                     "ipv6 = its /64".to_owned()
                 }
             )),
+        ),
+        Verdict::Drop(DropReason::Inbound) => (
+            format!(
+                "{from} is outside every pool and {to} is {}: nothing outside may open a \
+                 connection to a device; only the replies of sessions the device opened pass",
+                destination.as_ref().map_or_else(
+                    || "a pool address".to_owned(),
+                    |d| format!("device {}", d.imsi)
+                )
+            ),
+            Some(
+                "let the device open the connection (its session's replies pass); rules that let \
+                 a host open connections to devices are not in this version"
+                    .to_owned(),
+            ),
         ),
         Verdict::Drop(DropReason::NonPool) => (
             format!("{from} is outside every pool and the interface has the core role"),

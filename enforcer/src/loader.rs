@@ -143,7 +143,7 @@ fn map_err(map: &'static str, what: &'static str) -> impl FnOnce(aya::maps::MapE
 
 /// The maps whose size is chosen at load time, with the size `capacity` gives them; every other
 /// map keeps the size written in the object.
-fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
+fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 9] {
     [
         (names::SIM_V4, capacity.sim_v4),
         (names::SIM_V6, capacity.sim_v6),
@@ -153,6 +153,7 @@ fn sized_maps(capacity: &Capacity) -> [(&'static str, u32); 8] {
         (names::RULES, capacity.rule_entries),
         (names::PORT_RULES, capacity.port_rules),
         (names::RULE_STATS, capacity.rules),
+        (names::SESSIONS, capacity.sessions),
     ]
 }
 
@@ -247,6 +248,8 @@ pub struct Enforcer {
     sims: std::sync::Arc<SimTable>,
     /// `CONFIG.generation` as this process last read or wrote it.
     active: std::cell::Cell<Option<u8>>,
+    /// `CONFIG.epoch` as this process last read or wrote it.
+    epoch: std::cell::Cell<Option<u32>>,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -258,6 +261,15 @@ pub struct Enforcer {
 /// for a reader preempted on a loaded machine (a preemptible RCU read side can be), at a cost
 /// only reloads pay. `apply` takes `&mut self`, so the next apply cannot start sooner.
 pub const GRACE: Duration = Duration::from_millis(50);
+
+/// What one [`Enforcer::expire_sessions`] pass found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionSweep {
+    /// Sessions that stay.
+    pub live: usize,
+    /// Sessions removed, idle past their timeout.
+    pub expired: usize,
+}
 
 /// What [`Enforcer::apply`] changed, for the daemon to log and report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -342,6 +354,7 @@ impl Enforcer {
             held: (!adopted).then(Held::empty),
             sims,
             active: std::cell::Cell::new(None),
+            epoch: std::cell::Cell::new(None),
         })
     }
 
@@ -391,6 +404,18 @@ impl Enforcer {
         if let Some(active) = self.active.get() {
             return Ok(active);
         }
+        Ok(self.read_config()?.0)
+    }
+
+    /// The policy epoch (`CONFIG.epoch`): sessions checked under another are checked again.
+    pub fn epoch(&self) -> Result<u32, LoadError> {
+        if let Some(epoch) = self.epoch.get() {
+            return Ok(epoch);
+        }
+        Ok(self.read_config()?.1)
+    }
+
+    fn read_config(&self) -> Result<(u8, u32), LoadError> {
         let config: Array<&MapData, Config> = Array::try_from(self.map_ref(names::CONFIG)?)
             .map_err(map_err(names::CONFIG, "opening"))?;
         let config = config
@@ -398,7 +423,98 @@ impl Enforcer {
             .map_err(map_err(names::CONFIG, "reading"))?;
         let active = (config.generation & 1) as u8;
         self.active.set(Some(active));
-        Ok(active)
+        self.epoch.set(Some(config.epoch));
+        Ok((active, config.epoch))
+    }
+
+    /// Write `CONFIG`: `generation` active, and the next epoch, so that every session is
+    /// checked against what the maps say now on its next packet. One 8-byte array update: a
+    /// program run sees the old value or the new one.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if the write fails (then whether it landed is unknown, and both
+    /// values are read from the map next time).
+    fn write_config(&mut self, generation: u8, what: &'static str) -> Result<u32, LoadError> {
+        let epoch = self.epoch()?.wrapping_add(1);
+        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)
+            .map_err(map_err(names::CONFIG, "opening"))?;
+        let written = config.set(
+            0,
+            Config {
+                generation: u32::from(generation),
+                epoch,
+            },
+            0,
+        );
+        if let Err(error) = written {
+            self.active.set(None);
+            self.epoch.set(None);
+            return Err(map_err(names::CONFIG, what)(error));
+        }
+        self.active.set(Some(generation));
+        self.epoch.set(Some(epoch));
+        Ok(epoch)
+    }
+
+    /// Remove the sessions idle longer than `timeouts` allow for their state, as of `now_ns`
+    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns how many
+    /// stay and how many went. One pass reads every entry (two syscalls each: aya 0.14 has no
+    /// batch lookup) and deletes the expired ones in batches. A session that sends again
+    /// between the read and the delete loses its entry: its device's next packet that may
+    /// open one (a SYN, any UDP) opens it again; mid-connection TCP does not (as after any
+    /// expiry), which the timeouts, far above what a live flow stays idle, make rare.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `SESSIONS` cannot be read or written.
+    pub fn expire_sessions(
+        &self,
+        now_ns: u64,
+        timeouts: &enforcer_common::session::Timeouts,
+    ) -> Result<SessionSweep, LoadError> {
+        use enforcer_common::session::{Session, SessionKey, SessionState, idle_timeout};
+        let map = self.map_ref(names::SESSIONS)?;
+        let sessions: HashMap<&MapData, SessionKey, Session> =
+            HashMap::try_from(map).map_err(map_err(names::SESSIONS, "opening"))?;
+        let mut expired = Vec::new();
+        let mut live = 0usize;
+        for entry in sessions.iter() {
+            let (key, session) = match entry {
+                Ok(entry) => entry,
+                // Deleted by the program meanwhile (a re-check that found it denied).
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(error) => return Err(map_err(names::SESSIONS, "reading")(error)),
+            };
+            let state = SessionState::from_u8(session.state);
+            let idle = now_ns.saturating_sub(session.seen_ns);
+            let limit = idle_timeout(state, key.proto, timeouts).saturating_mul(1_000_000_000);
+            if idle > limit {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        if self.batch_delete(names::SESSIONS, &expired).is_err() {
+            // A batch delete stops at a key the program removed meanwhile (ENOENT): delete the
+            // rest one by one, a missing one being no error.
+            let fd = self.map_data(names::SESSIONS)?.fd();
+            for key in &expired {
+                let _ = batch::delete(fd, std::slice::from_ref(key));
+            }
+        }
+        Ok(SessionSweep {
+            live,
+            expired: expired.len(),
+        })
+    }
+
+    /// Raise the policy epoch after a change made in place (a quarantine, a bind), so that
+    /// sessions are checked again on their next packet; returns the new epoch.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `CONFIG` cannot be read or written.
+    pub fn bump_epoch(&mut self) -> Result<u32, LoadError> {
+        let generation = self.generation()?;
+        self.write_config(generation, "raising the epoch")
     }
 
     fn map_ref(&self, name: &'static str) -> Result<&Map, LoadError> {
@@ -451,23 +567,7 @@ impl Enforcer {
         held.written(&mut plan, target);
         self.held = Some(held);
 
-        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)
-            .map_err(map_err(names::CONFIG, "opening"))?;
-        config
-            .set(
-                0,
-                Config {
-                    generation: u32::from(target),
-                    _pad: 0,
-                },
-                0,
-            )
-            .map_err(|error| {
-                // Whether the write landed is unknown: read the map next time.
-                self.active.set(None);
-                map_err(names::CONFIG, "flipping the generation")(error)
-            })?;
-        self.active.set(Some(target));
+        self.write_config(target, "flipping the generation")?;
         let written = started.elapsed();
 
         std::thread::sleep(GRACE);

@@ -4,6 +4,7 @@
 
 mod cli;
 
+use enforcer_common::session::Timeouts;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -129,6 +130,8 @@ struct RunArgs {
     /// repeatable.
     #[arg(long = "drop-non-pool", value_name = "IF")]
     drop_non_pool: Vec<String>,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
     /// Where the program, its links and maps are pinned (on bpffs); one daemon per directory.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -410,6 +413,39 @@ fn check(
     Ok(())
 }
 
+/// Session idle timeouts, seconds (a session idle longer is removed by the daemon's sweep,
+/// every 10 s).
+#[derive(clap::Args)]
+struct TimeoutArgs {
+    /// A TCP session whose SYN got no answer.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().tcp_syn)]
+    tcp_syn_timeout: u64,
+    /// An answered TCP session (RFC 5382 REQ-5: at least 7,440 s).
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().tcp_established)]
+    tcp_established_timeout: u64,
+    /// A TCP session after a FIN or an RST.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().tcp_closed)]
+    tcp_closed_timeout: u64,
+    /// A UDP session (RFC 4787 REQ-5: at least 120 s).
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().udp)]
+    udp_timeout: u64,
+    /// An ICMP/ICMPv6 echo session.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().icmp)]
+    icmp_timeout: u64,
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp_syn: self.tcp_syn_timeout,
+            tcp_established: self.tcp_established_timeout,
+            tcp_closed: self.tcp_closed_timeout,
+            udp: self.udp_timeout,
+            icmp: self.icmp_timeout,
+        }
+    }
+}
+
 /// One `--iface [ROLE:]IF`.
 #[derive(Clone, Debug)]
 struct IfaceArg {
@@ -450,6 +486,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|i| i.name.clone()),
     );
     runtime::run(runtime::Settings {
+        timeouts: args.timeouts.timeouts(),
         load: args.input.options(),
         policy: args.policy,
         ifaces: args.ifaces.into_iter().map(|i| i.name).collect(),

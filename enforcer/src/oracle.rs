@@ -196,3 +196,70 @@ fn holds(sim: &Sim, addr: IpAddr) -> bool {
 fn in_pool(policy: &ValidatedPolicy, addr: IpAddr) -> bool {
     policy.pools.iter().any(|&pool| contains(pool, addr))
 }
+
+/// Sessions as README's "Sessions" section states them, kept apart from
+/// `enforcer_common::session`: a device's packet that a rule allows and that opens a
+/// conversation (a TCP SYN without ACK, RST or FIN; any UDP datagram; an ICMP or ICMPv6 echo
+/// request, RFC 792 and RFC 4443 §4.1) opens a session; a packet of the other endpoint of an
+/// open session is its reply; a packet from outside every pool to a pool address that is no
+/// reply is inbound. For a policy that stays the same (no reload, no quarantine), which is all
+/// the differential test needs; the kernel fixtures cover re-checks.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// (device address, device port, peer address, peer port, protocol) → the rule that
+    /// allowed it. ICMP echo: the identifier is the device's "port", the peer's is 0.
+    open: std::collections::HashMap<(IpAddr, u16, IpAddr, u16, u8), u32>,
+}
+
+impl Sessions {
+    /// Judge `meta` by the policy and the sessions so far, opening one if it should.
+    pub fn judge(
+        &mut self,
+        policy: &ValidatedPolicy,
+        meta: &PacketMeta,
+        iface_flags: u32,
+    ) -> Verdict {
+        let src = address(meta.v6, meta.src);
+        let dst = address(meta.v6, meta.dst);
+        let icmp_echo = |request: bool| match (meta.v6, meta.proto) {
+            (false, 1) => meta.l4_flags == if request { 8 } else { 0 },
+            (true, 58) => meta.l4_flags == if request { 128 } else { 129 },
+            _ => false,
+        };
+        let ported = !meta.later_fragment && matches!(meta.proto, IPPROTO_TCP | IPPROTO_UDP);
+        let tracked = ported || icmp_echo(true) || icmp_echo(false);
+        // The echo identifier as the program's parser places it.
+        let (sport, dport) = (meta.sport, meta.dport);
+        // The other endpoint of a session this packet's destination opened (a packet of a
+        // session its own sender opened is the device's, even when both ends are the same).
+        let own = self
+            .open
+            .contains_key(&(src, sport, dst, dport, meta.proto));
+        if tracked
+            && !own
+            && let Some(&rule) = self.open.get(&(dst, dport, src, sport, meta.proto))
+        {
+            return Verdict::Pass(PassReason::Reply, rule);
+        }
+        let verdict = judge(policy, meta, iface_flags);
+        if let Verdict::Pass(PassReason::Rule, rule) = verdict {
+            let opens = match meta.proto {
+                IPPROTO_TCP => ported && meta.l4_flags & 0x17 == 0x02,
+                IPPROTO_UDP => ported,
+                _ => icmp_echo(true),
+            };
+            if opens {
+                self.open.insert((src, sport, dst, dport, meta.proto), rule);
+            }
+            return verdict;
+        }
+        let sender_is_sim = policy.sims.iter().any(|sim| holds(sim, src));
+        if verdict == Verdict::Pass(PassReason::NonPool, 0)
+            && !sender_is_sim
+            && in_pool(policy, dst)
+        {
+            return Verdict::Drop(DropReason::Inbound);
+        }
+        verdict
+    }
+}

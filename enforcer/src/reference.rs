@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 
 use enforcer_common::{
-    DropReason, PassReason, Verdict,
+    DropReason, Inputs, PassReason, Verdict,
     decide::{self, PacketMeta, Tables},
     maps::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, PORT_BITS_ANY, PROTO_ANY,
         RuleKey, SimEntry,
     },
     rules::RuleTable,
+    session::{self, Found, Session, SessionKey, SessionState, SessionTable},
 };
 
 use crate::compile::MapImage;
@@ -48,6 +49,79 @@ pub struct Reference {
     sims_v6: HashMap<[u8; 8], SimEntry>,
     image: MapImage,
     ifaces: HashMap<u32, u32>,
+    /// The model's own session table: [`Reference::evaluate`] runs the program's session
+    /// logic over it (`enforcer_common::session::judge`), as the kernel does over `SESSIONS`.
+    sessions: std::cell::RefCell<Sessions>,
+}
+
+/// The reference model's session table: a map with a capacity, and the policy epoch.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// Live sessions.
+    pub table: HashMap<SessionKey, Session>,
+    /// Most sessions it holds (the kernel map's capacity).
+    pub capacity: usize,
+    /// The policy epoch in force.
+    pub epoch: u32,
+    /// Nanoseconds since the model started, raised by one per packet (the kernel's clock
+    /// plays no part in verdicts).
+    pub now_ns: u64,
+}
+
+/// The model's sessions with its policy tables: what [`session::judge`] needs.
+struct WithTables<'a> {
+    sessions: &'a mut Sessions,
+    tables: &'a Reference,
+}
+
+impl SessionTable for WithTables<'_> {
+    fn epoch(&self) -> u32 {
+        self.sessions.epoch
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.sessions.now_ns
+    }
+
+    fn find(&self, key: &SessionKey) -> Option<Found> {
+        self.sessions.table.get(key).map(Found::of)
+    }
+
+    fn create(&mut self, key: &SessionKey, session: &Session) -> bool {
+        if self.sessions.table.len() >= self.sessions.capacity {
+            return false;
+        }
+        self.sessions.table.insert(*key, *session);
+        true
+    }
+
+    fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, state: SessionState) {
+        let now = self.sessions.now_ns;
+        if let Some(s) = self.sessions.table.get_mut(key) {
+            let slot = usize::from(!from_device);
+            s.packets[slot] += 1;
+            s.bytes[slot] += bytes;
+            s.state = state as u8;
+            s.seen_ns = now;
+        }
+    }
+
+    fn refresh(&mut self, key: &SessionKey, sim: &SimEntry, rule: u32, epoch: u32) {
+        if let Some(s) = self.sessions.table.get_mut(key) {
+            s.sim = sim.sim;
+            s.segment = sim.segment;
+            s.rule = rule;
+            s.epoch = epoch;
+        }
+    }
+
+    fn identify(&self, meta: &PacketMeta) -> Inputs {
+        decide::identify(self.tables, meta)
+    }
+
+    fn remove(&mut self, key: &SessionKey) {
+        self.sessions.table.remove(key);
+    }
 }
 
 impl Reference {
@@ -61,6 +135,10 @@ impl Reference {
             sims_v6: image.sims_v6.iter().copied().collect(),
             image: image.clone(),
             ifaces,
+            sessions: std::cell::RefCell::new(Sessions {
+                capacity: enforcer_common::maps::defaults::MAX_SESSIONS as usize,
+                ..Sessions::default()
+            }),
         }
     }
 
@@ -77,11 +155,57 @@ impl Reference {
                 verdict: decide::not_ip(self.iface_flags(ifindex)),
                 sim: None,
             },
-            Ok(Parsed::Ip(meta)) => self.judge(&meta),
+            Ok(Parsed::Ip(mut meta)) => {
+                let mut sessions = self.sessions.borrow_mut();
+                sessions.now_ns += 1;
+                let mut table = WithTables {
+                    sessions: &mut sessions,
+                    tables: self,
+                };
+                let (verdict, src) = session::judge(&mut table, &mut meta, frame.len() as u64);
+                Outcome {
+                    verdict,
+                    sim: src.sim(),
+                }
+            }
         }
     }
 
-    /// Judge an already parsed IP packet (the lookups and the decision, no parsing).
+    /// The model after the program's policy was replaced by `image` in `generation`: its
+    /// sessions stay, and the epoch moves on, as the loader's flip raises `CONFIG.epoch`.
+    #[must_use]
+    pub fn reloaded(self, image: &MapImage, generation: u8) -> Self {
+        let mut sessions = self.sessions.into_inner();
+        sessions.epoch = sessions.epoch.wrapping_add(1);
+        Self {
+            sessions: std::cell::RefCell::new(sessions),
+            ..Self::new(image, generation, self.ifaces)
+        }
+    }
+
+    /// A SIM's quarantine flag changed in place: the epoch moves on, as
+    /// `Enforcer::bump_epoch` does after the daemon's quarantine.
+    pub fn set_quarantined(&mut self, sim: u32, quarantined: bool) {
+        for entry in self.sims_v4.values_mut().chain(self.sims_v6.values_mut()) {
+            if entry.sim == sim {
+                if quarantined {
+                    entry.flags |= enforcer_common::maps::SIM_QUARANTINED;
+                } else {
+                    entry.flags &= !enforcer_common::maps::SIM_QUARANTINED;
+                }
+            }
+        }
+        let sessions = self.sessions.get_mut();
+        sessions.epoch = sessions.epoch.wrapping_add(1);
+    }
+
+    /// The model's session table (to inspect, to change its capacity or epoch).
+    pub fn sessions(&self) -> std::cell::RefMut<'_, Sessions> {
+        self.sessions.borrow_mut()
+    }
+
+    /// Judge an already parsed IP packet by the policy alone (the lookups and the decision,
+    /// no parsing, no sessions).
     #[must_use]
     pub fn judge(&self, meta: &PacketMeta) -> Outcome {
         let inputs = decide::identify(self, meta);
@@ -259,9 +383,12 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         dst: ip.dst,
         proto: ip.proto,
         dport: 0,
+        sport: 0,
+        l4_flags: 0,
         has_ports: false,
         later_fragment: ip.later_fragment,
         ifindex,
+        reversed: false,
     };
     if ip.later_fragment {
         return Ok(Parsed::Ip(meta));
@@ -276,18 +403,22 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
                 if header_len < 20 || header_len > l4.len() {
                     return Err(DropReason::Malformed);
                 }
+                meta.l4_flags = l4[13];
             }
             meta.dport = be16(l4, 2)?;
+            meta.sport = be16(l4, 0)?;
             meta.has_ports = true;
         }
         IPPROTO_ICMP if !ip.v6 => {
-            bytes(l4, 0, 8)?;
+            let icmp = bytes(l4, 0, 8)?;
+            echo(&mut meta, icmp, 8, 0);
         }
         IPPROTO_ICMPV6 if ip.v6 => {
             let icmp = bytes(l4, 0, 8)?;
             if ip.on_link && link_scoped(&ip.src, &ip.dst) && (133..=137).contains(&icmp[0]) {
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
+            echo(&mut meta, icmp, 128, 129);
         }
         _ => {}
     }
@@ -428,4 +559,16 @@ fn link_scoped(src: &[u8; 16], dst: &[u8; 16]) -> bool {
     let link_local = |a: std::net::Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
     let link_multicast = dst.is_multicast() && dst.segments()[0] & 0x000f == 0x0002;
     link_local(src) || link_local(dst) || link_multicast
+}
+
+/// The ICMP type, and an echo request's identifier as the source port or a reply's as the
+/// destination port (RFC 792, RFC 4443 §4.1), as `PacketMeta` documents.
+fn echo(meta: &mut PacketMeta, icmp: &[u8], request: u8, reply: u8) {
+    meta.l4_flags = icmp[0];
+    let id = u16::from_be_bytes([icmp[4], icmp[5]]);
+    if icmp[0] == request {
+        meta.sport = id;
+    } else if icmp[0] == reply {
+        meta.dport = id;
+    }
 }

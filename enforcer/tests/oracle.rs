@@ -322,9 +322,12 @@ proptest! {
                 dst: address(&validated, packet.v6, packet.dst),
                 proto,
                 dport: if has_ports { [22u16, 53, 443, 999, 1000, 1550, 2001, 65535][packet.dport] } else { 0 },
+                sport: 0,
+                l4_flags: 0,
                 has_ports,
                 later_fragment: packet.later_fragment,
                 ifindex: 1,
+                reversed: false,
             };
             let expected = oracle::judge(&validated, &meta, flags);
             let compiled_verdict = model.judge(&meta).verdict;
@@ -366,9 +369,12 @@ segment = "s0"
                 dst: [0; 16],
                 proto: IPPROTO_TCP,
                 dport,
+                sport: 0,
+                l4_flags: 0,
                 has_ports: true,
                 later_fragment: false,
                 ifindex: 1,
+                reversed: false,
             };
             meta.src[..4].copy_from_slice(&[10, 64, 0, 1]);
             meta.dst[..4].copy_from_slice(&dst);

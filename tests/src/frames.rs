@@ -57,6 +57,12 @@ pub struct Frame {
     pub payload: usize,
     /// IPv6 hop limit (IPv4 TTL stays 64).
     pub hop_limit: u8,
+    /// TCP/UDP source port.
+    pub sport: u16,
+    /// TCP flags byte (SYN by default).
+    pub tcp_flags: u8,
+    /// The IPv4 ICMP type (echo request by default); IPv6 takes it from [`L4::Icmp`].
+    pub icmp4_type: u8,
 }
 
 impl Frame {
@@ -75,7 +81,60 @@ impl Frame {
             routing_segments_left: 0,
             hop_limit: 64,
             payload: 0,
+            sport: 40000,
+            tcp_flags: 0x02,
+            icmp4_type: 8,
         }
+    }
+
+    /// Set the TCP/UDP source port.
+    #[must_use]
+    pub fn sport(mut self, port: u16) -> Self {
+        self.sport = port;
+        self
+    }
+
+    /// Set the TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    #[must_use]
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
+    /// Set the IPv4 ICMP type (0 echo reply, 8 echo request).
+    #[must_use]
+    pub fn icmp4(mut self, kind: u8) -> Self {
+        self.icmp4_type = kind;
+        self
+    }
+
+    /// The same flow's packet the other way: addresses and ports swapped (for ICMP echo, the
+    /// reply type), with TCP flags `flags`.
+    #[must_use]
+    pub fn reply(&self, flags: u8) -> Self {
+        let mut reply = self.clone();
+        std::mem::swap(&mut reply.src, &mut reply.dst);
+        reply.tcp_flags = flags;
+        reply.l4 = match self.l4 {
+            L4::Tcp(port) => {
+                reply.sport = port;
+                L4::Tcp(self.sport)
+            }
+            L4::Udp(port) => {
+                reply.sport = port;
+                L4::Udp(self.sport)
+            }
+            L4::Icmp(kind) => {
+                reply.icmp4_type = if self.icmp4_type == 8 {
+                    0
+                } else {
+                    self.icmp4_type
+                };
+                L4::Icmp(if kind == 128 { 129 } else { kind })
+            }
+            other => other,
+        };
+        reply
     }
 
     /// Add VLAN tags.
@@ -105,14 +164,14 @@ impl Frame {
         let mut l4 = Vec::new();
         let proto = match self.l4 {
             L4::Tcp(port) => {
-                l4.extend_from_slice(&40000u16.to_be_bytes());
+                l4.extend_from_slice(&self.sport.to_be_bytes());
                 l4.extend_from_slice(&port.to_be_bytes());
                 l4.extend_from_slice(&[0; 8]);
-                l4.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+                l4.extend_from_slice(&[0x50, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
                 6
             }
             L4::Udp(port) => {
-                l4.extend_from_slice(&40000u16.to_be_bytes());
+                l4.extend_from_slice(&self.sport.to_be_bytes());
                 l4.extend_from_slice(&port.to_be_bytes());
                 let len = u16::try_from(8 + self.payload).unwrap_or(u16::MAX);
                 l4.extend_from_slice(&len.to_be_bytes());
@@ -121,7 +180,16 @@ impl Frame {
             }
             L4::Icmp(kind) => {
                 let is_v6 = self.dst.is_ipv6();
-                l4.extend_from_slice(&[if is_v6 { kind } else { 8 }, 0, 0, 0, 0, 1, 0, 1]);
+                l4.extend_from_slice(&[
+                    if is_v6 { kind } else { self.icmp4_type },
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    1,
+                ]);
                 if is_v6 { 58 } else { 1 }
             }
             L4::Other(proto, len) => {

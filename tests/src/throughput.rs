@@ -411,6 +411,7 @@ impl Gateway {
                         rule_entries: 1024,
                         port_rules: 1024,
                         rules: 1024,
+                        sessions: 4096,
                     };
                     let mut enforcer = Enforcer::load(small, None).expect("load");
                     enforcer

@@ -390,7 +390,7 @@ impl Topology {
         let svc_name = topology.svc.name.clone();
         let dev_b_name = topology.dev_b.name.clone();
         topology.serve(&svc_name, SERVICES);
-        topology.serve(&dev_b_name, &["udp:10.65.0.1:4059"]);
+        topology.serve(&dev_b_name, &["udp:10.65.0.1:4059", "tcp:10.65.0.1:4059"]);
         topology
     }
 
@@ -408,6 +408,20 @@ impl Topology {
         let mut buf = [0u8; 6];
         std::io::Read::read_exact(&mut out, &mut buf).expect("netprobe serve did not start");
         self.servers.push(child);
+    }
+
+    /// From the services' side, open a TCP connection (`udp` false) or send a UDP datagram
+    /// and wait for its echo, from `src` to `dst:port`; true when it got through. A meter in
+    /// `devB` (10.65.0.1) listens on TCP and UDP 4059.
+    #[must_use]
+    pub fn from_services(&self, udp: bool, src: &str, dst: &str, port: u16) -> bool {
+        let netprobe = self.netprobe.to_string_lossy().into_owned();
+        let port = port.to_string();
+        let kind = if udp { "udp" } else { "tcp" };
+        self.svc
+            .exec(&[&netprobe, kind, src, dst, &port])
+            .status
+            .success()
     }
 
     /// Send one probe; true when it got through (handshake done, every echo back, ping reply).

@@ -259,9 +259,12 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
                 dst: v4_in_16(dst.octets()),
                 proto,
                 dport: if ports { dport } else { 0 },
+                sport: 0,
+                l4_flags: 0,
                 has_ports: ports,
                 later_fragment: has_ports(proto) && !ports,
                 ifindex: 1,
+                reversed: false,
             };
             let verdict = decide(&identify(&reference, &meta));
             let compiled_allows = matches!(verdict, Verdict::Pass(PassReason::Rule, _));

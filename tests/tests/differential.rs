@@ -77,13 +77,14 @@ fn kernel_and_reference_agree_on_random_frames() {
         };
         policies += 1;
         let mut harness = Harness::new(&generated.text, &[(TEST_IFINDEX, flags)]);
+        let mut oracle_sessions = enforcer::oracle::Sessions::default();
         let batch = FRAMES_PER_POLICY.min(frames - done);
         for _ in 0..batch {
             let frame = generated.frame(&mut rng);
             context.frame.clone_from(&frame);
             let outcome = harness.check(&frame);
             if let Ok(Parsed::Ip(meta)) = reference::parse(&frame, TEST_IFINDEX) {
-                let oracle = enforcer::oracle::judge(&harness.policy, &meta, flags);
+                let oracle = oracle_sessions.judge(&harness.policy, &meta, flags);
                 assert_eq!(
                     oracle,
                     outcome.verdict,
@@ -189,6 +190,8 @@ struct RandomPolicy {
     rule_v4: Vec<String>,
     rule_v6: Vec<String>,
     ports: Vec<u16>,
+    /// Frames generated so far (the last 64), whose replies later frames may be.
+    sent: std::cell::RefCell<Vec<Frame>>,
 }
 
 const V4_NETS: &[&str] = &[
@@ -366,6 +369,7 @@ impl RandomPolicy {
             rule_v4,
             rule_v6,
             ports,
+            sent: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -456,6 +460,27 @@ impl RandomPolicy {
             _ => L4::Other(*rng.pick(&[47u8, 50, 132, 58, 1]), rng.below(40) as usize),
         };
         let mut frame = Frame::new(&src, &dst, l4);
+        // Sessions: a few source ports, so that flows meet again; TCP flags of every kind (a
+        // bare ACK or RST must open nothing); and a quarter of the frames are the other
+        // endpoint's answer to an earlier frame.
+        frame.sport = *rng.pick(&[40000u16, 40001, 443, 53]);
+        frame.tcp_flags = *rng.pick(&[0x02u8, 0x02, 0x02, 0x10, 0x12, 0x18, 0x04, 0x11]);
+        if rng.chance(50) {
+            frame.icmp4_type = 0;
+        }
+        {
+            let mut sent = self.sent.borrow_mut();
+            if !sent.is_empty() && rng.chance(25) {
+                let earlier = sent[rng.below(sent.len() as u64) as usize].clone();
+                frame = earlier.reply(*rng.pick(&[0x12u8, 0x10, 0x18, 0x04, 0x11]));
+            } else {
+                if sent.len() == 64 {
+                    sent.remove(0);
+                }
+                sent.push(frame.clone());
+            }
+        }
+        let v6 = frame.src.is_ipv6();
         if v6 && rng.chance(8) {
             // Neighbour discovery that stays on its link, or claims to.
             frame.hop_limit = 255;

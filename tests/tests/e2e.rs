@@ -242,3 +242,51 @@ fn core_interfaces_drop_non_pool_sources_unless_listed() {
     );
     drop(daemon);
 }
+
+/// Sessions on real traffic: nothing on the services' side may open a connection to a device
+/// or send it an unsolicited datagram (`inbound`), while the devices' own flows of the
+/// scenario (whose TCP handshakes and UDP echoes come back as their sessions' replies) pass.
+/// Without the enforcer the same probes get through, so the test cannot pass by accident.
+#[test]
+fn services_cannot_open_connections_to_devices() {
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+    let mut daemon = Daemon::start(&enforcer_bin(), &policy, &topology, "skb");
+    let meter = "10.65.0.1";
+    assert!(
+        !topology.from_services(false, "198.51.100.10", meter, 4059),
+        "a service opened a TCP connection to a device"
+    );
+    assert!(
+        !topology.from_services(true, "192.0.2.53", meter, 4059),
+        "an unsolicited datagram reached a device and was answered"
+    );
+    // The device's own UDP to a service, answered: its session lets the reply in.
+    let meter_probe = scenario()
+        .into_iter()
+        .find(|p| p.src == meter && p.expect_through)
+        .expect("an allowed probe from the meter");
+    assert!(
+        topology.send(&meter_probe),
+        "{}: the reply of the device's own flow was dropped",
+        meter_probe.label
+    );
+    let stats: Value =
+        serde_json::from_str(&daemon.stats(&["--json"])).expect("stats --json is JSON");
+    assert!(
+        segment_packets(&stats, "-", "drop_inbound") >= 2,
+        "the inbound SYN and datagram are counted as inbound"
+    );
+    assert!(
+        segment_packets(&stats, "-", "pass_reply") >= 1,
+        "the service's answer is counted as a reply"
+    );
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "enforcer run failed on SIGINT:\n{stderr}");
+    daemon.detach().expect("enforcer detach");
+    let through = (0..5).any(|_| topology.from_services(false, "198.51.100.10", meter, 4059));
+    assert!(
+        through,
+        "without the enforcer the service reaches the device"
+    );
+}

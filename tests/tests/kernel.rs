@@ -155,9 +155,19 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(Spoofed),
         ),
         (
-            "non-pool source passes",
+            "non-pool source to a device, in no session: inbound",
             tcp("172.16.0.1", "10.64.0.1", 443).build(),
+            drop(Inbound),
+        ),
+        (
+            "non-pool source to a non-pool destination passes",
+            tcp("172.16.0.1", "198.51.100.10", 443).build(),
             Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
+            "non-pool source to a pool address without a SIM: inbound",
+            tcp("172.16.0.1", "10.64.9.9", 443).build(),
+            drop(Inbound),
         ),
         (
             "lateral to another sim",
@@ -280,9 +290,9 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             drop(Spoofed),
         ),
         (
-            "ipv6 non-pool",
+            "ipv6 non-pool to a device, in no session: inbound",
             tcp("2001:db8::5", "fd00:64:0:1::1", 8080).build(),
-            Verdict::Pass(PassReason::NonPool, 0),
+            drop(Inbound),
         ),
         (
             "ipv6 lateral",
@@ -417,12 +427,11 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
             Verdict::Pass(PassReason::Neighbour, 0),
         ),
         (
-            "the unspecified source toward a unicast destination is not link-scoped: judged (from \
-             outside every pool)",
+            "the unspecified source toward a device is not link-scoped: judged (inbound)",
             Frame::new("::", "fd00:64:0:1::1", L4::Icmp(135))
                 .hop_limit(255)
                 .build(),
-            Verdict::Pass(PassReason::NonPool, 0),
+            drop(Inbound),
         ),
         (
             "router solicitation that crossed a router is judged",
@@ -771,27 +780,27 @@ fn core_interface_takes_only_core_sources_from_outside_the_pools() {
     let cases = [
         (
             "core source, nested in a rule's /24",
-            Frame::new("198.51.100.3", "10.64.0.1", L4::Tcp(443)).build(),
+            Frame::new("198.51.100.3", "203.0.113.50", L4::Tcp(443)).build(),
             Verdict::Pass(PassReason::NonPool, 0),
         ),
         (
             "core source, the rule's own /32 inside it",
-            Frame::new("198.51.100.10", "10.64.0.1", L4::Tcp(443)).build(),
+            Frame::new("198.51.100.10", "203.0.113.50", L4::Tcp(443)).build(),
             Verdict::Pass(PassReason::NonPool, 0),
         ),
         (
             "the same /24 outside the core sources",
-            Frame::new("198.51.100.20", "10.64.0.1", L4::Tcp(443)).build(),
+            Frame::new("198.51.100.20", "203.0.113.50", L4::Tcp(443)).build(),
             drop(DropReason::NonPool),
         ),
         (
             "IPv6 core source",
-            Frame::new("2001:db8:ff::1", "fd00:64:0:1::1", L4::Udp(53)).build(),
+            Frame::new("2001:db8:ff::1", "2001:db8:100::1", L4::Udp(53)).build(),
             Verdict::Pass(PassReason::NonPool, 0),
         ),
         (
             "IPv6 outside the core sources",
-            Frame::new("2001:db8:fe::1", "fd00:64:0:1::1", L4::Udp(53)).build(),
+            Frame::new("2001:db8:fe::1", "2001:db8:100::1", L4::Udp(53)).build(),
             drop(DropReason::NonPool),
         ),
         // Rules toward the nested CIDRs are unchanged.
@@ -823,4 +832,204 @@ fn core_interface_takes_only_core_sources_from_outside_the_pools() {
             );
         }
     }
+}
+
+/// Sessions through BPF_PROG_TEST_RUN, kernel and reference model agreeing on every packet
+/// and counter (`Harness::check`): what opens a session, what its replies get, what nothing
+/// outside may do, and re-checks after a reload and a quarantine.
+#[test]
+fn sessions_follow_what_devices_open() {
+    use DropReason::*;
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const PSH_ACK: u8 = 0x18;
+    const RST: u8 = 0x04;
+    const FIN_ACK: u8 = 0x11;
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let mut harness = Harness::new(POLICY, &[]);
+    let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443));
+    let other_port = syn.clone().sport(40001);
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
+    let ping = Frame::new("10.64.0.1", "192.0.2.1", L4::Icmp(8));
+    let ping6 = Frame::new("fd00:64:0:1::1", "2001:db8::9", L4::Icmp(128));
+    let steps: Vec<(&str, Frame, Verdict)> = vec![
+        ("the device's SYN opens a session", syn.clone(), rule(0)),
+        ("the SYN-ACK is its reply", syn.reply(SYN_ACK), reply(0)),
+        ("the device's ACK", syn.clone().flags(ACK), rule(0)),
+        ("data from the service", syn.reply(PSH_ACK), reply(0)),
+        (
+            "the service to another port of the device: no session",
+            Frame::new("198.51.100.10", "10.64.0.1", L4::Tcp(40005))
+                .sport(443)
+                .flags(ACK),
+            drop(Inbound),
+        ),
+        (
+            "an unsolicited SYN to the device",
+            other_port.reply(SYN),
+            drop(Inbound),
+        ),
+        (
+            "a bare ACK from the device passes by its rule but opens nothing",
+            other_port.clone().flags(ACK),
+            rule(0),
+        ),
+        (
+            "so its 'reply' is inbound",
+            other_port.reply(ACK),
+            drop(Inbound),
+        ),
+        (
+            "an RST from the device",
+            other_port.clone().flags(RST),
+            rule(0),
+        ),
+        (
+            "RST from the service closes the session",
+            syn.reply(RST),
+            reply(0),
+        ),
+        ("a FIN on it", syn.clone().flags(FIN_ACK), rule(0)),
+        (
+            "a new SYN from the device on the same ports",
+            syn.clone(),
+            rule(0),
+        ),
+        ("UDP opens a session", udp.clone(), rule(1)),
+        ("the UDP reply", udp.reply(0), reply(1)),
+        (
+            "UDP from the service's other port: another flow, no session",
+            Frame::new("198.51.100.5", "10.64.0.1", L4::Udp(40000)).sport(5006),
+            drop(Inbound),
+        ),
+        (
+            "unsolicited UDP to the device",
+            Frame::new("198.51.100.5", "10.64.0.1", L4::Udp(40009)).sport(5005),
+            drop(Inbound),
+        ),
+        ("an echo request opens a session", ping.clone(), rule(4)),
+        ("its echo reply", ping.reply(0), reply(4)),
+        ("an ICMPv6 echo request", ping6.clone(), rule(5)),
+        ("its reply", ping6.reply(0), reply(5)),
+        (
+            "an echo reply nobody asked for",
+            Frame::new("192.0.2.7", "10.64.0.1", L4::Icmp(0)).icmp4(0),
+            drop(Inbound),
+        ),
+    ];
+    for (name, frame, expected) in &steps {
+        let built = frame.build();
+        let outcome = harness.check(&built);
+        assert_eq!(outcome.verdict, *expected, "step `{name}`");
+    }
+
+    // A reload without the UDP rule: the UDP session is judged again on its next packet (the
+    // service's reply), found denied, removed; the TCP session, still allowed, goes on.
+    let without_udp = POLICY.replace(
+        "  { to = [\"198.51.100.0/24\"], proto = \"udp\", ports = [\"5000-5010\"] },\n",
+        "",
+    );
+    assert_ne!(without_udp, POLICY);
+    let policy =
+        enforcer::policy::from_str(std::path::Path::new("b.toml"), &without_udp).expect("valid");
+    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
+    let generation = harness
+        .enforcer
+        .apply(&compiled.image)
+        .expect("apply")
+        .generation;
+    let old = std::mem::replace(
+        &mut harness.reference,
+        enforcer::reference::Reference::new(&compiled.image, generation, Default::default()),
+    );
+    harness.reference = old.reloaded(&compiled.image, generation);
+    harness.policy = policy;
+    harness.compiled = compiled;
+    for (name, frame, expected) in [
+        (
+            "the UDP reply after the rule went: the session is cut",
+            udp.reply(0),
+            drop(NoRule),
+        ),
+        ("and stays cut", udp.reply(0), drop(Inbound)),
+        (
+            "the TCP session, still allowed (rule 0)",
+            syn.reply(ACK),
+            reply(0),
+        ),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+
+    // Quarantine cuts every session of the SIM on its next packet, either way.
+    let sim = harness.sim_of("001010000000001");
+    harness
+        .enforcer
+        .set_sim_quarantine(sim, true)
+        .expect("quarantine");
+    harness.enforcer.bump_epoch().expect("epoch");
+    harness.reference.set_quarantined(sim, true);
+    for (name, frame, expected) in [
+        (
+            "the service's packet to the quarantined device",
+            syn.reply(ACK),
+            drop(Quarantined),
+        ),
+        ("its session is gone", syn.reply(ACK), drop(Inbound)),
+        ("the device's own packet", ping.clone(), drop(Quarantined)),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+}
+
+/// The daemon's sweep removes sessions idle past their state's timeout, and only those.
+#[test]
+fn idle_sessions_are_swept() {
+    use enforcer_common::session::Timeouts;
+    let mut harness = Harness::new(POLICY, &[]);
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
+    let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443));
+    for (frame, id) in [(&udp, 1), (&syn, 0)] {
+        assert_eq!(harness.check(&frame.build()).verdict, rule(id));
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    let now = u64::try_from(ts.tv_sec).expect("time") * 1_000_000_000
+        + u64::try_from(ts.tv_nsec).expect("time");
+    let timeouts = Timeouts {
+        tcp_syn: 30,
+        udp: 120,
+        ..Timeouts::default()
+    };
+    let sweep = harness
+        .enforcer
+        .expire_sessions(now, &timeouts)
+        .expect("sweep");
+    assert_eq!((sweep.live, sweep.expired), (2, 0), "fresh sessions stay");
+    // A minute later the unanswered SYN (30 s) has expired, the UDP session (120 s) not.
+    let later = now + 60 * 1_000_000_000;
+    let sweep = harness
+        .enforcer
+        .expire_sessions(later, &timeouts)
+        .expect("sweep");
+    assert_eq!((sweep.live, sweep.expired), (1, 1));
+    // Its SYN-ACK now finds no session.
+    let outcome = harness
+        .enforcer
+        .test_run(&syn.reply(0x12).build(), 1, TEST_IFINDEX);
+    assert_eq!(
+        outcome.expect("test run").0,
+        enforcer_common::verdict::XDP_DROP,
+        "the expired session's reply is inbound"
+    );
+    let sweep = harness
+        .enforcer
+        .expire_sessions(now + 200 * 1_000_000_000, &timeouts)
+        .expect("sweep");
+    assert_eq!((sweep.live, sweep.expired), (0, 1));
 }

@@ -38,6 +38,8 @@ pub(crate) enum Event {
     Hangup,
     /// Time to check that every interface still runs its link.
     CheckLinks,
+    /// Time to remove idle and closed sessions.
+    SweepSessions,
     /// A stop signal (its name).
     Stop(&'static str),
 }
@@ -65,7 +67,7 @@ impl Event {
                 | Command::Reload
                 | Command::Explain { .. } => false,
             },
-            Event::Hangup | Event::CheckLinks | Event::Stop(_) => false,
+            Event::Hangup | Event::CheckLinks | Event::SweepSessions | Event::Stop(_) => false,
         }
     }
 }
@@ -341,6 +343,8 @@ pub struct Daemon {
     applies: u64,
     generation: u8,
     ifaces: Vec<Iface>,
+    /// Sessions the last sweep left, for `status`.
+    sessions_live: usize,
 }
 
 impl Daemon {
@@ -372,6 +376,36 @@ impl Daemon {
             applies: 0,
             generation: 0,
             ifaces,
+            sessions_live: 0,
+        }
+    }
+
+    /// Remove sessions idle past their timeout (`--*-timeout`).
+    fn sweep_sessions(&mut self) {
+        let now = monotonic_coarse_ns();
+        match self.enforcer.expire_sessions(now, &self.settings.timeouts) {
+            Ok(sweep) => {
+                self.sessions_live = sweep.live;
+                debug!(
+                    live = sweep.live,
+                    expired = sweep.expired,
+                    "Sessions swept."
+                );
+            }
+            Err(err) => warn!(error = %err, "Sweeping idle sessions failed; retrying later."),
+        }
+    }
+
+    /// After a change made in place (a quarantine, a bind): every session is checked again
+    /// on its next packet. A failure is logged: the change itself is in the maps, and sessions
+    /// of the old epoch are checked at the next change.
+    fn sessions_recheck(&mut self) {
+        if let Err(err) = self.enforcer.bump_epoch() {
+            error!(
+                error = %err,
+                "Raising the policy epoch failed; live sessions are checked against the change \
+                 only after the next one."
+            );
         }
     }
 
@@ -450,6 +484,7 @@ impl Daemon {
                 }
             }
             Event::CheckLinks => self.check_links(),
+            Event::SweepSessions => self.sweep_sessions(),
             Event::Stop(_) => {}
         }
     }
@@ -473,16 +508,28 @@ impl Daemon {
             }
             Command::SimShow { imsi } => self.sim_info(&imsi).map(Reply::Sim),
             Command::SimQuarantine { imsi, source } => {
-                self.quarantine(&imsi, &source).map(Reply::Sim)
+                let done = self.quarantine(&imsi, &source);
+                self.sessions_recheck();
+                done.map(Reply::Sim)
             }
-            Command::SimRelease { imsi } => self.release(&imsi).map(Reply::Sim),
+            Command::SimRelease { imsi } => {
+                let done = self.release(&imsi);
+                self.sessions_recheck();
+                done.map(Reply::Sim)
+            }
             Command::SimBind {
                 imsi,
                 address,
                 source,
-            } => self.bind(&imsi, &address, &source).map(Reply::Sim),
+            } => {
+                let done = self.bind(&imsi, &address, &source);
+                self.sessions_recheck();
+                done.map(Reply::Sim)
+            }
             Command::SimUnbind { imsi, address } => {
-                self.unbind(&imsi, address.as_deref()).map(Reply::Sim)
+                let done = self.unbind(&imsi, address.as_deref());
+                self.sessions_recheck();
+                done.map(Reply::Sim)
             }
             Command::Explain { query } => {
                 self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
@@ -1037,6 +1084,12 @@ impl Daemon {
                 used: fill.needed,
                 capacity: fill.capacity,
             })
+            .chain(std::iter::once(MapFill {
+                map: names::SESSIONS.to_owned(),
+                what: "sessions (as of the last sweep)".to_owned(),
+                used: self.sessions_live,
+                capacity: self.enforcer.capacity().sessions,
+            }))
             .collect();
         let program = self.enforcer.program().ok().and_then(|p| p.info().ok());
         Status {
@@ -1267,6 +1320,18 @@ fn stream_rows(
     }
     chunk.extend_from_slice(END_OF_ROWS);
     let _ = tx.blocking_send(chunk);
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the program stamps sessions with
+/// (`bpf_ktime_get_coarse_ns`).
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 #[cfg(test)]

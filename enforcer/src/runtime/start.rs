@@ -30,6 +30,10 @@ use crate::{
 /// (ENOBUFS) or fail to open.
 const LINK_CHECK: Duration = Duration::from_secs(5);
 
+/// How often idle and closed sessions are removed (on a blocking thread; the program never
+/// waits for it): the shortest default timeout is 10 s, so a closed session goes within 20 s.
+const SESSION_SWEEP: Duration = Duration::from_secs(10);
+
 /// Everything `enforcer run` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -51,6 +55,8 @@ pub struct Settings {
     pub store: PathBuf,
     /// Map capacities.
     pub limits: Limits,
+    /// Session idle timeouts.
+    pub timeouts: enforcer_common::session::Timeouts,
 }
 
 /// Read, validate and compile `path` with positional ids, for the offline tools (`policy
@@ -268,6 +274,7 @@ async fn actor(
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut checks = tokio::time::interval(LINK_CHECK);
+    let mut sweeps = tokio::time::interval(SESSION_SWEEP);
     loop {
         let link_event = async {
             match watcher.as_mut() {
@@ -285,6 +292,7 @@ async fn actor(
                 Event::CheckLinks
             }
             _ = checks.tick() => Event::CheckLinks,
+            _ = sweeps.tick() => Event::SweepSessions,
         };
         match event {
             Event::Stop(signal) => {

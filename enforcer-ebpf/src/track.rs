@@ -1,0 +1,119 @@
+//! Stage 3, track: sessions (`enforcer_common::session`) over the kernel's `SESSIONS` map.
+//!
+//! Reads `CONFIG` (the epoch); reads and writes `SESSIONS`. The decision is
+//! `enforcer_common::session::judge`; this module only implements its table.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use enforcer_common::{
+    Inputs,
+    decide::PacketMeta,
+    maps::SimEntry,
+    session::{Found, Session, SessionKey, SessionState, SessionTable},
+};
+
+use crate::maps::{CONFIG, SESSIONS};
+
+/// `-EEXIST`: another CPU created the same session first.
+const EEXIST: i32 = -17;
+
+/// `SESSIONS` for one packet: the entry found last, so that counting a packet or bringing
+/// its session up to date needs no second lookup.
+pub struct KernelSessions {
+    found: *mut Session,
+}
+
+impl KernelSessions {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self {
+            found: core::ptr::null_mut(),
+        }
+    }
+}
+
+impl SessionTable for KernelSessions {
+    #[inline(always)]
+    fn epoch(&self) -> u32 {
+        CONFIG.get(0).map_or(0, |config| config.epoch)
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: a helper without arguments, available to XDP programs since Linux 5.11.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
+
+    #[inline(always)]
+    fn find(&self, key: &SessionKey) -> Option<Found> {
+        let entry = SESSIONS.get_ptr_mut(key)?;
+        // SAFETY: `entry` comes from a successful lookup and stays valid for this program run
+        // (the map is not preallocated: a concurrent delete frees it only after RCU).
+        let session = unsafe { Found::of(&*entry) };
+        // Interior state of this per-packet helper: `find` takes `&self` as the trait says.
+        let this = self as *const Self as *mut Self;
+        // SAFETY: `this` is `self`, used by this packet's run alone.
+        unsafe { (*this).found = entry };
+        Some(session)
+    }
+
+    #[inline(always)]
+    fn create(&mut self, key: &SessionKey, session: &Session) -> bool {
+        match SESSIONS.insert(key, session, u64::from(BPF_NOEXIST)) {
+            Ok(()) => true,
+            Err(err) => err == EEXIST,
+        }
+    }
+
+    #[inline(always)]
+    fn touch(&mut self, _key: &SessionKey, from_device: bool, bytes: u64, state: SessionState) {
+        let entry = self.found;
+        if entry.is_null() {
+            return;
+        }
+        let now = self.now_ns();
+        let slot = usize::from(!from_device);
+        // SAFETY: `entry` is the live entry `find` returned in this run. Both directions of a
+        // session may run on two CPUs at once: the counters are added atomically; the state
+        // and time are single aligned stores (a racing packet may win, both are current).
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*entry).packets).cast::<u64>().add(slot),
+                1,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*entry).bytes).cast::<u64>().add(slot),
+                bytes,
+            );
+            (*entry).state = state as u8;
+            (*entry).seen_ns = now;
+        }
+    }
+
+    #[inline(always)]
+    fn refresh(&mut self, _key: &SessionKey, sim: &SimEntry, rule: u32, epoch: u32) {
+        let entry = self.found;
+        if entry.is_null() {
+            return;
+        }
+        // SAFETY: as in `touch`.
+        unsafe {
+            (*entry).sim = sim.sim;
+            (*entry).segment = sim.segment;
+            (*entry).rule = rule;
+            (*entry).epoch = epoch;
+        }
+    }
+
+    #[inline(always)]
+    fn identify(&self, meta: &PacketMeta) -> Inputs {
+        crate::identify::lookup(meta)
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, key: &SessionKey) {
+        let _ = SESSIONS.remove(key);
+        self.found = core::ptr::null_mut();
+    }
+}
