@@ -279,7 +279,7 @@ pub trait SessionTable {
     /// `CLOCK_MONOTONIC` now, nanoseconds.
     fn now_ns(&self) -> u64;
     /// What the packet path needs of `key`'s session (not its timestamps and counters).
-    fn find(&self, key: &SessionKey) -> Option<Found>;
+    fn find(&mut self, key: &SessionKey) -> Option<Found>;
     /// Add a new session; `false` when the table is full (nothing was added).
     fn create(&mut self, key: &SessionKey, session: &Session) -> bool;
     /// Count one packet of `bytes` bytes in `key`'s session and set its state and last-seen

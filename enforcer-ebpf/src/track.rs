@@ -46,15 +46,12 @@ impl SessionTable for KernelSessions {
     }
 
     #[inline(always)]
-    fn find(&self, key: &SessionKey) -> Option<Found> {
+    fn find(&mut self, key: &SessionKey) -> Option<Found> {
         let entry = SESSIONS.get_ptr_mut(key)?;
         // SAFETY: `entry` comes from a successful lookup and stays valid for this program run
         // (the map is not preallocated: a concurrent delete frees it only after RCU).
         let session = unsafe { Found::of(&*entry) };
-        // Interior state of this per-packet helper: `find` takes `&self` as the trait says.
-        let this = self as *const Self as *mut Self;
-        // SAFETY: `this` is `self`, used by this packet's run alone.
-        unsafe { (*this).found = entry };
+        self.found = entry;
         Some(session)
     }
 
@@ -108,7 +105,10 @@ impl SessionTable for KernelSessions {
 
     #[inline(always)]
     fn identify(&self, meta: &PacketMeta) -> Inputs {
-        crate::identify::lookup(meta)
+        let mut inputs = Inputs::default();
+        // Used, so that LLVM keeps the return value (see `identify_into`).
+        inputs.rule = identify_into(meta, &mut inputs);
+        inputs
     }
 
     #[inline(always)]
@@ -116,4 +116,16 @@ impl SessionTable for KernelSessions {
         let _ = SESSIONS.remove(key);
         self.found = core::ptr::null_mut();
     }
+}
+
+/// Stage 2, identify, as a BPF function of its own: its lookup keys live in its own stack frame
+/// while the session's key and state wait in the caller's (the verifier allows 512 bytes for
+/// the deepest chain of calls, which everything inlined into one function passed). Returns the
+/// rule found, which the caller uses: a BPF function that returns nothing (or a value no caller
+/// reads, which LLVM then drops) leaves the pointer to `out` in its return register, and the
+/// verifier refuses a stack pointer returned to the caller.
+#[inline(never)]
+fn identify_into(meta: &PacketMeta, out: &mut Inputs) -> u32 {
+    *out = crate::identify::lookup(meta);
+    out.rule
 }

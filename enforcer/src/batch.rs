@@ -263,3 +263,53 @@ fn lookup_range<T: Pod>(fd: u32, start: usize, out: &mut [T], cpus: usize) -> io
     }
     Ok(read)
 }
+
+/// Every entry of the (not per-CPU) hash map behind `fd`, a chunk of entries per syscall
+/// (`BPF_MAP_LOOKUP_BATCH`): a hash map's batch token is a bucket index (`u32`), the kernel
+/// returns whole buckets, ENOENT marks the end, and ENOSPC a bucket larger than the chunk (then
+/// the chunk doubles). Entries the program adds or deletes meanwhile may or may not be seen,
+/// as with any walk of a live hash map.
+pub fn lookup_hash<K: Pod + Default, V: Pod + Default>(fd: impl AsFd) -> io::Result<Vec<(K, V)>> {
+    let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let mut chunk = 16_384usize;
+    let mut out = Vec::new();
+    let mut token_in = 0u32;
+    let mut token_out = 0u32;
+    let mut first = true;
+    loop {
+        let mut keys = vec![K::default(); chunk];
+        let mut values = vec![V::default(); chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                (&raw const token_in) as u64
+            },
+            out_batch: (&raw mut token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: u32::try_from(chunk).unwrap_or(u32::MAX),
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys` and `values` hold `chunk` keys and
+        // values of the map's key and value types (`K`, `V`: Pod, the map's sizes), and both
+        // tokens are the u32 bucket index a hash map uses; all outlive the call.
+        let done = match unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(()) => false,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 24) => {
+                chunk *= 2;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let got = (attr.count as usize).min(chunk);
+        out.extend(keys.into_iter().zip(values).take(got));
+        if done {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}

@@ -456,10 +456,30 @@ impl Enforcer {
         Ok(epoch)
     }
 
+    /// Every live session (`SESSIONS`), read in batches of 16,384 entries a syscall.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `SESSIONS` cannot be read.
+    pub fn sessions(
+        &self,
+    ) -> Result<
+        Vec<(
+            enforcer_common::session::SessionKey,
+            enforcer_common::session::Session,
+        )>,
+        LoadError,
+    > {
+        batch::lookup_hash(self.map_data(names::SESSIONS)?.fd()).map_err(|source| LoadError::Map {
+            map: names::SESSIONS,
+            what: "reading",
+            source,
+        })
+    }
+
     /// Remove the sessions idle longer than `timeouts` allow for their state, as of `now_ns`
     /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns how many
-    /// stay and how many went. One pass reads every entry (two syscalls each: aya 0.14 has no
-    /// batch lookup) and deletes the expired ones in batches. A session that sends again
+    /// stay and how many went. One pass reads every entry in batches ([`Enforcer::sessions`])
+    /// and deletes the expired ones in batches. A session that sends again
     /// between the read and the delete loses its entry: its device's next packet that may
     /// open one (a SYN, any UDP) opens it again; mid-connection TCP does not (as after any
     /// expiry), which the timeouts, far above what a live flow stays idle, make rare.
@@ -471,19 +491,10 @@ impl Enforcer {
         now_ns: u64,
         timeouts: &enforcer_common::session::Timeouts,
     ) -> Result<SessionSweep, LoadError> {
-        use enforcer_common::session::{Session, SessionKey, SessionState, idle_timeout};
-        let map = self.map_ref(names::SESSIONS)?;
-        let sessions: HashMap<&MapData, SessionKey, Session> =
-            HashMap::try_from(map).map_err(map_err(names::SESSIONS, "opening"))?;
+        use enforcer_common::session::{SessionState, idle_timeout};
         let mut expired = Vec::new();
         let mut live = 0usize;
-        for entry in sessions.iter() {
-            let (key, session) = match entry {
-                Ok(entry) => entry,
-                // Deleted by the program meanwhile (a re-check that found it denied).
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(error) => return Err(map_err(names::SESSIONS, "reading")(error)),
-            };
+        for (key, session) in self.sessions()? {
             let state = SessionState::from_u8(session.state);
             let idle = now_ns.saturating_sub(session.seen_ns);
             let limit = idle_timeout(state, key.proto, timeouts).saturating_mul(1_000_000_000);

@@ -44,6 +44,9 @@ enum Command {
     Policy(PolicyCommand),
     /// Show per-SIM, per-segment and per-rule counters of the running daemon.
     Stats(StatsArgs),
+    /// Show the running daemon's live sessions: addresses, ports, protocol, state, age, packets
+    /// and bytes each way, and the rule that allowed each.
+    Flows(StatsArgs),
     /// Show what the running daemon has loaded and attached.
     Status {
         /// Print JSON.
@@ -287,6 +290,7 @@ fn main() -> ExitCode {
         }
         Command::Stats(args) => cli::daemon::stats(&args.socket.socket, &args.imsi, args.json),
         Command::Status { json, socket } => cli::daemon::status(&socket.socket, json),
+        Command::Flows(args) => cli::daemon::flows(&args.socket.socket, &args.imsi, args.json),
         Command::Sim(command) => {
             use cli::daemon::SimAction;
             let (action, args) = match command {

@@ -83,7 +83,7 @@ impl SessionTable for WithTables<'_> {
         self.sessions.now_ns
     }
 
-    fn find(&self, key: &SessionKey) -> Option<Found> {
+    fn find(&mut self, key: &SessionKey) -> Option<Found> {
         self.sessions.table.get(key).map(Found::of)
     }
 

@@ -271,6 +271,52 @@ fn services_cannot_open_connections_to_devices() {
         "{}: the reply of the device's own flow was dropped",
         meter_probe.label
     );
+    // `enforcer flows` lists the meter's session with both directions counted and its rule.
+    let flows = match daemon.try_cli(&["flows", "--json"]) {
+        Ok(out) => out,
+        Err(err) => {
+            let (_, _, stderr) = daemon.stop();
+            panic!("enforcer flows failed: {err}\ndaemon:\n{stderr}");
+        }
+    };
+    let flows: Value = serde_json::from_str(&flows).expect("JSON");
+    let meter_flow = flows
+        .as_array()
+        .expect("a list of flows")
+        .iter()
+        .find(|f| f["imsi"] == "001010000000101" && f["peer"] == "198.51.100.30:4059")
+        .unwrap_or_else(|| panic!("the meter's session in {flows}"));
+    assert_eq!(meter_flow["proto"], "udp");
+    assert_eq!(meter_flow["state"], "open");
+    assert!(
+        meter_flow["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("10.65.0.1:"))
+    );
+    assert!(
+        meter_flow["packets_out"].as_u64() >= Some(1),
+        "{meter_flow}"
+    );
+    assert!(meter_flow["packets_in"].as_u64() >= Some(1), "{meter_flow}");
+    assert!(
+        meter_flow["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains(" @ ")),
+        "the rule with its file:line: {meter_flow}"
+    );
+    let only: Value =
+        serde_json::from_str(&daemon.cli(&["flows", "--imsi", "001010000000101", "--json"]))
+            .expect("JSON");
+    assert!(
+        only.as_array()
+            .is_some_and(|f| !f.is_empty() && f.iter().all(|f| f["imsi"] == "001010000000101")),
+        "{only}"
+    );
+    let table = daemon.cli(&["flows"]);
+    assert!(
+        table.contains("198.51.100.30:4059") && table.contains("sessions"),
+        "{table}"
+    );
     let stats: Value =
         serde_json::from_str(&daemon.stats(&["--json"])).expect("stats --json is JSON");
     assert!(

@@ -924,6 +924,36 @@ fn sessions_follow_what_devices_open() {
         assert_eq!(outcome.verdict, *expected, "step `{name}`");
     }
 
+    // The kernel's table holds what the model's holds: the same sessions, each with its
+    // device side, SIM, rule, TCP state, and packets and bytes counted each way.
+    let strip = |s: &enforcer_common::session::Session| {
+        (s.sim, s.rule, s.state, s.device_first, s.packets, s.bytes)
+    };
+    let mut kernel: Vec<_> = harness
+        .enforcer
+        .sessions()
+        .expect("read SESSIONS")
+        .iter()
+        .map(|(k, s)| (*k, strip(s)))
+        .collect();
+    let mut model: Vec<_> = harness
+        .reference
+        .sessions()
+        .table
+        .iter()
+        .map(|(k, s)| (*k, strip(s)))
+        .collect();
+    kernel.sort_unstable();
+    model.sort_unstable();
+    assert_eq!(
+        kernel, model,
+        "the kernel's sessions differ from the model's"
+    );
+    assert!(
+        kernel.iter().any(|(_, s)| s.4[1] >= 2),
+        "replies were counted: {kernel:?}"
+    );
+
     // A reload without the UDP rule: the UDP session is judged again on its next packet (the
     // service's reply), found denied, removed; the TCP session, still allowed, goes on.
     let without_udp = POLICY.replace(

@@ -35,6 +35,63 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 /// `enforcer status`.
+/// `enforcer flows`: the daemon's live sessions, busiest first, as a table or JSON.
+///
+/// # Errors
+/// No daemon, an unknown IMSI, or a broken exchange.
+pub fn flows(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let reply = call(
+        socket,
+        &Command::Flows {
+            imsis: imsis.to_vec(),
+        },
+    )?;
+    let Reply::Flows(enforcer::control::Flows { flows }) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return print_json(&flows);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<6} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  RULE",
+        "IMSI",
+        "PROTO",
+        "DEVICE",
+        "PEER",
+        "STATE",
+        "AGE_S",
+        "IDLE_S",
+        "PKTS_OUT",
+        "BYTES_OUT",
+        "PKTS_IN",
+        "BYTES_IN"
+    );
+    for f in &flows {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  {}",
+            f.imsi,
+            f.proto,
+            f.device,
+            f.peer,
+            f.state,
+            f.age_s,
+            f.idle_s,
+            f.packets_out,
+            f.bytes_out,
+            f.packets_in,
+            f.bytes_in,
+            f.rule
+        );
+    }
+    let _ = writeln!(out, "{} sessions", flows.len());
+    print!("{out}");
+    Ok(())
+}
+
 pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let reply = call(socket, &Command::Status)?;
     let Reply::Status(status) = reply else {

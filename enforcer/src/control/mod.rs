@@ -71,6 +71,11 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stream: Option<RowFormat>,
     },
+    /// Live sessions ([`Flow`]); `imsis` filters them by device, empty for all.
+    Flows {
+        /// IMSIs whose sessions to show; empty for all.
+        imsis: Vec<String>,
+    },
     /// Validate, compile and apply a policy file; it becomes the file SIGHUP reloads.
     ApplyPolicy {
         /// Policy file, as the daemon (not the client) resolves it: pass an absolute path.
@@ -136,11 +141,50 @@ pub enum Reply {
     Sim(SimInfo),
     /// For [`Command::Explain`].
     Explained(Box<Explanation>),
+    /// For [`Command::Flows`].
+    Flows(Flows),
     /// The command failed and changed nothing; the text says why and what to do.
     Error {
         /// Message for the operator.
         message: String,
     },
+}
+
+/// The reply to [`Command::Flows`] (a struct: the reply is an internally tagged enum, which
+/// cannot carry a bare list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flows {
+    /// Live sessions, busiest (most bytes both ways) first.
+    pub flows: Vec<Flow>,
+}
+
+/// One live session (`SESSIONS`), as `enforcer flows` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// The device's IMSI (3GPP TS 23.003).
+    pub imsi: String,
+    /// IP protocol name (`tcp`, `udp`, `icmp`, `icmpv6`).
+    pub proto: String,
+    /// The device's address and port (an echo's identifier for ICMP).
+    pub device: String,
+    /// The peer's address and port.
+    pub peer: String,
+    /// TCP state (`syn_sent`, `established`, `closing`, `closed`), `open` for others.
+    pub state: String,
+    /// Seconds since the session opened.
+    pub age_s: u64,
+    /// Seconds since its last packet.
+    pub idle_s: u64,
+    /// Packets and bytes from the device.
+    pub packets_out: u64,
+    /// Bytes from the device.
+    pub bytes_out: u64,
+    /// Packets to the device.
+    pub packets_in: u64,
+    /// Bytes to the device.
+    pub bytes_in: u64,
+    /// The rule that allowed it, as `stats` names rules (`owner @ file:line: description`).
+    pub rule: String,
 }
 
 /// A running daemon's state.

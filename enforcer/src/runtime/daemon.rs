@@ -63,6 +63,7 @@ impl Event {
                     stream.is_none() && !imsis.is_empty() && imsis.len() <= QUICK_STATS
                 }
                 Command::Status
+                | Command::Flows { .. }
                 | Command::ApplyPolicy { .. }
                 | Command::Reload
                 | Command::Explain { .. } => false,
@@ -380,6 +381,70 @@ impl Daemon {
         }
     }
 
+    /// The live sessions, of the SIMs `imsis` only when given, busiest first.
+    fn flows(&self, imsis: &[String]) -> anyhow::Result<Vec<crate::control::Flow>> {
+        use enforcer_common::session::SessionState;
+        let mut only = HashSet::new();
+        for imsi in imsis {
+            only.insert(self.sim(imsi)?.1);
+        }
+        let now = monotonic_coarse_ns();
+        let endpoint = |addr: [u8; 16], port: u16, v6: bool| {
+            let ip = if v6 {
+                std::net::IpAddr::from(addr)
+            } else {
+                std::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+            };
+            match ip {
+                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
+            }
+        };
+        let mut flows: Vec<(u64, crate::control::Flow)> = self
+            .enforcer
+            .sessions()
+            .context("reading the session table")?
+            .into_iter()
+            .filter(|(_, s)| only.is_empty() || only.contains(&s.sim))
+            .map(|(key, s)| {
+                let v6 = key.v6 == 1;
+                let a = endpoint(key.addr_a, key.port_a, v6);
+                let b = endpoint(key.addr_b, key.port_b, v6);
+                let (device, peer) = if s.device_first == 1 { (a, b) } else { (b, a) };
+                let proto = match key.proto {
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    1 => "icmp".to_owned(),
+                    58 => "icmpv6".to_owned(),
+                    other => other.to_string(),
+                };
+                let rule = self
+                    .names
+                    .rules
+                    .get(s.rule as usize)
+                    .and_then(Clone::clone)
+                    .unwrap_or_else(|| format!("rule #{}", s.rule));
+                let flow = crate::control::Flow {
+                    imsi: self.imsi_of(s.sim),
+                    proto,
+                    device,
+                    peer,
+                    state: SessionState::from_u8(s.state).name().to_owned(),
+                    age_s: now.saturating_sub(s.created_ns) / 1_000_000_000,
+                    idle_s: now.saturating_sub(s.seen_ns) / 1_000_000_000,
+                    packets_out: s.packets[0],
+                    bytes_out: s.bytes[0],
+                    packets_in: s.packets[1],
+                    bytes_in: s.bytes[1],
+                    rule,
+                };
+                (s.bytes[0] + s.bytes[1], flow)
+            })
+            .collect();
+        flows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.device.cmp(&b.1.device)));
+        Ok(flows.into_iter().map(|(_, f)| f).collect())
+    }
+
     /// Remove sessions idle past their timeout (`--*-timeout`).
     fn sweep_sessions(&mut self) {
         let now = monotonic_coarse_ns();
@@ -500,6 +565,9 @@ impl Daemon {
         }
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Command::Flows { imsis } => self
+                .flows(&imsis)
+                .map(|flows| Reply::Flows(crate::control::Flows { flows })),
             Command::Stats { imsis, .. } => self.stats(&imsis).map(|r| Reply::Stats(Box::new(r))),
             Command::ApplyPolicy { path } => self.apply_file(&path).map(Reply::Applied),
             Command::Reload => {
