@@ -48,8 +48,28 @@ impl Harness {
     /// If the program cannot be loaded (tests need root).
     #[must_use]
     pub fn from_policy(policy: ValidatedPolicy, ifaces: &[(u32, u32)]) -> Self {
+        Self::load(policy, ifaces, None)
+    }
+
+    /// Load policy text with a session table of `sessions` entries (kernel and model alike).
+    ///
+    /// # Panics
+    /// As [`Harness::new`].
+    #[must_use]
+    pub fn with_sessions(policy_text: &str, ifaces: &[(u32, u32)], sessions: u32) -> Self {
+        let policy = policy::from_str(Path::new("test.toml"), policy_text)
+            .unwrap_or_else(|e| panic!("test policy is invalid:\n{e}\n{policy_text}"));
+        let harness = Self::load(policy, ifaces, Some(sessions));
+        harness.reference.sessions().capacity = sessions as usize;
+        harness
+    }
+
+    fn load(policy: ValidatedPolicy, ifaces: &[(u32, u32)], sessions: Option<u32>) -> Self {
         let compiled = compile::compile_fresh(&policy).expect("test policy compiles");
-        let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
+        let mut capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
+        if let Some(sessions) = sessions {
+            capacity.sessions = sessions;
+        }
         let mut enforcer = Enforcer::load(capacity, None)
             .unwrap_or_else(|e| panic!("loading the XDP program failed (are you root?): {e:?}"));
         let generation = enforcer

@@ -1063,3 +1063,51 @@ fn idle_sessions_are_swept() {
         .expect("sweep");
     assert_eq!((sweep.live, sweep.expired), (0, 1));
 }
+
+/// A table filled by one device's sessions fails closed: the device's next new session is
+/// dropped (`sessions_full`) and counted, nothing the policy forbids gets through, and the live
+/// sessions, another device's among them, keep working.
+#[test]
+fn a_full_session_table_fails_closed_and_keeps_live_sessions() {
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let mut harness = Harness::with_sessions(POLICY, &[], 4);
+    // A meter's session first (10.65.0.3, meters rule 0 of its segment: any to 203.0.113.5).
+    let meter = Frame::new("10.65.0.3", "203.0.113.5", L4::Udp(9000));
+    let meter_rule = match harness.check(&meter.build()).verdict {
+        Verdict::Pass(PassReason::Rule, id) => id,
+        other => panic!("the meter's flow is allowed, got {other:?}"),
+    };
+    // The charger fills the rest: DNS from three source ports.
+    let dns = |port: u16| Frame::new("10.64.0.1", "8.8.8.8", L4::Udp(53)).sport(port);
+    for port in [1000, 1001, 1002] {
+        assert_eq!(
+            harness.check(&dns(port).build()).verdict,
+            rule(2),
+            "session {port}"
+        );
+    }
+    // Full: the fourth DNS flow is dropped, and counted as such (kernel and model agree).
+    assert_eq!(
+        harness.check(&dns(1003).build()).verdict,
+        drop(DropReason::SessionsFull)
+    );
+    // Nothing forbidden passes, full or not.
+    assert_eq!(
+        harness
+            .check(&Frame::new("10.64.0.1", "8.8.4.4", L4::Udp(99)).build())
+            .verdict,
+        drop(DropReason::NoRule)
+    );
+    assert_eq!(
+        harness.check(&dns(1003).reply(0).build()).verdict,
+        drop(DropReason::Inbound),
+        "no session was made for the refused flow"
+    );
+    // The live sessions, the other device's too, keep working both ways.
+    assert_eq!(
+        harness.check(&meter.reply(0).build()).verdict,
+        reply(meter_rule)
+    );
+    assert_eq!(harness.check(&meter.build()).verdict, rule(meter_rule));
+    assert_eq!(harness.check(&dns(1000).reply(0).build()).verdict, reply(2));
+}
