@@ -456,6 +456,27 @@ impl Enforcer {
         Ok(epoch)
     }
 
+    /// Write `sessions` into `SESSIONS` as the program would have (benchmarks and tests: a
+    /// table of two million sessions is not opened packet by packet).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if the write fails (the table full, for one).
+    pub fn insert_sessions(
+        &self,
+        sessions: &[(
+            enforcer_common::session::SessionKey,
+            enforcer_common::session::Session,
+        )],
+    ) -> Result<(), LoadError> {
+        batch::update(self.map_data(names::SESSIONS)?.fd(), sessions).map_err(|source| {
+            LoadError::Map {
+                map: names::SESSIONS,
+                what: "writing",
+                source,
+            }
+        })
+    }
+
     /// Every live session (`SESSIONS`), read in batches of 16,384 entries a syscall.
     ///
     /// # Errors
