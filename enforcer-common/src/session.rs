@@ -124,7 +124,7 @@ pub struct Session {
     pub state: u8,
     /// 1 when the device is the key's first endpoint (`addr_a`), else 0.
     pub device_first: u8,
-    /// When it was created, `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
+    /// When it was created, `CLOCK_MONOTONIC_COARSE` nanoseconds (`bpf_ktime_get_coarse_ns`).
     pub created_ns: u64,
     /// When its last packet was seen, same clock.
     pub seen_ns: u64,
