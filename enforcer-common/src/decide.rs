@@ -14,7 +14,8 @@
 //! Precedence in [`decide`], first match wins:
 //! 1. source outside every pool: pass (or drop, on a core interface, unless the source is in
 //!    the policy's `core_sources`);
-//! 2. source in a pool without a SIM: drop, spoofed;
+//! 2. source in a pool without a SIM, or a SIM's address arriving on a `service` interface:
+//!    drop, spoofed;
 //! 3. quarantined SIM: drop, whatever its rules;
 //! 4. a rule allows the packet ([`crate::rules`]): pass;
 //! 5. destination inside a pool: drop, lateral;
@@ -23,8 +24,8 @@
 
 use crate::{
     maps::{
-        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, NET_CORE_SOURCE, NET_POOL,
-        NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
+        CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, IFACE_SERVICE, NET_CORE_SOURCE,
+        NET_POOL, NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
     },
     rules::{NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
@@ -292,9 +293,24 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     };
     // A core interface takes non-pool sources only from the policy's `core_sources`.
     let core_source = src_in_net && src_net.flags & NET_CORE_SOURCE != 0;
-    let drop_non_pool = src.kind == SrcKind::Outside
-        && !core_source
-        && tables.iface_flags(meta.ifindex) & IFACE_DROP_NON_POOL != 0;
+    let iface = tables.iface_flags(meta.ifindex);
+    let drop_non_pool =
+        src.kind == SrcKind::Outside && !core_source && iface & IFACE_DROP_NON_POOL != 0;
+    // A device's address arriving from the services' side is forged: the sender is `spoofed`
+    // and no rule applies (not when a reply is judged in its device's direction, `reversed`:
+    // the device did not send it).
+    if src.kind == SrcKind::Sim && iface & IFACE_SERVICE != 0 && !meta.reversed {
+        return Inputs {
+            src: Src {
+                kind: SrcKind::Spoofed,
+                sim: SimEntry::default(),
+            },
+            dst,
+            rule: NO_RULE,
+            later_fragment: meta.later_fragment,
+            drop_non_pool,
+        };
+    }
     Inputs {
         src,
         dst,
@@ -317,21 +333,30 @@ fn match_subjects<T: Tables>(tables: &T, sim: &SimEntry, dst: &Dst, probe: &Prob
         DstKind::Net | DstKind::PoolNoSim => return NO_RULE,
     };
     let segment_tiers = tables.segment_tiers(probe.generation, sim.segment);
-    let segment = u32::from(sim.segment);
-    let own = SUBJECT_SIM | sim.sim;
-    let towards = |class| {
-        let rule = first_match(tables, segment, segment_tiers, class, probe);
-        if rule != NO_RULE || sim.tiers == 0 {
-            rule
-        } else {
-            first_match(tables, own, sim.tiers, class, probe)
-        }
-    };
-    let rule = towards(first);
+    let rule = towards(tables, sim, segment_tiers, first, probe);
     if rule != NO_RULE || !has_second {
         rule
     } else {
-        towards(second)
+        towards(tables, sim, segment_tiers, second, probe)
+    }
+}
+
+/// The first rule toward `class`: the segment's, else the SIM's own. A function that is always
+/// inlined rather than a closure, which LLVM called as a BPF function whose stack frame, added
+/// to the lookups', passed the verifier's 512 bytes.
+#[inline(always)]
+fn towards<T: Tables>(
+    tables: &T,
+    sim: &SimEntry,
+    segment_tiers: u8,
+    class: u32,
+    probe: &Probe,
+) -> u32 {
+    let rule = first_match(tables, u32::from(sim.segment), segment_tiers, class, probe);
+    if rule != NO_RULE || sim.tiers == 0 {
+        rule
+    } else {
+        first_match(tables, SUBJECT_SIM | sim.sim, sim.tiers, class, probe)
     }
 }
 

@@ -506,6 +506,11 @@ pub struct RuleEntry {
 /// `core_sources`, [`NET_CORE_SOURCE`]) is dropped (`non_pool`), and so are frames that are
 /// neither IPv4, IPv6 nor ARP (`not_ip`).
 pub const IFACE_DROP_NON_POOL: u32 = 1;
+/// The interface has the `service` role (`--iface service:IF`): it faces the services, so a
+/// packet arriving there with a pool source is a forged device address (`spoofed`), and only
+/// replies and inbound traffic are expected. An interface given without a role has neither
+/// flag and is judged by addresses alone.
+pub const IFACE_SERVICE: u32 = 2;
 
 /// Value of `IFACES`.
 #[repr(C)]

@@ -22,7 +22,10 @@
 
 use crate::{
     decide::{DstKind, Inputs, PacketMeta, Src, SrcKind, decide},
-    maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SimEntry},
+    maps::{
+        IFACE_DROP_NON_POOL, IFACE_SERVICE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        SIM_QUARANTINED, SimEntry,
+    },
     verdict::{DropReason, PassReason, Verdict},
 };
 
@@ -185,6 +188,13 @@ impl SessionKey {
     }
 }
 
+/// An ICMP or ICMPv6 echo request.
+#[inline(always)]
+fn echo_request(meta: &PacketMeta) -> bool {
+    (meta.proto == IPPROTO_ICMP && meta.l4_flags == ICMP_ECHO_REQUEST)
+        || (meta.proto == IPPROTO_ICMPV6 && meta.l4_flags == ICMPV6_ECHO_REQUEST)
+}
+
 /// Whether a device's packet (that a rule allows) may open a session: a TCP SYN without ACK
 /// (nor RST, FIN), any UDP datagram, an ICMP/ICMPv6 echo request.
 #[inline(always)]
@@ -282,13 +292,16 @@ pub trait SessionTable {
     fn find(&mut self, key: &SessionKey) -> Option<Found>;
     /// Add a new session; `false` when the table is full (nothing was added).
     fn create(&mut self, key: &SessionKey, session: &Session) -> bool;
-    /// Count one packet of `bytes` bytes in `key`'s session and set its state and last-seen
-    /// time (the kernel adds atomically: both directions may run on two CPUs at once).
-    fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, state: SessionState);
+    /// Count one packet of `bytes` bytes in `key`'s session, move its state on with the
+    /// packet's protocol and TCP flags ([`advance`]) and set its last-seen time (the kernel adds
+    /// atomically: both directions may run on two CPUs at once).
+    fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, proto: u8, flags: u8);
     /// Bring `key`'s session up to date after a check: its SIM, segment, rule and epoch.
     fn refresh(&mut self, key: &SessionKey, sim: &SimEntry, rule: u32, epoch: u32);
     /// Remove `key`'s session.
     fn remove(&mut self, key: &SessionKey);
+    /// `IFACE_*` flags of interface `ifindex` (`IFACES`), 0 if unknown.
+    fn iface_flags(&self, ifindex: u32) -> u32;
     /// The policy's inputs for `meta` (`decide::identify` over the policy tables). A method
     /// rather than a closure: the program's copy must be inlined (`#[inline(always)]`), and
     /// a closure passed as a function item was called through an outlined shim whose stack
@@ -356,19 +369,27 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     let (key, src_first) = keyed.unwrap_or_default();
     let epoch = table.epoch();
     let found = if tracked { table.find(&key) } else { None };
-    let (exists, session) = match found {
+    let (found_exists, session) = match found {
         Some(session) => (true, session),
         None => (false, Found::default()),
     };
-    let from_device = !exists || (session.device_first == 1) == src_first;
-    let state = advance(
-        SessionState::from_u8(session.state),
-        meta.proto,
-        from_device,
-        meta.l4_flags,
-    );
+    let sent_by_device = !found_exists || (session.device_first == 1) == src_first;
+    // Where a session's packet may not come from: then it is judged as it is, as if there
+    // were no session. The device's side never arrives from the services (a forged device
+    // address); a reply never arrives on a core interface (a device forging a peer's address
+    // to another device); an echo request is no reply, whatever its identifier.
+    let misplaced = found_exists && {
+        let flags = table.iface_flags(meta.ifindex);
+        if sent_by_device {
+            flags & IFACE_SERVICE != 0
+        } else {
+            flags & IFACE_DROP_NON_POOL != 0 || echo_request(meta)
+        }
+    };
+    let exists = found_exists && !misplaced;
+    let from_device = sent_by_device || misplaced;
     if exists && session.epoch == epoch {
-        table.touch(&key, from_device, bytes, state);
+        table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
         return if from_device {
             (
                 Verdict::Pass(PassReason::Rule, session.rule),
@@ -388,11 +409,18 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     if !tracked {
         return fresh(inputs);
     }
+    // A quarantined SIM at the other end sends nothing, not even replies.
+    let peer_quarantined =
+        inputs.dst.kind == DstKind::Sim && inputs.dst.sim.flags & SIM_QUARANTINED != 0;
     if exists {
         return match decide(&inputs) {
+            Verdict::Pass(PassReason::Rule, _) if peer_quarantined => {
+                table.remove(&key);
+                (Verdict::Drop(DropReason::Quarantined), Src::default())
+            }
             Verdict::Pass(PassReason::Rule, rule) if inputs.src.kind == SrcKind::Sim => {
                 table.refresh(&key, &inputs.src.sim, rule, epoch);
-                table.touch(&key, from_device, bytes, state);
+                table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
                 if from_device {
                     (Verdict::Pass(PassReason::Rule, rule), inputs.src)
                 } else {
@@ -412,6 +440,7 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     let (verdict, src) = fresh(inputs);
     if let Verdict::Pass(PassReason::Rule, rule) = verdict
         && opens(meta)
+        && !peer_quarantined
     {
         let now = table.now_ns();
         let session = Session {

@@ -10,7 +10,7 @@ use enforcer_common::{
     Inputs,
     decide::PacketMeta,
     maps::SimEntry,
-    session::{Found, Session, SessionKey, SessionState, SessionTable},
+    session::{Found, Session, SessionKey, SessionState, SessionTable, advance},
 };
 
 use crate::maps::{CONFIG, SESSIONS};
@@ -64,7 +64,7 @@ impl SessionTable for KernelSessions {
     }
 
     #[inline(always)]
-    fn touch(&mut self, _key: &SessionKey, from_device: bool, bytes: u64, state: SessionState) {
+    fn touch(&mut self, _key: &SessionKey, from_device: bool, bytes: u64, proto: u8, flags: u8) {
         let entry = self.found;
         if entry.is_null() {
             return;
@@ -82,6 +82,12 @@ impl SessionTable for KernelSessions {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                 (&raw mut (*entry).bytes).cast::<u64>().add(slot),
                 bytes,
+            );
+            let state = advance(
+                SessionState::from_u8((*entry).state),
+                proto,
+                from_device,
+                flags,
             );
             (*entry).state = state as u8;
             (*entry).seen_ns = now;
@@ -109,6 +115,11 @@ impl SessionTable for KernelSessions {
         // Used, so that LLVM keeps the return value (see `identify_into`).
         inputs.rule = identify_into(meta, &mut inputs);
         inputs
+    }
+
+    #[inline(always)]
+    fn iface_flags(&self, ifindex: u32) -> u32 {
+        crate::identify::iface_flags(ifindex)
     }
 
     #[inline(always)]

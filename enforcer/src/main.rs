@@ -122,8 +122,9 @@ struct RunArgs {
     input: InputArgs,
     /// Interface to attach to, with its role: `core:IF` faces the packet core (device traffic
     /// enters here: sources outside every pool and `core_sources`, and frames that are not IP,
-    /// are dropped), `service:IF` (or plain `IF`) faces the services. Repeat for each gateway
-    /// interface.
+    /// are dropped; a packet toward a device is never a reply here), `service:IF` faces the
+    /// services (a pool source arriving here is spoofed). A plain `IF` has no role and is
+    /// judged by addresses alone. Repeat for each gateway interface.
     #[arg(long = "iface", value_name = "[ROLE:]IF", required = true, value_parser = parse_iface)]
     ifaces: Vec<IfaceArg>,
     /// XDP attach mode.
@@ -455,18 +456,20 @@ impl TimeoutArgs {
 struct IfaceArg {
     name: String,
     core: bool,
+    service: bool,
 }
 
-/// `core:IF`, `service:IF` or `IF` (service). Linux interface names never hold a `:`.
+/// `core:IF`, `service:IF` or `IF` (no role: judged by addresses alone). Linux interface
+/// names never hold a `:`.
 fn parse_iface(text: &str) -> Result<IfaceArg, String> {
-    let (core, name) = match text.split_once(':') {
-        None => (false, text),
-        Some(("core", name)) => (true, name),
-        Some(("service", name)) => (false, name),
+    let (core, service, name) = match text.split_once(':') {
+        None => (false, false, text),
+        Some(("core", name)) => (true, false, name),
+        Some(("service", name)) => (false, true, name),
         Some((role, _)) => {
             return Err(format!(
                 "unknown interface role `{role}`; give `core:IF` for the interface facing the \
-                 packet core, `service:IF` (or `IF`) for one facing the services"
+                 packet core, `service:IF` for one facing the services"
             ));
         }
     };
@@ -478,6 +481,7 @@ fn parse_iface(text: &str) -> Result<IfaceArg, String> {
     Ok(IfaceArg {
         name: name.to_owned(),
         core,
+        service,
     })
 }
 
@@ -489,7 +493,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .filter(|i| i.core)
             .map(|i| i.name.clone()),
     );
+    let service_facing = args
+        .ifaces
+        .iter()
+        .filter(|i| i.service)
+        .map(|i| i.name.clone())
+        .collect();
     runtime::run(runtime::Settings {
+        service_facing,
         timeouts: args.timeouts.timeouts(),
         load: args.input.options(),
         policy: args.policy,

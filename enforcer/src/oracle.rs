@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use enforcer_common::{
     DropReason, PassReason, Verdict,
     decide::PacketMeta,
-    maps::{IFACE_DROP_NON_POOL, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{IFACE_DROP_NON_POOL, IFACE_SERVICE, IPPROTO_TCP, IPPROTO_UDP},
 };
 use ipnetwork::IpNetwork;
 
@@ -47,6 +47,10 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
         }
         return Verdict::Pass(PassReason::NonPool, 0);
     };
+    // A SIM's address arriving from the services' side is forged.
+    if iface_flags & IFACE_SERVICE != 0 {
+        return Verdict::Drop(DropReason::Spoofed);
+    }
     let sim = &policy.sims[sender];
     if sim.state == SimState::Quarantined {
         return Verdict::Drop(DropReason::Quarantined);
@@ -235,8 +239,12 @@ impl Sessions {
         let own = self
             .open
             .contains_key(&(src, sport, dst, dport, meta.proto));
+        // Replies come from the services' side (not a core interface), and an echo request
+        // answers nothing.
+        let may_reply = iface_flags & IFACE_DROP_NON_POOL == 0 && !icmp_echo(true);
         if tracked
             && !own
+            && may_reply
             && let Some(&rule) = self.open.get(&(dst, dport, src, sport, meta.proto))
         {
             return Verdict::Pass(PassReason::Reply, rule);
@@ -248,8 +256,15 @@ impl Sessions {
                 IPPROTO_UDP => ported,
                 _ => icmp_echo(true),
             };
-            if opens {
-                self.open.insert((src, sport, dst, dport, meta.proto), rule);
+            // Nothing is opened toward a quarantined SIM: it may not answer.
+            let to_quarantined = policy
+                .sims
+                .iter()
+                .any(|sim| holds(sim, dst) && sim.state == SimState::Quarantined);
+            if opens && !to_quarantined {
+                self.open
+                    .entry((src, sport, dst, dport, meta.proto))
+                    .or_insert(rule);
             }
             return verdict;
         }

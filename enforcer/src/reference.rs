@@ -88,6 +88,10 @@ impl SessionTable for WithTables<'_> {
     }
 
     fn create(&mut self, key: &SessionKey, session: &Session) -> bool {
+        // As BPF_NOEXIST: an entry already there stays (another CPU's, in the kernel).
+        if self.sessions.table.contains_key(key) {
+            return true;
+        }
         if self.sessions.table.len() >= self.sessions.capacity {
             return false;
         }
@@ -95,13 +99,14 @@ impl SessionTable for WithTables<'_> {
         true
     }
 
-    fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, state: SessionState) {
+    fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, proto: u8, flags: u8) {
         let now = self.sessions.now_ns;
         if let Some(s) = self.sessions.table.get_mut(key) {
             let slot = usize::from(!from_device);
             s.packets[slot] += 1;
             s.bytes[slot] += bytes;
-            s.state = state as u8;
+            s.state =
+                session::advance(SessionState::from_u8(s.state), proto, from_device, flags) as u8;
             s.seen_ns = now;
         }
     }
@@ -117,6 +122,10 @@ impl SessionTable for WithTables<'_> {
 
     fn identify(&self, meta: &PacketMeta) -> Inputs {
         decide::identify(self.tables, meta)
+    }
+
+    fn iface_flags(&self, ifindex: u32) -> u32 {
+        self.tables.iface_flags(ifindex)
     }
 
     fn remove(&mut self, key: &SessionKey) {
@@ -197,6 +206,11 @@ impl Reference {
         }
         let sessions = self.sessions.get_mut();
         sessions.epoch = sessions.epoch.wrapping_add(1);
+    }
+
+    /// Set interface `ifindex`'s `IFACE_*` flags, as `Enforcer::set_iface` does.
+    pub fn set_iface(&mut self, ifindex: u32, flags: u32) {
+        self.ifaces.insert(ifindex, flags);
     }
 
     /// The model's session table (to inspect, to change its capacity or epoch).

@@ -68,12 +68,12 @@ fn kernel_and_reference_agree_on_random_frames() {
             policy: generated.text.clone(),
             frame: Vec::new(),
         };
-        // Every third policy is judged on a core-facing interface, so that even the VM
-        // matrix's 20,000 frames (four policies) see both roles.
-        let flags = if policies.is_multiple_of(3) {
-            enforcer_common::maps::IFACE_DROP_NON_POOL
-        } else {
-            0
+        // A third of the policies are judged on a core interface, a third on a service one, so
+        // that even the VM matrix's 20,000 frames (four policies) see every role.
+        let flags = match policies % 3 {
+            0 => enforcer_common::maps::IFACE_DROP_NON_POOL,
+            1 => enforcer_common::maps::IFACE_SERVICE,
+            _ => 0,
         };
         policies += 1;
         let mut harness = Harness::new(&generated.text, &[(TEST_IFINDEX, flags)]);

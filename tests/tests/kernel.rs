@@ -1111,3 +1111,107 @@ fn a_full_session_table_fails_closed_and_keeps_live_sessions() {
     assert_eq!(harness.check(&meter.build()).verdict, rule(meter_rule));
     assert_eq!(harness.check(&dns(1000).reply(0).build()).verdict, reply(2));
 }
+
+/// Where a session's packets may come from, with interface roles: a device's address never
+/// arrives from the services' side, a reply never arrives on a core interface, an echo request
+/// is no reply, and a quarantined SIM at the far end of a session sends nothing. One test
+/// interface plays both roles: its flags are switched between packets, in the kernel and the
+/// model alike.
+#[test]
+fn sessions_hold_to_interface_roles_and_quarantine() {
+    use DropReason::*;
+    use enforcer_common::maps::{IFACE_DROP_NON_POOL, IFACE_SERVICE};
+    let mut harness = Harness::new(POLICY, &[]);
+    let on = |harness: &mut Harness, flags: u32| {
+        harness
+            .enforcer
+            .set_iface(TEST_IFINDEX, flags)
+            .expect("IFACES");
+        harness.reference.set_iface(TEST_IFINDEX, flags);
+    };
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
+    let ping = Frame::new("10.64.0.1", "192.0.2.1", L4::Icmp(8));
+    on(&mut harness, IFACE_DROP_NON_POOL);
+    assert_eq!(
+        harness.check(&udp.build()).verdict,
+        rule(1),
+        "the device opens a session"
+    );
+    assert_eq!(
+        harness.check(&ping.build()).verdict,
+        rule(4),
+        "and an echo session"
+    );
+    on(&mut harness, IFACE_SERVICE);
+    assert_eq!(
+        harness.check(&udp.reply(0).build()).verdict,
+        reply(1),
+        "its reply"
+    );
+    for (name, frame, expected) in [
+        (
+            "the device's address from the services' side, in its session: forged",
+            udp.clone(),
+            drop(Spoofed),
+        ),
+        (
+            "the device's address from the services' side, new: forged, nothing opened",
+            Frame::new("10.64.0.1", "198.51.100.6", L4::Udp(5005)),
+            drop(Spoofed),
+        ),
+        (
+            "the peer's echo request with the same identifier: no reply",
+            ping.reply(0).icmp4(8),
+            drop(Inbound),
+        ),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+    on(&mut harness, IFACE_DROP_NON_POOL);
+    assert_eq!(
+        harness.check(&udp.reply(0).build()).verdict,
+        drop(NonPool),
+        "a 'reply' on the core side is a device forging the peer's address"
+    );
+    // A meter may open TCP/22 to the chargers' segment: to the active charger a session, to
+    // the quarantined one (10.64.0.2) none, so its answers stay dropped.
+    on(&mut harness, 0);
+    let ssh = |to: &str| Frame::new("10.65.0.3", to, L4::Tcp(22));
+    let meter_rule = match harness.check(&ssh("10.64.0.1").build()).verdict {
+        Verdict::Pass(PassReason::Rule, id) => id,
+        other => panic!("meter to charger: {other:?}"),
+    };
+    assert_eq!(
+        harness.check(&ssh("10.64.0.1").reply(0x12).build()).verdict,
+        reply(meter_rule)
+    );
+    assert_eq!(
+        harness.check(&ssh("10.64.0.2").build()).verdict,
+        rule(meter_rule),
+        "the meter's packet passes by its rule"
+    );
+    assert_eq!(
+        harness.check(&ssh("10.64.0.2").reply(0x12).build()).verdict,
+        drop(Quarantined),
+        "the quarantined SIM's answer is its own packet: dropped"
+    );
+    // Quarantining the charger that has a session cuts it at its next packet, either way.
+    let charger = harness.sim_of("001010000000001");
+    harness
+        .enforcer
+        .set_sim_quarantine(charger, true)
+        .expect("quarantine");
+    harness.enforcer.bump_epoch().expect("epoch");
+    harness.reference.set_quarantined(charger, true);
+    assert_eq!(
+        harness.check(&ssh("10.64.0.1").build()).verdict,
+        drop(Quarantined),
+        "the meter's next packet to the quarantined charger"
+    );
+    assert_eq!(
+        harness.check(&ssh("10.64.0.1").reply(0x10).build()).verdict,
+        drop(Quarantined),
+        "and the charger's"
+    );
+}

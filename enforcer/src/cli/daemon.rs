@@ -146,7 +146,13 @@ fn status_table(s: &Status) -> String {
             "{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  {state}",
             i.iface,
             i.mode,
-            if i.core_facing { "core" } else { "service" },
+            if i.core_facing {
+                "core"
+            } else if i.service_facing {
+                "service"
+            } else {
+                "-"
+            },
             ifindex,
             link,
             program,

@@ -226,6 +226,9 @@ pub struct Interface {
     /// The `core` role (`--iface core:IF`): drops traffic from outside every pool and the
     /// policy's `core_sources`; otherwise the `service` role.
     pub core_facing: bool,
+    /// The `service` role (`--iface service:IF`); neither this nor `core_facing`: no role.
+    #[serde(default)]
+    pub service_facing: bool,
     /// The pinned link, as the kernel reports it now (`ifindex` 0: the interface is gone).
     pub link: Option<Attachment>,
     /// Times the daemon attached it again after the interface was re-created.

@@ -80,7 +80,23 @@ pub(crate) struct Iface {
     /// Its index when last attached; 0 while it is gone.
     pub ifindex: u32,
     pub core_facing: bool,
+    /// The `service` role.
+    pub service_facing: bool,
     pub reattached: u32,
+}
+
+impl Iface {
+    /// Its `IFACE_*` flags, from its role.
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.core_facing {
+            flags |= IFACE_DROP_NON_POOL;
+        }
+        if self.service_facing {
+            flags |= enforcer_common::maps::IFACE_SERVICE;
+        }
+        flags
+    }
 }
 
 /// A policy compiled for the daemon: the file's policy with the store's run-time state
@@ -346,6 +362,8 @@ pub struct Daemon {
     ifaces: Vec<Iface>,
     /// Sessions the last sweep left, for `status`.
     sessions_live: usize,
+    /// A change was made in place but raising the epoch failed: retried by every sweep.
+    recheck_pending: bool,
 }
 
 impl Daemon {
@@ -378,6 +396,7 @@ impl Daemon {
             generation: 0,
             ifaces,
             sessions_live: 0,
+            recheck_pending: false,
         }
     }
 
@@ -447,6 +466,9 @@ impl Daemon {
 
     /// Remove sessions idle past their timeout (`--*-timeout`).
     fn sweep_sessions(&mut self) {
+        if self.recheck_pending {
+            self.sessions_recheck();
+        }
         let now = monotonic_coarse_ns();
         match self.enforcer.expire_sessions(now, &self.settings.timeouts) {
             Ok(sweep) => {
@@ -462,15 +484,19 @@ impl Daemon {
     }
 
     /// After a change made in place (a quarantine, a bind): every session is checked again
-    /// on its next packet. A failure is logged: the change itself is in the maps, and sessions
-    /// of the old epoch are checked at the next change.
+    /// on its next packet. A failure is logged and retried by every sweep (10 s) until it
+    /// succeeds: the change itself is in the maps, new sessions are judged by it already.
     fn sessions_recheck(&mut self) {
-        if let Err(err) = self.enforcer.bump_epoch() {
-            error!(
-                error = %err,
-                "Raising the policy epoch failed; live sessions are checked against the change \
-                 only after the next one."
-            );
+        match self.enforcer.bump_epoch() {
+            Ok(_) => self.recheck_pending = false,
+            Err(err) => {
+                self.recheck_pending = true;
+                error!(
+                    error = %err,
+                    "Raising the policy epoch failed; live sessions are checked against the \
+                     change once it succeeds (retried every sweep)."
+                );
+            }
         }
     }
 
@@ -496,11 +522,7 @@ impl Daemon {
     /// interfaces that got a new link (for the caller to remove on failure).
     pub(super) fn attach_all(&mut self, created: &mut Vec<String>) -> anyhow::Result<()> {
         for iface in &self.ifaces {
-            let flags = if iface.core_facing {
-                IFACE_DROP_NON_POOL
-            } else {
-                0
-            };
+            let flags = iface.flags();
             self.enforcer.set_iface(iface.ifindex, flags)?;
             if iface.attach(
                 &mut self.enforcer,
@@ -1125,6 +1147,7 @@ impl Daemon {
                 iface: iface.name.clone(),
                 mode: mode.to_owned(),
                 core_facing: iface.core_facing,
+                service_facing: iface.service_facing,
                 link: pinned.iter().find(|a| a.iface == iface.name).cloned(),
                 reattached: iface.reattached,
             })
@@ -1218,11 +1241,7 @@ impl Daemon {
                 _ => {}
             }
             self.ifaces[i].ifindex = now_index;
-            let flags = if self.ifaces[i].core_facing {
-                IFACE_DROP_NON_POOL
-            } else {
-                0
-            };
+            let flags = self.ifaces[i].flags();
             let result = self
                 .enforcer
                 .set_iface(now_index, flags)

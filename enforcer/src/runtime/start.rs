@@ -45,6 +45,8 @@ pub struct Settings {
     pub ifaces: Vec<String>,
     /// Of those, the ones facing the packet core (`IFACE_DROP_NON_POOL`).
     pub core_facing: Vec<String>,
+    /// Of those, the ones facing the services (`IFACE_SERVICE`).
+    pub service_facing: Vec<String>,
     /// XDP mode for links this daemon creates.
     pub mode: XdpMode,
     /// Pin directory on bpffs.
@@ -115,6 +117,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             name: name.clone(),
             ifindex: index,
             core_facing: settings.core_facing.contains(name),
+            service_facing: settings.service_facing.contains(name),
             reattached: 0,
         });
     }
