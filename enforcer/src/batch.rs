@@ -220,28 +220,19 @@ fn lookup_range<T: Pod>(fd: u32, start: usize, out: &mut [T], cpus: usize) -> io
     let mut first = start == 0;
     while read < total {
         let want = chunk.min(total - read);
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                (&raw const token_in) as u64
-            },
-            out_batch: (&raw mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(want).unwrap_or(u32::MAX),
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys` holds `want` u32 keys and `values`
-        // `want` elements of `cpus` values of `stride` bytes (what the kernel writes per key of
-        // a per-CPU array of `T`); both tokens are u32 like the array's key; all outlive the call.
-        let done = match unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-            Ok(()) => false,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(err) => return Err(err),
-        };
-        let got = (attr.count as usize).min(want);
+        // SAFETY: `keys` holds `want` u32 keys and `values` `want` elements of `cpus` values of
+        // `stride` bytes (what the kernel writes per key of a per-CPU array of `T`); both tokens
+        // are u32 like the array's key.
+        let (done, got) = unsafe {
+            lookup_chunk(
+                fd,
+                (!first).then_some(&token_in),
+                &mut token_out,
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr(),
+                want,
+            )
+        }?;
         for (i, key) in keys[..got].iter().enumerate() {
             let Some(slot) = (*key as usize).checked_sub(start).filter(|k| *k < total) else {
                 continue;
@@ -279,32 +270,25 @@ pub fn lookup_hash<K: Pod + Default, V: Pod + Default>(fd: impl AsFd) -> io::Res
     loop {
         let mut keys = vec![K::default(); chunk];
         let mut values = vec![V::default(); chunk];
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                (&raw const token_in) as u64
-            },
-            out_batch: (&raw mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: u32::try_from(chunk).unwrap_or(u32::MAX),
-            map_fd: fd,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys` and `values` hold `chunk` keys and
-        // values of the map's key and value types (`K`, `V`: Pod, the map's sizes), and both
-        // tokens are the u32 bucket index a hash map uses; all outlive the call.
-        let done = match unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-            Ok(()) => false,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+        // SAFETY: `keys` and `values` hold `chunk` keys and values of the map's key and value
+        // types (`K`, `V`: Pod, the map's sizes), and both tokens are the u32 bucket index a
+        // hash map uses.
+        let (done, got) = match unsafe {
+            lookup_chunk(
+                fd,
+                (!first).then_some(&token_in),
+                &mut token_out,
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                chunk,
+            )
+        } {
             Err(err) if err.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 24) => {
                 chunk *= 2;
                 continue;
             }
-            Err(err) => return Err(err),
+            other => other?,
         };
-        let got = (attr.count as usize).min(chunk);
         out.extend(keys.into_iter().zip(values).take(got));
         if done {
             return Ok(out);
@@ -312,4 +296,38 @@ pub fn lookup_hash<K: Pod + Default, V: Pod + Default>(fd: impl AsFd) -> io::Res
         token_in = token_out;
         first = false;
     }
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call of up to `count` elements into `keys` and `values`, resuming
+/// after `token_in` (from the start without), the next token written to `token_out`. Returns
+/// whether the map ended (ENOENT) and how many elements were written.
+///
+/// # Safety
+/// `keys` and `values` must point at room for `count` keys and `count` values as the map lays
+/// them out (per-CPU maps: a value per possible CPU, each rounded up to 8 bytes), and the tokens
+/// must be of the map's batch token type (`u32` for arrays and hash maps), all alive for the call.
+unsafe fn lookup_chunk(
+    fd: u32,
+    token_in: Option<&u32>,
+    token_out: &mut u32,
+    keys: *mut u8,
+    values: *mut u8,
+    count: usize,
+) -> io::Result<(bool, usize)> {
+    let mut attr = BatchAttr {
+        in_batch: token_in.map_or(0, |t| std::ptr::from_ref(t) as u64),
+        out_batch: std::ptr::from_mut(token_out) as u64,
+        keys: keys as u64,
+        values: values as u64,
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        map_fd: fd,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr.batch` whose pointers the caller vouches for.
+    let done = match unsafe { batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(()) => false,
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+        Err(err) => return Err(err),
+    };
+    Ok((done, (attr.count as usize).min(count)))
 }
