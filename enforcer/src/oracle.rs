@@ -232,7 +232,7 @@ impl Sessions {
         };
         let ported = !meta.later_fragment && matches!(meta.proto, IPPROTO_TCP | IPPROTO_UDP);
         let tracked = ported || icmp_echo(true) || icmp_echo(false);
-        // The echo identifier as the program's parser places it.
+        // The echo identifier stands where the program's parser places it (`PacketMeta`).
         let (sport, dport) = (meta.sport, meta.dport);
         // The other endpoint of a session this packet's destination opened (a packet of a
         // session its own sender opened is the device's, even when both ends are the same).

@@ -47,3 +47,38 @@ pub fn output_text(command: &mut std::process::Command) -> Result<String, String
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// A directory of its own for one test (`enforcer-{name}-{pid}` under the temp dir), emptied
+/// when made and removed when dropped, also when the test fails.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// Make it.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    #[must_use]
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("enforcer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    /// Write `body` to `name` inside it (parents made); returns the path as text.
+    ///
+    /// # Panics
+    /// When the write fails.
+    pub fn write(&self, name: &str, body: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, body).expect("write");
+        path.display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

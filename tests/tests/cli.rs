@@ -6,7 +6,7 @@ use std::{
     process::{Command, Output},
 };
 
-use integration_tests::enforcer_bin;
+use integration_tests::{Scratch, enforcer_bin};
 
 fn enforcer(args: &[&str]) -> Output {
     Command::new(enforcer_bin())
@@ -262,31 +262,6 @@ fn stats_without_a_running_enforcer_explains() {
     }
 }
 
-/// A directory of its own for one test, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("enforcer-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, body: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, body).expect("write");
-        path.display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A policy of one SIM, 001010000000001 at 10.64.0.1, in segment `s` (tcp/443 allowed).
 const ONE_SIM: &str = r#"
 pools = ["10.64.0.0/16"]
@@ -332,7 +307,7 @@ const HEAD: &str = "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = \"a\"\n";
 
 #[test]
 fn policy_check_refuses_inventories_outside_its_directory_and_never_echoes_them() {
-    let dir = Scratch::new("escape");
+    let dir = Scratch::new("cli-escape");
     for inventory in ["/etc/passwd", "../../../../../../etc/passwd"] {
         let policy = dir.write("p.toml", &format!("inventory = \"{inventory}\"\n{HEAD}"));
         let out = enforcer(&["policy", "check", &policy]);
@@ -355,7 +330,7 @@ fn policy_check_refuses_inventories_outside_its_directory_and_never_echoes_them(
 
 #[test]
 fn policy_check_reads_an_inventory_from_an_allowed_directory() {
-    let dir = Scratch::new("invdir");
+    let dir = Scratch::new("cli-invdir");
     let inventory = dir.write(
         "inv/sims.csv",
         "imsi,ipv4,segment\n001010000000001,10.64.0.1,a\n",
@@ -374,7 +349,7 @@ fn policy_check_reads_an_inventory_from_an_allowed_directory() {
 
 #[test]
 fn policy_check_refuses_devices_fifos_and_large_files_quickly() {
-    let dir = Scratch::new("special");
+    let dir = Scratch::new("cli-special");
     let fifo = dir.0.join("fifo.toml");
     assert!(
         Command::new("mkfifo")
@@ -407,7 +382,7 @@ fn policy_check_refuses_devices_fifos_and_large_files_quickly() {
 
 #[test]
 fn policy_check_caps_each_kind_of_error_with_a_count() {
-    let dir = Scratch::new("cap");
+    let dir = Scratch::new("cli-cap");
     let mut csv = String::from("imsi,ipv4,segment\n");
     for i in 0..60_000u32 {
         csv.push_str(&format!(
@@ -916,7 +891,7 @@ fn run_never_removes_a_file_that_is_not_a_socket() {
 /// called.
 #[test]
 fn detach_refuses_a_directory_that_is_not_on_bpffs() {
-    let dir = Scratch::new("detach");
+    let dir = Scratch::new("cli-detach");
     let pins = dir.0.join("pins");
     std::fs::create_dir_all(pins.join("links")).expect("dirs");
     for name in ["prog", "SIMS", "links/eth0"] {
@@ -943,7 +918,7 @@ fn stats_streams_the_fleet_and_a_connection_carries_many_commands() {
     };
     let files = RunFiles::new("stream");
     const SIMS: u32 = 3000;
-    let scratch = Scratch::new("stream-fleet");
+    let scratch = Scratch::new("cli-stream-fleet");
     let policy = fleet(&scratch, SIMS, &["even", "odd"]);
     let imsi = fleet_imsi;
     let child = start_enforcer(&ns.name, &files, &policy).expect("the run enforces");
@@ -1106,7 +1081,7 @@ fn unread_replies_and_listings_are_bounded() {
     let files = RunFiles::new("bound");
     // Enough rows (~2 MB as a table) that a listing outlasts the socket buffers.
     const SIMS: u32 = 20_000;
-    let scratch = Scratch::new("bound-fleet");
+    let scratch = Scratch::new("cli-bound-fleet");
     let policy = fleet(&scratch, SIMS, &["s"]);
     let child = start_enforcer(&ns.name, &files, &policy).expect("the run enforces");
     let socket = std::path::Path::new(&files.socket);

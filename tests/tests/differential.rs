@@ -119,6 +119,7 @@ fn kernel_and_reference_agree_on_random_frames() {
         "pass_non_pool",
         "pass_neighbour",
         "pass_not_ip",
+        "pass_reply",
         "drop_no_rule",
         "drop_lateral",
         "drop_spoofed",
@@ -128,6 +129,7 @@ fn kernel_and_reference_agree_on_random_frames() {
         "drop_non_pool",
         "drop_source_route",
         "drop_not_ip",
+        "drop_inbound",
     ] {
         if frames >= 20_000 {
             assert!(

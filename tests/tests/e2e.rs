@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use integration_tests::{
-    enforcer_bin,
+    Scratch, enforcer_bin,
     topology::{Daemon, Topology, scenario},
 };
 use serde_json::Value;
@@ -161,15 +161,6 @@ fn example_policy_enforced_on_real_traffic_skb_mode() {
     enforce_example_policy("skb");
 }
 
-/// Removes a directory when dropped, also when the test fails.
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Interface roles on real traffic: with the device-side interfaces `core` and the service
 /// side `service`, a device-side host outside every pool is dropped and counted `non_pool`,
 /// every other probe is judged as on plain interfaces, and once the policy lists its prefix
@@ -179,8 +170,7 @@ fn core_interfaces_drop_non_pool_sources_unless_listed() {
     const NON_POOL_HOST: &str = "172.16.0.1";
     let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
-    let scratch = RemoveDir(std::env::temp_dir().join(format!("{}-roles", topology.prefix)));
-    std::fs::create_dir_all(&scratch.0).expect("scratch dir");
+    let scratch = Scratch::new(&format!("{}-roles", topology.prefix));
     let text = std::fs::read_to_string(&example).expect("example policy");
     let plain = scratch.0.join("plain.toml");
     let listed = scratch.0.join("listed.toml");

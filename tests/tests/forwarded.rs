@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 use enforcer_common::{Verdict, maps::IFACE_DROP_NON_POOL};
 use integration_tests::{
-    enforcer_bin,
+    Scratch, enforcer_bin,
     forwarded::{Fixture, POLICY, fixtures},
     harness::{Harness, TEST_IFINDEX, hex},
 };
@@ -51,30 +51,12 @@ fn every_forwarding_fixture_gets_its_verdict() {
     }
 }
 
-/// A per-run scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    /// A scratch directory holding the fixtures' policy; returns it and the policy's path.
-    fn with_policy(tag: &str) -> (Self, PathBuf) {
-        let scratch = Self::new(tag);
-        let policy = scratch.0.join("policy.toml");
-        std::fs::write(&policy, POLICY).expect("write policy");
-        (scratch, policy)
-    }
-
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("enforcer-replay-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory with the test policy written in it.
+fn with_policy(tag: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(&format!("replay-{tag}"));
+    let policy = scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    (scratch, policy)
 }
 
 fn write_pcap(path: &PathBuf, frames: &[&[u8]]) {
@@ -116,7 +98,7 @@ fn replay(
 
 #[test]
 fn replay_shows_the_fixture_verdicts_from_pcap_and_pcapng() {
-    let (scratch, policy) = Scratch::with_policy("fixtures");
+    let (scratch, policy) = with_policy("fixtures");
     for core_facing in [false, true] {
         let chosen: Vec<Fixture> = fixtures()
             .into_iter()
@@ -159,7 +141,7 @@ fn replay_shows_the_fixture_verdicts_from_pcap_and_pcapng() {
 
 #[test]
 fn replay_prints_a_table_with_addresses_ports_and_the_rule() {
-    let (scratch, policy) = Scratch::with_policy("table");
+    let (scratch, policy) = with_policy("table");
     let allowed = allowed().build();
     let capture = scratch.0.join("one.pcap");
     write_pcap(&capture, &[&allowed, &allowed[..10]]);
@@ -196,7 +178,7 @@ fn replay_prints_a_table_with_addresses_ports_and_the_rule() {
 
 #[test]
 fn replay_refuses_a_file_that_is_not_a_capture() {
-    let (_scratch, policy) = Scratch::with_policy("bad");
+    let (_scratch, policy) = with_policy("bad");
     let out = Command::new(enforcer_bin())
         .args(["policy", "replay"])
         .arg(&policy)
@@ -227,7 +209,7 @@ fn raw_pcap(snaplen: u32, linktype: u32, records: &[(&[u8], u32)]) -> Vec<u8> {
 /// judged with its reason, and nothing else in the file is lost.
 #[test]
 fn replay_lists_what_it_cannot_judge_and_why() {
-    let (scratch, policy) = Scratch::with_policy("unjudged");
+    let (scratch, policy) = with_policy("unjudged");
     let allowed = allowed();
     let frame = allowed.build();
     let mut jumbo = allowed.clone();
@@ -282,7 +264,7 @@ fn replay_lists_what_it_cannot_judge_and_why() {
 
 #[test]
 fn replay_reads_standard_input_and_names_an_empty_file() {
-    let (scratch, policy) = Scratch::with_policy("stdin");
+    let (scratch, policy) = with_policy("stdin");
     let frame = allowed().build();
     let capture = scratch.0.join("in.pcap");
     std::fs::write(&capture, integration_tests::capture::file(&[frame], true)).expect("write");

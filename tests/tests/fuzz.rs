@@ -15,12 +15,13 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use enforcer::policy::{self, Dest, LoadOptions, ValidatedPolicy};
+use integration_tests::Scratch;
 use proptest::{
     prelude::*,
     test_runner::{Config, RngSeed, TestCaseError, TestRunner},
@@ -139,24 +140,6 @@ fn config() -> Config {
         failure_persistence: None,
         max_shrink_iters: 2_000,
         ..Config::default()
-    }
-}
-
-/// A scratch directory for one property: the policy and its inventory live in it.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("enforcer-fuzz-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -791,7 +774,7 @@ fn run_property<S: Strategy>(
 
 #[test]
 fn every_corpus_file_is_checked_without_panic() {
-    let dir = Scratch::new("corpus");
+    let dir = Scratch::new("fuzz-corpus");
     let policies = corpus("policy", "toml");
     let inventories = corpus("inventory", "csv");
     let host = &policies
@@ -809,7 +792,7 @@ fn every_corpus_file_is_checked_without_panic() {
 
 #[test]
 fn policy_reader_survives_arbitrary_bytes() {
-    let dir = Scratch::new("policy-bytes");
+    let dir = Scratch::new("fuzz-policy-bytes");
     run_property(
         "arbitrary policy bytes",
         proptest::collection::vec(any::<u8>(), 0..2_048),
@@ -819,7 +802,7 @@ fn policy_reader_survives_arbitrary_bytes() {
 
 #[test]
 fn policy_reader_survives_mutated_corpus_policies() {
-    let dir = Scratch::new("policy-mutated");
+    let dir = Scratch::new("fuzz-policy-mutated");
     let policies = corpus("policy", "toml");
     // The inventory the corpus policies may name, so mutations also reach the CSV path.
     std::fs::write(dir.0.join("sims.csv"), &corpus("inventory", "csv")[0].1).expect("inventory");
@@ -836,7 +819,7 @@ fn policy_reader_survives_mutated_corpus_policies() {
 
 #[test]
 fn validation_keeps_its_invariants_on_generated_policies() {
-    let dir = Scratch::new("policy-generated");
+    let dir = Scratch::new("fuzz-policy-generated");
     run_property("generated policies", generated_policy(), |text| {
         check(&dir.0, text.as_bytes(), None)
     });
@@ -844,7 +827,7 @@ fn validation_keeps_its_invariants_on_generated_policies() {
 
 #[test]
 fn inventory_reader_survives_arbitrary_bytes() {
-    let dir = Scratch::new("inventory-bytes");
+    let dir = Scratch::new("fuzz-inventory-bytes");
     let host = inventory_host();
     run_property(
         "arbitrary inventory bytes",
@@ -855,7 +838,7 @@ fn inventory_reader_survives_arbitrary_bytes() {
 
 #[test]
 fn inventory_reader_survives_mutated_corpus_inventories() {
-    let dir = Scratch::new("inventory-mutated");
+    let dir = Scratch::new("fuzz-inventory-mutated");
     let host = inventory_host();
     let inventories = corpus("inventory", "csv");
     let files = inventories.len();

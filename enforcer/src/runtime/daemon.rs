@@ -585,6 +585,15 @@ impl Daemon {
                 message: format!("{err:#}"),
             };
         }
+        // Changes made in place (not through an apply, whose flip raises the epoch itself):
+        // sessions are checked against them on their next packet.
+        let in_place = matches!(
+            command,
+            Command::SimQuarantine { .. }
+                | Command::SimRelease { .. }
+                | Command::SimBind { .. }
+                | Command::SimUnbind { .. }
+        );
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
             Command::Flows { imsis } => self
@@ -598,33 +607,24 @@ impl Daemon {
             }
             Command::SimShow { imsi } => self.sim_info(&imsi).map(Reply::Sim),
             Command::SimQuarantine { imsi, source } => {
-                let done = self.quarantine(&imsi, &source);
-                self.sessions_recheck();
-                done.map(Reply::Sim)
+                self.quarantine(&imsi, &source).map(Reply::Sim)
             }
-            Command::SimRelease { imsi } => {
-                let done = self.release(&imsi);
-                self.sessions_recheck();
-                done.map(Reply::Sim)
-            }
+            Command::SimRelease { imsi } => self.release(&imsi).map(Reply::Sim),
             Command::SimBind {
                 imsi,
                 address,
                 source,
-            } => {
-                let done = self.bind(&imsi, &address, &source);
-                self.sessions_recheck();
-                done.map(Reply::Sim)
-            }
+            } => self.bind(&imsi, &address, &source).map(Reply::Sim),
             Command::SimUnbind { imsi, address } => {
-                let done = self.unbind(&imsi, address.as_deref());
-                self.sessions_recheck();
-                done.map(Reply::Sim)
+                self.unbind(&imsi, address.as_deref()).map(Reply::Sim)
             }
             Command::Explain { query } => {
                 self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
             }
         };
+        if in_place && result.is_ok() {
+            self.sessions_recheck();
+        }
         result.unwrap_or_else(|err| Reply::Error {
             message: format!("{err:#}"),
         })
