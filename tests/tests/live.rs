@@ -400,6 +400,7 @@ fn an_interface_deleted_and_recreated_is_attached_again() {
         .arg(policies.0.join("re.db"))
         .arg("--policy")
         .arg(policies.a())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start enforcer");

@@ -7,7 +7,9 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -67,14 +69,81 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the whole `cargo test` may take before it is stopped: CI allows 90 minutes for
+/// everything and the suite takes about 6 here, so a hang is cut well before CI's own limit.
+const TEST_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// How long output may keep flowing after `cargo test` exits: only a process a test started
+/// and leaked (a daemon that inherited the pipe) keeps it open longer.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Run `cargo test`, echoing its output, and add up its `test result:` lines.
+///
+/// It runs in a process group of its own, so that neither a hung test nor a process a test
+/// leaked can hold this command forever: past [`TEST_LIMIT`] the group is killed and the run
+/// fails; once `cargo test` has exited, whatever is left of its group is killed after
+/// [`DRAIN_LIMIT`], named, and counted as a failure (tests must clean up after themselves).
 fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
     eprintln!("xtask: $ {}", show(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start `{}`", show(cmd)))?;
+    let group = libc::pid_t::try_from(child.id()).context("pid")?;
     let stdout = child.stdout.take().context("no stdout")?;
+    let reader = std::thread::spawn(move || count_results(stdout));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() > TEST_LIMIT {
+            kill_group(group);
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let exited = Instant::now();
+    while !reader.is_finished() && exited.elapsed() < DRAIN_LIMIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leaked = if reader.is_finished() {
+        Vec::new()
+    } else {
+        let leaked = group_members(group);
+        kill_group(group);
+        leaked
+    };
+    let (passed, mut failed) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the output reader panicked"))??;
+    let Some(status) = status else {
+        bail!(
+            "`{}` ran longer than {} minutes and was stopped: a test hangs",
+            show(cmd),
+            TEST_LIMIT.as_secs() / 60
+        );
+    };
+    if !leaked.is_empty() {
+        eprintln!(
+            "xtask: processes started by the tests outlived them and were killed: {}",
+            leaked.join("; ")
+        );
+        failed += 1;
+    }
+    if !status.success() && failed == 0 {
+        bail!(
+            "`{}` failed ({status}) before reporting test results",
+            show(cmd)
+        );
+    }
+    Ok((passed, failed))
+}
+
+/// Echo `cargo test`'s output and add up its `test result:` lines: (passed, failed).
+fn count_results(stdout: impl std::io::Read) -> anyhow::Result<(u64, u64)> {
     let (mut passed, mut failed) = (0, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line?;
@@ -94,12 +163,64 @@ fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
             failed += number(" failed");
         }
     }
-    let status = child.wait()?;
-    if !status.success() && failed == 0 {
-        bail!(
-            "`{}` failed ({status}) before reporting test results",
-            show(cmd)
+    Ok((passed, failed))
+}
+
+fn kill_group(group: libc::pid_t) {
+    // SAFETY: kill(2) has no memory preconditions; a negative pid names the process group that
+    // this command created for `cargo test`.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// "PID COMMAND" of every process still in `group`, from /proc.
+fn group_members(group: libc::pid_t) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: libc::pid_t = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after the parenthesised name: state ppid pgrp ...
+            let after = &stat[stat.rfind(')')? + 1..];
+            let pgrp: libc::pid_t = after.split_whitespace().nth(2)?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pgrp == group).then(|| format!("{pid} {}", cmdline.trim()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that outlives the command and holds its output (here a `sleep` in the
+    /// background) is killed and counted as a failure, instead of holding the run forever.
+    #[test]
+    fn a_leaked_process_neither_holds_the_run_nor_passes() {
+        let started = Instant::now();
+        let (passed, failed) = run_counting(Command::new("sh").args([
+            "-c",
+            "echo 'test result: ok. 3 passed; 0 failed; 0 ignored'; sleep 600 &",
+        ]))
+        .expect("runs");
+        assert_eq!((passed, failed), (3, 1));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the leaked sleep held the run for {:?}",
+            started.elapsed()
         );
     }
-    Ok((passed, failed))
+
+    #[test]
+    fn a_clean_run_counts_its_results() {
+        let (passed, failed) = run_counting(Command::new("sh").args([
+            "-c",
+            "echo 'test result: FAILED. 2 passed; 1 failed; 0 ignored'; echo 'test result: ok. 4 passed; 0 failed'",
+        ]))
+        .expect("runs");
+        assert_eq!((passed, failed), (6, 1));
+    }
 }
