@@ -12,8 +12,10 @@
 //! which code triggers that changes with every compiler and kernel version.
 //!
 //! Precedence in [`decide`], first match wins:
-//! 1. source outside every pool: pass (or drop, on a core interface, unless the source is in
-//!    the policy's `core_sources`);
+//! 1. source outside every pool: drop on a core interface, unless the source is in the
+//!    policy's `core_sources`; else pass as `inbound` when an inbound rule of the destination
+//!    SIM's segment allows it, else pass as `non_pool` (sessions then drop such a packet
+//!    toward a pool address, `crate::session`);
 //! 2. source in a pool without a SIM, or a SIM's address arriving on a `service` interface:
 //!    drop, spoofed;
 //! 3. quarantined SIM: drop, whatever its rules;
@@ -25,7 +27,8 @@
 use crate::{
     maps::{
         CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, IFACE_SERVICE, NET_CORE_SOURCE,
-        NET_POOL, NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SimEntry,
+        NET_POOL, NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_INBOUND, SUBJECT_SIM,
+        SegmentEntry, SimEntry,
     },
     rules::{NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
@@ -114,8 +117,8 @@ pub trait Tables: RuleTable {
     /// Whether a single-port rule entry of `generation` names `port` of TCP or UDP `proto`
     /// (`PORTS_USED`).
     fn single_port_used(&self, generation: u8, proto: u8, port: u16) -> bool;
-    /// Rule tier bits of a segment (`SEGMENTS`).
-    fn segment_tiers(&self, generation: u8, segment: u16) -> u8;
+    /// A segment's rule tier bits, of its rules and of its inbound rules (`SEGMENTS`).
+    fn segment(&self, generation: u8, segment: u16) -> SegmentEntry;
     /// `IFACE_*` flags of an interface (`IFACES`), 0 if unknown.
     fn iface_flags(&self, ifindex: u32) -> u32;
 }
@@ -183,7 +186,8 @@ pub struct Inputs {
     pub src: Src,
     /// The destination.
     pub dst: Dst,
-    /// The first rule that allows the packet, or [`NO_RULE`].
+    /// The first rule that allows the packet, or [`NO_RULE`]: for a SIM's packet one of its
+    /// rules; for a packet from outside every pool to a SIM an inbound rule of its segment.
     pub rule: u32,
     /// The packet is a non-first fragment.
     pub later_fragment: bool,
@@ -279,7 +283,15 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
         }
     };
 
-    let rule = if src.kind == SrcKind::Sim && src.sim.flags & SIM_QUARANTINED == 0 {
+    // A SIM's packet asks its rules; a packet from outside every pool (within a policy CIDR)
+    // to a SIM asks the inbound rules of the SIM's segment. One lookup sequence serves both.
+    let outbound = src.kind == SrcKind::Sim && src.sim.flags & SIM_QUARANTINED == 0;
+    let inbound = src.kind == SrcKind::Outside
+        && src_in_net
+        && src_net.class != CLASS_NONE
+        && dst.kind == DstKind::Sim
+        && dst.sim.flags & SIM_QUARANTINED == 0;
+    let rule = if outbound || inbound {
         let probe = Probe {
             generation,
             proto: meta.proto,
@@ -287,15 +299,23 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
             has_ports: meta.has_ports,
             single_port: meta.has_ports && tables.single_port_used(generation, meta.proto, dport),
         };
-        match_subjects(tables, &src.sim, &dst, &probe)
+        let asked = if outbound {
+            Asked::rules_of(&src.sim, &dst)
+        } else {
+            Asked::inbound_to(&dst.sim, src_net.class)
+        };
+        match_subjects(tables, &asked, &probe)
     } else {
         NO_RULE
     };
-    // A core interface takes non-pool sources only from the policy's `core_sources`.
+    // A core interface takes non-pool sources only from the policy's `core_sources`. (Not
+    // for a packet judged the other way round: its arrival interface is the other side's.)
     let core_source = src_in_net && src_net.flags & NET_CORE_SOURCE != 0;
     let iface = tables.iface_flags(meta.ifindex);
-    let drop_non_pool =
-        src.kind == SrcKind::Outside && !core_source && iface & IFACE_DROP_NON_POOL != 0;
+    let drop_non_pool = src.kind == SrcKind::Outside
+        && !core_source
+        && !meta.reversed
+        && iface & IFACE_DROP_NON_POOL != 0;
     // A device's address arriving from the services' side is forged: the sender is `spoofed`
     // and no rule applies (not when a reply is judged in its device's direction, `reversed`:
     // the device did not send it).
@@ -320,24 +340,85 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
     }
 }
 
-/// Probe the segment's rules, then the SIM's own, for each destination class.
+/// Whose rules a packet asks, and toward which classes: for a SIM's packet its segment's
+/// rules then its own, toward the destination's class (a CIDR's; or a SIM's segment, then the
+/// SIM itself when a rule names it); for a packet toward a SIM from outside, the SIM's
+/// segment's inbound rules toward the sender's CIDR class. Unused fields are zero.
+#[derive(Clone, Copy)]
+struct Asked {
+    /// The segment whose rules (or inbound rules) are asked first.
+    segment: u16,
+    /// Ask the segment's inbound rules (subject `SUBJECT_INBOUND | segment`).
+    inbound: bool,
+    /// Second subject, `SUBJECT_SIM | sim`, asked when the segment has no rule; with
+    /// `own_tiers` zero it is not asked.
+    own: u32,
+    /// Its tier bits.
+    own_tiers: u8,
+    /// First class; `CLASS_NONE`: nothing can match.
+    first: u32,
+    /// Second class, asked when the first gave no rule and `has_second`.
+    second: u32,
+    has_second: bool,
+}
+
+impl Asked {
+    #[inline(always)]
+    fn rules_of(sim: &SimEntry, dst: &Dst) -> Self {
+        let (first, has_second, second) = match dst.kind {
+            DstKind::Net => (dst.class, false, 0),
+            DstKind::Sim => (
+                CLASS_SEGMENT | u32::from(dst.sim.segment),
+                dst.sim.flags & SIM_DST_NAMED != 0,
+                CLASS_SIM | dst.sim.sim,
+            ),
+            DstKind::PoolNoSim => (CLASS_NONE, false, 0),
+        };
+        Self {
+            segment: sim.segment,
+            inbound: false,
+            own: SUBJECT_SIM | sim.sim,
+            own_tiers: sim.tiers,
+            first,
+            second,
+            has_second,
+        }
+    }
+
+    #[inline(always)]
+    fn inbound_to(device: &SimEntry, class: u32) -> Self {
+        Self {
+            segment: device.segment,
+            inbound: true,
+            own: 0,
+            own_tiers: 0,
+            first: class,
+            second: 0,
+            has_second: false,
+        }
+    }
+}
+
+/// Probe the segment's rules (or inbound rules), then the SIM's own, for each class in turn.
 #[inline(always)]
-fn match_subjects<T: Tables>(tables: &T, sim: &SimEntry, dst: &Dst, probe: &Probe) -> u32 {
-    let (first, has_second, second) = match dst.kind {
-        DstKind::Net if dst.class != CLASS_NONE => (dst.class, false, 0),
-        DstKind::Sim => (
-            CLASS_SEGMENT | u32::from(dst.sim.segment),
-            dst.sim.flags & SIM_DST_NAMED != 0,
-            CLASS_SIM | dst.sim.sim,
-        ),
-        DstKind::Net | DstKind::PoolNoSim => return NO_RULE,
+fn match_subjects<T: Tables>(tables: &T, asked: &Asked, probe: &Probe) -> u32 {
+    if asked.first == CLASS_NONE {
+        return NO_RULE;
+    }
+    let entry = tables.segment(probe.generation, asked.segment);
+    let (subject, tiers) = if asked.inbound {
+        (
+            SUBJECT_INBOUND | u32::from(asked.segment),
+            entry.inbound_tiers(),
+        )
+    } else {
+        (u32::from(asked.segment), entry.rule_tiers())
     };
-    let segment_tiers = tables.segment_tiers(probe.generation, sim.segment);
-    let rule = towards(tables, sim, segment_tiers, first, probe);
-    if rule != NO_RULE || !has_second {
+    let rule = towards(tables, asked, subject, tiers, asked.first, probe);
+    if rule != NO_RULE || !asked.has_second {
         rule
     } else {
-        towards(tables, sim, segment_tiers, second, probe)
+        towards(tables, asked, subject, tiers, asked.second, probe)
     }
 }
 
@@ -347,16 +428,17 @@ fn match_subjects<T: Tables>(tables: &T, sim: &SimEntry, dst: &Dst, probe: &Prob
 #[inline(always)]
 fn towards<T: Tables>(
     tables: &T,
-    sim: &SimEntry,
-    segment_tiers: u8,
+    asked: &Asked,
+    subject: u32,
+    tiers: u8,
     class: u32,
     probe: &Probe,
 ) -> u32 {
-    let rule = first_match(tables, u32::from(sim.segment), segment_tiers, class, probe);
-    if rule != NO_RULE || sim.tiers == 0 {
+    let rule = first_match(tables, subject, tiers, class, probe);
+    if rule != NO_RULE || asked.own_tiers == 0 {
         rule
     } else {
-        first_match(tables, SUBJECT_SIM | sim.sim, sim.tiers, class, probe)
+        first_match(tables, asked.own, asked.own_tiers, class, probe)
     }
 }
 
@@ -389,6 +471,9 @@ pub const fn not_ip(iface_flags: u32) -> Verdict {
 pub fn decide(inputs: &Inputs) -> Verdict {
     match inputs.src.kind {
         SrcKind::Outside if inputs.drop_non_pool => Verdict::Drop(DropReason::NonPool),
+        SrcKind::Outside if inputs.rule != NO_RULE => {
+            Verdict::Pass(PassReason::Inbound, inputs.rule)
+        }
         SrcKind::Outside => Verdict::Pass(PassReason::NonPool, 0),
         SrcKind::Spoofed => Verdict::Drop(DropReason::Spoofed),
         SrcKind::Sim if inputs.src.sim.flags & SIM_QUARANTINED != 0 => {

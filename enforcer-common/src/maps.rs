@@ -374,10 +374,37 @@ pub struct NetEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SegmentEntry {
-    /// `TIER_*` bits of the segment's rules.
+    /// `TIER_*` bits of the segment's rules (bits 0-7) and of its inbound rules (bits 8-15,
+    /// see [`SegmentEntry::inbound_tiers`]).
     pub tiers: u32,
     /// Reserved, zero.
     pub _pad: u32,
+}
+
+impl SegmentEntry {
+    /// `TIER_*` bits of the segment's own rules (subject: the segment id).
+    #[inline(always)]
+    #[must_use]
+    pub const fn rule_tiers(&self) -> u8 {
+        (self.tiers & 0xff) as u8
+    }
+
+    /// `TIER_*` bits of the segment's inbound rules (subject: `SUBJECT_INBOUND | segment`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn inbound_tiers(&self) -> u8 {
+        ((self.tiers >> 8) & 0xff) as u8
+    }
+
+    /// The entry for a segment whose rules have `rules` tier bits and whose inbound rules
+    /// have `inbound`.
+    #[must_use]
+    pub const fn new(rules: u8, inbound: u8) -> Self {
+        Self {
+            tiers: rules as u32 | (inbound as u32) << 8,
+            _pad: 0,
+        }
+    }
 }
 
 /// The subject has rules for single ports (`PORT_RULES`, looked up with the packet's port).
@@ -389,8 +416,11 @@ pub const TIER_ANY_PROTO: u8 = 4;
 /// The subject has rules for blocks of more than one port (`RULES_V2`, with the packet's port).
 pub const TIER_PORT_RANGE: u8 = 8;
 
-/// Subject ids below this are segments; a SIM subject is `SUBJECT_SIM | sim`.
+/// Subject ids below [`SUBJECT_INBOUND`] are segments; a SIM subject is `SUBJECT_SIM | sim`.
 pub const SUBJECT_SIM: u32 = 1 << 31;
+/// The subject of a segment's inbound rules (what may open a session toward its SIMs):
+/// `SUBJECT_INBOUND | segment`; their class is the sender's CIDR class.
+pub const SUBJECT_INBOUND: u32 = 1 << 30;
 /// No destination class: nothing in the policy covers the address, so no rule can match.
 pub const CLASS_NONE: u32 = 0;
 /// Destination class of a segment: `CLASS_SEGMENT | segment`. CIDR classes are below it.

@@ -7,13 +7,16 @@
 //! its session lives here, generic over [`SessionTable`], so that the XDP program (a kernel
 //! hash map) and the reference model (its own table) share it, as they share `decide`.
 //!
-//! - A session is created only by a device's packet that a rule allows and that may open one:
-//!   a TCP SYN without ACK, any UDP datagram, an ICMP/ICMPv6 echo request ([`opens`]). A bare
-//!   ACK or RST, or a packet from outside, never creates one.
+//! - A session is created only by a packet that the policy allows and that may open one (a
+//!   TCP SYN without ACK, any UDP datagram, an ICMP/ICMPv6 echo request, [`opens`]): a
+//!   device's packet that a rule allows, or a packet from outside toward a device that an
+//!   inbound rule of the device's segment allows (an *inbound* session). A bare ACK or RST,
+//!   or a packet from outside that no inbound rule allows, never creates one.
 //! - Every packet of a session checked under the current policy epoch (`CONFIG.epoch`) passes
-//!   at once: the device's as allowed by the session's rule, the peer's as its reply.
+//!   at once: the opener's as allowed by the session's rule (`rule`, or `inbound`), the other
+//!   side's as its reply (`reply`).
 //! - A session checked under an older epoch is judged again on its next packet, in the
-//!   device's direction, against the policy in force: still allowed, it is brought up to date;
+//!   opener's direction, against the policy in force: still allowed, it is brought up to date;
 //!   denied (a removed rule, a quarantine), it is removed and the packet dropped.
 //! - TCP state is followed enough to expire closed sessions quickly (the daemon removes idle
 //!   and closed sessions, [`SessionState`]).
@@ -111,6 +114,12 @@ impl SessionState {
     }
 }
 
+/// [`Session::flags`]: the device is the key's first endpoint (`addr_a`).
+pub const SESSION_DEVICE_FIRST: u8 = 1;
+/// [`Session::flags`]: the session was opened from outside, by a packet an inbound rule
+/// allowed; the device answers.
+pub const SESSION_INBOUND: u8 = 2;
+
 /// `SESSIONS` value. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,8 +134,8 @@ pub struct Session {
     pub segment: u16,
     /// [`SessionState`].
     pub state: u8,
-    /// 1 when the device is the key's first endpoint (`addr_a`), else 0.
-    pub device_first: u8,
+    /// [`SESSION_DEVICE_FIRST`], [`SESSION_INBOUND`].
+    pub flags: u8,
     /// When it was created, `CLOCK_MONOTONIC_COARSE` nanoseconds (`bpf_ktime_get_coarse_ns`).
     pub created_ns: u64,
     /// When its last packet was seen, same clock.
@@ -135,6 +144,50 @@ pub struct Session {
     pub packets: [u64; 2],
     /// Bytes from the device, to the device.
     pub bytes: [u64; 2],
+}
+
+/// What a new session starts with; the table adds the times ([`Session::opened`]). 24 bytes
+/// on the program's stack where a [`Session`] takes 64.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Opening {
+    /// [`Session::sim`].
+    pub sim: u32,
+    /// [`Session::rule`].
+    pub rule: u32,
+    /// [`Session::epoch`].
+    pub epoch: u32,
+    /// [`Session::segment`].
+    pub segment: u16,
+    /// [`Session::state`].
+    pub state: u8,
+    /// [`Session::flags`].
+    pub flags: u8,
+    /// The opening packet's bytes, counted in the opener's direction.
+    pub bytes: u64,
+}
+
+impl Session {
+    /// A session as `opening` starts it at `now_ns`: one packet of the opener counted.
+    #[inline(always)]
+    #[must_use]
+    pub fn opened(opening: &Opening, now_ns: u64) -> Self {
+        let mut session = Session {
+            sim: opening.sim,
+            rule: opening.rule,
+            epoch: opening.epoch,
+            segment: opening.segment,
+            state: opening.state,
+            flags: opening.flags,
+            created_ns: now_ns,
+            seen_ns: now_ns,
+            packets: [0; 2],
+            bytes: [0; 2],
+        };
+        let slot = usize::from(opening.flags & SESSION_INBOUND != 0);
+        session.packets[slot] = 1;
+        session.bytes[slot] = opening.bytes;
+        session
+    }
 }
 
 impl SessionKey {
@@ -160,32 +213,175 @@ impl SessionKey {
         if !tracked {
             return None;
         }
+        Some(SessionKey::between(
+            &meta.src, meta.sport, &meta.dst, meta.dport, meta.proto, meta.v6,
+        ))
+    }
+
+    /// Put the endpoints in the key's order (as [`SessionKey::between`]), in place; returns
+    /// whether the endpoint that was first stays first.
+    #[inline(always)]
+    pub fn order(&mut self) -> bool {
+        let (a, b) = (
+            u128::from_ne_bytes(self.addr_a),
+            u128::from_ne_bytes(self.addr_b),
+        );
+        let stays = (a, self.port_a) <= (b, self.port_b);
+        if !stays {
+            self.addr_a = b.to_ne_bytes();
+            self.addr_b = a.to_ne_bytes();
+            core::mem::swap(&mut self.port_a, &mut self.port_b);
+        }
+        stays
+    }
+
+    /// The key of a packet from `src` port `sport` to `dst` port `dport` (an echo's
+    /// identifier as `PacketMeta` places it) of IP protocol `proto`, and whether `src` is the
+    /// key's first endpoint.
+    #[inline(always)]
+    #[must_use]
+    pub fn between(
+        src: &[u8; 16],
+        sport: u16,
+        dst: &[u8; 16],
+        dport: u16,
+        proto: u8,
+        v6: bool,
+    ) -> (SessionKey, bool) {
         // Any total order will do, as long as both directions use it.
-        let (s, d) = (u128::from_ne_bytes(meta.src), u128::from_ne_bytes(meta.dst));
-        let src_first = (s, meta.sport) <= (d, meta.dport);
+        let (s, d) = (u128::from_ne_bytes(*src), u128::from_ne_bytes(*dst));
+        let src_first = (s, sport) <= (d, dport);
         let key = if src_first {
             SessionKey {
-                addr_a: meta.src,
-                addr_b: meta.dst,
-                port_a: meta.sport,
-                port_b: meta.dport,
-                proto: meta.proto,
-                v6: u8::from(meta.v6),
+                addr_a: *src,
+                addr_b: *dst,
+                port_a: sport,
+                port_b: dport,
+                proto,
+                v6: u8::from(v6),
                 _pad: [0; 2],
             }
         } else {
             SessionKey {
-                addr_a: meta.dst,
-                addr_b: meta.src,
-                port_a: meta.dport,
-                port_b: meta.sport,
-                proto: meta.proto,
-                v6: u8::from(meta.v6),
+                addr_a: *dst,
+                addr_b: *src,
+                port_a: dport,
+                port_b: sport,
+                proto,
+                v6: u8::from(v6),
                 _pad: [0; 2],
             }
         };
-        Some((key, src_first))
+        (key, src_first)
     }
+}
+
+/// What an ICMP or ICMPv6 error quotes (RFC 792: destination unreachable, time exceeded,
+/// parameter problem; RFC 4443 §3: those and packet too big): the session key of the quoted
+/// packet, when the quote holds a whole IP header and the transport's first eight bytes of a
+/// TCP segment, a UDP datagram or an echo, and the error goes back to the quoted packet's
+/// sender (its destination is the quoted source). Written by the parsers; `found` false
+/// otherwise.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quoted {
+    /// The quoted packet's session key.
+    pub key: SessionKey,
+    /// The quoted packet's source is the key's first endpoint.
+    pub quoted_src_first: bool,
+    /// A quote was found.
+    pub found: bool,
+}
+
+impl Quoted {
+    /// A quoted packet from `src` port `sport` to `dst` port `dport` (TCP, UDP; for an echo
+    /// request the identifier as `sport` and 0 as `dport`, for an echo reply the other way
+    /// round).
+    #[inline(always)]
+    #[must_use]
+    pub fn of(src: &[u8; 16], sport: u16, dst: &[u8; 16], dport: u16, proto: u8, v6: bool) -> Self {
+        let (key, quoted_src_first) = SessionKey::between(src, sport, dst, dport, proto, v6);
+        Self {
+            key,
+            quoted_src_first,
+            found: true,
+        }
+    }
+}
+
+impl Quoted {
+    /// The quoted packet's (source, source port, destination, destination port).
+    #[must_use]
+    pub fn packet(&self) -> ([u8; 16], u16, [u8; 16], u16) {
+        let k = &self.key;
+        if self.quoted_src_first {
+            (k.addr_a, k.port_a, k.addr_b, k.port_b)
+        } else {
+            (k.addr_b, k.port_b, k.addr_a, k.port_a)
+        }
+    }
+}
+
+/// Whether an ICMP type (`v6`: ICMPv6) is an error that quotes the packet it answers.
+#[inline(always)]
+#[must_use]
+pub const fn is_icmp_error(v6: bool, kind: u8) -> bool {
+    if v6 {
+        matches!(kind, 1..=4)
+    } else {
+        matches!(kind, 3 | 11 | 12)
+    }
+}
+
+/// An ICMP or ICMPv6 error from `error_src`, arriving on interface `ifindex`, that quotes a
+/// packet of a live session checked under the policy in force: the rule that allowed the
+/// session, so that it passes as a `reply` (path MTU discovery and unreachables keep
+/// working). `None`, and the error is judged as the packet it is (toward a device:
+/// `inbound`), when there is no such session, or one of an older epoch (to be judged again on
+/// its next packet, a quarantine among the reasons), or when the error comes from where its
+/// direction may not: as in [`judge`], the device's side not from a service interface and the
+/// other side not from a core one; and an error sent from the device's side must come from
+/// the device itself (another device forging one would reach a host its rules forbid), an
+/// error toward the device from outside every pool (a router or the peer, not a pool address).
+/// Nothing is created, counted in the session or changed.
+#[inline(always)]
+pub fn related<T: SessionTable>(
+    table: &mut T,
+    quoted: &Quoted,
+    ifindex: u32,
+    error_src: &[u8; 16],
+) -> Option<u32> {
+    if !quoted.found {
+        return None;
+    }
+    let session = table.find(&quoted.key)?;
+    if session.epoch != table.epoch() {
+        return None;
+    }
+    // The error goes to the quoted packet's source; it is sent from the device's side when
+    // the quoted destination is the device.
+    let device_first = session.flags & SESSION_DEVICE_FIRST != 0;
+    let from_device = device_first != quoted.quoted_src_first;
+    let wrong_side = if from_device {
+        IFACE_SERVICE
+    } else {
+        IFACE_DROP_NON_POOL
+    };
+    if table.iface_flags(ifindex) & wrong_side != 0 {
+        return None;
+    }
+    let sender_ok = if from_device {
+        // The quoted packet's destination: the device.
+        let device = if quoted.quoted_src_first {
+            &quoted.key.addr_b
+        } else {
+            &quoted.key.addr_a
+        };
+        error_src == device
+    } else {
+        table.outside_pools(quoted.key.v6 == 1, error_src)
+    };
+    sender_ok.then_some(session.rule)
 }
 
 /// An ICMP or ICMPv6 echo request.
@@ -209,11 +405,12 @@ pub fn opens(meta: &PacketMeta) -> bool {
     }
 }
 
-/// The state after a packet with TCP flags `flags` (`from_device`: sent by the device) in
-/// state `state`. Non-TCP sessions stay [`SessionState::Open`].
+/// The state after a packet with TCP flags `flags` (`from_opener`: sent by the side that
+/// opened the session, the device unless [`SESSION_INBOUND`]) in state `state`. Non-TCP
+/// sessions stay [`SessionState::Open`].
 #[inline(always)]
 #[must_use]
-pub fn advance(state: SessionState, proto: u8, from_device: bool, flags: u8) -> SessionState {
+pub fn advance(state: SessionState, proto: u8, from_opener: bool, flags: u8) -> SessionState {
     if proto != IPPROTO_TCP {
         return SessionState::Open;
     }
@@ -222,7 +419,7 @@ pub fn advance(state: SessionState, proto: u8, from_device: bool, flags: u8) -> 
     }
     match state {
         // A new SYN on a closed session opens it again (a reused port).
-        SessionState::Closed if from_device && flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
+        SessionState::Closed if from_opener && flags & (TCP_SYN | TCP_ACK) == TCP_SYN => {
             SessionState::SynSent
         }
         SessionState::Closed => SessionState::Closed,
@@ -233,7 +430,7 @@ pub fn advance(state: SessionState, proto: u8, from_device: bool, flags: u8) -> 
                 SessionState::Closing
             }
         }
-        SessionState::SynSent if !from_device => SessionState::Established,
+        SessionState::SynSent if !from_opener => SessionState::Established,
         other => other,
     }
 }
@@ -290,11 +487,13 @@ pub trait SessionTable {
     fn now_ns(&self) -> u64;
     /// What the packet path needs of `key`'s session (not its timestamps and counters).
     fn find(&mut self, key: &SessionKey) -> Option<Found>;
-    /// Add a new session; `false` when the table is full (nothing was added).
-    fn create(&mut self, key: &SessionKey, session: &Session) -> bool;
-    /// Count one packet of `bytes` bytes in `key`'s session, move its state on with the
-    /// packet's protocol and TCP flags ([`advance`]) and set its last-seen time (the kernel adds
-    /// atomically: both directions may run on two CPUs at once).
+    /// Add a new session ([`Session::opened`]); `false` when the table is full (nothing was
+    /// added).
+    fn create(&mut self, key: &SessionKey, opening: &Opening) -> bool;
+    /// Count one packet of `bytes` bytes in `key`'s session (`from_device`: in the device's
+    /// direction), move its state on with the packet's protocol and TCP flags ([`advance`],
+    /// from the opener when `from_device` is not [`SESSION_INBOUND`]) and set its last-seen
+    /// time (the kernel adds atomically: both directions may run on two CPUs at once).
     fn touch(&mut self, key: &SessionKey, from_device: bool, bytes: u64, proto: u8, flags: u8);
     /// Bring `key`'s session up to date after a check: its SIM, segment, rule and epoch.
     fn refresh(&mut self, key: &SessionKey, sim: &SimEntry, rule: u32, epoch: u32);
@@ -302,6 +501,8 @@ pub trait SessionTable {
     fn remove(&mut self, key: &SessionKey);
     /// `IFACE_*` flags of interface `ifindex` (`IFACES`), 0 if unknown.
     fn iface_flags(&self, ifindex: u32) -> u32;
+    /// Whether `addr` lies outside every pool of the policy in force (`NET_*`).
+    fn outside_pools(&self, v6: bool, addr: &[u8; 16]) -> bool;
     /// The policy's inputs for `meta` (`decide::identify` over the policy tables). A method
     /// rather than a closure: the program's copy must be inlined (`#[inline(always)]`), and
     /// a closure passed as a function item was called through an outlined shim whose stack
@@ -323,8 +524,8 @@ pub struct Found {
     pub segment: u16,
     /// [`Session::state`].
     pub state: u8,
-    /// [`Session::device_first`].
-    pub device_first: u8,
+    /// [`Session::flags`].
+    pub flags: u8,
 }
 
 impl Found {
@@ -338,7 +539,7 @@ impl Found {
             epoch: session.epoch,
             segment: session.segment,
             state: session.state,
-            device_first: session.device_first,
+            flags: session.flags,
         }
     }
 }
@@ -357,7 +558,7 @@ fn device(session: &Found) -> Src {
     }
 }
 
-/// Judge one packet with sessions (`meta` is left turned to the device's direction): the
+/// Judge one packet with sessions (`meta` is left turned to the opener's direction): the
 /// policy's inputs ([`SessionTable::identify`], the table lookups) are gathered only when no
 /// session of the current epoch covers the packet, and at one place (the program's stack and
 /// the verifier's work stay those of one lookup sequence).
@@ -373,97 +574,163 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
         Some(session) => (true, session),
         None => (false, Found::default()),
     };
-    let sent_by_device = !found_exists || (session.device_first == 1) == src_first;
+    let inbound = session.flags & SESSION_INBOUND != 0;
+    let sent_by_device = !found_exists || (session.flags & SESSION_DEVICE_FIRST != 0) == src_first;
     // Where a session's packet may not come from: then it is judged as it is, as if there
     // were no session. The device's side never arrives from the services (a forged device
-    // address); a reply never arrives on a core interface (a device forging a peer's address
-    // to another device); an echo request is no reply, whatever its identifier.
+    // address); the other side never arrives on a core interface (a device forging a peer's
+    // address to another device); only the opener sends echo requests.
     let misplaced = found_exists && {
         let flags = table.iface_flags(meta.ifindex);
+        let echo_answered = echo_request(meta) && (sent_by_device == inbound);
         if sent_by_device {
-            flags & IFACE_SERVICE != 0
+            flags & IFACE_SERVICE != 0 || echo_answered
         } else {
-            flags & IFACE_DROP_NON_POOL != 0 || echo_request(meta)
+            flags & IFACE_DROP_NON_POOL != 0 || echo_answered
         }
     };
     let exists = found_exists && !misplaced;
     let from_device = sent_by_device || misplaced;
+    // The opener's packets pass as the policy allowed them; the other side's as replies.
+    let from_opener = from_device != (exists && inbound);
     if exists && session.epoch == epoch {
         table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
-        return if from_device {
-            (
-                Verdict::Pass(PassReason::Rule, session.rule),
-                device(&session),
-            )
-        } else {
-            (
-                Verdict::Pass(PassReason::Reply, session.rule),
-                Src::default(),
-            )
+        let reason = match (from_opener, inbound) {
+            (true, false) => PassReason::Rule,
+            (true, true) => PassReason::Inbound,
+            (false, _) => PassReason::Reply,
         };
+        let src = if from_device {
+            device(&session)
+        } else {
+            Src::default()
+        };
+        return (Verdict::Pass(reason, session.rule), src);
     }
-    // No session, or one checked under another policy: judge the device's direction (one
+    // No session, or one checked under another policy: judge the opener's direction (one
     // call site, so that the lookups are inlined once).
-    meta.reversed = !from_device;
+    meta.reversed = !from_opener;
     let inputs = table.identify(meta);
     if !tracked {
         return fresh(inputs);
     }
-    // A quarantined SIM at the other end sends nothing, not even replies.
+    // A quarantined SIM at the other end (the device itself, for an inbound packet) sends
+    // and receives nothing, not even replies.
     let peer_quarantined =
         inputs.dst.kind == DstKind::Sim && inputs.dst.sim.flags & SIM_QUARANTINED != 0;
     if exists {
-        return match decide(&inputs) {
-            Verdict::Pass(PassReason::Rule, _) if peer_quarantined => {
-                table.remove(&key);
-                (Verdict::Drop(DropReason::Quarantined), Src::default())
-            }
-            Verdict::Pass(PassReason::Rule, rule) if inputs.src.kind == SrcKind::Sim => {
-                table.refresh(&key, &inputs.src.sim, rule, epoch);
-                table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
-                if from_device {
-                    (Verdict::Pass(PassReason::Rule, rule), inputs.src)
-                } else {
-                    (Verdict::Pass(PassReason::Reply, rule), Src::default())
-                }
-            }
-            denied => {
-                table.remove(&key);
-                match denied {
-                    _ if from_device => (denied, inputs.src),
-                    Verdict::Drop(reason) => (Verdict::Drop(reason), Src::default()),
-                    Verdict::Pass(..) => (Verdict::Drop(DropReason::Inbound), Src::default()),
-                }
-            }
-        };
+        return recheck(
+            table,
+            &key,
+            meta,
+            bytes,
+            &inputs,
+            inbound,
+            from_device,
+            epoch,
+        );
     }
     let (verdict, src) = fresh(inputs);
-    if let Verdict::Pass(PassReason::Rule, rule) = verdict
+    let (opener_is_device, device_sim) = match verdict {
+        Verdict::Pass(PassReason::Rule, _) => (true, src.sim),
+        Verdict::Pass(PassReason::Inbound, _) => (false, inputs.dst.sim),
+        _ => return (verdict, src),
+    };
+    if let Verdict::Pass(_, rule) = verdict
         && opens(meta)
         && !peer_quarantined
     {
-        let now = table.now_ns();
-        let session = Session {
-            sim: src.sim.sim,
+        let device_first = src_first == opener_is_device;
+        let opening = Opening {
+            sim: device_sim.sim,
             rule,
             epoch,
-            segment: src.sim.segment,
+            segment: device_sim.segment,
             state: if meta.proto == IPPROTO_TCP {
                 SessionState::SynSent as u8
             } else {
                 SessionState::Open as u8
             },
-            device_first: u8::from(src_first),
-            created_ns: now,
-            seen_ns: now,
-            packets: [1, 0],
-            bytes: [bytes, 0],
+            flags: if device_first {
+                SESSION_DEVICE_FIRST
+            } else {
+                0
+            } | if opener_is_device { 0 } else { SESSION_INBOUND },
+            bytes,
         };
-        if !table.create(&key, &session) {
+        if !table.create(&key, &opening) {
             return (Verdict::Drop(DropReason::SessionsFull), src);
         }
     }
     (verdict, src)
+}
+
+/// A packet of a session checked under an older epoch, judged in the opener's direction
+/// (`inputs`): still allowed as the session was opened (by a device's rule, or by an inbound
+/// rule when `inbound`), the session is brought up to date and the packet passes; otherwise
+/// the session is removed and the packet dropped (or, for a device's own packet of a session it
+/// opened, given the verdict it would get without a session).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, inlined into the program"
+)]
+fn recheck<T: SessionTable>(
+    table: &mut T,
+    key: &SessionKey,
+    meta: &PacketMeta,
+    bytes: u64,
+    inputs: &Inputs,
+    inbound: bool,
+    from_device: bool,
+    epoch: u32,
+) -> (Verdict, Src) {
+    let device_quarantined = |sim: &SimEntry| sim.flags & SIM_QUARANTINED != 0;
+    let verdict = decide(inputs);
+    // The device and the rule that allow the session now.
+    let allowed = match verdict {
+        Verdict::Pass(PassReason::Rule, rule)
+            if !inbound
+                && inputs.src.kind == SrcKind::Sim
+                && !(inputs.dst.kind == DstKind::Sim && device_quarantined(&inputs.dst.sim)) =>
+        {
+            Some((inputs.src.sim, rule))
+        }
+        Verdict::Pass(PassReason::Inbound, rule) if inbound && inputs.dst.kind == DstKind::Sim => {
+            Some((inputs.dst.sim, rule))
+        }
+        _ => None,
+    };
+    if let Some((device, rule)) = allowed {
+        table.refresh(key, &device, rule, epoch);
+        table.touch(key, from_device, bytes, meta.proto, meta.l4_flags);
+        let from_opener = from_device != inbound;
+        let reason = match (from_opener, inbound) {
+            (true, false) => PassReason::Rule,
+            (true, true) => PassReason::Inbound,
+            (false, _) => PassReason::Reply,
+        };
+        let src = if from_device {
+            Src {
+                kind: SrcKind::Sim,
+                sim: device,
+            }
+        } else {
+            Src::default()
+        };
+        return (Verdict::Pass(reason, rule), src);
+    }
+    table.remove(key);
+    let to_quarantined = inputs.dst.kind == DstKind::Sim && device_quarantined(&inputs.dst.sim);
+    match verdict {
+        Verdict::Pass(..) if to_quarantined => {
+            (Verdict::Drop(DropReason::Quarantined), Src::default())
+        }
+        // The device's own packet of a session it opened: what it gets without a session.
+        _ if from_device && !inbound => (verdict, inputs.src),
+        Verdict::Drop(reason) => (Verdict::Drop(reason), Src::default()),
+        Verdict::Pass(..) => (Verdict::Drop(DropReason::Inbound), Src::default()),
+    }
 }
 
 /// The verdict without a session: the policy's, except that a packet from outside every pool

@@ -87,20 +87,25 @@ pub enum PassReason {
     Neighbour = 3,
     /// Neither IPv4 nor IPv6 (nor ARP): not the enforcer's business.
     NotIp = 4,
-    /// A packet toward a device that belongs to a session the device opened, checked against
-    /// the policy in force; the rule id that allowed the session is carried in
-    /// [`Verdict::Pass`].
+    /// A packet that answers the opener of a session (toward a device that opened it, or
+    /// from a device to the host that an inbound rule let in), checked against the policy in
+    /// force; the rule id that allowed the session is carried in [`Verdict::Pass`].
     Reply = 5,
+    /// A packet from outside every pool toward a device that one of the device's segment's
+    /// `inbound` rules allows (a maintenance host opening SSH, say); the rule id is carried in
+    /// [`Verdict::Pass`].
+    Inbound = 6,
 }
 
 impl PassReason {
     /// Every reason, in numeric order.
-    pub const ALL: [PassReason; 5] = [
+    pub const ALL: [PassReason; 6] = [
         PassReason::Rule,
         PassReason::NonPool,
         PassReason::Neighbour,
         PassReason::NotIp,
         PassReason::Reply,
+        PassReason::Inbound,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -112,6 +117,7 @@ impl PassReason {
             PassReason::Neighbour => "neighbour",
             PassReason::NotIp => "not_ip",
             PassReason::Reply => "reply",
+            PassReason::Inbound => "inbound",
         }
     }
 }
@@ -119,8 +125,8 @@ impl PassReason {
 /// The outcome for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
-    /// Pass; for [`PassReason::Rule`] and [`PassReason::Reply`] the second field is the rule
-    /// id, else 0.
+    /// Pass; for [`PassReason::Rule`], [`PassReason::Reply`] and [`PassReason::Inbound`] the
+    /// second field is the rule id, else 0.
     Pass(PassReason, u32),
     /// Drop, for the given reason.
     Drop(DropReason),

@@ -354,8 +354,8 @@ impl Tables for World {
     fn single_port_used(&self, _: u8, _: u8, _: u16) -> bool {
         true
     }
-    fn segment_tiers(&self, _: u8, _: u16) -> u8 {
-        self.segment_tiers
+    fn segment(&self, _: u8, _: u16) -> SegmentEntry {
+        SegmentEntry::new(self.segment_tiers, 0)
     }
     fn iface_flags(&self, _: u32) -> u32 {
         0

@@ -53,7 +53,7 @@ pub fn record(verdict: Verdict, src: &Src, bytes: u64) {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes_counter, bytes);
         }
     }
-    if let Verdict::Pass(PassReason::Rule, rule) = verdict
+    if let Verdict::Pass(PassReason::Rule | PassReason::Inbound, rule) = verdict
         && let Some(counter) = RULE_STATS.get_ptr_mut(rule)
     {
         // SAFETY: a per-CPU slot, written only by this CPU while the program runs.

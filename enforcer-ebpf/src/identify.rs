@@ -9,8 +9,8 @@ use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
     maps::{
-        IPPROTO_UDP, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SimBinding, SimEntry, SimPolicy,
-        ports_used_index, segment_index,
+        IPPROTO_UDP, NET_POOL, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SegmentEntry, SimBinding,
+        SimEntry, SimPolicy, ports_used_index, segment_index,
     },
     rules::RuleTable,
 };
@@ -96,10 +96,11 @@ impl Tables for KernelMaps {
     }
 
     #[inline(always)]
-    fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
+    fn segment(&self, generation: u8, segment: u16) -> SegmentEntry {
         SEGMENTS
             .get(segment_index(generation, segment))
-            .map_or(0, |entry| entry.tiers as u8)
+            .copied()
+            .unwrap_or_default()
     }
 
     #[inline(always)]
@@ -136,6 +137,19 @@ fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
 #[inline(always)]
 pub fn lookup(meta: &PacketMeta) -> Inputs {
     decide::identify(&KernelMaps, meta)
+}
+
+/// Whether `addr` lies outside every pool of the active generation (`NET_*`).
+#[inline(always)]
+pub fn outside_pools(v6: bool, addr: &[u8; 16]) -> bool {
+    let maps = KernelMaps;
+    let generation = maps.generation();
+    let net = if v6 {
+        maps.net_v6(generation, *addr)
+    } else {
+        maps.net_v4(generation, [addr[0], addr[1], addr[2], addr[3]])
+    };
+    net.is_none_or(|net| net.flags & NET_POOL == 0)
 }
 
 /// `IFACE_*` flags of the arrival interface, for frames that never reach the lookups.

@@ -17,7 +17,7 @@ mod parse;
 mod track;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use enforcer_common::{DropReason, PassReason, Src, Verdict, decide::PacketMeta};
+use enforcer_common::{DropReason, PassReason, Src, Verdict, decide::PacketMeta, rules::NO_RULE};
 
 use crate::parse::Parsed;
 
@@ -42,6 +42,12 @@ fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
     let mut meta = PacketMeta::default();
     match decode(parse_into(ctx, &mut meta)) {
         Stage::Ip => {}
+        Stage::IcmpError(at, ip_end) => {
+            let rule = related_into(ctx, at, ip_end, &meta);
+            if rule != NO_RULE {
+                return (Verdict::Pass(PassReason::Reply, rule), Src::default());
+            }
+        }
         Stage::Done(verdict) => return (verdict, Src::default()),
         Stage::NotIp => {
             let flags = identify::iface_flags(parse::ifindex(ctx));
@@ -52,10 +58,25 @@ fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
     enforcer_common::session::judge(&mut sessions, &mut meta, bytes)
 }
 
+/// An ICMP or ICMPv6 error (`meta`, quote at `at`, IP end `ip_end`) that quotes a packet of a
+/// live session of the policy in force: the session's rule, so that it passes as a reply
+/// (`enforcer_common::session::related`); else [`NO_RULE`]. A BPF function of its own, so that
+/// the quote's key and headers live in its frame, not in the one the policy lookups share.
+#[inline(never)]
+fn related_into(ctx: &XdpContext, at: usize, ip_end: usize, meta: &PacketMeta) -> u32 {
+    let mut quoted = enforcer_common::session::Quoted::default();
+    parse::quoted(ctx, at, ip_end, meta.v6, &meta.dst, &mut quoted);
+    let mut sessions = track::KernelSessions::new();
+    enforcer_common::session::related(&mut sessions, &quoted, meta.ifindex, &meta.src)
+        .unwrap_or(NO_RULE)
+}
+
 /// What [`parse_into`] found, packed in its return register: a BPF function returns one
 /// 64-bit value, not a struct.
 enum Stage {
     Ip,
+    /// An IP packet that is an ICMP error: where its quote starts, where its IP packet ends.
+    IcmpError(usize, usize),
     Done(Verdict),
     NotIp,
 }
@@ -64,16 +85,21 @@ const STAGE_IP: u64 = 0;
 const STAGE_PASS: u64 = 1;
 const STAGE_DROP: u64 = 2;
 const STAGE_NOT_IP: u64 = 3;
+const STAGE_ICMP_ERROR: u64 = 4;
 
 /// Stage 1, parse, as a BPF function of its own (never inlined): the header copies it makes
 /// live in its own stack frame, gone before the lookups run. The verifier allows 512 bytes of
 /// stack for the deepest chain of calls, and parse, the session logic and the lookups inlined
 /// into one function needed more. Writes the packet's fields to `meta` for an IP packet;
-/// returns `kind << 40 | reason << 32 | rule`.
+/// returns `kind << 40 | reason << 32 | rule`, for an ICMP error `kind << 40 | at << 16 |
+/// ip_end` (where its quote starts, where its IP packet ends).
 #[inline(never)]
 fn parse_into(ctx: &XdpContext, meta: &mut PacketMeta) -> u64 {
     match parse::packet(ctx, meta) {
         Ok(Parsed::Ip) => STAGE_IP << 40,
+        Ok(Parsed::IcmpError(at, ip_end)) => {
+            STAGE_ICMP_ERROR << 40 | (at as u64 & 0xffff) << 16 | (ip_end as u64 & 0xffff)
+        }
         Ok(Parsed::Done(Verdict::Pass(reason, rule))) => {
             STAGE_PASS << 40 | (reason as u64) << 32 | u64::from(rule)
         }
@@ -84,16 +110,22 @@ fn parse_into(ctx: &XdpContext, meta: &mut PacketMeta) -> u64 {
     }
 }
 
-/// The reasons the parser may return, by number (the only ones it produces).
+/// The reasons the parser (and the ICMP error check) may return, by number (the only ones
+/// they produce).
 #[inline(always)]
 fn decode(code: u64) -> Stage {
     let reason = ((code >> 32) & 0xff) as u32;
     let rule = code as u32;
     match code >> 40 {
         STAGE_IP => Stage::Ip,
+        STAGE_ICMP_ERROR => {
+            Stage::IcmpError(((code >> 16) & 0xffff) as usize, (code & 0xffff) as usize)
+        }
         STAGE_PASS => Stage::Done(Verdict::Pass(
             if reason == PassReason::Neighbour as u32 {
                 PassReason::Neighbour
+            } else if reason == PassReason::Reply as u32 {
+                PassReason::Reply
             } else {
                 PassReason::NotIp
             },

@@ -78,3 +78,11 @@ pub static SESSIONS: HashMap<SessionKey, Session> =
 /// Per-rule packets and bytes passed, per CPU.
 #[map]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(defaults::MAX_RULES, 0);
+
+/// One `Session` per CPU, where a new session is assembled before it is inserted: a 64-byte
+/// value on the program's stack did not fit its 512 bytes, and assembling it in a BPF function
+/// of its own quadrupled the verifier's work (every path that opens a session verified the
+/// function again). Not pinned: each loaded program has its own, and nothing is kept in it
+/// between packets.
+#[map]
+pub static SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);

@@ -24,6 +24,12 @@
 //!   malformed.
 //! - TCP needs 20 bytes and a data offset of at least 5 words that ends inside the packet, UDP
 //!   8, ICMP (in IPv4) and ICMPv6 (in IPv6) 8; other protocols carry no ports and need nothing.
+//! - An ICMP or ICMPv6 error (`enforcer_common::session::is_icmp_error`) is reported with
+//!   where its quote starts, and [`quoted`] reads what it quotes, for the session check
+//!   (`enforcer_common::session::Quoted`): an IPv4 header (version 4, IHL >= 5, not a later
+//!   fragment) or an IPv6 header (version 6, no extension header) whose source is the error's
+//!   destination, and the first eight bytes of TCP, UDP or an echo, all inside the error's IP
+//!   packet. Anything else quotes nothing; the error itself is judged as it is.
 //! - ICMPv6 types 133-137 (router/neighbour discovery, redirect) pass (neighbour) only when
 //!   they come from the link itself and stay on it: hop limit 255, no extension header (so no
 //!   fragment, RFC 4861 §6.1.1, RFC 6980), and a link-local source or a link-local or
@@ -36,7 +42,12 @@ use enforcer_common::{
     DropReason, PassReason, Verdict,
     decide::{PacketMeta, v4_in_16},
     maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    session::{Quoted, is_icmp_error},
 };
+
+/// The furthest an ICMP error's quote, and the error's IP packet end, may lie in the frame
+/// (16 KiB - 1, a power of two minus one, used as a mask); an error beyond quotes nothing.
+const MAX_QUOTE_OFFSET: usize = 0x3fff;
 
 /// QinQ: an S-tag and a C-tag. Deeper stacks do not occur on SGi/N6 links.
 const MAX_VLAN_DEPTH: usize = 2;
@@ -176,6 +187,9 @@ pub enum Parsed {
     /// An IP packet for the rest of the pipeline; its fields are in the `PacketMeta` given to
     /// [`packet`] (written in place: copies of it cost the program's 512-byte stack).
     Ip,
+    /// An IP packet, as [`Parsed::Ip`], that is an ICMP or ICMPv6 error: what it quotes
+    /// starts at the first offset ([`quoted`]), and its IP packet ends at the second.
+    IcmpError(usize, usize),
     /// A frame whose verdict needs no lookup.
     Done(Verdict),
     /// Neither IPv4, IPv6 nor ARP: judged by the interface's role
@@ -500,6 +514,9 @@ fn transport(
             inside(8)?;
             let icmp: IcmpHdr = read(ctx, l4)?;
             echo_ids(meta, &icmp, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY);
+            if is_icmp_error(false, icmp.kind) {
+                return Ok(Parsed::IcmpError(l4.wrapping_add(8), ip_end));
+            }
         }
         IPPROTO_ICMPV6 if v6 => {
             inside(8)?;
@@ -508,8 +525,124 @@ fn transport(
                 return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
             }
             echo_ids(meta, &icmp, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+            if is_icmp_error(true, icmp.kind) {
+                return Ok(Parsed::IcmpError(l4.wrapping_add(8), ip_end));
+            }
         }
         _ => {}
     }
     Ok(Parsed::Ip)
+}
+
+/// The ports of a quoted transport header at `l4` (inside `ip_end`): TCP and UDP's, an echo
+/// request's identifier as the source port, a reply's as the destination port; `None` for
+/// anything else.
+#[inline(always)]
+fn quoted_ports(
+    ctx: &XdpContext,
+    l4: usize,
+    ip_end: usize,
+    proto: u8,
+    echo: (u8, u8, u8),
+) -> Option<(u16, u16)> {
+    if l4.wrapping_add(8) > ip_end {
+        return None;
+    }
+    let (echo_proto, request, reply) = echo;
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        let ports: Ports = read(ctx, l4).ok()?;
+        Some((u16::from_be_bytes(ports.src), u16::from_be_bytes(ports.dst)))
+    } else if proto == echo_proto {
+        let icmp: IcmpHdr = read(ctx, l4).ok()?;
+        let id = u16::from_be_bytes(icmp.id);
+        if icmp.kind == request {
+            Some((id, 0))
+        } else if icmp.kind == reply {
+            Some((0, id))
+        } else {
+            None
+        }
+    } else {
+        None
+    }
+}
+
+/// What an ICMP (`v6` false) or ICMPv6 error whose IP packet ends at `ip_end` and goes to
+/// `error_dst` quotes at `at` (see the module comment), written into `out`: `found` false if
+/// nothing usable. The key is assembled in place: copies of 40-byte keys spilled byte by byte
+/// and cost more stack than the program has.
+#[inline(always)]
+pub fn quoted(
+    ctx: &XdpContext,
+    at: usize,
+    ip_end: usize,
+    v6: bool,
+    error_dst: &[u8; 16],
+    out: &mut Quoted,
+) {
+    out.found = false;
+    // Linux 6.1's verifier gives up on a packet pointer whose variable offset may reach 64 KiB
+    // ("R2 offset is outside of the packet" after a good bounds check): the quote's offset,
+    // which crossed a function call as a plain number, is bounded first (and the mask is read
+    // back through `opaque`, so that LLVM cannot drop it after the check).
+    if at > MAX_QUOTE_OFFSET || ip_end > MAX_QUOTE_OFFSET {
+        return;
+    }
+    let at = opaque(at) & MAX_QUOTE_OFFSET;
+    let (header_len, proto) = if v6 {
+        if at.wrapping_add(size_of::<Ipv6Hdr>()) > ip_end {
+            return;
+        }
+        let Ok(first) = read::<[u8; 8]>(ctx, at) else {
+            return;
+        };
+        let (Ok(src), Ok(dst)) = (
+            read::<[u8; 16]>(ctx, at.wrapping_add(8)),
+            read::<[u8; 16]>(ctx, at.wrapping_add(24)),
+        ) else {
+            return;
+        };
+        if first[0] >> 4 != 6 {
+            return;
+        }
+        out.key.addr_a = src;
+        out.key.addr_b = dst;
+        (size_of::<Ipv6Hdr>(), first[6])
+    } else {
+        if at.wrapping_add(IPV4_HEADER_LEN) > ip_end {
+            return;
+        }
+        let Ok(ip) = read::<Ipv4Hdr>(ctx, at) else {
+            return;
+        };
+        let header_len = usize::from(ip.version_ihl & 0x0f).wrapping_mul(4);
+        if ip.version_ihl >> 4 != 4
+            || header_len < IPV4_HEADER_LEN
+            || u16::from_be_bytes(ip.frag_off) & 0x1fff != 0
+        {
+            return;
+        }
+        out.key.addr_a = v4_in_16(ip.src);
+        out.key.addr_b = v4_in_16(ip.dst);
+        (header_len, ip.proto)
+    };
+    if out.key.addr_a != *error_dst {
+        return;
+    }
+    let echo = if v6 {
+        (IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+    } else {
+        (IPPROTO_ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+    };
+    let Some((sport, dport)) = quoted_ports(ctx, at.wrapping_add(header_len), ip_end, proto, echo)
+    else {
+        return;
+    };
+    out.key.port_a = sport;
+    out.key.port_b = dport;
+    out.key.proto = proto;
+    out.key.v6 = u8::from(v6);
+    out.key._pad = [0; 2];
+    out.quoted_src_first = out.key.order();
+    out.found = true;
 }

@@ -26,15 +26,15 @@ use std::{
 
 use enforcer_common::maps::{
     CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, NET_CORE_SOURCE, NET_POOL, NetEntry, PORT_BITS_ANY,
-    PROTO_ANY, RuleEntry, RuleKey, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_SIM, SegmentEntry,
-    SimEntry, SimKeyV4, SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT, TIER_PORT_RANGE,
-    has_ports,
+    PROTO_ANY, RuleEntry, RuleKey, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_INBOUND, SUBJECT_SIM,
+    SegmentEntry, SimEntry, SimKeyV4, SimKeyV6, TIER_ANY_PORT, TIER_ANY_PROTO, TIER_PORT,
+    TIER_PORT_RANGE, has_ports,
 };
 use ipnetwork::IpNetwork;
 
 use crate::{
     ids::Ids,
-    policy::{Dest, Rule, SimState, ValidatedPolicy},
+    policy::{Dest, Rule, RuleOwner, SimState, ValidatedPolicy},
 };
 
 /// An `NET_V4` entry: CIDR and value.
@@ -89,17 +89,10 @@ pub struct Compiled {
     pub ids: Ids,
 }
 
-/// Which policy vector a rule's owner is in, and where.
-#[derive(Debug, Clone, Copy)]
-enum Owner {
-    Segment(usize),
-    Sim(usize),
-}
-
 /// Userspace description of a rule id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleInfo {
-    /// `segment NAME` or `imsi NNN`.
+    /// `segment NAME`, `imsi NNN` or `segment NAME inbound`.
     pub owner: String,
     /// `file:line` of the rule.
     pub origin: String,
@@ -139,32 +132,23 @@ pub fn compile_fresh(policy: &ValidatedPolicy) -> Result<Compiled, CompileError>
 /// [`CompileError::TooManyClasses`] for a policy whose CIDRs need more classes than the
 /// encoding holds; [`CompileError::Ids`] if `ids` were not made for this policy.
 pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileError> {
-    let rule_count = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
-        + policy.sims.iter().map(|s| s.rules().len()).sum::<usize>();
     if ids.sims.len() != policy.sims.len()
         || ids.segments.len() != policy.segments.len()
-        || ids.rules.len() != rule_count
+        || ids.rules.len() != policy.rule_count()
     {
         return Err(CompileError::Ids);
     }
-    // Rules by position (compile order); `Owner` holds the owner's position in the policy.
-    let owned: Vec<(u32, Owner, String, &Rule)> = policy
-        .segments
-        .iter()
-        .enumerate()
-        .flat_map(|(pos, segment)| {
-            let subject = u32::from(ids.segments[pos]);
-            segment.rules.iter().map(move |rule| {
-                let owner = format!("segment {}", segment.name);
-                (subject, Owner::Segment(pos), owner, rule)
-            })
+    // Rules by position (compile order), with their subject in the rule keys.
+    let owned: Vec<(u32, RuleOwner, String, &Rule)> = policy
+        .rules()
+        .map(|(owner, rule)| {
+            let subject = match owner {
+                RuleOwner::Segment(pos) => u32::from(ids.segments[pos]),
+                RuleOwner::Sim(pos) => SUBJECT_SIM | ids.sims[pos],
+                RuleOwner::Inbound(pos) => SUBJECT_INBOUND | u32::from(ids.segments[pos]),
+            };
+            (subject, owner, policy.owner_name(owner), rule)
         })
-        .chain(policy.sims.iter().enumerate().flat_map(|(pos, sim)| {
-            let subject = SUBJECT_SIM | ids.sims[pos];
-            sim.rules()
-                .iter()
-                .map(move |rule| (subject, Owner::Sim(pos), format!("imsi {}", sim.imsi), rule))
-        }))
         .collect();
 
     let classes = NetClasses::new(
@@ -206,6 +190,7 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         .max()
         .unwrap_or(0);
     let mut segment_tiers = vec![0u8; segment_slots];
+    let mut inbound_tiers = vec![0u8; segment_slots];
     let mut sim_tiers = vec![0u8; policy.sims.len()];
     let mut named_sims = BTreeSet::new();
     let mut infos = vec![None; ids.rule_slots()];
@@ -240,9 +225,12 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         if !rule.to.is_empty() {
             let tiers = matches[pos].iter().fold(0, |tiers, m| tiers | m.tier());
             match owner_pos {
-                Owner::Sim(sim) => sim_tiers[*sim] |= tiers,
-                Owner::Segment(segment) => {
+                RuleOwner::Sim(sim) => sim_tiers[*sim] |= tiers,
+                RuleOwner::Segment(segment) => {
                     segment_tiers[usize::from(ids.segments[*segment])] |= tiers;
+                }
+                RuleOwner::Inbound(segment) => {
+                    inbound_tiers[usize::from(ids.segments[*segment])] |= tiers;
                 }
             }
         }
@@ -315,10 +303,8 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         nets_v6,
         segments: segment_tiers
             .into_iter()
-            .map(|tiers| SegmentEntry {
-                tiers: u32::from(tiers),
-                _pad: 0,
-            })
+            .zip(inbound_tiers)
+            .map(|(rules, inbound)| SegmentEntry::new(rules, inbound))
             .collect(),
         rules: entries
             .into_iter()
@@ -667,11 +653,17 @@ impl MapImage {
             );
         }
         for (id, s) in self.segments.iter().enumerate() {
-            let _ = writeln!(out, "segment {id} -> tiers={}", tiers(s.tiers as u8));
+            let _ = write!(out, "segment {id} -> tiers={}", tiers(s.rule_tiers()));
+            if s.inbound_tiers() != 0 {
+                let _ = write!(out, " inbound_tiers={}", tiers(s.inbound_tiers()));
+            }
+            let _ = writeln!(out);
         }
         for (key, entry) in &self.rules {
             let subject = if key.subject & SUBJECT_SIM != 0 {
                 format!("sim:{}", key.subject & !SUBJECT_SIM)
+            } else if key.subject & SUBJECT_INBOUND != 0 {
+                format!("inbound:{}", key.subject & !SUBJECT_INBOUND)
             } else {
                 format!("segment:{}", key.subject)
             };

@@ -293,7 +293,8 @@ fn sim_fields(
         .collect()
 }
 
-/// Every rule of a policy by owner, in file order: segments first, then SIMs.
+/// Every rule of a policy by owner, in file order: segments first, then SIMs, then the
+/// segments' inbound rules.
 fn rules_by_owner(policy: &ValidatedPolicy) -> Vec<(String, &[Rule])> {
     let segments = policy
         .segments
@@ -305,7 +306,12 @@ fn rules_by_owner(policy: &ValidatedPolicy) -> Vec<(String, &[Rule])> {
         .iter()
         .filter(|s| !s.rules().is_empty())
         .map(|s| (format!("imsi {}", s.imsi), s.rules()));
-    segments.chain(sims).collect()
+    let inbound = policy
+        .segments
+        .iter()
+        .filter(|s| !s.inbound.is_empty())
+        .map(|s| (format!("segment {} inbound", s.name), s.inbound.as_slice()));
+    segments.chain(sims).chain(inbound).collect()
 }
 
 fn rule_changes(old: &ValidatedPolicy, new: &ValidatedPolicy) -> Vec<OwnerRules> {
@@ -345,11 +351,19 @@ fn owner_changes(
     new: &ValidatedPolicy,
     after: &[Rule],
 ) -> OwnerRules {
+    let inbound = owner.ends_with(" inbound");
+    let shown = |policy: &ValidatedPolicy, rule: &Rule| {
+        if inbound {
+            show::inbound_match(policy, rule)
+        } else {
+            show::rule_match(policy, rule)
+        }
+    };
     // Match text → the old rules with it, in file order; each new rule takes the first left.
     let mut unmatched: BTreeMap<String, std::collections::VecDeque<&Rule>> = BTreeMap::new();
     let mut old_order = Vec::with_capacity(before.len());
     for rule in before {
-        let key = show::rule_match(old, rule);
+        let key = shown(old, rule);
         unmatched.entry(key.clone()).or_default().push_back(rule);
         old_order.push(key);
     }
@@ -360,7 +374,7 @@ fn owner_changes(
         changed: Vec::new(),
     };
     for rule in after {
-        let key = show::rule_match(new, rule);
+        let key = shown(new, rule);
         match unmatched
             .get_mut(&key)
             .and_then(std::collections::VecDeque::pop_front)

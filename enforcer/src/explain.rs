@@ -365,7 +365,7 @@ fn packet_explanation(
     };
     // The first packet of its flow: no session yet (a reply is judged by the session its device
     // opened, which `enforcer flows` will list).
-    let verdict = oracle::Sessions::default().judge(policy, &meta, flags);
+    let verdict = oracle::Sessions::default().judge(policy, &meta, None, flags);
     let sender_index = policy.sims.iter().position(|s| holds(s, packet.from));
     let sender = sender_index.map(|i| sim_ref(policy, &policy.sims[i]));
     let destination = policy
@@ -391,6 +391,27 @@ fn packet_explanation(
                     r.id, r.owner, r.origin, r.rule
                 ),
                 None => format!("rule #{id} allows {what} to {to}"),
+            };
+            rule = found;
+            (why, None)
+        }
+        Verdict::Pass(PassReason::Inbound, id) => {
+            let found = usize::try_from(id)
+                .ok()
+                .and_then(|position| policy.rules().nth(position))
+                .map(|(_, r)| RuleRef {
+                    rule: show::inbound_match(policy, r),
+                    ..rule_ref(policy, compiled, id, r)
+                });
+            let device = destination
+                .as_ref()
+                .map_or_else(|| to.to_string(), |d| format!("device {} ({to})", d.imsi));
+            let why = match &found {
+                Some(r) => format!(
+                    "inbound rule #{} of {} at {} lets {from} open {what} to {device}: {}",
+                    r.id, r.owner, r.origin, r.rule
+                ),
+                None => format!("inbound rule #{id} lets {from} open {what} to {device}"),
             };
             rule = found;
             (why, None)
@@ -426,17 +447,30 @@ fn packet_explanation(
         Verdict::Drop(DropReason::Inbound) => (
             format!(
                 "{from} is outside every pool and {to} is {}: nothing outside may open a \
-                 connection to a device; only the replies of sessions the device opened pass",
+                 connection to a device; only the replies of sessions the device opened, and what an \
+                 inbound rule of its segment allows, pass",
                 destination.as_ref().map_or_else(
                     || "a pool address".to_owned(),
                     |d| format!("device {}", d.imsi)
                 )
             ),
-            Some(
-                "let the device open the connection (its session's replies pass); rules that let \
-                 a host open connections to devices are not in this version"
-                    .to_owned(),
-            ),
+            Some(format!(
+                "let the device open the connection (its session's replies pass), or, if \
+                 {from} must reach the device first (a maintenance host), add to its segment \
+                 `inbound = [{{ from = [\"{from}\"], proto = \"{}\"{} }}]`",
+                match meta.proto {
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    1 => "icmp".to_owned(),
+                    58 => "icmpv6".to_owned(),
+                    other => other.to_string(),
+                },
+                if meta.has_ports {
+                    format!(", ports = [{}]", meta.dport)
+                } else {
+                    String::new()
+                }
+            )),
         ),
         Verdict::Drop(DropReason::NonPool) => (
             format!("{from} is outside every pool and the interface has the core role"),

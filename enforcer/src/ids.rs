@@ -42,8 +42,9 @@ pub struct Ids {
     pub sims: Vec<u32>,
     /// Segment id of `policy.segments[i]`, `< MAX_SEGMENTS`.
     pub segments: Vec<u16>,
-    /// Rule id of the `i`-th rule in compile order: every segment's rules (segments in file
-    /// order), then every SIM's rules (SIMs in policy order).
+    /// Rule id of the `i`-th rule in compile order ([`ValidatedPolicy::rules`]): every
+    /// segment's rules (segments in file order), every SIM's rules (SIMs in policy order),
+    /// then every segment's inbound rules.
     pub rules: Vec<u32>,
 }
 
@@ -53,8 +54,7 @@ impl Ids {
     #[must_use]
     pub fn fresh(policy: &ValidatedPolicy) -> Self {
         let count = |n: usize| 0..u32::try_from(n).unwrap_or(u32::MAX);
-        let rules = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
-            + policy.sims.iter().map(|s| s.rules().len()).sum::<usize>();
+        let rules = policy.rule_count();
         Self {
             sims: count(policy.sims.len()).collect(),
             segments: (0..u16::try_from(policy.segments.len()).unwrap_or(u16::MAX)).collect(),
@@ -653,15 +653,8 @@ pub fn rule_identities(policy: &ValidatedPolicy) -> Vec<String> {
             format!("{base} #{n}")
         });
     };
-    for segment in &policy.segments {
-        for rule in &segment.rules {
-            push(format!("segment {}", segment.name), rule);
-        }
-    }
-    for sim in &policy.sims {
-        for rule in sim.rules() {
-            push(format!("imsi {}", sim.imsi), rule);
-        }
+    for (owner, rule) in policy.rules() {
+        push(policy.owner_name(owner), rule);
     }
     out
 }

@@ -367,6 +367,7 @@ fn check(
         .filter(|s| s.state == SimState::Quarantined)
         .count();
     let segment_rules: usize = policy.segments.iter().map(|s| s.rules.len()).sum();
+    let inbound_rules: usize = policy.segments.iter().map(|s| s.inbound.len()).sum();
     let mut out = std::io::stdout().lock();
     let rules = compiled.rules.len();
     let capacity = Capacity::for_policy(image, rules, limits);
@@ -392,9 +393,9 @@ fn check(
     )?;
     writeln!(
         out,
-        "  rules:       {} ({segment_rules} segment, {} SIM)",
+        "  rules:       {} ({segment_rules} segment, {} SIM, {inbound_rules} inbound)",
         compiled.rules.len(),
-        compiled.rules.len() - segment_rules
+        compiled.rules.len() - segment_rules - inbound_rules
     )?;
     writeln!(
         out,

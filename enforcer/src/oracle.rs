@@ -8,8 +8,9 @@
 //! precedence list as README writes it. Tests hold `reference(compile(policy))` and, through
 //! it, the kernel to this. Slow on purpose (linear scans): tests only.
 //!
-//! Precedence (README "Verdicts"): source outside every pool → `non_pool` (pass, or drop on a
-//! core-facing interface); source in a pool without a SIM → `spoofed`; quarantined SIM →
+//! Precedence (README "Verdicts"): source outside every pool → drop `non_pool` on a
+//! core-facing interface (unless in `core_sources`), else pass `inbound` when an inbound rule
+//! of the destination SIM's segment names the source, else pass `non_pool`; source in a pool without a SIM → `spoofed`; quarantined SIM →
 //! `quarantined`; a rule of the SIM's segment or of the SIM allows it → pass `rule`;
 //! destination inside a pool → `lateral`; a non-first fragment → `fragment`; else `no_rule`.
 //!
@@ -44,6 +45,9 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
         let core_source = policy.core_sources.iter().any(|net| net.contains(src));
         if iface_flags & IFACE_DROP_NON_POOL != 0 && !core_source {
             return Verdict::Drop(DropReason::NonPool);
+        }
+        if let Some(id) = inbound_rule(policy, meta, src, dst) {
+            return Verdict::Pass(PassReason::Inbound, id);
         }
         return Verdict::Pass(PassReason::NonPool, 0);
     };
@@ -91,6 +95,45 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     } else {
         Verdict::Drop(DropReason::NoRule)
     }
+}
+
+/// The inbound rule that lets `src` (outside every pool) reach the SIM at `dst`: one of the
+/// SIM's segment's inbound rules whose `from` holds `src` and whose protocol and ports allow
+/// the packet, the most specific as for rules, then the first written. None toward a
+/// quarantined SIM. Inbound rule ids follow every segment's and every SIM's rules.
+fn inbound_rule(
+    policy: &ValidatedPolicy,
+    meta: &PacketMeta,
+    src: IpAddr,
+    dst: IpAddr,
+) -> Option<u32> {
+    let device = policy.sims.iter().find(|sim| holds(sim, dst))?;
+    if device.state == SimState::Quarantined {
+        return None;
+    }
+    let mut id = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
+        + policy.sims.iter().map(|s| s.rules().len()).sum::<usize>();
+    let mut best: Option<(u8, u32, u32)> = None;
+    for (segment_id, segment) in policy.segments.iter().enumerate() {
+        for rule in &segment.inbound {
+            let this = u32::try_from(id).unwrap_or(u32::MAX);
+            id += 1;
+            if usize::from(device.segment) != segment_id {
+                continue;
+            }
+            let from = rule
+                .to
+                .iter()
+                .any(|dest| matches!(*dest, Dest::Net(net) if contains(net, src)));
+            if let (true, Some((tier, block))) = (from, tier(rule, meta)) {
+                let candidate = (tier, block, this);
+                if best.is_none_or(|b| candidate < b) {
+                    best = Some(candidate);
+                }
+            }
+        }
+    }
+    best.map(|(.., id)| id)
 }
 
 /// The rules that apply to SIM `sender`: (0 = its segment's, 1 = its own; rule id; rule).
@@ -201,30 +244,66 @@ fn in_pool(policy: &ValidatedPolicy, addr: IpAddr) -> bool {
     policy.pools.iter().any(|&pool| contains(pool, addr))
 }
 
+/// A packet an ICMP error quotes: (source, its port, destination, its port, protocol), the
+/// addresses in `PacketMeta`'s 16-byte layout.
+pub type Quote = ([u8; 16], u16, [u8; 16], u16, u8);
+
+/// (opener's address, its port, the other's address, its port, protocol).
+type Flow = (IpAddr, u16, IpAddr, u16, u8);
+
 /// Sessions as README's "Sessions" section states them, kept apart from
 /// `enforcer_common::session`: a device's packet that a rule allows and that opens a
 /// conversation (a TCP SYN without ACK, RST or FIN; any UDP datagram; an ICMP or ICMPv6 echo
-/// request, RFC 792 and RFC 4443 §4.1) opens a session; a packet of the other endpoint of an
-/// open session is its reply; a packet from outside every pool to a pool address that is no
-/// reply is inbound. For a policy that stays the same (no reload, no quarantine), which is all
+/// request, RFC 792 and RFC 4443 §4.1) opens a session, and so does such a packet from outside
+/// that an inbound rule allows; a packet of the other endpoint of an open session is its reply
+/// (from the services' side for a session a device opened, from the core's for an inbound
+/// one); a packet from outside every pool to a pool address that is neither a reply nor
+/// allowed by an inbound rule is dropped as inbound. For a policy that stays the same (no reload, no quarantine), which is all
 /// the differential test needs; the kernel fixtures cover re-checks.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    /// (device address, device port, peer address, peer port, protocol) → the rule that
-    /// allowed it. ICMP echo: the identifier is the device's "port", the peer's is 0.
-    open: std::collections::HashMap<(IpAddr, u16, IpAddr, u16, u8), u32>,
+    /// (opener's address, its port, the other's address, its port, protocol) → the rule that
+    /// allowed it, and whether the opener was outside (an inbound rule). ICMP echo: the
+    /// identifier is the opener's "port", the other's is 0.
+    open: std::collections::HashMap<Flow, (u32, bool)>,
 }
 
 impl Sessions {
-    /// Judge `meta` by the policy and the sessions so far, opening one if it should.
+    /// Judge `meta` by the policy and the sessions so far, opening one if it should. `quoted`:
+    /// for an ICMP or ICMPv6 error, the packet it quotes (source, its port, destination, its
+    /// port, as the parser reports it).
     pub fn judge(
         &mut self,
         policy: &ValidatedPolicy,
         meta: &PacketMeta,
+        quoted: Option<Quote>,
         iface_flags: u32,
     ) -> Verdict {
         let src = address(meta.v6, meta.src);
         let dst = address(meta.v6, meta.dst);
+        // An error quoting a packet of an open session, either way, is that session's reply;
+        // the device's side of the session sends it from the core's side, the other from the
+        // services' side (as for every packet of the session).
+        if let Some((qs, qsp, qd, qdp, proto)) = quoted {
+            let (qs, qd) = (address(meta.v6, qs), address(meta.v6, qd));
+            let by_opener = self.open.get(&(qs, qsp, qd, qdp, proto));
+            let by_other = self.open.get(&(qd, qdp, qs, qsp, proto));
+            if let Some(&(rule, inbound)) = by_opener.or(by_other) {
+                // The error goes to the quoted source: the device when it opened the quoted
+                // packet's session and is no inbound session's device, or the other way round.
+                // Toward the device it comes from outside every pool; from the device's side
+                // only from the device itself (the quoted destination).
+                let to_device = by_opener.is_some() != inbound;
+                let (wrong_side, sender_ok) = if to_device {
+                    (IFACE_DROP_NON_POOL, !in_pool(policy, src))
+                } else {
+                    (IFACE_SERVICE, src == qd)
+                };
+                if iface_flags & wrong_side == 0 && sender_ok {
+                    return Verdict::Pass(PassReason::Reply, rule);
+                }
+            }
+        }
         let icmp_echo = |request: bool| match (meta.v6, meta.proto) {
             (false, 1) => meta.l4_flags == if request { 8 } else { 0 },
             (true, 58) => meta.l4_flags == if request { 128 } else { 129 },
@@ -239,23 +318,38 @@ impl Sessions {
         let own = self
             .open
             .contains_key(&(src, sport, dst, dport, meta.proto));
-        // Replies come from the services' side (not a core interface), and an echo request
-        // answers nothing.
-        let may_reply = iface_flags & IFACE_DROP_NON_POOL == 0 && !icmp_echo(true);
+        // Replies to a device come from the services' side (not a core interface), a device's
+        // replies from the core's side (not a service interface), and an echo request answers
+        // nothing.
         if tracked
             && !own
-            && may_reply
-            && let Some(&rule) = self.open.get(&(dst, dport, src, sport, meta.proto))
+            && !icmp_echo(true)
+            && let Some(&(rule, inbound)) = self.open.get(&(dst, dport, src, sport, meta.proto))
         {
-            return Verdict::Pass(PassReason::Reply, rule);
+            let wrong_side = if inbound {
+                IFACE_SERVICE
+            } else {
+                IFACE_DROP_NON_POOL
+            };
+            if iface_flags & wrong_side == 0 {
+                return Verdict::Pass(PassReason::Reply, rule);
+            }
         }
         let verdict = judge(policy, meta, iface_flags);
+        let opens = match meta.proto {
+            IPPROTO_TCP => ported && meta.l4_flags & 0x17 == 0x02,
+            IPPROTO_UDP => ported,
+            _ => icmp_echo(true),
+        };
+        if let Verdict::Pass(PassReason::Inbound, rule) = verdict {
+            if opens {
+                self.open
+                    .entry((src, sport, dst, dport, meta.proto))
+                    .or_insert((rule, true));
+            }
+            return verdict;
+        }
         if let Verdict::Pass(PassReason::Rule, rule) = verdict {
-            let opens = match meta.proto {
-                IPPROTO_TCP => ported && meta.l4_flags & 0x17 == 0x02,
-                IPPROTO_UDP => ported,
-                _ => icmp_echo(true),
-            };
             // Nothing is opened toward a quarantined SIM: it may not answer.
             let to_quarantined = policy
                 .sims
@@ -264,7 +358,7 @@ impl Sessions {
             if opens && !to_quarantined {
                 self.open
                     .entry((src, sport, dst, dport, meta.proto))
-                    .or_insert(rule);
+                    .or_insert((rule, false));
             }
             return verdict;
         }

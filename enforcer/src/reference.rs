@@ -14,10 +14,10 @@ use enforcer_common::{
     decide::{self, PacketMeta, Tables},
     maps::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetEntry, PORT_BITS_ANY, PROTO_ANY,
-        RuleKey, SimEntry,
+        RuleKey, SegmentEntry, SimEntry,
     },
     rules::RuleTable,
-    session::{self, Found, Session, SessionKey, SessionState, SessionTable},
+    session::{self, Found, Opening, Quoted, Session, SessionKey, SessionState, SessionTable},
 };
 
 use crate::compile::MapImage;
@@ -87,7 +87,7 @@ impl SessionTable for WithTables<'_> {
         self.sessions.table.get(key).map(Found::of)
     }
 
-    fn create(&mut self, key: &SessionKey, session: &Session) -> bool {
+    fn create(&mut self, key: &SessionKey, opening: &Opening) -> bool {
         // As BPF_NOEXIST: an entry already there stays (another CPU's, in the kernel).
         if self.sessions.table.contains_key(key) {
             return true;
@@ -95,7 +95,8 @@ impl SessionTable for WithTables<'_> {
         if self.sessions.table.len() >= self.sessions.capacity {
             return false;
         }
-        self.sessions.table.insert(*key, *session);
+        let session = Session::opened(opening, self.sessions.now_ns);
+        self.sessions.table.insert(*key, session);
         true
     }
 
@@ -105,8 +106,9 @@ impl SessionTable for WithTables<'_> {
             let slot = usize::from(!from_device);
             s.packets[slot] += 1;
             s.bytes[slot] += bytes;
+            let from_opener = from_device == (s.flags & session::SESSION_INBOUND == 0);
             s.state =
-                session::advance(SessionState::from_u8(s.state), proto, from_device, flags) as u8;
+                session::advance(SessionState::from_u8(s.state), proto, from_opener, flags) as u8;
             s.seen_ns = now;
         }
     }
@@ -126,6 +128,17 @@ impl SessionTable for WithTables<'_> {
 
     fn iface_flags(&self, ifindex: u32) -> u32 {
         self.tables.iface_flags(ifindex)
+    }
+
+    fn outside_pools(&self, v6: bool, addr: &[u8; 16]) -> bool {
+        let generation = self.tables.generation();
+        let net = if v6 {
+            self.tables.net_v6(generation, *addr)
+        } else {
+            self.tables
+                .net_v4(generation, [addr[0], addr[1], addr[2], addr[3]])
+        };
+        net.is_none_or(|net| net.flags & enforcer_common::maps::NET_POOL == 0)
     }
 
     fn remove(&mut self, key: &SessionKey) {
@@ -171,6 +184,14 @@ impl Reference {
                     sessions: &mut sessions,
                     tables: self,
                 };
+                if let Some(rule) =
+                    session::related(&mut table, &quoted(frame), meta.ifindex, &meta.src)
+                {
+                    return Outcome {
+                        verdict: Verdict::Pass(PassReason::Reply, rule),
+                        sim: None,
+                    };
+                }
                 let (verdict, src) = session::judge(&mut table, &mut meta, frame.len() as u64);
                 Outcome {
                     verdict,
@@ -349,14 +370,15 @@ impl Tables for Reference {
             })
     }
 
-    fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
+    fn segment(&self, generation: u8, segment: u16) -> SegmentEntry {
         if generation != self.generation {
-            return 0;
+            return SegmentEntry::default();
         }
         self.image
             .segments
             .get(usize::from(segment))
-            .map_or(0, |s| s.tiers as u8)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn iface_flags(&self, ifindex: u32) -> u32 {
@@ -373,6 +395,76 @@ impl Tables for Reference {
 /// # Errors
 /// The drop reason of a frame the program drops while parsing: `Malformed` or `SourceRoute`.
 pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
+    parse_with_quote(frame, ifindex).map(|(parsed, _)| parsed)
+}
+
+/// What an ICMP or ICMPv6 error frame quotes ([`Quoted`]; `found` false for any other frame),
+/// read apart from the program's parser: an IPv4 header (version 4, IHL >= 5, not a later
+/// fragment) or an IPv6 header without extension headers, whose source is the error's
+/// destination, and eight bytes of a TCP, UDP or echo header, inside the error's IP packet.
+#[must_use]
+pub fn quoted(frame: &[u8]) -> Quoted {
+    parse_with_quote(frame, 0).map_or_else(|_| Quoted::default(), |(_, quoted)| quoted)
+}
+
+/// Whether an ICMP error's quote (after the 8 bytes of `icmp`, a part of `frame`) starts, and
+/// its IP packet ends, within the first 16,383 bytes of the frame: the program reads no quote
+/// further in (its verifier bound).
+fn quote_within(frame: &[u8], icmp: &[u8]) -> bool {
+    const MAX_QUOTE_OFFSET: usize = 0x3fff;
+    let start = icmp.as_ptr() as usize - frame.as_ptr() as usize;
+    start + 8 <= MAX_QUOTE_OFFSET && start + icmp.len() <= MAX_QUOTE_OFFSET
+}
+
+fn quote_of(v6: bool, bytes: &[u8], error_dst: &[u8; 16]) -> Quoted {
+    let header_len = if v6 {
+        40
+    } else {
+        usize::from(bytes.first().map_or(0, |b| b & 0x0f)) * 4
+    };
+    let Some(header) = bytes.get(..header_len.max(20)) else {
+        return Quoted::default();
+    };
+    let (src, dst, proto, echo) = if v6 {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&header[8..24]);
+        dst.copy_from_slice(&header[24..40]);
+        if header[0] >> 4 != 6 {
+            return Quoted::default();
+        }
+        (src, dst, header[6], (IPPROTO_ICMPV6, 128, 129))
+    } else {
+        let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+        if header[0] >> 4 != 4 || header_len < 20 || fragment_offset != 0 {
+            return Quoted::default();
+        }
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..4].copy_from_slice(&header[12..16]);
+        dst[..4].copy_from_slice(&header[16..20]);
+        (src, dst, header[9], (IPPROTO_ICMP, 8, 0))
+    };
+    let Some(l4) = bytes.get(header_len..header_len + 8) else {
+        return Quoted::default();
+    };
+    if src != *error_dst {
+        return Quoted::default();
+    }
+    let id = u16::from_be_bytes([l4[4], l4[5]]);
+    let ports = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        p if p == echo.0 && l4[0] == echo.1 => (id, 0),
+        p if p == echo.0 && l4[0] == echo.2 => (0, id),
+        _ => return Quoted::default(),
+    };
+    Quoted::of(&src, ports.0, &dst, ports.1, proto, v6)
+}
+
+fn parse_with_quote(frame: &[u8], ifindex: u32) -> Result<(Parsed, Quoted), DropReason> {
     let mut ethertype = be16(frame, 12)?;
     let mut at = 14;
     let mut tags = 0;
@@ -388,8 +480,13 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
     let ip = match ethertype {
         0x0800 => ipv4(l3)?,
         0x86DD => ipv6(l3)?,
-        0x0806 => return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0))),
-        _ => return Ok(Parsed::NotIp),
+        0x0806 => {
+            return Ok((
+                Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)),
+                Quoted::default(),
+            ));
+        }
+        _ => return Ok((Parsed::NotIp, Quoted::default())),
     };
     let mut meta = PacketMeta {
         v6: ip.v6,
@@ -405,8 +502,9 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         reversed: false,
     };
     if ip.later_fragment {
-        return Ok(Parsed::Ip(meta));
+        return Ok((Parsed::Ip(meta), Quoted::default()));
     }
+    let mut quoted = Quoted::default();
     let l4 = ip.l4;
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
@@ -425,18 +523,27 @@ pub fn parse(frame: &[u8], ifindex: u32) -> Result<Parsed, DropReason> {
         }
         IPPROTO_ICMP if !ip.v6 => {
             let icmp = bytes(l4, 0, 8)?;
+            if session::is_icmp_error(false, icmp[0]) && quote_within(frame, l4) {
+                quoted = quote_of(false, &l4[8..], &ip.dst);
+            }
             echo(&mut meta, icmp, 8, 0);
         }
         IPPROTO_ICMPV6 if ip.v6 => {
             let icmp = bytes(l4, 0, 8)?;
             if ip.on_link && link_scoped(&ip.src, &ip.dst) && (133..=137).contains(&icmp[0]) {
-                return Ok(Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)));
+                return Ok((
+                    Parsed::Done(Verdict::Pass(PassReason::Neighbour, 0)),
+                    Quoted::default(),
+                ));
+            }
+            if session::is_icmp_error(true, icmp[0]) && quote_within(frame, l4) {
+                quoted = quote_of(true, &l4[8..], &ip.dst);
             }
             echo(&mut meta, icmp, 128, 129);
         }
         _ => {}
     }
-    Ok(Parsed::Ip(meta))
+    Ok((Parsed::Ip(meta), quoted))
 }
 
 /// An IP header that checked out, and the transport bytes up to the IP packet's end.

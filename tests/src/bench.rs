@@ -11,7 +11,7 @@ use std::{
 use enforcer::reference::{self, Parsed, Reference};
 use enforcer_common::{
     decide::{PacketMeta, Tables, identify},
-    maps::{NetEntry, RuleKey, SimEntry},
+    maps::{NetEntry, RuleKey, SegmentEntry, SimEntry},
     rules::RuleTable,
 };
 
@@ -93,7 +93,10 @@ pub fn generate(dir: &Path, sims: u32, rules: u32) -> Generated {
     }
 }
 
-/// The frame shapes measured, as (name, frame). The quarantined shape needs two SIMs.
+/// The frame shapes measured, as (name, frame), in the order they must run: the first,
+/// `allowed` (a SYN), opens the session that the established, reply and ICMP error shapes
+/// find (its later runs are themselves the established path). The quarantined shape needs two
+/// SIMs.
 #[must_use]
 pub fn shapes(sims: u32) -> Vec<(&'static str, Vec<u8>)> {
     // A SIM of segment 0 from the middle of the table (never SIM 1, the quarantined one).
@@ -101,10 +104,18 @@ pub fn shapes(sims: u32) -> Vec<(&'static str, Vec<u8>)> {
     let other = sim_v4(sims / 2 / SEGMENTS * SEGMENTS + SEGMENTS);
     let mut truncated = Frame::new(&active, "192.0.2.10", L4::Tcp(443)).build();
     truncated.truncate(truncated.len() - 4);
+    let allowed = Frame::new(&active, "192.0.2.10", L4::Tcp(443));
     [
+        ("allowed", allowed.build()),
+        ("allowed, established", allowed.clone().flags(0x10).build()),
         (
-            "allowed",
-            Frame::new(&active, "192.0.2.10", L4::Tcp(443)).build(),
+            "allowed, no session (ACK)",
+            allowed.clone().sport(40001).flags(0x10).build(),
+        ),
+        ("reply", allowed.reply(0x12).build()),
+        (
+            "ICMP error quoting it",
+            allowed.icmp_error("203.0.113.1", 3, 8).build(),
         ),
         (
             "denied (no rule)",
@@ -225,9 +236,9 @@ impl Tables for Counting<'_> {
         Self::bump(&self.array);
         self.inner.single_port_used(generation, proto, port)
     }
-    fn segment_tiers(&self, generation: u8, segment: u16) -> u8 {
+    fn segment(&self, generation: u8, segment: u16) -> SegmentEntry {
         Self::bump(&self.array);
-        self.inner.segment_tiers(generation, segment)
+        self.inner.segment(generation, segment)
     }
     fn iface_flags(&self, ifindex: u32) -> u32 {
         Self::bump(&self.hash);

@@ -63,6 +63,8 @@ pub struct Frame {
     pub tcp_flags: u8,
     /// The IPv4 ICMP type (echo request by default); IPv6 takes it from [`L4::Icmp`].
     pub icmp4_type: u8,
+    /// Bytes after the 8-byte ICMP header: the packet an ICMP error quotes.
+    pub quote: Vec<u8>,
 }
 
 impl Frame {
@@ -84,7 +86,34 @@ impl Frame {
             sport: 40000,
             tcp_flags: 0x02,
             icmp4_type: 8,
+            quote: Vec::new(),
         }
+    }
+
+    /// This frame (an ICMP or ICMPv6 one) quoting `quoted`'s IP header and the first eight
+    /// bytes after it, whatever its addresses.
+    #[must_use]
+    pub fn quote_of(mut self, quoted: &Frame) -> Self {
+        self.quote = quoted.icmp_error("192.0.2.1", 3, 8).quote;
+        self
+    }
+
+    /// An ICMP (IPv4) or ICMPv6 error of type `kind` from `from` to this frame's source,
+    /// quoting its IP header and the first `quoted` bytes after it (RFC 792 asks for 8; RFC
+    /// 4443 §2.4 as much as fits).
+    #[must_use]
+    pub fn icmp_error(&self, from: &str, kind: u8, quoted: usize) -> Self {
+        let mut error = Frame::new(from, &self.src.to_string(), L4::Icmp(kind));
+        error.icmp4_type = kind;
+        let whole = self.build();
+        let l3 = 14 + 4 * self.vlans.len();
+        let header = match self.src {
+            IpAddr::V4(_) => usize::from(whole[l3] & 0x0f) * 4,
+            IpAddr::V6(_) => 40,
+        };
+        let end = (l3 + header + quoted).min(whole.len());
+        error.quote = whole[l3..end].to_vec();
+        error
     }
 
     /// Set the TCP/UDP source port.
@@ -190,6 +219,7 @@ impl Frame {
                     0,
                     1,
                 ]);
+                l4.extend_from_slice(&self.quote);
                 if is_v6 { 58 } else { 1 }
             }
             L4::Other(proto, len) => {

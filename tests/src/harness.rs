@@ -13,7 +13,12 @@ use enforcer::{
 use enforcer_common::{
     PassReason, Verdict,
     maps::{SEGMENT_NONE, SimEntry, names},
+    session::{Session, SessionKey},
 };
+
+/// A session's (SIM, rule, state, flags, packets each way, bytes each way), as
+/// [`Harness::sessions_agree`] compares them.
+pub type SessionFields = (u32, u32, u8, u8, [u64; 2], [u64; 2]);
 
 /// `ingress_ifindex` of test runs: loopback exists in every namespace.
 pub const TEST_IFINDEX: u32 = 1;
@@ -174,9 +179,62 @@ impl Harness {
         expected
     }
 
+    /// Apply `text` to the running program (a generation flip, as a reload) and move the
+    /// model on with it: its sessions stay and its epoch advances, as the program's do.
+    ///
+    /// # Panics
+    /// If the policy is invalid or cannot be applied.
+    pub fn reload(&mut self, text: &str) {
+        let policy = policy::from_str(Path::new("b.toml"), text).expect("valid");
+        let compiled = compile::compile_fresh(&policy).expect("compiles");
+        let generation = self
+            .enforcer
+            .apply(&compiled.image)
+            .expect("apply")
+            .generation;
+        let old = std::mem::replace(
+            &mut self.reference,
+            Reference::new(&compiled.image, generation, HashMap::new()),
+        );
+        self.reference = old.reloaded(&compiled.image, generation);
+        self.policy = policy;
+        self.compiled = compiled;
+    }
+
+    /// The kernel's session table, asserted equal to the model's: every session with its
+    /// (SIM, rule, state, flags, packets each way, bytes each way), sorted by key.
+    ///
+    /// # Panics
+    /// If the tables differ or `SESSIONS` cannot be read.
+    #[must_use]
+    pub fn sessions_agree(&self) -> Vec<(SessionKey, SessionFields)> {
+        let strip = |s: &Session| (s.sim, s.rule, s.state, s.flags, s.packets, s.bytes);
+        let mut kernel: Vec<_> = self
+            .enforcer
+            .sessions()
+            .expect("read SESSIONS")
+            .iter()
+            .map(|(k, s)| (*k, strip(s)))
+            .collect();
+        let mut model: Vec<_> = self
+            .reference
+            .sessions()
+            .table
+            .iter()
+            .map(|(k, s)| (*k, strip(s)))
+            .collect();
+        kernel.sort_unstable();
+        model.sort_unstable();
+        assert_eq!(
+            kernel, model,
+            "the kernel's sessions differ from the model's"
+        );
+        kernel
+    }
+
     fn rule_of(&self, verdict: Verdict) -> Option<u32> {
         match verdict {
-            Verdict::Pass(PassReason::Rule, rule) => Some(rule),
+            Verdict::Pass(PassReason::Rule | PassReason::Inbound, rule) => Some(rule),
             _ => None,
         }
     }

@@ -52,8 +52,8 @@ fn policy_check_summarises_the_example() {
         "OK",
         "pools:       4 (3 IPv4, 1 IPv6)",
         "SIMs:        6 (5 active, 1 quarantined)",
-        "rules:       8 (7 segment, 1 SIM)",
-        "PORT_RULES 11, RULES_V2 3",
+        "rules:       9 (7 segment, 1 SIM, 1 inbound)",
+        "PORT_RULES 12, RULES_V2 3",
         "kernel memory:",
     ] {
         assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
@@ -70,8 +70,8 @@ fn check_and_run_refuse_a_policy_too_large_for_the_given_capacities() {
     let check_text = text(&check);
     for needle in [
         "valid, but too large for the maps",
-        "it needs 11 single-port rule entries but PORT_RULES holds 10; raise --max-rule-entries \
-         to at least 11",
+        "it needs 12 single-port rule entries but PORT_RULES holds 10; raise --max-rule-entries \
+         to at least 12",
         "it needs 9 IPv4 networks but NET_V4 holds 8; raise --max-nets to at least 9",
     ] {
         assert!(
@@ -98,15 +98,15 @@ fn check_and_run_refuse_a_policy_too_large_for_the_given_capacities() {
     assert!(!run.status.success());
     assert!(
         text(&run).contains(
-            "it needs 11 single-port rule entries but PORT_RULES holds 10; raise \
-             --max-rule-entries to at least 11"
+            "it needs 12 single-port rule entries but PORT_RULES holds 10; raise \
+             --max-rule-entries to at least 12"
         ),
         "{}",
         text(&run)
     );
     assert!(!Path::new(&pin_dir).exists(), "nothing loaded or pinned");
 
-    let fits = enforcer(&["policy", "check", &example(), "--max-rule-entries", "11"]);
+    let fits = enforcer(&["policy", "check", &example(), "--max-rule-entries", "12"]);
     assert!(fits.status.success(), "{}", text(&fits));
 }
 

@@ -62,7 +62,7 @@ fn diff_exits_0_for_the_same_policy_1_for_changes_2_for_errors() {
         "  ~ 001010000000202  state active -> quarantined",
         "  segment industrial:\n    + ",
         "{ to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502] }",
-        "-same-old.toml:35  { to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502, 44818] }",
+        "-same-old.toml:40  { to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502, 44818] }",
         "5 differences",
     ] {
         assert!(out.contains(needle), "`{needle}` missing from:\n{out}");
@@ -95,7 +95,7 @@ fn diff_json_lists_changes_by_identity() {
     assert!(
         json["rules"][0]["removed"][0]["origin"]
             .as_str()
-            .is_some_and(|o| o.ends_with("-json-old.toml:35")),
+            .is_some_and(|o| o.ends_with("-json-old.toml:40")),
         "{json}"
     );
     assert_eq!(json["pools_added"], serde_json::json!([]));

@@ -60,6 +60,9 @@ fn kernel_and_reference_agree_on_random_frames() {
     let mut done = 0u64;
     let mut verdicts = std::collections::BTreeMap::new();
     let (mut oracle_checked, mut etherparse_checked) = (0u64, 0u64);
+    // ICMP errors quoting a packet (the parser found a quote), and those that passed as a
+    // session's reply.
+    let (mut quoting, mut quoting_passed) = (0u64, 0u64);
     let mut policies = 0u64;
     while done < frames {
         let generated = RandomPolicy::generate(&mut rng);
@@ -84,7 +87,21 @@ fn kernel_and_reference_agree_on_random_frames() {
             context.frame.clone_from(&frame);
             let outcome = harness.check(&frame);
             if let Ok(Parsed::Ip(meta)) = reference::parse(&frame, TEST_IFINDEX) {
-                let oracle = oracle_sessions.judge(&harness.policy, &meta, flags);
+                let quoted = reference::quoted(&frame);
+                let quoted = quoted.found.then(|| {
+                    let (src, sport, dst, dport) = quoted.packet();
+                    (src, sport, dst, dport, quoted.key.proto)
+                });
+                if quoted.is_some() {
+                    quoting += 1;
+                    if matches!(
+                        outcome.verdict,
+                        enforcer_common::Verdict::Pass(enforcer_common::PassReason::Reply, _)
+                    ) {
+                        quoting_passed += 1;
+                    }
+                }
+                let oracle = oracle_sessions.judge(&harness.policy, &meta, quoted, flags);
                 assert_eq!(
                     oracle,
                     outcome.verdict,
@@ -106,7 +123,8 @@ fn kernel_and_reference_agree_on_random_frames() {
     }
     println!(
         "differential: {done} frames agreed ({oracle_checked} also with the oracle, \
-         {etherparse_checked} parsed alike by etherparse); verdicts: {verdicts:?}"
+         {etherparse_checked} parsed alike by etherparse; {quoting} ICMP errors quoting a \
+         packet, {quoting_passed} of them passed as replies); verdicts: {verdicts:?}"
     );
     // A generator that never reaches a verdict would make this test weaker than it looks; the
     // VM matrix runs 20,000 frames, so the check holds from there.
@@ -120,6 +138,7 @@ fn kernel_and_reference_agree_on_random_frames() {
         "pass_neighbour",
         "pass_not_ip",
         "pass_reply",
+        "pass_inbound",
         "drop_no_rule",
         "drop_lateral",
         "drop_spoofed",
@@ -343,10 +362,41 @@ impl RandomPolicy {
             line.push_str(" },");
             line
         };
+        // Inbound rules: senders outside every pool (the CIDRs above are), their addresses
+        // added to the frames' sources once the rule closure is done.
+        let mut inbound_v4 = Vec::new();
+        let mut inbound_v6 = Vec::new();
         for s in 0..segments {
             let _ = writeln!(text, "\n[[segments]]\nname = \"s{s}\"\nrules = [");
             for _ in 0..rng.below(7) {
                 let _ = writeln!(text, "{}", rule(rng));
+            }
+            let _ = writeln!(text, "]");
+            let _ = writeln!(text, "inbound = [");
+            for _ in 0..rng.below(3) {
+                let v4 = rng.chance(60);
+                let net = if v4 {
+                    let net = *rng.pick(&V4_NETS[1..]);
+                    inbound_v4.push(net.to_owned());
+                    net
+                } else {
+                    let net = *rng.pick(V6_NETS);
+                    inbound_v6.push(net.to_owned());
+                    net
+                };
+                let line = match rng.below(5) {
+                    0 => format!("  {{ from = [\"{net}\"], proto = \"any\" }},"),
+                    1 => format!(
+                        "  {{ from = [\"{net}\"], proto = \"{}\" }},",
+                        if v4 { "icmp" } else { "icmpv6" }
+                    ),
+                    2 => format!("  {{ from = [\"{net}\"], proto = \"udp\" }},"),
+                    _ => format!(
+                        "  {{ from = [\"{net}\"], proto = \"tcp\", ports = [\"{}\"] }},",
+                        rng.pick(PORT_ITEMS)
+                    ),
+                };
+                let _ = writeln!(text, "{line}");
             }
             let _ = writeln!(text, "]");
         }
@@ -362,6 +412,8 @@ impl RandomPolicy {
             }
         }
         text.push_str(&with_rules);
+        rule_v4.extend(inbound_v4);
+        rule_v6.extend(inbound_v6);
         ports.sort_unstable();
         Self {
             text,
@@ -474,7 +526,31 @@ impl RandomPolicy {
             let mut sent = self.sent.borrow_mut();
             if !sent.is_empty() && rng.chance(25) {
                 let earlier = sent[rng.below(sent.len() as u64) as usize].clone();
-                frame = earlier.reply(*rng.pick(&[0x12u8, 0x10, 0x18, 0x04, 0x11]));
+                frame = if rng.chance(20) {
+                    // An ICMP error quoting an earlier frame or its answer, from its far end
+                    // or from a router; some quotes too short, some types no error.
+                    let quoted = if rng.chance(50) {
+                        earlier
+                    } else {
+                        earlier.reply(0x12)
+                    };
+                    let v6 = quoted.src.is_ipv6();
+                    let from = if rng.chance(50) {
+                        quoted.dst.to_string()
+                    } else if v6 {
+                        "2001:db8::1".to_owned()
+                    } else {
+                        "203.0.113.1".to_owned()
+                    };
+                    let kind = if v6 {
+                        *rng.pick(&[1u8, 2, 3, 4, 129])
+                    } else {
+                        *rng.pick(&[3u8, 11, 12, 0])
+                    };
+                    quoted.icmp_error(&from, kind, *rng.pick(&[8usize, 8, 28, 4]))
+                } else {
+                    earlier.reply(*rng.pick(&[0x12u8, 0x10, 0x18, 0x04, 0x11]))
+                };
             } else {
                 if sent.len() == 64 {
                     sent.remove(0);

@@ -251,6 +251,20 @@ fn services_cannot_open_connections_to_devices() {
         !topology.from_services(true, "192.0.2.53", meter, 4059),
         "an unsolicited datagram reached a device and was answered"
     );
+    // The meters' inbound rule: the field-service host may open TCP 4059 to a meter, and
+    // nothing more (not UDP; and no other host may).
+    assert!(
+        topology.from_services(false, "192.0.2.200", meter, 4059),
+        "the field-service host's inbound rule did not let it in"
+    );
+    assert!(
+        !topology.from_services(true, "192.0.2.200", meter, 4059),
+        "the inbound rule for TCP let a UDP datagram in"
+    );
+    assert!(
+        !topology.from_services(false, "198.51.100.30", meter, 4059),
+        "the meters' inbound rule let another host in"
+    );
     // The device's own UDP to a service, answered: its session lets the reply in.
     let meter_probe = scenario()
         .into_iter()
@@ -294,6 +308,32 @@ fn services_cannot_open_connections_to_devices() {
             .is_some_and(|r| r.contains(" @ ")),
         "the rule with its file:line: {meter_flow}"
     );
+    assert_eq!(meter_flow["direction"], "outbound", "{meter_flow}");
+    let service_flow = flows
+        .as_array()
+        .expect("a list of flows")
+        .iter()
+        .find(|f| f["imsi"] == "001010000000101" && f["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("the field-service host's session in {flows}"));
+    assert_eq!(service_flow["proto"], "tcp");
+    assert_eq!(service_flow["device"], "10.65.0.1:4059", "{service_flow}");
+    assert!(
+        service_flow["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("192.0.2.200:")),
+        "{service_flow}"
+    );
+    assert!(
+        service_flow["packets_in"].as_u64() >= Some(2)
+            && service_flow["packets_out"].as_u64() >= Some(1),
+        "both ways counted: {service_flow}"
+    );
+    assert!(
+        service_flow["rule"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("segment meters inbound @ ")),
+        "{service_flow}"
+    );
     let only: Value =
         serde_json::from_str(&daemon.cli(&["flows", "--imsi", "001010000000101", "--json"]))
             .expect("JSON");
@@ -316,6 +356,14 @@ fn services_cannot_open_connections_to_devices() {
     assert!(
         segment_packets(&stats, "-", "pass_reply") >= 1,
         "the service's answer is counted as a reply"
+    );
+    assert!(
+        segment_packets(&stats, "-", "pass_inbound") >= 1,
+        "the field-service host's packets are counted as inbound"
+    );
+    assert!(
+        segment_packets(&stats, "meters", "pass_reply") >= 1,
+        "the meter's answers to the host are counted as its replies"
     );
     let (ok, _, stderr) = daemon.stop();
     assert!(ok, "enforcer run failed on SIGINT:\n{stderr}");

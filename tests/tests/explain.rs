@@ -330,7 +330,7 @@ fn explain_cli_names_the_rule_or_the_fix() {
         "{out}"
     );
     assert!(out.contains("rule #7 of imsi 001010000000201 at "), "{out}");
-    assert!(out.contains("policy.toml:71"), "{out}");
+    assert!(out.contains("policy.toml:76"), "{out}");
 
     let denied = enforcer(&[
         "policy",

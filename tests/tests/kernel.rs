@@ -926,29 +926,7 @@ fn sessions_follow_what_devices_open() {
 
     // The kernel's table holds what the model's holds: the same sessions, each with its
     // device side, SIM, rule, TCP state, and packets and bytes counted each way.
-    let strip = |s: &enforcer_common::session::Session| {
-        (s.sim, s.rule, s.state, s.device_first, s.packets, s.bytes)
-    };
-    let mut kernel: Vec<_> = harness
-        .enforcer
-        .sessions()
-        .expect("read SESSIONS")
-        .iter()
-        .map(|(k, s)| (*k, strip(s)))
-        .collect();
-    let mut model: Vec<_> = harness
-        .reference
-        .sessions()
-        .table
-        .iter()
-        .map(|(k, s)| (*k, strip(s)))
-        .collect();
-    kernel.sort_unstable();
-    model.sort_unstable();
-    assert_eq!(
-        kernel, model,
-        "the kernel's sessions differ from the model's"
-    );
+    let kernel = harness.sessions_agree();
     assert!(
         kernel.iter().any(|(_, s)| s.4[1] >= 2),
         "replies were counted: {kernel:?}"
@@ -961,21 +939,7 @@ fn sessions_follow_what_devices_open() {
         "",
     );
     assert_ne!(without_udp, POLICY);
-    let policy =
-        enforcer::policy::from_str(std::path::Path::new("b.toml"), &without_udp).expect("valid");
-    let compiled = enforcer::compile::compile_fresh(&policy).expect("compiles");
-    let generation = harness
-        .enforcer
-        .apply(&compiled.image)
-        .expect("apply")
-        .generation;
-    let old = std::mem::replace(
-        &mut harness.reference,
-        enforcer::reference::Reference::new(&compiled.image, generation, Default::default()),
-    );
-    harness.reference = old.reloaded(&compiled.image, generation);
-    harness.policy = policy;
-    harness.compiled = compiled;
+    harness.reload(&without_udp);
     for (name, frame, expected) in [
         (
             "the UDP reply after the rule went: the session is cut",
@@ -1011,6 +975,327 @@ fn sessions_follow_what_devices_open() {
     ] {
         assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
     }
+}
+
+/// Inbound rules through BPF_PROG_TEST_RUN, kernel and model agreeing on every packet and
+/// counter: a maintenance host opens SSH to a segment's device and nothing else; the device
+/// answers as replies; the session is cut when a reload removes the rule, and by quarantine.
+#[test]
+fn inbound_rules_let_named_hosts_open_sessions_and_nothing_else() {
+    use DropReason::*;
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK: u8 = 0x10;
+    const POLICY: &str = r#"
+pools = ["10.64.0.0/16", "fd00:64::/48"]
+
+[[segments]]
+name = "chargers"
+rules = [ { to = ["198.51.100.0/24"], proto = "tcp", ports = [443] } ]
+inbound = [
+  { from = ["192.0.2.10"], proto = "tcp", ports = [22], description = "maintenance SSH" },
+  { from = ["2001:db8:ff::/48"], proto = "tcp", ports = [22] },
+  { from = ["192.0.2.0/24"], proto = "icmp" },
+]
+
+[[segments]]
+name = "meters"
+
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+ipv6 = "fd00:64:0:1::/64"
+segment = "chargers"
+
+[[sims]]
+imsi = "001010000000002"
+ipv4 = "10.64.0.2"
+segment = "chargers"
+state = "quarantined"
+
+[[sims]]
+imsi = "001010000000003"
+ipv4 = "10.64.0.3"
+segment = "meters"
+"#;
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let inbound = |id: u32| Verdict::Pass(PassReason::Inbound, id);
+    let mut harness = Harness::new(POLICY, &[]);
+    let ssh = Frame::new("192.0.2.10", "10.64.0.1", L4::Tcp(22)).sport(50000);
+    let ssh6 = Frame::new("2001:db8:ff::1", "fd00:64:0:1::1", L4::Tcp(22)).sport(50001);
+    let ping = Frame::new("192.0.2.50", "10.64.0.1", L4::Icmp(8));
+    let steps: Vec<(&str, Frame, Verdict)> = vec![
+        (
+            "the maintenance host's SYN opens a session",
+            ssh.clone(),
+            inbound(1),
+        ),
+        (
+            "the device's SYN-ACK is its reply",
+            ssh.reply(SYN_ACK),
+            reply(1),
+        ),
+        ("the host's ACK", ssh.clone().flags(ACK), inbound(1)),
+        ("the device's data", ssh.reply(ACK), reply(1)),
+        (
+            "the host to another port of the device",
+            Frame::new("192.0.2.10", "10.64.0.1", L4::Tcp(23)).sport(50000),
+            drop(Inbound),
+        ),
+        (
+            "another host of the same /24 to port 22",
+            Frame::new("192.0.2.11", "10.64.0.1", L4::Tcp(22)).sport(50000),
+            drop(Inbound),
+        ),
+        (
+            "the host to a device of another segment",
+            Frame::new("192.0.2.10", "10.64.0.3", L4::Tcp(22)).sport(50000),
+            drop(Inbound),
+        ),
+        (
+            "the host to a quarantined device of the segment",
+            Frame::new("192.0.2.10", "10.64.0.2", L4::Tcp(22)).sport(50000),
+            drop(Inbound),
+        ),
+        (
+            "the device opening a connection to the host from port 22: no rule",
+            Frame::new("10.64.0.1", "192.0.2.10", L4::Tcp(50002)).sport(22),
+            drop(NoRule),
+        ),
+        ("an IPv6 maintenance host", ssh6.clone(), inbound(2)),
+        ("its reply", ssh6.reply(SYN_ACK), reply(2)),
+        ("an echo request from the /24", ping.clone(), inbound(3)),
+        ("the device's echo reply", ping.reply(0).icmp4(0), reply(3)),
+        (
+            "the device's own echo request with the same identifier is no reply",
+            Frame::new("10.64.0.1", "192.0.2.50", L4::Icmp(8)),
+            drop(NoRule),
+        ),
+        (
+            "a new SYN from the host on the same ports",
+            ssh.clone().flags(SYN),
+            inbound(1),
+        ),
+    ];
+    for (name, frame, expected) in &steps {
+        assert_eq!(
+            harness.check(&frame.build()).verdict,
+            *expected,
+            "step `{name}`"
+        );
+    }
+    let kernel = harness.sessions_agree();
+    assert_eq!(kernel.len(), 3, "SSH, SSH over IPv6, ping: {kernel:?}");
+    assert!(
+        kernel
+            .iter()
+            .all(|(_, s)| s.3 & enforcer_common::session::SESSION_INBOUND != 0),
+        "every session is inbound: {kernel:?}"
+    );
+    assert!(
+        kernel
+            .iter()
+            .any(|(_, s)| s.2 == enforcer_common::session::SessionState::Established as u8),
+        "the device's SYN-ACK established the SSH session: {kernel:?}"
+    );
+
+    // A reload without the IPv4 SSH rule: the device's next packet re-checks the session in
+    // the host's direction, finds it denied and cuts it.
+    let without = POLICY.replace(
+        "  { from = [\"192.0.2.10\"], proto = \"tcp\", ports = [22], description = \"maintenance SSH\" },\n",
+        "",
+    );
+    assert_ne!(without, POLICY);
+    harness.reload(&without);
+    // Rule ids are positional here: the IPv6 rule is now 1, the ICMP rule 2.
+    for (name, frame, expected) in [
+        (
+            "the device's packet after the rule went",
+            ssh.reply(ACK),
+            drop(Inbound),
+        ),
+        ("the session is gone", ssh.clone().flags(ACK), drop(Inbound)),
+        ("the IPv6 session, still allowed", ssh6.reply(ACK), reply(1)),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+
+    // Quarantine cuts the device's inbound sessions too.
+    let sim = harness.sim_of("001010000000001");
+    harness
+        .enforcer
+        .set_sim_quarantine(sim, true)
+        .expect("quarantine");
+    harness.enforcer.bump_epoch().expect("epoch");
+    harness.reference.set_quarantined(sim, true);
+    for (name, frame, expected) in [
+        (
+            "the host's packet to the quarantined device",
+            ssh6.clone().flags(ACK),
+            drop(Quarantined),
+        ),
+        (
+            "its session is gone",
+            ssh6.clone().flags(ACK),
+            drop(Inbound),
+        ),
+        ("a new SYN", ssh6.clone(), drop(Inbound)),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+}
+
+/// ICMP and ICMPv6 errors (RFC 792, RFC 4443) quoting a packet of a live session pass as its
+/// replies, either way (path MTU discovery, unreachables); an error quoting no session, a
+/// session of an older epoch, too short a quote, or a quote whose source is not the error's
+/// destination is judged as the packet it is (toward a device: `inbound`).
+#[test]
+fn icmp_errors_quoting_a_session_are_its_replies() {
+    use DropReason::*;
+    use enforcer_common::maps::{IFACE_DROP_NON_POOL, IFACE_SERVICE};
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let mut harness = Harness::new(POLICY, &[]);
+    let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443));
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
+    let ping = Frame::new("10.64.0.1", "192.0.2.1", L4::Icmp(8));
+    let tcp6 = Frame::new("fd00:64:0:1::1", "2001:db8::9", L4::Tcp(8080));
+    let unopened = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).sport(40099);
+    let steps: Vec<(&str, Frame, Verdict)> = vec![
+        ("the device's SYN opens a session", syn.clone(), rule(0)),
+        (
+            "a router's fragmentation needed quoting it",
+            syn.icmp_error("203.0.113.1", 3, 8),
+            reply(0),
+        ),
+        (
+            "time exceeded, quoting 28 bytes",
+            syn.icmp_error("203.0.113.1", 11, 28),
+            reply(0),
+        ),
+        (
+            "an error quoting a flow the device never opened",
+            unopened.icmp_error("203.0.113.1", 3, 8),
+            drop(Inbound),
+        ),
+        (
+            "a quote cut inside the transport header",
+            syn.icmp_error("203.0.113.1", 3, 4),
+            drop(Inbound),
+        ),
+        (
+            "the session's quote sent to another device",
+            Frame::new("203.0.113.1", "10.65.0.3", L4::Icmp(3))
+                .icmp4(3)
+                .quote_of(&syn),
+            drop(Inbound),
+        ),
+        (
+            "not an error type: a redirect quoting the session",
+            syn.icmp_error("203.0.113.1", 5, 8),
+            drop(Inbound),
+        ),
+        ("UDP opens a session", udp.clone(), rule(1)),
+        ("its reply", udp.reply(0), reply(1)),
+        (
+            "the device's port unreachable about the reply goes out",
+            udp.reply(0).icmp_error("10.64.0.1", 3, 8),
+            reply(1),
+        ),
+        (
+            "another device forging that error reaches nothing its rules forbid",
+            udp.reply(0).icmp_error("10.65.0.3", 3, 8),
+            drop(NoRule),
+        ),
+        (
+            "a pool address without a SIM sending an error toward the device",
+            syn.icmp_error("10.64.9.9", 3, 8),
+            drop(Spoofed),
+        ),
+        ("an echo request", ping.clone(), rule(4)),
+        (
+            "time exceeded quoting the echo request",
+            ping.icmp_error("192.0.2.254", 11, 8),
+            reply(4),
+        ),
+        ("IPv6: a TCP SYN", tcp6.clone(), rule(3)),
+        (
+            "packet too big quoting it",
+            tcp6.icmp_error("2001:db8::1", 2, 8),
+            reply(3),
+        ),
+        (
+            "an ICMPv6 destination unreachable quoting it",
+            tcp6.icmp_error("2001:db8::1", 1, 8),
+            reply(3),
+        ),
+    ];
+    for (name, frame, expected) in &steps {
+        assert_eq!(
+            harness.check(&frame.build()).verdict,
+            *expected,
+            "step `{name}`"
+        );
+    }
+    let sessions = |harness: &Harness| harness.enforcer.sessions().expect("SESSIONS").len();
+    let before = sessions(&harness);
+    assert_eq!(before, 4, "errors open no session");
+
+    // Where an error may come from, as any packet of its session: toward the device not on a
+    // core interface, from the device not on a service one.
+    let on = |harness: &mut Harness, flags: u32| {
+        harness
+            .enforcer
+            .set_iface(TEST_IFINDEX, flags)
+            .expect("IFACES");
+        harness.reference.set_iface(TEST_IFINDEX, flags);
+    };
+    on(&mut harness, IFACE_DROP_NON_POOL);
+    assert_eq!(
+        harness
+            .check(&syn.icmp_error("203.0.113.1", 3, 8).build())
+            .verdict,
+        drop(NonPool),
+        "an error toward the device on a core interface"
+    );
+    on(&mut harness, IFACE_SERVICE);
+    assert_eq!(
+        harness
+            .check(&udp.reply(0).icmp_error("10.64.0.1", 3, 8).build())
+            .verdict,
+        drop(Spoofed),
+        "the device's error on a service interface"
+    );
+    on(&mut harness, 0);
+
+    // After another SIM's quarantine raised the epoch, the sessions wait for their next packet
+    // to be judged again: an error before that is not theirs yet.
+    let meter = harness.sim_of("001010000000003");
+    harness
+        .enforcer
+        .set_sim_quarantine(meter, true)
+        .expect("quarantine");
+    harness.enforcer.bump_epoch().expect("epoch");
+    harness.reference.set_quarantined(meter, true);
+    for (name, frame, expected) in [
+        (
+            "an error quoting a session of the older epoch",
+            syn.icmp_error("203.0.113.1", 3, 8),
+            drop(Inbound),
+        ),
+        (
+            "the session's own next packet re-checks it",
+            syn.reply(0x12),
+            reply(0),
+        ),
+        (
+            "then the error is its reply again",
+            syn.icmp_error("203.0.113.1", 3, 8),
+            reply(0),
+        ),
+    ] {
+        assert_eq!(harness.check(&frame.build()).verdict, expected, "{name}");
+    }
+    assert_eq!(sessions(&harness), before, "nothing was removed or added");
 }
 
 /// The daemon's sweep removes sessions idle past their state's timeout, and only those.

@@ -38,6 +38,13 @@ enum Command {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
     },
+    /// Measure the maps' kernel memory at 1M SIMs and 2M sessions inside QEMU (Debian 12's
+    /// 6.12) with each vCPU count.
+    VmMemory {
+        /// vCPUs; repeatable (default: 2 and 16).
+        #[arg(long = "cpus")]
+        cpus: Vec<u32>,
+    },
     /// Measure per-packet cost, load time and memory; a full run rewrites BENCHMARKS.md.
     Bench {
         /// A few seconds' smoke run (part of `test`); writes only target/bench.
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
         Command::VmTest { kernels } => vm_test::run(&kernels),
+        Command::VmMemory { cpus } => vm_test::memory(&cpus),
         Command::Package {
             binary,
             out_dir,

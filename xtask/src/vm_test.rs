@@ -92,6 +92,8 @@ struct Binaries {
     tests: BTreeMap<String, PathBuf>,
     enforcer: PathBuf,
     netprobe: PathBuf,
+    /// `enforcer-bench` (release), for [`memory`].
+    bench: Option<PathBuf>,
 }
 
 fn build_binaries() -> anyhow::Result<Binaries> {
@@ -138,8 +140,90 @@ fn build_binaries() -> anyhow::Result<Binaries> {
         tests,
         enforcer: target.join("enforcer"),
         netprobe: target.join("netprobe"),
+        bench: None,
     })
 }
+
+/// Guest memory for [`memory`]: 1M SIMs' policy and the program's maps with 2M sessions (about
+/// 0.5 GiB of kernel memory) beside the benchmark's own copies.
+const MEMORY_GUEST_MIB: u32 = 4096;
+
+/// `cargo xtask vm-memory [--cpus N]...`: the kernel memory of the maps at 1,000,000 SIMs and
+/// 2,000,000 sessions (`enforcer-bench --only memory`), measured inside QEMU on Debian 12's
+/// 6.12 kernel with each vCPU count (default 2 and 16), since per-CPU maps grow with the CPUs
+/// the kernel sees. Prints each guest's report.
+pub fn memory(cpus: &[u32]) -> anyhow::Result<()> {
+    setup::prepare(
+        "vm-memory fetches a kernel package with apt and builds the benchmark",
+        setup::Purpose::VmTest,
+        &["enforcer", "integration-tests"],
+        false,
+    )?;
+    let cpus: Vec<u32> = if cpus.is_empty() {
+        vec![2, 16]
+    } else {
+        cpus.to_vec()
+    };
+    exec(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "integration-tests",
+        "--bins",
+    ]))?;
+    let binaries = Binaries {
+        tests: BTreeMap::new(),
+        enforcer: root().join("target/release/enforcer"),
+        netprobe: root().join("target/release/netprobe"),
+        bench: Some(root().join("target/release/enforcer-bench")),
+    };
+    let kernel = resolve("6.12")?;
+    let mut reports = Vec::new();
+    for &n in &cpus {
+        let started = Instant::now();
+        let guest = boot_with(&kernel, &binaries, MEMORY_INIT, n, MEMORY_GUEST_MIB)
+            .with_context(|| format!("the memory run with {n} vCPUs"))?;
+        let report: String = guest
+            .lines()
+            .skip_while(|l| !l.starts_with("## Kernel memory"))
+            .take_while(|l| !l.starts_with("guest: done"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        reports.push(format!(
+            "### {} with {n} vCPUs ({:.0} s under TCG)\n\n{report}",
+            kernel.label,
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    println!("\nvm-memory results:\n");
+    for report in &reports {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+const MEMORY_INIT: &str = r#"#!/bin/sh
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t bpf bpf /sys/fs/bpf
+mount -t tmpfs run /run
+ip link set lo up
+echo "guest: Linux $(uname -r), $(nproc) CPUs"
+if /bin/enforcer-bench --only memory --out /root/bench; then
+  cat /root/bench/report.md
+  echo "guest: done"
+  echo 0 > /dev/ttyS1
+else
+  echo 1 > /dev/ttyS1
+fi
+sync
+poweroff -f
+"#;
 
 /// `6.1`, `6.12` (Debian 12 cloud kernels, fetched with apt) or a path to a vmlinuz.
 fn resolve(spec: &str) -> anyhow::Result<Kernel> {
@@ -274,14 +358,36 @@ fn find_veth(modules: &Path) -> anyhow::Result<PathBuf> {
 
 /// Build the initramfs, boot, stream the guest's output; returns the verifier count.
 fn boot(kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<Option<u64>> {
+    let init = INIT
+        .replace("@TESTS@", &GUEST_TESTS.join(" "))
+        .replace("@FRAMES@", &GUEST_DIFF_FRAMES.to_string());
+    let guest = boot_with(kernel, binaries, &init, 2, 1024)?;
+    Ok(guest
+        .lines()
+        .find_map(|l| l.split("verified instructions: ").nth(1))
+        .and_then(|n| n.trim().parse().ok()))
+}
+
+/// Boot `kernel` with an initramfs of `binaries` and `init`, `cpus` vCPUs and `mib` of memory;
+/// the guest's console output when its init reported status 0.
+fn boot_with(
+    kernel: &Kernel,
+    binaries: &Binaries,
+    init: &str,
+    cpus: u32,
+    mib: u32,
+) -> anyhow::Result<String> {
     let work = root().join("target/vm/run");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let initramfs = work.join("initramfs.cpio");
-    build_initramfs(&initramfs, kernel, binaries)?;
+    build_initramfs(&initramfs, kernel, binaries, init)?;
     let result = work.join("result");
     let log = work.join("guest.log");
-    eprintln!("xtask: booting {} under QEMU (TCG)", kernel.label);
+    eprintln!(
+        "xtask: booting {} under QEMU (TCG), {cpus} vCPUs, {mib} MiB",
+        kernel.label
+    );
     let mut cmd = Command::new("timeout");
     cmd.args([
         "--kill-after=10",
@@ -292,9 +398,9 @@ fn boot(kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<Option<u64>> {
         "-accel",
         "tcg",
         "-m",
-        "1024",
+        &mib.to_string(),
         "-smp",
-        "2",
+        &cpus.to_string(),
         "-display",
         "none",
         "-no-reboot",
@@ -312,10 +418,6 @@ fn boot(kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<Option<u64>> {
         .with_context(|| format!("starting `{}`", show(&cmd)))?;
     let guest = std::fs::read_to_string(&log).unwrap_or_default();
     print!("{}", indent(&guest));
-    let insns = guest
-        .lines()
-        .find_map(|l| l.split("verified instructions: ").nth(1))
-        .and_then(|n| n.trim().parse().ok());
     if status.code() == Some(124) || status.code() == Some(137) {
         bail!(
             "the guest hung (no exit within {} s)",
@@ -324,7 +426,7 @@ fn boot(kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<Option<u64>> {
     }
     let code = std::fs::read_to_string(&result).unwrap_or_default();
     match code.trim() {
-        "0" => Ok(insns),
+        "0" => Ok(guest),
         "" => bail!(
             "the guest stopped without reporting a result (kernel panic or crash? see its output above)"
         ),
@@ -364,7 +466,12 @@ sync
 poweroff -f
 "#;
 
-fn build_initramfs(path: &Path, kernel: &Kernel, binaries: &Binaries) -> anyhow::Result<()> {
+fn build_initramfs(
+    path: &Path,
+    kernel: &Kernel,
+    binaries: &Binaries,
+    init: &str,
+) -> anyhow::Result<()> {
     let mut archive = Cpio::default();
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "proc", "sys", "dev", "tmp", "run",
@@ -397,6 +504,9 @@ fn build_initramfs(path: &Path, kernel: &Kernel, binaries: &Binaries) -> anyhow:
     elf_files.push((netprobe_at, binaries.netprobe.clone()));
     for (name, exe) in &binaries.tests {
         elf_files.push((format!("tests/{name}"), exe.clone()));
+    }
+    if let Some(bench) = &binaries.bench {
+        elf_files.push(("bin/enforcer-bench".into(), bench.clone()));
     }
     let mut libraries = BTreeMap::new();
     for (at, file) in &elf_files {
@@ -431,9 +541,6 @@ fn build_initramfs(path: &Path, kernel: &Kernel, binaries: &Binaries) -> anyhow:
     if let Some(veth) = &kernel.veth {
         archive.file("veth.ko", &std::fs::read(veth)?, 0o644);
     }
-    let init = INIT
-        .replace("@TESTS@", &GUEST_TESTS.join(" "))
-        .replace("@FRAMES@", &GUEST_DIFF_FRAMES.to_string());
     archive.file("init", init.as_bytes(), 0o755);
     std::fs::write(path, archive.finish()).with_context(|| format!("writing {}", path.display()))
 }

@@ -56,9 +56,10 @@ pub fn flows(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<6} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  RULE",
+        "{:<16} {:<6} {:<8} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  RULE",
         "IMSI",
         "PROTO",
+        "OPENED",
         "DEVICE",
         "PEER",
         "STATE",
@@ -72,9 +73,10 @@ pub fn flows(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> 
     for f in &flows {
         let _ = writeln!(
             out,
-            "{:<16} {:<6} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  {}",
+            "{:<16} {:<6} {:<8} {:<41} {:<41} {:<11} {:>7} {:>6} {:>10} {:>12} {:>10} {:>12}  {}",
             f.imsi,
             f.proto,
+            f.direction,
             f.device,
             f.peer,
             f.state,

@@ -165,6 +165,9 @@ pub struct Flow {
     pub imsi: String,
     /// IP protocol name (`tcp`, `udp`, `icmp`, `icmpv6`).
     pub proto: String,
+    /// Who opened it: `outbound` (the device) or `inbound` (the peer, by an inbound rule).
+    #[serde(default)]
+    pub direction: String,
     /// The device's address and port (an echo's identifier for ICMP).
     pub device: String,
     /// The peer's address and port.

@@ -20,6 +20,17 @@ use ipnetwork::IpNetwork;
 pub use sim::{Digits, Iccid, Imsi, InvalidIdentifier, Msisdn, Sim};
 pub use source::LoadOptions;
 
+/// Who a rule belongs to, in compile order ([`ValidatedPolicy::rules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOwner {
+    /// A rule of `segments[i]`.
+    Segment(usize),
+    /// A rule of `sims[i]`.
+    Sim(usize),
+    /// An inbound rule of `segments[i]`.
+    Inbound(usize),
+}
+
 /// A policy that passed every check; ids are indices into its vectors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedPolicy {
@@ -45,6 +56,57 @@ pub struct Segment {
     pub description: String,
     /// Allow rules for every SIM of the segment.
     pub rules: Vec<Rule>,
+    /// Inbound rules: who outside every pool may open a session toward the segment's SIMs.
+    /// In these, [`Rule::to`] holds the senders (`from`, only [`Dest::Net`]) and
+    /// [`Rule::ports`] the device's ports.
+    pub inbound: Vec<Rule>,
+}
+
+impl ValidatedPolicy {
+    /// Every rule in compile order, the order rule ids are numbered in offline (`Ids::fresh`):
+    /// every segment's rules (segments in file order), then every SIM's own rules (SIMs in
+    /// policy order), then every segment's inbound rules.
+    pub fn rules(&self) -> impl Iterator<Item = (RuleOwner, &Rule)> {
+        let segments = self.segments.iter().enumerate().flat_map(|(i, segment)| {
+            segment
+                .rules
+                .iter()
+                .map(move |rule| (RuleOwner::Segment(i), rule))
+        });
+        let sims = self.sims.iter().enumerate().flat_map(|(i, sim)| {
+            sim.rules()
+                .iter()
+                .map(move |rule| (RuleOwner::Sim(i), rule))
+        });
+        let inbound = self.segments.iter().enumerate().flat_map(|(i, segment)| {
+            segment
+                .inbound
+                .iter()
+                .map(move |rule| (RuleOwner::Inbound(i), rule))
+        });
+        segments.chain(sims).chain(inbound)
+    }
+
+    /// How many rules [`ValidatedPolicy::rules`] lists.
+    #[must_use]
+    pub fn rule_count(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| s.rules.len() + s.inbound.len())
+            .sum::<usize>()
+            + self.sims.iter().map(|s| s.rules().len()).sum::<usize>()
+    }
+
+    /// How the rules' owners are named in `stats`, `flows` and messages: `segment NAME`,
+    /// `imsi N`, `segment NAME inbound`.
+    #[must_use]
+    pub fn owner_name(&self, owner: RuleOwner) -> String {
+        match owner {
+            RuleOwner::Segment(i) => format!("segment {}", self.segments[i].name),
+            RuleOwner::Sim(i) => format!("imsi {}", self.sims[i].imsi),
+            RuleOwner::Inbound(i) => format!("segment {} inbound", self.segments[i].name),
+        }
+    }
 }
 
 /// Lifecycle state of a SIM.

@@ -45,9 +45,28 @@ pub struct RawSegment {
     /// Allow rules for every SIM of the segment.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    /// What may open a session toward the segment's SIMs from outside every pool.
+    #[serde(default)]
+    pub inbound: Vec<Spanned<RawInbound>>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
+    #[serde(rename = "$__toml_private_datetime", default)]
+    pub datetime: String,
+}
+
+/// One inbound rule of a segment: `{ from = [...], proto, ports }`.
+#[derive(Debug, Deserialize)]
+pub struct RawInbound {
+    /// Senders: CIDRs or addresses outside every pool.
+    pub from: Option<Field>,
+    /// As [`RawRule::proto`].
+    pub proto: Option<Field>,
+    /// The device's ports, as [`RawRule::ports`].
+    pub ports: Option<Field>,
+    /// Free text.
+    pub description: Option<Field>,
+    /// As [`RawRule::datetime`].
     #[serde(rename = "$__toml_private_datetime", default)]
     pub datetime: String,
 }
@@ -98,11 +117,12 @@ pub struct RawRule {
 }
 
 const TOP_KEYS: &[&str] = &["pools", "core_sources", "segments", "sims", "inventory"];
-const SEGMENT_KEYS: &[&str] = &["name", "description", "rules"];
+const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound"];
 const SIM_KEYS: &[&str] = &[
     "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",
 ];
 const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
+const INBOUND_KEYS: &[&str] = &["from", "proto", "ports", "description"];
 
 /// Parse the text; a syntax or shape error ends the parse (there is no structure to go on from).
 pub fn parse(source: &SourceMap<'_>, text: &str) -> Result<RawPolicy, PolicyError> {
@@ -202,6 +222,7 @@ fn readable(message: &str) -> String {
         ("struct RawSegment", "a `[[segments]]` table"),
         ("struct RawSim", "a `[[sims]]` table"),
         ("struct RawRule", "a rule table"),
+        ("struct RawInbound", "an inbound rule table"),
         ("struct RawPolicy", "a policy"),
         ("invalid type: map", "invalid type: table or date-time"),
         ("a sequence", "an array"),
@@ -239,6 +260,9 @@ pub fn unknown_keys(source: &SourceMap<'_>, text: &str) -> Vec<PolicyError> {
             check(table.as_ref(), keys, &format!("a `[[{section}]]` entry"));
             for rule in tables_in(table.get_item("rules")) {
                 check(rule.as_ref(), RULE_KEYS, "a rule");
+            }
+            for rule in tables_in(table.get_item("inbound")) {
+                check(rule.as_ref(), INBOUND_KEYS, "an inbound rule");
             }
         }
     }

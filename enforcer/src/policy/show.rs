@@ -61,6 +61,16 @@ pub fn rule_match(policy: &ValidatedPolicy, rule: &Rule) -> String {
     match_text(&to, &protos, &ports)
 }
 
+/// What an inbound rule matches, as [`rule_match`] writes a rule, with its senders as `from`.
+#[must_use]
+pub fn inbound_match(policy: &ValidatedPolicy, rule: &Rule) -> String {
+    let text = rule_match(policy, rule);
+    match text.strip_prefix("{ to = ") {
+        Some(rest) => format!("{{ from = {rest}"),
+        None => text,
+    }
+}
+
 /// An inline rule table from its parts: `to` already quoted, `protos` numbers, `ports`
 /// inclusive ranges.
 #[must_use]

@@ -1112,3 +1112,59 @@ fn core_sources_are_checked_and_kept() {
     );
     one_error(&format!("core_sources = [29]\n{HEAD}"), 1, "core_sources");
 }
+
+#[test]
+fn inbound_rules_are_checked_and_kept() {
+    let text = with(
+        "inbound = [ { from = [\"192.0.2.10\", \"2001:db8:ff::/48\"], proto = \"tcp\", ports = [22], description = \"maintenance\" } ]\n",
+    );
+    let policy = from_str(Path::new("p.toml"), &text).expect("valid");
+    let inbound = &policy.segments[0].inbound;
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(
+        inbound[0].to,
+        vec![
+            Dest::Net("192.0.2.10/32".parse().expect("cidr")),
+            Dest::Net("2001:db8:ff::/48".parse().expect("cidr")),
+        ]
+    );
+    assert_eq!(inbound[0].protos, vec![6]);
+    assert_eq!(inbound[0].ports, vec![(22, 22)]);
+    assert_eq!(inbound[0].origin, "p.toml:4");
+    assert_eq!(policy.rule_count(), 1);
+    assert_eq!(
+        policy.owner_name(crate::policy::RuleOwner::Inbound(0)),
+        "segment a inbound"
+    );
+    // Each mistake is named where it stands.
+    one_error(
+        &with("inbound = [ { from = [\"10.64.1.0/24\"], proto = \"tcp\" } ]\n"),
+        4,
+        "inbound source 10.64.1.0/24 overlaps pool 10.64.0.0/16",
+    );
+    one_error(
+        &with("inbound = [ { from = [\"0.0.0.0/0\"], proto = \"tcp\" } ]\n"),
+        4,
+        "holds every address",
+    );
+    one_error(
+        &with("inbound = [ { proto = \"tcp\", ports = [22] } ]\n"),
+        4,
+        "inbound rule without `from`",
+    );
+    one_error(
+        &with("inbound = [ { from = [\"segment:a\"] } ]\n"),
+        4,
+        "not a valid inbound source CIDR",
+    );
+    one_error(
+        &with("inbound = [ { from = [\"192.0.2.1\"], ports = [22] } ]\n"),
+        4,
+        "`ports` need",
+    );
+    one_error(
+        &with("inbound = [ { from = [\"192.0.2.1\"], to = [\"a\"] } ]\n"),
+        4,
+        "unknown key `to` in an inbound rule; expected one of: from, proto, ports",
+    );
+}

@@ -234,6 +234,12 @@ pub(super) fn validate(
     // rules checked, so that every error is reported.
     for (segment, raw_segment) in segments.iter_mut().zip(&raw.segments) {
         segment.rules = checker.rules(&raw_segment.get_ref().rules);
+        segment.inbound = raw_segment
+            .get_ref()
+            .inbound
+            .iter()
+            .filter_map(|rule| checker.inbound_rule(rule))
+            .collect();
     }
     for (place, raw_sim) in policy_sims.iter().zip(&raw.sims) {
         let rules = checker.rules(&raw_sim.get_ref().rules);
@@ -549,6 +555,7 @@ impl<'a> Checker<'a> {
                 name: String::new(),
                 description: String::new(),
                 rules: Vec::new(),
+                inbound: Vec::new(),
             };
         }
         let mut name = String::new();
@@ -618,6 +625,7 @@ impl<'a> Checker<'a> {
             name,
             description,
             rules: Vec::new(),
+            inbound: Vec::new(),
         }
     }
 
@@ -932,7 +940,55 @@ impl<'a> Checker<'a> {
                 .filter_map(|(text, place)| self.dest(text, &place))
                 .collect(),
         };
-        let protos: Vec<u8> = match &raw.proto {
+        self.finish_rule(
+            to,
+            [
+                raw.proto.as_ref(),
+                raw.ports.as_ref(),
+                raw.description.as_ref(),
+            ],
+            rule.span(),
+            errors_before,
+        )
+    }
+
+    /// The rest of a rule or inbound rule, after its addresses (`to`, or `from`): `proto`,
+    /// `ports` and `description` checked; the rule, unless an error was reported since
+    /// `errors_before`. `span` is the whole rule's, for its `file:line` origin.
+    fn finish_rule(
+        &mut self,
+        to: Vec<Dest>,
+        [proto, ports, description]: [Option<&Field>; 3],
+        span: std::ops::Range<usize>,
+        errors_before: u64,
+    ) -> Option<Rule> {
+        let (protos, ports) = self.protos_and_ports(proto, ports, &to);
+        let description = description
+            .and_then(|f| self.string(f, "description"))
+            .unwrap_or_default()
+            .to_owned();
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let at = self.source.error(&span, "");
+        Some(Rule {
+            to,
+            protos,
+            ports,
+            description,
+            origin: format!("{}:{}", at.file, at.line),
+        })
+    }
+
+    /// A rule's `proto` and `ports` (shared by rules and inbound rules; `to` are the rule's
+    /// other addresses, for the address family check).
+    fn protos_and_ports(
+        &mut self,
+        proto: Option<&Field>,
+        ports: Option<&Field>,
+        to: &[Dest],
+    ) -> (Vec<u8>, Vec<(u16, u16)>) {
+        let protos: Vec<u8> = match proto {
             None => Vec::new(),
             Some(field) => {
                 let items = self.list(field, "proto");
@@ -957,10 +1013,10 @@ impl<'a> Checker<'a> {
                 }
             }
         };
-        if let Some(field) = &raw.proto {
-            self.family_mismatch(&to, &protos, &Place::Span(field.span()));
+        if let Some(field) = proto {
+            self.family_mismatch(to, &protos, &Place::Span(field.span()));
         }
-        let ports: Vec<(u16, u16)> = match &raw.ports {
+        let ports: Vec<(u16, u16)> = match ports {
             None => Vec::new(),
             Some(field) => {
                 let place = Place::Span(field.span());
@@ -987,23 +1043,80 @@ impl<'a> Checker<'a> {
                 }
             }
         };
-        let description = raw
-            .description
-            .as_ref()
-            .and_then(|f| self.string(f, "description"))
-            .unwrap_or_default()
-            .to_owned();
-        if self.errors.len() != errors_before {
+        (protos, ports)
+    }
+
+    /// One inbound rule of a segment: `from` CIDRs outside every pool (not every address),
+    /// `proto` and `ports` (the device's) as in a rule.
+    fn inbound_rule(&mut self, rule: &toml::Spanned<raw::RawInbound>) -> Option<Rule> {
+        let errors_before = self.errors.len();
+        let raw = rule.get_ref();
+        let whole = Place::Span(rule.span());
+        if self.datetime_instead_of(
+            &raw.datetime,
+            &whole,
+            "an inbound rule (`{ from = [...] }`)",
+        ) {
             return None;
         }
-        let at = self.source.error(&rule.span(), "");
-        Some(Rule {
-            to,
-            protos,
-            ports,
-            description,
-            origin: format!("{}:{}", at.file, at.line),
-        })
+        let mut from: Vec<Dest> = Vec::new();
+        match &raw.from {
+            None => self.error(
+                &whole,
+                "an inbound rule without `from`",
+                "inbound rule without `from`; list the hosts that may open sessions to the \
+                 segment's devices, as CIDRs outside every pool",
+            ),
+            Some(field) => {
+                for (value, place) in self.list(field, "from") {
+                    let Value::String(text) = value else {
+                        self.error(
+                            &place,
+                            "an inbound source that is not a string",
+                            format!("inbound source `{}` must be a string", shown(value)),
+                        );
+                        continue;
+                    };
+                    let Some(net) = self.network(text, &place, "inbound source") else {
+                        continue;
+                    };
+                    if net.prefix() == 0 {
+                        self.error(
+                            &place,
+                            "an inbound source of every address",
+                            format!(
+                                "inbound source `{net}` holds every address: it would expose \
+                                 the segment's devices to anyone; list the hosts that need in"
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some(pool) = self.pools.iter().find(|p| overlaps(p, &net)).copied() {
+                        self.error(
+                            &place,
+                            "an inbound source inside a pool",
+                            format!(
+                                "inbound source {net} overlaps pool {pool}: devices reach each \
+                                 other only by rules naming their segment or `imsi:…`; list \
+                                 only addresses outside the pools"
+                            ),
+                        );
+                        continue;
+                    }
+                    from.push(Dest::Net(net));
+                }
+            }
+        }
+        self.finish_rule(
+            from,
+            [
+                raw.proto.as_ref(),
+                raw.ports.as_ref(),
+                raw.description.as_ref(),
+            ],
+            rule.span(),
+            errors_before,
+        )
     }
 
     /// A rule whose protocols all belong to one address family while its destinations all

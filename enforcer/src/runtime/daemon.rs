@@ -402,7 +402,7 @@ impl Daemon {
 
     /// The live sessions, of the SIMs `imsis` only when given, busiest first.
     fn flows(&self, imsis: &[String]) -> anyhow::Result<Vec<crate::control::Flow>> {
-        use enforcer_common::session::SessionState;
+        use enforcer_common::session::{self, SessionState};
         let mut only = HashSet::new();
         for imsi in imsis {
             only.insert(self.sim(imsi)?.1);
@@ -429,7 +429,16 @@ impl Daemon {
                 let v6 = key.v6 == 1;
                 let a = endpoint(key.addr_a, key.port_a, v6);
                 let b = endpoint(key.addr_b, key.port_b, v6);
-                let (device, peer) = if s.device_first == 1 { (a, b) } else { (b, a) };
+                let (device, peer) = if s.flags & session::SESSION_DEVICE_FIRST != 0 {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                let direction = if s.flags & session::SESSION_INBOUND != 0 {
+                    "inbound"
+                } else {
+                    "outbound"
+                };
                 let proto = match key.proto {
                     6 => "tcp".to_owned(),
                     17 => "udp".to_owned(),
@@ -446,6 +455,7 @@ impl Daemon {
                 let flow = crate::control::Flow {
                     imsi: self.imsi_of(s.sim),
                     proto,
+                    direction: direction.to_owned(),
                     device,
                     peer,
                     state: SessionState::from_u8(s.state).name().to_owned(),

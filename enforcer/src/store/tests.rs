@@ -47,6 +47,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             name: "a".to_owned(),
             description: String::new(),
             rules: Vec::new(),
+            inbound: Vec::new(),
         }],
         sims: (first..first + sims)
             .map(|n| {
