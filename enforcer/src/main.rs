@@ -115,9 +115,14 @@ struct SimArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Policy file (TOML).
+    /// Settings file (TOML): each key a flag of `run` without its dashes (`policy`, `iface`,
+    /// `pin-dir`, `udp-timeout`, ...), an array for a repeatable flag; flags given on the
+    /// command line win. See README.md, "Running as a service".
     #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    config: Option<PathBuf>,
+    /// Policy file (TOML).
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     input: InputArgs,
     /// Interface to attach to, with its role: `core:IF` faces the packet core (device traffic
@@ -125,7 +130,12 @@ struct RunArgs {
     /// are dropped; a packet toward a device is never a reply here), `service:IF` faces the
     /// services (a pool source arriving here is spoofed). A plain `IF` has no role and is
     /// judged by addresses alone. Repeat for each gateway interface.
-    #[arg(long = "iface", value_name = "[ROLE:]IF", required = true, value_parser = parse_iface)]
+    #[arg(
+        long = "iface",
+        value_name = "[ROLE:]IF",
+        required_unless_present = "config",
+        value_parser = parse_iface
+    )]
     ifaces: Vec<IfaceArg>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = Mode::Native)]
@@ -243,7 +253,28 @@ struct StatsArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let given: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match cli::config::merged_args::<Cli>(given.clone()) {
+        Ok(argv) => argv,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let from_file = argv.len() != given.len();
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(error) => {
+            if from_file && error.use_stderr() {
+                eprintln!(
+                    "{}note: the value may come from the --config file (its keys are flags)",
+                    error.render()
+                );
+                return ExitCode::from(2);
+            }
+            error.exit()
+        }
+    };
     // Log lines go to stderr from a thread of their own: a reader that stalls (a paused pipe,
     // a slow terminal) must not stall the daemon's actor, and with it every command. Up to
     // LOG_BACKLOG lines wait; past that they are dropped, never blocking. The guard flushes
@@ -487,6 +518,16 @@ fn parse_iface(text: &str) -> Result<IfaceArg, String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args
+        .config
+        .as_ref()
+        .map_or_else(String::new, |c| format!(", or set it in {}", c.display()));
+    let Some(policy) = args.policy else {
+        anyhow::bail!("no policy file: give --policy FILE{config}");
+    };
+    if args.ifaces.is_empty() {
+        anyhow::bail!("no interface to attach to: give --iface [ROLE:]IF{config}");
+    }
     let mut core_facing = args.drop_non_pool;
     core_facing.extend(
         args.ifaces
@@ -504,7 +545,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         service_facing,
         timeouts: args.timeouts.timeouts(),
         load: args.input.options(),
-        policy: args.policy,
+        policy,
         ifaces: args.ifaces.into_iter().map(|i| i.name).collect(),
         core_facing,
         mode: match args.xdp_mode {

@@ -641,6 +641,81 @@ fn stop(mut child: Running, signal: i32) {
     let _ = child.0.wait();
 }
 
+/// `run --config FILE` takes its flags from a TOML file (the policy, the interfaces with their
+/// roles, pins, socket, store); a flag on the command line wins over the file (here
+/// `--xdp-mode skb`: the file's `native` cannot attach to `lo`); a key that is no flag stops
+/// the start with the file and line, before anything is loaded.
+#[test]
+fn run_takes_its_settings_from_a_config_file() {
+    let Some(ns) = root_namespace("conf") else {
+        return;
+    };
+    let files = RunFiles::new("conf");
+    let scratch = Scratch::new("cli-config");
+    let config_arg = scratch.write(
+        "enforcer.toml",
+        &format!(
+            "# settings of one test daemon\npolicy = \"{}\"\niface = [\"core:lo\"]\n\
+             xdp_mode = \"native\"\npin-dir = \"{}\"\nsocket = \"{}\"\nstore = \"{}\"\n\
+             udp-timeout = 300\n",
+            example(),
+            files.pin_dir,
+            files.socket,
+            files.store
+        ),
+    );
+    let net = format!("--net=/run/netns/{}", ns.name);
+    let bin = enforcer_bin().display().to_string();
+    let child = enforcing(
+        &[
+            net.as_str(),
+            &bin,
+            "run",
+            "--config",
+            &config_arg,
+            "--xdp-mode",
+            "skb",
+        ]
+        .map(str::to_owned),
+    );
+    let status = enforcer(&["status", "--json", "--socket", &files.socket]);
+    if let Some(child) = child {
+        stop(child, libc::SIGTERM);
+    }
+    let _ = files.detach();
+    assert!(status.status.success(), "{}", text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let iface = &status["interfaces"][0];
+    assert_eq!(iface["iface"], "lo", "{status}");
+    assert_eq!(iface["core_facing"], true, "the file's role: {status}");
+    assert_eq!(iface["mode"], "skb", "the command line's mode: {status}");
+
+    scratch.write(
+        "enforcer.toml",
+        "policy = \"p.toml\"\n\niface = [\"lo\"]\nifaces = [\"lo\"]\n",
+    );
+    let pins = RunFiles::new("conf-bad");
+    let out = Command::new("nsenter")
+        .args([
+            net.as_str(),
+            &bin,
+            "run",
+            "--config",
+            &config_arg,
+            "--pin-dir",
+            &pins.pin_dir,
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{config_arg}:4: unknown key `ifaces`")),
+        "{}",
+        text(&out)
+    );
+    assert!(!Path::new(&pins.pin_dir).exists(), "nothing was loaded");
+}
+
 /// One daemon per pin directory: a second `run` on the same pins is refused before it loads
 /// anything, and the first one's policy (its generation) is untouched.
 #[test]
