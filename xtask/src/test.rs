@@ -9,6 +9,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -83,6 +84,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// leaked can hold this command forever: past [`TEST_LIMIT`] the group is killed and the run
 /// fails; once `cargo test` has exited, whatever is left of its group is killed after
 /// [`DRAIN_LIMIT`], named, and counted as a failure (tests must clean up after themselves).
+/// A group of its own no longer gets the terminal's Ctrl-C, so SIGINT and SIGTERM sent to this
+/// command are passed on to it, and the run stops.
 fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
     eprintln!("xtask: $ {}", show(cmd));
     let mut child = cmd
@@ -91,12 +94,20 @@ fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
         .spawn()
         .with_context(|| format!("cannot start `{}`", show(cmd)))?;
     let group = libc::pid_t::try_from(child.id()).context("pid")?;
+    let _interrupts = PassInterrupts::install();
     let stdout = child.stdout.take().context("no stdout")?;
     let reader = std::thread::spawn(move || count_results(stdout));
     let started = Instant::now();
+    let mut interrupted = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break Some(status);
+        }
+        if !interrupted && INTERRUPTED.load(Ordering::SeqCst) {
+            interrupted = true;
+            // SAFETY: kill(2) has no memory preconditions; the negative pid names the group
+            // this command created for `cargo test`.
+            unsafe { libc::kill(-group, libc::SIGINT) };
         }
         if started.elapsed() > TEST_LIMIT {
             kill_group(group);
@@ -105,6 +116,11 @@ fn run_counting(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    if interrupted {
+        std::thread::sleep(DRAIN_LIMIT);
+        kill_group(group);
+        bail!("interrupted");
+    }
     let exited = Instant::now();
     while !reader.is_finished() && exited.elapsed() < DRAIN_LIMIT {
         std::thread::sleep(Duration::from_millis(50));
@@ -166,6 +182,37 @@ fn count_results(stdout: impl std::io::Read) -> anyhow::Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
+/// Set by SIGINT or SIGTERM while `cargo test` runs ([`PassInterrupts`]).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM only set [`INTERRUPTED`] while this lives (the run loop passes them on);
+/// dropping it restores the default actions.
+struct PassInterrupts;
+
+impl PassInterrupts {
+    fn install() -> Self {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
+        }
+        Self
+    }
+}
+
+impl Drop for PassInterrupts {
+    fn drop(&mut self) {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restoring the default action has no preconditions.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
 fn kill_group(group: libc::pid_t) {
     // SAFETY: kill(2) has no memory preconditions; a negative pid names the process group that
     // this command created for `cargo test`.
@@ -196,10 +243,63 @@ fn group_members(group: libc::pid_t) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// `run_counting` installs process-wide signal handlers: one test at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Ctrl-C (SIGINT) while the tests run reaches their process group, which no longer
+    /// shares the terminal's: the run stops at once with "interrupted", its processes gone.
+    #[test]
+    fn an_interrupt_stops_the_tests_and_their_group() {
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = Instant::now();
+        let run = std::thread::spawn(|| {
+            run_counting(Command::new("sh").args(["-c", "sleep 60 & sleep 60"]))
+        });
+        // Interrupt only once the handler is in place (SIGINT in SigCgt, the caught signals),
+        // or the default action would end this test process.
+        let caught = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|status| {
+                    status.lines().find_map(|l| {
+                        l.strip_prefix("SigCgt:")
+                            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    })
+                })
+                .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+        };
+        while !caught() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no handler installed"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) on this process; the handler only sets a flag.
+        unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+        let result = run.join().expect("the run did not panic");
+        assert!(
+            result
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("interrupted")),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the interrupted run took {:?}",
+            started.elapsed()
+        );
+    }
+
     /// A process that outlives the command and holds its output (here a `sleep` in the
     /// background) is killed and counted as a failure, instead of holding the run forever.
     #[test]
     fn a_leaked_process_neither_holds_the_run_nor_passes() {
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let started = Instant::now();
         let (passed, failed) = run_counting(Command::new("sh").args([
             "-c",
@@ -216,6 +316,9 @@ mod tests {
 
     #[test]
     fn a_clean_run_counts_its_results() {
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (passed, failed) = run_counting(Command::new("sh").args([
             "-c",
             "echo 'test result: FAILED. 2 passed; 1 failed; 0 ignored'; echo 'test result: ok. 4 passed; 0 failed'",
