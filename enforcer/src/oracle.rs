@@ -264,8 +264,12 @@ type Flow = (IpAddr, u16, IpAddr, u16, u8);
 pub struct Sessions {
     /// (opener's address, its port, the other's address, its port, protocol) → the rule that
     /// allowed it, and whether the opener was outside (an inbound rule). ICMP echo: the
-    /// identifier is the opener's "port", the other's is 0.
-    open: std::collections::HashMap<Flow, (u32, bool)>,
+    /// identifier is the opener's "port", the other's is 0. With the order it was opened in:
+    /// between two devices each may open the same flow its own way, and the program keeps only
+    /// the first (one entry for both directions), which decides whose side an ICMP error is.
+    open: std::collections::HashMap<Flow, (u32, bool, u64)>,
+    /// Sessions opened so far.
+    opened: u64,
 }
 
 impl Sessions {
@@ -286,9 +290,15 @@ impl Sessions {
         // services' side (as for every packet of the session).
         if let Some((qs, qsp, qd, qdp, proto)) = quoted {
             let (qs, qd) = (address(meta.v6, qs), address(meta.v6, qd));
-            let by_opener = self.open.get(&(qs, qsp, qd, qdp, proto));
-            let by_other = self.open.get(&(qd, qdp, qs, qsp, proto));
-            if let Some(&(rule, inbound)) = by_opener.or(by_other) {
+            let by_opener = self.open.get(&(qs, qsp, qd, qdp, proto)).copied();
+            let by_other = self.open.get(&(qd, qdp, qs, qsp, proto)).copied();
+            // Both: the one opened first is the program's.
+            let (by_opener, by_other) = match (by_opener, by_other) {
+                (Some(a), Some(b)) if b.2 < a.2 => (None, Some(b)),
+                (Some(a), Some(_)) => (Some(a), None),
+                other => other,
+            };
+            if let Some((rule, inbound, _)) = by_opener.or(by_other) {
                 // The error goes to the quoted source: the device when it opened the quoted
                 // packet's session and is no inbound session's device, or the other way round.
                 // Toward the device it comes from outside every pool; from the device's side
@@ -324,7 +334,7 @@ impl Sessions {
         if tracked
             && !own
             && !icmp_echo(true)
-            && let Some(&(rule, inbound)) = self.open.get(&(dst, dport, src, sport, meta.proto))
+            && let Some(&(rule, inbound, _)) = self.open.get(&(dst, dport, src, sport, meta.proto))
         {
             let wrong_side = if inbound {
                 IFACE_SERVICE
@@ -343,9 +353,11 @@ impl Sessions {
         };
         if let Verdict::Pass(PassReason::Inbound, rule) = verdict {
             if opens {
+                let opened = self.opened;
+                self.opened += 1;
                 self.open
                     .entry((src, sport, dst, dport, meta.proto))
-                    .or_insert((rule, true));
+                    .or_insert((rule, true, opened));
             }
             return verdict;
         }
@@ -356,9 +368,11 @@ impl Sessions {
                 .iter()
                 .any(|sim| holds(sim, dst) && sim.state == SimState::Quarantined);
             if opens && !to_quarantined {
+                let opened = self.opened;
+                self.opened += 1;
                 self.open
                     .entry((src, sport, dst, dport, meta.proto))
-                    .or_insert((rule, false));
+                    .or_insert((rule, false, opened));
             }
             return verdict;
         }
