@@ -196,20 +196,23 @@ struct PassInterrupts;
 impl PassInterrupts {
     fn install() -> Self {
         INTERRUPTED.store(false, Ordering::SeqCst);
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-            unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
-        }
+        set_interrupt_action(on_interrupt as *const () as libc::sighandler_t);
         Self
     }
 }
 
 impl Drop for PassInterrupts {
     fn drop(&mut self) {
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: restoring the default action has no preconditions.
-            unsafe { libc::signal(signal, libc::SIG_DFL) };
-        }
+        set_interrupt_action(libc::SIG_DFL);
+    }
+}
+
+/// Set the action of SIGINT and SIGTERM: [`on_interrupt`] or `SIG_DFL`.
+fn set_interrupt_action(action: libc::sighandler_t) {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the only handler set here stores to an atomic, which is async-signal-safe;
+        // `SIG_DFL` restores the default.
+        unsafe { libc::signal(signal, action) };
     }
 }
 

@@ -153,27 +153,18 @@ const MEMORY_GUEST_MIB: u32 = 4096;
 /// 6.12 kernel with each vCPU count (default 2 and 16), since per-CPU maps grow with the CPUs
 /// the kernel sees. Prints each guest's report.
 pub fn memory(cpus: &[u32]) -> anyhow::Result<()> {
+    // Builds the release binaries, the benchmark among them.
     setup::prepare(
         "vm-memory fetches a kernel package with apt and builds the benchmark",
         setup::Purpose::VmTest,
         &["enforcer", "integration-tests"],
-        false,
+        true,
     )?;
     let cpus: Vec<u32> = if cpus.is_empty() {
         vec![2, 16]
     } else {
         cpus.to_vec()
     };
-    exec(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "enforcer",
-        "-p",
-        "integration-tests",
-        "--bins",
-    ]))?;
     let binaries = Binaries {
         tests: BTreeMap::new(),
         enforcer: root().join("target/release/enforcer"),
