@@ -331,3 +331,55 @@ unsafe fn lookup_chunk(
     };
     Ok((done, (attr.count as usize).min(count)))
 }
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` from `enum bpf_cmd` (hash maps since Linux 5.14).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// The element member of `union bpf_attr` (`map_fd`, `key`, `value`, `flags`).
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Remove `key` from the hash map behind `fd` and return the value it held at that instant
+/// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`): counters the program added up to the removal are in
+/// it, none after. `Ok(None)` when the key is not there.
+///
+/// # Errors
+/// The kernel's error other than `ENOENT`.
+pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
+    fd: impl AsFd,
+    key: &K,
+) -> io::Result<Option<V>> {
+    let mut value = V::default();
+    let mut attr = ElemAttr {
+        map_fd: u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX),
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` element member: `key` points at a key and `value` at
+    // a value of the map's types (`K`, `V`: Pod, the map's sizes), both alive for the call; the
+    // kernel writes only `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_mut(&mut attr),
+            size_of::<ElemAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    Ok(Some(value))
+}

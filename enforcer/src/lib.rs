@@ -23,4 +23,5 @@ pub mod report;
 pub mod runtime;
 pub mod sim_table;
 pub mod store;
+pub mod telemetry;
 pub mod xdp_holder;

@@ -263,12 +263,20 @@ pub struct Enforcer {
 pub const GRACE: Duration = Duration::from_millis(50);
 
 /// What one [`Enforcer::expire_sessions`] pass found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSweep {
-    /// Sessions that stay.
-    pub live: usize,
-    /// Sessions removed, idle past their timeout.
-    pub expired: usize,
+    /// Sessions that stay, as read.
+    pub live: Vec<(
+        enforcer_common::session::SessionKey,
+        enforcer_common::session::Session,
+    )>,
+    /// Sessions removed, idle past their timeout, with their counters at the removal and
+    /// whether they had closed (TCP FIN both ways or RST) rather than gone idle.
+    pub expired: Vec<(
+        enforcer_common::session::SessionKey,
+        enforcer_common::session::Session,
+        bool,
+    )>,
 }
 
 /// What [`Enforcer::apply`] changed, for the daemon to log and report.
@@ -498,12 +506,14 @@ impl Enforcer {
     }
 
     /// Remove the sessions idle longer than `timeouts` allow for their state, as of `now_ns`
-    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns how many
-    /// stay and how many went. One pass reads every entry in batches ([`Enforcer::sessions`])
-    /// and deletes the expired ones in batches. A session that sends again
-    /// between the read and the delete loses its entry: its device's next packet that may
-    /// open one (a SYN, any UDP) opens it again; mid-connection TCP does not (as after any
-    /// expiry), which the timeouts, far above what a live flow stays idle, make rare.
+    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns those that
+    /// stay and those that went. One pass reads every entry in batches ([`Enforcer::sessions`]);
+    /// each expired one is removed with lookup-and-delete, which returns its counters as of the
+    /// removal (for the flow export: nothing counted before it is lost). A session the program
+    /// removed meanwhile (revoked) is left out. A session that sends again between the read and
+    /// the removal loses its entry: its device's next packet that may open one (a SYN, any UDP)
+    /// opens it again; mid-connection TCP does not (as after any expiry), which the timeouts,
+    /// far above what a live flow stays idle, make rare.
     ///
     /// # Errors
     /// [`LoadError::Map`] if `SESSIONS` cannot be read or written.
@@ -513,30 +523,32 @@ impl Enforcer {
         timeouts: &enforcer_common::session::Timeouts,
     ) -> Result<SessionSweep, LoadError> {
         use enforcer_common::session::{SessionState, idle_timeout};
-        let mut expired = Vec::new();
-        let mut live = 0usize;
+        let mut sweep = SessionSweep::default();
+        let fd = self.map_data(names::SESSIONS)?.fd();
         for (key, session) in self.sessions()? {
             let state = SessionState::from_u8(session.state);
             let idle = now_ns.saturating_sub(session.seen_ns);
             let limit = idle_timeout(state, key.proto, timeouts).saturating_mul(1_000_000_000);
-            if idle > limit {
-                expired.push(key);
-            } else {
-                live += 1;
+            if idle <= limit {
+                sweep.live.push((key, session));
+                continue;
+            }
+            match batch::lookup_and_delete::<_, enforcer_common::session::Session>(fd, &key) {
+                Ok(Some(last)) => {
+                    let closed = SessionState::from_u8(last.state) == SessionState::Closed;
+                    sweep.expired.push((key, last, closed));
+                }
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(LoadError::Map {
+                        map: names::SESSIONS,
+                        what: "removing an expired session from",
+                        source,
+                    });
+                }
             }
         }
-        if self.batch_delete(names::SESSIONS, &expired).is_err() {
-            // A batch delete stops at a key the program removed meanwhile (ENOENT): delete the
-            // rest one by one, a missing one being no error.
-            let fd = self.map_data(names::SESSIONS)?.fd();
-            for key in &expired {
-                let _ = batch::delete(fd, std::slice::from_ref(key));
-            }
-        }
-        Ok(SessionSweep {
-            live,
-            expired: expired.len(),
-        })
+        Ok(sweep)
     }
 
     /// Raise the policy epoch after a change made in place (a quarantine, a bind), so that

@@ -159,6 +159,75 @@ struct RunArgs {
     store: Option<PathBuf>,
     #[command(flatten)]
     limits: Limits,
+    #[command(flatten)]
+    ipfix: IpfixArgs,
+}
+
+/// Flow export over IPFIX (RFC 7011, UDP).
+#[derive(clap::Args)]
+struct IpfixArgs {
+    /// IPFIX collector to send per-device flow records to, `HOST[:PORT]` (port 4739, IANA's
+    /// IPFIX port, when not given); repeat for several collectors, each sent every record.
+    #[arg(long = "ipfix-collector", value_name = "HOST[:PORT]", value_parser = parse_collector)]
+    ipfix_collectors: Vec<std::net::SocketAddr>,
+    /// Export a flow still going on after this long (flowEndReason 2, active timeout).
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ipfix_active_timeout: u64,
+    /// Export a flow idle this long (flowEndReason 1, idle timeout).
+    #[arg(long, value_name = "S", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ipfix_idle_timeout: u64,
+    /// Send the templates again this often (RFC 7011 §8.4: over UDP they are re-sent, never
+    /// withdrawn), so that a collector started late can decode the records.
+    #[arg(long, value_name = "S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ipfix_template_refresh: u64,
+    /// Observation domain id in every IPFIX message header.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    ipfix_domain_id: u32,
+    /// Path MTU toward the collectors, bytes: every message fits in one datagram.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(576..=65_535))]
+    ipfix_mtu: u64,
+}
+
+impl IpfixArgs {
+    fn export(&self) -> Option<runtime::Export> {
+        (!self.ipfix_collectors.is_empty()).then(|| runtime::Export {
+            collectors: self.ipfix_collectors.clone(),
+            active_timeout: self.ipfix_active_timeout,
+            idle_timeout: self.ipfix_idle_timeout,
+            template_refresh: self.ipfix_template_refresh,
+            domain: self.ipfix_domain_id,
+            mtu: usize::try_from(self.ipfix_mtu).unwrap_or(1500),
+        })
+    }
+}
+
+/// `HOST[:PORT]` of an IPFIX collector, resolved now (port 4739 when not given).
+fn parse_collector(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    const IPFIX_PORT: u16 = 4739;
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok((ip, IPFIX_PORT).into());
+    }
+    let with_port = if text
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        text.to_owned()
+    } else {
+        format!("{text}:{IPFIX_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("cannot resolve `{text}` ({e}); give HOST[:PORT], e.g. 192.0.2.9:4739")
+        })?
+        .next()
+        .ok_or_else(|| {
+            format!("`{text}` resolves to no address; give HOST[:PORT], e.g. 192.0.2.9:4739")
+        })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -562,5 +631,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_dir: args.pin_dir,
         socket: args.socket,
         limits: args.limits,
+        export: args.ipfix.export(),
     })
 }

@@ -568,6 +568,33 @@ fn attach_to_an_interface_held_by_another_program_names_it() {
     assert!(text.contains("retry with `--xdp-mode skb`"), "{text}");
 }
 
+/// A collector that is no `HOST[:PORT]` or does not resolve, or a timeout out of range, is
+/// refused before anything is loaded, naming the flag and what to give.
+#[test]
+fn run_refuses_a_bad_ipfix_setting() {
+    for (args, said) in [
+        (
+            ["--ipfix-collector", "collector.invalid:4739"],
+            "cannot resolve `collector.invalid:4739`",
+        ),
+        (["--ipfix-collector", "10.0.0.1:99999"], "give HOST[:PORT]"),
+        (["--ipfix-active-timeout", "0"], "--ipfix-active-timeout"),
+        (["--ipfix-mtu", "100"], "--ipfix-mtu"),
+    ] {
+        let mut argv = vec![
+            "run",
+            "--policy",
+            "/nonexistent/policy.toml",
+            "--iface",
+            "lo",
+        ];
+        argv.extend(args);
+        let out = enforcer(&argv);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        fails_saying(&out, said);
+    }
+}
+
 #[test]
 fn run_refuses_the_same_interface_twice() {
     let out = enforcer(&[
@@ -657,7 +684,7 @@ fn run_takes_its_settings_from_a_config_file() {
         &format!(
             "# settings of one test daemon\npolicy = \"{}\"\niface = [\"core:lo\"]\n\
              xdp_mode = \"native\"\npin-dir = \"{}\"\nsocket = \"{}\"\nstore = \"{}\"\n\
-             udp-timeout = 300\n",
+             udp-timeout = 300\nipfix-collector = [\"127.0.0.1\"]\nipfix-idle-timeout = 30\n",
             example(),
             files.pin_dir,
             files.socket,
@@ -689,6 +716,10 @@ fn run_takes_its_settings_from_a_config_file() {
     assert_eq!(iface["iface"], "lo", "{status}");
     assert_eq!(iface["core_facing"], true, "the file's role: {status}");
     assert_eq!(iface["mode"], "skb", "the command line's mode: {status}");
+    assert_eq!(
+        status["export"]["collectors"][0], "127.0.0.1:4739",
+        "the file's collector, on IPFIX's port: {status}"
+    );
 
     scratch.write(
         "enforcer.toml",

@@ -117,6 +117,26 @@ const APT_PACKAGES: &[Package] = &[
         ],
     },
     Package {
+        name: "nfdump",
+        why: "`nfcapd` and `nfdump`: the IPFIX collector the flow-export test sends to",
+        for_: &[Purpose::Test],
+    },
+    Package {
+        name: "pmacct",
+        why: "`nfacctd`: the second IPFIX collector, reading IMSI and MSISDN as custom primitives",
+        for_: &[Purpose::Test],
+    },
+    Package {
+        name: "tshark",
+        why: "decodes the exported IPFIX packets as Wireshark does",
+        for_: &[Purpose::Test],
+    },
+    Package {
+        name: "prometheus",
+        why: "`promtool check metrics` checks the /metrics exposition",
+        for_: &[Purpose::Test],
+    },
+    Package {
         name: "binutils",
         why: "`strip` keeps the VM tests' initramfs small",
         for_: &[Purpose::VmTest, Purpose::Test],

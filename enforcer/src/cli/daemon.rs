@@ -129,6 +129,19 @@ fn status_table(s: &Status) -> String {
         "SIMs:      {} ({} active, {} quarantined, {} of them by command)",
         s.sims.total, s.sims.active, s.sims.quarantined, s.sims.quarantined_by_command
     );
+    if let Some(e) = &s.export {
+        let _ = writeln!(
+            out,
+            "IPFIX:     to {} ({} sessions followed; {} records and {} messages sent, {} \
+             messages failed, {} records deferred)",
+            e.collectors.join(", "),
+            e.sessions_tracked,
+            e.records_sent,
+            e.messages_sent,
+            e.messages_failed,
+            e.records_deferred
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  STATE",

@@ -217,6 +217,30 @@ pub struct Status {
     pub sims: SimCounts,
     /// Fill of every map sized by the policy.
     pub maps: Vec<MapFill>,
+    /// The IPFIX flow export, when collectors are given.
+    #[serde(default)]
+    pub export: Option<ExportStatus>,
+}
+
+/// The IPFIX flow export's state and counters since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStatus {
+    /// Collectors (`address:port`), each sent every record.
+    pub collectors: Vec<String>,
+    /// Sessions the meter follows.
+    pub sessions_tracked: usize,
+    /// Records sent, summed over the collectors.
+    pub records_sent: u64,
+    /// IPFIX messages sent.
+    pub messages_sent: u64,
+    /// Messages whose send failed (collector down or unreachable): their records are lost
+    /// for that collector.
+    pub messages_failed: u64,
+    /// Records the exporter's queue had no room for, exported in a later round instead.
+    pub records_deferred: u64,
+    /// Sessions found at start that a daemon which did not stop cleanly had counted: their
+    /// counts up to the start are not exported.
+    pub sessions_adopted: u64,
 }
 
 /// One attached interface.

@@ -364,6 +364,15 @@ pub struct Daemon {
     sessions_live: usize,
     /// A change was made in place but raising the epoch failed: retried by every sweep.
     recheck_pending: bool,
+    /// Flow export, when collectors are given.
+    flow_export: Option<FlowExport>,
+}
+
+/// The flow export's meter and exporter, and where the meter's state goes at a stop.
+pub(crate) struct FlowExport {
+    meter: crate::telemetry::meter::Meter,
+    exporter: crate::telemetry::exporter::Exporter,
+    state: std::path::PathBuf,
 }
 
 impl Daemon {
@@ -397,7 +406,149 @@ impl Daemon {
             ifaces,
             sessions_live: 0,
             recheck_pending: false,
+            flow_export: None,
         }
+    }
+
+    /// Start the flow export if collectors are given: the meter takes over what a stopped
+    /// daemon saved (`<store>.flows`), the exporter thread sends the templates.
+    pub(super) fn start_export(&mut self) -> anyhow::Result<()> {
+        use crate::telemetry::{exporter, meter::Meter};
+        let Some(export) = &self.settings.export else {
+            return Ok(());
+        };
+        let now = monotonic_coarse_ns();
+        let state = self.settings.store.with_extension("flows");
+        let mut meter = Meter::new(export.active_timeout, export.idle_timeout, None);
+        let loaded = match meter.load(&state, now) {
+            Ok(0) => {
+                // No saved state: sessions already in the table were counted by a daemon
+                // that did not stop cleanly (or there are none): export from here on.
+                meter = Meter::new(export.active_timeout, export.idle_timeout, Some(now));
+                0
+            }
+            Ok(n) => n,
+            Err(err) => {
+                warn!(file = %state.display(), error = %err, "Ignoring the saved flow export state; sessions already open are exported from now on.");
+                meter = Meter::new(export.active_timeout, export.idle_timeout, Some(now));
+                0
+            }
+        };
+        let exporter = exporter::Exporter::start(&exporter::ExportConfig {
+            collectors: export.collectors.clone(),
+            domain: export.domain,
+            mtu: export.mtu,
+            template_refresh: std::time::Duration::from_secs(export.template_refresh),
+        })
+        .context("opening the IPFIX collectors' sockets")?;
+        info!(
+            collectors = ?export.collectors,
+            active_timeout_s = export.active_timeout,
+            idle_timeout_s = export.idle_timeout,
+            sessions_taken_over = loaded,
+            "Exporting flows over IPFIX."
+        );
+        self.flow_export = Some(FlowExport {
+            meter,
+            exporter,
+            state,
+        });
+        Ok(())
+    }
+
+    /// The names a flow record of `due` carries.
+    fn flow_names(&self, due: &crate::telemetry::meter::Due) -> crate::telemetry::FlowNames {
+        let sim = self
+            .positions
+            .get(due.sim as usize)
+            .and_then(|&p| self.policy.sims.get(p as usize));
+        crate::telemetry::FlowNames {
+            imsi: sim.map_or_else(
+                || format!("(SIM index {})", due.sim),
+                |s| s.imsi.to_string(),
+            ),
+            msisdn: sim
+                .and_then(|s| s.msisdn())
+                .map_or_else(String::new, |m| m.to_string()),
+            segment: self
+                .names
+                .segments
+                .get(usize::from(due.segment))
+                .and_then(Clone::clone)
+                .unwrap_or_default(),
+            rule: self
+                .names
+                .rules
+                .get(due.rule as usize)
+                .and_then(Clone::clone)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Hand `due` to the exporter in batches; each batch queued counts as exported. Returns
+    /// the records queued.
+    fn export_due(
+        &self,
+        export: &mut FlowExport,
+        due: &[crate::telemetry::meter::Due],
+        now_ns: u64,
+    ) -> usize {
+        use crate::telemetry::{exporter::BATCH, records};
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut queued = 0;
+        for chunk in due.chunks(BATCH / 2) {
+            let mut batch = Vec::with_capacity(chunk.len() * 2);
+            for d in chunk {
+                records(d, &self.flow_names(d), now_ns, wall_ms, &mut batch);
+            }
+            let n = batch.len();
+            if !export.exporter.offer(batch) {
+                break;
+            }
+            export.meter.commit(chunk, now_ns);
+            queued += n;
+        }
+        queued
+    }
+
+    /// Stop the flow export: what was not exported yet goes out as forced ends, and what was
+    /// exported per session is saved for the next daemon.
+    pub(super) fn stop_export(&mut self) {
+        let Some(mut export) = self.flow_export.take() else {
+            return;
+        };
+        let now = monotonic_coarse_ns();
+        if let Ok(sweep) = self.enforcer.expire_sessions(
+            0,
+            &enforcer_common::session::Timeouts {
+                tcp_syn: u64::MAX,
+                tcp_established: u64::MAX,
+                tcp_closed: u64::MAX,
+                udp: u64::MAX,
+                icmp: u64::MAX,
+            },
+        ) {
+            // A last reading (nothing expires with these timeouts), so the flush is current.
+            let _ = export.meter.round(now, &sweep.live, &[]);
+        }
+        let due = export.meter.flush();
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let mut left: &[crate::telemetry::meter::Due] = &due;
+        while !left.is_empty() && Instant::now() < deadline {
+            let step = left.len().min(crate::telemetry::exporter::BATCH / 2);
+            let queued = self.export_due(&mut export, &left[..step], now);
+            if queued == 0 && left[..step].iter().any(|d| !d.delta.is_zero()) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            left = &left[step..];
+        }
+        if let Err(err) = export.meter.save(&export.state) {
+            warn!(file = %export.state.display(), error = %err, "Could not save the flow export state; the next daemon exports open sessions from its start on.");
+        }
+        export.exporter.finish(std::time::Duration::from_secs(2));
     }
 
     /// The live sessions, of the SIMs `imsis` only when given, busiest first.
@@ -482,12 +633,36 @@ impl Daemon {
         let now = monotonic_coarse_ns();
         match self.enforcer.expire_sessions(now, &self.settings.timeouts) {
             Ok(sweep) => {
-                self.sessions_live = sweep.live;
+                self.sessions_live = sweep.live.len();
                 debug!(
-                    live = sweep.live,
-                    expired = sweep.expired,
+                    live = sweep.live.len(),
+                    expired = sweep.expired.len(),
                     "Sessions swept."
                 );
+                if let Some(mut export) = self.flow_export.take() {
+                    use crate::telemetry::ipfix::EndReason;
+                    let ended: Vec<_> = sweep
+                        .expired
+                        .iter()
+                        .map(|&(key, session, closed)| {
+                            let reason = if closed {
+                                EndReason::EndOfFlow
+                            } else {
+                                EndReason::Idle
+                            };
+                            (key, session, reason)
+                        })
+                        .collect();
+                    let due = export.meter.round(now, &sweep.live, &ended);
+                    let queued = self.export_due(&mut export, &due, now);
+                    debug!(
+                        due = due.len(),
+                        records_queued = queued,
+                        tracked = export.meter.len(),
+                        "Flow export round."
+                    );
+                    self.flow_export = Some(export);
+                }
             }
             Err(err) => warn!(error = %err, "Sweeping idle sessions failed; retrying later."),
         }
@@ -1213,6 +1388,24 @@ impl Daemon {
                 quarantined_by_command,
             },
             maps,
+            export: self.flow_export.as_ref().map(|e| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let stats = e.exporter.stats();
+                crate::control::ExportStatus {
+                    collectors: self
+                        .settings
+                        .export
+                        .as_ref()
+                        .map(|x| x.collectors.iter().map(ToString::to_string).collect())
+                        .unwrap_or_default(),
+                    sessions_tracked: e.meter.len(),
+                    records_sent: stats.records_sent.load(Relaxed),
+                    messages_sent: stats.messages_sent.load(Relaxed),
+                    messages_failed: stats.messages_failed.load(Relaxed),
+                    records_deferred: stats.records_deferred.load(Relaxed),
+                    sessions_adopted: e.meter.adopted(),
+                }
+            }),
         }
     }
 

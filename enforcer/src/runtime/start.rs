@@ -59,6 +59,38 @@ pub struct Settings {
     pub limits: Limits,
     /// Session idle timeouts.
     pub timeouts: enforcer_common::session::Timeouts,
+    /// Flow export, if any collector is given.
+    pub export: Option<Export>,
+}
+
+/// Flow export settings (`--ipfix-*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Export {
+    /// Collectors.
+    pub collectors: Vec<std::net::SocketAddr>,
+    /// Active timeout, seconds.
+    pub active_timeout: u64,
+    /// Idle timeout, seconds.
+    pub idle_timeout: u64,
+    /// Template refresh interval, seconds.
+    pub template_refresh: u64,
+    /// Observation domain id.
+    pub domain: u32,
+    /// Path MTU toward the collectors, bytes.
+    pub mtu: usize,
+}
+
+impl Export {
+    /// How often the meter reads the session table: half the shorter timeout, between 1 and
+    /// 10 seconds (the session sweep's own period), so a record is late by at most that.
+    #[must_use]
+    pub fn round(&self) -> Duration {
+        let half = self
+            .active_timeout
+            .min(self.idle_timeout)
+            .saturating_mul(500);
+        Duration::from_millis(half.clamp(1_000, SESSION_SWEEP.as_millis() as u64))
+    }
 }
 
 /// Read, validate and compile `path` with positional ids, for the offline tools (`policy
@@ -209,6 +241,7 @@ fn start(
     }
     let pin = links::clear_program_pin(pins.path())?;
     daemon.enforcer.pin_program(&pin)?;
+    daemon.start_export()?;
     super::daemon::release_free_memory();
     Ok(daemon)
 }
@@ -277,7 +310,12 @@ async fn actor(
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut checks = tokio::time::interval(LINK_CHECK);
-    let mut sweeps = tokio::time::interval(SESSION_SWEEP);
+    let mut sweeps = tokio::time::interval(
+        settings
+            .export
+            .as_ref()
+            .map_or(SESSION_SWEEP, Export::round),
+    );
     loop {
         let link_event = async {
             match watcher.as_mut() {
@@ -319,6 +357,7 @@ async fn actor(
             }
         }
     }
+    daemon.stop_export();
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
 }

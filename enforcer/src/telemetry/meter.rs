@@ -1,0 +1,632 @@
+//! The metering process: turns the kernel's session table, read once per round, into flow
+//! records with the active and idle timeouts of any flow exporter (RFC 7011 §2, RFC 5470 §5).
+//!
+//! The program counts each session's packets and bytes, per direction, from its first packet
+//! on; the meter keeps, per session, what it has exported, and each round exports the
+//! difference of the sessions whose timeout came:
+//!
+//! - **idle**: no packet for the idle timeout, counts not exported yet → flowEndReason 1;
+//! - **active**: the record open for the active timeout while packets go on → 2;
+//! - **end of flow**: the daemon removed the session closed (TCP FIN both ways, RST) → 3;
+//!   removed idle → 1;
+//! - **forced end**: the session vanished from the table without the daemon removing it (the
+//!   program revoked it under a new policy) or the daemon stops → 4.
+//!
+//! Totals stay exact: a session's exported deltas add up to its kernel counters. What a
+//! round exports counts as exported only once it is queued for sending ([`Meter::commit`]):
+//! a full queue leaves it for the next round. Removed sessions are read as they are removed
+//! (lookup-and-delete), so nothing the program counted before the removal is lost; a revoked
+//! session's last packets between the round before and its revocation are the one gap (the
+//! program removes it without the daemon seeing its last counters). A stopping daemon saves
+//! what it exported per session ([`Meter::save`]) for the next one.
+
+use std::{collections::HashMap, io, path::Path};
+
+use enforcer_common::session::{Session, SessionKey};
+
+use super::ipfix::EndReason;
+
+/// Packets and bytes per direction: `[from the device, to the device]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packets from the device, to the device.
+    pub packets: [u64; 2],
+    /// Bytes from the device, to the device.
+    pub bytes: [u64; 2],
+}
+
+impl Counts {
+    /// A session's counters.
+    #[must_use]
+    pub fn of(session: &Session) -> Self {
+        Self {
+            packets: session.packets,
+            bytes: session.bytes,
+        }
+    }
+
+    /// `self - earlier`, per counter (0 where a counter went back: a new session).
+    #[must_use]
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            packets: [
+                self.packets[0].saturating_sub(earlier.packets[0]),
+                self.packets[1].saturating_sub(earlier.packets[1]),
+            ],
+            bytes: [
+                self.bytes[0].saturating_sub(earlier.bytes[0]),
+                self.bytes[1].saturating_sub(earlier.bytes[1]),
+            ],
+        }
+    }
+
+    /// No packet.
+    #[must_use]
+    pub fn is_zero(&self) -> bool {
+        self.packets == [0, 0]
+    }
+}
+
+/// One session's export state.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    /// The session's creation time: the same key created anew is another session.
+    created_ns: u64,
+    /// Counters exported so far.
+    exported: Counts,
+    /// Counters when last read.
+    last: Counts,
+    /// Its last packet when last read.
+    seen_ns: u64,
+    /// Where the open record starts.
+    record_start_ns: u64,
+    /// The round it was last read in.
+    round: u64,
+    /// Set once it left the table: why.
+    ended: Option<EndReason>,
+    sim: u32,
+    rule: u32,
+    segment: u16,
+    flags: u8,
+}
+
+/// A record due: one session's counts from `from` to `to`, for the export of each direction
+/// with packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// The session.
+    pub key: SessionKey,
+    /// Its SIM index, rule id, segment id and `Session::flags` when last read.
+    pub sim: u32,
+    /// Rule id.
+    pub rule: u32,
+    /// Segment id.
+    pub segment: u16,
+    /// `Session::flags`.
+    pub flags: u8,
+    /// The counts the record covers.
+    pub delta: Counts,
+    /// The counters once it is exported.
+    pub to: Counts,
+    /// Start of the record, `CLOCK_MONOTONIC_COARSE` ns.
+    pub start_ns: u64,
+    /// Its last packet, same clock.
+    pub end_ns: u64,
+    /// Why it is exported.
+    pub reason: EndReason,
+    /// The session is gone: forget it once exported.
+    pub ends: bool,
+}
+
+/// The meter; see the module docs. Memory: about 150 bytes per live session.
+#[derive(Debug)]
+pub struct Meter {
+    active_ns: u64,
+    idle_ns: u64,
+    flows: HashMap<SessionKey, Tracked, foldhash::fast::RandomState>,
+    round: u64,
+    /// Sessions created before this (`CLOCK_MONOTONIC_COARSE` ns) that the meter does not
+    /// know were counted by a daemon that stopped without saving its state: their counts so
+    /// far cannot be told apart from what it exported, so they are taken as exported.
+    adopt_before_ns: Option<u64>,
+    adopted: u64,
+}
+
+/// The file format's magic and version.
+const MAGIC: &[u8; 8] = b"ENFLOWS1";
+/// Bytes per session in the saved state: key, created_ns, exported counts.
+const ENTRY: usize = size_of::<SessionKey>() + 8 + 32;
+
+impl Meter {
+    /// A meter with the given timeouts (seconds) that knows no session yet; sessions created
+    /// before `adopt_before_ns` are taken as exported up to their first reading (see
+    /// [`Meter::adopted`]).
+    #[must_use]
+    pub fn new(active_s: u64, idle_s: u64, adopt_before_ns: Option<u64>) -> Self {
+        Self {
+            active_ns: active_s.saturating_mul(1_000_000_000),
+            idle_ns: idle_s.saturating_mul(1_000_000_000),
+            flows: HashMap::default(),
+            round: 0,
+            adopt_before_ns,
+            adopted: 0,
+        }
+    }
+
+    /// Sessions tracked.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether it tracks no session.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Sessions found at start that an earlier daemon counted without saving its state (a
+    /// crash): their counts up to that first reading are not exported.
+    #[must_use]
+    pub fn adopted(&self) -> u64 {
+        self.adopted
+    }
+
+    /// One round at `now_ns`: `live` is the session table as read, `ended` the sessions the
+    /// daemon removed this round with their final counters and why. Returns the records due;
+    /// [`Meter::commit`] them once queued.
+    pub fn round(
+        &mut self,
+        now_ns: u64,
+        live: &[(SessionKey, Session)],
+        ended: &[(SessionKey, Session, EndReason)],
+    ) -> Vec<Due> {
+        self.round += 1;
+        let round = self.round;
+        let mut due = Vec::new();
+        let readings = live
+            .iter()
+            .map(|(k, s)| (k, s, None))
+            .chain(ended.iter().map(|(k, s, r)| (k, s, Some(*r))));
+        for (key, session, ended) in readings {
+            let counts = Counts::of(session);
+            let tracked = match self.flows.get_mut(key) {
+                Some(t) if t.created_ns == session.created_ns => t,
+                other => {
+                    if let Some(old) = other {
+                        // The key's earlier session went and a new one came between rounds.
+                        let old = *old;
+                        if !old.last.since(&old.exported).is_zero() {
+                            due.push(Self::due_of(key, &old, EndReason::Forced, true));
+                        }
+                    }
+                    let adopt = self
+                        .adopt_before_ns
+                        .is_some_and(|before| session.created_ns < before);
+                    self.adopted += u64::from(adopt);
+                    self.flows.insert(
+                        *key,
+                        Tracked {
+                            created_ns: session.created_ns,
+                            exported: if adopt { counts } else { Counts::default() },
+                            last: counts,
+                            seen_ns: session.seen_ns,
+                            record_start_ns: if adopt { now_ns } else { session.created_ns },
+                            round,
+                            ended: None,
+                            sim: session.sim,
+                            rule: session.rule,
+                            segment: session.segment,
+                            flags: session.flags,
+                        },
+                    );
+                    self.flows.get_mut(key).expect("just inserted")
+                }
+            };
+            tracked.last = counts;
+            tracked.seen_ns = session.seen_ns;
+            tracked.round = round;
+            tracked.ended = ended;
+            tracked.sim = session.sim;
+            tracked.rule = session.rule;
+            tracked.segment = session.segment;
+            tracked.flags = session.flags;
+        }
+        let (active_ns, idle_ns) = (self.active_ns, self.idle_ns);
+        let mut empty_ended = Vec::new();
+        for (key, tracked) in &mut self.flows {
+            if tracked.round != round && tracked.ended.is_none() {
+                tracked.ended = Some(EndReason::Forced);
+            }
+            let pending = !tracked.last.since(&tracked.exported).is_zero();
+            if let Some(reason) = tracked.ended {
+                if pending {
+                    due.push(Self::due_of(key, tracked, reason, true));
+                } else {
+                    empty_ended.push(*key);
+                }
+            } else if pending {
+                if now_ns.saturating_sub(tracked.seen_ns) >= idle_ns {
+                    due.push(Self::due_of(key, tracked, EndReason::Idle, false));
+                } else if now_ns.saturating_sub(tracked.record_start_ns) >= active_ns {
+                    due.push(Self::due_of(key, tracked, EndReason::Active, false));
+                }
+            }
+        }
+        for key in empty_ended {
+            self.flows.remove(&key);
+        }
+        due
+    }
+
+    /// Every session's counts not yet exported, as forced ends (the daemon stopping); the
+    /// sessions stay tracked (they live on in the kernel).
+    #[must_use]
+    pub fn flush(&self) -> Vec<Due> {
+        self.flows
+            .iter()
+            .filter(|(_, t)| !t.last.since(&t.exported).is_zero())
+            .map(|(key, t)| {
+                let mut due = Self::due_of(key, t, EndReason::Forced, t.ended.is_some());
+                due.ends = t.ended.is_some();
+                due
+            })
+            .collect()
+    }
+
+    fn due_of(key: &SessionKey, t: &Tracked, reason: EndReason, ends: bool) -> Due {
+        Due {
+            key: *key,
+            sim: t.sim,
+            rule: t.rule,
+            segment: t.segment,
+            flags: t.flags,
+            delta: t.last.since(&t.exported),
+            to: t.last,
+            start_ns: t.record_start_ns,
+            end_ns: t.seen_ns.max(t.record_start_ns),
+            reason,
+            ends,
+        }
+    }
+
+    /// `due` were queued for export at `now_ns`: count them as exported.
+    pub fn commit(&mut self, due: &[Due], now_ns: u64) {
+        for d in due {
+            if d.ends {
+                // Only the tracked session the record was made of: a new one of the same key
+                // has other counters.
+                if self.flows.get(&d.key).is_some_and(|t| t.ended.is_some()) {
+                    self.flows.remove(&d.key);
+                }
+                continue;
+            }
+            if let Some(t) = self.flows.get_mut(&d.key) {
+                t.exported = d.to;
+                t.record_start_ns = now_ns;
+            }
+        }
+    }
+
+    /// Save what was exported per session to `path` (written whole, then renamed into place),
+    /// for the next daemon ([`Meter::load`]).
+    ///
+    /// # Errors
+    /// Writing or renaming the file.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let mut out = Vec::with_capacity(16 + self.flows.len() * ENTRY);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.flows.len() as u64).to_le_bytes());
+        for (key, t) in &self.flows {
+            if t.ended.is_some() {
+                continue;
+            }
+            out.extend_from_slice(&key.addr_a);
+            out.extend_from_slice(&key.addr_b);
+            out.extend_from_slice(&key.port_a.to_le_bytes());
+            out.extend_from_slice(&key.port_b.to_le_bytes());
+            out.extend_from_slice(&[key.proto, key.v6, 0, 0]);
+            out.extend_from_slice(&t.created_ns.to_le_bytes());
+            for v in t.exported.packets.iter().chain(&t.exported.bytes) {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let count = ((out.len() - 16) / ENTRY) as u64;
+        out[8..16].copy_from_slice(&count.to_le_bytes());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &out)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Take over what an earlier daemon saved at `path`, and remove the file (a later crash
+    /// must not reuse it). Returns the sessions loaded; a missing file is 0, a damaged one an
+    /// error (and the meter unchanged).
+    ///
+    /// # Errors
+    /// Reading the file, or a file that is not one [`Meter::save`] wrote.
+    pub fn load(&mut self, path: &Path, now_ns: u64) -> io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let _ = std::fs::remove_file(path);
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(bad("not a flow state file (bad magic)"));
+        }
+        let count = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+        let body = &bytes[16..];
+        if body.len() as u64 != count.saturating_mul(ENTRY as u64) {
+            return Err(bad("truncated flow state file"));
+        }
+        let u64_at =
+            |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or_default());
+        for e in body.chunks_exact(ENTRY) {
+            let mut key = SessionKey::default();
+            key.addr_a.copy_from_slice(&e[0..16]);
+            key.addr_b.copy_from_slice(&e[16..32]);
+            key.port_a = u16::from_le_bytes([e[32], e[33]]);
+            key.port_b = u16::from_le_bytes([e[34], e[35]]);
+            key.proto = e[36];
+            key.v6 = e[37];
+            let exported = Counts {
+                packets: [u64_at(e, 48), u64_at(e, 56)],
+                bytes: [u64_at(e, 64), u64_at(e, 72)],
+            };
+            self.flows.insert(
+                key,
+                Tracked {
+                    created_ns: u64_at(e, 40),
+                    exported,
+                    last: exported,
+                    seen_ns: now_ns,
+                    record_start_ns: now_ns,
+                    round: self.round,
+                    ended: None,
+                    sim: 0,
+                    rule: 0,
+                    segment: 0,
+                    flags: 0,
+                },
+            );
+        }
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(port: u16) -> SessionKey {
+        let mut key = SessionKey {
+            port_a: port,
+            port_b: 53,
+            proto: 17,
+            ..SessionKey::default()
+        };
+        key.addr_a[..4].copy_from_slice(&[10, 64, 0, 2]);
+        key.addr_b[..4].copy_from_slice(&[192, 0, 2, 53]);
+        key
+    }
+
+    fn session(created: u64, seen: u64, packets: [u64; 2]) -> Session {
+        Session {
+            sim: 1,
+            rule: 2,
+            segment: 3,
+            flags: enforcer_common::session::SESSION_DEVICE_FIRST,
+            created_ns: created,
+            seen_ns: seen,
+            packets,
+            bytes: [packets[0] * 100, packets[1] * 100],
+            ..Session::default()
+        }
+    }
+
+    fn exported(due: &[Due]) -> (Vec<EndReason>, [u64; 2]) {
+        let total = due.iter().fold([0, 0], |t, d| {
+            [t[0] + d.delta.packets[0], t[1] + d.delta.packets[1]]
+        });
+        (due.iter().map(|d| d.reason).collect(), total)
+    }
+
+    /// A long flow is exported every active timeout, each record only what is new; once quiet
+    /// for the idle timeout its rest goes out as idle.
+    #[test]
+    fn active_then_idle() {
+        let mut meter = Meter::new(60, 15, None);
+        let k = key(40_000);
+        let due = meter.round(10 * S, &[(k, session(0, 10 * S, [5, 5]))], &[]);
+        assert!(due.is_empty(), "nothing due before a timeout");
+        let due = meter.round(61 * S, &[(k, session(0, 61 * S, [9, 8]))], &[]);
+        assert_eq!(exported(&due), (vec![EndReason::Active], [9, 8]));
+        assert_eq!(due[0].start_ns, 0);
+        meter.commit(&due, 61 * S);
+        let due = meter.round(70 * S, &[(k, session(0, 65 * S, [12, 10]))], &[]);
+        assert!(
+            due.is_empty(),
+            "the new record is open for less than the active timeout"
+        );
+        let due = meter.round(81 * S, &[(k, session(0, 65 * S, [12, 10]))], &[]);
+        assert_eq!(exported(&due), (vec![EndReason::Idle], [3, 2]));
+        assert_eq!((due[0].start_ns, due[0].end_ns), (61 * S, 65 * S));
+        meter.commit(&due, 81 * S);
+        assert!(
+            meter
+                .round(200 * S, &[(k, session(0, 65 * S, [12, 10]))], &[])
+                .is_empty()
+        );
+        assert_eq!(meter.len(), 1, "an idle session is still tracked");
+    }
+
+    /// A session the daemon removes closed ends its flow (3), one removed idle ends idle (1),
+    /// one that vanished (revoked by the program) is a forced end (4) with its last counts;
+    /// none is tracked afterwards.
+    #[test]
+    fn removals_end_the_flow() {
+        let mut meter = Meter::new(60, 15, None);
+        let (a, b, c) = (key(1), key(2), key(3));
+        let live = [
+            (a, session(0, S, [1, 1])),
+            (b, session(0, S, [2, 0])),
+            (c, session(0, S, [3, 3])),
+        ];
+        assert!(meter.round(2 * S, &live, &[]).is_empty());
+        let ended = [
+            (a, session(0, 3 * S, [4, 4]), EndReason::EndOfFlow),
+            (b, session(0, 3 * S, [2, 0]), EndReason::Idle),
+        ];
+        let due = meter.round(20 * S, &[], &ended);
+        let mut reasons: Vec<(u16, EndReason, [u64; 2])> = due
+            .iter()
+            .map(|d| (d.key.port_a, d.reason, d.delta.packets))
+            .collect();
+        reasons.sort_by_key(|r| r.0);
+        assert_eq!(
+            reasons,
+            vec![
+                (1, EndReason::EndOfFlow, [4, 4]),
+                (2, EndReason::Idle, [2, 0]),
+                (3, EndReason::Forced, [3, 3]),
+            ]
+        );
+        meter.commit(&due, 20 * S);
+        assert!(meter.is_empty());
+    }
+
+    /// What is not committed (the exporter's queue was full) is due again next round, with
+    /// what came since: nothing lost, nothing twice.
+    #[test]
+    fn uncommitted_records_come_again() {
+        let mut meter = Meter::new(1, 15, None);
+        let k = key(7);
+        let due = meter.round(2 * S, &[(k, session(0, 2 * S, [3, 0]))], &[]);
+        assert_eq!(exported(&due).1, [3, 0]);
+        let due = meter.round(3 * S, &[(k, session(0, 3 * S, [5, 1]))], &[]);
+        assert_eq!(exported(&due).1, [5, 1]);
+        meter.commit(&due, 3 * S);
+        let due = meter.round(5 * S, &[(k, session(0, 5 * S, [6, 1]))], &[]);
+        assert_eq!(exported(&due).1, [1, 0]);
+    }
+
+    /// A key reused by a new session (the old one revoked and opened again between rounds):
+    /// the old one's rest is a forced end, the new one counts from zero.
+    #[test]
+    fn a_reused_key_is_a_new_flow() {
+        let mut meter = Meter::new(1, 15, None);
+        let k = key(9);
+        let due = meter.round(2 * S, &[(k, session(0, 2 * S, [3, 3]))], &[]);
+        meter.commit(&due, 2 * S);
+        let _ = meter.round(2 * S + 1, &[(k, session(0, 2 * S, [4, 3]))], &[]);
+        let due = meter.round(4 * S, &[(k, session(3 * S, 4 * S, [1, 0]))], &[]);
+        let mut got: Vec<(EndReason, [u64; 2])> =
+            due.iter().map(|d| (d.reason, d.delta.packets)).collect();
+        got.sort_by_key(|g| g.0 as u8);
+        assert_eq!(
+            got,
+            vec![(EndReason::Active, [1, 0]), (EndReason::Forced, [1, 0])]
+        );
+    }
+
+    /// The state saved at a stop is taken over by the next meter: it exports only what came
+    /// after, and the file is gone once read. A session re-created under the same key counts
+    /// from zero; a damaged file is refused.
+    #[test]
+    fn state_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("enforcer-meter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.flows");
+        let mut meter = Meter::new(1, 15, None);
+        let (a, b) = (key(1), key(2));
+        let live = [
+            (a, session(0, 2 * S, [10, 10])),
+            (b, session(S, 2 * S, [5, 5])),
+        ];
+        let due = meter.round(2 * S, &live, &[]);
+        meter.commit(&due, 2 * S);
+        meter.save(&path).unwrap();
+
+        let mut next = Meter::new(1, 15, None);
+        assert_eq!(next.load(&path, 3 * S).unwrap(), 2);
+        assert!(!path.exists(), "the state file is removed once read");
+        let live = [
+            (a, session(0, 4 * S, [12, 10])),
+            (b, session(3 * S, 4 * S, [1, 0])),
+        ];
+        let due = next.round(5 * S, &live, &[]);
+        let mut got: Vec<(u16, [u64; 2])> = due
+            .iter()
+            .map(|d| (d.key.port_a, d.delta.packets))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![(1, [2, 0]), (2, [1, 0])]);
+
+        std::fs::write(&path, b"ENFLOWS1\x05\0\0\0\0\0\0\0short").unwrap();
+        assert!(Meter::new(1, 15, None).load(&path, 0).is_err());
+        assert_eq!(
+            Meter::new(1, 15, None).load(&path, 0).unwrap(),
+            0,
+            "gone once read"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// After a crash (no saved state), sessions older than the new daemon are taken as
+    /// exported up to their first reading rather than exported twice.
+    #[test]
+    fn sessions_of_a_crashed_daemon_are_adopted() {
+        let mut meter = Meter::new(1, 15, Some(10 * S));
+        let (old, new) = (key(1), key(2));
+        let live = [
+            (old, session(S, 10 * S, [50, 50])),
+            (new, session(11 * S, 11 * S, [1, 0])),
+        ];
+        let due = meter.round(12 * S, &live, &[]);
+        assert_eq!(exported(&due).1, [1, 0]);
+        assert_eq!(meter.adopted(), 1);
+    }
+
+    proptest! {
+        /// Whatever the rounds, the timeouts and the commits that fail, the committed deltas
+        /// of a session add up to its counters once it ends.
+        #[test]
+        fn committed_deltas_add_up_to_the_counters(
+            steps in proptest::collection::vec((0u64..5, 0u64..5, any::<bool>(), 1u64..30), 1..60),
+            active in 1u64..20,
+            idle in 1u64..20,
+        ) {
+            let mut meter = Meter::new(active, idle, None);
+            let k = key(5);
+            let (mut now, mut seen) = (S, S);
+            let mut counts = [0u64; 2];
+            let mut total = [0u64; 2];
+            for (out, back, commit, dt) in steps {
+                now += dt * S / 2;
+                if out + back > 0 {
+                    seen = now;
+                }
+                counts = [counts[0] + out, counts[1] + back];
+                let due = meter.round(now, &[(k, session(0, seen, counts))], &[]);
+                if commit {
+                    for d in &due {
+                        total = [total[0] + d.delta.packets[0], total[1] + d.delta.packets[1]];
+                    }
+                    meter.commit(&due, now);
+                }
+            }
+            now += S;
+            let due = meter.round(now, &[], &[(k, session(0, seen, counts), EndReason::Idle)]);
+            for d in &due {
+                total = [total[0] + d.delta.packets[0], total[1] + d.delta.packets[1]];
+            }
+            meter.commit(&due, now);
+            prop_assert_eq!(total, counts);
+            prop_assert!(meter.is_empty());
+        }
+    }
+}

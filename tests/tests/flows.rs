@@ -1,0 +1,518 @@
+//! Flow export against the collectors operators run: the daemon sends per-device IPFIX
+//! records to nfdump's `nfcapd` and pmacct's `nfacctd` on the gateway's loopback while
+//! `tshark` captures them; a graceful restart happens mid-flow. Each peer must show the flow
+//! with exactly the packets sent (no double counting across the restart, nothing lost), the
+//! SIM's IMSI and MSISDN, and decode without a malformed packet.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    Scratch, enforcer_bin,
+    stream::Stream,
+    topology::{Daemon, Topology},
+};
+
+const DEVICE: &str = "10.64.0.2";
+const IMSI: &str = "001010000000002";
+const MSISDN: &str = "+491700000002";
+const SERVICE: &str = "192.0.2.53";
+/// IP length of each datagram: 20 (IPv4) + 8 (UDP) + 8 (a sequence number).
+const DATAGRAM_IP_BYTES: u64 = 36;
+
+const POLICY: &str = r#"
+pools = ["10.64.0.0/16", "fd00:64::/48"]
+
+[[segments]]
+name = "meters"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7001] } ]
+
+[[sims]]
+imsi = "001010000000002"
+msisdn = "+491700000002"
+ipv4 = "10.64.0.2"
+segment = "meters"
+"#;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root for namespaces and XDP");
+    }
+    root
+}
+
+/// A peer process in the gateway's namespace, stopped with SIGINT (SIGKILL after 10 s) and
+/// reaped when dropped, so a failing test leaves none behind. Its stderr goes to a file, not a
+/// pipe: pmacct's plugin processes would hold a pipe open after their parent exits.
+struct Peer {
+    child: Option<Child>,
+    name: &'static str,
+    log: PathBuf,
+}
+
+impl Peer {
+    fn start(name: &'static str, gw: &str, log: PathBuf, args: &[&str]) -> Self {
+        let file = std::fs::File::create(&log).expect("peer log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", gw])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e} (installed by `cargo xtask setup`)"));
+        Self {
+            child: Some(child),
+            name,
+            log,
+        }
+    }
+
+    /// SIGINT, wait (SIGKILL after 10 s); returns what it printed on stderr.
+    fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let pid = libc::pid_t::try_from(child.id()).expect("pid");
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    eprintln!("{} ignored SIGINT for 10 s; killing it", self.name);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// A free UDP port on the host's loopback (the gateway namespace has its own, so this only
+/// avoids clashes between test runs).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Wait until `path` exists and is not empty.
+fn wait_for_file(path: &Path, what: &str) {
+    let start = Instant::now();
+    while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sum of (packets, bytes) over the records of `rows` whose columns match `want` (column
+/// index, value), `packets`/`bytes` being the columns of the counts.
+fn sum(
+    rows: &str,
+    sep: char,
+    want: &[(usize, &str)],
+    packets: usize,
+    bytes: usize,
+) -> (u64, u64, usize) {
+    let mut total = (0, 0, 0);
+    for line in rows.lines() {
+        let cols: Vec<&str> = line.split(sep).map(str::trim).collect();
+        if want.iter().all(|&(i, v)| cols.get(i) == Some(&v)) {
+            total.0 += cols[packets].parse::<u64>().unwrap_or(0);
+            total.1 += cols[bytes].parse::<u64>().unwrap_or(0);
+            total.2 += 1;
+        }
+    }
+    total
+}
+
+/// The device's flow goes to nfcapd, nfacctd and tshark with the packets sent, exactly, across
+/// a graceful restart of the daemon; nfacctd and tshark show the IMSI and MSISDN, tshark the
+/// forwarding status, and no packet is malformed.
+#[test]
+fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("flows");
+    let policy = scratch.write("policy.toml", POLICY);
+    let dir = PathBuf::from(&scratch.write("nfcapd.log", "")).with_file_name("nfcapd");
+    std::fs::create_dir_all(&dir).expect("nfcapd's directory");
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let gw = topology.gw.name.clone();
+    let (nfcapd_port, nfacctd_port) = (free_port(), free_port());
+
+    // tshark first, so that it sees the templates the daemon sends at start.
+    let pcap = PathBuf::from(scratch.write("ipfix.pcap", ""));
+    let _ = std::fs::remove_file(&pcap);
+    let filter = format!("udp port {nfcapd_port}");
+    let mut tshark = Peer::start(
+        "tshark",
+        &gw,
+        PathBuf::from(scratch.write("tshark.log", "")),
+        &[
+            "tshark",
+            "-q",
+            "-i",
+            "lo",
+            "-f",
+            &filter,
+            "-w",
+            pcap.to_str().expect("path"),
+        ],
+    );
+    wait_for_file(&pcap, "tshark");
+    let mut nfcapd = Peer::start(
+        "nfcapd",
+        &gw,
+        PathBuf::from(scratch.write("nfcapd.log", "")),
+        &[
+            "nfcapd",
+            "-w",
+            dir.to_str().expect("path"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &nfcapd_port.to_string(),
+            "-t",
+            "3600",
+        ],
+    );
+    let primitives = scratch.write(
+        "primitives.lst",
+        "name=imsi field_type=455 len=vlen semantics=str\n\
+         name=msisdn field_type=456 len=vlen semantics=str\n",
+    );
+    let csv = PathBuf::from(scratch.write("nfacctd.csv", ""));
+    let _ = std::fs::remove_file(&csv);
+    let config = scratch.write(
+        "nfacctd.conf",
+        &format!(
+            "daemonize: false\n\
+             nfacctd_ip: 127.0.0.1\n\
+             nfacctd_port: {nfacctd_port}\n\
+             aggregate_primitives: {primitives}\n\
+             plugins: print[out]\n\
+             aggregate[out]: src_host, dst_host, dst_port, proto, imsi, msisdn\n\
+             print_output[out]: csv\n\
+             print_output_separator[out]: ;\n\
+             print_output_file[out]: {}\n\
+             print_output_file_append[out]: true\n\
+             print_refresh_time[out]: 1\n",
+            csv.display()
+        ),
+    );
+    let mut nfacctd = Peer::start(
+        "nfacctd",
+        &gw,
+        PathBuf::from(scratch.write("nfacctd.log", "")),
+        &["nfacctd", "-f", &config],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let collectors = [
+        format!("127.0.0.1:{nfcapd_port}"),
+        format!("127.0.0.1:{nfacctd_port}"),
+    ];
+    let mut daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[
+            "--ipfix-collector",
+            &collectors[0],
+            "--ipfix-collector",
+            &collectors[1],
+            "--ipfix-active-timeout",
+            "2",
+            "--ipfix-idle-timeout",
+            "2",
+            "--ipfix-domain-id",
+            "42",
+        ],
+    );
+    let dst: SocketAddr = format!("{SERVICE}:7001").parse().expect("address");
+    let stream = Stream::start(
+        &topology.dev_a.name,
+        DEVICE,
+        &topology.svc.name,
+        dst,
+        Duration::from_millis(2),
+    );
+    // Records go out under the active timeout while the flow runs, then the daemon restarts
+    // (SIGINT: it flushes, saves what it exported, and the next one takes over).
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "the daemon stopped with an error: {stderr}");
+    daemon.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let outcome = stream.finish();
+    assert!(
+        outcome.lost().is_empty(),
+        "datagrams lost: {:?}",
+        outcome.lost().len()
+    );
+    let sent = outcome.sent;
+    assert!(sent > 1000, "only {sent} datagrams sent");
+    // The flow goes idle; its rest is exported by the idle timeout, then the daemon stops.
+    std::thread::sleep(Duration::from_secs(4));
+    let flows: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["flows", "--json"])).expect("flows --json");
+    let kernel_packets = flows[0]["packets_out"].as_u64().expect("packets_out");
+    assert_eq!(kernel_packets, sent, "the session counted every datagram");
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "the daemon stopped with an error: {stderr}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let nfacctd_err = nfacctd.stop();
+    let nfcapd_err = nfcapd.stop();
+    tshark.stop();
+
+    // nfdump: the flow's records add up to what was sent.
+    let rows = run(
+        "nfdump",
+        &[
+            "-R",
+            dir.to_str().expect("path"),
+            "-q",
+            "-N",
+            "-o",
+            "fmt:%sa;%da;%dp;%pr;%pkt;%byt",
+        ],
+    );
+    let (packets, bytes, records) = sum(
+        &rows,
+        ';',
+        &[(0, DEVICE), (1, SERVICE), (2, "7001"), (3, "17")],
+        4,
+        5,
+    );
+    assert_eq!(
+        (packets, bytes),
+        (sent, sent * DATAGRAM_IP_BYTES),
+        "nfdump shows other counts than sent ({records} records):\n{rows}\nnfcapd: {nfcapd_err}"
+    );
+    assert!(
+        records >= 3,
+        "expected active-timeout records and a restart, got {records}:\n{rows}"
+    );
+
+    // pmacct: the flow under the SIM's IMSI and MSISDN, same counts.
+    let csv_text = std::fs::read_to_string(&csv)
+        .unwrap_or_else(|e| panic!("nfacctd wrote no {} ({e}): {nfacctd_err}", csv.display()));
+    let header: Vec<&str> = csv_text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(';')
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .unwrap_or_else(|| panic!("no {name} column in nfacctd's CSV: {header:?}"))
+    };
+    let (packets, bytes, _) = sum(
+        &csv_text,
+        ';',
+        &[
+            (col("SRC_IP"), DEVICE),
+            (col("imsi"), IMSI),
+            (col("msisdn"), MSISDN),
+        ],
+        col("PACKETS"),
+        col("BYTES"),
+    );
+    assert_eq!(
+        (packets, bytes),
+        (sent, sent * DATAGRAM_IP_BYTES),
+        "nfacctd shows other counts under the IMSI:\n{csv_text}"
+    );
+
+    // tshark: decodes every message, shows IMSI, MSISDN, forwarding status 64 (forwarded).
+    let decode = format!("udp.port=={nfcapd_port},cflow");
+    let pcap_path = pcap.to_str().expect("path");
+    let malformed = run(
+        "tshark",
+        &[
+            "-r",
+            pcap_path,
+            "-d",
+            &decode,
+            "-Y",
+            "_ws.malformed",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+    );
+    assert!(
+        malformed.trim().is_empty(),
+        "tshark finds malformed packets: {malformed}"
+    );
+    let fields = run(
+        "tshark",
+        &[
+            "-r",
+            pcap_path,
+            "-d",
+            &decode,
+            "-Y",
+            "cflow",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=,",
+            "-e",
+            "cflow.mib_mobile_imsi",
+            "-e",
+            "cflow.mib_mobile_msisdn",
+            "-e",
+            "cflow.forwarding_status",
+            "-e",
+            "cflow.packets",
+            "-e",
+            "cflow.od_id",
+        ],
+    );
+    let mut tshark_packets = 0u64;
+    let mut messages = 0;
+    for line in fields.lines().filter(|l| !l.trim().is_empty()) {
+        messages += 1;
+        let cols: Vec<&str> = line.split('\t').collect();
+        let imsis: Vec<&str> = cols[0].split(',').filter(|s| !s.is_empty()).collect();
+        let msisdns: Vec<&str> = cols[1].split(',').filter(|s| !s.is_empty()).collect();
+        assert!(imsis.iter().all(|i| *i == IMSI), "IMSIs in tshark: {line}");
+        assert!(
+            msisdns.iter().all(|m| *m == MSISDN),
+            "MSISDNs in tshark: {line}"
+        );
+        assert!(
+            // Wireshark splits IE 89: the status in the top two bits (1: forwarded).
+            cols[2]
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .all(|s| s == "1"),
+            "forwarding status in tshark: {line}"
+        );
+        assert_eq!(
+            imsis.len(),
+            cols[3].split(',').filter(|s| !s.is_empty()).count()
+        );
+        tshark_packets += cols[3]
+            .split(',')
+            .filter_map(|p| p.parse::<u64>().ok())
+            .sum::<u64>();
+        assert!(
+            cols[4].split(',').all(|d| d == "42"),
+            "observation domain: {line}"
+        );
+    }
+    assert!(
+        messages >= 2,
+        "tshark saw {messages} IPFIX messages:\n{fields}"
+    );
+    assert_eq!(
+        tshark_packets, sent,
+        "packets in the records tshark decoded:\n{fields}"
+    );
+}
+
+/// A collector that is not there (ICMP port unreachable on every message) costs enforcement
+/// nothing: the flow loses no datagram, the failures are counted in `status`, and the daemon
+/// still stops at once.
+#[test]
+fn a_dead_collector_never_holds_up_enforcement() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("flows-dead");
+    let policy = scratch.write("policy.toml", POLICY);
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let collector = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[
+            "--ipfix-collector",
+            &collector,
+            "--ipfix-active-timeout",
+            "1",
+            "--ipfix-idle-timeout",
+            "1",
+        ],
+    );
+    let dst: SocketAddr = format!("{SERVICE}:7001").parse().expect("address");
+    let stream = Stream::start(
+        &topology.dev_a.name,
+        DEVICE,
+        &topology.svc.name,
+        dst,
+        Duration::from_millis(2),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let outcome = stream.finish();
+    assert!(outcome.sent > 1000, "only {} datagrams sent", outcome.sent);
+    assert!(
+        outcome.lost().is_empty(),
+        "{} datagrams lost",
+        outcome.lost().len()
+    );
+    let status = daemon.status();
+    let export = &status["export"];
+    assert_eq!(export["collectors"][0], collector.as_str());
+    assert!(
+        export["messages_failed"].as_u64().unwrap_or(0) > 0,
+        "sends to a dead collector are counted as failed: {export}"
+    );
+    let text = daemon.cli(&["status"]);
+    assert!(
+        text.contains("IPFIX:") && text.contains("messages failed"),
+        "{text}"
+    );
+    let start = Instant::now();
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        start.elapsed()
+    );
+}
