@@ -127,8 +127,17 @@ impl Totals {
     }
 }
 
-/// Every verdict slot, read for the blocks of segment ids below `segments` and the
+/// Every verdict slot of `VERDICT_STATS` summed over CPUs (index with
+/// [`verdict_stats_index`]), read for the blocks of segment ids below `segments` and the
 /// no-segment block, zero for the others.
+///
+/// # Errors
+/// The map cannot be read.
+pub fn verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
+    read_verdicts(map, segments)
+}
+
+/// See [`verdicts`].
 fn read_verdicts(map: &Map, segments: usize) -> Result<Vec<Counter>, MapError> {
     let slots = VERDICT_SLOTS as usize;
     let segments = segments.min(SEGMENT_NONE as usize);

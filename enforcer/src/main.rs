@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// The daemon: load a policy, attach to interfaces and enforce; reload on SIGHUP; stop on
     /// SIGTERM/SIGINT, leaving enforcement pinned (see `detach`).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -161,6 +161,10 @@ struct RunArgs {
     limits: Limits,
     #[command(flatten)]
     ipfix: IpfixArgs,
+    /// Serve Prometheus metrics at `http://ADDR:PORT/metrics` (e.g. 127.0.0.1:9464); off when
+    /// not given. No per-SIM series: per-SIM data goes through IPFIX and `enforcer stats`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Flow export over IPFIX (RFC 7011, UDP).
@@ -363,7 +367,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Policy(PolicyCommand::Check {
             file,
             dump,
@@ -632,5 +636,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         socket: args.socket,
         limits: args.limits,
         export: args.ipfix.export(),
+        metrics: args.metrics_address,
     })
 }

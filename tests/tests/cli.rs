@@ -151,6 +151,41 @@ fn run_with_an_invalid_policy_loads_and_pins_nothing() {
     );
 }
 
+/// A metrics address already in use stops the start before anything is loaded, naming the
+/// flag; the pins, socket and store it claimed are removed.
+#[test]
+fn run_refuses_a_metrics_address_in_use() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for bpffs");
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = taken.local_addr().expect("address").to_string();
+    let files = RunFiles::new("metrics-taken");
+    let out = enforcer(&[
+        "run",
+        "--policy",
+        &example(),
+        "--iface",
+        "lo",
+        "--pin-dir",
+        &files.pin_dir,
+        "--socket",
+        &files.socket,
+        "--store",
+        &files.store,
+        "--metrics-address",
+        &address,
+    ]);
+    fails_saying(
+        &out,
+        &format!("cannot serve metrics on --metrics-address {address}"),
+    );
+    assert!(!Path::new(&files.pin_dir).exists(), "nothing pinned");
+    assert!(!Path::new(&files.socket).exists(), "no socket left");
+}
+
 #[test]
 fn run_on_a_missing_interface_says_so() {
     let pin_dir = format!("/sys/fs/bpf/enforcer-cli-if-{}", std::process::id());

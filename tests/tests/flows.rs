@@ -516,3 +516,192 @@ fn a_dead_collector_never_holds_up_enforcement() {
         start.elapsed()
     );
 }
+
+/// `GET /metrics` over HTTP/1.1 from inside namespace `ns`; returns (status line, body).
+fn scrape(ns: &str, addr: &str) -> (String, String) {
+    scrape_path(ns, addr, "/metrics")
+}
+
+/// `GET path` over HTTP/1.1 from inside namespace `ns`; returns (status line, body).
+fn scrape_path(ns: &str, addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let addr: SocketAddr = addr.parse().expect("address");
+    integration_tests::throughput::in_netns(ns, || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    })
+}
+
+/// The sum of the samples of `metric` whose labels include every `(name, value)` of `want`.
+fn total(text: &str, metric: &str, want: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (name, labels) = series
+            .split_once('{')
+            .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+        if name != metric {
+            continue;
+        }
+        let has = |(k, v): &(&str, &str)| labels.split(',').any(|l| l == format!("{k}=\"{v}\""));
+        if want.iter().all(has) {
+            *sum.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    sum
+}
+
+/// The Prometheus exposition passes `promtool check metrics` and counts what happened: the
+/// device's allowed and denied datagrams under its segment, verdict and reason, SIMs by state,
+/// the policy apply, control requests by command, the IPFIX sends that failed.
+#[test]
+fn metrics_pass_promtool_and_count_the_traffic() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("metrics");
+    let policy = scratch.write("policy.toml", POLICY);
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let address = format!("127.0.0.1:{}", free_port());
+    let collector = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[
+            "--metrics-address",
+            &address,
+            "--ipfix-collector",
+            &collector,
+            "--ipfix-active-timeout",
+            "1",
+        ],
+    );
+    let flow = |port: u16| {
+        Stream::start(
+            &topology.dev_a.name,
+            DEVICE,
+            &topology.svc.name,
+            format!("{SERVICE}:{port}").parse().expect("address"),
+            Duration::from_millis(5),
+        )
+    };
+    let (allowed, denied) = (flow(7001), flow(7002));
+    std::thread::sleep(Duration::from_secs(3));
+    let (allowed, denied) = (allowed.finish(), denied.finish());
+    assert!(allowed.lost().is_empty() && denied.received.is_empty());
+    let _ = daemon.status();
+
+    let (status, text) = scrape(&topology.gw.name, &address);
+    assert!(status.contains("200"), "{status}");
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("promtool (installed by `cargo xtask setup`)");
+    assert!(
+        check.status.success() && check.stdout.is_empty() && check.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let meters = |verdict| {
+        total(
+            &text,
+            "enforcer_packets_total",
+            &[("segment", "meters"), ("verdict", verdict)],
+        )
+    };
+    assert_eq!(
+        meters("pass"),
+        Some(allowed.sent as f64),
+        "passes in segment meters:\n{text}"
+    );
+    assert_eq!(
+        meters("drop"),
+        Some(denied.sent as f64),
+        "drops in segment meters:\n{text}"
+    );
+    assert_eq!(
+        total(&text, "enforcer_sims", &[("state", "active")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        total(&text, "enforcer_sims", &[("state", "quarantined")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        total(&text, "enforcer_policy_applies_total", &[]),
+        None,
+        "the start's load is no reload:\n{text}"
+    );
+    let statuses = total(
+        &text,
+        "enforcer_control_requests_total",
+        &[("command", "status")],
+    )
+    .unwrap_or(0.0);
+    assert!(statuses >= 1.0, "{text}");
+    assert!(
+        total(&text, "enforcer_ipfix_messages_failed_total", &[]).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(
+        total(&text, "enforcer_map_capacity", &[("map", "SESSIONS")]).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+
+    // A reload shows as an apply with its duration; a scrape of another path is 404.
+    let _ = daemon.cli(&["policy", "apply", &policy]);
+    let (_, text) = scrape(&topology.gw.name, &address);
+    assert_eq!(
+        total(&text, "enforcer_policy_applies_total", &[("result", "ok")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        total(&text, "enforcer_policy_apply_duration_seconds_count", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    let requests = |command| {
+        total(
+            &text,
+            "enforcer_control_requests_total",
+            &[("command", command)],
+        )
+    };
+    assert_eq!(requests("apply_policy"), Some(1.0), "{text}");
+    assert_eq!(requests("status"), Some(statuses), "{text}");
+    let (status, _) = scrape_path(&topology.gw.name, &address, "/other");
+    assert!(status.contains("404"), "{status}");
+}

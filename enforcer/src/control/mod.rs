@@ -127,6 +127,26 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Its name on the wire (`status`, `sim_quarantine`, ...), for logs and metrics.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Stats { .. } => "stats",
+            Command::Flows { .. } => "flows",
+            Command::ApplyPolicy { .. } => "apply_policy",
+            Command::Reload => "reload",
+            Command::SimShow { .. } => "sim_show",
+            Command::SimQuarantine { .. } => "sim_quarantine",
+            Command::SimRelease { .. } => "sim_release",
+            Command::SimBind { .. } => "sim_bind",
+            Command::SimUnbind { .. } => "sim_unbind",
+            Command::Explain { .. } => "explain",
+        }
+    }
+}
+
 /// The daemon's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]

@@ -366,6 +366,8 @@ pub struct Daemon {
     recheck_pending: bool,
     /// Flow export, when collectors are given.
     flow_export: Option<FlowExport>,
+    /// Prometheus metrics, when served.
+    metrics: Option<std::sync::Arc<crate::telemetry::metrics::Metrics>>,
 }
 
 /// The flow export's meter and exporter, and where the meter's state goes at a stop.
@@ -407,7 +409,61 @@ impl Daemon {
             sessions_live: 0,
             recheck_pending: false,
             flow_export: None,
+            metrics: None,
         }
+    }
+
+    /// The metrics the HTTP server encodes: kernel counters from the pinned `VERDICT_STATS`,
+    /// the exporter's counters, and the daemon's state, published now and as it changes.
+    pub(super) fn start_metrics(&mut self) -> std::sync::Arc<crate::telemetry::metrics::Metrics> {
+        let verdicts = aya::maps::MapData::from_pin(self.settings.pin_dir.join(names::VERDICT_STATS))
+            .map(aya::maps::Map::PerCpuArray)
+            .map_err(|err| warn!(error = %err, "Cannot open the pinned verdict counters; /metrics has no packet counts."))
+            .ok();
+        let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(
+            verdicts,
+            self.flow_export
+                .as_ref()
+                .map(|e| std::sync::Arc::clone(e.exporter.stats())),
+        ));
+        metrics
+            .sessions_capacity
+            .set(i64::from(self.enforcer.capacity().sessions));
+        self.metrics = Some(std::sync::Arc::clone(&metrics));
+        self.publish_metrics();
+        metrics
+    }
+
+    /// Publish the daemon's state to the metrics: segments, SIMs by state, sessions, map
+    /// fill, generation. At start, after each apply and each session sweep.
+    fn publish_metrics(&self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        metrics.set_segments(self.names.segments.clone());
+        let counts = self.sim_counts();
+        metrics
+            .sims
+            .with_label_values(&["active"])
+            .set(gauge(counts.active));
+        metrics
+            .sims
+            .with_label_values(&["quarantined"])
+            .set(gauge(counts.quarantined));
+        metrics.sessions.set(gauge(self.sessions_live));
+        for fill in self.map_fills() {
+            let label = [fill.map.as_str()];
+            metrics
+                .map_entries
+                .with_label_values(&label)
+                .set(gauge(fill.used));
+            metrics
+                .map_capacity
+                .with_label_values(&label)
+                .set(i64::from(fill.capacity));
+        }
+        metrics.policy_generation.set(i64::from(self.generation));
     }
 
     /// Start the flow export if collectors are given: the meter takes over what a stopped
@@ -663,6 +719,7 @@ impl Daemon {
                     );
                     self.flow_export = Some(export);
                 }
+                self.publish_metrics();
             }
             Err(err) => warn!(error = %err, "Sweeping idle sessions failed; retrying later."),
         }
@@ -725,6 +782,12 @@ impl Daemon {
     pub(crate) fn handle(&mut self, event: Event) {
         match event {
             Event::Command(command, reply) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics
+                        .control_requests
+                        .with_label_values(&[command.name()])
+                        .inc();
+                }
                 let answer = match command {
                     Command::Stats {
                         imsis,
@@ -820,6 +883,21 @@ impl Daemon {
     /// for those IMSIs, as for any other).
     fn apply_file(&mut self, path: &Path) -> anyhow::Result<Applied> {
         let started = Instant::now();
+        let result = self.apply_file_inner(path, started);
+        if let Some(metrics) = &self.metrics {
+            let label = if result.is_ok() { "ok" } else { "error" };
+            metrics.policy_applies.with_label_values(&[label]).inc();
+            metrics
+                .policy_apply_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if result.is_ok() {
+            self.publish_metrics();
+        }
+        result
+    }
+
+    fn apply_file_inner(&mut self, path: &Path, started: Instant) -> anyhow::Result<Applied> {
         let mut policy = crate::policy::load_with(path, &self.settings.load)?;
         let prepared = compile_with(&mut self.store, &mut policy)
             .with_context(|| format!("compiling {} failed", path.display()))?;
@@ -1319,6 +1397,49 @@ impl Daemon {
         })
     }
 
+    /// SIMs by state; the policy's states include the quarantines by command.
+    fn sim_counts(&self) -> SimCounts {
+        let quarantined = self
+            .policy
+            .sims
+            .iter()
+            .filter(|s| s.state == SimState::Quarantined)
+            .count();
+        let quarantined_by_command = self
+            .overrides
+            .keys()
+            .filter(|imsi| self.sim(imsi).is_ok() && !self.file_quarantined.contains(*imsi))
+            .count();
+        SimCounts {
+            total: self.policy.sims.len(),
+            active: self.policy.sims.len() - quarantined,
+            quarantined,
+            quarantined_by_command,
+        }
+    }
+
+    /// Every map sized by the policy, with what the policy in force uses of it, and the
+    /// session table as of the last sweep.
+    fn map_fills(&self) -> Vec<MapFill> {
+        self.enforcer
+            .capacity()
+            .fill(&self.compiled.image, self.compiled.rules.len())
+            .into_iter()
+            .map(|fill| MapFill {
+                map: fill.map.to_owned(),
+                what: fill.what.to_owned(),
+                used: fill.needed,
+                capacity: fill.capacity,
+            })
+            .chain(std::iter::once(MapFill {
+                map: names::SESSIONS.to_owned(),
+                what: "sessions (as of the last sweep)".to_owned(),
+                used: self.sessions_live,
+                capacity: self.enforcer.capacity().sessions,
+            }))
+            .collect()
+    }
+
     fn status(&mut self) -> Status {
         let pinned = links::pinned(&self.settings.pin_dir);
         let mode = match self.settings.mode {
@@ -1337,36 +1458,7 @@ impl Daemon {
                 reattached: iface.reattached,
             })
             .collect();
-        // The policy's states include the quarantines by command.
-        let quarantined = self
-            .policy
-            .sims
-            .iter()
-            .filter(|s| s.state == SimState::Quarantined)
-            .count();
-        let quarantined_by_command = self
-            .overrides
-            .keys()
-            .filter(|imsi| self.sim(imsi).is_ok() && !self.file_quarantined.contains(*imsi))
-            .count();
-        let maps = self
-            .enforcer
-            .capacity()
-            .fill(&self.compiled.image, self.compiled.rules.len())
-            .into_iter()
-            .map(|fill| MapFill {
-                map: fill.map.to_owned(),
-                what: fill.what.to_owned(),
-                used: fill.needed,
-                capacity: fill.capacity,
-            })
-            .chain(std::iter::once(MapFill {
-                map: names::SESSIONS.to_owned(),
-                what: "sessions (as of the last sweep)".to_owned(),
-                used: self.sessions_live,
-                capacity: self.enforcer.capacity().sessions,
-            }))
-            .collect();
+        let maps = self.map_fills();
         let program = self.enforcer.program().ok().and_then(|p| p.info().ok());
         Status {
             pid: std::process::id(),
@@ -1381,12 +1473,7 @@ impl Daemon {
                 .and_then(|p| p.verified_instruction_count())
                 .unwrap_or(0),
             interfaces,
-            sims: SimCounts {
-                total: self.policy.sims.len(),
-                active: self.policy.sims.len() - quarantined,
-                quarantined,
-                quarantined_by_command,
-            },
+            sims: self.sim_counts(),
             maps,
             export: self.flow_export.as_ref().map(|e| {
                 use std::sync::atomic::Ordering::Relaxed;

@@ -61,6 +61,8 @@ pub struct Settings {
     pub timeouts: enforcer_common::session::Timeouts,
     /// Flow export, if any collector is given.
     pub export: Option<Export>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Flow export settings (`--ipfix-*`).
@@ -174,6 +176,19 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&settings.socket);
         err
     };
+    let metrics_listener = match settings.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| {
+                    format!(
+                        "cannot serve metrics on --metrics-address {addr}; give a free local \
+                         address and port"
+                    )
+                })
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
     let mut store = Store::open(&settings.store)
         .with_context(|| {
             format!(
@@ -199,7 +214,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     // Validation's and compilation's temporaries, before the maps and the daemon's own tables.
     super::daemon::release_free_memory();
     let daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
-    serve(daemon, listener, &settings)?;
+    serve(daemon, listener, metrics_listener, &settings)?;
     drop(pins);
     Ok(())
 }
@@ -260,6 +275,7 @@ fn start(
 fn serve(
     daemon: Daemon,
     listener: std::os::unix::net::UnixListener,
+    metrics: Option<std::net::TcpListener>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -267,12 +283,13 @@ fn serve(
         .thread_name("enforcer-worker")
         .build()
         .context("starting the I/O runtime")?;
-    runtime.block_on(actor(daemon, listener, settings))
+    runtime.block_on(actor(daemon, listener, metrics, settings))
 }
 
 async fn actor(
     mut daemon: Daemon,
     listener: std::os::unix::net::UnixListener,
+    metrics: Option<std::net::TcpListener>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -289,6 +306,19 @@ async fn actor(
     let mut int = install(SignalKind::interrupt())?;
     let mut hup = install(SignalKind::hangup())?;
     tokio::spawn(unix::serve(listener, requests));
+    if let Some(listener) = metrics {
+        listener
+            .set_nonblocking(true)
+            .context("serving the metrics")?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("serving the metrics")?;
+        let addr = listener.local_addr().ok();
+        tokio::spawn(crate::telemetry::metrics::serve(
+            listener,
+            daemon.start_metrics(),
+        ));
+        info!(address = ?addr, "Serving Prometheus metrics at /metrics.");
+    }
     // Interfaces deleted and re-created: every RTM_NEWLINK/RTM_DELLINK makes the actor check
     // its links at once.
     let mut watcher = match crate::netlink_watch::watch_links().await {

@@ -1,13 +1,15 @@
-//! Visibility: per-device flow records exported over IPFIX (RFC 7011).
+//! Visibility: per-device flow records exported over IPFIX (RFC 7011), and metrics.
 //!
 //! - [`meter`]: the session table, read each round, into records due (active and idle timeouts,
 //!   exact deltas across rounds, removals and restarts);
 //! - [`ipfix`]: the records and templates as IPFIX messages;
-//! - [`exporter`]: a thread sending them to the collectors behind a bounded queue.
+//! - [`exporter`]: a thread sending them to the collectors behind a bounded queue;
+//! - [`metrics`]: the Prometheus exposition.
 
 pub mod exporter;
 pub mod ipfix;
 pub mod meter;
+pub mod metrics;
 
 use std::net::IpAddr;
 
