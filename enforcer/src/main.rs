@@ -187,6 +187,11 @@ struct IpfixArgs {
     /// Observation domain id in every IPFIX message header.
     #[arg(long, value_name = "ID", default_value_t = 1)]
     ipfix_domain_id: u32,
+    /// Records per second sent to each collector at most (0: no limit): the records due at a
+    /// round are spread out rather than sent in one burst that overruns the collector's
+    /// socket buffer; what waits stays counted in the kernel until the next round.
+    #[arg(long, value_name = "RECORDS", default_value_t = 250_000)]
+    ipfix_max_rate: u64,
     /// Path MTU toward the collectors, bytes: every message fits in one datagram.
     #[arg(long, value_name = "BYTES", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(576..=65_535))]
     ipfix_mtu: u64,
@@ -201,6 +206,7 @@ impl IpfixArgs {
             template_refresh: self.ipfix_template_refresh,
             domain: self.ipfix_domain_id,
             mtu: usize::try_from(self.ipfix_mtu).unwrap_or(1500),
+            max_rate: self.ipfix_max_rate,
         })
     }
 }

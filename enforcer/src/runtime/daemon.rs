@@ -495,6 +495,7 @@ impl Daemon {
             domain: export.domain,
             mtu: export.mtu,
             template_refresh: std::time::Duration::from_secs(export.template_refresh),
+            max_rate: export.max_rate,
         })
         .context("opening the IPFIX collectors' sockets")?;
         info!(
@@ -560,7 +561,7 @@ impl Daemon {
                 records(d, &self.flow_names(d), now_ns, wall_ms, &mut batch);
             }
             let n = batch.len();
-            if !export.exporter.offer(batch) {
+            if export.exporter.offer(batch).is_err() {
                 break;
             }
             export.meter.commit(chunk, now_ns);

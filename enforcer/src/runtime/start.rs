@@ -80,6 +80,8 @@ pub struct Export {
     pub domain: u32,
     /// Path MTU toward the collectors, bytes.
     pub mtu: usize,
+    /// Records per second to each collector at most (0: no limit).
+    pub max_rate: u64,
 }
 
 impl Export {

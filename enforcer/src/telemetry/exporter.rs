@@ -44,6 +44,10 @@ pub struct ExportConfig {
     pub mtu: usize,
     /// Template refresh interval.
     pub template_refresh: Duration,
+    /// Records per second sent to each collector at most (0: no limit): a round's burst
+    /// (millions of records at a busy minute's end) is spread out instead of overrunning the
+    /// collector's socket buffer.
+    pub max_rate: u64,
 }
 
 /// What the exporter did, for `status` and the metrics.
@@ -74,6 +78,46 @@ struct Collector {
     packer: Packer,
     templates_at: Option<Instant>,
     failing: bool,
+    pacer: Pacer,
+}
+
+/// Spreads sends to at most `rate` records a second, with at most 100 ms of credit saved up
+/// while idle.
+struct Pacer {
+    rate: u64,
+    since: Instant,
+    records: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            since: Instant::now(),
+            records: 0,
+        }
+    }
+
+    /// `records` were just sent: wait until the rate allows the next ones.
+    fn sent(&mut self, records: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let due = self.since + Duration::from_secs_f64(self.records as f64 / self.rate as f64);
+        if now > due + Duration::from_millis(100) {
+            // Idle for a while: start afresh rather than burst to catch up.
+            self.since = now;
+            self.records = 0;
+        }
+        self.records += records;
+        let due = self.since + Duration::from_secs_f64(self.records as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_duration_since(now)
+            && wait >= Duration::from_millis(1)
+        {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 impl Exporter {
@@ -99,6 +143,7 @@ impl Exporter {
                 packer: Packer::new(config.domain, config.mtu.saturating_sub(headers)),
                 templates_at: None,
                 failing: false,
+                pacer: Pacer::new(config.max_rate),
             });
         }
         let (queue, incoming) = std::sync::mpsc::sync_channel(QUEUE_RECORDS / BATCH);
@@ -123,21 +168,23 @@ impl Exporter {
         &self.stats
     }
 
-    /// Queue `records` without waiting; `false` (and nothing queued) when the queue is full.
-    pub fn offer(&self, records: Vec<FlowRecord>) -> bool {
+    /// Queue `records` without waiting.
+    ///
+    /// # Errors
+    /// The records back, nothing queued, when the queue is full (counted as deferred).
+    pub fn offer(&self, records: Vec<FlowRecord>) -> Result<(), Vec<FlowRecord>> {
         let Some(queue) = &self.queue else {
-            return false;
+            return Err(records);
         };
         let len = records.len() as u64;
-        match queue.try_send(records) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats
-                    .records_deferred
-                    .fetch_add(len, Ordering::Relaxed);
-                false
+        queue.try_send(records).map_err(|err| {
+            self.stats
+                .records_deferred
+                .fetch_add(len, Ordering::Relaxed);
+            match err {
+                TrySendError::Full(records) | TrySendError::Disconnected(records) => records,
             }
-        }
+        })
     }
 
     /// Send what is queued and stop, waiting at most `deadline`.
@@ -204,7 +251,14 @@ impl Collector {
         let templates = self.templates_due(refresh);
         let messages = self.packer.pack(records, templates, unix_seconds());
         let mut failed = false;
-        for message in &messages {
+        let end = self.packer.sequence();
+        for (i, message) in messages.iter().enumerate() {
+            // Records in this message: the next one's sequence number less its own.
+            let first = u32::from_be_bytes([message[8], message[9], message[10], message[11]]);
+            let next = messages
+                .get(i + 1)
+                .map_or(end, |m| u32::from_be_bytes([m[8], m[9], m[10], m[11]]));
+            self.pacer.sent(u64::from(next.wrapping_sub(first)));
             match self.socket.send(message) {
                 Ok(_) => {
                     stats.messages_sent.fetch_add(1, Ordering::Relaxed);

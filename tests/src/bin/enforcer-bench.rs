@@ -13,7 +13,7 @@
 //! - End to end through veth against nftables.
 //!
 //! Writes `report.md` and `report.json` into the output directory. `--only SECTION,...` runs
-//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`.
+//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`, `export`.
 //!
 //! Usage: enforcer-bench [--quick] [--only SECTIONS] [--out DIR] | enforcer-bench load POLICY
 
@@ -429,6 +429,12 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     } else {
         Value::Null
     };
+    let export = if plan.runs("export") {
+        let sessions = if quick { 20_000 } else { 2_000_000 };
+        integration_tests::export_bench::run(&mut md, &work, sessions, quick)?
+    } else {
+        Value::Null
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let report = json!({
@@ -440,6 +446,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         "policy_size": scale,
         "end_to_end": e2e,
         "daemon": daemon,
+        "export": export,
     });
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     std::fs::write(
