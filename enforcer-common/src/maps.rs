@@ -148,6 +148,10 @@ pub mod names {
     pub const RULE_STATS: &str = "RULE_STATS";
     /// `HashMap<SessionKey, Session>` (`crate::session`), not preallocated.
     pub const SESSIONS: &str = "SESSIONS";
+    /// Ring buffer of [`super::DenyEvent`]s, [`super::DENY_EVENTS_BYTES`] bytes.
+    pub const DENY_EVENTS: &str = "DENY_EVENTS";
+    /// `LruHashMap<u32 SIM index, DenyLimit>`: each SIM's deny-event budget.
+    pub const DENY_LIMITS: &str = "DENY_LIMITS";
     /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
     /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
     pub const RETIRED: [&str; 6] = [
@@ -159,7 +163,7 @@ pub mod names {
         "VERDICT_STATS",
     ];
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
@@ -174,6 +178,8 @@ pub mod names {
         VERDICT_STATS,
         RULE_STATS,
         SESSIONS,
+        DENY_EVENTS,
+        DENY_LIMITS,
     ];
 }
 
@@ -642,3 +648,70 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const fn has_ports(proto: u8) -> bool {
     matches!(proto, IPPROTO_TCP | IPPROTO_UDP)
 }
+
+/// Bytes of the `DENY_EVENTS` ring buffer (a power of two times the page size): 16,384 events.
+pub const DENY_EVENTS_BYTES: u32 = 1 << 20;
+/// Deny events a SIM may raise per second; the rest are counted and the count carried in its
+/// next event ([`DenyEvent::suppressed`]), so a flood cannot starve the reader.
+pub const DENY_EVENTS_PER_SECOND: u32 = 10;
+/// Entries of `DENY_LIMITS` (least recently used evicted): SIMs denied recently.
+pub const DENY_LIMIT_ENTRIES: u32 = 65_536;
+/// The `DENY_LIMITS` key and [`DenyEvent::sim`] of packets from no SIM (outside every pool,
+/// or a pool address bound to none): one budget for them all.
+pub const DENY_NO_SIM: u32 = u32::MAX;
+
+/// `DENY_LIMITS` value: one SIM's event budget in its current one-second window. Updated
+/// without atomics: two CPUs denying the same SIM at once may miscount by one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyLimit {
+    /// Start of the window, `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) nanoseconds.
+    pub window_ns: u64,
+    /// Events raised in the window.
+    pub count: u32,
+    /// Denied packets without an event since the last event.
+    pub suppressed: u32,
+    /// Their bytes (whole frames).
+    pub suppressed_bytes: u64,
+}
+
+/// One denied packet, as the program reports it on `DENY_EVENTS`. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// When, `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) nanoseconds.
+    pub time_ns: u64,
+    /// The sender's SIM index, [`DENY_NO_SIM`] for none.
+    pub sim: u32,
+    /// The sender's denied packets that raised no event since its previous event.
+    pub suppressed: u32,
+    /// Their bytes (whole frames).
+    pub suppressed_bytes: u64,
+    /// Source address as on the wire (IPv4 in the first four bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (TCP, UDP; an echo's identifier for ICMP), host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Interface it arrived on.
+    pub ifindex: u32,
+    /// The sender's segment id ([`SEGMENT_NONE`] as `u16::MAX` for none).
+    pub segment: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// 1 for IPv6.
+    pub v6: u8,
+    /// [`crate::DropReason`] as a number.
+    pub reason: u8,
+    /// Zero.
+    pub _pad: u8,
+    /// The frame's length in bytes.
+    pub bytes: u16,
+}
+
+const _: () = assert!(size_of::<DenyEvent>() == 72);
+const _: () = assert!(size_of::<DenyLimit>() == 24);
+
+pod!(DenyEvent, DenyLimit);

@@ -11,6 +11,7 @@
 
 mod account;
 mod bench;
+mod events;
 mod identify;
 mod maps;
 mod parse;
@@ -55,7 +56,12 @@ fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
         }
     }
     let mut sessions = track::KernelSessions::new();
-    enforcer_common::session::judge(&mut sessions, &mut meta, bytes)
+    let (verdict, src) = enforcer_common::session::judge(&mut sessions, &mut meta, bytes);
+    if let Verdict::Drop(reason) = verdict {
+        let (sim, segment) = events::sender(&src);
+        events::deny(&meta, reason as u8, sim, segment, bytes);
+    }
+    (verdict, src)
 }
 
 /// An ICMP or ICMPv6 error (`meta`, quote at `at`, IP end `ip_end`) that quotes a packet of a

@@ -5,12 +5,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    Config, Counter, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES,
-    PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4,
-    SimKeyV6, SimRecord, VERDICT_STATS_ENTRIES, defaults,
+    Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit, IfaceEntry, MAX_IFACES,
+    NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES, PortRuleKey, RULE_KEY_LEN, RuleEntry,
+    SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, SimRecord,
+    VERDICT_STATS_ENTRIES, defaults,
 };
 use enforcer_common::session::{Session, SessionKey};
 
@@ -86,3 +87,12 @@ pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(defa
 /// between packets.
 #[map]
 pub static SCRATCH: PerCpuArray<Session> = PerCpuArray::with_max_entries(1, 0);
+
+/// Deny events (`enforcer_common::maps::DenyEvent`) for the daemon to read.
+#[map]
+pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_EVENTS_BYTES, 0);
+
+/// SIM index → its deny-event budget (the SIMs denied least recently are evicted).
+#[map]
+pub static DENY_LIMITS: LruHashMap<u32, DenyLimit> =
+    LruHashMap::with_max_entries(DENY_LIMIT_ENTRIES, 0);

@@ -388,6 +388,23 @@ impl Enforcer {
         self.ebpf.map(name)
     }
 
+    /// The deny events waiting in `DENY_EVENTS`, oldest first (tests; the daemon reads the
+    /// pinned ring buffer from a thread of its own).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if the ring buffer cannot be opened.
+    pub fn drain_deny_events(
+        &mut self,
+    ) -> Result<Vec<enforcer_common::maps::DenyEvent>, LoadError> {
+        let map = self.map_mut(names::DENY_EVENTS)?;
+        let mut ring = aya::maps::RingBuf::try_from(map).map_err(|e| LoadError::Map {
+            map: names::DENY_EVENTS,
+            what: "opening",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(crate::telemetry::events::drain(&mut ring))
+    }
+
     /// Kernel memory of every map, as the kernel accounts it (`memlock` in the map's fdinfo),
     /// in bytes, by map name.
     pub fn map_memory(&self) -> Vec<(&'static str, u64)> {

@@ -165,6 +165,12 @@ struct RunArgs {
     /// not given. No per-SIM series: per-SIM data goes through IPFIX and `enforcer stats`.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Write deny events (one JSON object per line: time, IMSI, MSISDN, segment, addresses,
+    /// ports, protocol, reason, interface, suppressed count) to FILE, appended to, or to
+    /// stdout with `-`. At most 10 events per SIM and second; the rest are counted and the
+    /// count carried in the SIM's next event.
+    #[arg(long, value_name = "FILE")]
+    deny_events: Option<PathBuf>,
 }
 
 /// Flow export over IPFIX (RFC 7011, UDP).
@@ -643,5 +649,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: args.limits,
         export: args.ipfix.export(),
         metrics: args.metrics_address,
+        deny_events: args.deny_events,
     })
 }

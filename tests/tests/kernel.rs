@@ -1504,3 +1504,49 @@ fn sessions_hold_to_interface_roles_and_quarantine() {
         "and the charger's"
     );
 }
+
+/// A denied packet raises a deny event naming its sender, addresses, ports and reason; an
+/// allowed one raises none. A SIM's flood raises `DENY_EVENTS_PER_SECOND` events a second, and
+/// its next event, a window later, carries the count of those suppressed.
+#[test]
+fn denied_packets_raise_rate_limited_deny_events() {
+    use enforcer_common::maps::{DENY_EVENTS_PER_SECOND, DENY_NO_SIM};
+    let mut harness = Harness::new(POLICY, &[]);
+    let sim = harness.sim_of("001010000000001");
+    let allowed = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).build();
+    let denied = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(80)).build();
+    harness.check(&allowed);
+    assert!(
+        harness
+            .enforcer
+            .drain_deny_events()
+            .expect("ring")
+            .is_empty()
+    );
+    let flood = DENY_EVENTS_PER_SECOND + 15;
+    for _ in 0..flood {
+        harness.check(&denied);
+    }
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert_eq!(events.len(), DENY_EVENTS_PER_SECOND as usize, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.sim, e.suppressed, e.proto, e.v6), (sim, 0, 6, 0));
+    assert_eq!(e.reason, enforcer_common::DropReason::NoRule as u8);
+    assert_eq!(&e.src[..4], &[10, 64, 0, 1]);
+    assert_eq!(&e.dst[..4], &[198, 51, 100, 10]);
+    assert_eq!(e.dport, 80);
+    assert_eq!(e.ifindex, TEST_IFINDEX);
+    assert!(events.windows(2).all(|w| w[0].time_ns <= w[1].time_ns));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness.check(&denied);
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].suppressed, 15, "the flood's suppressed packets");
+    // A spoofed source (a pool address bound to no SIM) reports under the no-SIM budget.
+    let spoofed = Frame::new("10.64.9.9", "198.51.100.10", L4::Tcp(443)).build();
+    harness.check(&spoofed);
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].sim, DENY_NO_SIM);
+    assert_eq!(events[0].reason, enforcer_common::DropReason::Spoofed as u8);
+}

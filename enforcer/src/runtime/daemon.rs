@@ -40,6 +40,8 @@ pub(crate) enum Event {
     CheckLinks,
     /// Time to remove idle and closed sessions.
     SweepSessions,
+    /// Deny events read from the ring buffer, to name and write out.
+    Deny(Vec<enforcer_common::maps::DenyEvent>),
     /// A stop signal (its name).
     Stop(&'static str),
 }
@@ -68,6 +70,8 @@ impl Event {
                 | Command::Reload
                 | Command::Explain { .. } => false,
             },
+            // A batch of at most a ring buffer's events: microseconds each.
+            Event::Deny(_) => true,
             Event::Hangup | Event::CheckLinks | Event::SweepSessions | Event::Stop(_) => false,
         }
     }
@@ -368,6 +372,10 @@ pub struct Daemon {
     flow_export: Option<FlowExport>,
     /// Prometheus metrics, when served.
     metrics: Option<std::sync::Arc<crate::telemetry::metrics::Metrics>>,
+    /// Where deny events go, when anywhere.
+    deny_writer: Option<crate::telemetry::events::Writer>,
+    /// The deny-event path's counters.
+    event_stats: std::sync::Arc<crate::telemetry::events::EventStats>,
 }
 
 /// The flow export's meter and exporter, and where the meter's state goes at a stop.
@@ -375,6 +383,10 @@ pub(crate) struct FlowExport {
     meter: crate::telemetry::meter::Meter,
     exporter: crate::telemetry::exporter::Exporter,
     state: std::path::PathBuf,
+    /// Dropped traffic of the current interval, from the deny events.
+    drops: crate::telemetry::drops::Drops,
+    /// The interval drops are summed over (the active timeout), ns.
+    drops_interval_ns: u64,
 }
 
 impl Daemon {
@@ -410,6 +422,66 @@ impl Daemon {
             recheck_pending: false,
             flow_export: None,
             metrics: None,
+            deny_writer: None,
+            event_stats: std::sync::Arc::default(),
+        }
+    }
+
+    /// Write deny events with `writer` (none: they are not read), counting in `stats`.
+    pub(super) fn set_deny_events(
+        &mut self,
+        writer: Option<crate::telemetry::events::Writer>,
+        stats: std::sync::Arc<crate::telemetry::events::EventStats>,
+    ) {
+        self.deny_writer = writer;
+        self.event_stats = stats;
+    }
+
+    /// The deny-event path's counters.
+    pub(super) fn event_stats(&self) -> std::sync::Arc<crate::telemetry::events::EventStats> {
+        std::sync::Arc::clone(&self.event_stats)
+    }
+
+    /// Name `events` (IMSI, MSISDN, segment, interface) and hand them to the writer; with
+    /// flow export, sum them into the interval's dropped traffic too.
+    fn write_deny_events(&mut self, events: &[enforcer_common::maps::DenyEvent]) {
+        if let Some(export) = &mut self.flow_export {
+            for event in events {
+                export.drops.add(event);
+            }
+        }
+        let Some(writer) = &self.deny_writer else {
+            return;
+        };
+        for event in events {
+            let record =
+                crate::telemetry::events::record(
+                    event,
+                    |sim, segment| {
+                        let found = self
+                            .positions
+                            .get(sim as usize)
+                            .and_then(|&p| self.policy.sims.get(p as usize));
+                        (
+                            Some(found.map_or_else(
+                                || format!("(SIM index {sim})"),
+                                |s| s.imsi.to_string(),
+                            )),
+                            found.and_then(|s| s.msisdn()).map(|m| m.to_string()),
+                            self.names
+                                .segments
+                                .get(usize::from(segment))
+                                .and_then(Clone::clone),
+                        )
+                    },
+                    |ifindex| {
+                        self.ifaces
+                            .iter()
+                            .find(|i| i.ifindex == ifindex)
+                            .map_or_else(|| format!("ifindex {ifindex}"), |i| i.name.clone())
+                    },
+                );
+            writer.write(&record);
         }
     }
 
@@ -425,6 +497,9 @@ impl Daemon {
             self.flow_export
                 .as_ref()
                 .map(|e| std::sync::Arc::clone(e.exporter.stats())),
+            self.deny_writer
+                .is_some()
+                .then(|| std::sync::Arc::clone(&self.event_stats)),
         ));
         metrics
             .sessions_capacity
@@ -509,19 +584,21 @@ impl Daemon {
             meter,
             exporter,
             state,
+            drops: crate::telemetry::drops::Drops::default(),
+            drops_interval_ns: export.active_timeout.saturating_mul(1_000_000_000),
         });
         Ok(())
     }
 
     /// The names a flow record of `due` carries.
-    fn flow_names(&self, due: &crate::telemetry::meter::Due) -> crate::telemetry::FlowNames {
+    fn flow_names(&self, sim_index: u32, segment: u16, rule: u32) -> crate::telemetry::FlowNames {
         let sim = self
             .positions
-            .get(due.sim as usize)
+            .get(sim_index as usize)
             .and_then(|&p| self.policy.sims.get(p as usize));
         crate::telemetry::FlowNames {
             imsi: sim.map_or_else(
-                || format!("(SIM index {})", due.sim),
+                || format!("(SIM index {sim_index})"),
                 |s| s.imsi.to_string(),
             ),
             msisdn: sim
@@ -530,13 +607,13 @@ impl Daemon {
             segment: self
                 .names
                 .segments
-                .get(usize::from(due.segment))
+                .get(usize::from(segment))
                 .and_then(Clone::clone)
                 .unwrap_or_default(),
             rule: self
                 .names
                 .rules
-                .get(due.rule as usize)
+                .get(rule as usize)
                 .and_then(Clone::clone)
                 .unwrap_or_default(),
         }
@@ -558,7 +635,13 @@ impl Daemon {
         for chunk in due.chunks(BATCH / 2) {
             let mut batch = Vec::with_capacity(chunk.len() * 2);
             for d in chunk {
-                records(d, &self.flow_names(d), now_ns, wall_ms, &mut batch);
+                records(
+                    d,
+                    &self.flow_names(d.sim, d.segment, d.rule),
+                    now_ns,
+                    wall_ms,
+                    &mut batch,
+                );
             }
             let n = batch.len();
             if export.exporter.offer(batch).is_err() {
@@ -568,6 +651,42 @@ impl Daemon {
             queued += n;
         }
         queued
+    }
+
+    /// Export the interval's dropped traffic once it is `drops_interval_ns` old (at once with
+    /// `now`); sums the exporter's queue has no room for wait for the next round.
+    fn export_drops(&self, export: &mut FlowExport, now: bool) {
+        use crate::telemetry::{FlowNames, drops, events::monotonic_ns, exporter::BATCH};
+        let mono = monotonic_ns();
+        if export.drops.is_empty()
+            || (!now && mono.saturating_sub(export.drops.since_ns) < export.drops_interval_ns)
+        {
+            return;
+        }
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let to_wall = |t: u64| wall_ms.saturating_sub(mono.saturating_sub(t) / 1_000_000);
+        let mut sums = export.drops.take();
+        while !sums.is_empty() {
+            let rest = sums.split_off(sums.len().saturating_sub(BATCH));
+            let batch: Vec<_> = rest
+                .iter()
+                .map(|(key, sum)| {
+                    let names = if key.sim == enforcer_common::maps::DENY_NO_SIM {
+                        FlowNames::default()
+                    } else {
+                        self.flow_names(key.sim, key.segment, u32::MAX)
+                    };
+                    drops::record(key, sum, &names, to_wall)
+                })
+                .collect();
+            if export.exporter.offer(batch).is_err() {
+                sums.extend(rest);
+                export.drops.restore(sums);
+                return;
+            }
+        }
     }
 
     /// Stop the flow export: what was not exported yet goes out as forced ends, and what was
@@ -590,6 +709,7 @@ impl Daemon {
             // A last reading (nothing expires with these timeouts), so the flush is current.
             let _ = export.meter.round(now, &sweep.live, &[]);
         }
+        self.export_drops(&mut export, true);
         let due = export.meter.flush();
         let deadline = Instant::now() + std::time::Duration::from_secs(2);
         let mut left: &[crate::telemetry::meter::Due] = &due;
@@ -712,6 +832,7 @@ impl Daemon {
                         .collect();
                     let due = export.meter.round(now, &sweep.live, &ended);
                     let queued = self.export_due(&mut export, &due, now);
+                    self.export_drops(&mut export, false);
                     debug!(
                         due = due.len(),
                         records_queued = queued,
@@ -821,6 +942,7 @@ impl Daemon {
             }
             Event::CheckLinks => self.check_links(),
             Event::SweepSessions => self.sweep_sessions(),
+            Event::Deny(events) => self.write_deny_events(&events),
             Event::Stop(_) => {}
         }
     }

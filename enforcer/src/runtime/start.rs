@@ -63,6 +63,8 @@ pub struct Settings {
     pub export: Option<Export>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to write deny events (`-`: stdout), if anywhere.
+    pub deny_events: Option<PathBuf>,
 }
 
 /// Flow export settings (`--ipfix-*`).
@@ -191,6 +193,21 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let event_stats = std::sync::Arc::new(crate::telemetry::events::EventStats::default());
+    let deny_writer = match &settings.deny_events {
+        Some(path) => Some(
+            crate::telemetry::events::Writer::open(path, std::sync::Arc::clone(&event_stats))
+                .with_context(|| {
+                    format!(
+                        "cannot write deny events to --deny-events {}; give a writable file, \
+                         or - for stdout",
+                        path.display()
+                    )
+                })
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
     let mut store = Store::open(&settings.store)
         .with_context(|| {
             format!(
@@ -215,7 +232,8 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     let loaded = Loaded { policy, prepared };
     // Validation's and compilation's temporaries, before the maps and the daemon's own tables.
     super::daemon::release_free_memory();
-    let daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
+    let mut daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
+    daemon.set_deny_events(deny_writer, event_stats);
     serve(daemon, listener, metrics_listener, &settings)?;
     drop(pins);
     Ok(())
@@ -308,6 +326,18 @@ async fn actor(
     let mut int = install(SignalKind::interrupt())?;
     let mut hup = install(SignalKind::hangup())?;
     tokio::spawn(unix::serve(listener, requests));
+    // Deny events: a thread reads the ring buffer and hands batches to the actor, which names
+    // them; without `--deny-events` nothing reads it (the program's reservations then fail
+    // once it is full, which costs it nothing more).
+    let (deny_batches, mut deny_incoming) =
+        mpsc::channel::<Vec<enforcer_common::maps::DenyEvent>>(64);
+    if settings.deny_events.is_some() || settings.export.is_some() {
+        let pin = settings
+            .pin_dir
+            .join(enforcer_common::maps::names::DENY_EVENTS);
+        crate::telemetry::events::spawn_reader(&pin, deny_batches.clone(), daemon.event_stats())
+            .context("reading the deny events")?;
+    }
     if let Some(listener) = metrics {
         listener
             .set_nonblocking(true)
@@ -360,6 +390,7 @@ async fn actor(
             _ = int.recv() => Event::Stop("SIGINT"),
             _ = hup.recv() => Event::Hangup,
             Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
+            Some(events) = deny_incoming.recv() => Event::Deny(events),
             Some(link) = link_event => {
                 tracing::debug!(iface = %link.name, ifindex = link.ifindex, kind = ?link.kind, "Link event.");
                 Event::CheckLinks
@@ -389,6 +420,7 @@ async fn actor(
             }
         }
     }
+    drop(deny_batches);
     daemon.stop_export();
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())

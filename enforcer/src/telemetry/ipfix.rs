@@ -21,6 +21,7 @@
 //! | 456 | mobileMSISDN | variable (string, empty when the SIM has none) |
 //! | PEN 32473 / 1 | enforcerSegment | variable (string) |
 //! | PEN 32473 / 2 | enforcerRule | variable (string) |
+//! | PEN 32473 / 3 | enforcerReason | variable (string: `rule`, `inbound` for sessions; the drop reason, `no_rule`, `spoofed`, ..., for drops) |
 //!
 //! The enterprise number is 32473, IANA's "example enterprise number for documentation use"
 //! (RFC 5612): a placeholder until the project registers its own.
@@ -42,6 +43,8 @@ pub const PEN: u32 = 32473;
 pub const ENTERPRISE_SEGMENT: u16 = 1;
 /// Enterprise element: the rule that allowed the flow (string).
 pub const ENTERPRISE_RULE: u16 = 2;
+/// Enterprise element: why the flow passed or was dropped (string).
+pub const ENTERPRISE_REASON: u16 = 3;
 /// Message header length (RFC 7011 §3.1).
 const HEADER_LEN: usize = 16;
 /// Set header length (RFC 7011 §3.3.2).
@@ -114,6 +117,8 @@ pub enum ForwardingStatus {
     Dropped = 128,
     /// 129: dropped, ACL deny.
     DroppedAclDeny = 129,
+    /// 140: dropped, reverse path forwarding (a source not allowed where it came from).
+    DroppedRpf = 140,
 }
 
 /// flowDirection (IE 61) from the device's point of view: its traffic leaves the device
@@ -162,12 +167,14 @@ pub struct FlowRecord {
     pub segment: String,
     /// The rule that allowed the flow (`owner @ file:line`), empty for drops.
     pub rule: String,
+    /// Why it passed (`rule`, `inbound`) or was dropped (`no_rule`, `spoofed`, ...).
+    pub reason: String,
 }
 
 /// A field specifier: IE id, length, enterprise number (0 for IANA elements).
 type Field = (u16, u16, u32);
 
-fn fields(v6: bool) -> [Field; 16] {
+fn fields(v6: bool) -> [Field; 17] {
     let (src, dst, addr_len) = if v6 {
         (ie::SOURCE_IPV6_ADDRESS, ie::DESTINATION_IPV6_ADDRESS, 16)
     } else {
@@ -190,6 +197,7 @@ fn fields(v6: bool) -> [Field; 16] {
         (ie::MOBILE_MSISDN, VARIABLE, 0),
         (ENTERPRISE_SEGMENT, VARIABLE, PEN),
         (ENTERPRISE_RULE, VARIABLE, PEN),
+        (ENTERPRISE_REASON, VARIABLE, PEN),
     ]
 }
 
@@ -288,6 +296,7 @@ impl FlowRecord {
         put_string(out, &self.msisdn);
         put_string(out, &self.segment);
         put_string(out, &self.rule);
+        put_string(out, &self.reason);
     }
 }
 
@@ -421,6 +430,7 @@ mod tests {
             msisdn: "+491700000002".to_owned(),
             segment: "meters".to_owned(),
             rule: "segment meters @ policy.toml:12".to_owned(),
+            reason: "rule".to_owned(),
         }
     }
 
@@ -555,6 +565,7 @@ mod tests {
         assert_eq!(field(r, "MobileMsisdn")["String"], "+491700000002");
         assert_eq!(text(field(r, "32473/1")), "meters");
         assert_eq!(text(field(r, "32473/2")), "segment meters @ policy.toml:12");
+        assert_eq!(text(field(r, "32473/3")), "rule");
         let r = &records[1];
         assert_eq!(field(r, "SourceIpv6address")["Ip6Addr"], "fd00:64::1");
         assert_eq!(

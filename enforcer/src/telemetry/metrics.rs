@@ -57,6 +57,8 @@ pub struct Metrics {
     /// Control-socket requests by `command`.
     pub control_requests: IntCounterVec,
     ipfix: [IntCounter; 4],
+    deny: [IntCounter; 3],
+    events: Option<Arc<super::events::EventStats>>,
     /// Segment names by id, as of the policy in force.
     segments: RwLock<Vec<Option<String>>>,
     /// `VERDICT_STATS`, opened from its pin (read only here); its lock also makes one scrape
@@ -106,7 +108,11 @@ impl Metrics {
     /// # Panics
     /// Never: every name and label is a valid constant.
     #[must_use]
-    pub fn new(verdict_stats: Option<Map>, export: Option<Arc<ExportStats>>) -> Self {
+    pub fn new(
+        verdict_stats: Option<Map>,
+        export: Option<Arc<ExportStats>>,
+        events: Option<Arc<super::events::EventStats>>,
+    ) -> Self {
         let r = Registry::new();
         let verdict = &["segment", "verdict", "reason"];
         let ipfix = [
@@ -122,6 +128,18 @@ impl Metrics {
             (
                 "enforcer_ipfix_records_deferred_total",
                 "IPFIX records the exporter's queue had no room for, exported in a later round",
+            ),
+        ]
+        .map(|(name, help)| registered(&r, IntCounter::new(name, help).expect("valid metric")));
+        let deny = [
+            ("enforcer_deny_events_total", "Deny events written out"),
+            (
+                "enforcer_deny_events_dropped_total",
+                "Deny events read but not written (a queue was full)",
+            ),
+            (
+                "enforcer_deny_events_suppressed_total",
+                "Denied packets over their SIM's event budget, as the next events reported them",
             ),
         ]
         .map(|(name, help)| registered(&r, IntCounter::new(name, help).expect("valid metric")));
@@ -190,6 +208,8 @@ impl Metrics {
                 &["command"],
             ),
             ipfix,
+            deny,
+            events,
             registry: r,
             segments: RwLock::new(Vec::new()),
             verdict_stats: Mutex::new(verdict_stats),
@@ -224,6 +244,12 @@ impl Metrics {
                 &export.records_deferred,
             ];
             for (counter, value) in self.ipfix.iter().zip(values) {
+                mirror(counter, value.load(Ordering::Relaxed));
+            }
+        }
+        if let Some(events) = &self.events {
+            let values = [&events.written, &events.dropped, &events.suppressed];
+            for (counter, value) in self.deny.iter().zip(values) {
                 mirror(counter, value.load(Ordering::Relaxed));
             }
         }

@@ -6,6 +6,8 @@
 //! - [`exporter`]: a thread sending them to the collectors behind a bounded queue;
 //! - [`metrics`]: the Prometheus exposition.
 
+pub mod drops;
+pub mod events;
 pub mod exporter;
 pub mod ipfix;
 pub mod meter;
@@ -22,7 +24,7 @@ use self::{
 
 /// Bytes of an Ethernet header, in the program's byte counts but not in octetDeltaCount
 /// (RFC 7012: "the IP header(s) and IP payload").
-const ETHERNET_HEADER: u64 = 14;
+pub(crate) const ETHERNET_HEADER: u64 = 14;
 
 /// The names a record carries, looked up by the daemon: IMSI, MSISDN (empty if none), segment
 /// and rule.
@@ -115,6 +117,12 @@ pub fn records(
             msisdn: names.msisdn.clone(),
             segment: names.segment.clone(),
             rule: names.rule.clone(),
+            reason: if due.flags & enforcer_common::session::SESSION_INBOUND != 0 {
+                "inbound"
+            } else {
+                "rule"
+            }
+            .to_owned(),
         });
     }
 }

@@ -1,0 +1,97 @@
+//! Stage 5, report: a deny event for a packet the policy dropped, on the `DENY_EVENTS` ring
+//! buffer, within its sender's budget of `DENY_EVENTS_PER_SECOND` (`DENY_LIMITS`); what is
+//! over budget is counted and the count carried in the sender's next event.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use enforcer_common::{
+    decide::PacketMeta,
+    maps::{DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
+};
+
+use crate::maps::{DENY_EVENTS, DENY_LIMITS};
+
+/// One second in nanoseconds: the budget's window.
+const WINDOW_NS: u64 = 1_000_000_000;
+
+/// Report the packet `meta` dropped for `reason`, sent by SIM `sim` (of segment `segment`;
+/// [`DENY_NO_SIM`] for none). A BPF function of its own: the event is written in place in the
+/// ring buffer, and what it needs lives in this frame, not in the program's.
+#[inline(never)]
+pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let limit = match DENY_LIMITS.get_ptr_mut(sim) {
+        Some(limit) => limit,
+        None => {
+            let fresh = DenyLimit {
+                window_ns: now,
+                count: 0,
+                suppressed: 0,
+                suppressed_bytes: 0,
+            };
+            // A full LRU evicts the SIM denied least recently; a failed insert only skips
+            // the budget's bookkeeping for this packet.
+            let _ = DENY_LIMITS.insert(sim, fresh, 0);
+            match DENY_LIMITS.get_ptr_mut(sim) {
+                Some(limit) => limit,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: `limit` comes from a successful lookup and stays valid for this run (an LRU
+    // element is freed only after an RCU grace period). Plain reads and writes: two CPUs
+    // denying one SIM at once may miscount by one, which the budget tolerates.
+    unsafe {
+        if now.wrapping_sub((*limit).window_ns) >= WINDOW_NS {
+            (*limit).window_ns = now;
+            (*limit).count = 0;
+        }
+        if (*limit).count >= DENY_EVENTS_PER_SECOND {
+            (*limit).suppressed = (*limit).suppressed.wrapping_add(1);
+            (*limit).suppressed_bytes = (*limit).suppressed_bytes.wrapping_add(bytes);
+            return;
+        }
+    }
+    let Some(mut entry) = DENY_EVENTS.reserve::<DenyEvent>(0) else {
+        // The reader is behind: count the packet as suppressed.
+        // SAFETY: as above.
+        unsafe {
+            (*limit).suppressed = (*limit).suppressed.wrapping_add(1);
+            (*limit).suppressed_bytes = (*limit).suppressed_bytes.wrapping_add(bytes);
+        }
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, 8-aligned `DenyEvent` in the ring buffer that only
+    // this run writes until it is submitted; `limit` as above.
+    unsafe {
+        (*event).time_ns = now;
+        (*event).sim = sim;
+        (*event).suppressed = (*limit).suppressed;
+        (*event).suppressed_bytes = (*limit).suppressed_bytes;
+        (*event).src = meta.src;
+        (*event).dst = meta.dst;
+        (*event).sport = meta.sport;
+        (*event).dport = meta.dport;
+        (*event).ifindex = meta.ifindex;
+        (*event).segment = segment;
+        (*event).proto = meta.proto;
+        (*event).v6 = u8::from(meta.v6);
+        (*event).reason = reason;
+        (*event)._pad = 0;
+        (*event).bytes = bytes as u16;
+        (*limit).suppressed = 0;
+        (*limit).suppressed_bytes = 0;
+        (*limit).count = (*limit).count.wrapping_add(1);
+    }
+    entry.submit(0);
+}
+
+/// The `DENY_LIMITS` key and event SIM of a sender: its SIM index, or [`DENY_NO_SIM`].
+#[inline(always)]
+pub fn sender(src: &enforcer_common::Src) -> (u32, u16) {
+    match src.sim() {
+        Some(sim) => (sim.sim, sim.segment),
+        None => (DENY_NO_SIM, u16::MAX),
+    }
+}

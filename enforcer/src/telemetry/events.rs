@@ -1,0 +1,245 @@
+//! Deny events: the program's reports of dropped packets (`DENY_EVENTS`, a BPF ring buffer,
+//! at most `DENY_EVENTS_PER_SECOND` per SIM with the rest counted), read by a thread of the
+//! daemon, named (IMSI, MSISDN, segment) and written as JSON lines to a file or stdout.
+
+use std::borrow::Borrow;
+
+use aya::maps::{MapData, RingBuf};
+use enforcer_common::maps::DenyEvent;
+
+/// Every event waiting in `ring`, oldest first (none if it is empty).
+pub fn drain<T: Borrow<MapData>>(ring: &mut RingBuf<T>) -> Vec<DenyEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<DenyEvent>() {
+            // SAFETY: the program writes whole `DenyEvent`s (64 bytes, every bit pattern
+            // valid); the item holds at least that many bytes, read unaligned.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DenyEvent>()) });
+        }
+    }
+    events
+}
+
+/// What the deny-event path did since the daemon started.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    /// Events written out.
+    pub written: std::sync::atomic::AtomicU64,
+    /// Events read but not written: a queue was full (the writer or the daemon behind).
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Denied packets the program raised no event for (over their SIM's budget), as the
+    /// events carried them.
+    pub suppressed: std::sync::atomic::AtomicU64,
+}
+
+/// One deny event as written: a JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DenyRecord {
+    /// When the packet was dropped, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The sender's IMSI, absent for a source that is no SIM (spoofed, outside every pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imsi: Option<String>,
+    /// The sender's MSISDN, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
+    /// The sender's segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// Source address.
+    pub src: String,
+    /// Destination address.
+    pub dst: String,
+    /// Source port (TCP, UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    /// Destination port (TCP, UDP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    pub proto: String,
+    /// Why it was dropped, as `enforcer stats` names reasons (`no_rule`, `lateral`, ...).
+    pub reason: String,
+    /// The interface it arrived on.
+    pub iface: String,
+    /// The sender's denied packets before this one that raised no event (over its budget of
+    /// `DENY_EVENTS_PER_SECOND`).
+    pub suppressed: u32,
+}
+
+/// The protocol's name as records show it.
+#[must_use]
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// `CLOCK_MONOTONIC` nanoseconds now (the clock of `bpf_ktime_get_ns`).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The record of `event`, with names looked up by `names` (IMSI, MSISDN, segment of a SIM
+/// index and segment id) and `iface` (interface name of an ifindex).
+pub fn record(
+    event: &DenyEvent,
+    names: impl Fn(u32, u16) -> (Option<String>, Option<String>, Option<String>),
+    iface: impl Fn(u32) -> String,
+) -> DenyRecord {
+    use std::net::IpAddr;
+    let addr = |a: [u8; 16]| {
+        if event.v6 == 1 {
+            IpAddr::from(a).to_string()
+        } else {
+            IpAddr::from([a[0], a[1], a[2], a[3]]).to_string()
+        }
+    };
+    let now_wall = std::time::SystemTime::now();
+    let ago = std::time::Duration::from_nanos(monotonic_ns().saturating_sub(event.time_ns));
+    let when = now_wall.checked_sub(ago).unwrap_or(now_wall);
+    let (imsi, msisdn, segment) = if event.sim == enforcer_common::maps::DENY_NO_SIM {
+        (None, None, None)
+    } else {
+        names(event.sim, event.segment)
+    };
+    let ports = matches!(event.proto, 6 | 17 | 132);
+    DenyRecord {
+        time: humantime::format_rfc3339_millis(when).to_string(),
+        imsi,
+        msisdn,
+        segment,
+        src: addr(event.src),
+        dst: addr(event.dst),
+        sport: ports.then_some(event.sport),
+        dport: ports.then_some(event.dport),
+        proto: proto_name(event.proto),
+        reason: enforcer_common::DropReason::ALL
+            .iter()
+            .find(|r| **r as u8 == event.reason)
+            .map_or_else(
+                || format!("reason {}", event.reason),
+                |r| r.name().to_owned(),
+            ),
+        iface: iface(event.ifindex),
+        suppressed: event.suppressed,
+    }
+}
+
+/// Read `DENY_EVENTS` (pinned at `pin`) on a thread of its own until `out` closes: each
+/// wake-up's events go to `out` as one batch; a batch `out` has no room for is dropped and
+/// counted.
+///
+/// # Errors
+/// The pinned ring buffer cannot be opened.
+pub fn spawn_reader(
+    pin: &std::path::Path,
+    out: tokio::sync::mpsc::Sender<Vec<DenyEvent>>,
+    stats: std::sync::Arc<EventStats>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::os::fd::AsRawFd as _;
+    let data = MapData::from_pin(pin).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut ring = RingBuf::try_from(aya::maps::Map::RingBuf(data))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("enforcer-events".to_owned())
+        .spawn(move || {
+            let fd = ring.as_raw_fd();
+            while !out.is_closed() {
+                let mut poll = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the call; the ring's fd outlives it.
+                unsafe { libc::poll(&raw mut poll, 1, 500) };
+                let events = drain(&mut ring);
+                if events.is_empty() {
+                    continue;
+                }
+                let n = events.len() as u64;
+                if out.try_send(events).is_err() {
+                    stats
+                        .dropped
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+}
+
+/// Where deny events go: a file (appended to) or stdout (`-`), written by a thread of its own
+/// behind a bounded queue, so a slow disk never holds up the daemon.
+pub struct Writer {
+    queue: std::sync::mpsc::SyncSender<String>,
+    stats: std::sync::Arc<EventStats>,
+}
+
+impl Writer {
+    /// Open `path` (`-`: stdout) for appending, created mode 0640.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(
+        path: &std::path::Path,
+        stats: std::sync::Arc<EventStats>,
+    ) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        let mut out: Box<dyn std::io::Write + Send> = if path == std::path::Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .open(path)?,
+            )
+        };
+        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(4096);
+        std::thread::Builder::new()
+            .name("enforcer-event-writer".to_owned())
+            .spawn(move || {
+                let mut buffered = std::io::BufWriter::new(&mut out);
+                while let Ok(line) = lines.recv() {
+                    let mut ok = buffered.write_all(line.as_bytes()).is_ok();
+                    while let Ok(line) = lines.try_recv() {
+                        ok &= buffered.write_all(line.as_bytes()).is_ok();
+                    }
+                    if !(ok && buffered.flush().is_ok()) {
+                        tracing::warn!("Writing deny events failed; later ones are tried again.");
+                    }
+                }
+            })?;
+        Ok(Self { queue, stats })
+    }
+
+    /// Queue `record` as a JSON line, without waiting: dropped (and counted) when the writer
+    /// is behind.
+    pub fn write(&self, record: &DenyRecord) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Ok(mut line) = serde_json::to_string(record) else {
+            return;
+        };
+        line.push('\n');
+        if self.queue.try_send(line).is_ok() {
+            self.stats.written.fetch_add(1, Relaxed);
+        } else {
+            self.stats.dropped.fetch_add(1, Relaxed);
+        }
+        self.stats
+            .suppressed
+            .fetch_add(u64::from(record.suppressed), Relaxed);
+    }
+}
