@@ -2,6 +2,8 @@
 //! buffer, within its sender's budget of `DENY_EVENTS_PER_SECOND` (`DENY_LIMITS`); what is
 //! over budget is counted and the count carried in the sender's next event.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use enforcer_common::{
     decide::PacketMeta,
@@ -39,26 +41,23 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
         }
     };
     // SAFETY: `limit` comes from a successful lookup and stays valid for this run (an LRU
-    // element is freed only after an RCU grace period). Plain reads and writes: two CPUs
-    // denying one SIM at once may miscount by one, which the budget tolerates.
+    // element is freed only after an RCU grace period). The window and its count are plain
+    // reads and writes (two CPUs denying one SIM at once may let an event more or fewer
+    // through); the suppressed counts are added to atomically, so none is lost.
     unsafe {
         if now.wrapping_sub((*limit).window_ns) >= WINDOW_NS {
             (*limit).window_ns = now;
             (*limit).count = 0;
         }
         if (*limit).count >= DENY_EVENTS_PER_SECOND {
-            (*limit).suppressed = (*limit).suppressed.wrapping_add(1);
-            (*limit).suppressed_bytes = (*limit).suppressed_bytes.wrapping_add(bytes);
+            suppress(limit, bytes);
             return;
         }
     }
     let Some(mut entry) = DENY_EVENTS.reserve::<DenyEvent>(0) else {
         // The reader is behind: count the packet as suppressed.
         // SAFETY: as above.
-        unsafe {
-            (*limit).suppressed = (*limit).suppressed.wrapping_add(1);
-            (*limit).suppressed_bytes = (*limit).suppressed_bytes.wrapping_add(bytes);
-        }
+        unsafe { suppress(limit, bytes) };
         return;
     };
     let event = entry.as_mut_ptr();
@@ -67,8 +66,19 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     unsafe {
         (*event).time_ns = now;
         (*event).sim = sim;
-        (*event).suppressed = (*limit).suppressed;
-        (*event).suppressed_bytes = (*limit).suppressed_bytes;
+        // Taken out atomically: what another CPU adds meanwhile stays for the next event.
+        let suppressed = core::ptr::read_volatile(&raw const (*limit).suppressed);
+        let suppressed_bytes = core::ptr::read_volatile(&raw const (*limit).suppressed_bytes);
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+            &raw mut (*limit).suppressed,
+            suppressed.wrapping_neg(),
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*limit).suppressed_bytes,
+            suppressed_bytes.wrapping_neg(),
+        );
+        (*event).suppressed = suppressed;
+        (*event).suppressed_bytes = suppressed_bytes;
         (*event).src = meta.src;
         (*event).dst = meta.dst;
         (*event).sport = meta.sport;
@@ -79,12 +89,26 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
         (*event).v6 = u8::from(meta.v6);
         (*event).reason = reason;
         (*event)._pad = 0;
-        (*event).bytes = bytes as u16;
-        (*limit).suppressed = 0;
-        (*limit).suppressed_bytes = 0;
+        (*event).bytes = u16::try_from(bytes).unwrap_or(u16::MAX);
         (*limit).count = (*limit).count.wrapping_add(1);
     }
     entry.submit(0);
+}
+
+/// Count one packet of `bytes` bytes as suppressed in `limit`.
+///
+/// # Safety
+/// `limit` points at a live `DENY_LIMITS` value.
+#[inline(always)]
+unsafe fn suppress(limit: *mut DenyLimit, bytes: u64) {
+    // SAFETY: the caller's contract; atomic adds, as every CPU may add to it.
+    unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*limit).suppressed, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            &raw mut (*limit).suppressed_bytes,
+            bytes,
+        );
+    }
 }
 
 /// The `DENY_LIMITS` key and event SIM of a sender: its SIM index, or [`DENY_NO_SIM`].

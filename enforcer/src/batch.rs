@@ -352,7 +352,11 @@ struct ElemAttr {
 ///
 /// # Errors
 /// The kernel's error other than `ENOENT`.
-pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
+///
+/// # Safety
+/// The map behind `fd` must be a hash map (not per CPU) whose keys are `size_of::<K>()` and
+/// values `size_of::<V>()` bytes: the kernel reads and writes that many.
+pub unsafe fn lookup_and_delete<K: Pod, V: Pod + Default>(
     fd: impl AsFd,
     key: &K,
 ) -> io::Result<Option<V>> {
@@ -364,8 +368,8 @@ pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
         ..ElemAttr::default()
     };
     // SAFETY: `attr` is a valid `bpf_attr` element member: `key` points at a key and `value` at
-    // a value of the map's types (`K`, `V`: Pod, the map's sizes), both alive for the call; the
-    // kernel writes only `value`.
+    // a value of the map's sizes (the caller's contract), both alive for the call; the kernel
+    // writes only `value`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,

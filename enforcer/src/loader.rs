@@ -265,7 +265,9 @@ pub const GRACE: Duration = Duration::from_millis(50);
 /// What one [`Enforcer::expire_sessions`] pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSweep {
-    /// Sessions that stay, as read.
+    /// How many sessions stay.
+    pub live_count: usize,
+    /// Sessions that stay, as read (only when asked for: at 2M sessions they are 200 MB).
     pub live: Vec<(
         enforcer_common::session::SessionKey,
         enforcer_common::session::Session,
@@ -523,8 +525,8 @@ impl Enforcer {
     }
 
     /// Remove the sessions idle longer than `timeouts` allow for their state, as of `now_ns`
-    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns those that
-    /// stay and those that went. One pass reads every entry in batches ([`Enforcer::sessions`]);
+    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns how many
+    /// stay (and, with `keep_live`, which) and those that went. One pass reads every entry in batches ([`Enforcer::sessions`]);
     /// each expired one is removed with lookup-and-delete, which returns its counters as of the
     /// removal (for the flow export: nothing counted before it is lost). A session the program
     /// removed meanwhile (revoked) is left out. A session that sends again between the read and
@@ -533,36 +535,46 @@ impl Enforcer {
     /// far above what a live flow stays idle, make rare.
     ///
     /// # Errors
-    /// [`LoadError::Map`] if `SESSIONS` cannot be read or written.
+    /// [`LoadError::Map`] if `SESSIONS` cannot be read; a removal that fails is logged and
+    /// the rest left for the next sweep.
     pub fn expire_sessions(
         &self,
         now_ns: u64,
         timeouts: &enforcer_common::session::Timeouts,
+        keep_live: bool,
     ) -> Result<SessionSweep, LoadError> {
         use enforcer_common::session::{SessionState, idle_timeout};
         let mut sweep = SessionSweep::default();
         let fd = self.map_data(names::SESSIONS)?.fd();
+        let mut removing = true;
         for (key, session) in self.sessions()? {
             let state = SessionState::from_u8(session.state);
             let idle = now_ns.saturating_sub(session.seen_ns);
             let limit = idle_timeout(state, key.proto, timeouts).saturating_mul(1_000_000_000);
-            if idle <= limit {
-                sweep.live.push((key, session));
-                continue;
+            let expired = removing && idle > limit;
+            if expired {
+                // SAFETY: `SESSIONS` is a hash map of `SessionKey` keys and `Session` values.
+                match unsafe {
+                    batch::lookup_and_delete::<_, enforcer_common::session::Session>(fd, &key)
+                } {
+                    Ok(Some(last)) => {
+                        let closed = SessionState::from_u8(last.state) == SessionState::Closed;
+                        sweep.expired.push((key, last, closed));
+                        continue;
+                    }
+                    // The program removed it meanwhile (revoked).
+                    Ok(None) => continue,
+                    Err(err) => {
+                        // Keep what this pass removed (with its counters) and leave the rest
+                        // for the next sweep.
+                        tracing::warn!(error = %err, "Removing expired sessions failed; retrying at the next sweep.");
+                        removing = false;
+                    }
+                }
             }
-            match batch::lookup_and_delete::<_, enforcer_common::session::Session>(fd, &key) {
-                Ok(Some(last)) => {
-                    let closed = SessionState::from_u8(last.state) == SessionState::Closed;
-                    sweep.expired.push((key, last, closed));
-                }
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(LoadError::Map {
-                        map: names::SESSIONS,
-                        what: "removing an expired session from",
-                        source,
-                    });
-                }
+            sweep.live_count += 1;
+            if keep_live {
+                sweep.live.push((key, session));
             }
         }
         Ok(sweep)

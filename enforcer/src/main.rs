@@ -9,6 +9,7 @@ use std::{
     io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -47,6 +48,10 @@ enum Command {
     /// Show the running daemon's live sessions: addresses, ports, protocol, state, age, packets
     /// and bytes each way, and the rule that allowed each.
     Flows(StatsArgs),
+    /// A live view of the running daemon, refreshed every second: the busiest SIMs, the most
+    /// denied ones with their drop reasons, each segment's totals. Keys: `s` sort, `/` filter
+    /// by IMSI prefix or segment, `q` quit. `--once` prints one snapshot instead.
+    Top(TopArgs),
     /// Show what the running daemon has loaded and attached.
     Status {
         /// Print JSON.
@@ -326,6 +331,30 @@ impl InputArgs {
 }
 
 #[derive(clap::Args)]
+struct TopArgs {
+    /// Print one snapshot (rates over `--interval`) and exit, without a terminal view.
+    #[arg(long)]
+    once: bool,
+    /// With `--once`: print JSON.
+    #[arg(long, requires = "once")]
+    json: bool,
+    /// Sort the busiest SIMs by this.
+    #[arg(long, value_enum, default_value_t = cli::top::Sort::Packets)]
+    sort: cli::top::Sort,
+    /// Show only SIMs whose IMSI starts with this, or of this segment.
+    #[arg(long, value_name = "IMSI-PREFIX|SEGMENT")]
+    filter: Option<String>,
+    /// Rows per table (`--once`; the view fits the terminal).
+    #[arg(long, default_value_t = 20)]
+    rows: usize,
+    /// Seconds between readings.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    interval: f64,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+#[derive(clap::Args)]
 struct StatsArgs {
     /// Show only this SIM; repeatable.
     #[arg(long)]
@@ -408,6 +437,15 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::daemon::stats(&args.socket.socket, &args.imsi, args.json),
         Command::Status { json, socket } => cli::daemon::status(&socket.socket, json),
         Command::Flows(args) => cli::daemon::flows(&args.socket.socket, &args.imsi, args.json),
+        Command::Top(args) => {
+            let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 3600.0));
+            let view = cli::top::view(args.sort, args.filter, args.rows.max(1));
+            if args.once {
+                cli::top::once(&args.socket.socket, &view, interval, args.json)
+            } else {
+                cli::top::interactive(&args.socket.socket, view, interval)
+            }
+        }
         Command::Sim(command) => {
             use cli::daemon::SimAction;
             let (action, args) = match command {

@@ -112,7 +112,7 @@ fn round(
     let sent_before = stats.records_sent.load(Relaxed);
     let (cpu, wall) = (process_cpu_s(), Instant::now());
     let sweep = enforcer
-        .expire_sessions(now, &Timeouts::default())
+        .expire_sessions(now, &Timeouts::default(), true)
         .map_err(|e| e.to_string())?;
     let read_cpu_s = process_cpu_s() - cpu;
     let due = meter.round(now, &sweep.live, &[]);

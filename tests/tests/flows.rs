@@ -870,3 +870,142 @@ fn deny_events_name_the_sim_and_account_for_every_denied_packet() {
     let (spoofed_packets, _, _) = sum(&rows, ';', &[(0, "10.64.9.9")], 4, 5);
     assert_eq!(spoofed_packets, spoofed.sent, "{rows}");
 }
+
+/// `tmux -L SERVER ARGS` (a server of the test's own, killed when the guard drops).
+struct Tmux(String);
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.0])
+            .args(args)
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("tmux (installed by `cargo xtask setup`)")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Wait until the screen shows `text`; returns the screen.
+    fn wait_for(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the view never showed `{text}`:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// `enforcer top`: the snapshot (`--once`, text and JSON) shows the device among the busiest
+/// SIMs with its rate and among the most denied with its drop reason; the terminal view,
+/// driven in tmux, shows the same, sorts on `s`, filters on `/`, and quits on `q`.
+#[test]
+fn top_shows_the_busiest_and_most_denied_sims_live() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("top");
+    let policy = scratch.write("policy.toml", POLICY);
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[],
+    );
+    let flow = |port: u16| {
+        Stream::start(
+            &topology.dev_a.name,
+            DEVICE,
+            &topology.svc.name,
+            format!("{SERVICE}:{port}").parse().expect("address"),
+            Duration::from_millis(5),
+        )
+    };
+    let (allowed, denied) = (flow(7001), flow(7002));
+    std::thread::sleep(Duration::from_millis(500));
+    let socket = daemon.socket.to_str().expect("path").to_owned();
+
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["top", "--once", "--json", "--interval", "1"]))
+            .expect("top --once --json is JSON");
+    let busiest = &json["busiest"][0];
+    assert_eq!(busiest["imsi"], IMSI, "{json}");
+    assert_eq!(busiest["segment"], "meters", "{json}");
+    let pps = busiest["pass_pps"].as_f64().unwrap_or(0.0);
+    assert!(
+        (100.0..=260.0).contains(&pps),
+        "about 200 packets/s pass: {json}"
+    );
+    let denied_row = &json["most_denied"][0];
+    assert_eq!(denied_row["imsi"], IMSI, "{json}");
+    assert_eq!(denied_row["drop_reasons"][0][0], "no_rule", "{json}");
+    let text = daemon.cli(&["top", "--once", "--interval", "1", "--sort", "drops"]);
+    assert!(
+        text.contains("sorted by drops") && text.contains(IMSI) && text.contains("no_rule"),
+        "{text}"
+    );
+
+    let tmux = Tmux(format!("enforcer-top-{}", std::process::id()));
+    let command = format!(
+        "{} top --socket {socket}",
+        enforcer_bin().to_str().expect("path")
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "48",
+        &command,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = tmux.wait_for(IMSI);
+    assert!(
+        screen.contains("Busiest SIMs (by packets)") && screen.contains("Most denied SIMs"),
+        "{screen}"
+    );
+    tmux.wait_for("no_rule");
+    tmux.run(&["send-keys", "-t", "top", "s"]);
+    tmux.wait_for("Busiest SIMs (by bytes)");
+    tmux.run(&["send-keys", "-t", "top", "/"]);
+    tmux.wait_for("filter (IMSI prefix or segment)");
+    tmux.run(&["send-keys", "-t", "top", "nosuchsegment", "Enter"]);
+    let screen = tmux.wait_for("filter `nosuchsegment`");
+    assert!(
+        !screen.contains(IMSI),
+        "the filter hides the device:\n{screen}"
+    );
+    tmux.run(&["send-keys", "-t", "top", "Escape"]);
+    tmux.wait_for(IMSI);
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let start = Instant::now();
+    while tmux.run(&["has-session", "-t", "top"]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(5), "q did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop((allowed.finish(), denied.finish()));
+}

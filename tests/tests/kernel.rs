@@ -1323,10 +1323,10 @@ fn idle_sessions_are_swept() {
     };
     let sweep = harness
         .enforcer
-        .expire_sessions(now, &timeouts)
+        .expire_sessions(now, &timeouts, false)
         .expect("sweep");
     assert_eq!(
-        (sweep.live.len(), sweep.expired.len()),
+        (sweep.live_count, sweep.expired.len()),
         (2, 0),
         "fresh sessions stay"
     );
@@ -1334,9 +1334,9 @@ fn idle_sessions_are_swept() {
     let later = now + 60 * 1_000_000_000;
     let sweep = harness
         .enforcer
-        .expire_sessions(later, &timeouts)
+        .expire_sessions(later, &timeouts, false)
         .expect("sweep");
-    assert_eq!((sweep.live.len(), sweep.expired.len()), (1, 1));
+    assert_eq!((sweep.live_count, sweep.expired.len()), (1, 1));
     // Its SYN-ACK now finds no session.
     let outcome = harness
         .enforcer
@@ -1348,9 +1348,9 @@ fn idle_sessions_are_swept() {
     );
     let sweep = harness
         .enforcer
-        .expire_sessions(now + 200 * 1_000_000_000, &timeouts)
+        .expire_sessions(now + 200 * 1_000_000_000, &timeouts, false)
         .expect("sweep");
-    assert_eq!((sweep.live.len(), sweep.expired.len()), (0, 1));
+    assert_eq!((sweep.live_count, sweep.expired.len()), (0, 1));
 }
 
 /// A table filled by one device's sessions fails closed: the device's next new session is

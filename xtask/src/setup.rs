@@ -132,6 +132,11 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::Test],
     },
     Package {
+        name: "tmux",
+        why: "drives `enforcer top`'s terminal view in the tests",
+        for_: &[Purpose::Test],
+    },
+    Package {
         name: "prometheus",
         why: "`promtool check metrics` checks the /metrics exposition",
         for_: &[Purpose::Test],

@@ -5,3 +5,4 @@ pub mod detach;
 pub mod diff;
 pub mod explain;
 pub mod replay;
+pub mod top;

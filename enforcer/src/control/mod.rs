@@ -125,6 +125,54 @@ pub enum Command {
         /// The question.
         query: Query,
     },
+    /// The fleet's activity since the previous `top` (of any client): the busiest SIMs,
+    /// segment totals, drop reasons ([`TopReport`]).
+    Top {
+        /// SIMs to return at most, the busiest by packets (passed and dropped) first.
+        limit: usize,
+    },
+}
+
+/// The reply to [`Command::Top`]: rates over the interval since the previous `top`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopReport {
+    /// Seconds the rates are over (0 for the first `top`: totals since start, no rates).
+    pub interval_s: f64,
+    /// SIMs with traffic in the interval, busiest first (at most `limit`).
+    pub sims: Vec<TopSim>,
+    /// Every segment's totals, and `""` for traffic of no segment.
+    pub segments: Vec<TopSegment>,
+}
+
+/// One SIM in [`TopReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopSim {
+    /// IMSI.
+    pub imsi: String,
+    /// Segment name.
+    pub segment: String,
+    /// Packets passed per second.
+    pub pass_pps: f64,
+    /// Bytes passed per second.
+    pub pass_bps: f64,
+    /// Packets dropped per second.
+    pub drop_pps: f64,
+    /// Its drop reasons in the interval, most frequent first (from the deny events: empty
+    /// when none were reported).
+    pub drop_reasons: Vec<(String, u64)>,
+}
+
+/// One segment in [`TopReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopSegment {
+    /// Segment name (`""`: no segment).
+    pub segment: String,
+    /// Packets passed per second.
+    pub pass_pps: f64,
+    /// Packets dropped per second.
+    pub drop_pps: f64,
+    /// Bytes passed per second.
+    pub pass_bps: f64,
 }
 
 impl Command {
@@ -143,6 +191,7 @@ impl Command {
             Command::SimBind { .. } => "sim_bind",
             Command::SimUnbind { .. } => "sim_unbind",
             Command::Explain { .. } => "explain",
+            Command::Top { .. } => "top",
         }
     }
 }
@@ -161,6 +210,8 @@ pub enum Reply {
     Sim(SimInfo),
     /// For [`Command::Explain`].
     Explained(Box<Explanation>),
+    /// For [`Command::Top`].
+    Top(Box<TopReport>),
     /// For [`Command::Flows`].
     Flows(Flows),
     /// The command failed and changed nothing; the text says why and what to do.

@@ -68,7 +68,8 @@ impl Event {
                 | Command::Flows { .. }
                 | Command::ApplyPolicy { .. }
                 | Command::Reload
-                | Command::Explain { .. } => false,
+                | Command::Explain { .. }
+                | Command::Top { .. } => false,
             },
             // A batch of at most a ring buffer's events: microseconds each.
             Event::Deny(_) => true,
@@ -376,6 +377,21 @@ pub struct Daemon {
     deny_writer: Option<crate::telemetry::events::Writer>,
     /// The deny-event path's counters.
     event_stats: std::sync::Arc<crate::telemetry::events::EventStats>,
+    /// What the previous `top` read: when, every SIM's counters, the segment totals.
+    top_previous: Option<TopSample>,
+    /// Denied packets per SIM index and drop reason since the previous `top`, from the deny
+    /// events (at most [`TOP_DENY_SIMS`] SIMs).
+    deny_by_sim: HashMap<u32, [u64; 16]>,
+}
+
+/// SIMs whose drop reasons `top` keeps between two calls at most.
+const TOP_DENY_SIMS: usize = 100_000;
+
+/// One reading of the counters for `top`.
+struct TopSample {
+    at: Instant,
+    sims: Vec<enforcer_common::maps::SimCounters>,
+    verdicts: Vec<enforcer_common::maps::Counter>,
 }
 
 /// The flow export's meter and exporter, and where the meter's state goes at a stop.
@@ -424,7 +440,151 @@ impl Daemon {
             metrics: None,
             deny_writer: None,
             event_stats: std::sync::Arc::default(),
+            top_previous: None,
+            deny_by_sim: HashMap::new(),
         }
+    }
+
+    /// The fleet's activity since the previous `top`: every SIM's counters read through the
+    /// mapped `SIMS` (no syscall per SIM), the segments' from `VERDICT_STATS`.
+    fn top(&mut self, limit: usize) -> anyhow::Result<crate::control::TopReport> {
+        use crate::control::{TopReport, TopSegment, TopSim};
+        use enforcer_common::{DropReason, PassReason, Verdict, maps::SEGMENT_NONE};
+        let table = self.enforcer.sim_table();
+        let slots = u32::try_from(self.positions.len())
+            .unwrap_or(u32::MAX)
+            .min(table.entries());
+        let sims: Vec<_> = (0..slots).map(|i| table.counters(i)).collect();
+        let verdicts = crate::counters::verdicts(
+            self.enforcer
+                .map(names::VERDICT_STATS)
+                .context("VERDICT_STATS missing")?,
+            self.names.segments.len(),
+        )
+        .context("reading the segment counters")?;
+        let now = Instant::now();
+        let previous = self.top_previous.take();
+        let interval_s = previous
+            .as_ref()
+            .map_or(0.0, |p| now.duration_since(p.at).as_secs_f64());
+        let rate = |now: u64, before: u64| {
+            if interval_s > 0.0 {
+                now.saturating_sub(before) as f64 / interval_s
+            } else {
+                now as f64
+            }
+        };
+        let zero = enforcer_common::maps::SimCounters::default();
+        let deny_by_sim = std::mem::take(&mut self.deny_by_sim);
+        let mut busy: Vec<(u64, TopSim)> = sims
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let before = previous
+                    .as_ref()
+                    .and_then(|p| p.sims.get(i))
+                    .unwrap_or(&zero);
+                let moved = c.pass_packets.saturating_sub(before.pass_packets)
+                    + c.drop_packets.saturating_sub(before.drop_packets);
+                if moved == 0 || self.positions.get(i).is_none_or(|&p| p == u32::MAX) {
+                    return None;
+                }
+                let index = u32::try_from(i).ok()?;
+                let names = self.flow_names(index, self.segment_of(index), u32::MAX);
+                let mut reasons: Vec<(String, u64)> = deny_by_sim
+                    .get(&index)
+                    .map(|counts| {
+                        DropReason::ALL
+                            .iter()
+                            .filter(|r| counts[**r as usize] > 0)
+                            .map(|r| (r.name().to_owned(), counts[*r as usize]))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+                Some((
+                    moved,
+                    TopSim {
+                        imsi: names.imsi,
+                        segment: names.segment,
+                        pass_pps: rate(c.pass_packets, before.pass_packets),
+                        pass_bps: rate(c.pass_bytes, before.pass_bytes),
+                        drop_pps: rate(c.drop_packets, before.drop_packets),
+                        drop_reasons: reasons,
+                    },
+                ))
+            })
+            .collect();
+        busy.sort_by_key(|b| std::cmp::Reverse(b.0));
+        busy.truncate(limit);
+        let blocks = self
+            .names
+            .segments
+            .iter()
+            .enumerate()
+            .filter_map(|(id, name)| Some((u32::try_from(id).ok()?, name.clone()?)))
+            .chain(std::iter::once((SEGMENT_NONE, String::new())));
+        let sum = |verdicts: &[enforcer_common::maps::Counter], block: u32, pass: bool| {
+            let slots: Vec<u32> = if pass {
+                PassReason::ALL
+                    .iter()
+                    .map(|&r| Verdict::Pass(r, 0).stats_slot())
+                    .collect()
+            } else {
+                DropReason::ALL
+                    .iter()
+                    .map(|&r| Verdict::Drop(r).stats_slot())
+                    .collect()
+            };
+            slots.iter().fold((0u64, 0u64), |(p, b), &slot| {
+                let c = verdicts
+                    .get(enforcer_common::maps::verdict_stats_index(block, slot) as usize)
+                    .copied()
+                    .unwrap_or_default();
+                (p + c.packets, b + c.bytes)
+            })
+        };
+        let segments = blocks
+            .map(|(block, segment)| {
+                let (pass, pass_bytes) = sum(&verdicts, block, true);
+                let (drop, _) = sum(&verdicts, block, false);
+                let (pass0, pass_bytes0, drop0) = previous.as_ref().map_or((0, 0, 0), |p| {
+                    let (a, b) = sum(&p.verdicts, block, true);
+                    (a, b, sum(&p.verdicts, block, false).0)
+                });
+                TopSegment {
+                    segment,
+                    pass_pps: rate(pass, pass0),
+                    drop_pps: rate(drop, drop0),
+                    pass_bps: rate(pass_bytes, pass_bytes0),
+                }
+            })
+            .collect();
+        self.top_previous = Some(TopSample {
+            at: now,
+            sims,
+            verdicts,
+        });
+        Ok(TopReport {
+            interval_s,
+            sims: busy.into_iter().map(|(_, s)| s).collect(),
+            segments,
+        })
+    }
+
+    /// A SIM index's segment id in the policy in force (`u16::MAX` for none).
+    fn segment_of(&self, index: u32) -> u16 {
+        self.positions
+            .get(index as usize)
+            .and_then(|&p| self.policy.sims.get(p as usize))
+            .map_or(u16::MAX, |s| {
+                self.compiled
+                    .ids
+                    .segments
+                    .get(usize::from(s.segment))
+                    .copied()
+                    .unwrap_or(u16::MAX)
+            })
     }
 
     /// Write deny events with `writer` (none: they are not read), counting in `stats`.
@@ -448,6 +608,18 @@ impl Daemon {
         if let Some(export) = &mut self.flow_export {
             for event in events {
                 export.drops.add(event);
+            }
+        }
+        for event in events {
+            if event.sim == enforcer_common::maps::DENY_NO_SIM
+                || (self.deny_by_sim.len() >= TOP_DENY_SIMS
+                    && !self.deny_by_sim.contains_key(&event.sim))
+            {
+                continue;
+            }
+            let counts = self.deny_by_sim.entry(event.sim).or_insert([0; 16]);
+            if let Some(slot) = counts.get_mut(usize::from(event.reason)) {
+                *slot += 1 + u64::from(event.suppressed);
             }
         }
         let Some(writer) = &self.deny_writer else {
@@ -548,6 +720,16 @@ impl Daemon {
         let Some(export) = &self.settings.export else {
             return Ok(());
         };
+        // The sockets first: the saved state is taken (and its file removed) only once
+        // nothing can fail any more.
+        let exporter = exporter::Exporter::start(&exporter::ExportConfig {
+            collectors: export.collectors.clone(),
+            domain: export.domain,
+            mtu: export.mtu,
+            template_refresh: std::time::Duration::from_secs(export.template_refresh),
+            max_rate: export.max_rate,
+        })
+        .context("opening the IPFIX collectors' sockets")?;
         let now = monotonic_coarse_ns();
         let state = self.settings.store.with_extension("flows");
         let mut meter = Meter::new(export.active_timeout, export.idle_timeout, None);
@@ -565,14 +747,6 @@ impl Daemon {
                 0
             }
         };
-        let exporter = exporter::Exporter::start(&exporter::ExportConfig {
-            collectors: export.collectors.clone(),
-            domain: export.domain,
-            mtu: export.mtu,
-            template_refresh: std::time::Duration::from_secs(export.template_refresh),
-            max_rate: export.max_rate,
-        })
-        .context("opening the IPFIX collectors' sockets")?;
         info!(
             collectors = ?export.collectors,
             active_timeout_s = export.active_timeout,
@@ -705,6 +879,7 @@ impl Daemon {
                 udp: u64::MAX,
                 icmp: u64::MAX,
             },
+            true,
         ) {
             // A last reading (nothing expires with these timeouts), so the flush is current.
             let _ = export.meter.round(now, &sweep.live, &[]);
@@ -722,10 +897,12 @@ impl Daemon {
             }
             left = &left[step..];
         }
+        // Sent first, then saved: the state file says exported only of what went out (but
+        // for records still queued when the deadline passed, which the exporter logs).
+        let _ = export.exporter.finish(std::time::Duration::from_secs(5));
         if let Err(err) = export.meter.save(&export.state) {
             warn!(file = %export.state.display(), error = %err, "Could not save the flow export state; the next daemon exports open sessions from its start on.");
         }
-        export.exporter.finish(std::time::Duration::from_secs(2));
     }
 
     /// The live sessions, of the SIMs `imsis` only when given, busiest first.
@@ -808,11 +985,15 @@ impl Daemon {
             self.sessions_recheck();
         }
         let now = monotonic_coarse_ns();
-        match self.enforcer.expire_sessions(now, &self.settings.timeouts) {
+        let keep_live = self.flow_export.is_some();
+        match self
+            .enforcer
+            .expire_sessions(now, &self.settings.timeouts, keep_live)
+        {
             Ok(sweep) => {
-                self.sessions_live = sweep.live.len();
+                self.sessions_live = sweep.live_count;
                 debug!(
-                    live = sweep.live.len(),
+                    live = sweep.live_count,
                     expired = sweep.expired.len(),
                     "Sessions swept."
                 );
@@ -992,6 +1173,7 @@ impl Daemon {
             Command::Explain { query } => {
                 self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
             }
+            Command::Top { limit } => self.top(limit).map(|t| Reply::Top(Box::new(t))),
         };
         if in_place && result.is_ok() {
             self.sessions_recheck();

@@ -306,13 +306,32 @@ fn serve(
     runtime.block_on(actor(daemon, listener, metrics, settings))
 }
 
+/// The actor; however it ends (a stop signal, a failure to set up), the flow export is
+/// flushed and its state saved, and the socket removed.
 async fn actor(
-    mut daemon: Daemon,
+    daemon: Daemon,
+    listener: std::os::unix::net::UnixListener,
+    metrics: Option<std::net::TcpListener>,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let mut slot = Some(daemon);
+    let result = act(&mut slot, listener, metrics, settings).await;
+    // `None` only if a worker thread panicked with the daemon: nothing to flush then.
+    if let Some(mut daemon) = slot {
+        daemon.stop_export();
+    }
+    let _ = std::fs::remove_file(&settings.socket);
+    result
+}
+
+async fn act(
+    slot: &mut Option<Daemon>,
     listener: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let gone = || anyhow::anyhow!("the daemon is gone");
     let (requests, mut incoming) = mpsc::channel::<unix::Request>(256);
     listener
         .set_nonblocking(true)
@@ -327,16 +346,19 @@ async fn actor(
     let mut hup = install(SignalKind::hangup())?;
     tokio::spawn(unix::serve(listener, requests));
     // Deny events: a thread reads the ring buffer and hands batches to the actor, which names
-    // them; without `--deny-events` nothing reads it (the program's reservations then fail
-    // once it is full, which costs it nothing more).
+    // them for `--deny-events`, sums them for the flow export and counts them for `top`.
     let (deny_batches, mut deny_incoming) =
         mpsc::channel::<Vec<enforcer_common::maps::DenyEvent>>(64);
-    if settings.deny_events.is_some() || settings.export.is_some() {
-        let pin = settings
-            .pin_dir
-            .join(enforcer_common::maps::names::DENY_EVENTS);
-        crate::telemetry::events::spawn_reader(&pin, deny_batches.clone(), daemon.event_stats())
-            .context("reading the deny events")?;
+    let pin = settings
+        .pin_dir
+        .join(enforcer_common::maps::names::DENY_EVENTS);
+    if let Err(err) = crate::telemetry::events::spawn_reader(
+        &pin,
+        deny_batches.clone(),
+        slot.as_ref().ok_or_else(gone)?.event_stats(),
+    ) {
+        // Enforcement and the rest of the daemon do not depend on them.
+        warn!(error = %err, "Cannot read the deny events; none are reported.");
     }
     if let Some(listener) = metrics {
         listener
@@ -347,7 +369,7 @@ async fn actor(
         let addr = listener.local_addr().ok();
         tokio::spawn(crate::telemetry::metrics::serve(
             listener,
-            daemon.start_metrics(),
+            slot.as_mut().ok_or_else(gone)?.start_metrics(),
         ));
         info!(address = ?addr, "Serving Prometheus metrics at /metrics.");
     }
@@ -409,20 +431,20 @@ async fn actor(
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 break;
             }
-            event if event.is_quick() => daemon.handle(event),
+            event if event.is_quick() => slot.as_mut().ok_or_else(gone)?.handle(event),
             event => {
-                daemon = tokio::task::spawn_blocking(move || {
+                let mut daemon = slot.take().ok_or_else(gone)?;
+                let daemon = tokio::task::spawn_blocking(move || {
                     daemon.handle(event);
                     daemon
                 })
                 .await
                 .context("the actor's worker thread failed; enforcement stays pinned")?;
+                *slot = Some(daemon);
             }
         }
     }
     drop(deny_batches);
-    daemon.stop_export();
-    let _ = std::fs::remove_file(&settings.socket);
     Ok(())
 }
 

@@ -3,9 +3,11 @@
 //! one interval, exported as records with forwardingStatus "dropped" (RFC 7270 §4.12). A flood
 //! becomes one record per destination and interval, not a record per packet.
 //!
-//! Per SIM the packets and bytes are exact (every denied packet is in an event or in the
-//! suppressed count of the SIM's next one); the suppressed packets are attributed to the
-//! destination of the event that carried them. The table holds at most [`MAX_KEYS`]
+//! Every denied packet is in an event or in the suppressed count the SIM's next event carries,
+//! attributed to that event's destination, reason and interval. Counts held back at the end of
+//! a flood are reported with the SIM's next denied packet, and lost if none comes before its
+//! budget entry is evicted (65,536 SIMs denied more recently); `enforcer stats` and the
+//! metrics count every drop exactly. The table holds at most [`MAX_KEYS`]
 //! destinations per interval; past that, a SIM's drops to new destinations are summed under
 //! the unspecified address (`0.0.0.0`/`::`, port 0).
 

@@ -62,6 +62,10 @@ pub struct ExportStats {
     pub messages_failed: AtomicU64,
     /// Records the queue had no room for, handed over again in a later round.
     pub records_deferred: AtomicU64,
+    /// Records queued and not yet sent (or failed) by the exporter thread.
+    pub records_queued: AtomicU64,
+    /// Set when the daemon stops: what is queued goes out without pacing.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// The running exporter.
@@ -98,9 +102,10 @@ impl Pacer {
         }
     }
 
-    /// `records` were just sent: wait until the rate allows the next ones.
-    fn sent(&mut self, records: u64) {
-        if self.rate == 0 {
+    /// `records` were just sent: wait until the rate allows the next ones (not while
+    /// `draining`).
+    fn sent(&mut self, records: u64, draining: bool) {
+        if self.rate == 0 || draining {
             return;
         }
         let now = Instant::now();
@@ -177,7 +182,10 @@ impl Exporter {
             return Err(records);
         };
         let len = records.len() as u64;
+        // Counted before the hand-over, so the thread never subtracts what is not added yet.
+        self.stats.records_queued.fetch_add(len, Ordering::Relaxed);
         queue.try_send(records).map_err(|err| {
+            self.stats.records_queued.fetch_sub(len, Ordering::Relaxed);
             self.stats
                 .records_deferred
                 .fetch_add(len, Ordering::Relaxed);
@@ -187,11 +195,13 @@ impl Exporter {
         })
     }
 
-    /// Send what is queued and stop, waiting at most `deadline`.
-    pub fn finish(mut self, deadline: Duration) {
+    /// Send what is queued, without pacing, and stop, waiting at most `deadline`. Returns the
+    /// records left unsent when the deadline passed (0 when all went out).
+    pub fn finish(mut self, deadline: Duration) -> u64 {
+        self.stats.draining.store(true, Ordering::Relaxed);
         drop(self.queue.take());
         let Some(thread) = self.thread.take() else {
-            return;
+            return 0;
         };
         let start = Instant::now();
         while !thread.is_finished() && start.elapsed() < deadline {
@@ -199,9 +209,14 @@ impl Exporter {
         }
         if thread.is_finished() {
             let _ = thread.join();
-        } else {
-            warn!("The IPFIX exporter did not finish sending in time; stopping without it.");
+            return 0;
         }
+        let left = self.stats.records_queued.load(Ordering::Relaxed);
+        warn!(
+            records_unsent = left,
+            "The IPFIX exporter did not finish sending in time; stopping without it."
+        );
+        left
     }
 }
 
@@ -229,6 +244,9 @@ fn run(
                 for collector in collectors.iter_mut() {
                     collector.send(&records, stats, refresh);
                 }
+                stats
+                    .records_queued
+                    .fetch_sub(records.len() as u64, Ordering::Relaxed);
             }
             Err(RecvTimeoutError::Timeout) => {
                 for collector in collectors.iter_mut() {
@@ -258,7 +276,10 @@ impl Collector {
             let next = messages
                 .get(i + 1)
                 .map_or(end, |m| u32::from_be_bytes([m[8], m[9], m[10], m[11]]));
-            self.pacer.sent(u64::from(next.wrapping_sub(first)));
+            self.pacer.sent(
+                u64::from(next.wrapping_sub(first)),
+                stats.draining.load(Ordering::Relaxed),
+            );
             match self.socket.send(message) {
                 Ok(_) => {
                     stats.messages_sent.fetch_add(1, Ordering::Relaxed);

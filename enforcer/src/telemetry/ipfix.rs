@@ -232,21 +232,23 @@ fn close_set(buf: &mut [u8], at: usize, id: u16) {
     buf[at + 2..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// `text`, cut to at most [`MAX_STRING`] bytes at a character boundary.
-fn bounded(text: &str) -> &str {
-    if text.len() <= MAX_STRING {
+/// `text`, cut to at most `max` (and [`MAX_STRING`]) bytes at a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let max = max.min(MAX_STRING);
+    if text.len() <= max {
         return text;
     }
-    let mut end = MAX_STRING;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     &text[..end]
 }
 
-/// Append a variable-length string (RFC 7011 §7: one length byte below 255).
-fn put_string(out: &mut Vec<u8>, text: &str) {
-    let text = bounded(text);
+/// Append a variable-length string of at most `max` bytes (RFC 7011 §7: one length byte
+/// below 255).
+fn put_string(out: &mut Vec<u8>, text: &str, max: usize) {
+    let text = bounded(text, max);
     // `bounded` keeps it below 255 bytes: the one-byte length form.
     out.push(u8::try_from(text.len()).unwrap_or(0));
     out.extend_from_slice(text.as_bytes());
@@ -279,6 +281,11 @@ impl FlowRecord {
 
     /// Append the record's encoding under [`FlowRecord::template`].
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_bounded(out, MAX_STRING);
+    }
+
+    /// Like [`FlowRecord::encode`], each string cut to at most `max_string` bytes.
+    pub fn encode_bounded(&self, out: &mut Vec<u8>, max_string: usize) {
         out.extend_from_slice(&self.start_ms.to_be_bytes());
         out.extend_from_slice(&self.end_ms.to_be_bytes());
         let v6 = self.src.is_ipv6();
@@ -292,11 +299,15 @@ impl FlowRecord {
         out.push(self.end_reason as u8);
         out.push(self.status as u8);
         out.push(self.direction as u8);
-        put_string(out, &self.imsi);
-        put_string(out, &self.msisdn);
-        put_string(out, &self.segment);
-        put_string(out, &self.rule);
-        put_string(out, &self.reason);
+        for text in [
+            &self.imsi,
+            &self.msisdn,
+            &self.segment,
+            &self.rule,
+            &self.reason,
+        ] {
+            put_string(out, text, max_string);
+        }
     }
 }
 
@@ -309,17 +320,27 @@ pub struct Packer {
     pub domain: u32,
     /// The largest message, bytes (the path MTU less the IP and UDP headers).
     pub max_message: usize,
+    /// The longest string a record carries, so that a record fits a message on its own.
+    max_string: usize,
     sequence: u32,
 }
 
+/// Bytes of a record without its strings (IPv6, the larger).
+const FIXED_RECORD: usize = 8 + 8 + 16 + 16 + 2 + 2 + 1 + 8 + 8 + 1 + 1 + 1;
+/// Strings per record.
+const STRINGS: usize = 5;
+
 impl Packer {
-    /// A packer for messages of at most `max_message` bytes (at least 512: a template set and
-    /// a record of the longest strings fit in that).
+    /// A packer for messages of at most `max_message` bytes (at least 512). Strings are cut
+    /// so that a record always fits a message on its own (83 bytes each at 512, 240 from 1,332).
     #[must_use]
     pub fn new(domain: u32, max_message: usize) -> Self {
+        let max_message = max_message.clamp(512, usize::from(u16::MAX));
+        let room = max_message - HEADER_LEN - SET_HEADER_LEN - FIXED_RECORD;
         Self {
             domain,
-            max_message: max_message.clamp(512, usize::from(u16::MAX)),
+            max_message,
+            max_string: (room / STRINGS - 1).min(MAX_STRING),
             sequence: 0,
         }
     }
@@ -350,11 +371,12 @@ impl Packer {
         let mut encoded = Vec::with_capacity(256);
         for record in records {
             encoded.clear();
-            record.encode(&mut encoded);
+            record.encode_bounded(&mut encoded, self.max_string);
             let template = record.template();
             let opens_set = set.is_none_or(|(_, id)| id != template);
             let need = encoded.len() + if opens_set { SET_HEADER_LEN } else { 0 };
-            if message.len() + need > self.max_message && in_message > 0 {
+            // Full: send what it holds (records, or the templates alone) and start another.
+            if message.len() + need > self.max_message && message.len() > HEADER_LEN {
                 if let Some((at, id)) = set.take() {
                     close_set(&mut message, at, id);
                 }
@@ -630,5 +652,26 @@ mod tests {
         let (_, decoded) = decode(&messages);
         let rule = text(field(&decoded[0], "32473/2"));
         assert_eq!(rule, "é".repeat(MAX_STRING / 2));
+    }
+
+    /// At the smallest MTU, records with the longest strings still fit each message, and
+    /// the templates go alone when no record fits beside them.
+    #[test]
+    fn the_smallest_messages_hold_the_longest_records() {
+        let mut r = record(true, "001010000000002");
+        r.rule = "x".repeat(300);
+        r.segment = "y".repeat(300);
+        r.msisdn = "z".repeat(300);
+        r.reason = "w".repeat(300);
+        let mut packer = Packer::new(1, 512);
+        let messages = packer.pack(&[r.clone(), r], true, 1);
+        assert!(
+            messages.iter().all(|m| m.len() <= 512),
+            "{:?}",
+            messages.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let (_, decoded) = decode(&messages);
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(text(field(&decoded[0], "32473/2")).len(), 83);
     }
 }

@@ -116,6 +116,8 @@ pub struct Due {
     pub reason: EndReason,
     /// The session is gone: forget it once exported.
     pub ends: bool,
+    /// The session's creation time: which session of the key the record is of.
+    pub created_ns: u64,
 }
 
 /// The meter; see the module docs. Memory: about 150 bytes per live session.
@@ -130,6 +132,9 @@ pub struct Meter {
     /// far cannot be told apart from what it exported, so they are taken as exported.
     adopt_before_ns: Option<u64>,
     adopted: u64,
+    /// Sessions gone whose key a new session took before their last counts were exported:
+    /// exported (as forced ends) from here until committed.
+    superseded: Vec<(SessionKey, Tracked)>,
 }
 
 /// The file format's magic and version.
@@ -150,6 +155,7 @@ impl Meter {
             round: 0,
             adopt_before_ns,
             adopted: 0,
+            superseded: Vec::new(),
         }
     }
 
@@ -194,10 +200,12 @@ impl Meter {
                 Some(t) if t.created_ns == session.created_ns => t,
                 other => {
                     if let Some(old) = other {
-                        // The key's earlier session went and a new one came between rounds.
-                        let old = *old;
+                        // The key's earlier session went and a new one came between rounds:
+                        // its last counts are kept apart until they are exported.
+                        let mut old = *old;
                         if !old.last.since(&old.exported).is_zero() {
-                            due.push(Self::due_of(key, &old, EndReason::Forced, true));
+                            old.ended = Some(old.ended.unwrap_or(EndReason::Forced));
+                            self.superseded.push((*key, old));
                         }
                     }
                     let adopt = self
@@ -256,6 +264,14 @@ impl Meter {
         for key in empty_ended {
             self.flows.remove(&key);
         }
+        for (key, old) in &self.superseded {
+            due.push(Self::due_of(
+                key,
+                old,
+                old.ended.unwrap_or(EndReason::Forced),
+                true,
+            ));
+        }
         due
     }
 
@@ -265,12 +281,9 @@ impl Meter {
     pub fn flush(&self) -> Vec<Due> {
         self.flows
             .iter()
+            .chain(self.superseded.iter().map(|(k, t)| (k, t)))
             .filter(|(_, t)| !t.last.since(&t.exported).is_zero())
-            .map(|(key, t)| {
-                let mut due = Self::due_of(key, t, EndReason::Forced, t.ended.is_some());
-                due.ends = t.ended.is_some();
-                due
-            })
+            .map(|(key, t)| Self::due_of(key, t, EndReason::Forced, t.ended.is_some()))
             .collect()
     }
 
@@ -287,21 +300,30 @@ impl Meter {
             end_ns: t.seen_ns.max(t.record_start_ns),
             reason,
             ends,
+            created_ns: t.created_ns,
         }
     }
 
     /// `due` were queued for export at `now_ns`: count them as exported.
     pub fn commit(&mut self, due: &[Due], now_ns: u64) {
         for d in due {
+            // Only the session the record was made of: a new one of the same key has other
+            // counters.
             if d.ends {
-                // Only the tracked session the record was made of: a new one of the same key
-                // has other counters.
-                if self.flows.get(&d.key).is_some_and(|t| t.ended.is_some()) {
+                if self
+                    .flows
+                    .get(&d.key)
+                    .is_some_and(|t| t.ended.is_some() && t.created_ns == d.created_ns)
+                {
                     self.flows.remove(&d.key);
                 }
+                self.superseded
+                    .retain(|(k, t)| !(*k == d.key && t.created_ns == d.created_ns));
                 continue;
             }
-            if let Some(t) = self.flows.get_mut(&d.key) {
+            if let Some(t) = self.flows.get_mut(&d.key)
+                && t.created_ns == d.created_ns
+            {
                 t.exported = d.to;
                 t.record_start_ns = now_ns;
             }
@@ -339,8 +361,8 @@ impl Meter {
     }
 
     /// Take over what an earlier daemon saved at `path`, and remove the file (a later crash
-    /// must not reuse it). Returns the sessions loaded; a missing file is 0, a damaged one an
-    /// error (and the meter unchanged).
+    /// must not reuse it). Returns the sessions loaded; a missing file is 0, a damaged one or
+    /// one that cannot be removed an error (and the meter unchanged).
     ///
     /// # Errors
     /// Reading the file, or a file that is not one [`Meter::save`] wrote.
@@ -350,7 +372,9 @@ impl Meter {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(err) => return Err(err),
         };
-        let _ = std::fs::remove_file(path);
+        // A file left behind would be read again after a later crash and its sessions
+        // exported twice: it is used only once it is gone.
+        std::fs::remove_file(path)?;
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
             return Err(bad("not a flow state file (bad magic)"));
@@ -531,6 +555,39 @@ mod tests {
             got,
             vec![(EndReason::Active, [1, 0]), (EndReason::Forced, [1, 0])]
         );
+    }
+
+    /// A key reused while the old session's last record waits for room in the queue: the
+    /// old counts come again each round until committed, and committing one session's
+    /// record never forgets the other session of the key.
+    #[test]
+    fn a_reused_key_keeps_the_old_counts_until_exported() {
+        let mut meter = Meter::new(60, 15, None);
+        let k = key(11);
+        let _ = meter.round(S, &[(k, session(0, S, [2, 2]))], &[]);
+        // Ended idle with counts not exported, and the key opened again at once.
+        let ended = [(k, session(0, S, [3, 2]), EndReason::Idle)];
+        let due = meter.round(20 * S, &[], &ended);
+        assert_eq!(exported(&due), (vec![EndReason::Idle], [3, 2]));
+        // Not committed (the queue was full); the new session appears.
+        let due = meter.round(21 * S, &[(k, session(21 * S, 21 * S, [1, 0]))], &[]);
+        assert_eq!(exported(&due), (vec![EndReason::Idle], [3, 2]), "still due");
+        // The new session ends too, before anything is committed.
+        let due = meter.round(
+            40 * S,
+            &[],
+            &[(k, session(21 * S, 22 * S, [4, 0]), EndReason::Idle)],
+        );
+        assert_eq!(exported(&due).1, [7, 2]);
+        // Commit only the new session's record: the old one stays due.
+        let (new, old): (Vec<Due>, Vec<Due>) =
+            due.into_iter().partition(|d| d.created_ns == 21 * S);
+        meter.commit(&new, 40 * S);
+        let due = meter.round(41 * S, &[], &[]);
+        assert_eq!(due, old);
+        meter.commit(&due, 41 * S);
+        assert!(meter.round(42 * S, &[], &[]).is_empty());
+        assert!(meter.is_empty());
     }
 
     /// The state saved at a stop is taken over by the next meter: it exports only what came
