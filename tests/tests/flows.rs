@@ -704,6 +704,55 @@ fn metrics_pass_promtool_and_count_the_traffic() {
     assert_eq!(requests("status"), Some(statuses), "{text}");
     let (status, _) = scrape_path(&topology.gw.name, &address, "/other");
     assert!(status.contains("404"), "{status}");
+    dashboard_queries_are_valid_and_name_served_metrics(&text);
+}
+
+/// The Grafana dashboard in examples/: every query is valid PromQL (`promtool check rules`
+/// on a rule file made of them) and every metric it names is in the exposition `served`.
+fn dashboard_queries_are_valid_and_name_served_metrics(served: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    assert!(exprs.len() >= 9, "{exprs:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "      - record: enforcer:dashboard_{i}\n        expr: '{}'\n",
+            expr.replace('\'', "''")
+        ));
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("enforcer_"))
+        {
+            let family = name.trim_end_matches("_bucket");
+            assert!(
+                served.contains(&format!("# TYPE {family} ")),
+                "the dashboard names {name}, which /metrics does not serve"
+            );
+        }
+    }
+    let scratch = Scratch::new("dashboard");
+    let file = scratch.write("rules.yml", &rules);
+    let out = Command::new("promtool")
+        .args(["check", "rules", &file])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard's queries: {}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Deny events name the sender (IMSI, MSISDN, segment), the packet and the reason, one JSON
