@@ -553,6 +553,43 @@ fn packet_explanation(
     })
 }
 
+/// The rule of SIM `position` (its segment's, then its own) that allows traffic nearest to a
+/// denied packet to `dst` (`proto`, `port`): first one toward the same destination network
+/// for another protocol or port, else one for the same protocol and port toward another
+/// destination; `None` when no rule is near. As `file:line: what it matches`, for deny
+/// events. Destinations that are SIMs or segments are not compared.
+#[must_use]
+pub fn nearby_rule(
+    policy: &ValidatedPolicy,
+    position: usize,
+    dst: IpAddr,
+    proto: u8,
+    port: Option<u16>,
+) -> Option<String> {
+    let sim = policy.sims.get(position)?;
+    let segment = policy.segments.get(usize::from(sim.segment))?;
+    let rules = || segment.rules.iter().chain(sim.rules());
+    let to_dst = |rule: &Rule| {
+        rule.to.iter().any(|d| match d {
+            crate::policy::Dest::Net(net) => net.contains(dst),
+            _ => false,
+        })
+    };
+    let for_port = |rule: &Rule| {
+        (rule.protos.is_empty() || rule.protos.contains(&proto))
+            && (rule.ports.is_empty()
+                || port.is_some_and(|p| rule.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&p))))
+    };
+    let found = rules()
+        .find(|r| to_dst(r) && !for_port(r))
+        .or_else(|| rules().find(|r| for_port(r) && !to_dst(r)))?;
+    Some(format!(
+        "{}: {}",
+        found.origin,
+        show::rule_match(policy, found)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -863,6 +863,12 @@ fn deny_events_name_the_sim_and_account_for_every_denied_packet() {
     assert_eq!(first["dst"], SERVICE, "{first}");
     assert_eq!(first["proto"], "udp", "{first}");
     assert_eq!(first["reason"], "no_rule", "{first}");
+    // The rule for the same destination on another port is the one nearby.
+    let nearby = first["nearby_rule"].as_str().unwrap_or_default();
+    assert!(
+        nearby.contains("policy.toml:") && nearby.contains("192.0.2.53") && nearby.contains("7001"),
+        "{first}"
+    );
     assert_eq!(first["iface"], topology.gw_ifaces[0].as_str(), "{first}");
     assert!(
         first["time"]

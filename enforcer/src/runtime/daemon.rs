@@ -652,6 +652,10 @@ impl Daemon {
                             .find(|i| i.ifindex == ifindex)
                             .map_or_else(|| format!("ifindex {ifindex}"), |i| i.name.clone())
                     },
+                    |sim, dst, proto, port| {
+                        let position = *self.positions.get(sim as usize)?;
+                        explain::nearby_rule(&self.policy, position as usize, dst, proto, port)
+                    },
                 );
             writer.write(&record);
         }

@@ -65,6 +65,10 @@ pub struct DenyRecord {
     /// The sender's denied packets before this one that raised no event (over its budget of
     /// `DENY_EVENTS_PER_SECOND`).
     pub suppressed: u32,
+    /// The sender's rule nearest to this packet (`file:line: what it matches`): toward the
+    /// same destination for another port, or for the same port elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nearby_rule: Option<String>,
 }
 
 /// The protocol's name as records show it.
@@ -92,11 +96,13 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// The record of `event`, with names looked up by `names` (IMSI, MSISDN, segment of a SIM
-/// index and segment id) and `iface` (interface name of an ifindex).
+/// index and segment id), `iface` (interface name of an ifindex) and `nearby` (the sender's
+/// rule nearest to the packet: SIM index, destination, protocol, port).
 pub fn record(
     event: &DenyEvent,
     names: impl Fn(u32, u16) -> (Option<String>, Option<String>, Option<String>),
     iface: impl Fn(u32) -> String,
+    nearby: impl Fn(u32, std::net::IpAddr, u8, Option<u16>) -> Option<String>,
 ) -> DenyRecord {
     use std::net::IpAddr;
     let addr = |a: [u8; 16]| {
@@ -115,6 +121,20 @@ pub fn record(
         names(event.sim, event.segment)
     };
     let ports = matches!(event.proto, 6 | 17 | 132);
+    let dst = if event.v6 == 1 {
+        IpAddr::from(event.dst)
+    } else {
+        IpAddr::from([event.dst[0], event.dst[1], event.dst[2], event.dst[3]])
+    };
+    let nearby_rule = (event.sim != enforcer_common::maps::DENY_NO_SIM
+        && matches!(
+            enforcer_common::DropReason::ALL
+                .iter()
+                .find(|r| **r as u8 == event.reason),
+            Some(enforcer_common::DropReason::NoRule | enforcer_common::DropReason::Fragment)
+        ))
+    .then(|| nearby(event.sim, dst, event.proto, ports.then_some(event.dport)))
+    .flatten();
     DenyRecord {
         time: humantime::format_rfc3339_millis(when).to_string(),
         imsi,
@@ -134,6 +154,7 @@ pub fn record(
             ),
         iface: iface(event.ifindex),
         suppressed: event.suppressed,
+        nearby_rule,
     }
 }
 
