@@ -137,6 +137,70 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A test's scratch directory, its policy file (`POLICY`) and the namespaces; `None` (the
+/// test skipped) without root.
+fn setup(name: &str) -> Option<(Scratch, String, Topology)> {
+    if !root() {
+        return None;
+    }
+    let scratch = Scratch::new(name);
+    let policy = scratch.write("policy.toml", POLICY);
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    Some((scratch, policy, topology))
+}
+
+/// UDP datagrams from `src` (a device address in devA) to the service's `port`, one every
+/// `every_ms`.
+fn flow(topology: &Topology, src: &str, port: u16, every_ms: u64) -> Stream {
+    Stream::start(
+        &topology.dev_a.name,
+        src,
+        &topology.svc.name,
+        format!("{SERVICE}:{port}").parse().expect("address"),
+        Duration::from_millis(every_ms),
+    )
+}
+
+/// The flows nfcapd stored in `dir`, one per line: `src;dst;dport;proto;packets;bytes`.
+fn nfdump_rows(dir: &Path) -> String {
+    run(
+        "nfdump",
+        &[
+            "-R",
+            dir.to_str().expect("path"),
+            "-q",
+            "-N",
+            "-o",
+            "fmt:%sa;%da;%dp;%pr;%pkt;%byt",
+        ],
+    )
+}
+
+/// nfcapd on the gateway's loopback, storing into a directory of `scratch`: the peer, the
+/// directory and the port.
+fn start_nfcapd(scratch: &Scratch, gw: &str) -> (Peer, PathBuf, u16) {
+    let port = free_port();
+    let dir = PathBuf::from(&scratch.write("nfcapd.log", "")).with_file_name("nfcapd");
+    std::fs::create_dir_all(&dir).expect("nfcapd's directory");
+    let peer = Peer::start(
+        "nfcapd",
+        gw,
+        PathBuf::from(scratch.write("nfcapd.log", "")),
+        &[
+            "nfcapd",
+            "-w",
+            dir.to_str().expect("path"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "3600",
+        ],
+    );
+    (peer, dir, port)
+}
+
 /// Sum of (packets, bytes) over the records of `rows` whose columns match `want` (column
 /// index, value), `packets`/`bytes` being the columns of the counts.
 fn sum(
@@ -163,18 +227,14 @@ fn sum(
 /// forwarding status, and no packet is malformed.
 #[test]
 fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
-    if !root() {
+    let Some((scratch, policy, topology)) = setup("flows") else {
         return;
-    }
-    let scratch = Scratch::new("flows");
-    let policy = scratch.write("policy.toml", POLICY);
-    let dir = PathBuf::from(&scratch.write("nfcapd.log", "")).with_file_name("nfcapd");
-    std::fs::create_dir_all(&dir).expect("nfcapd's directory");
-    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    };
     let gw = topology.gw.name.clone();
-    let (nfcapd_port, nfacctd_port) = (free_port(), free_port());
+    let (mut nfcapd, dir, nfcapd_port) = start_nfcapd(&scratch, &gw);
+    let nfacctd_port = free_port();
 
-    // tshark first, so that it sees the templates the daemon sends at start.
+    // tshark before the daemon, so that it sees the templates the daemon sends at start.
     let pcap = PathBuf::from(scratch.write("ipfix.pcap", ""));
     let _ = std::fs::remove_file(&pcap);
     let filter = format!("udp port {nfcapd_port}");
@@ -194,22 +254,6 @@ fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
         ],
     );
     wait_for_file(&pcap, "tshark");
-    let mut nfcapd = Peer::start(
-        "nfcapd",
-        &gw,
-        PathBuf::from(scratch.write("nfcapd.log", "")),
-        &[
-            "nfcapd",
-            "-w",
-            dir.to_str().expect("path"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &nfcapd_port.to_string(),
-            "-t",
-            "3600",
-        ],
-    );
     let primitives = scratch.write(
         "primitives.lst",
         "name=imsi field_type=455 len=vlen semantics=str\n\
@@ -264,14 +308,7 @@ fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
             "42",
         ],
     );
-    let dst: SocketAddr = format!("{SERVICE}:7001").parse().expect("address");
-    let stream = Stream::start(
-        &topology.dev_a.name,
-        DEVICE,
-        &topology.svc.name,
-        dst,
-        Duration::from_millis(2),
-    );
+    let stream = flow(&topology, DEVICE, 7001, 2);
     // Records go out under the active timeout while the flow runs, then the daemon restarts
     // (SIGINT: it flushes, saves what it exported, and the next one takes over).
     std::thread::sleep(Duration::from_secs(4));
@@ -301,17 +338,7 @@ fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
     tshark.stop();
 
     // nfdump: the flow's records add up to what was sent.
-    let rows = run(
-        "nfdump",
-        &[
-            "-R",
-            dir.to_str().expect("path"),
-            "-q",
-            "-N",
-            "-o",
-            "fmt:%sa;%da;%dp;%pr;%pkt;%byt",
-        ],
-    );
+    let rows = nfdump_rows(&dir);
     let (packets, bytes, records) = sum(
         &rows,
         ';',
@@ -458,12 +485,9 @@ fn flows_reach_nfcapd_nfacctd_and_tshark_exactly_across_a_restart() {
 /// still stops at once.
 #[test]
 fn a_dead_collector_never_holds_up_enforcement() {
-    if !root() {
+    let Some((_scratch, policy, topology)) = setup("flows-dead") else {
         return;
-    }
-    let scratch = Scratch::new("flows-dead");
-    let policy = scratch.write("policy.toml", POLICY);
-    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    };
     let collector = format!("127.0.0.1:{}", free_port());
     let mut daemon = Daemon::start_with_roles(
         &enforcer_bin(),
@@ -479,14 +503,7 @@ fn a_dead_collector_never_holds_up_enforcement() {
             "1",
         ],
     );
-    let dst: SocketAddr = format!("{SERVICE}:7001").parse().expect("address");
-    let stream = Stream::start(
-        &topology.dev_a.name,
-        DEVICE,
-        &topology.svc.name,
-        dst,
-        Duration::from_millis(2),
-    );
+    let stream = flow(&topology, DEVICE, 7001, 2);
     std::thread::sleep(Duration::from_secs(5));
     let outcome = stream.finish();
     assert!(outcome.sent > 1000, "only {} datagrams sent", outcome.sent);
@@ -570,12 +587,9 @@ fn total(text: &str, metric: &str, want: &[(&str, &str)]) -> Option<f64> {
 /// the policy apply, control requests by command, the IPFIX sends that failed.
 #[test]
 fn metrics_pass_promtool_and_count_the_traffic() {
-    if !root() {
+    let Some((_scratch, policy, topology)) = setup("metrics") else {
         return;
-    }
-    let scratch = Scratch::new("metrics");
-    let policy = scratch.write("policy.toml", POLICY);
-    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    };
     let address = format!("127.0.0.1:{}", free_port());
     let collector = format!("127.0.0.1:{}", free_port());
     let daemon = Daemon::start_with_roles(
@@ -592,15 +606,7 @@ fn metrics_pass_promtool_and_count_the_traffic() {
             "1",
         ],
     );
-    let flow = |port: u16| {
-        Stream::start(
-            &topology.dev_a.name,
-            DEVICE,
-            &topology.svc.name,
-            format!("{SERVICE}:{port}").parse().expect("address"),
-            Duration::from_millis(5),
-        )
-    };
+    let flow = |port: u16| flow(&topology, DEVICE, port, 5);
     let (allowed, denied) = (flow(7001), flow(7002));
     std::thread::sleep(Duration::from_secs(3));
     let (allowed, denied) = (allowed.finish(), denied.finish());
@@ -764,33 +770,12 @@ fn dashboard_queries_are_valid_and_name_served_metrics(served: &str) {
 /// with netflow_parser).
 #[test]
 fn deny_events_name_the_sim_and_account_for_every_denied_packet() {
-    if !root() {
+    let Some((scratch, policy, topology)) = setup("deny-events") else {
         return;
-    }
-    let scratch = Scratch::new("deny-events");
-    let policy = scratch.write("policy.toml", POLICY);
+    };
     let events_file = PathBuf::from(scratch.write("deny.jsonl", ""));
-    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
     let address = format!("127.0.0.1:{}", free_port());
-    let nfcapd_port = free_port();
-    let dir = PathBuf::from(&scratch.write("nfcapd.log", "")).with_file_name("nfcapd");
-    std::fs::create_dir_all(&dir).expect("nfcapd's directory");
-    let mut nfcapd = Peer::start(
-        "nfcapd",
-        &topology.gw.name,
-        PathBuf::from(scratch.write("nfcapd.log", "")),
-        &[
-            "nfcapd",
-            "-w",
-            dir.to_str().expect("path"),
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &nfcapd_port.to_string(),
-            "-t",
-            "3600",
-        ],
-    );
+    let (mut nfcapd, dir, nfcapd_port) = start_nfcapd(&scratch, &topology.gw.name);
     std::thread::sleep(Duration::from_millis(300));
     let collector = format!("127.0.0.1:{nfcapd_port}");
     let mut daemon = Daemon::start_with_roles(
@@ -809,25 +794,16 @@ fn deny_events_name_the_sim_and_account_for_every_denied_packet() {
             "2",
         ],
     );
-    let flow = |src: &str, port: u16, every_ms: u64| {
-        Stream::start(
-            &topology.dev_a.name,
-            src,
-            &topology.svc.name,
-            format!("{SERVICE}:{port}").parse().expect("address"),
-            Duration::from_millis(every_ms),
-        )
-    };
-    let denied = flow(DEVICE, 7002, 2);
+    let denied = flow(&topology, DEVICE, 7002, 2);
     std::thread::sleep(Duration::from_millis(2500));
     let denied = denied.finish();
     assert!(denied.received.is_empty(), "the denied flow got through");
     // A window later, one more denied datagram: its event carries the rest of the flood.
     std::thread::sleep(Duration::from_millis(1200));
-    let last = flow(DEVICE, 7002, 1000);
+    let last = flow(&topology, DEVICE, 7002, 1000);
     std::thread::sleep(Duration::from_millis(300));
     let last = last.finish();
-    let spoofed = flow("10.64.9.9", 7001, 1000);
+    let spoofed = flow(&topology, "10.64.9.9", 7001, 1000);
     std::thread::sleep(Duration::from_millis(300));
     let spoofed = spoofed.finish();
     std::thread::sleep(Duration::from_millis(1000));
@@ -896,17 +872,7 @@ fn deny_events_name_the_sim_and_account_for_every_denied_packet() {
     assert!(ok, "{stderr}");
     std::thread::sleep(Duration::from_millis(500));
     let nfcapd_err = nfcapd.stop();
-    let rows = run(
-        "nfdump",
-        &[
-            "-R",
-            dir.to_str().expect("path"),
-            "-q",
-            "-N",
-            "-o",
-            "fmt:%sa;%da;%dp;%pr;%pkt;%byt",
-        ],
-    );
+    let rows = nfdump_rows(&dir);
     let (packets, bytes, _) = sum(
         &rows,
         ';',
@@ -971,12 +937,9 @@ impl Drop for Tmux {
 /// driven in tmux, shows the same, sorts on `s`, filters on `/`, and quits on `q`.
 #[test]
 fn top_shows_the_busiest_and_most_denied_sims_live() {
-    if !root() {
+    let Some((_scratch, policy, topology)) = setup("top") else {
         return;
-    }
-    let scratch = Scratch::new("top");
-    let policy = scratch.write("policy.toml", POLICY);
-    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    };
     let daemon = Daemon::start_with_roles(
         &enforcer_bin(),
         Path::new(&policy),
@@ -984,15 +947,7 @@ fn top_shows_the_busiest_and_most_denied_sims_live() {
         "native",
         &[],
     );
-    let flow = |port: u16| {
-        Stream::start(
-            &topology.dev_a.name,
-            DEVICE,
-            &topology.svc.name,
-            format!("{SERVICE}:{port}").parse().expect("address"),
-            Duration::from_millis(5),
-        )
-    };
+    let flow = |port: u16| flow(&topology, DEVICE, port, 5);
     let (allowed, denied) = (flow(7001), flow(7002));
     std::thread::sleep(Duration::from_millis(500));
     let socket = daemon.socket.to_str().expect("path").to_owned();

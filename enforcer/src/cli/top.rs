@@ -105,19 +105,24 @@ fn reasons(sim: &TopSim) -> String {
         .join(", ")
 }
 
+/// The first line: interval, sort and filter.
+fn title(report: &TopReport, view: &View) -> String {
+    let filter = if view.filter.is_empty() {
+        String::new()
+    } else {
+        format!(", filter `{}`", view.filter)
+    };
+    format!(
+        "enforcer top: {:.1} s interval, sorted by {}{filter}",
+        report.interval_s,
+        view.sort.name()
+    )
+}
+
 /// The three tables as text lines (the snapshot, and the TUI's source of rows).
 fn tables(report: &TopReport, view: &View) -> Vec<String> {
     let (busiest, denied) = select(report, view);
-    let mut out = vec![format!(
-        "enforcer top: {:.1} s interval, sorted by {}{}",
-        report.interval_s,
-        view.sort.name(),
-        if view.filter.is_empty() {
-            String::new()
-        } else {
-            format!(", filter `{}`", view.filter)
-        }
-    )];
+    let mut out = vec![title(report, view)];
     out.push(String::new());
     out.push(format!(
         "{:<20} {:>12} {:>14} {:>12}",
@@ -258,19 +263,7 @@ fn draw(frame: &mut ratatui::Frame<'_>, report: &TopReport, view: &View, editing
         Constraint::Length(1),
     ])
     .areas(area);
-    frame.render_widget(
-        Paragraph::new(format!(
-            "enforcer top: {:.1} s interval, sorted by {}{}",
-            report.interval_s,
-            view.sort.name(),
-            if view.filter.is_empty() {
-                String::new()
-            } else {
-                format!(", filter `{}`", view.filter)
-            }
-        )),
-        head,
-    );
+    frame.render_widget(Paragraph::new(title(report, view)), head);
     let bold = Style::default().add_modifier(Modifier::BOLD);
     let seg_rows = report
         .segments
