@@ -176,6 +176,29 @@ struct RunArgs {
     /// count carried in the SIM's next event.
     #[arg(long, value_name = "FILE")]
     deny_events: Option<PathBuf>,
+    /// Write alerts (deny rate, spoofed sources, new destinations, bursts; thresholds per
+    /// segment in the policy's `alerts`) as JSON lines to FILE, appended to, or to stdout
+    /// with `-`.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// POST each alert as JSON to this `http://` or `https://` URL (retried 4 times over
+    /// about 4 s; a queue of 1,024 alerts, the rest dropped and counted).
+    #[arg(long, value_name = "URL", value_parser = parse_webhook)]
+    alert_webhook: Option<String>,
+}
+
+/// An alert webhook: an `http://` or `https://` URL.
+fn parse_webhook(text: &str) -> Result<String, String> {
+    if (text.starts_with("http://") || text.starts_with("https://"))
+        && text.len() > "https://".len()
+        && !text.chars().any(char::is_whitespace)
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is no http:// or https:// URL; give one, e.g. https://alerts.example/hook"
+        ))
+    }
 }
 
 /// Flow export over IPFIX (RFC 7011, UDP).
@@ -688,5 +711,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         export: args.ipfix.export(),
         metrics: args.metrics_address,
         deny_events: args.deny_events,
+        alerts: args.alerts,
+        alert_webhook: args.alert_webhook,
     })
 }

@@ -615,6 +615,10 @@ fn run_refuses_a_bad_ipfix_setting() {
         (["--ipfix-collector", "10.0.0.1:99999"], "give HOST[:PORT]"),
         (["--ipfix-active-timeout", "0"], "--ipfix-active-timeout"),
         (["--ipfix-mtu", "100"], "--ipfix-mtu"),
+        (
+            ["--alert-webhook", "ftp://alerts.example/hook"],
+            "is no http:// or https:// URL",
+        ),
     ] {
         let mut argv = vec![
             "run",

@@ -1019,3 +1019,187 @@ fn top_shows_the_busiest_and_most_denied_sims_live() {
     }
     drop((allowed.finish(), denied.finish()));
 }
+
+/// A webhook receiver in namespace `ns`: answers the first POST with 500 (to be retried), the
+/// others with 204; keeps the bodies it accepted.
+struct Webhook {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Webhook {
+    fn start(ns: &str) -> Self {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = integration_tests::throughput::in_netns(ns, || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+        })
+        .expect("bind the webhook");
+        let port = listener.local_addr().expect("address").port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (kept, count) = (bodies.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let first = count.load(std::sync::atomic::Ordering::Relaxed) == 0;
+                let status = if first {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    "500 Internal Server Error"
+                } else {
+                    kept.lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    "204 No Content"
+                };
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Self {
+            port,
+            bodies,
+            refused,
+        }
+    }
+}
+
+/// Alerts for every kind reach the alerts file and the webhook (which refuses the first post,
+/// so it is retried): a SIM denied above its segment's `deny_rate`, a spoofed source, a new
+/// destination after the learning period, and a burst far above the SIM's moving average.
+#[test]
+fn alerts_reach_the_file_and_the_webhook() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("alerts");
+    let policy = scratch.write(
+        "policy.toml",
+        &POLICY.replace(
+            "rules = [ { to = [\"192.0.2.53\"], proto = \"udp\", ports = [7001] } ]",
+            "rules = [ { to = [\"192.0.2.53\"], proto = \"udp\", ports = [7001, 7003] } ]\n\
+                 alerts = { deny_rate = 20, learn_destinations = 2, burst = 5 }",
+        ),
+    );
+    let alerts_file = PathBuf::from(scratch.write("alerts.jsonl", ""));
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let webhook = Webhook::start(&topology.gw.name);
+    let url = format!("http://127.0.0.1:{}/hook", webhook.port);
+    let collector = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[
+            "--alerts",
+            alerts_file.to_str().expect("path"),
+            "--alert-webhook",
+            &url,
+            // One-second rounds (half the shorter export timeout).
+            "--ipfix-collector",
+            &collector,
+            "--ipfix-active-timeout",
+            "2",
+            "--ipfix-idle-timeout",
+            "2",
+        ],
+    );
+    // A steady flow while the destinations are learned and the moving average settles.
+    let steady = flow(&topology, DEVICE, 7001, 5);
+    std::thread::sleep(Duration::from_millis(4500));
+    // After learning: a burst on another allowed port (a new destination too), a denied
+    // flood, a spoofed source.
+    let burst = Stream::start(
+        &topology.dev_a.name,
+        DEVICE,
+        &topology.svc.name,
+        format!("{SERVICE}:7003").parse().expect("address"),
+        Duration::from_micros(100),
+    );
+    let flood = flow(&topology, DEVICE, 7002, 2);
+    let spoofed = flow(&topology, "10.64.9.9", 7004, 100);
+    std::thread::sleep(Duration::from_millis(2500));
+    for stream in [flood, spoofed, burst, steady] {
+        let _ = stream.finish();
+    }
+    let start = Instant::now();
+    let kinds = ["new_destination", "deny_rate", "spoofed_source", "burst"];
+    let all_in = |text: &str| {
+        kinds
+            .iter()
+            .all(|k| text.contains(&format!("\"alert\":\"{k}\"")))
+    };
+    while !(all_in(&std::fs::read_to_string(&alerts_file).unwrap_or_default())
+        && all_in(&webhook.bodies.lock().expect("lock").join("\n")))
+    {
+        if start.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&alerts_file).expect("alerts file");
+    let posted = webhook.bodies.lock().expect("lock").join("\n");
+    for kind in kinds {
+        assert!(
+            text.contains(&format!("\"alert\":\"{kind}\"")),
+            "no {kind} alert in the file:\n{text}"
+        );
+        assert!(
+            posted.contains(&format!("\"alert\":\"{kind}\"")),
+            "no {kind} alert posted:\n{posted}"
+        );
+    }
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let new = records
+        .iter()
+        .find(|r| r["alert"] == "new_destination")
+        .expect("new destination");
+    assert_eq!(
+        (new["imsi"].as_str(), new["port"].as_u64()),
+        (Some(IMSI), Some(7003)),
+        "{new}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["alert"] == "new_destination" && r["port"] == 7001),
+        "the learned destination alerted:\n{text}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["alert"] == "spoofed_source" && r["src"] == "10.64.9.9"),
+        "no spoofed-source alert for 10.64.9.9:\n{text}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["src"].as_str().is_some_and(|s| s.starts_with("fe80:"))),
+        "link-local chatter alerted:\n{text}"
+    );
+    assert_eq!(
+        webhook.refused.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the first post was refused and retried"
+    );
+    drop(daemon);
+}

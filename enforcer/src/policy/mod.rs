@@ -60,6 +60,20 @@ pub struct Segment {
     /// In these, [`Rule::to`] holds the senders (`from`, only [`Dest::Net`]) and
     /// [`Rule::ports`] the device's ports.
     pub inbound: Vec<Rule>,
+    /// Alert thresholds for its SIMs (`alerts = { ... }`); all off by default.
+    pub alerts: Alerts,
+}
+
+/// A segment's alert thresholds (`alerts = { deny_rate, learn_destinations, burst }`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Alerts {
+    /// Alert when a SIM's denied packets per second exceed this.
+    pub deny_rate: Option<u32>,
+    /// Learn each SIM's destinations (address, protocol, port) for this many seconds from
+    /// when it is first seen; then alert on a destination it never used.
+    pub learn_destinations: Option<u32>,
+    /// Alert when a SIM's bytes in a round exceed this many times its moving average.
+    pub burst: Option<u32>,
 }
 
 impl ValidatedPolicy {

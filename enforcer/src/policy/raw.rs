@@ -48,11 +48,24 @@ pub struct RawSegment {
     /// What may open a session toward the segment's SIMs from outside every pool.
     #[serde(default)]
     pub inbound: Vec<Spanned<RawInbound>>,
+    /// Alert thresholds for the segment's SIMs.
+    pub alerts: Option<Spanned<RawAlerts>>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
     #[serde(rename = "$__toml_private_datetime", default)]
     pub datetime: String,
+}
+
+/// A segment's `alerts = { deny_rate, learn_destinations, burst }`.
+#[derive(Debug, Deserialize)]
+pub struct RawAlerts {
+    /// Denied packets a second (per SIM) above which to alert.
+    pub deny_rate: Option<Field>,
+    /// Seconds a SIM's destinations are learned before a new one raises an alert.
+    pub learn_destinations: Option<Field>,
+    /// How many times its moving average a SIM's traffic may reach before an alert.
+    pub burst: Option<Field>,
 }
 
 /// One inbound rule of a segment: `{ from = [...], proto, ports }`.
@@ -117,7 +130,8 @@ pub struct RawRule {
 }
 
 const TOP_KEYS: &[&str] = &["pools", "core_sources", "segments", "sims", "inventory"];
-const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound"];
+const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound", "alerts"];
+const ALERT_KEYS: &[&str] = &["deny_rate", "learn_destinations", "burst"];
 const SIM_KEYS: &[&str] = &[
     "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",
 ];
@@ -264,6 +278,9 @@ pub fn unknown_keys(source: &SourceMap<'_>, text: &str) -> Vec<PolicyError> {
             for rule in tables_in(table.get_item("inbound")) {
                 check(rule.as_ref(), INBOUND_KEYS, "an inbound rule");
             }
+            if let Some(alerts) = table.get_item("alerts").and_then(single_table) {
+                check(alerts.as_ref(), ALERT_KEYS, "`alerts`");
+            }
         }
     }
     errors
@@ -321,6 +338,16 @@ impl AnyTable<'_> {
 enum ItemRef<'a> {
     Item(&'a toml_edit::Item),
     Value(&'a toml_edit::Value),
+}
+
+/// A single table, standard or inline.
+fn single_table(item: ItemRef<'_>) -> Option<AnyTable<'_>> {
+    match item {
+        ItemRef::Item(toml_edit::Item::Table(table)) => Some(AnyTable::Table(table)),
+        ItemRef::Item(toml_edit::Item::Value(toml_edit::Value::InlineTable(table)))
+        | ItemRef::Value(toml_edit::Value::InlineTable(table)) => Some(AnyTable::Inline(table)),
+        _ => None,
+    }
 }
 
 fn tables_in<'a>(item: Option<impl Into<ItemRef<'a>>>) -> Vec<AnyTable<'a>> {

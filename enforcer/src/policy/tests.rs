@@ -1168,3 +1168,37 @@ fn inbound_rules_are_checked_and_kept() {
         "unknown key `to` in an inbound rule; expected one of: from, proto, ports",
     );
 }
+
+/// A segment's `alerts` table: inline or standard, each threshold in range; a value out of
+/// range or an unknown key is an error at its line.
+#[test]
+fn segment_alerts_are_validated() {
+    let policy = from_str(
+        Path::new("p.toml"),
+        &with("alerts = { deny_rate = 20, learn_destinations = 3600, burst = 10 }\n"),
+    )
+    .expect("valid");
+    let alerts = policy.segments[0].alerts;
+    assert_eq!(
+        (alerts.deny_rate, alerts.learn_destinations, alerts.burst),
+        (Some(20), Some(3600), Some(10))
+    );
+    let policy = from_str(
+        Path::new("p.toml"),
+        &with("[segments.alerts]\ndeny_rate = 5\n"),
+    )
+    .expect("valid");
+    assert_eq!(policy.segments[0].alerts.deny_rate, Some(5));
+    assert_eq!(policy.segments[0].alerts.burst, None);
+    one_error(
+        &with("alerts = { deny_rate = 0 }\n"),
+        4,
+        "`alerts.deny_rate` must be a whole number of packets a second from 1 to 1000000",
+    );
+    one_error(&with("alerts = { burst = \"x\" }\n"), 4, "`alerts.burst`");
+    one_error(
+        &with("alerts = { deny_rates = 5 }\n"),
+        4,
+        "unknown key `deny_rates` in `alerts`; expected one of: deny_rate, learn_destinations, burst",
+    );
+}

@@ -15,7 +15,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use toml::Value;
 
 use super::{
-    Dest, Iccid, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
+    Alerts, Dest, Iccid, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
     error::{Collector, SourceMap, clip},
     inventory,
     raw::{self, Field, RawRule},
@@ -556,6 +556,7 @@ impl<'a> Checker<'a> {
                 description: String::new(),
                 rules: Vec::new(),
                 inbound: Vec::new(),
+                alerts: Alerts::default(),
             };
         }
         let mut name = String::new();
@@ -621,11 +622,50 @@ impl<'a> Checker<'a> {
             .and_then(|f| self.string(f, "description"))
             .unwrap_or_default()
             .to_owned();
+        let alerts = raw
+            .alerts
+            .as_ref()
+            .map(|a| self.alerts(a.get_ref()))
+            .unwrap_or_default();
         Segment {
             name,
             description,
             rules: Vec::new(),
             inbound: Vec::new(),
+            alerts,
+        }
+    }
+
+    /// A segment's `alerts`: each threshold a whole number in its range.
+    fn alerts(&mut self, raw: &raw::RawAlerts) -> Alerts {
+        let mut number = |field: &Option<Field>, what: &str, max: i64, unit: &str| {
+            let field = field.as_ref()?;
+            match field.get_ref() {
+                Value::Integer(n) if (1..=max).contains(n) => u32::try_from(*n).ok(),
+                other => {
+                    let place = Place::Span(field.span());
+                    self.error(
+                        &place,
+                        "a value out of range",
+                        format!(
+                            "`alerts.{what}` must be a whole number of {unit} from 1 to {max}, \
+                             found `{}`",
+                            shown(other)
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        Alerts {
+            deny_rate: number(&raw.deny_rate, "deny_rate", 1_000_000, "packets a second"),
+            learn_destinations: number(
+                &raw.learn_destinations,
+                "learn_destinations",
+                31_536_000,
+                "seconds",
+            ),
+            burst: number(&raw.burst, "burst", 1000, "times the moving average"),
         }
     }
 

@@ -382,6 +382,12 @@ pub struct Daemon {
     /// Denied packets per SIM index and drop reason since the previous `top`, from the deny
     /// events (at most [`TOP_DENY_SIMS`] SIMs).
     deny_by_sim: HashMap<u32, [u64; 16]>,
+    /// Alert detectors, their outputs (none: alerts are off) and counters.
+    alerts: crate::telemetry::alerts::Engine,
+    alert_sink: Option<crate::telemetry::alerts::Sink>,
+    alert_stats: std::sync::Arc<crate::telemetry::alerts::AlertStats>,
+    /// When the previous alert round ran.
+    alerts_at: Instant,
 }
 
 /// SIMs whose drop reasons `top` keeps between two calls at most.
@@ -442,6 +448,95 @@ impl Daemon {
             event_stats: std::sync::Arc::default(),
             top_previous: None,
             deny_by_sim: HashMap::new(),
+            alerts: crate::telemetry::alerts::Engine::default(),
+            alert_sink: None,
+            alert_stats: std::sync::Arc::default(),
+            alerts_at: Instant::now(),
+        }
+    }
+
+    /// Raise alerts through `sink` (none: alerts are off), counting in `stats`.
+    pub(super) fn set_alerts(
+        &mut self,
+        sink: Option<crate::telemetry::alerts::Sink>,
+        stats: std::sync::Arc<crate::telemetry::alerts::AlertStats>,
+    ) {
+        self.alert_sink = sink;
+        self.alert_stats = stats;
+    }
+
+    /// The thresholds and names of SIM index `sim` under the policy in force.
+    fn alert_view(&self, sim: u32) -> Option<crate::telemetry::alerts::SimView> {
+        let position = *self.positions.get(sim as usize)?;
+        let found = self.policy.sims.get(position as usize)?;
+        let segment = self.policy.segments.get(usize::from(found.segment))?;
+        Some(crate::telemetry::alerts::SimView {
+            alerts: segment.alerts,
+            imsi: found.imsi.to_string(),
+            segment: segment.name.clone(),
+        })
+    }
+
+    /// Whether any segment asks for `what` of its alerts.
+    fn alerts_use(&self, what: impl Fn(&crate::policy::Alerts) -> bool) -> bool {
+        self.alert_sink.is_some() && self.policy.segments.iter().any(|s| what(&s.alerts))
+    }
+
+    /// One alert round after a sweep: deny rates, new destinations among `live`, bursts.
+    fn alert_round(
+        &mut self,
+        now_ns: u64,
+        live: &[(
+            enforcer_common::session::SessionKey,
+            enforcer_common::session::Session,
+        )],
+    ) {
+        if self.alert_sink.is_none() {
+            return;
+        }
+        let interval_s = self.alerts_at.elapsed().as_secs_f64();
+        self.alerts_at = Instant::now();
+        let sessions: Vec<_> = live
+            .iter()
+            .filter(|(_, s)| s.flags & enforcer_common::session::SESSION_INBOUND == 0)
+            .map(|(key, s)| {
+                let (_, peer) = crate::telemetry::endpoints(key, s.flags);
+                (s.sim, peer.0, key.proto, peer.1)
+            })
+            .collect();
+        let bytes: Vec<(u32, u64)> = if self.alerts_use(|a| a.burst.is_some()) {
+            let table = self.enforcer.sim_table();
+            self.positions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &p)| {
+                    let found = self.policy.sims.get(p as usize)?;
+                    self.policy
+                        .segments
+                        .get(usize::from(found.segment))?
+                        .alerts
+                        .burst?;
+                    let index = u32::try_from(i).ok()?;
+                    let c = table.counters(index);
+                    Some((index, c.pass_bytes + c.drop_bytes))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::new();
+        let mut engine = std::mem::take(&mut self.alerts);
+        engine.round(
+            now_ns,
+            interval_s,
+            &sessions,
+            &bytes,
+            |sim| self.alert_view(sim),
+            &mut out,
+        );
+        self.alerts = engine;
+        if let Some(sink) = &self.alert_sink {
+            sink.send(&out);
         }
     }
 
@@ -605,6 +700,12 @@ impl Daemon {
     /// Name `events` (IMSI, MSISDN, segment, interface) and hand them to the writer; with
     /// flow export, sum them into the interval's dropped traffic too.
     fn write_deny_events(&mut self, events: &[enforcer_common::maps::DenyEvent]) {
+        if let Some(sink) = &self.alert_sink {
+            let mut out = Vec::new();
+            self.alerts
+                .deny(events, crate::telemetry::events::monotonic_ns(), &mut out);
+            sink.send(&out);
+        }
         if let Some(export) = &mut self.flow_export {
             for event in events {
                 export.drops.add(event);
@@ -676,6 +777,9 @@ impl Daemon {
             self.deny_writer
                 .is_some()
                 .then(|| std::sync::Arc::clone(&self.event_stats)),
+            self.alert_sink
+                .is_some()
+                .then(|| std::sync::Arc::clone(&self.alert_stats)),
         ));
         metrics
             .sessions_capacity
@@ -989,7 +1093,8 @@ impl Daemon {
             self.sessions_recheck();
         }
         let now = monotonic_coarse_ns();
-        let keep_live = self.flow_export.is_some();
+        let keep_live =
+            self.flow_export.is_some() || self.alerts_use(|a| a.learn_destinations.is_some());
         match self
             .enforcer
             .expire_sessions(now, &self.settings.timeouts, keep_live)
@@ -1026,6 +1131,7 @@ impl Daemon {
                     );
                     self.flow_export = Some(export);
                 }
+                self.alert_round(now, &sweep.live);
                 self.publish_metrics();
             }
             Err(err) => warn!(error = %err, "Sweeping idle sessions failed; retrying later."),

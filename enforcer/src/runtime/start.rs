@@ -65,6 +65,10 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     /// Where to write deny events (`-`: stdout), if anywhere.
     pub deny_events: Option<PathBuf>,
+    /// Where to write alerts (`-`: stdout), if anywhere.
+    pub alerts: Option<PathBuf>,
+    /// Where to POST alerts, if anywhere.
+    pub alert_webhook: Option<String>,
 }
 
 /// Flow export settings (`--ipfix-*`).
@@ -232,8 +236,31 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     let loaded = Loaded { policy, prepared };
     // Validation's and compilation's temporaries, before the maps and the daemon's own tables.
     super::daemon::release_free_memory();
+    let alert_stats = std::sync::Arc::new(crate::telemetry::alerts::AlertStats::default());
+    let alert_sink = if settings.alerts.is_some() || settings.alert_webhook.is_some() {
+        Some(
+            crate::telemetry::alerts::Sink::open(
+                settings.alerts.as_deref(),
+                settings.alert_webhook.as_deref(),
+                std::sync::Arc::clone(&alert_stats),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot write alerts to --alerts {}; give a writable file, or - for stdout",
+                    settings
+                        .alerts
+                        .as_deref()
+                        .map_or_else(String::new, |p| p.display().to_string())
+                )
+            })
+            .map_err(fail)?,
+        )
+    } else {
+        None
+    };
     let mut daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
     daemon.set_deny_events(deny_writer, event_stats);
+    daemon.set_alerts(alert_sink, alert_stats);
     serve(daemon, listener, metrics_listener, &settings)?;
     drop(pins);
     Ok(())

@@ -48,6 +48,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             description: String::new(),
             rules: Vec::new(),
             inbound: Vec::new(),
+            alerts: crate::policy::Alerts::default(),
         }],
         sims: (first..first + sims)
             .map(|n| {

@@ -199,6 +199,48 @@ pub fn spawn_reader(
         })
 }
 
+/// A thread named `name` writing the lines it is sent to `path` (`-`: stdout; a file is
+/// appended to, created mode 0640), flushing whenever its queue (4,096 lines) runs empty; a
+/// write that fails is logged and the next lines tried again.
+///
+/// # Errors
+/// The file cannot be opened.
+pub fn line_writer(
+    path: &std::path::Path,
+    name: &str,
+) -> std::io::Result<std::sync::mpsc::SyncSender<String>> {
+    use std::io::Write as _;
+    let mut out: Box<dyn std::io::Write + Send> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)?,
+        )
+    };
+    let (queue, lines) = std::sync::mpsc::sync_channel::<String>(4096);
+    let what = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let mut buffered = std::io::BufWriter::new(&mut out);
+            while let Ok(line) = lines.recv() {
+                let mut ok = buffered.write_all(line.as_bytes()).is_ok();
+                while let Ok(line) = lines.try_recv() {
+                    ok &= buffered.write_all(line.as_bytes()).is_ok();
+                }
+                if !(ok && buffered.flush().is_ok()) {
+                    tracing::warn!(writer = %what, "Writing lines failed; later ones are tried again.");
+                }
+            }
+        })?;
+    Ok(queue)
+}
+
 /// Where deny events go: a file (appended to) or stdout (`-`), written by a thread of its own
 /// behind a bounded queue, so a slow disk never holds up the daemon.
 pub struct Writer {
@@ -215,35 +257,10 @@ impl Writer {
         path: &std::path::Path,
         stats: std::sync::Arc<EventStats>,
     ) -> std::io::Result<Self> {
-        use std::io::Write as _;
-        let mut out: Box<dyn std::io::Write + Send> = if path == std::path::Path::new("-") {
-            Box::new(std::io::stdout())
-        } else {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .open(path)?,
-            )
-        };
-        let (queue, lines) = std::sync::mpsc::sync_channel::<String>(4096);
-        std::thread::Builder::new()
-            .name("enforcer-event-writer".to_owned())
-            .spawn(move || {
-                let mut buffered = std::io::BufWriter::new(&mut out);
-                while let Ok(line) = lines.recv() {
-                    let mut ok = buffered.write_all(line.as_bytes()).is_ok();
-                    while let Ok(line) = lines.try_recv() {
-                        ok &= buffered.write_all(line.as_bytes()).is_ok();
-                    }
-                    if !(ok && buffered.flush().is_ok()) {
-                        tracing::warn!("Writing deny events failed; later ones are tried again.");
-                    }
-                }
-            })?;
-        Ok(Self { queue, stats })
+        Ok(Self {
+            queue: line_writer(path, "enforcer-event-writer")?,
+            stats,
+        })
     }
 
     /// Queue `record` as a JSON line, without waiting: dropped (and counted) when the writer

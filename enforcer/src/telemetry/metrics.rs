@@ -59,6 +59,8 @@ pub struct Metrics {
     ipfix: [IntCounter; 4],
     deny: [IntCounter; 3],
     events: Option<Arc<super::events::EventStats>>,
+    alert_counters: [IntCounter; 2],
+    alerts: Option<Arc<super::alerts::AlertStats>>,
     /// Segment names by id, as of the policy in force.
     segments: RwLock<Vec<Option<String>>>,
     /// `VERDICT_STATS`, opened from its pin (read only here); its lock also makes one scrape
@@ -112,6 +114,7 @@ impl Metrics {
         verdict_stats: Option<Map>,
         export: Option<Arc<ExportStats>>,
         events: Option<Arc<super::events::EventStats>>,
+        alerts: Option<Arc<super::alerts::AlertStats>>,
     ) -> Self {
         let r = Registry::new();
         let verdict = &["segment", "verdict", "reason"];
@@ -140,6 +143,14 @@ impl Metrics {
             (
                 "enforcer_deny_events_suppressed_total",
                 "Denied packets over their SIM's event budget, as the next events reported them",
+            ),
+        ]
+        .map(|(name, help)| registered(&r, IntCounter::new(name, help).expect("valid metric")));
+        let alert_counters = [
+            ("enforcer_alerts_total", "Alerts raised"),
+            (
+                "enforcer_alert_webhook_failures_total",
+                "Alerts the webhook did not accept after every retry, or found its queue full",
             ),
         ]
         .map(|(name, help)| registered(&r, IntCounter::new(name, help).expect("valid metric")));
@@ -210,6 +221,8 @@ impl Metrics {
             ipfix,
             deny,
             events,
+            alert_counters,
+            alerts,
             registry: r,
             segments: RwLock::new(Vec::new()),
             verdict_stats: Mutex::new(verdict_stats),
@@ -250,6 +263,12 @@ impl Metrics {
         if let Some(events) = &self.events {
             let values = [&events.written, &events.dropped, &events.suppressed];
             for (counter, value) in self.deny.iter().zip(values) {
+                mirror(counter, value.load(Ordering::Relaxed));
+            }
+        }
+        if let Some(alerts) = &self.alerts {
+            let values = [&alerts.raised, &alerts.webhook_failed];
+            for (counter, value) in self.alert_counters.iter().zip(values) {
                 mirror(counter, value.load(Ordering::Relaxed));
             }
         }

@@ -6,6 +6,7 @@
 //! - [`exporter`]: a thread sending them to the collectors behind a bounded queue;
 //! - [`metrics`]: the Prometheus exposition.
 
+pub mod alerts;
 pub mod drops;
 pub mod events;
 pub mod exporter;
