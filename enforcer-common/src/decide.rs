@@ -14,23 +14,25 @@
 //! Precedence in [`decide`], first match wins:
 //! 1. source outside every pool: drop on a core interface, unless the source is in the
 //!    policy's `core_sources`; else pass as `inbound` when an inbound rule of the destination
-//!    SIM's segment allows it, else pass as `non_pool` (sessions then drop such a packet
-//!    toward a pool address, `crate::session`);
+//!    SIM's segment allows it, as `audit` when that segment is in audit mode (and the SIM not
+//!    quarantined), else as `non_pool` (sessions then drop such a packet toward a pool
+//!    address, `crate::session`);
 //! 2. source in a pool without a SIM, or a SIM's address arriving on a `service` interface:
 //!    drop, spoofed;
 //! 3. quarantined SIM: drop, whatever its rules;
 //! 4. a rule allows the packet ([`crate::rules`]): pass;
-//! 5. destination inside a pool: drop, lateral;
-//! 6. a non-first fragment: drop, fragment (no ports, so only any-port rules could allow it);
-//! 7. otherwise drop, no rule (default deny).
+//! 5. the SIM's segment is in audit mode: pass, `audit` (what 6-8 would drop);
+//! 6. destination inside a pool: drop, lateral;
+//! 7. a non-first fragment: drop, fragment (no ports, so only any-port rules could allow it);
+//! 8. otherwise drop, no rule (default deny).
 
 use crate::{
     maps::{
         CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, IFACE_SERVICE, NET_CORE_SOURCE,
-        NET_POOL, NetEntry, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_INBOUND, SUBJECT_SIM,
-        SegmentEntry, SimEntry,
+        NET_POOL, NetEntry, SIM_AUDIT, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_INBOUND,
+        SUBJECT_SIM, SegmentEntry, SimEntry,
     },
-    rules::{NO_RULE, Probe, RuleTable, first_match},
+    rules::{AUDIT_RULE, NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
 };
 
@@ -474,12 +476,29 @@ pub fn decide(inputs: &Inputs) -> Verdict {
         SrcKind::Outside if inputs.rule != NO_RULE => {
             Verdict::Pass(PassReason::Inbound, inputs.rule)
         }
+        // Toward a device of an audit segment: what would be dropped as inbound passes.
+        SrcKind::Outside
+            if inputs.dst.kind == DstKind::Sim
+                && inputs.dst.sim.flags & SIM_AUDIT != 0
+                && inputs.dst.sim.flags & SIM_QUARANTINED == 0 =>
+        {
+            Verdict::Pass(PassReason::Audit, AUDIT_RULE)
+        }
         SrcKind::Outside => Verdict::Pass(PassReason::NonPool, 0),
         SrcKind::Spoofed => Verdict::Drop(DropReason::Spoofed),
         SrcKind::Sim if inputs.src.sim.flags & SIM_QUARANTINED != 0 => {
             Verdict::Drop(DropReason::Quarantined)
         }
         SrcKind::Sim if inputs.rule != NO_RULE => Verdict::Pass(PassReason::Rule, inputs.rule),
+        // Audit mode: what the policy would drop (no rule, lateral, fragment) passes; never
+        // toward a quarantined SIM, which receives nothing.
+        SrcKind::Sim
+            if inputs.src.sim.flags & SIM_AUDIT != 0
+                && !(inputs.dst.kind == DstKind::Sim
+                    && inputs.dst.sim.flags & SIM_QUARANTINED != 0) =>
+        {
+            Verdict::Pass(PassReason::Audit, AUDIT_RULE)
+        }
         SrcKind::Sim => match inputs.dst.kind {
             DstKind::Sim | DstKind::PoolNoSim => Verdict::Drop(DropReason::Lateral),
             DstKind::Net if inputs.later_fragment => Verdict::Drop(DropReason::Fragment),

@@ -214,6 +214,9 @@ pub const SIM_QUARANTINED: u8 = 1;
 /// Some rule names this SIM as a destination (`to = ["imsi:…"]`), so lateral traffic towards it
 /// probes its SIM class as well as its segment class.
 pub const SIM_DST_NAMED: u8 = 2;
+/// The SIM's segment is in audit mode (`mode = "audit"`): what the policy would deny it (or,
+/// from outside, toward it) passes, counted as `audit`.
+pub const SIM_AUDIT: u8 = 4;
 
 /// No SIM: the value of a [`SimBinding`] slot for a generation in which the address is unbound.
 pub const SIM_NONE: u32 = u32::MAX;
@@ -648,6 +651,9 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const fn has_ports(proto: u8) -> bool {
     matches!(proto, IPPROTO_TCP | IPPROTO_UDP)
 }
+
+/// [`DenyEvent::reason`] of a packet audit mode passed that the policy would have denied.
+pub const DENY_EVENT_AUDIT: u8 = 100;
 
 /// Bytes of the `DENY_EVENTS` ring buffer (a power of two times the page size): 16,384 events.
 pub const DENY_EVENTS_BYTES: u32 = 1 << 20;

@@ -37,6 +37,9 @@ pub trait RuleTable {
 /// "No rule allows it": the rule id that is never assigned.
 pub const NO_RULE: u32 = u32::MAX;
 
+/// The rule id of a session audit mode opened: no rule allows it (never assigned either).
+pub const AUDIT_RULE: u32 = u32::MAX - 1;
+
 /// What the packet offers to the rule table besides subject and class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {

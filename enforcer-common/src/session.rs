@@ -29,6 +29,7 @@ use crate::{
         IFACE_DROP_NON_POOL, IFACE_SERVICE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
         SIM_QUARANTINED, SimEntry,
     },
+    rules::AUDIT_RULE,
     verdict::{DropReason, PassReason, Verdict},
 };
 
@@ -595,11 +596,7 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     let from_opener = from_device != (exists && inbound);
     if exists && session.epoch == epoch {
         table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
-        let reason = match (from_opener, inbound) {
-            (true, false) => PassReason::Rule,
-            (true, true) => PassReason::Inbound,
-            (false, _) => PassReason::Reply,
-        };
+        let reason = opener_reason(from_opener, inbound, session.rule);
         let src = if from_device {
             device(&session)
         } else {
@@ -634,6 +631,9 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     let (opener_is_device, device_sim) = match verdict {
         Verdict::Pass(PassReason::Rule, _) => (true, src.sim),
         Verdict::Pass(PassReason::Inbound, _) => (false, inputs.dst.sim),
+        // Audit mode opens sessions like the rules it stands in for, so replies come back.
+        Verdict::Pass(PassReason::Audit, _) if inputs.src.kind == SrcKind::Sim => (true, src.sim),
+        Verdict::Pass(PassReason::Audit, _) => (false, inputs.dst.sim),
         _ => return (verdict, src),
     };
     if let Verdict::Pass(_, rule) = verdict
@@ -689,14 +689,16 @@ fn recheck<T: SessionTable>(
     let verdict = decide(inputs);
     // The device and the rule that allow the session now.
     let allowed = match verdict {
-        Verdict::Pass(PassReason::Rule, rule)
+        Verdict::Pass(PassReason::Rule | PassReason::Audit, rule)
             if !inbound
                 && inputs.src.kind == SrcKind::Sim
                 && !(inputs.dst.kind == DstKind::Sim && device_quarantined(&inputs.dst.sim)) =>
         {
             Some((inputs.src.sim, rule))
         }
-        Verdict::Pass(PassReason::Inbound, rule) if inbound && inputs.dst.kind == DstKind::Sim => {
+        Verdict::Pass(PassReason::Inbound | PassReason::Audit, rule)
+            if inbound && inputs.dst.kind == DstKind::Sim =>
+        {
             Some((inputs.dst.sim, rule))
         }
         _ => None,
@@ -705,11 +707,7 @@ fn recheck<T: SessionTable>(
         table.refresh(key, &device, rule, epoch);
         table.touch(key, from_device, bytes, meta.proto, meta.l4_flags);
         let from_opener = from_device != inbound;
-        let reason = match (from_opener, inbound) {
-            (true, false) => PassReason::Rule,
-            (true, true) => PassReason::Inbound,
-            (false, _) => PassReason::Reply,
-        };
+        let reason = opener_reason(from_opener, inbound, rule);
         let src = if from_device {
             Src {
                 kind: SrcKind::Sim,
@@ -730,6 +728,18 @@ fn recheck<T: SessionTable>(
         _ if from_device && !inbound => (verdict, inputs.src),
         Verdict::Drop(reason) => (Verdict::Drop(reason), Src::default()),
         Verdict::Pass(..) => (Verdict::Drop(DropReason::Inbound), Src::default()),
+    }
+}
+
+/// Why a packet of a live session passes: the opener's as its session was opened (by a
+/// rule, an inbound rule, or audit mode: rule id `AUDIT_RULE`), the other side's as a reply.
+#[inline(always)]
+fn opener_reason(from_opener: bool, inbound: bool, rule: u32) -> PassReason {
+    match (from_opener, inbound) {
+        (true, _) if rule == AUDIT_RULE => PassReason::Audit,
+        (true, false) => PassReason::Rule,
+        (true, true) => PassReason::Inbound,
+        (false, _) => PassReason::Reply,
     }
 }
 

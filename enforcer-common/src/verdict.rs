@@ -95,17 +95,23 @@ pub enum PassReason {
     /// `inbound` rules allows (a maintenance host opening SSH, say); the rule id is carried in
     /// [`Verdict::Pass`].
     Inbound = 6,
+    /// The sender's (or, from outside, the destination's) segment is in audit mode and the
+    /// policy would have denied the packet: passed and counted apart, so that a default-deny
+    /// policy can be rolled out to a live fleet first as a dry run. The rule id is
+    /// `AUDIT_RULE`.
+    Audit = 7,
 }
 
 impl PassReason {
     /// Every reason, in numeric order.
-    pub const ALL: [PassReason; 6] = [
+    pub const ALL: [PassReason; 7] = [
         PassReason::Rule,
         PassReason::NonPool,
         PassReason::Neighbour,
         PassReason::NotIp,
         PassReason::Reply,
         PassReason::Inbound,
+        PassReason::Audit,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -118,6 +124,7 @@ impl PassReason {
             PassReason::NotIp => "not_ip",
             PassReason::Reply => "reply",
             PassReason::Inbound => "inbound",
+            PassReason::Audit => "audit",
         }
     }
 }

@@ -18,7 +18,10 @@ mod parse;
 mod track;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use enforcer_common::{DropReason, PassReason, Src, Verdict, decide::PacketMeta, rules::NO_RULE};
+use enforcer_common::{
+    DropReason, PassReason, Src, Verdict, decide::PacketMeta, maps::DENY_EVENT_AUDIT,
+    rules::NO_RULE,
+};
 
 use crate::parse::Parsed;
 
@@ -57,9 +60,17 @@ fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
     }
     let mut sessions = track::KernelSessions::new();
     let (verdict, src) = enforcer_common::session::judge(&mut sessions, &mut meta, bytes);
-    if let Verdict::Drop(reason) = verdict {
-        let (sim, segment) = events::sender(&src);
-        events::deny(&meta, reason as u8, sim, segment, bytes);
+    match verdict {
+        Verdict::Drop(reason) => {
+            let (sim, segment) = events::sender(&src);
+            events::deny(&meta, reason as u8, sim, segment, bytes);
+        }
+        // What audit mode let through is reported like a denial, within the same budget.
+        Verdict::Pass(PassReason::Audit, _) => {
+            let (sim, segment) = events::sender(&src);
+            events::deny(&meta, DENY_EVENT_AUDIT, sim, segment, bytes);
+        }
+        Verdict::Pass(..) => {}
     }
     (verdict, src)
 }

@@ -252,6 +252,13 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         if named_sims.contains(&pos) {
             flags |= SIM_DST_NAMED;
         }
+        if policy
+            .segments
+            .get(usize::from(sim.segment))
+            .is_some_and(|s| s.audit)
+        {
+            flags |= enforcer_common::maps::SIM_AUDIT;
+        }
         let entry = SimEntry {
             sim: ids.sims[pos],
             segment: *ids
@@ -700,6 +707,9 @@ fn sim(e: &SimEntry) -> String {
     }
     if e.flags & SIM_DST_NAMED != 0 {
         flags.push("dst_named");
+    }
+    if e.flags & enforcer_common::maps::SIM_AUDIT != 0 {
+        flags.push("audit");
     }
     format!(
         "sim={} segment={} flags={} tiers={}",

@@ -12,7 +12,9 @@
 //! core-facing interface (unless in `core_sources`), else pass `inbound` when an inbound rule
 //! of the destination SIM's segment names the source, else pass `non_pool`; source in a pool without a SIM → `spoofed`; quarantined SIM →
 //! `quarantined`; a rule of the SIM's segment or of the SIM allows it → pass `rule`;
-//! destination inside a pool → `lateral`; a non-first fragment → `fragment`; else `no_rule`.
+//! destination inside a pool → `lateral`; a non-first fragment → `fragment`; else `no_rule`;
+//! but a SIM of a segment in audit mode passes instead as `audit` (not toward a quarantined
+//! SIM), and so does a packet from outside toward an active SIM of such a segment.
 //!
 //! Which rule is counted when several allow (README "Policy files"): a rule naming the
 //! destination's segment before one naming its IMSI; then the segment's rules before the SIM's
@@ -26,6 +28,7 @@ use enforcer_common::{
     DropReason, PassReason, Verdict,
     decide::PacketMeta,
     maps::{IFACE_DROP_NON_POOL, IFACE_SERVICE, IPPROTO_TCP, IPPROTO_UDP},
+    rules::AUDIT_RULE,
 };
 use ipnetwork::IpNetwork;
 
@@ -48,6 +51,12 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
         }
         if let Some(id) = inbound_rule(policy, meta, src, dst) {
             return Verdict::Pass(PassReason::Inbound, id);
+        }
+        // Toward an active SIM of an audit segment, what would be inbound passes as audit.
+        if policy.sims.iter().any(|sim| {
+            holds(sim, dst) && sim.state != SimState::Quarantined && audited(policy, sim)
+        }) {
+            return Verdict::Pass(PassReason::Audit, AUDIT_RULE);
         }
         return Verdict::Pass(PassReason::NonPool, 0);
     };
@@ -88,6 +97,12 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     if let Some((.., id)) = best {
         return Verdict::Pass(PassReason::Rule, id);
     }
+    // An audit segment's SIM: what would be dropped passes as audit, but nothing goes to a
+    // quarantined SIM.
+    let to_quarantined = dst_sim.is_some_and(|d| policy.sims[d].state == SimState::Quarantined);
+    if audited(policy, sim) && !to_quarantined {
+        return Verdict::Pass(PassReason::Audit, AUDIT_RULE);
+    }
     if dst_in_pool {
         Verdict::Drop(DropReason::Lateral)
     } else if meta.later_fragment {
@@ -95,6 +110,14 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     } else {
         Verdict::Drop(DropReason::NoRule)
     }
+}
+
+/// Whether `sim`'s segment is in audit mode (`mode = "audit"`).
+fn audited(policy: &ValidatedPolicy, sim: &Sim) -> bool {
+    policy
+        .segments
+        .get(usize::from(sim.segment))
+        .is_some_and(|s| s.audit)
 }
 
 /// The inbound rule that lets `src` (outside every pool) reach the SIM at `dst`: one of the
@@ -351,6 +374,18 @@ impl Sessions {
             IPPROTO_UDP => ported,
             _ => icmp_echo(true),
         };
+        let sender_is_sim = policy.sims.iter().any(|sim| holds(sim, src));
+        // Audit mode opens sessions as the rules it stands in for would.
+        if let Verdict::Pass(PassReason::Audit, rule) = verdict {
+            if opens {
+                let opened = self.opened;
+                self.opened += 1;
+                self.open
+                    .entry((src, sport, dst, dport, meta.proto))
+                    .or_insert((rule, !sender_is_sim, opened));
+            }
+            return verdict;
+        }
         if let Verdict::Pass(PassReason::Inbound, rule) = verdict {
             if opens {
                 let opened = self.opened;
@@ -376,7 +411,6 @@ impl Sessions {
             }
             return verdict;
         }
-        let sender_is_sim = policy.sims.iter().any(|sim| holds(sim, src));
         if verdict == Verdict::Pass(PassReason::NonPool, 0)
             && !sender_is_sim
             && in_pool(policy, dst)

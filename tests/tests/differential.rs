@@ -140,6 +140,10 @@ fn kernel_and_reference_agree_on_random_frames() {
             verdicts.contains_key("pass_inbound"),
             "the generator never produced pass_inbound"
         );
+        assert!(
+            verdicts.contains_key("pass_audit"),
+            "the generator never produced pass_audit"
+        );
     }
     for needed in [
         "pass_rule",
@@ -414,6 +418,11 @@ impl RandomPolicy {
                 let _ = writeln!(text, "{line}");
             }
             let _ = writeln!(text, "]");
+            // Some segments (never the first, whose inbound rule must stay visible) are in
+            // audit mode: what their rules would deny passes as `audit`.
+            if s > 0 && rng.chance(25) {
+                let _ = writeln!(text, "mode = \"audit\"");
+            }
         }
         // Give some SIMs rules of their own by appending to their tables.
         let mut with_rules = String::new();

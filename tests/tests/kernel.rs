@@ -1550,3 +1550,80 @@ fn denied_packets_raise_rate_limited_deny_events() {
     assert_eq!(events[0].sim, DENY_NO_SIM);
     assert_eq!(events[0].reason, enforcer_common::DropReason::Spoofed as u8);
 }
+
+/// Audit mode: an audit segment's SIM passes what its rules would deny (counted as `audit`,
+/// reported as an `audit` deny event), opens a session so the reply comes back, and a packet
+/// from outside toward it passes as audit too; a quarantined SIM still sends nothing. Once the
+/// segment is switched to enforce, the audit session's next packet is judged again and dropped.
+#[test]
+fn audit_mode_passes_what_would_be_denied_until_enforced() {
+    use enforcer_common::{
+        DropReason, PassReason, Verdict, maps::DENY_EVENT_AUDIT, rules::AUDIT_RULE,
+    };
+    let audit = r#"
+pools = ["10.64.0.0/16"]
+[[segments]]
+name = "trial"
+mode = "audit"
+rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+[[sims]]
+imsi = "001010000000001"
+ipv4 = "10.64.0.1"
+segment = "trial"
+[[sims]]
+imsi = "001010000000002"
+ipv4 = "10.64.0.2"
+segment = "trial"
+state = "quarantined"
+"#;
+    let mut harness = Harness::new(audit, &[]);
+    let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(80)).flags(0x02);
+    assert_eq!(
+        harness.check(&syn.build()).verdict,
+        Verdict::Pass(PassReason::Audit, AUDIT_RULE)
+    );
+    assert_eq!(
+        harness.check(&syn.reply(0x12).build()).verdict,
+        Verdict::Pass(PassReason::Reply, AUDIT_RULE),
+        "the reply of an audit session comes back"
+    );
+    let allowed = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443)).flags(0x02);
+    assert!(matches!(
+        harness.check(&allowed.build()).verdict,
+        Verdict::Pass(PassReason::Rule, _)
+    ));
+    let inbound = Frame::new("203.0.113.9", "10.64.0.1", L4::Tcp(22)).flags(0x02);
+    assert_eq!(
+        harness.check(&inbound.build()).verdict,
+        Verdict::Pass(PassReason::Audit, AUDIT_RULE),
+        "from outside toward an audit SIM"
+    );
+    let lateral = Frame::new("10.64.0.1", "10.64.0.2", L4::Tcp(22)).flags(0x02);
+    assert_eq!(
+        harness.check(&lateral.build()).verdict,
+        Verdict::Drop(DropReason::Lateral),
+        "never toward a quarantined SIM"
+    );
+    let quarantined = Frame::new("10.64.0.2", "198.51.100.10", L4::Tcp(80)).flags(0x02);
+    assert_eq!(
+        harness.check(&quarantined.build()).verdict,
+        Verdict::Drop(DropReason::Quarantined)
+    );
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == DENY_EVENT_AUDIT && e.dport == 80),
+        "{events:?}"
+    );
+    // Enforced: the audit session's next packet is denied, its reply no longer comes back.
+    harness.reload(&audit.replace("mode = \"audit\"\n", ""));
+    assert_eq!(
+        harness.check(&syn.reply(0x10).build()).verdict,
+        Verdict::Drop(DropReason::NoRule)
+    );
+    assert_eq!(
+        harness.check(&syn.clone().flags(0x10).build()).verdict,
+        Verdict::Drop(DropReason::NoRule)
+    );
+}

@@ -62,6 +62,9 @@ pub struct Segment {
     pub inbound: Vec<Rule>,
     /// Alert thresholds for its SIMs (`alerts = { ... }`); all off by default.
     pub alerts: Alerts,
+    /// `mode = "audit"`: what the policy would deny its SIMs (or, from outside, them) passes,
+    /// counted as `audit`, for rolling a policy out as a dry run first.
+    pub audit: bool,
 }
 
 /// A segment's alert thresholds (`alerts = { deny_rate, learn_destinations, burst }`).

@@ -50,6 +50,8 @@ pub struct RawSegment {
     pub inbound: Vec<Spanned<RawInbound>>,
     /// Alert thresholds for the segment's SIMs.
     pub alerts: Option<Spanned<RawAlerts>>,
+    /// `enforce` (the default) or `audit`.
+    pub mode: Option<Field>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
@@ -130,7 +132,7 @@ pub struct RawRule {
 }
 
 const TOP_KEYS: &[&str] = &["pools", "core_sources", "segments", "sims", "inventory"];
-const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound", "alerts"];
+const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound", "alerts", "mode"];
 const ALERT_KEYS: &[&str] = &["deny_rate", "learn_destinations", "burst"];
 const SIM_KEYS: &[&str] = &[
     "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",

@@ -1202,3 +1202,17 @@ fn segment_alerts_are_validated() {
         "unknown key `deny_rates` in `alerts`; expected one of: deny_rate, learn_destinations, burst",
     );
 }
+
+/// `mode`: `enforce` (the default) or `audit`; anything else is an error at its line.
+#[test]
+fn segment_mode_is_enforce_or_audit() {
+    let policy = from_str(Path::new("p.toml"), &with("mode = \"audit\"\n")).expect("valid");
+    assert!(policy.segments[0].audit);
+    let policy = from_str(Path::new("p.toml"), &with("mode = \"enforce\"\n")).expect("valid");
+    assert!(!policy.segments[0].audit);
+    one_error(
+        &with("mode = \"dry-run\"\n"),
+        4,
+        "`mode` is `enforce` (the default) or `audit`, not `dry-run`",
+    );
+}

@@ -557,6 +557,7 @@ impl<'a> Checker<'a> {
                 rules: Vec::new(),
                 inbound: Vec::new(),
                 alerts: Alerts::default(),
+                audit: false,
             };
         }
         let mut name = String::new();
@@ -627,12 +628,32 @@ impl<'a> Checker<'a> {
             .as_ref()
             .map(|a| self.alerts(a.get_ref()))
             .unwrap_or_default();
+        let audit = match raw.mode.as_ref() {
+            None => false,
+            Some(field) => match self.string(field, "mode") {
+                Some("audit") => true,
+                Some("enforce") | None => false,
+                Some(other) => {
+                    let place = Place::Span(field.span());
+                    self.error(
+                        &place,
+                        "an unknown mode",
+                        format!(
+                            "`mode` is `enforce` (the default) or `audit`, not `{}`",
+                            clip(other)
+                        ),
+                    );
+                    false
+                }
+            },
+        };
         Segment {
             name,
             description,
             rules: Vec::new(),
             inbound: Vec::new(),
             alerts,
+            audit,
         }
     }
 

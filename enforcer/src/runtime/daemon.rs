@@ -1059,12 +1059,15 @@ impl Daemon {
                     58 => "icmpv6".to_owned(),
                     other => other.to_string(),
                 };
-                let rule = self
-                    .names
-                    .rules
-                    .get(s.rule as usize)
-                    .and_then(Clone::clone)
-                    .unwrap_or_else(|| format!("rule #{}", s.rule));
+                let rule = if s.rule == enforcer_common::rules::AUDIT_RULE {
+                    "(audit mode: no rule allows it)".to_owned()
+                } else {
+                    self.names
+                        .rules
+                        .get(s.rule as usize)
+                        .and_then(Clone::clone)
+                        .unwrap_or_else(|| format!("rule #{}", s.rule))
+                };
                 let flow = crate::control::Flow {
                     imsi: self.imsi_of(s.sim),
                     proto,

@@ -49,6 +49,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             rules: Vec::new(),
             inbound: Vec::new(),
             alerts: crate::policy::Alerts::default(),
+            audit: false,
         }],
         sims: (first..first + sims)
             .map(|n| {

@@ -155,6 +155,10 @@ impl Engine {
     /// Take in deny events: counted per SIM for the round; a spoofed source alerts at once.
     pub fn deny(&mut self, events: &[DenyEvent], now_ns: u64, out: &mut Vec<Alert>) {
         for event in events {
+            // Audit mode's reports are of packets that passed.
+            if event.reason == enforcer_common::maps::DENY_EVENT_AUDIT {
+                continue;
+            }
             let packets = 1 + u64::from(event.suppressed);
             if event.sim != enforcer_common::maps::DENY_NO_SIM {
                 if self.denied.len() < MAX_TRACKED || self.denied.contains_key(&event.sim) {

@@ -65,6 +65,10 @@ pub struct Drops {
 impl Drops {
     /// Add one event (and the suppressed packets it carries).
     pub fn add(&mut self, event: &DenyEvent) {
+        // Audit mode's reports are of packets that passed.
+        if event.reason == enforcer_common::maps::DENY_EVENT_AUDIT {
+            return;
+        }
         let ports = matches!(event.proto, 6 | 17 | 132);
         let mut key = DropKey {
             sim: event.sim,

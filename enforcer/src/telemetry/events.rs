@@ -58,7 +58,8 @@ pub struct DenyRecord {
     pub dport: Option<u16>,
     /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
     pub proto: String,
-    /// Why it was dropped, as `enforcer stats` names reasons (`no_rule`, `lateral`, ...).
+    /// Why it was dropped, as `enforcer stats` names reasons (`no_rule`, `lateral`, ...), or
+    /// `audit`: passed by audit mode, which the policy would have denied.
     pub reason: String,
     /// The interface it arrived on.
     pub iface: String,
@@ -145,13 +146,17 @@ pub fn record(
         sport: ports.then_some(event.sport),
         dport: ports.then_some(event.dport),
         proto: proto_name(event.proto),
-        reason: enforcer_common::DropReason::ALL
-            .iter()
-            .find(|r| **r as u8 == event.reason)
-            .map_or_else(
-                || format!("reason {}", event.reason),
-                |r| r.name().to_owned(),
-            ),
+        reason: if event.reason == enforcer_common::maps::DENY_EVENT_AUDIT {
+            "audit".to_owned()
+        } else {
+            enforcer_common::DropReason::ALL
+                .iter()
+                .find(|r| **r as u8 == event.reason)
+                .map_or_else(
+                    || format!("reason {}", event.reason),
+                    |r| r.name().to_owned(),
+                )
+        },
         iface: iface(event.ifindex),
         suppressed: event.suppressed,
         nearby_rule,

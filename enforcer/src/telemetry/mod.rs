@@ -118,7 +118,9 @@ pub fn records(
             msisdn: names.msisdn.clone(),
             segment: names.segment.clone(),
             rule: names.rule.clone(),
-            reason: if due.flags & enforcer_common::session::SESSION_INBOUND != 0 {
+            reason: if due.rule == enforcer_common::rules::AUDIT_RULE {
+                "audit"
+            } else if due.flags & enforcer_common::session::SESSION_INBOUND != 0 {
                 "inbound"
             } else {
                 "rule"
