@@ -152,6 +152,8 @@ pub mod names {
     pub const DENY_EVENTS: &str = "DENY_EVENTS";
     /// `LruHashMap<u32 SIM index, DenyLimit>`: each SIM's deny-event budget.
     pub const DENY_LIMITS: &str = "DENY_LIMITS";
+    /// `Array<u32>`, one entry: non-zero turns deny events off (benchmarks). Not pinned.
+    pub const EVENTS_OFF: &str = "EVENTS_OFF";
     /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
     /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
     pub const RETIRED: [&str; 6] = [

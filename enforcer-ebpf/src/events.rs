@@ -10,7 +10,7 @@ use enforcer_common::{
     maps::{DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
 };
 
-use crate::maps::{DENY_EVENTS, DENY_LIMITS};
+use crate::maps::{DENY_EVENTS, DENY_LIMITS, EVENTS_OFF};
 
 /// One second in nanoseconds: the budget's window.
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -20,6 +20,9 @@ const WINDOW_NS: u64 = 1_000_000_000;
 /// ring buffer, and what it needs lives in this frame, not in the program's.
 #[inline(never)]
 pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
+    if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
+        return;
+    }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let limit = match DENY_LIMITS.get_ptr_mut(sim) {

@@ -96,3 +96,8 @@ pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_EVENTS_BYTES, 0);
 #[map]
 pub static DENY_LIMITS: LruHashMap<u32, DenyLimit> =
     LruHashMap::with_max_entries(DENY_LIMIT_ENTRIES, 0);
+
+/// `[0] != 0`: raise no deny events (the benchmark's program "without them"). Not pinned:
+/// each loaded program starts with events on.
+#[map]
+pub static EVENTS_OFF: Array<u32> = Array::with_max_entries(1, 0);

@@ -390,6 +390,26 @@ impl Enforcer {
         self.ebpf.map(name)
     }
 
+    /// Turn the program's deny events on or off (`EVENTS_OFF`): for benchmarks that measure
+    /// the program without them.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if the switch cannot be written.
+    pub fn set_deny_events(&mut self, on: bool) -> Result<(), LoadError> {
+        let map = self.map_mut(names::EVENTS_OFF)?;
+        let mut array: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|e| LoadError::Map {
+                map: names::EVENTS_OFF,
+                what: "opening",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        array.set(0, u32::from(!on), 0).map_err(|e| LoadError::Map {
+            map: names::EVENTS_OFF,
+            what: "writing",
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
     /// The deny events waiting in `DENY_EVENTS`, oldest first (tests; the daemon reads the
     /// pinned ring buffer from a thread of its own).
     ///

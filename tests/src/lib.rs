@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod capture;
 pub mod daemon_bench;
+pub mod deny_bench;
 pub mod export_bench;
 pub mod forwarded;
 pub mod frames;

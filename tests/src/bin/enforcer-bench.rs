@@ -13,7 +13,7 @@
 //! - End to end through veth against nftables.
 //!
 //! Writes `report.md` and `report.json` into the output directory. `--only SECTION,...` runs
-//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`, `export`.
+//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`, `export`, `deny`.
 //!
 //! Usage: enforcer-bench [--quick] [--only SECTIONS] [--out DIR] | enforcer-bench load POLICY
 
@@ -429,6 +429,11 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     } else {
         Value::Null
     };
+    let deny = if plan.runs("deny") {
+        integration_tests::deny_bench::run(&mut md, quick)?
+    } else {
+        Value::Null
+    };
     let export = if plan.runs("export") {
         let sessions = if quick { 20_000 } else { 2_000_000 };
         integration_tests::export_bench::run(&mut md, &work, sessions, quick)?
@@ -447,6 +452,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         "end_to_end": e2e,
         "daemon": daemon,
         "export": export,
+        "deny": deny,
     });
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     std::fs::write(
