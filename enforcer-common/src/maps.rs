@@ -673,7 +673,7 @@ pub const DENY_NO_SIM: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyLimit {
-    /// Start of the window, `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) nanoseconds.
+    /// Start of the window, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`) nanoseconds.
     pub window_ns: u64,
     /// Events raised in the window.
     pub count: u32,
@@ -687,7 +687,9 @@ pub struct DenyLimit {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEvent {
-    /// When, `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) nanoseconds.
+    /// When, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`, a few milliseconds'
+    /// resolution) nanoseconds: the clock sessions are stamped with, cheaper than the precise
+    /// one on the flood path.
     pub time_ns: u64,
     /// The sender's SIM index, [`DENY_NO_SIM`] for none.
     pub sim: u32,

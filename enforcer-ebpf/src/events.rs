@@ -4,7 +4,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::{
     decide::PacketMeta,
     maps::{DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
@@ -24,7 +24,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
         return;
     }
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let limit = match DENY_LIMITS.get_ptr_mut(sim) {
         Some(limit) => limit,
         None => {

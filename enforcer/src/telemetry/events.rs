@@ -84,7 +84,8 @@ pub fn proto_name(proto: u8) -> String {
     }
 }
 
-/// `CLOCK_MONOTONIC` nanoseconds now (the clock of `bpf_ktime_get_ns`).
+/// `CLOCK_MONOTONIC_COARSE` nanoseconds now (the clock of `bpf_ktime_get_coarse_ns`, which
+/// stamps deny events).
 #[must_use]
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -92,7 +93,7 @@ pub fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec for the call to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
