@@ -150,7 +150,8 @@ pub mod names {
     pub const SESSIONS: &str = "SESSIONS";
     /// Ring buffer of [`super::DenyEvent`]s, [`super::DENY_EVENTS_BYTES`] bytes.
     pub const DENY_EVENTS: &str = "DENY_EVENTS";
-    /// `LruHashMap<u32 SIM index, DenyLimit>`: each SIM's deny-event budget.
+    /// `LruHashMap<u32 SIM index, DenyLimit>`: each SIM's deny-event budget (bit 31 set: its
+    /// audit-mode budget; `DENY_NO_SIM` and `DENY_NO_SIM - 1` for senders of no SIM).
     pub const DENY_LIMITS: &str = "DENY_LIMITS";
     /// `Array<u32>`, one entry: non-zero turns deny events off (benchmarks). Not pinned.
     pub const EVENTS_OFF: &str = "EVENTS_OFF";

@@ -7,10 +7,13 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::{
     decide::PacketMeta,
-    maps::{DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
+    maps::{DENY_EVENT_AUDIT, DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
 };
 
 use crate::maps::{DENY_EVENTS, DENY_LIMITS, EVENTS_OFF};
+
+/// Set in the `DENY_LIMITS` key of a SIM's audit-mode budget.
+const AUDIT_BUDGET: u32 = 1 << 31;
 
 /// One second in nanoseconds: the budget's window.
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -25,7 +28,16 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let limit = match DENY_LIMITS.get_ptr_mut(sim) {
+    // Audit mode's reports have budgets of their own, so that their suppressed counts never
+    // mix with real denials' (SIM indices stay below 2^30).
+    let key = if reason != DENY_EVENT_AUDIT {
+        sim
+    } else if sim == DENY_NO_SIM {
+        DENY_NO_SIM - 1
+    } else {
+        sim | AUDIT_BUDGET
+    };
+    let limit = match DENY_LIMITS.get_ptr_mut(key) {
         Some(limit) => limit,
         None => {
             let fresh = DenyLimit {
@@ -36,8 +48,8 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
             };
             // A full LRU evicts the SIM denied least recently; a failed insert only skips
             // the budget's bookkeeping for this packet.
-            let _ = DENY_LIMITS.insert(sim, fresh, 0);
-            match DENY_LIMITS.get_ptr_mut(sim) {
+            let _ = DENY_LIMITS.insert(key, fresh, 0);
+            match DENY_LIMITS.get_ptr_mut(key) {
                 Some(limit) => limit,
                 None => return,
             }

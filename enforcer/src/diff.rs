@@ -152,17 +152,43 @@ pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
     for segment in &new.segments {
         match old_segments.get(segment.name.as_str()) {
             None => out.segments_added.push(segment.name.clone()),
-            Some(before) if before.description != segment.description => {
-                out.segments_changed.push(Changed {
-                    name: segment.name.clone(),
-                    fields: vec![change(
+            Some(before) => {
+                let mode = |s: &crate::policy::Segment| {
+                    if s.audit { "audit" } else { "enforce" }.to_owned()
+                };
+                let alerts = |s: &crate::policy::Segment| {
+                    let a = s.alerts;
+                    let show =
+                        |v: Option<u32>| v.map_or_else(|| "off".to_owned(), |v| v.to_string());
+                    format!(
+                        "deny_rate {}, learn_destinations {}, burst {}",
+                        show(a.deny_rate),
+                        show(a.learn_destinations),
+                        show(a.burst)
+                    )
+                };
+                let fields: Vec<FieldChange> = [
+                    (
                         "description",
-                        Some(&before.description),
-                        Some(&segment.description),
-                    )],
-                });
+                        before.description.clone(),
+                        segment.description.clone(),
+                    ),
+                    // Audit mode turns enforcement off for the segment's SIMs: a reviewer must
+                    // see it.
+                    ("mode", mode(before), mode(segment)),
+                    ("alerts", alerts(before), alerts(segment)),
+                ]
+                .into_iter()
+                .filter(|(_, a, b)| a != b)
+                .map(|(field, a, b)| change(field, Some(&a), Some(&b)))
+                .collect();
+                if !fields.is_empty() {
+                    out.segments_changed.push(Changed {
+                        name: segment.name.clone(),
+                        fields,
+                    });
+                }
             }
-            Some(_) => {}
         }
     }
     out.segments_removed = old
@@ -472,6 +498,37 @@ segment = "meters"
         let b = load("b.toml", reordered);
         let d = diff(&a, &b);
         assert!(d.is_empty(), "{d:#?}");
+    }
+
+    /// Switching a segment to audit mode (enforcement off for its SIMs) or changing its
+    /// alerts is a change a reviewer sees.
+    #[test]
+    fn audit_mode_and_alerts_are_changes() {
+        let a = load("a.toml", BASE);
+        let b = load(
+            "b.toml",
+            &BASE.replace(
+                "name = \"old\"\n",
+                "name = \"old\"\nmode = \"audit\"\nalerts = { burst = 5 }\n",
+            ),
+        );
+        let d = diff(&a, &b);
+        assert_eq!(d.segments_changed.len(), 1, "{d:#?}");
+        let fields: Vec<(&str, Option<&str>)> = d.segments_changed[0]
+            .fields
+            .iter()
+            .map(|f| (f.field, f.new.as_deref()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("mode", Some("audit")),
+                (
+                    "alerts",
+                    Some("deny_rate off, learn_destinations off, burst 5")
+                )
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   a link's own chatter), once per source and cooldown;
 //! - `new_destination`: a session of a SIM toward an address, protocol and port it never used,
 //!   once its segment's `learn_destinations` seconds since it was first seen have passed;
-//! - `burst`: a SIM's bytes in a round above `burst` times its moving average.
+//! - `burst`: a SIM's bytes a second over a round above `burst` times its moving average.
 //!
 //! Each SIM raises each kind at most once per [`COOLDOWN_S`] (a new destination once per
 //! destination); memory is bounded per table ([`MAX_TRACKED`]).
@@ -36,7 +36,7 @@ pub const MAX_TRACKED: usize = 100_000;
 pub const MAX_DESTINATIONS: usize = 256;
 /// Weight of the newest round in a SIM's moving average of bytes per round.
 const EWMA_WEIGHT: f64 = 0.2;
-/// Bytes in a round below which no burst is alerted (noise of small devices).
+/// Bytes a second below which no burst is alerted (noise of small devices).
 const BURST_FLOOR: u64 = 16 * 1024;
 /// Rounds of history a moving average needs before bursts are judged against it.
 const BURST_WARMUP: u32 = 3;
@@ -142,13 +142,22 @@ fn address(bytes: [u8; 16], v6: bool) -> IpAddr {
 
 impl Engine {
     fn cooled(&mut self, sim: u32, kind: &'static str, now_ns: u64) -> bool {
+        let cooldown = COOLDOWN_S * 1_000_000_000;
         let last = self.last_alert.get(&(sim, kind)).copied();
-        if last.is_some_and(|t| now_ns.saturating_sub(t) < COOLDOWN_S * 1_000_000_000) {
+        if last.is_some_and(|t| now_ns.saturating_sub(t) < cooldown) {
             return false;
         }
-        if self.last_alert.len() < MAX_TRACKED || last.is_some() {
-            self.last_alert.insert((sim, kind), now_ns);
+        if self.last_alert.len() >= MAX_TRACKED && last.is_none() {
+            // Cooled-down entries no longer matter: drop them rather than stop recording.
+            self.last_alert
+                .retain(|_, t| now_ns.saturating_sub(*t) < cooldown);
+            if self.last_alert.len() >= MAX_TRACKED {
+                // Every entry is within its cooldown: no room to remember this one, so no
+                // alert rather than one every round.
+                return false;
+            }
         }
+        self.last_alert.insert((sim, kind), now_ns);
         true
     }
 
@@ -186,7 +195,12 @@ impl Engine {
                 continue;
             }
             if self.spoofed.len() >= MAX_TRACKED && last.is_none() {
-                continue;
+                let cooldown = COOLDOWN_S * 1_000_000_000;
+                self.spoofed
+                    .retain(|_, t| now_ns.saturating_sub(*t) < cooldown);
+                if self.spoofed.len() >= MAX_TRACKED {
+                    continue;
+                }
             }
             self.spoofed.insert(src, now_ns);
             let reason = if event.reason == DropReason::Spoofed as u8 {
@@ -291,7 +305,8 @@ impl Engine {
                 average: 0.0,
                 rounds: 0,
             });
-            let delta = total.saturating_sub(history.total);
+            // Bytes a second over the round, so a late round raises no false burst.
+            let delta = (total.saturating_sub(history.total) as f64 / interval_s.max(0.001)) as u64;
             history.total = total;
             let burst = history.rounds >= BURST_WARMUP
                 && delta >= BURST_FLOOR
@@ -305,7 +320,7 @@ impl Engine {
             history.rounds = history.rounds.saturating_add(1);
             if burst && self.cooled(sim, "burst", now_ns) {
                 let message = format!(
-                    "SIM {} ({}) sent and received {delta} bytes in a round, {:.0} times its \
+                    "SIM {} ({}) sent and received {delta} bytes a second, {:.0} times its \
                      moving average",
                     v.imsi,
                     v.segment,
