@@ -548,6 +548,8 @@ impl Drop for RunFiles {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.store));
         }
+        // The flow export's state, saved beside the store when a daemon with a collector stops.
+        let _ = std::fs::remove_file(std::path::Path::new(&self.store).with_extension("flows"));
     }
 }
 
