@@ -458,13 +458,7 @@ fn packet_explanation(
                 "let the device open the connection (its session's replies pass), or, if \
                  {from} must reach the device first (a maintenance host), add to its segment \
                  `inbound = [{{ from = [\"{from}\"], proto = \"{}\"{} }}]`",
-                match meta.proto {
-                    6 => "tcp".to_owned(),
-                    17 => "udp".to_owned(),
-                    1 => "icmp".to_owned(),
-                    58 => "icmpv6".to_owned(),
-                    other => other.to_string(),
-                },
+                show::proto_name(meta.proto),
                 if meta.has_ports {
                     format!(", ports = [{}]", meta.dport)
                 } else {

@@ -27,6 +27,7 @@ use crate::{
     policy::{Imsi, Sim, SimState, ValidatedPolicy},
     report::{self, Report, State},
     store::{self, OverrideKind, Store},
+    telemetry::monotonic_coarse_ns,
 };
 
 /// What the actor is asked to do.
@@ -702,8 +703,7 @@ impl Daemon {
     fn write_deny_events(&mut self, events: &[enforcer_common::maps::DenyEvent]) {
         if let Some(sink) = &self.alert_sink {
             let mut out = Vec::new();
-            self.alerts
-                .deny(events, crate::telemetry::events::monotonic_ns(), &mut out);
+            self.alerts.deny(events, monotonic_coarse_ns(), &mut out);
             sink.send(&out);
         }
         if let Some(export) = &mut self.flow_export {
@@ -938,8 +938,8 @@ impl Daemon {
     /// Export the interval's dropped traffic once it is `drops_interval_ns` old (at once with
     /// `now`); sums the exporter's queue has no room for wait for the next round.
     fn export_drops(&self, export: &mut FlowExport, now: bool) {
-        use crate::telemetry::{FlowNames, drops, events::monotonic_ns, exporter::BATCH};
-        let mono = monotonic_ns();
+        use crate::telemetry::{FlowNames, drops, exporter::BATCH};
+        let mono = monotonic_coarse_ns();
         if export.drops.is_empty()
             || (!now && mono.saturating_sub(export.drops.since_ns) < export.drops_interval_ns)
         {
@@ -1021,17 +1021,8 @@ impl Daemon {
             only.insert(self.sim(imsi)?.1);
         }
         let now = monotonic_coarse_ns();
-        let endpoint = |addr: [u8; 16], port: u16, v6: bool| {
-            let ip = if v6 {
-                std::net::IpAddr::from(addr)
-            } else {
-                std::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-            };
-            match ip {
-                std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
-                std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
-            }
-        };
+        // `SocketAddr` writes `[v6]:port` and `v4:port`.
+        let endpoint = |(ip, port)| std::net::SocketAddr::new(ip, port).to_string();
         let mut flows: Vec<(u64, crate::control::Flow)> = self
             .enforcer
             .sessions()
@@ -1039,26 +1030,14 @@ impl Daemon {
             .into_iter()
             .filter(|(_, s)| only.is_empty() || only.contains(&s.sim))
             .map(|(key, s)| {
-                let v6 = key.v6 == 1;
-                let a = endpoint(key.addr_a, key.port_a, v6);
-                let b = endpoint(key.addr_b, key.port_b, v6);
-                let (device, peer) = if s.flags & session::SESSION_DEVICE_FIRST != 0 {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
+                let (device, peer) = crate::telemetry::endpoints(&key, s.flags);
+                let (device, peer) = (endpoint(device), endpoint(peer));
                 let direction = if s.flags & session::SESSION_INBOUND != 0 {
                     "inbound"
                 } else {
                     "outbound"
                 };
-                let proto = match key.proto {
-                    6 => "tcp".to_owned(),
-                    17 => "udp".to_owned(),
-                    1 => "icmp".to_owned(),
-                    58 => "icmpv6".to_owned(),
-                    other => other.to_string(),
-                };
+                let proto = crate::policy::show::proto_name(key.proto);
                 let rule = if s.rule == enforcer_common::rules::AUDIT_RULE {
                     "(audit mode: no rule allows it)".to_owned()
                 } else {
@@ -2115,18 +2094,6 @@ fn stream_rows(
     }
     chunk.extend_from_slice(END_OF_ROWS);
     let _ = tx.blocking_send(chunk);
-}
-
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock the program stamps sessions with
-/// (`bpf_ktime_get_coarse_ns`).
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -132,14 +132,6 @@ fn now_text() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-fn address(bytes: [u8; 16], v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::from(bytes)
-    } else {
-        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-}
-
 impl Engine {
     fn cooled(&mut self, sim: u32, kind: &'static str, now_ns: u64) -> bool {
         let cooldown = COOLDOWN_S * 1_000_000_000;
@@ -180,7 +172,7 @@ impl Engine {
             if !spoofed {
                 continue;
             }
-            let src = address(event.src, event.v6 == 1);
+            let src = super::ip(event.src, event.v6 == 1);
             // A link's own chatter (IPv6 link-local or unspecified sources: MLD reports, DAD)
             // is dropped on a core interface but forges nothing.
             let link_local = match src {
@@ -210,8 +202,8 @@ impl Engine {
             };
             out.push(Alert {
                 src: Some(src.to_string()),
-                dst: Some(address(event.dst, event.v6 == 1).to_string()),
-                proto: Some(super::events::proto_name(event.proto)),
+                dst: Some(super::ip(event.dst, event.v6 == 1).to_string()),
+                proto: Some(crate::policy::show::proto_name(event.proto)),
                 ..Alert::new(
                     "spoofed_source",
                     format!("packets from {src} ({reason}) were dropped"),
@@ -277,7 +269,7 @@ impl Engine {
             if now_ns.saturating_sub(learned.since_ns) < learning_ns {
                 continue;
             }
-            let proto_name = super::events::proto_name(proto);
+            let proto_name = crate::policy::show::proto_name(proto);
             let message = format!(
                 "SIM {} ({}) opened a session to {dst} {proto_name}/{port}, which it never used \
                  before",

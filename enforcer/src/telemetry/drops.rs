@@ -154,13 +154,7 @@ pub fn record(
     names: &super::FlowNames,
     wall_ms: impl Fn(u64) -> u64,
 ) -> FlowRecord {
-    let addr = |a: [u8; 16]| {
-        if key.v6 == 1 {
-            std::net::IpAddr::from(a)
-        } else {
-            std::net::IpAddr::from([a[0], a[1], a[2], a[3]])
-        }
-    };
+    let addr = |a: [u8; 16]| super::ip(a, key.v6 == 1);
     let reason = DropReason::ALL
         .iter()
         .find(|r| **r as u8 == key.reason)

@@ -72,31 +72,6 @@ pub struct DenyRecord {
     pub nearby_rule: Option<String>,
 }
 
-/// The protocol's name as records show it.
-#[must_use]
-pub fn proto_name(proto: u8) -> String {
-    match proto {
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        1 => "icmp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        other => other.to_string(),
-    }
-}
-
-/// `CLOCK_MONOTONIC_COARSE` nanoseconds now (the clock of `bpf_ktime_get_coarse_ns`, which
-/// stamps deny events).
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 /// The record of `event`, with names looked up by `names` (IMSI, MSISDN, segment of a SIM
 /// index and segment id), `iface` (interface name of an ifindex) and `nearby` (the sender's
 /// rule nearest to the packet: SIM index, destination, protocol, port).
@@ -106,16 +81,10 @@ pub fn record(
     iface: impl Fn(u32) -> String,
     nearby: impl Fn(u32, std::net::IpAddr, u8, Option<u16>) -> Option<String>,
 ) -> DenyRecord {
-    use std::net::IpAddr;
-    let addr = |a: [u8; 16]| {
-        if event.v6 == 1 {
-            IpAddr::from(a).to_string()
-        } else {
-            IpAddr::from([a[0], a[1], a[2], a[3]]).to_string()
-        }
-    };
+    let addr = |a: [u8; 16]| super::ip(a, event.v6 == 1).to_string();
     let now_wall = std::time::SystemTime::now();
-    let ago = std::time::Duration::from_nanos(monotonic_ns().saturating_sub(event.time_ns));
+    let ago =
+        std::time::Duration::from_nanos(super::monotonic_coarse_ns().saturating_sub(event.time_ns));
     let when = now_wall.checked_sub(ago).unwrap_or(now_wall);
     let (imsi, msisdn, segment) = if event.sim == enforcer_common::maps::DENY_NO_SIM {
         (None, None, None)
@@ -123,11 +92,7 @@ pub fn record(
         names(event.sim, event.segment)
     };
     let ports = matches!(event.proto, 6 | 17 | 132);
-    let dst = if event.v6 == 1 {
-        IpAddr::from(event.dst)
-    } else {
-        IpAddr::from([event.dst[0], event.dst[1], event.dst[2], event.dst[3]])
-    };
+    let dst = super::ip(event.dst, event.v6 == 1);
     let nearby_rule = (event.sim != enforcer_common::maps::DENY_NO_SIM
         && matches!(
             enforcer_common::DropReason::ALL
@@ -146,7 +111,7 @@ pub fn record(
         dst: addr(event.dst),
         sport: ports.then_some(event.sport),
         dport: ports.then_some(event.dport),
-        proto: proto_name(event.proto),
+        proto: crate::policy::show::proto_name(event.proto),
         reason: if event.reason == enforcer_common::maps::DENY_EVENT_AUDIT {
             "audit".to_owned()
         } else {

@@ -21,7 +21,7 @@
 //! | 456 | mobileMSISDN | variable (string, empty when the SIM has none) |
 //! | PEN 32473 / 1 | enforcerSegment | variable (string) |
 //! | PEN 32473 / 2 | enforcerRule | variable (string) |
-//! | PEN 32473 / 3 | enforcerReason | variable (string: `rule`, `inbound` for sessions; the drop reason, `no_rule`, `spoofed`, ..., for drops) |
+//! | PEN 32473 / 3 | enforcerReason | variable (string: `rule`, `inbound`, `audit` for sessions; the drop reason, `no_rule`, `spoofed`, ..., for drops) |
 //!
 //! The enterprise number is 32473, IANA's "example enterprise number for documentation use"
 //! (RFC 5612): a placeholder until the project registers its own.

@@ -47,7 +47,9 @@ pub fn wall_ms(mono_ns: u64, now_mono_ns: u64, now_wall_ms: u64) -> u64 {
     now_wall_ms.saturating_sub(now_mono_ns.saturating_sub(mono_ns) / 1_000_000)
 }
 
-fn address(addr: [u8; 16], v6: bool) -> IpAddr {
+/// An address as the maps hold it (16 bytes, IPv4 in the first four) in its family.
+#[must_use]
+pub fn ip(addr: [u8; 16], v6: bool) -> IpAddr {
     if v6 {
         IpAddr::from(addr)
     } else {
@@ -59,8 +61,8 @@ fn address(addr: [u8; 16], v6: bool) -> IpAddr {
 #[must_use]
 pub fn endpoints(key: &SessionKey, flags: u8) -> ((IpAddr, u16), (IpAddr, u16)) {
     let v6 = key.v6 == 1;
-    let a = (address(key.addr_a, v6), key.port_a);
-    let b = (address(key.addr_b, v6), key.port_b);
+    let a = (ip(key.addr_a, v6), key.port_a);
+    let b = (ip(key.addr_b, v6), key.port_b);
     if flags & SESSION_DEVICE_FIRST != 0 {
         (a, b)
     } else {
@@ -128,4 +130,17 @@ pub fn records(
             .to_owned(),
         });
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` nanoseconds now: the clock the program stamps sessions and deny
+/// events with (`bpf_ktime_get_coarse_ns`).
+#[must_use]
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
