@@ -66,6 +66,10 @@ pub struct MapImage {
     pub sims_v4: Vec<(SimKeyV4, SimEntry)>,
     /// `SIM_V6`.
     pub sims_v6: Vec<(SimKeyV6, SimEntry)>,
+    /// SIMs without an address in the policy file, sorted by SIM index: their `SIMS` policy
+    /// words are written all the same, so that an address bound at run time (RADIUS, `sim
+    /// bind`) finds its SIM's segment, flags and rules rather than an empty slot.
+    pub sims_unbound: Vec<SimEntry>,
     /// `NET_V4`.
     pub nets_v4: Vec<NetV4>,
     /// `NET_V6`.
@@ -244,6 +248,7 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
 
     let mut sims_v4 = Vec::new();
     let mut sims_v6 = Vec::new();
+    let mut sims_unbound = Vec::new();
     for (pos, sim) in policy.sims.iter().enumerate() {
         let mut flags = 0;
         if sim.state == SimState::Quarantined {
@@ -277,9 +282,13 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
             prefix.copy_from_slice(&octets[..8]);
             sims_v6.push((prefix, entry));
         }
+        if sim.ipv4().is_none() && sim.ipv6().is_none() {
+            sims_unbound.push(entry);
+        }
     }
     sims_v4.sort_unstable();
     sims_v6.sort_unstable();
+    sims_unbound.sort_unstable_by_key(|e| e.sim);
 
     let (mut nets_v4, mut nets_v6) = (classes.v4, classes.v6);
     for pool in &policy.pools {
@@ -306,6 +315,7 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
     let image = MapImage {
         sims_v4,
         sims_v6,
+        sims_unbound,
         nets_v4,
         nets_v6,
         segments: segment_tiers
@@ -613,9 +623,18 @@ impl MapImage {
     /// SIM index slots the image uses (highest SIM index + 1): the `SIMS` entries needed.
     #[must_use]
     pub fn sim_slots(&self) -> usize {
-        let v4 = self.sims_v4.iter().map(|(_, e)| e.sim);
-        let v6 = self.sims_v6.iter().map(|(_, e)| e.sim);
-        v4.chain(v6).map(|sim| sim as usize + 1).max().unwrap_or(0)
+        self.sim_entries()
+            .map(|e| e.sim as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every SIM's entry: once per address (`SIM_V4`, `SIM_V6`), and once for each SIM without
+    /// one.
+    pub fn sim_entries(&self) -> impl Iterator<Item = &SimEntry> {
+        let v4 = self.sims_v4.iter().map(|(_, e)| e);
+        let v6 = self.sims_v6.iter().map(|(_, e)| e);
+        v4.chain(v6).chain(&self.sims_unbound)
     }
 
     /// Number of map entries the image writes.
@@ -640,6 +659,9 @@ impl MapImage {
             let mut addr = [0u8; 16];
             addr[..8].copy_from_slice(key);
             let _ = writeln!(out, "sim_v6 {}/64 -> {}", Ipv6Addr::from(addr), sim(e));
+        }
+        for e in &self.sims_unbound {
+            let _ = writeln!(out, "sim (no address) -> {}", sim(e));
         }
         for n in &self.nets_v4 {
             let _ = writeln!(

@@ -64,8 +64,7 @@ impl Generation {
             ports_used[word] |= 1 << (key.port & 63);
         }
         let mut sim_policy = vec![None; image.sim_slots()];
-        let v4 = image.sims_v4.iter().map(|(_, e)| e);
-        for e in v4.chain(image.sims_v6.iter().map(|(_, e)| e)) {
+        for e in image.sim_entries() {
             sim_policy[e.sim as usize] = Some(e.policy());
         }
         Self {

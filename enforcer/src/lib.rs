@@ -2,6 +2,7 @@
 //! loader, stable ids and the store that keeps them, counters, the userspace reference model of
 //! the XDP program, the independent policy oracle and capture replay.
 mod batch;
+pub mod bindings;
 pub mod capacity;
 pub mod compile;
 pub mod control;

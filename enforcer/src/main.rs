@@ -185,6 +185,16 @@ struct RunArgs {
     /// about 4 s; a queue of 1,024 alerts, the rest dropped and counted).
     #[arg(long, value_name = "URL", value_parser = parse_webhook)]
     alert_webhook: Option<String>,
+    /// Take RADIUS accounting (RFC 2866) from the PGW/SMFs listed in FILE, a TOML file of
+    /// `[[clients]]` with `name`, `address` (an IP address or prefix) and `secret` (keep it
+    /// mode 0600): Start and Interim-Update bind the device's address to the SIM of the
+    /// 3GPP-IMSI, Stop unbinds it. Off when not given.
+    #[arg(long, value_name = "FILE")]
+    radius_clients: Option<PathBuf>,
+    /// Where to receive RADIUS accounting (UDP). Give the address the PGW/SMF sends to, so
+    /// that responses leave from it on a host with several.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:1813")]
+    radius_listen: std::net::SocketAddr,
 }
 
 /// An alert webhook: an `http://` or `https://` URL.
@@ -664,6 +674,13 @@ fn parse_iface(text: &str) -> Result<IfaceArg, String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let radius = match &args.radius_clients {
+        Some(path) => Some(runtime::Radius {
+            listen: args.radius_listen,
+            clients: enforcer::bindings::radius::Clients::load(path).context("--radius-clients")?,
+        }),
+        None => None,
+    };
     let config = args
         .config
         .as_ref()
@@ -713,5 +730,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         deny_events: args.deny_events,
         alerts: args.alerts,
         alert_webhook: args.alert_webhook,
+        radius,
     })
 }

@@ -84,3 +84,32 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `GET path` over HTTP/1.1 from inside network namespace `ns` to `addr`; returns (status
+/// line, body).
+///
+/// # Panics
+/// When the connection or the request fails, or the answer is no HTTP response.
+#[must_use]
+pub fn http_get(ns: &str, addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    throughput::in_netns(ns, || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    })
+}

@@ -5,7 +5,6 @@
 //! SIM's IMSI and MSISDN, and decode without a malformed packet.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -541,26 +540,7 @@ fn scrape(ns: &str, addr: &str) -> (String, String) {
 
 /// `GET path` over HTTP/1.1 from inside namespace `ns`; returns (status line, body).
 fn scrape_path(ns: &str, addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read as _, Write as _};
-    let addr: SocketAddr = addr.parse().expect("address");
-    integration_tests::throughput::in_netns(ns, || {
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-        (
-            head.lines().next().unwrap_or_default().to_owned(),
-            body.to_owned(),
-        )
-    })
+    integration_tests::http_get(ns, addr, path)
 }
 
 /// The sum of the samples of `metric` whose labels include every `(name, value)` of `want`.

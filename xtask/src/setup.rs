@@ -132,6 +132,11 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::Test],
     },
     Package {
+        name: "freeradius-utils",
+        why: "`radclient`: the packet core's RADIUS accounting in the RADIUS tests",
+        for_: &[Purpose::Test],
+    },
+    Package {
         name: "tmux",
         why: "drives `enforcer top`'s terminal view in the tests",
         for_: &[Purpose::Test],

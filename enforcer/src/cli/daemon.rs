@@ -364,11 +364,18 @@ fn sim_text(s: &SimInfo) -> String {
     }
     let _ = writeln!(out, "addresses:  {}", s.addresses.join(", "));
     for b in &s.bindings {
+        let how = if b.session.is_empty() {
+            format!("by command: {}", b.source)
+        } else {
+            format!(
+                "by RADIUS accounting: {}, Acct-Session-Id {}",
+                b.source, b.session
+            )
+        };
         let _ = writeln!(
             out,
-            "bound:      {} (by command: {}, {} s ago){}",
+            "bound:      {} ({how}, {} s ago){}",
             b.address,
-            b.source,
             now().saturating_sub(b.at),
             if b.applied {
                 ""

@@ -415,9 +415,12 @@ pub struct SimInfo {
 pub struct Bound {
     /// IPv4 /32 or IPv6 /64.
     pub address: String,
-    /// Who bound it.
+    /// Who bound it: `cli:USER` for `sim bind`, `radius:CLIENT` for RADIUS accounting.
     pub source: String,
-    /// Unix time (seconds) it was bound.
+    /// The RADIUS Acct-Session-Id that bound it (empty: bound by command).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// Unix time (seconds) it was bound (RADIUS: the request's Event-Timestamp).
     pub at: u64,
     /// False when the policy file gives the address to another SIM (the file wins until it
     /// frees the address) or puts it outside every pool.

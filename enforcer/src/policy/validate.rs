@@ -781,17 +781,8 @@ impl<'a> Checker<'a> {
             .ipv6
             .as_ref()
             .and_then(|(net, place)| self.sim_ipv6(net, place, index));
-        if text.ipv4.is_none()
-            && text.ipv6.is_none()
-            && !text.invalid.contains(&"ipv4")
-            && !text.invalid.contains(&"ipv6")
-        {
-            self.error(
-                &text.whole,
-                "a SIM without an address",
-                "SIM without an address; give `ipv4` and/or `ipv6`",
-            );
-        }
+        // A SIM without an address is valid: the packet core gives it one per data session
+        // (RADIUS accounting, `sim bind`); until then nothing it sends matches it.
         let families = if text.ipv4.is_some() { FAMILY_V4 } else { 0 }
             | if text.ipv6.is_some() { FAMILY_V6 } else { 0 };
         self.sim_families.push(families);

@@ -12,6 +12,8 @@ use enforcer_common::maps::{IFACE_DROP_NON_POOL, names};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+mod accounting;
+
 use super::start::{Settings, if_index};
 use crate::{
     compile::{self, Compiled},
@@ -43,6 +45,8 @@ pub(crate) enum Event {
     SweepSessions,
     /// Deny events read from the ring buffer, to name and write out.
     Deny(Vec<enforcer_common::maps::DenyEvent>),
+    /// RADIUS accounting requests, and where to say which were recorded.
+    Radius(crate::bindings::radius::Batch),
     /// A stop signal (its name).
     Stop(&'static str),
 }
@@ -74,9 +78,24 @@ impl Event {
             },
             // A batch of at most a ring buffer's events: microseconds each.
             Event::Deny(_) => true,
+            // At most a socket read's requests, each a binding's few map and store writes.
+            Event::Radius(_) => true,
             Event::Hangup | Event::CheckLinks | Event::SweepSessions | Event::Stop(_) => false,
         }
     }
+}
+
+/// What [`Daemon::bind_core`] did.
+pub(crate) enum BindResult {
+    /// Bound (`changed`), or already bound so.
+    Done {
+        /// The IMSI as the policy spells it.
+        imsi: String,
+        /// Whether anything was written.
+        changed: bool,
+    },
+    /// Older than the binding in force: nothing changed (why).
+    Stale(String),
 }
 
 /// One interface of `--iface`.
@@ -389,6 +408,8 @@ pub struct Daemon {
     alert_stats: std::sync::Arc<crate::telemetry::alerts::AlertStats>,
     /// When the previous alert round ran.
     alerts_at: Instant,
+    /// The RADIUS accounting path's counters.
+    radius_stats: std::sync::Arc<crate::bindings::radius::Stats>,
 }
 
 /// SIMs whose drop reasons `top` keeps between two calls at most.
@@ -453,6 +474,7 @@ impl Daemon {
             alert_sink: None,
             alert_stats: std::sync::Arc::default(),
             alerts_at: Instant::now(),
+            radius_stats: std::sync::Arc::default(),
         }
     }
 
@@ -693,6 +715,11 @@ impl Daemon {
         self.event_stats = stats;
     }
 
+    /// The RADIUS accounting path's counters.
+    pub(super) fn radius_stats(&self) -> std::sync::Arc<crate::bindings::radius::Stats> {
+        std::sync::Arc::clone(&self.radius_stats)
+    }
+
     /// The deny-event path's counters.
     pub(super) fn event_stats(&self) -> std::sync::Arc<crate::telemetry::events::EventStats> {
         std::sync::Arc::clone(&self.event_stats)
@@ -780,6 +807,10 @@ impl Daemon {
             self.alert_sink
                 .is_some()
                 .then(|| std::sync::Arc::clone(&self.alert_stats)),
+            self.settings
+                .radius
+                .is_some()
+                .then(|| std::sync::Arc::clone(&self.radius_stats)),
         ));
         metrics
             .sessions_capacity
@@ -1216,6 +1247,10 @@ impl Daemon {
             Event::CheckLinks => self.check_links(),
             Event::SweepSessions => self.sweep_sessions(),
             Event::Deny(events) => self.write_deny_events(&events),
+            Event::Radius((requests, answer)) => {
+                let acks = self.accounting(&requests);
+                let _ = answer.send(acks);
+            }
             Event::Stop(_) => {}
         }
     }
@@ -1424,18 +1459,43 @@ impl Daemon {
     }
 
     /// Bind `address` to the SIM at run time, in place of its policy file's address of that
-    /// family: the store first, then the bindings map of the active generation directly (the
-    /// new address, then the old one removed: two hash writes, each seen whole by packets, no
-    /// generation switch), then the policy in force. A change costs the same at 1M SIMs as at
-    /// one: nothing is recompiled (the compiled image is brought up to date when something
-    /// reads it).
+    /// family (see [`Daemon::bind_core`]).
     fn bind(&mut self, imsi: &str, address: &str, source: &str) -> anyhow::Result<SimInfo> {
         let net = parse_binding(address)?;
-        let (position, index, sim) = self.sim(imsi)?;
+        let wanted = store::Binding {
+            imsi: imsi.to_owned(),
+            address: net,
+            source: source.to_owned(),
+            at: i64::try_from(now()).unwrap_or(i64::MAX),
+            client: String::new(),
+            session: String::new(),
+        };
+        let imsi = match self.bind_core(wanted, false)? {
+            BindResult::Done { imsi, .. } => imsi,
+            BindResult::Stale(why) => bail!("{why}; nothing changed"),
+        };
+        self.sim_info(&imsi)
+    }
+
+    /// Bind `wanted.address` to the SIM at run time: the store first, then the bindings map of
+    /// the active generation directly (the new address, then the SIM's old one removed: two
+    /// hash writes, each seen whole by packets, no generation switch), then the policy in
+    /// force. A change costs the same at 1M SIMs as at one: nothing is recompiled (the
+    /// compiled image is brought up to date when something reads it).
+    ///
+    /// An address another SIM holds by run-time binding is refused, unless `take_over`
+    /// (RADIUS: the packet core's newest word on an address wins): then the one write of the
+    /// address's key moves it from that SIM to this one, so no packet is judged under a SIM
+    /// in between, and that SIM falls back to its file address. A request older (`at`) than
+    /// the binding it would replace is [`BindResult::Stale`]; one that repeats the binding in
+    /// force (same address, client and session) changes nothing.
+    fn bind_core(&mut self, wanted: store::Binding, take_over: bool) -> anyhow::Result<BindResult> {
+        let net = wanted.address;
+        let v6 = net.is_ipv6();
+        let (position, index, sim) = self.sim(&wanted.imsi)?;
         let imsi = sim.imsi.to_string();
         let before = (sim.ipv4(), sim.ipv6());
-        let old = sim_addresses(sim).find(|a| a.is_ipv6() == net.is_ipv6());
-        let v6 = net.is_ipv6();
+        let old = sim_addresses(sim).find(|a| a.is_ipv6() == v6);
         if !self.policy.pools.iter().any(|p| in_pool(*p, net)) {
             bail!(
                 "{net} is in no pool of the policy in force ({}); a SIM's address must lie in a \
@@ -1443,68 +1503,163 @@ impl Daemon {
                 self.policy.path.display()
             );
         }
+        let previous = self.bindings.get(&(imsi.clone(), v6)).cloned();
+        if let Some(p) = &previous
+            && p.address == net
+            && p.client == wanted.client
+            && p.session == wanted.session
+            && old == Some(net)
+            && take_over
+        {
+            return Ok(BindResult::Done {
+                imsi,
+                changed: false,
+            });
+        }
+        if let Some(p) = previous
+            .as_ref()
+            .filter(|p| take_over && p.at > wanted.at && p.session != wanted.session)
+        {
+            return Ok(BindResult::Stale(format!(
+                "IMSI {imsi} has a newer session ({}, at {})",
+                p.session, p.at
+            )));
+        }
+        let mut taken_from = None;
         if let Some(other) = self.holder(net)?.filter(|&other| other != index) {
-            let other = self.imsi_of(other);
+            let other_imsi = self.imsi_of(other);
             let by_command = self
                 .bindings
-                .get(&(other.clone(), v6))
-                .is_some_and(|b| b.address == net);
-            if by_command {
-                bail!(
-                    "{net} is bound to IMSI {other} by command; unbind it there first (`enforcer \
-                     sim unbind {other} {net}`). Nothing changed"
-                );
+                .get(&(other_imsi.clone(), v6))
+                .filter(|b| b.address == net)
+                .cloned();
+            match by_command {
+                Some(b) if take_over => {
+                    if b.at > wanted.at {
+                        return Ok(BindResult::Stale(format!(
+                            "{net} was bound to IMSI {other_imsi} later (at {})",
+                            b.at
+                        )));
+                    }
+                    taken_from = Some(other_imsi);
+                }
+                Some(_) => bail!(
+                    "{net} is bound to IMSI {other_imsi} by command; unbind it there first \
+                     (`enforcer sim unbind {other_imsi} {net}`). Nothing changed"
+                ),
+                None => bail!(
+                    "{net} belongs to IMSI {other_imsi} in the policy file ({}); change the file \
+                     to move it. Nothing changed",
+                    self.policy.path.display()
+                ),
             }
-            bail!(
-                "{net} belongs to IMSI {other} in the policy file ({}); change the file to move \
-                 it. Nothing changed",
-                self.policy.path.display()
-            );
         }
-        let previous = self.bindings.get(&(imsi.clone(), v6)).cloned();
+        let wanted = store::Binding {
+            imsi: imsi.clone(),
+            ..wanted
+        };
         self.store
-            .set_binding(&imsi, net, source)
+            .put_binding(&wanted)
             .context("recording the binding in the store; nothing changed")?;
+        if let Some(other) = &taken_from
+            && let Err(err) = self.store.clear_binding(other, v6)
+        {
+            let _ = self.restore_store_binding(&imsi, v6, previous.as_ref());
+            return Err(anyhow!(err).context("recording the binding in the store; nothing changed"));
+        }
         if let Err(err) = self.move_binding(index, old, Some(net)) {
-            let _ = match &previous {
-                Some(p) => self.store.set_binding(&imsi, p.address, &p.source),
-                None => self.store.clear_binding(&imsi, v6).map(|_| ()),
-            };
+            let _ = self.restore_store_binding(&imsi, v6, previous.as_ref());
+            if let Some(other) = &taken_from
+                && let Some(b) = self.bindings.get(&(other.clone(), v6)).cloned()
+            {
+                let _ = self.store.put_binding(&b);
+            }
             return Err(err.context("binding failed; nothing changed"));
+        }
+        if let Some(other) = taken_from {
+            self.release_taken(&other, v6);
         }
         set_address(&mut self.policy.sims[position], v6, Some(net));
         self.compiled_stale = true;
         self.file_addresses.entry(imsi.clone()).or_insert(before);
-        self.bindings.insert(
-            (imsi.clone(), v6),
-            store::Binding {
-                imsi: imsi.clone(),
-                address: net,
-                source: source.to_owned(),
-                at: i64::try_from(now()).unwrap_or(i64::MAX),
-            },
-        );
-        debug!(imsi, address = %net, source, "Address bound by command.");
-        self.sim_info(&imsi)
+        debug!(imsi, address = %net, source = %wanted.source, "Address bound at run time.");
+        self.bindings.insert((imsi.clone(), v6), wanted);
+        Ok(BindResult::Done {
+            imsi,
+            changed: true,
+        })
+    }
+
+    /// Put the store's binding of `imsi` and family `v6` back as it was (`previous`).
+    fn restore_store_binding(
+        &mut self,
+        imsi: &str,
+        v6: bool,
+        previous: Option<&store::Binding>,
+    ) -> Result<(), store::StoreError> {
+        match previous {
+            Some(p) => self.store.put_binding(p),
+            None => self.store.clear_binding(imsi, v6).map(|_| ()),
+        }
+    }
+
+    /// The SIM `imsi` lost its run-time binding of family `v6` to another SIM (whose write of
+    /// the address's key took it over): it falls back to its file address of that family if
+    /// that is free, else to none.
+    fn release_taken(&mut self, imsi: &str, v6: bool) {
+        self.bindings.remove(&(imsi.to_owned(), v6));
+        let Ok((position, index, _)) = self.sim(imsi) else {
+            return;
+        };
+        let (file_v4, file_v6) = self.file_addresses.get(imsi).copied().unwrap_or_default();
+        let restore = if v6 {
+            file_v6.map(ipnetwork::IpNetwork::V6)
+        } else {
+            file_v4.map(|a| ipnetwork::IpNetwork::V4(a.into()))
+        };
+        let restore = restore.filter(|r| matches!(self.holder(*r), Ok(None)));
+        if let Some(r) = restore
+            && let Err(err) = self.set_bound(r, Some(index))
+        {
+            warn!(imsi, address = %r, error = format!("{err:#}"), "Could not restore the file address.");
+        }
+        let restored = restore.filter(|r| matches!(self.holder(*r), Ok(Some(i)) if i == index));
+        set_address(&mut self.policy.sims[position], v6, restored);
+        self.compiled_stale = true;
+        info!(imsi, restored = ?restored, "Run-time binding taken over by another SIM.");
     }
 
     /// Remove the SIM's run-time bindings (only `address`'s, if given): its policy file's
     /// addresses apply again, directly in the active generation as for [`Daemon::bind`].
     fn unbind(&mut self, imsi: &str, address: Option<&str>) -> anyhow::Result<SimInfo> {
         let only = address.map(parse_binding).transpose()?;
+        let (imsi, removed) = self.unbind_core(imsi, |b| only.is_none_or(|a| a == b.address))?;
+        if removed == 0 {
+            bail!(
+                "IMSI {imsi} has no run-time binding{}; nothing changed",
+                only.map_or_else(String::new, |a| format!(" of {a}"))
+            );
+        }
+        self.sim_info(&imsi)
+    }
+
+    /// Remove the SIM's run-time bindings that `which` picks (see [`Daemon::unbind`]); returns
+    /// the IMSI as the policy spells it and how many were removed.
+    fn unbind_core(
+        &mut self,
+        imsi: &str,
+        which: impl Fn(&store::Binding) -> bool,
+    ) -> anyhow::Result<(String, usize)> {
         let (position, index, sim) = self.sim(imsi)?;
         let imsi = sim.imsi.to_string();
         let mine: Vec<store::Binding> = [false, true]
             .iter()
             .filter_map(|&v6| self.bindings.get(&(imsi.clone(), v6)))
-            .filter(|b| only.is_none_or(|a| a == b.address))
+            .filter(|b| which(b))
             .cloned()
             .collect();
         if mine.is_empty() {
-            bail!(
-                "IMSI {imsi} has no run-time binding{}; nothing changed",
-                only.map_or_else(String::new, |a| format!(" of {a}"))
-            );
+            return Ok((imsi, 0));
         }
         let (file_v4, file_v6) = self.file_addresses.get(&imsi).copied().unwrap_or_default();
         let file_v4 = file_v4.map(|a| ipnetwork::IpNetwork::V4(a.into()));
@@ -1542,7 +1697,7 @@ impl Daemon {
             }
             if let Err(err) = self.move_binding(index, current, restore) {
                 for b in &mine {
-                    let _ = self.store.set_binding(&imsi, b.address, &b.source);
+                    let _ = self.store.put_binding(b);
                 }
                 return Err(err.context("unbinding failed"));
             }
@@ -1556,10 +1711,9 @@ impl Daemon {
             self.file_addresses.remove(&imsi);
         }
         debug!(imsi, removed = mine.len(), "Run-time binding removed.");
-        self.sim_info(&imsi)
+        Ok((imsi, mine.len()))
     }
 
-    /// The SIM index the active generation binds to `net` (an IPv4 /32 or IPv6 /64).
     fn holder(&mut self, net: ipnetwork::IpNetwork) -> anyhow::Result<Option<u32>> {
         Ok(match net {
             ipnetwork::IpNetwork::V4(n) => self.enforcer.bound_v4(n.ip().octets())?,
@@ -1682,6 +1836,7 @@ impl Daemon {
                 .map(|b| Bound {
                     address: b.address.to_string(),
                     source: b.source.clone(),
+                    session: b.session.clone(),
                     at: u64::try_from(b.at).unwrap_or(0),
                     applied: sim_addresses(sim).any(|a| a == b.address),
                 })
@@ -2126,6 +2281,8 @@ segment = "s"
             address: address.parse().expect("address"),
             source: "test".into(),
             at,
+            client: String::new(),
+            session: String::new(),
         }
     }
 

@@ -69,6 +69,17 @@ pub struct Settings {
     pub alerts: Option<PathBuf>,
     /// Where to POST alerts, if anywhere.
     pub alert_webhook: Option<String>,
+    /// RADIUS accounting, if clients are given.
+    pub radius: Option<Radius>,
+}
+
+/// RADIUS accounting settings (`--radius-*`).
+#[derive(Clone, Debug)]
+pub struct Radius {
+    /// Where to listen (UDP).
+    pub listen: std::net::SocketAddr,
+    /// Who may send, with their secrets.
+    pub clients: crate::bindings::radius::Clients,
 }
 
 /// Flow export settings (`--ipfix-*`).
@@ -197,6 +208,20 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let radius_socket = match &settings.radius {
+        Some(radius) => Some(
+            std::net::UdpSocket::bind(radius.listen)
+                .with_context(|| {
+                    format!(
+                        "cannot receive RADIUS accounting on --radius-listen {}; give a free \
+                         local address and port",
+                        radius.listen
+                    )
+                })
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
     let event_stats = std::sync::Arc::new(crate::telemetry::events::EventStats::default());
     let deny_writer = match &settings.deny_events {
         Some(path) => Some(
@@ -261,7 +286,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     let mut daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
     daemon.set_deny_events(deny_writer, event_stats);
     daemon.set_alerts(alert_sink, alert_stats);
-    serve(daemon, listener, metrics_listener, &settings)?;
+    serve(daemon, listener, metrics_listener, radius_socket, &settings)?;
     drop(pins);
     Ok(())
 }
@@ -323,6 +348,7 @@ fn serve(
     daemon: Daemon,
     listener: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
+    radius: Option<std::net::UdpSocket>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -330,7 +356,7 @@ fn serve(
         .thread_name("enforcer-worker")
         .build()
         .context("starting the I/O runtime")?;
-    runtime.block_on(actor(daemon, listener, metrics, settings))
+    runtime.block_on(actor(daemon, listener, metrics, radius, settings))
 }
 
 /// The actor; however it ends (a stop signal, a failure to set up), the flow export is
@@ -339,10 +365,11 @@ async fn actor(
     daemon: Daemon,
     listener: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
+    radius: Option<std::net::UdpSocket>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     let mut slot = Some(daemon);
-    let result = act(&mut slot, listener, metrics, settings).await;
+    let result = act(&mut slot, listener, metrics, radius, settings).await;
     // `None` only if a worker thread panicked with the daemon: nothing to flush then.
     if let Some(mut daemon) = slot {
         daemon.stop_export();
@@ -355,6 +382,7 @@ async fn act(
     slot: &mut Option<Daemon>,
     listener: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
+    radius: Option<std::net::UdpSocket>,
     settings: &Settings,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -400,6 +428,27 @@ async fn act(
         ));
         info!(address = ?addr, "Serving Prometheus metrics at /metrics.");
     }
+    // RADIUS accounting: a task reads the socket and hands batches to the actor.
+    let (radius_batches, mut radius_incoming) = mpsc::channel::<crate::bindings::radius::Batch>(16);
+    if let (Some(socket), Some(config)) = (radius, settings.radius.as_ref()) {
+        socket
+            .set_nonblocking(true)
+            .context("receiving RADIUS accounting")?;
+        let socket =
+            tokio::net::UdpSocket::from_std(socket).context("receiving RADIUS accounting")?;
+        info!(
+            address = %config.listen,
+            clients = config.clients.all().len(),
+            "Receiving RADIUS accounting."
+        );
+        tokio::spawn(crate::bindings::radius::serve(
+            socket,
+            config.clients.clone(),
+            radius_batches.clone(),
+            slot.as_ref().ok_or_else(gone)?.radius_stats(),
+        ));
+    }
+    drop(radius_batches);
     // Interfaces deleted and re-created: every RTM_NEWLINK/RTM_DELLINK makes the actor check
     // its links at once.
     let mut watcher = match crate::netlink_watch::watch_links().await {
@@ -440,6 +489,7 @@ async fn act(
             _ = hup.recv() => Event::Hangup,
             Some((command, reply)) = incoming.recv() => Event::Command(command, reply),
             Some(events) = deny_incoming.recv() => Event::Deny(events),
+            Some(batch) = radius_incoming.recv() => Event::Radius(batch),
             Some(link) = link_event => {
                 tracing::debug!(iface = %link.name, ifindex = link.ifindex, kind = ?link.kind, "Link event.");
                 Event::CheckLinks

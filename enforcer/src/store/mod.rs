@@ -143,8 +143,14 @@ pub struct Binding {
     pub address: ipnetwork::IpNetwork,
     /// Who set it.
     pub source: String,
-    /// When it was set, Unix seconds.
+    /// When it was set, Unix seconds (for RADIUS: the request's Event-Timestamp, else when it
+    /// arrived).
     pub at: i64,
+    /// The RADIUS client whose accounting made it (`--radius-clients` name); empty for a
+    /// binding by command.
+    pub client: String,
+    /// Its Acct-Session-Id (RFC 2866 §5.5); empty for a binding by command.
+    pub session: String,
 }
 
 /// The open store, with the id allocations cached in memory.
@@ -381,16 +387,67 @@ impl Store {
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let family = if address.is_ipv4() { 4 } else { 6 };
+        self.put_binding(&Binding {
+            imsi: imsi.to_owned(),
+            address,
+            source: source.to_owned(),
+            at,
+            client: String::new(),
+            session: String::new(),
+        })
+    }
+
+    /// Write `binding` whole, replacing the SIM's binding of the same family.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn put_binding(&mut self, binding: &Binding) -> Result<(), StoreError> {
+        let family = if binding.address.is_ipv4() { 4 } else { 6 };
         self.conn
             .prepare_cached(
-                "INSERT INTO bindings (imsi, family, address, source, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (imsi, family) \
-                 DO UPDATE SET address = ?3, source = ?4, at = ?5",
+                "INSERT INTO bindings (imsi, family, address, source, at, client, session) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (imsi, family) \
+                 DO UPDATE SET address = ?3, source = ?4, at = ?5, client = ?6, session = ?7",
             )
-            .and_then(|mut s| s.execute(params![imsi, family, address.to_string(), source, at]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    binding.imsi,
+                    family,
+                    binding.address.to_string(),
+                    binding.source,
+                    binding.at,
+                    binding.client,
+                    binding.session
+                ])
+            })
             .map_err(sql(&self.path, "setting a binding"))?;
         Ok(())
+    }
+
+    /// Start a transaction that the writes up to [`Store::commit`] belong to: a batch of
+    /// RADIUS requests is one commit (one WAL write), not one per request.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if SQLite cannot start it (one is open already).
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql(&self.path, "starting a transaction"))
+    }
+
+    /// Commit the transaction [`Store::begin`] started; on error it is rolled back.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the commit fails (nothing of the transaction is kept).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let result = self
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(sql(&self.path, "committing"));
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
     }
 
     /// Remove the run-time binding of `imsi` for IPv4 (`v6` false) or IPv6; whether it had one.
@@ -411,12 +468,30 @@ impl Store {
     /// # Errors
     /// [`StoreError::Sql`] if the read fails, [`StoreError::Corrupt`] for an unreadable address.
     pub fn bindings(&self) -> Result<Vec<Binding>, StoreError> {
-        let rows = self.text_rows(
-            "SELECT imsi, address, source, at FROM bindings ORDER BY imsi, family",
-            "reading bindings",
-        )?;
+        let what = "reading bindings";
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT imsi, address, source, at, client, session FROM bindings \
+                 ORDER BY imsi, family",
+            )
+            .map_err(sql(&self.path, what))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })
+            .map_err(sql(&self.path, what))?;
         let mut out = Vec::new();
-        for (imsi, address, source, at) in rows {
+        for row in rows {
+            let (imsi, address, source, at, client, session) =
+                row.map_err(sql(&self.path, what))?;
             let address = address.parse().map_err(|_| StoreError::Corrupt {
                 path: self.path.clone(),
                 what: format!("binding address `{address}` for IMSI {imsi}"),
@@ -426,6 +501,8 @@ impl Store {
                 address,
                 source,
                 at,
+                client,
+                session,
             });
         }
         Ok(out)

@@ -10,7 +10,7 @@ use super::{StoreError, execute_rows, sql};
 use crate::ids::{Kind, SimKey};
 
 /// The schema version this build writes (`meta.schema_version`).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One id table: name, key column, id space and its bound, where retired keys are marked.
 pub(super) struct IdTable {
@@ -83,8 +83,9 @@ const V2_SIMS: &str = "
 CREATE TABLE sims (imsi_key INTEGER NOT NULL, id INTEGER NOT NULL);
 CREATE TABLE retired_sims (imsi_key INTEGER PRIMARY KEY);
 ";
-/// Version 2's other tables, as in V1.
-const V2: &str = "
+/// The other tables: as in V1, but for version 3's two columns of `bindings`, the RADIUS
+/// client and Acct-Session-Id of a binding made by accounting (empty for `sim bind`).
+const V3: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE segments (name TEXT PRIMARY KEY, id INTEGER NOT NULL, retired INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -93,7 +94,15 @@ CREATE TABLE rules (identity TEXT PRIMARY KEY, id INTEGER NOT NULL, retired INTE
 CREATE TABLE overrides (imsi TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT NOT NULL,
     at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE bindings (imsi TEXT NOT NULL, family INTEGER NOT NULL, address TEXT NOT NULL,
-    source TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (imsi, family)) WITHOUT ROWID;
+    source TEXT NOT NULL, at INTEGER NOT NULL, client TEXT NOT NULL DEFAULT '',
+    session TEXT NOT NULL DEFAULT '', PRIMARY KEY (imsi, family)) WITHOUT ROWID;
+";
+
+/// Version 2 to 3: the RADIUS columns of `bindings`.
+const V2_TO_V3: &str = "
+ALTER TABLE bindings ADD COLUMN client TEXT NOT NULL DEFAULT '';
+ALTER TABLE bindings ADD COLUMN session TEXT NOT NULL DEFAULT '';
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
 ";
 
 /// Set the connection up (WAL, `synchronous = NORMAL`), create the schema in a new file and
@@ -129,7 +138,7 @@ pub(super) fn prepare(conn: &Connection, path: &str) -> Result<(), StoreError> {
         .is_some();
     if !has_meta {
         conn.execute_batch(&format!(
-            "BEGIN; {V2} {V2_SIMS} INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            "BEGIN; {V3} {V2_SIMS} INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
         ))
         .map_err(sql(path, "creating the schema"))?;
         return Ok(());
@@ -154,6 +163,10 @@ pub(super) fn prepare(conn: &Connection, path: &str) -> Result<(), StoreError> {
     }
     if found < 2 {
         migrate_v1(conn, path)?;
+    }
+    if found < 3 {
+        conn.execute_batch(&format!("BEGIN; {V2_TO_V3} COMMIT;"))
+            .map_err(sql(path, "migrating to schema version 3"))?;
     }
     Ok(())
 }

@@ -259,12 +259,16 @@ fn a_version_1_store_is_migrated_keeping_every_id_override_and_binding() {
                 address: "10.9.0.1/32".parse().expect("address"),
                 source: "operator:bob".to_owned(),
                 at: 1_700_000_002,
+                client: String::new(),
+                session: String::new(),
             },
             Binding {
                 imsi: "00101000000002".to_owned(),
                 address: "fd00:9::/64".parse().expect("address"),
                 source: "operator:bob".to_owned(),
                 at: 1_700_000_003,
+                client: String::new(),
+                session: String::new(),
             },
         ]
     );
@@ -599,5 +603,50 @@ fn the_wal_is_checkpointed_off_the_writers_path() {
         store.bindings().expect("bindings").len(),
         3000,
         "every commit kept"
+    );
+}
+
+/// A RADIUS binding keeps its client, session and event time across a reopen; writes between
+/// `begin` and `commit` land together, and a transaction never committed (a crash) leaves none.
+#[test]
+fn radius_bindings_keep_client_and_session_and_batches_are_atomic() {
+    let dir = TempDir::new();
+    let path = dir.0.join("store.db");
+    let binding = |imsi: &str, address: &str, session: &str| Binding {
+        imsi: imsi.to_owned(),
+        address: address.parse().expect("address"),
+        source: "radius:pgw-1".to_owned(),
+        at: 1_700_000_100,
+        client: "pgw-1".to_owned(),
+        session: session.to_owned(),
+    };
+    {
+        let mut store = Store::open(&path).expect("open");
+        store.begin().expect("begin");
+        store
+            .put_binding(&binding("001010000000001", "10.64.0.1/32", "s1"))
+            .expect("put");
+        store
+            .put_binding(&binding("001010000000002", "10.64.0.2/32", "s2"))
+            .expect("put");
+        store.commit().expect("commit");
+        // Begun, written, never committed: dropped with the connection, as in a crash.
+        store.begin().expect("begin");
+        store
+            .put_binding(&binding("001010000000003", "10.64.0.3/32", "s3"))
+            .expect("put");
+        assert!(
+            store
+                .clear_binding("001010000000001", false)
+                .expect("clear")
+        );
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.bindings().expect("bindings"),
+        vec![
+            binding("001010000000001", "10.64.0.1/32", "s1"),
+            binding("001010000000002", "10.64.0.2/32", "s2"),
+        ]
     );
 }

@@ -16,6 +16,9 @@
 //! | `enforcer_policy_apply_duration_seconds` | histogram | |
 //! | `enforcer_control_requests_total` | counter | `command` |
 //! | `enforcer_ipfix_records_sent_total`, `…_messages_sent_total`, `…_messages_failed_total`, `…_records_deferred_total` | counter | |
+//! | `enforcer_radius_requests_total` | counter | `outcome` (`applied`, `unchanged`, `stale`, `refused`) |
+//! | `enforcer_radius_dropped_total` | counter | `reason` (`unknown_client`, `authenticator`, `attribute`, `length`, `code`, `status`) |
+//! | `enforcer_radius_unrecorded_total` | counter | |
 //!
 //! Kernel counters (packets, bytes) are read from the pinned `VERDICT_STATS` map at each
 //! scrape; the daemon's own state (SIMs, sessions, maps, policy) is published by the actor as
@@ -61,6 +64,10 @@ pub struct Metrics {
     events: Option<Arc<super::events::EventStats>>,
     alert_counters: [IntCounter; 2],
     alerts: Option<Arc<super::alerts::AlertStats>>,
+    radius_requests: IntCounterVec,
+    radius_dropped: IntCounterVec,
+    radius_unrecorded: IntCounter,
+    radius: Option<Arc<crate::bindings::radius::Stats>>,
     /// Segment names by id, as of the policy in force.
     segments: RwLock<Vec<Option<String>>>,
     /// `VERDICT_STATS`, opened from its pin (read only here); its lock also makes one scrape
@@ -115,6 +122,7 @@ impl Metrics {
         export: Option<Arc<ExportStats>>,
         events: Option<Arc<super::events::EventStats>>,
         alerts: Option<Arc<super::alerts::AlertStats>>,
+        radius: Option<Arc<crate::bindings::radius::Stats>>,
     ) -> Self {
         let r = Registry::new();
         let verdict = &["segment", "verdict", "reason"];
@@ -223,6 +231,27 @@ impl Metrics {
             events,
             alert_counters,
             alerts,
+            radius_requests: counter_vec(
+                &r,
+                "enforcer_radius_requests_total",
+                "RADIUS Accounting-Requests recorded and answered, by outcome",
+                &["outcome"],
+            ),
+            radius_dropped: counter_vec(
+                &r,
+                "enforcer_radius_dropped_total",
+                "RADIUS datagrams dropped unanswered, by reason",
+                &["reason"],
+            ),
+            radius_unrecorded: registered(
+                &r,
+                IntCounter::new(
+                    "enforcer_radius_unrecorded_total",
+                    "RADIUS requests left unanswered because the store could not record them",
+                )
+                .expect("valid metric"),
+            ),
+            radius,
             registry: r,
             segments: RwLock::new(Vec::new()),
             verdict_stats: Mutex::new(verdict_stats),
@@ -271,6 +300,25 @@ impl Metrics {
             for (counter, value) in self.alert_counters.iter().zip(values) {
                 mirror(counter, value.load(Ordering::Relaxed));
             }
+        }
+        if let Some(radius) = &self.radius {
+            use crate::bindings::radius::{DROPS, OUTCOMES};
+            for (label, value) in OUTCOMES.iter().zip(&radius.requests) {
+                mirror(
+                    &self.radius_requests.with_label_values(&[*label]),
+                    value.load(Ordering::Relaxed),
+                );
+            }
+            for (label, value) in DROPS.iter().zip(&radius.dropped) {
+                mirror(
+                    &self.radius_dropped.with_label_values(&[*label]),
+                    value.load(Ordering::Relaxed),
+                );
+            }
+            mirror(
+                &self.radius_unrecorded,
+                radius.unrecorded.load(Ordering::Relaxed),
+            );
         }
         let mut text = Vec::new();
         TextEncoder::new()

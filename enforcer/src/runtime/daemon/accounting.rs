@@ -1,0 +1,189 @@
+//! The actor's side of RADIUS accounting: a batch of requests becomes run-time bindings, in one
+//! store transaction, then in the maps.
+//!
+//! - Start and Interim-Update bind the Framed-IP-Address (/32) and the /64 of the
+//!   Framed-IPv6-Prefix to the SIM of the 3GPP-IMSI, taking an address over from another SIM's
+//!   run-time binding when the packet core gave it anew (see [`Daemon::bind_core`]).
+//! - Stop unbinds what that client's session (Acct-Session-Id) bound, never a newer session's.
+//! - Accounting-On and Accounting-Off unbind everything that client bound: it restarted or
+//!   goes down, so its sessions are gone.
+//!
+//! Only what the commit made durable is acknowledged: a request the store could not record
+//! gets no Accounting-Response, so the client sends it again (RFC 2866 §2).
+
+use std::net::IpAddr;
+
+use tracing::{debug, error, warn};
+
+use super::{BindResult, Daemon};
+use crate::{
+    bindings::radius::{Outcome, Request, StatusType},
+    store,
+};
+
+impl Daemon {
+    /// Apply a batch of accounting requests; returns, request by request, whether it was
+    /// recorded (to acknowledge).
+    pub(crate) fn accounting(&mut self, batch: &[Request]) -> Vec<bool> {
+        if let Err(err) = self.store.begin() {
+            error!(error = %err, "Cannot start a store transaction; RADIUS requests left unanswered.");
+            return vec![false; batch.len()];
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for request in batch {
+            let outcome = self.account(request);
+            match &outcome {
+                Outcome::Refused(why) => warn!(
+                    client = %request.client,
+                    status = request.accounting.status.name(),
+                    imsi = request.accounting.imsi.as_deref().unwrap_or(""),
+                    session = request.accounting.session_id.as_deref().unwrap_or(""),
+                    why,
+                    "RADIUS accounting refused."
+                ),
+                outcome => debug!(
+                    client = %request.client,
+                    status = request.accounting.status.name(),
+                    imsi = request.accounting.imsi.as_deref().unwrap_or(""),
+                    outcome = outcome.label(),
+                    "RADIUS accounting."
+                ),
+            }
+            outcomes.push(outcome);
+        }
+        if let Err(err) = self.store.commit() {
+            // The maps may be ahead of the store now: apply the store's state again.
+            error!(error = %err, "Cannot commit RADIUS bindings; re-applying the policy with the store's bindings, requests left unanswered.");
+            let path = self.policy.path.clone();
+            if let Err(err) = self.apply_file(&path) {
+                error!(error = format!("{err:#}"), "Re-applying the policy failed.");
+            }
+            return vec![false; batch.len()];
+        }
+        for outcome in &outcomes {
+            self.radius_stats.count(outcome);
+        }
+        if outcomes.contains(&Outcome::Applied) {
+            self.sessions_recheck();
+        }
+        vec![true; batch.len()]
+    }
+
+    /// One request.
+    fn account(&mut self, request: &Request) -> Outcome {
+        let acct = &request.accounting;
+        match acct.status {
+            StatusType::Start | StatusType::InterimUpdate => self.account_start(request),
+            StatusType::Stop => {
+                let Some(imsi) = acct.imsi.as_deref() else {
+                    return Outcome::Refused("no 3GPP-IMSI".into());
+                };
+                let addresses = addresses(request);
+                let result = self.unbind_core(imsi, |b| {
+                    *b.client == *request.client
+                        && match acct.session_id.as_deref() {
+                            Some(session) => b.session == session,
+                            None => addresses.contains(&b.address),
+                        }
+                });
+                match result {
+                    Ok((imsi, 0)) => {
+                        // A binding of another session in force: this Stop is older.
+                        if [false, true]
+                            .into_iter()
+                            .any(|v6| self.bindings.contains_key(&(imsi.clone(), v6)))
+                        {
+                            Outcome::Stale
+                        } else {
+                            Outcome::Unchanged
+                        }
+                    }
+                    Ok(_) => Outcome::Applied,
+                    Err(err) => Outcome::Refused(format!("{err:#}")),
+                }
+            }
+            StatusType::AccountingOn | StatusType::AccountingOff => {
+                let imsis: Vec<String> = self
+                    .bindings
+                    .values()
+                    .filter(|b| *b.client == *request.client)
+                    .map(|b| b.imsi.clone())
+                    .collect();
+                let mut removed = 0;
+                for imsi in imsis {
+                    match self.unbind_core(&imsi, |b| *b.client == *request.client) {
+                        Ok((_, n)) => removed += n,
+                        Err(err) => warn!(
+                            imsi,
+                            client = %request.client,
+                            error = format!("{err:#}"),
+                            "Could not unbind on the client's Accounting-On/Off."
+                        ),
+                    }
+                }
+                if removed > 0 {
+                    Outcome::Applied
+                } else {
+                    Outcome::Unchanged
+                }
+            }
+        }
+    }
+
+    /// Start or Interim-Update: bind its addresses.
+    fn account_start(&mut self, request: &Request) -> Outcome {
+        let acct = &request.accounting;
+        let Some(imsi) = acct.imsi.as_deref() else {
+            return Outcome::Refused("no 3GPP-IMSI".into());
+        };
+        let addresses = addresses(request);
+        if addresses.is_empty() {
+            return Outcome::Refused(
+                "no Framed-IP-Address nor a Framed-IPv6-Prefix of /64 or longer".into(),
+            );
+        }
+        let at = acct.event_timestamp.map_or(request.received, i64::from);
+        let mut outcome = Outcome::Unchanged;
+        for address in addresses {
+            let wanted = store::Binding {
+                imsi: imsi.to_owned(),
+                address,
+                source: format!("radius:{}", request.client),
+                at,
+                client: request.client.to_string(),
+                session: acct.session_id.clone().unwrap_or_default(),
+            };
+            match self.bind_core(wanted, true) {
+                Ok(BindResult::Done { changed: true, .. }) => outcome = Outcome::Applied,
+                Ok(BindResult::Done { changed: false, .. }) => {}
+                Ok(BindResult::Stale(why)) => {
+                    debug!(imsi, why, "Stale RADIUS request ignored.");
+                    if outcome == Outcome::Unchanged {
+                        outcome = Outcome::Stale;
+                    }
+                }
+                Err(err) => return Outcome::Refused(format!("{err:#}")),
+            }
+        }
+        outcome
+    }
+}
+
+/// The addresses a request names: its Framed-IP-Address as a /32 and the /64 of its
+/// Framed-IPv6-Prefix (3GPP TS 29.061 §11.2.1.3.2: a UE gets a /64); a shorter IPv6 prefix
+/// (a delegated /56) is not bound, as the maps key IPv6 by /64.
+fn addresses(request: &Request) -> Vec<ipnetwork::IpNetwork> {
+    let acct = &request.accounting;
+    let mut out = Vec::new();
+    if let Some(v4) = acct.ipv4 {
+        out.push(ipnetwork::IpNetwork::from(IpAddr::V4(v4)));
+    }
+    if let Some((prefix, length)) = acct.ipv6
+        && length >= 64
+        && let Ok(net) = ipnetwork::Ipv6Network::new(prefix, 64)
+        && let Ok(net) = ipnetwork::Ipv6Network::new(net.network(), 64)
+    {
+        out.push(ipnetwork::IpNetwork::V6(net));
+    }
+    out
+}

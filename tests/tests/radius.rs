@@ -1,0 +1,345 @@
+//! RADIUS accounting with FreeRADIUS's `radclient` as the packet core: a Start makes the
+//! device's traffic pass under its SIM, a Stop makes it spoofed again, a Start for another SIM
+//! moves the address; retransmissions and stale requests change nothing, and neither do a bad
+//! secret, an unknown client, a truncated packet or malformed attributes. Bindings survive a
+//! daemon restart, and Accounting-On from the client clears them.
+
+use std::{
+    net::UdpSocket,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use enforcer::bindings::radius::packet::{self, build};
+use integration_tests::{
+    Scratch, enforcer_bin,
+    stream::Stream,
+    throughput::in_netns,
+    topology::{Daemon, Topology},
+};
+
+const DEVICE: &str = "10.64.0.2";
+const METER: &str = "001010000000002";
+const CHARGER: &str = "001010000000003";
+const SECRET: &str = "testing123";
+const SERVICE: &str = "192.0.2.53";
+
+/// Two SIMs without a file address: only accounting gives them one. A meter may reach UDP
+/// 7001, a charger UDP 7002.
+const POLICY: &str = r#"
+pools = ["10.64.0.0/16", "fd00:64::/48"]
+
+[[segments]]
+name = "meters"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7001] } ]
+
+[[segments]]
+name = "chargers"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7002] } ]
+
+[[sims]]
+imsi = "001010000000002"
+msisdn = "+491700000002"
+segment = "meters"
+
+[[sims]]
+imsi = "001010000000003"
+segment = "chargers"
+"#;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root for namespaces and XDP");
+    }
+    root
+}
+
+/// Whether UDP from the device's address to the service's `port` gets through (some of 10
+/// datagrams, 20 ms apart).
+fn passes(topology: &Topology, port: u16) -> bool {
+    let stream = Stream::start(
+        &topology.dev_a.name,
+        DEVICE,
+        &topology.svc.name,
+        format!("{SERVICE}:{port}").parse().expect("address"),
+        Duration::from_millis(20),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let outcome = stream.finish();
+    !outcome.received.is_empty()
+}
+
+/// `radclient` in the gateway's namespace: send `attributes` (FreeRADIUS's text form, one per
+/// line) as an Accounting-Request to `server` with `secret`; whether a valid response came.
+fn radclient(gw: &str, server: &str, secret: &str, attributes: &str) -> bool {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", gw, "radclient"])
+        .args(["-D", "/usr/share/freeradius", "-r", "1", "-t", "1", "-q"])
+        .args([server, "acct", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("radclient (freeradius-utils, installed by `cargo xtask setup`)");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), attributes.as_bytes())
+        .expect("write radclient's input");
+    let out = child.wait_with_output().expect("radclient");
+    out.status.success()
+}
+
+fn start(imsi: &str, session: &str, address: &str, timestamp: u64) -> String {
+    format!(
+        "Acct-Status-Type = Start\nAcct-Session-Id = \"{session}\"\n3GPP-IMSI = \"{imsi}\"\n\
+         Framed-IP-Address = {address}\nFramed-IPv6-Prefix = fd00:64:0:1::/64\n\
+         Calling-Station-Id = \"491700000002\"\nCalled-Station-Id = \"meters.example\"\n\
+         3GPP-IMEISV = \"3520990017614823\"\n3GPP-RAT-Type = EUTRAN\n\
+         Event-Timestamp = {timestamp}\n"
+    )
+}
+
+fn stop(imsi: &str, session: &str, address: &str, timestamp: u64) -> String {
+    format!(
+        "Acct-Status-Type = Stop\nAcct-Session-Id = \"{session}\"\n3GPP-IMSI = \"{imsi}\"\n\
+         Framed-IP-Address = {address}\nEvent-Timestamp = {timestamp}\n"
+    )
+}
+
+/// The value of the metric line `series` (name and labels) in the exposition at `address`.
+fn metric(gw: &str, address: &str, series: &str) -> u64 {
+    let (_, text) = integration_tests::http_get(gw, address, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A datagram sent from the gateway's namespace to the daemon, expecting no answer.
+fn send_raw(gw: &str, server: &str, datagram: &[u8]) -> bool {
+    let socket = in_netns(gw, || UdpSocket::bind("127.0.0.1:0")).expect("socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    socket.send_to(datagram, server).expect("send");
+    let mut buffer = [0u8; 64];
+    socket.recv_from(&mut buffer).is_ok()
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story: bind, move, restart, clear"
+)]
+fn radius_accounting_binds_moves_and_unbinds_addresses() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new("radius");
+    let policy = scratch.write("policy.toml", POLICY);
+    let clients = scratch.write(
+        "clients.toml",
+        &format!("[[clients]]\nname = \"pgw-1\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n"),
+    );
+    let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
+    let gw = topology.gw.name.clone();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let metrics_port = port.wrapping_add(1);
+    let listen = format!("0.0.0.0:{port}");
+    let server = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut daemon = Daemon::start_with_roles(
+        &enforcer_bin(),
+        Path::new(&policy),
+        &topology,
+        "native",
+        &[
+            "--radius-clients",
+            &clients,
+            "--radius-listen",
+            &listen,
+            "--metrics-address",
+            &metrics,
+        ],
+    );
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let series = |outcome: &str| {
+        metric(
+            &gw,
+            &metrics,
+            &format!("enforcer_radius_requests_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert!(!passes(&topology, 7001), "no SIM has the address yet");
+
+    // Start: the meter's traffic passes, `sim show` says where the binding came from.
+    let t0 = now();
+    let started = Instant::now();
+    assert!(
+        radclient(&gw, &server, SECRET, &start(METER, "s1", DEVICE, t0)),
+        "Start answered"
+    );
+    let answered_ms = started.elapsed().as_millis();
+    assert!(passes(&topology, 7001), "after Start the meter passes");
+    assert!(!passes(&topology, 7002), "and only by the meter's rules");
+    let show = daemon.cli(&["sim", "show", METER]);
+    assert!(
+        show.contains("10.64.0.2") && show.contains("radius:pgw-1") && show.contains("s1"),
+        "sim show names the RADIUS binding:\n{show}"
+    );
+    assert!(
+        show.contains("fd00:64:0:1::/64"),
+        "the IPv6 /64 too:\n{show}"
+    );
+    eprintln!("Start answered in {answered_ms} ms (radclient's process start included)");
+
+    // A retransmission and an Interim-Update change nothing; a Stop of an older session is
+    // stale and leaves the binding.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start(METER, "s1", DEVICE, t0)
+    ));
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start(METER, "s1", DEVICE, t0).replace("= Start", "= Interim-Update")
+    ));
+    assert_eq!(
+        series("unchanged"),
+        2,
+        "retransmission and interim: unchanged"
+    );
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &stop(METER, "s0", DEVICE, t0)
+    ));
+    assert_eq!(series("stale"), 1, "a Stop of another session is stale");
+    assert!(passes(&topology, 7001), "the stale Stop left the binding");
+
+    // Bad input changes nothing and gets no answer: a wrong secret, an unknown client (the
+    // gateway's own service address as source), a truncated packet, a malformed attribute.
+    let moved = start(CHARGER, "s2", DEVICE, t0 + 1);
+    assert!(
+        !radclient(&gw, &server, "wrong-secret", &moved),
+        "bad secret unanswered"
+    );
+    assert!(
+        !radclient(&gw, &format!("10.255.3.1:{port}"), SECRET, &moved),
+        "unknown client unanswered"
+    );
+    let malformed = format!("{moved}Attr-8 = 0x0a0000\n");
+    assert!(
+        !radclient(&gw, &server, SECRET, &malformed),
+        "malformed attribute unanswered"
+    );
+    let valid = packet::request(
+        9,
+        &[
+            build::status(1),
+            build::session("s2"),
+            build::imsi(CHARGER),
+            build::ipv4(DEVICE.parse().expect("address")),
+        ],
+        SECRET.as_bytes(),
+    );
+    assert!(
+        !send_raw(&gw, &server, &valid[..valid.len() - 3]),
+        "truncated unanswered"
+    );
+    let dropped = |reason: &str| {
+        metric(
+            &gw,
+            &metrics,
+            &format!("enforcer_radius_dropped_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(dropped("authenticator") >= 1, "bad secret counted");
+    assert!(dropped("unknown_client") >= 1, "unknown client counted");
+    assert!(dropped("attribute") >= 1, "malformed attribute counted");
+    assert!(dropped("length") >= 1, "truncated packet counted");
+    assert!(passes(&topology, 7001), "bad requests changed nothing");
+    assert!(!passes(&topology, 7002), "bad requests changed nothing");
+
+    // The packet core gives the address to the charger: it moves, the meter has none.
+    assert!(
+        radclient(&gw, &server, SECRET, &moved),
+        "the move is answered"
+    );
+    if !passes(&topology, 7002) {
+        let charger = daemon.cli(&["sim", "show", CHARGER]);
+        let meter = daemon.stats(&[]);
+        let (_, _, stderr) = daemon.stop();
+        panic!("the charger's rules do not apply to the address:\n{charger}\n{meter}\n{stderr}");
+    }
+    assert!(!passes(&topology, 7001), "the meter's no longer");
+    let meter = daemon.cli(&["sim", "show", METER]);
+    assert!(
+        !meter.contains("10.64.0.2"),
+        "the meter lost the address:\n{meter}"
+    );
+    // The meter's late Stop of s1 is for a binding it no longer has: nothing changes.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &stop(METER, "s1", DEVICE, t0 + 2)
+    ));
+    assert!(
+        passes(&topology, 7002),
+        "the meter's late Stop left the charger's binding"
+    );
+
+    // Bindings are the daemon's state: they survive a restart.
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+    daemon.restart();
+    assert!(
+        passes(&topology, 7002),
+        "the charger's binding survived the restart"
+    );
+    let charger = daemon.cli(&["sim", "show", CHARGER]);
+    assert!(
+        charger.contains("radius:pgw-1") && charger.contains("s2"),
+        "{charger}"
+    );
+
+    // Accounting-On: the client restarted, every session it had is gone.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        "Acct-Status-Type = Accounting-On\n"
+    ));
+    assert!(
+        !passes(&topology, 7002),
+        "Accounting-On cleared the client's bindings"
+    );
+    let charger = daemon.cli(&["sim", "show", CHARGER]);
+    assert!(!charger.contains("10.64.0.2"), "{charger}");
+
+    // An IMSI the policy does not know is refused (answered, counted, nothing bound).
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start("001019999999999", "s9", DEVICE, t0 + 3)
+    ));
+    assert!(series("refused") >= 1, "unknown IMSI refused");
+    assert!(!passes(&topology, 7001) && !passes(&topology, 7002));
+
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+}
