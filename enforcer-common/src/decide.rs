@@ -29,8 +29,8 @@
 use crate::{
     maps::{
         CLASS_NONE, CLASS_SEGMENT, CLASS_SIM, IFACE_DROP_NON_POOL, IFACE_SERVICE, NET_CORE_SOURCE,
-        NET_POOL, NetEntry, SIM_AUDIT, SIM_DST_NAMED, SIM_QUARANTINED, SUBJECT_INBOUND,
-        SUBJECT_SIM, SegmentEntry, SimEntry,
+        NET_POOL, NetEntry, SIM_AUDIT, SIM_BLOCKED, SIM_DST_NAMED, SUBJECT_INBOUND, SUBJECT_SIM,
+        SegmentEntry, SimEntry, blocked_reason,
     },
     rules::{AUDIT_RULE, NO_RULE, Probe, RuleTable, first_match},
     verdict::{DropReason, PassReason, Verdict},
@@ -287,12 +287,12 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
 
     // A SIM's packet asks its rules; a packet from outside every pool (within a policy CIDR)
     // to a SIM asks the inbound rules of the SIM's segment. One lookup sequence serves both.
-    let outbound = src.kind == SrcKind::Sim && src.sim.flags & SIM_QUARANTINED == 0;
+    let outbound = src.kind == SrcKind::Sim && src.sim.flags & SIM_BLOCKED == 0;
     let inbound = src.kind == SrcKind::Outside
         && src_in_net
         && src_net.class != CLASS_NONE
         && dst.kind == DstKind::Sim
-        && dst.sim.flags & SIM_QUARANTINED == 0;
+        && dst.sim.flags & SIM_BLOCKED == 0;
     let rule = if outbound || inbound {
         let probe = Probe {
             generation,
@@ -480,14 +480,14 @@ pub fn decide(inputs: &Inputs) -> Verdict {
         SrcKind::Outside
             if inputs.dst.kind == DstKind::Sim
                 && inputs.dst.sim.flags & SIM_AUDIT != 0
-                && inputs.dst.sim.flags & SIM_QUARANTINED == 0 =>
+                && inputs.dst.sim.flags & SIM_BLOCKED == 0 =>
         {
             Verdict::Pass(PassReason::Audit, AUDIT_RULE)
         }
         SrcKind::Outside => Verdict::Pass(PassReason::NonPool, 0),
         SrcKind::Spoofed => Verdict::Drop(DropReason::Spoofed),
-        SrcKind::Sim if inputs.src.sim.flags & SIM_QUARANTINED != 0 => {
-            Verdict::Drop(DropReason::Quarantined)
+        SrcKind::Sim if inputs.src.sim.flags & SIM_BLOCKED != 0 => {
+            Verdict::Drop(blocked_reason(inputs.src.sim.flags))
         }
         SrcKind::Sim if inputs.rule != NO_RULE => Verdict::Pass(PassReason::Rule, inputs.rule),
         // Audit mode: what the policy would drop (no rule, lateral, fragment) passes; never
@@ -495,7 +495,7 @@ pub fn decide(inputs: &Inputs) -> Verdict {
         SrcKind::Sim
             if inputs.src.sim.flags & SIM_AUDIT != 0
                 && !(inputs.dst.kind == DstKind::Sim
-                    && inputs.dst.sim.flags & SIM_QUARANTINED != 0) =>
+                    && inputs.dst.sim.flags & SIM_BLOCKED != 0) =>
         {
             Verdict::Pass(PassReason::Audit, AUDIT_RULE)
         }

@@ -221,6 +221,24 @@ pub const SIM_DST_NAMED: u8 = 2;
 /// from outside, toward it) passes, counted as `audit`.
 pub const SIM_AUDIT: u8 = 4;
 
+/// The device on the SIM's data session is not the one its IMEI lock names (3GPP-IMEISV of
+/// RADIUS accounting): all its traffic is dropped, as for a quarantine, with reason
+/// `imei_mismatch`. Set and cleared by the daemon at run time.
+pub const SIM_IMEI_MISMATCH: u8 = 8;
+/// Flags under which a SIM sends and receives nothing.
+pub const SIM_BLOCKED: u8 = SIM_QUARANTINED | SIM_IMEI_MISMATCH;
+
+/// Why a SIM with [`SIM_BLOCKED`] flags drops: a quarantine wins over an IMEI mismatch.
+#[inline(always)]
+#[must_use]
+pub const fn blocked_reason(flags: u8) -> crate::DropReason {
+    if flags & SIM_QUARANTINED != 0 {
+        crate::DropReason::Quarantined
+    } else {
+        crate::DropReason::ImeiMismatch
+    }
+}
+
 /// No SIM: the value of a [`SimBinding`] slot for a generation in which the address is unbound.
 pub const SIM_NONE: u32 = u32::MAX;
 

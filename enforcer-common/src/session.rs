@@ -27,7 +27,7 @@ use crate::{
     decide::{DstKind, Inputs, PacketMeta, Src, SrcKind, decide},
     maps::{
         IFACE_DROP_NON_POOL, IFACE_SERVICE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        SIM_QUARANTINED, SimEntry,
+        SIM_BLOCKED, SimEntry, blocked_reason,
     },
     rules::AUDIT_RULE,
     verdict::{DropReason, PassReason, Verdict},
@@ -614,7 +614,7 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     // A quarantined SIM at the other end (the device itself, for an inbound packet) sends
     // and receives nothing, not even replies.
     let peer_quarantined =
-        inputs.dst.kind == DstKind::Sim && inputs.dst.sim.flags & SIM_QUARANTINED != 0;
+        inputs.dst.kind == DstKind::Sim && inputs.dst.sim.flags & SIM_BLOCKED != 0;
     if exists {
         return recheck(
             table,
@@ -685,7 +685,7 @@ fn recheck<T: SessionTable>(
     from_device: bool,
     epoch: u32,
 ) -> (Verdict, Src) {
-    let device_quarantined = |sim: &SimEntry| sim.flags & SIM_QUARANTINED != 0;
+    let device_quarantined = |sim: &SimEntry| sim.flags & SIM_BLOCKED != 0;
     let verdict = decide(inputs);
     // The device and the rule that allow the session now.
     let allowed = match verdict {
@@ -721,9 +721,10 @@ fn recheck<T: SessionTable>(
     table.remove(key);
     let to_quarantined = inputs.dst.kind == DstKind::Sim && device_quarantined(&inputs.dst.sim);
     match verdict {
-        Verdict::Pass(..) if to_quarantined => {
-            (Verdict::Drop(DropReason::Quarantined), Src::default())
-        }
+        Verdict::Pass(..) if to_quarantined => (
+            Verdict::Drop(blocked_reason(inputs.dst.sim.flags)),
+            Src::default(),
+        ),
         // The device's own packet of a session it opened: what it gets without a session.
         _ if from_device && !inbound => (verdict, inputs.src),
         Verdict::Drop(reason) => (Verdict::Drop(reason), Src::default()),

@@ -38,11 +38,15 @@ pub enum DropReason {
     /// session is created and, failing closed, the packet is dropped. Live sessions are never
     /// evicted to make room.
     SessionsFull = 11,
+    /// The SIM's data session runs on a device other than the one its IMEI lock names (the
+    /// 3GPP-IMEISV of its RADIUS accounting, 3GPP TS 29.061 §16.4.7): everything it sends or
+    /// would receive is dropped until a session of the locked device starts.
+    ImeiMismatch = 12,
 }
 
 impl DropReason {
     /// Every reason, in numeric order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::NoRule,
         DropReason::Lateral,
         DropReason::Spoofed,
@@ -54,6 +58,7 @@ impl DropReason {
         DropReason::NotIp,
         DropReason::Inbound,
         DropReason::SessionsFull,
+        DropReason::ImeiMismatch,
     ];
 
     /// The stable snake_case name used in metrics, JSON and tables.
@@ -71,6 +76,7 @@ impl DropReason {
             DropReason::NotIp => "not_ip",
             DropReason::Inbound => "inbound",
             DropReason::SessionsFull => "sessions_full",
+            DropReason::ImeiMismatch => "imei_mismatch",
         }
     }
 }

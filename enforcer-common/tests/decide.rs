@@ -103,6 +103,34 @@ fn precedence_table() {
             Verdict::Drop(Quarantined),
         ),
         (
+            "an IMEI mismatch beats a rule",
+            inputs(from_sim(sim(SIM_IMEI_MISMATCH, 0)), net(3), Some(1)),
+            Verdict::Drop(ImeiMismatch),
+        ),
+        (
+            "an IMEI mismatch beats audit mode",
+            inputs(
+                from_sim(sim(SIM_IMEI_MISMATCH | SIM_AUDIT, 0)),
+                net(3),
+                None,
+            ),
+            Verdict::Drop(ImeiMismatch),
+        ),
+        (
+            "a quarantine is named before an IMEI mismatch",
+            inputs(
+                from_sim(sim(SIM_QUARANTINED | SIM_IMEI_MISMATCH, 0)),
+                net(3),
+                Some(1),
+            ),
+            Verdict::Drop(Quarantined),
+        ),
+        (
+            "audit mode opens nothing from outside toward a device of an IMEI mismatch",
+            inputs(OUTSIDE, to_sim(sim(SIM_IMEI_MISMATCH | SIM_AUDIT, 0)), None),
+            Verdict::Pass(PassReason::NonPool, 0),
+        ),
+        (
             "rule allows",
             inputs(active, net(3), Some(4)),
             Verdict::Pass(PassReason::Rule, 4),

@@ -257,6 +257,9 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         if named_sims.contains(&pos) {
             flags |= SIM_DST_NAMED;
         }
+        if sim.imei_mismatch() {
+            flags |= enforcer_common::maps::SIM_IMEI_MISMATCH;
+        }
         if policy
             .segments
             .get(usize::from(sim.segment))

@@ -177,6 +177,17 @@ pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
                     // see it.
                     ("mode", mode(before), mode(segment)),
                     ("alerts", alerts(before), alerts(segment)),
+                    (
+                        "imei_lock",
+                        before
+                            .imei_lock
+                            .as_ref()
+                            .map_or_else(|| "off".to_owned(), crate::policy::ImeiLock::text),
+                        segment
+                            .imei_lock
+                            .as_ref()
+                            .map_or_else(|| "off".to_owned(), crate::policy::ImeiLock::text),
+                    ),
                 ]
                 .into_iter()
                 .filter(|(_, a, b)| a != b)

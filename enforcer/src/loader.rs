@@ -1082,14 +1082,23 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Set or clear `SIM_QUARANTINED` in both generations' policy words of SIM index `sim`,
-    /// the active generation first: each is one 32-bit store into the mapped `SIMS`, so the
-    /// next packet sees it whole. What the loader holds of the generations follows, so the next
-    /// apply's diff stays right.
+    /// Set or clear `SIM_QUARANTINED` in both generations' policy words of SIM index `sim`
+    /// (see [`Enforcer::set_sim_flag`]).
+    ///
+    /// # Errors
+    /// As [`Enforcer::set_sim_flag`].
+    pub fn set_sim_quarantine(&mut self, sim: u32, quarantined: bool) -> Result<(), LoadError> {
+        self.set_sim_flag(sim, SIM_QUARANTINED, quarantined)
+    }
+
+    /// Set or clear `flag` (`SIM_QUARANTINED`, `SIM_IMEI_MISMATCH`) in both generations' policy
+    /// words of SIM index `sim`, the active generation first: each is one 32-bit store into the
+    /// mapped `SIMS`, so the next packet sees it whole. What the loader holds of the
+    /// generations follows, so the next apply's diff stays right.
     ///
     /// # Errors
     /// [`LoadError::Map`] if `sim` is past the array, before anything is written.
-    pub fn set_sim_quarantine(&mut self, sim: u32, quarantined: bool) -> Result<(), LoadError> {
+    pub fn set_sim_flag(&mut self, sim: u32, flag: u8, on: bool) -> Result<(), LoadError> {
         let active = self.generation()?;
         if sim >= self.sims.entries() {
             return Err(LoadError::Map {
@@ -1100,10 +1109,10 @@ impl Enforcer {
         }
         for generation in [active, active ^ 1] {
             let mut entry = self.sims.policy(generation, sim).unwrap_or_default();
-            if quarantined {
-                entry.flags |= SIM_QUARANTINED;
+            if on {
+                entry.flags |= flag;
             } else {
-                entry.flags &= !SIM_QUARANTINED;
+                entry.flags &= !flag;
             }
             self.sims.set_policy(generation, sim, entry);
             if let Some(held) = self.held.as_mut()

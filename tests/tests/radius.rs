@@ -126,32 +126,35 @@ fn send_raw(gw: &str, server: &str, datagram: &[u8]) -> bool {
     socket.recv_from(&mut buffer).is_ok()
 }
 
-#[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one story: bind, move, restart, clear"
-)]
-fn radius_accounting_binds_moves_and_unbinds_addresses() {
-    if !root() {
-        return;
-    }
-    let scratch = Scratch::new("radius");
-    let policy = scratch.write("policy.toml", POLICY);
+/// A running gateway with RADIUS accounting on: the scratch directory, the namespaces, the
+/// daemon, and the RADIUS and metrics addresses (in the gateway's namespace).
+struct Gateway {
+    _scratch: Scratch,
+    topology: Topology,
+    daemon: Daemon,
+    server: String,
+    metrics: String,
+    port: u16,
+    alerts: std::path::PathBuf,
+    policy: String,
+}
+
+fn gateway(name: &str, policy_text: &str) -> Gateway {
+    let scratch = Scratch::new(name);
+    let policy = scratch.write("policy.toml", policy_text);
+    let alerts = std::path::PathBuf::from(scratch.write("alerts.jsonl", ""));
     let clients = scratch.write(
         "clients.toml",
         &format!("[[clients]]\nname = \"pgw-1\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n"),
     );
     let topology = Topology::build(Path::new(env!("CARGO_BIN_EXE_netprobe")));
-    let gw = topology.gw.name.clone();
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("a free port");
-    let metrics_port = port.wrapping_add(1);
     let listen = format!("0.0.0.0:{port}");
-    let server = format!("127.0.0.1:{port}");
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = Daemon::start_with_roles(
+    let metrics = format!("127.0.0.1:{}", port.wrapping_add(1));
+    let daemon = Daemon::start_with_roles(
         &enforcer_bin(),
         Path::new(&policy),
         &topology,
@@ -163,14 +166,48 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
             &listen,
             "--metrics-address",
             &metrics,
+            "--alerts",
+            alerts.to_str().expect("path"),
         ],
     );
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-    };
+    Gateway {
+        _scratch: scratch,
+        topology,
+        daemon,
+        server: format!("127.0.0.1:{port}"),
+        metrics,
+        port,
+        alerts,
+        policy,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story: bind, move, restart, clear"
+)]
+fn radius_accounting_binds_moves_and_unbinds_addresses() {
+    if !root() {
+        return;
+    }
+    let Gateway {
+        _scratch: _kept,
+        topology,
+        mut daemon,
+        server,
+        metrics,
+        port,
+        ..
+    } = gateway("radius", POLICY);
+    let gw = topology.gw.name.clone();
     let series = |outcome: &str| {
         metric(
             &gw,
@@ -340,6 +377,163 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
     assert!(series("refused") >= 1, "unknown IMSI refused");
     assert!(!passes(&topology, 7001) && !passes(&topology, 7002));
 
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+}
+
+/// Meters lock to the first device seen (`learn`), the charger to one IMEI.
+const IMEI_POLICY: &str = r#"
+pools = ["10.64.0.0/16", "fd00:64::/48"]
+
+[[segments]]
+name = "meters"
+imei_lock = "learn"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7001] } ]
+
+[[segments]]
+name = "chargers"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7002] } ]
+
+[[sims]]
+imsi = "001010000000002"
+segment = "meters"
+
+[[sims]]
+imsi = "001010000000003"
+segment = "chargers"
+imei_lock = "352099001761481"
+"#;
+
+/// A Start of `imsi` on the device `imeisv`.
+fn start_on(imsi: &str, session: &str, imeisv: &str, timestamp: u64) -> String {
+    format!(
+        "Acct-Status-Type = Start\nAcct-Session-Id = \"{session}\"\n3GPP-IMSI = \"{imsi}\"\n\
+         Framed-IP-Address = {DEVICE}\n3GPP-IMEISV = \"{imeisv}\"\nEvent-Timestamp = {timestamp}\n"
+    )
+}
+
+/// The IMEI lock: a `learn` lock takes the first device; a data session on another device
+/// drops the SIM's traffic as `imei_mismatch` (shown by `sim show`, alerted with the expected
+/// and seen IMEI, kept across a restart) until the locked device comes back; an explicit IMEI
+/// lets that device through; `imei_mismatch = "quarantine"` quarantines instead.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story: learn, break, restart, heal, quarantine"
+)]
+fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
+    if !root() {
+        return;
+    }
+    let Gateway {
+        _scratch: _kept,
+        topology,
+        mut daemon,
+        server,
+        metrics,
+        alerts,
+        policy,
+        ..
+    } = gateway("radius-imei", IMEI_POLICY);
+    let gw = topology.gw.name.clone();
+    let (first, second) = ("3520990017614823", "8600010012345601");
+    let t0 = now();
+
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(METER, "a1", first, t0)
+    ));
+    assert!(
+        passes(&topology, 7001),
+        "the first device passes and is learned"
+    );
+    let show = daemon.cli(&["sim", "show", METER]);
+    assert!(show.contains("learned 35209900176148"), "{show}");
+
+    // The SIM moves to another device: its traffic is dropped as imei_mismatch.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(METER, "a2", second, t0 + 1)
+    ));
+    assert!(
+        !passes(&topology, 7001),
+        "the other device's traffic is dropped"
+    );
+    let show = daemon.cli(&["sim", "show", METER]);
+    assert!(
+        show.contains("state:      imei_mismatch") && show.contains("MISMATCH"),
+        "{show}"
+    );
+    let stats = daemon.stats(&[]);
+    assert!(
+        stats.contains("drop_imei_mismatch="),
+        "dropped under its reason:\n{stats}"
+    );
+    let text = std::fs::read_to_string(&alerts).expect("alerts");
+    let alert: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|a| a["alert"] == "imei_mismatch")
+        .unwrap_or_else(|| panic!("an imei_mismatch alert:\n{text}"));
+    assert_eq!(alert["imsi"], METER);
+    assert_eq!(alert["imei_expected"], "35209900176148");
+    assert_eq!(alert["imei_seen"], second);
+
+    // The drop state is the daemon's state: it survives a restart.
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+    daemon.restart();
+    assert!(!passes(&topology, 7001), "still dropped after a restart");
+
+    // The locked device comes back: judged by the rules again.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(METER, "a3", first, t0 + 2)
+    ));
+    assert!(passes(&topology, 7001), "the learned device passes again");
+
+    // An explicit IMEI: its device passes (IMEISV = its 14 digits and a software version).
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(CHARGER, "c1", first, t0 + 3)
+    ));
+    assert!(passes(&topology, 7002), "the charger's own device passes");
+
+    // `imei_mismatch = "quarantine"`: another device quarantines the SIM by command.
+    std::fs::write(
+        &policy,
+        format!("imei_mismatch = \"quarantine\"\n{IMEI_POLICY}"),
+    )
+    .expect("policy");
+    let _ = daemon.cli(&["policy", "apply", &policy]);
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(CHARGER, "c2", second, t0 + 4)
+    ));
+    assert!(!passes(&topology, 7002), "quarantined");
+    let show = daemon.cli(&["sim", "show", CHARGER]);
+    assert!(
+        show.contains("quarantined") && show.contains("imei-lock"),
+        "{show}"
+    );
+    assert!(
+        metric(
+            &gw,
+            &metrics,
+            "enforcer_radius_requests_total{outcome=\"refused\"}"
+        ) == 0,
+        "nothing was refused"
+    );
     let (ok, _, stderr) = daemon.stop();
     assert!(ok, "daemon stopped cleanly: {stderr}");
 }

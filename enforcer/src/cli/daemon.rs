@@ -363,6 +363,24 @@ fn sim_text(s: &SimInfo) -> String {
         }
     }
     let _ = writeln!(out, "addresses:  {}", s.addresses.join(", "));
+    if let Some(imei) = &s.imei {
+        let lock = match (imei.lock.as_str(), imei.learned.as_str()) {
+            ("", _) => "no lock".to_owned(),
+            ("learn", "") => "learn (nothing seen yet)".to_owned(),
+            ("learn", learned) => format!("learned {learned}"),
+            (lock, _) => lock.to_owned(),
+        };
+        let seen = if imei.seen.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; seen {}{}",
+                imei.seen,
+                if imei.mismatch { " (MISMATCH)" } else { "" }
+            )
+        };
+        let _ = writeln!(out, "imei:       {lock}{seen}");
+    }
     for b in &s.bindings {
         let how = if b.session.is_empty() {
             format!("by command: {}", b.source)

@@ -392,14 +392,17 @@ pub struct SimInfo {
     pub imsi: String,
     /// Segment name.
     pub segment: String,
-    /// `active` or `quarantined`.
+    /// `active`, `quarantined` or `imei_mismatch` (its device breaks its IMEI lock).
     pub state: String,
     /// Why quarantined, when by command: who and when (unix seconds).
     pub quarantine: Option<Override>,
     /// Addresses (IPv4 /32 and IPv6 /64 prefixes) bound to it.
     pub addresses: Vec<String>,
-    /// Run-time bindings (`sim bind`), applied or shadowed.
+    /// Run-time bindings (`sim bind`, RADIUS accounting), applied or shadowed.
     pub bindings: Vec<Bound>,
+    /// Its IMEI lock and the device last seen, when it has a lock or a device was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imei: Option<ImeiInfo>,
     /// Packets and bytes passed and dropped.
     pub pass_packets: u64,
     /// Bytes passed.
@@ -408,6 +411,19 @@ pub struct SimInfo {
     pub drop_packets: u64,
     /// Bytes dropped.
     pub drop_bytes: u64,
+}
+
+/// A SIM's IMEI lock and device (3GPP TS 23.003 §6.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImeiInfo {
+    /// The lock in force (an IMEI's 14 digits, `tac:…`, `learn`), empty for none.
+    pub lock: String,
+    /// The IMEI a `learn` lock learned (14 digits), empty if none yet.
+    pub learned: String,
+    /// The last 3GPP-IMEISV its RADIUS accounting reported, empty if none.
+    pub seen: String,
+    /// Whether that device breaks the lock.
+    pub mismatch: bool,
 }
 
 /// An address bound to a SIM at run time.

@@ -301,6 +301,7 @@ fn sim_text<'a>(columns: &[Option<usize>; 7], fields: &[&'a str], line: usize) -
         ipv6: cell(columns[4]),
         segment: cell(columns[5]),
         state: cell(columns[6]),
+        imei_lock: None,
     }
 }
 

@@ -45,6 +45,110 @@ pub struct ValidatedPolicy {
     pub segments: Vec<Segment>,
     /// SIMs; a SIM index is its position here (policy SIMs first, then the inventory's).
     pub sims: Vec<Sim>,
+    /// IMEI locks set on single SIMs (`imei_lock` of a `[[sims]]` entry), by IMSI; a SIM
+    /// without one takes its segment's ([`Segment::imei_lock`]).
+    pub imei_locks: std::collections::HashMap<String, ImeiLock>,
+    /// What an IMEI mismatch does (`imei_mismatch`).
+    pub imei_mismatch: ImeiMismatch,
+}
+
+/// What the daemon does when a SIM's data session runs on a device its IMEI lock does not
+/// allow (`imei_mismatch = "drop"` or `"quarantine"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImeiMismatch {
+    /// Drop the SIM's traffic (reason `imei_mismatch`) until a session of an allowed device
+    /// starts.
+    #[default]
+    Drop,
+    /// Quarantine the SIM by command (source `imei-lock`): it stays quarantined, across
+    /// sessions, until `enforcer sim release`.
+    Quarantine,
+}
+
+/// An IMEI lock: which devices a SIM's data sessions may run on, judged on the 3GPP-IMEISV
+/// of its RADIUS accounting (3GPP TS 23.003 §6.2: an IMEI is an 8-digit type allocation code
+/// (TAC), a 6-digit serial number and a check digit; an IMEISV the TAC, the serial number and
+/// a 2-digit software version).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ImeiLock {
+    /// This device: TAC and serial number (the first 14 digits of its IMEI).
+    Imei(String),
+    /// Any device of this type allocation code (8 digits).
+    Tac(String),
+    /// The first device seen; the daemon keeps it in its store.
+    Learn,
+    /// No lock, whatever the segment says.
+    Off,
+}
+
+impl ImeiLock {
+    /// Read `text`: an IMEI (14 or 15 digits; a 15th, the check digit, is ignored), an IMEISV
+    /// (16 digits; the software version is ignored), `tac:` and 8 digits, `learn` or `off`.
+    ///
+    /// # Errors
+    /// What the text should be.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        match text {
+            "learn" => Ok(ImeiLock::Learn),
+            "off" => Ok(ImeiLock::Off),
+            t if t.starts_with("tac:") && t.len() == 12 && digits(&t[4..]) => {
+                Ok(ImeiLock::Tac(t[4..].to_owned()))
+            }
+            t if (14..=16).contains(&t.len()) && digits(t) => {
+                Ok(ImeiLock::Imei(t[..14].to_owned()))
+            }
+            _ => Err(format!(
+                "`{text}` is no IMEI lock; give an IMEI (14 or 15 digits), `tac:` and 8 digits, \
+                 `learn` or `off`"
+            )),
+        }
+    }
+
+    /// Whether the device of `imeisv` (its digits as RADIUS carries them) is allowed: its TAC
+    /// and serial number against the lock's. `Learn` and `Off` allow every device (the daemon
+    /// compares a learned lock itself).
+    #[must_use]
+    pub fn allows(&self, imeisv: &str) -> bool {
+        let Some(device) = imeisv.get(..14) else {
+            return false;
+        };
+        match self {
+            ImeiLock::Imei(imei) => device == imei,
+            ImeiLock::Tac(tac) => device.starts_with(tac.as_str()),
+            ImeiLock::Learn | ImeiLock::Off => true,
+        }
+    }
+
+    /// As written in a policy (`tac:35209900`, `learn`; an IMEI as its 14 digits).
+    #[must_use]
+    pub fn text(&self) -> String {
+        match self {
+            ImeiLock::Imei(imei) => imei.clone(),
+            ImeiLock::Tac(tac) => format!("tac:{tac}"),
+            ImeiLock::Learn => "learn".to_owned(),
+            ImeiLock::Off => "off".to_owned(),
+        }
+    }
+}
+
+impl ValidatedPolicy {
+    /// The IMEI lock of `sim` (its own, else its segment's), if any.
+    #[must_use]
+    pub fn imei_lock(&self, sim: &Sim) -> Option<&ImeiLock> {
+        let own = if self.imei_locks.is_empty() {
+            None
+        } else {
+            self.imei_locks.get(&sim.imsi.to_string())
+        };
+        own.or_else(|| {
+            self.segments
+                .get(usize::from(sim.segment))?
+                .imei_lock
+                .as_ref()
+        })
+        .filter(|l| **l != ImeiLock::Off)
+    }
 }
 
 /// A segment and its rules.
@@ -65,6 +169,8 @@ pub struct Segment {
     /// `mode = "audit"`: what the policy would deny its SIMs (or, from outside, them) passes,
     /// counted as `audit`, for rolling a policy out as a dry run first.
     pub audit: bool,
+    /// IMEI lock of its SIMs (`imei_lock = "learn"` or `"tac:…"`), unless a SIM sets its own.
+    pub imei_lock: Option<ImeiLock>,
 }
 
 /// A segment's alert thresholds (`alerts = { deny_rate, learn_destinations, burst }`).

@@ -33,6 +33,8 @@ pub struct RawPolicy {
     pub sims: Vec<Spanned<RawSim>>,
     /// Optional CSV inventory of further SIMs, relative to the policy file.
     pub inventory: Option<Field>,
+    /// What an IMEI mismatch does: `drop` (the default) or `quarantine`.
+    pub imei_mismatch: Option<Field>,
 }
 
 /// `[[segments]]`.
@@ -52,6 +54,8 @@ pub struct RawSegment {
     pub alerts: Option<Spanned<RawAlerts>>,
     /// `enforce` (the default) or `audit`.
     pub mode: Option<Field>,
+    /// IMEI lock of every SIM of the segment: `learn` or `tac:NNNNNNNN`.
+    pub imei_lock: Option<Field>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
@@ -106,6 +110,8 @@ pub struct RawSim {
     /// Extra allow rules for this SIM only.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    /// IMEI lock: an IMEI, `tac:NNNNNNNN`, `learn` or `off`.
+    pub imei_lock: Option<Field>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
@@ -131,11 +137,34 @@ pub struct RawRule {
     pub datetime: String,
 }
 
-const TOP_KEYS: &[&str] = &["pools", "core_sources", "segments", "sims", "inventory"];
-const SEGMENT_KEYS: &[&str] = &["name", "description", "rules", "inbound", "alerts", "mode"];
+const TOP_KEYS: &[&str] = &[
+    "pools",
+    "core_sources",
+    "segments",
+    "sims",
+    "inventory",
+    "imei_mismatch",
+];
+const SEGMENT_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "rules",
+    "inbound",
+    "alerts",
+    "mode",
+    "imei_lock",
+];
 const ALERT_KEYS: &[&str] = &["deny_rate", "learn_destinations", "burst"];
 const SIM_KEYS: &[&str] = &[
-    "imsi", "iccid", "msisdn", "ipv4", "ipv6", "segment", "state", "rules",
+    "imsi",
+    "iccid",
+    "msisdn",
+    "ipv4",
+    "ipv6",
+    "segment",
+    "state",
+    "rules",
+    "imei_lock",
 ];
 const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
 const INBOUND_KEYS: &[&str] = &["from", "proto", "ports", "description"];

@@ -367,6 +367,25 @@ const _: () = assert!(size_of::<Sim>() == 32);
 impl Sim {
     const HAS_V4: u8 = 1;
     const HAS_V6: u8 = 2;
+    /// Not an address: the run-time IMEI-mismatch state (see [`Sim::imei_mismatch`]).
+    const IMEI_MISMATCH: u8 = 4;
+
+    /// Whether its data session runs on a device its IMEI lock does not allow: a run-time
+    /// state the daemon sets from RADIUS accounting (never from a policy file); it compiles
+    /// to `SIM_IMEI_MISMATCH`.
+    #[must_use]
+    pub const fn imei_mismatch(&self) -> bool {
+        self.has & Self::IMEI_MISMATCH != 0
+    }
+
+    /// Set or clear the run-time IMEI-mismatch state.
+    pub fn set_imei_mismatch(&mut self, on: bool) {
+        if on {
+            self.has |= Self::IMEI_MISMATCH;
+        } else {
+            self.has &= !Self::IMEI_MISMATCH;
+        }
+    }
 
     /// A SIM without addresses, identifiers or rules of its own.
     #[must_use]

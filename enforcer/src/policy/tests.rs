@@ -1216,3 +1216,58 @@ fn segment_mode_is_enforce_or_audit() {
         "`mode` is `enforce` (the default) or `audit`, not `dry-run`",
     );
 }
+
+#[test]
+fn imei_locks_of_sims_and_segments() {
+    use super::{ImeiLock, ImeiMismatch};
+    let text = format!(
+        "imei_mismatch = \"quarantine\"\n{HEAD}imei_lock = \"tac:35209900\"\n\
+         [[sims]]\nimsi = \"001010000000001\"\nsegment = \"a\"\nimei_lock = \"352099001761481\"\n\
+         [[sims]]\nimsi = \"001010000000002\"\nsegment = \"a\"\n\
+         [[sims]]\nimsi = \"001010000000003\"\nsegment = \"a\"\nimei_lock = \"off\"\n"
+    );
+    let policy = from_str(Path::new("p.toml"), &text).expect("valid");
+    assert_eq!(policy.imei_mismatch, ImeiMismatch::Quarantine);
+    let lock = |i: usize| policy.imei_lock(&policy.sims[i]).cloned();
+    assert_eq!(lock(0), Some(ImeiLock::Imei("35209900176148".into())));
+    assert_eq!(lock(1), Some(ImeiLock::Tac("35209900".into())));
+    assert_eq!(lock(2), None, "`off` overrides the segment's lock");
+    // A SIM without an address is valid: the packet core gives it one.
+    assert!(policy.sims.iter().all(|s| s.ipv4().is_none()));
+
+    // IMEISV: TAC, serial number, software version; the check digit of an IMEI is not in it.
+    let imei = ImeiLock::parse("352099001761481").expect("IMEI");
+    assert!(imei.allows("3520990017614823"));
+    assert!(!imei.allows("3520990017614923"));
+    assert!(!imei.allows("35209900"), "too short to be a device");
+    let tac = ImeiLock::parse("tac:35209900").expect("TAC");
+    assert!(tac.allows("3520990099999901") && !tac.allows("3520990199999901"));
+    for bad in [
+        "12345",
+        "tac:123",
+        "tac:3520990a",
+        "learned",
+        "35209900176148x",
+    ] {
+        assert!(ImeiLock::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn bad_imei_locks_name_their_place() {
+    one_error(
+        &with("[[sims]]\nimsi = \"001010000000001\"\nsegment = \"a\"\nimei_lock = \"12\"\n"),
+        7,
+        "is no IMEI lock",
+    );
+    one_error(
+        &with("imei_lock = \"352099001761481\"\n"),
+        4,
+        "a segment's `imei_lock` is `learn` or `tac:`",
+    );
+    one_error(
+        &format!("imei_mismatch = \"kill\"\n{HEAD}"),
+        1,
+        "`imei_mismatch` is `drop` (the default) or `quarantine`",
+    );
+}

@@ -15,7 +15,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use toml::Value;
 
 use super::{
-    Alerts, Dest, Iccid, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim, SimState, ValidatedPolicy,
+    Alerts, Dest, Iccid, ImeiLock, ImeiMismatch, Imsi, Msisdn, PolicyErrors, Rule, Segment, Sim,
+    SimState, ValidatedPolicy,
     error::{Collector, SourceMap, clip},
     inventory,
     raw::{self, Field, RawRule},
@@ -78,6 +79,8 @@ pub(super) struct SimText<'a> {
     pub ipv6: Option<(&'a str, Place)>,
     pub segment: Option<(&'a str, Place)>,
     pub state: Option<(&'a str, Place)>,
+    /// Only in `[[sims]]` entries (an inventory row has none).
+    pub imei_lock: Option<(&'a str, Place)>,
 }
 
 /// Validation state for one policy file and its inventory.
@@ -101,6 +104,8 @@ pub(super) struct Checker<'a> {
     sim_origins: Vec<Origin>,
     /// Address families of each SIM, by index ([`FAMILY_V4`], [`FAMILY_V6`]).
     sim_families: Vec<u8>,
+    /// `imei_lock` of `[[sims]]` entries, by IMSI.
+    imei_locks: std::collections::HashMap<String, ImeiLock>,
     /// Address families of the SIMs of each segment, by id.
     segment_families: Vec<u8>,
     /// IPv4 address → SIM index.
@@ -153,9 +158,29 @@ pub(super) fn validate(
         ipv6s: FastMap::default(),
         iccids: FastMap::default(),
         msisdns: FastMap::default(),
+        imei_locks: std::collections::HashMap::new(),
     };
 
     checker.pools(&raw.pools);
+    let imei_mismatch = match raw.imei_mismatch.as_ref() {
+        None => ImeiMismatch::Drop,
+        Some(field) => match checker.string(field, "imei_mismatch") {
+            Some("drop") | None => ImeiMismatch::Drop,
+            Some("quarantine") => ImeiMismatch::Quarantine,
+            Some(other) => {
+                let message = format!(
+                    "`imei_mismatch` is `drop` (the default) or `quarantine`, not `{}`",
+                    clip(other)
+                );
+                checker.error(
+                    &Place::Span(field.span()),
+                    "an unknown IMEI mismatch action",
+                    message,
+                );
+                ImeiMismatch::Drop
+            }
+        },
+    };
     let core_sources = checker.core_sources(&raw.core_sources);
     let mut segments: Vec<Segment> = raw
         .segments
@@ -201,6 +226,7 @@ pub(super) fn validate(
             ipv6: field(&inner.ipv6, "ipv6", &mut checker),
             segment: field(&inner.segment, "segment", &mut checker),
             state: field(&inner.state, "state", &mut checker),
+            imei_lock: field(&inner.imei_lock, "imei_lock", &mut checker),
         };
         let checked = checker.sim(&text);
         policy_sims.push(checked.as_ref().map(|_| sims.len()));
@@ -257,6 +283,8 @@ pub(super) fn validate(
             core_sources,
             segments,
             sims,
+            imei_locks: checker.imei_locks,
+            imei_mismatch,
         })
     } else {
         Err(PolicyErrors(checker.errors.finish(source.file())))
@@ -558,6 +586,7 @@ impl<'a> Checker<'a> {
                 inbound: Vec::new(),
                 alerts: Alerts::default(),
                 audit: false,
+                imei_lock: None,
             };
         }
         let mut name = String::new();
@@ -647,6 +676,25 @@ impl<'a> Checker<'a> {
                 }
             },
         };
+        let imei_lock = raw.imei_lock.as_ref().and_then(|field| {
+            let text = self.string(field, "imei_lock")?;
+            match ImeiLock::parse(text) {
+                Ok(lock @ (ImeiLock::Learn | ImeiLock::Tac(_))) => Some(lock),
+                Ok(_) => {
+                    self.error(
+                        &Place::Span(field.span()),
+                        "an IMEI lock a segment cannot have",
+                        "a segment's `imei_lock` is `learn` or `tac:` and 8 digits; lock a \
+                         single IMEI on its SIM",
+                    );
+                    None
+                }
+                Err(message) => {
+                    self.error(&Place::Span(field.span()), "an invalid IMEI lock", message);
+                    None
+                }
+            }
+        });
         Segment {
             name,
             description,
@@ -654,6 +702,7 @@ impl<'a> Checker<'a> {
             inbound: Vec::new(),
             alerts,
             audit,
+            imei_lock,
         }
     }
 
@@ -834,8 +883,21 @@ impl<'a> Checker<'a> {
                 }
             },
         };
+        let imei_lock = match &text.imei_lock {
+            None => None,
+            Some((lock, place)) => match ImeiLock::parse(lock) {
+                Ok(lock) => Some(lock),
+                Err(message) => {
+                    self.error(place, "an invalid IMEI lock", message);
+                    None
+                }
+            },
+        };
         if self.errors.len() != errors_before {
             return None;
+        }
+        if let (Some(lock), Some(imsi)) = (imei_lock, imsi.as_ref()) {
+            self.imei_locks.insert(imsi.to_string(), lock);
         }
         Some(assemble(
             Sim::new(imsi?, segment?, state?),
@@ -1483,9 +1545,6 @@ impl QuickCheck<'_> {
                     .into()
             }
         };
-        if ipv4.is_none() && ipv6.is_none() {
-            return None;
-        }
         let segment = *self.segment_ids.get(text.segment.as_ref()?.0)?;
         let state = match text.state.as_ref().map(|(state, _)| *state) {
             None | Some("active") => SimState::Active,

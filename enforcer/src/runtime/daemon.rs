@@ -143,6 +143,8 @@ pub(crate) struct Prepared {
     pub overrides: Vec<store::Override>,
     /// Run-time bindings as the store holds them.
     pub bindings: Vec<store::Binding>,
+    /// IMEI states as the store holds them.
+    pub imei: Vec<store::ImeiState>,
 }
 
 /// A SIM's addresses as its policy file gives them.
@@ -163,6 +165,7 @@ pub(crate) fn compile_with(
 ) -> anyhow::Result<Prepared> {
     let overrides = store.overrides().context("reading the overrides")?;
     let bindings = store.bindings().context("reading the bindings")?;
+    let imei = store.imei_states().context("reading the IMEI states")?;
     let ids = store.assign_ids(policy).context("assigning stable ids")?;
     let quarantined: HashSet<&str> = overrides
         .iter()
@@ -178,6 +181,18 @@ pub(crate) fn compile_with(
         .map(|s| s.imsi.to_string())
         .collect();
     store::apply_overrides(policy, &overrides);
+    let mismatched: HashSet<&str> = imei
+        .iter()
+        .filter(|s| s.mismatch)
+        .map(|s| s.imsi.as_str())
+        .collect();
+    if !mismatched.is_empty() {
+        for sim in &mut policy.sims {
+            if mismatched.contains(sim.imsi.to_string().as_str()) {
+                sim.set_imei_mismatch(true);
+            }
+        }
+    }
     let file_addresses = apply_bindings(policy, &bindings);
     let compiled = compile::compile(policy, &ids)?;
     Ok(Prepared {
@@ -186,6 +201,7 @@ pub(crate) fn compile_with(
         file_addresses,
         overrides,
         bindings,
+        imei,
     })
 }
 
@@ -381,6 +397,8 @@ pub struct Daemon {
     bindings: HashMap<(String, bool), store::Binding>,
     /// The file's addresses of the SIMs a run-time binding changed.
     file_addresses: HashMap<String, FileAddresses>,
+    /// IMEI states from RADIUS accounting, by IMSI, as the store holds them.
+    imei: HashMap<String, store::ImeiState>,
     applied_at: u64,
     applies: u64,
     generation: u8,
@@ -456,6 +474,7 @@ impl Daemon {
             file_quarantined: prepared.file_quarantined,
             bindings: bindings_by_key(prepared.bindings),
             file_addresses: prepared.file_addresses,
+            imei: imei_by_imsi(prepared.imei),
             policy,
             compiled: prepared.compiled,
             applied_at: now(),
@@ -1358,6 +1377,7 @@ impl Daemon {
         self.file_quarantined = prepared.file_quarantined;
         self.bindings = bindings_by_key(prepared.bindings);
         self.file_addresses = prepared.file_addresses;
+        self.imei = imei_by_imsi(prepared.imei);
         self.compiled = prepared.compiled;
         self.compiled_stale = false;
         self.applied_at = now();
@@ -1827,7 +1847,24 @@ impl Daemon {
                 .get(usize::from(sim.segment))
                 .map(|s| s.name.clone())
                 .unwrap_or_default(),
-            state: state.name().to_owned(),
+            state: if sim.imei_mismatch() && state == SimState::Active {
+                "imei_mismatch".to_owned()
+            } else {
+                state.name().to_owned()
+            },
+            imei: {
+                let lock = self
+                    .policy
+                    .imei_lock(sim)
+                    .map(crate::policy::ImeiLock::text);
+                let seen = self.imei.get(sim.imsi.to_string().as_str());
+                (lock.is_some() || seen.is_some()).then(|| crate::control::ImeiInfo {
+                    lock: lock.unwrap_or_default(),
+                    learned: seen.map(|s| s.learned.clone()).unwrap_or_default(),
+                    seen: seen.map(|s| s.seen.clone()).unwrap_or_default(),
+                    mismatch: seen.is_some_and(|s| s.mismatch),
+                })
+            },
             quarantine,
             addresses,
             bindings: [false, true]
@@ -2137,6 +2174,10 @@ fn sim_positions(compiled: &Compiled) -> Vec<u32> {
 }
 
 /// Run-time bindings by (IMSI, IPv6).
+fn imei_by_imsi(states: Vec<store::ImeiState>) -> HashMap<String, store::ImeiState> {
+    states.into_iter().map(|s| (s.imsi.clone(), s)).collect()
+}
+
 fn bindings_by_key(bindings: Vec<store::Binding>) -> HashMap<(String, bool), store::Binding> {
     bindings
         .into_iter()

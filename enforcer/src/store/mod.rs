@@ -153,6 +153,21 @@ pub struct Binding {
     pub session: String,
 }
 
+/// A SIM's IMEI state, from its RADIUS accounting (3GPP-IMEISV).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImeiState {
+    /// The SIM's IMSI.
+    pub imsi: String,
+    /// The IMEI (14 digits: TAC and serial number) a `learn` lock learned; empty if none.
+    pub learned: String,
+    /// The last IMEISV seen.
+    pub seen: String,
+    /// Whether that device broke the SIM's lock.
+    pub mismatch: bool,
+    /// When it was seen, Unix seconds.
+    pub at: i64,
+}
+
 /// The open store, with the id allocations cached in memory.
 pub struct Store {
     conn: Connection,
@@ -422,6 +437,54 @@ impl Store {
             })
             .map_err(sql(&self.path, "setting a binding"))?;
         Ok(())
+    }
+
+    /// Write a SIM's IMEI state whole.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn put_imei(&mut self, state: &ImeiState) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO imei (imsi, learned, seen, mismatch, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (imsi) DO UPDATE SET learned = ?2, seen = ?3, mismatch = ?4, at = ?5",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    state.imsi,
+                    state.learned,
+                    state.seen,
+                    i64::from(state.mismatch),
+                    state.at
+                ])
+            })
+            .map_err(sql(&self.path, "setting an IMEI state"))?;
+        Ok(())
+    }
+
+    /// Every SIM's IMEI state, by IMSI.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the read fails.
+    pub fn imei_states(&self) -> Result<Vec<ImeiState>, StoreError> {
+        let what = "reading IMEI states";
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT imsi, learned, seen, mismatch, at FROM imei ORDER BY imsi")
+            .map_err(sql(&self.path, what))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(ImeiState {
+                    imsi: row.get(0)?,
+                    learned: row.get(1)?,
+                    seen: row.get(2)?,
+                    mismatch: row.get::<_, i64>(3)? != 0,
+                    at: row.get(4)?,
+                })
+            })
+            .map_err(sql(&self.path, what))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&self.path, what))
     }
 
     /// Start a transaction that the writes up to [`Store::commit`] belong to: a batch of

@@ -96,12 +96,17 @@ CREATE TABLE overrides (imsi TEXT PRIMARY KEY, kind TEXT NOT NULL, source TEXT N
 CREATE TABLE bindings (imsi TEXT NOT NULL, family INTEGER NOT NULL, address TEXT NOT NULL,
     source TEXT NOT NULL, at INTEGER NOT NULL, client TEXT NOT NULL DEFAULT '',
     session TEXT NOT NULL DEFAULT '', PRIMARY KEY (imsi, family)) WITHOUT ROWID;
+CREATE TABLE imei (imsi TEXT PRIMARY KEY, learned TEXT NOT NULL, seen TEXT NOT NULL,
+    mismatch INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
-/// Version 2 to 3: the RADIUS columns of `bindings`.
+/// Version 2 to 3: the RADIUS columns of `bindings`, and `imei`: per SIM the IMEI a `learn`
+/// lock learned, the last IMEISV seen and whether it broke the lock.
 const V2_TO_V3: &str = "
 ALTER TABLE bindings ADD COLUMN client TEXT NOT NULL DEFAULT '';
 ALTER TABLE bindings ADD COLUMN session TEXT NOT NULL DEFAULT '';
+CREATE TABLE imei (imsi TEXT PRIMARY KEY, learned TEXT NOT NULL, seen TEXT NOT NULL,
+    mismatch INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 UPDATE meta SET value = '3' WHERE key = 'schema_version';
 ";
 

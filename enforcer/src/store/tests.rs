@@ -50,6 +50,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             inbound: Vec::new(),
             alerts: crate::policy::Alerts::default(),
             audit: false,
+            imei_lock: None,
         }],
         sims: (first..first + sims)
             .map(|n| {
@@ -61,6 +62,8 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
                 sim
             })
             .collect(),
+        imei_locks: std::collections::HashMap::new(),
+        imei_mismatch: crate::policy::ImeiMismatch::Drop,
     }
 }
 

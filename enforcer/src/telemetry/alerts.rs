@@ -46,7 +46,7 @@ const BURST_WARMUP: u32 = 3;
 pub struct Alert {
     /// When, RFC 3339 UTC with milliseconds.
     pub time: String,
-    /// `deny_rate`, `spoofed_source`, `new_destination` or `burst`.
+    /// `deny_rate`, `spoofed_source`, `new_destination`, `burst` or `imei_mismatch`.
     pub alert: &'static str,
     /// The SIM's IMSI (absent for a spoofed source).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +66,13 @@ pub struct Alert {
     /// Its port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The IMEI lock the device broke (`imei_mismatch`): an IMEI's 14 digits, `tac:…`, or the
+    /// learned IMEI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imei_expected: Option<String>,
+    /// The 3GPP-IMEISV the packet core reported (`imei_mismatch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imei_seen: Option<String>,
     /// What was measured (packets a second, bytes in the round, packets).
     pub value: f64,
     /// The threshold it crossed.
@@ -110,6 +117,33 @@ pub struct SimView {
 }
 
 impl Alert {
+    /// An IMEI mismatch: the data session of SIM `imsi` (of `segment`) runs on the device
+    /// `seen`, which the lock `expected` does not allow; `action` is what was done.
+    #[must_use]
+    pub fn imei_mismatch(
+        imsi: &str,
+        segment: &str,
+        expected: &str,
+        seen: &str,
+        action: &str,
+    ) -> Self {
+        Self {
+            imsi: Some(imsi.to_owned()),
+            segment: Some(segment.to_owned()),
+            imei_expected: Some(expected.to_owned()),
+            imei_seen: Some(seen.to_owned()),
+            ..Self::new(
+                "imei_mismatch",
+                format!(
+                    "SIM {imsi} started a data session on device {seen}, which its IMEI lock \
+                     ({expected}) does not allow; {action}"
+                ),
+                0.0,
+                0.0,
+            )
+        }
+    }
+
     /// An alert of `kind` now, with its message, measure and threshold; the rest empty.
     fn new(kind: &'static str, message: String, value: f64, threshold: f64) -> Self {
         Self {
@@ -121,6 +155,8 @@ impl Alert {
             dst: None,
             proto: None,
             port: None,
+            imei_expected: None,
+            imei_seen: None,
             value,
             threshold,
             message,

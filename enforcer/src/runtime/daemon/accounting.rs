@@ -13,12 +13,16 @@
 
 use std::net::IpAddr;
 
-use tracing::{debug, error, warn};
+use anyhow::Context as _;
+use enforcer_common::maps::SIM_IMEI_MISMATCH;
+use tracing::{debug, error, info, warn};
 
 use super::{BindResult, Daemon};
 use crate::{
     bindings::radius::{Outcome, Request, StatusType},
+    policy::{ImeiLock, ImeiMismatch},
     store,
+    telemetry::alerts::Alert,
 };
 
 impl Daemon {
@@ -130,7 +134,9 @@ impl Daemon {
         }
     }
 
-    /// Start or Interim-Update: bind its addresses.
+    /// Start or Interim-Update: check the device against the SIM's IMEI lock, then bind the
+    /// addresses (a device the lock refuses gets them too, under the drop state, so that its
+    /// packets are dropped as `imei_mismatch` rather than as spoofed).
     fn account_start(&mut self, request: &Request) -> Outcome {
         let acct = &request.accounting;
         let Some(imsi) = acct.imsi.as_deref() else {
@@ -143,6 +149,10 @@ impl Daemon {
             );
         }
         let at = acct.event_timestamp.map_or(request.received, i64::from);
+        let imei_changed = match self.check_imei(imsi, acct.imeisv.as_deref(), at) {
+            Ok(changed) => changed,
+            Err(err) => return Outcome::Refused(format!("{err:#}")),
+        };
         let mut outcome = Outcome::Unchanged;
         for address in addresses {
             let wanted = store::Binding {
@@ -165,7 +175,114 @@ impl Daemon {
                 Err(err) => return Outcome::Refused(format!("{err:#}")),
             }
         }
+        if imei_changed {
+            outcome = Outcome::Applied;
+        }
         outcome
+    }
+
+    /// Judge the device `imeisv` (3GPP-IMEISV) of a data session of SIM `imsi` against the
+    /// SIM's IMEI lock: learn it for a `learn` lock that has none yet; on a device the lock
+    /// refuses, set the SIM's drop state (or quarantine it, as `imei_mismatch` says) and raise
+    /// an alert; on an allowed device, lift a drop state. A request without IMEISV is not
+    /// judged. Store first, then the SIM's flag in the maps. Returns whether the SIM's state
+    /// changed.
+    fn check_imei(&mut self, imsi: &str, imeisv: Option<&str>, at: i64) -> anyhow::Result<bool> {
+        let (position, index, sim) = self.sim(imsi)?;
+        let imsi = sim.imsi.to_string();
+        let lock = self.policy.imei_lock(sim).cloned();
+        let segment = self
+            .policy
+            .segments
+            .get(usize::from(sim.segment))
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let previous = self.imei.get(&imsi).cloned();
+        let mut state = previous.clone().unwrap_or_else(|| store::ImeiState {
+            imsi: imsi.clone(),
+            ..store::ImeiState::default()
+        });
+        let seen = imeisv.filter(|s| s.len() >= 14 && s.bytes().all(|b| b.is_ascii_digit()));
+        let verdict = match (&lock, seen) {
+            // No lock (any more): a drop state an older policy set is lifted.
+            (None, _) => Some(true),
+            // Nothing to judge.
+            (Some(_), None) => None,
+            (Some(ImeiLock::Learn), Some(seen)) => {
+                if state.learned.is_empty() {
+                    state.learned = seen[..14].to_owned();
+                    info!(imsi, imei = %state.learned, "IMEI lock learned the SIM's device.");
+                }
+                Some(seen[..14] == state.learned)
+            }
+            (Some(lock), Some(seen)) => Some(lock.allows(seen)),
+        };
+        if let Some(seen) = seen {
+            state.seen = seen.to_owned();
+            state.at = at;
+        }
+        let mut changed = false;
+        match verdict {
+            Some(true) if state.mismatch => {
+                state.mismatch = false;
+                changed = true;
+            }
+            Some(false) => {
+                let expected = match &lock {
+                    Some(ImeiLock::Learn) => state.learned.clone(),
+                    Some(lock) => lock.text(),
+                    None => String::new(),
+                };
+                let seen = state.seen.clone();
+                let action = match self.policy.imei_mismatch {
+                    ImeiMismatch::Drop => {
+                        changed = !state.mismatch;
+                        state.mismatch = true;
+                        "its traffic is dropped (imei_mismatch) until a session of an allowed \
+                         device starts"
+                    }
+                    ImeiMismatch::Quarantine => {
+                        if !self.overrides.contains_key(&imsi) {
+                            self.quarantine(&imsi, "imei-lock")?;
+                            changed = true;
+                        }
+                        "the SIM is quarantined until `enforcer sim release`"
+                    }
+                };
+                let news = previous
+                    .as_ref()
+                    .is_none_or(|p| !p.mismatch || p.seen != seen);
+                if news {
+                    warn!(imsi, expected, seen, action, "IMEI lock broken.");
+                    if let Some(sink) = &self.alert_sink {
+                        sink.send(&[Alert::imei_mismatch(
+                            &imsi, &segment, &expected, &seen, action,
+                        )]);
+                    }
+                }
+            }
+            Some(true) | None => {}
+        }
+        if previous.as_ref() != Some(&state) {
+            self.store
+                .put_imei(&state)
+                .context("recording the IMEI state in the store")?;
+        }
+        if changed {
+            self.enforcer
+                .set_sim_flag(index, SIM_IMEI_MISMATCH, state.mismatch)
+                .context("setting the SIM's IMEI state in the maps")?;
+            self.policy.sims[position].set_imei_mismatch(state.mismatch);
+            self.compiled_stale = true;
+            if !state.mismatch {
+                info!(
+                    imsi,
+                    "IMEI lock satisfied again; the SIM's traffic is judged by its rules."
+                );
+            }
+        }
+        self.imei.insert(imsi, state);
+        Ok(changed)
     }
 }
 
