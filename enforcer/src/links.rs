@@ -82,7 +82,7 @@ pub enum How {
 }
 
 /// One interface attached through a pinned link.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Attachment {
     /// Interface name (the link's pin name).
     pub iface: String,

@@ -195,6 +195,47 @@ struct RunArgs {
     /// that responses leave from it on a host with several.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:1813")]
     radius_listen: std::net::SocketAddr,
+    /// Serve the REST API for connectivity-management platforms at `http(s)://ADDR:PORT`
+    /// (OpenAPI document at /openapi.json); off when not given. Needs --api-token-file.
+    #[arg(long, value_name = "ADDR:PORT", requires = "api_token_file")]
+    api_address: Option<std::net::SocketAddr>,
+    /// File holding the REST API's bearer token (its first line, at least 16 characters;
+    /// keep the file mode 0600). Every request but /openapi.json must send
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE", requires = "api_address")]
+    api_token_file: Option<PathBuf>,
+    /// Serve the REST API over TLS with this PEM certificate chain (with --api-tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["api_address", "api_tls_key"])]
+    api_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --api-tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["api_address", "api_tls_cert"])]
+    api_tls_key: Option<PathBuf>,
+}
+
+/// The REST API's settings: the token read from its file.
+fn api_settings(args: &RunArgs) -> anyhow::Result<Option<runtime::Api>> {
+    let (Some(address), Some(token_file)) = (args.api_address, &args.api_token_file) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(token_file).with_context(|| {
+        format!(
+            "cannot read the REST API token from --api-token-file {}",
+            token_file.display()
+        )
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "--api-token-file {}: the token (its first line) must be at least 16 characters \
+             without spaces; generate one with `openssl rand -hex 32`",
+            token_file.display()
+        );
+    }
+    Ok(Some(runtime::Api {
+        address,
+        token,
+        tls: args.api_tls_cert.clone().zip(args.api_tls_key.clone()),
+    }))
 }
 
 /// An alert webhook: an `http://` or `https://` URL.
@@ -674,6 +715,7 @@ fn parse_iface(text: &str) -> Result<IfaceArg, String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let api = api_settings(&args)?;
     let radius = match &args.radius_clients {
         Some(path) => Some(runtime::Radius {
             listen: args.radius_listen,
@@ -731,5 +773,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         alerts: args.alerts,
         alert_webhook: args.alert_webhook,
         radius,
+        api,
     })
 }

@@ -117,7 +117,7 @@ impl State {
 }
 
 /// A counter report.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Report {
     /// Per-SIM counters (filtered).
     pub sims: Vec<SimRow>,
@@ -128,7 +128,7 @@ pub struct Report {
 }
 
 /// One SIM's counters.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SimRow {
     /// IMSI.
     pub imsi: String,
@@ -147,16 +147,17 @@ pub struct SimRow {
 }
 
 /// One segment's verdict counts (packets) by reason name.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SegmentRow {
     /// Segment name, or `-` for packets of no segment.
     pub segment: String,
-    /// `pass_<reason>` and `drop_<reason>` → packets.
+    /// `pass_<reason>` and `drop_<reason>` → packets, as `[name, packets]` pairs.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
     pub packets: Vec<(String, u64)>,
 }
 
 /// One rule's passes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RuleRow {
     /// Rule id.
     pub id: usize,

@@ -87,7 +87,7 @@ impl Running {
 
     fn call(&self, command: &Ctl) -> Result<Reply, String> {
         match unix::call(&self.socket, command).map_err(|e| e.to_string())? {
-            Reply::Error { message } => Err(message),
+            Reply::Error { message, .. } => Err(message),
             reply => Ok(reply),
         }
     }

@@ -132,6 +132,21 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::Test],
     },
     Package {
+        name: "python3-venv",
+        why: "a virtual environment for schemathesis (PyPI), which tests the REST API",
+        for_: &[Purpose::Test],
+    },
+    Package {
+        name: "curl",
+        why: "the REST API tests' HTTP client (TLS included)",
+        for_: &[Purpose::Test],
+    },
+    Package {
+        name: "openssl",
+        why: "a self-signed certificate for the REST API's TLS test",
+        for_: &[Purpose::Test],
+    },
+    Package {
         name: "freeradius-utils",
         why: "`radclient`: the packet core's RADIUS accounting in the RADIUS tests",
         for_: &[Purpose::Test],
@@ -270,11 +285,52 @@ pub fn run(purpose: Purpose) -> anyhow::Result<()> {
     if !bpf_linker_ok() {
         install_bpf_linker(llvm_major)?;
     }
+    if purpose == Purpose::Test && !schemathesis_ok() {
+        install_schemathesis()?;
+    }
     mount_bpffs()?;
     eprintln!(
         "xtask: setup complete (nightly {NIGHTLY_RELEASE}, LLVM {llvm_major}, bpf-linker {BPF_LINKER_VERSION})"
     );
     Ok(())
+}
+
+/// schemathesis, from PyPI, the version the REST API tests were written against.
+pub const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+/// Where schemathesis lives: a virtual environment in the target directory, since Debian's
+/// Python refuses `pip install` into the system (PEP 668). The REST API test runs
+/// `<this>/bin/schemathesis`.
+#[must_use]
+pub fn schemathesis_venv() -> PathBuf {
+    crate::util::root().join("target").join("schemathesis-venv")
+}
+
+fn schemathesis_ok() -> bool {
+    output(Command::new(schemathesis_venv().join("bin").join("schemathesis")).arg("--version"))
+        .is_some_and(|v| {
+            v.trim()
+                .ends_with(&format!("version {SCHEMATHESIS_VERSION}"))
+        })
+}
+
+fn install_schemathesis() -> anyhow::Result<()> {
+    let venv = schemathesis_venv();
+    eprintln!(
+        "xtask: installing schemathesis {SCHEMATHESIS_VERSION} from PyPI into {}",
+        venv.display()
+    );
+    exec(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    exec(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )
+    .context("installing schemathesis from PyPI (needs network access to pypi.org)")
 }
 
 /// The preamble of every command that loads BPF or builds namespaces: root, then setup for

@@ -14,7 +14,7 @@ use enforcer::{
 /// Send `command`, turn an error reply into an error.
 fn call(socket: &Path, command: &Command) -> anyhow::Result<Reply> {
     match unix::call(socket, command)? {
-        Reply::Error { message } => bail!("{message}"),
+        Reply::Error { message, .. } => bail!("{message}"),
         reply => Ok(reply),
     }
 }
@@ -212,7 +212,7 @@ pub fn stats(socket: &Path, imsis: &[String], json: bool) -> anyhow::Result<()> 
     )?;
     let report = match reply {
         Reply::Stats(report) => report,
-        Reply::Error { message } => bail!("{message}"),
+        Reply::Error { message, .. } => bail!("{message}"),
         other => return Err(unexpected(&other)),
     };
     if stream.is_none() {

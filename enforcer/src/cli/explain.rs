@@ -89,7 +89,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<()> {
             &enforcer::control::Command::Explain { query },
         )? {
             enforcer::control::Reply::Explained(explanation) => *explanation,
-            enforcer::control::Reply::Error { message } => bail!("{message}"),
+            enforcer::control::Reply::Error { message, .. } => bail!("{message}"),
             other => bail!("the daemon answered with something else ({other:?})"),
         },
     };

@@ -65,7 +65,7 @@ pub struct View {
 fn fetch(socket: &Path) -> anyhow::Result<TopReport> {
     match unix::call(socket, &Command::Top { limit: FETCH })? {
         Reply::Top(report) => Ok(*report),
-        Reply::Error { message } => bail!("{message}"),
+        Reply::Error { message, .. } => bail!("{message}"),
         other => bail!(
             "the daemon answered with something else ({other:?}); use the client of the \
              daemon's version"

@@ -7,6 +7,7 @@
 //! creates mode 0700, so only root (or the daemon's own user) can talk to it: its replies name
 //! every IMSI.
 
+pub mod rest;
 pub mod unix;
 
 use std::path::PathBuf;
@@ -131,6 +132,91 @@ pub enum Command {
         /// SIMs to return at most, the busiest by packets (passed and dropped) first.
         limit: usize,
     },
+    /// The segment and rule counters alone ([`Report`] without SIM rows).
+    SegmentStats,
+    /// A page of the SIMs of the policy in force, in policy order, filtered ([`SimPage`]).
+    SimList {
+        /// SIMs to skip (of those the filters keep).
+        offset: usize,
+        /// SIMs to return at most (1 to [`MAX_PAGE`]).
+        limit: usize,
+        /// Only SIMs of this segment.
+        #[serde(default)]
+        segment: Option<String>,
+        /// Only SIMs in this state (`active`, `quarantined`, `imei_mismatch`).
+        #[serde(default)]
+        state: Option<String>,
+        /// Only IMSIs that start with these digits.
+        #[serde(default)]
+        imsi_prefix: Option<String>,
+    },
+    /// Forget the device an IMEI lock `learn` learned for the SIM and lift its
+    /// `imei_mismatch` state: the next data session's device is learned (a device replaced on
+    /// purpose).
+    SimImeiReset {
+        /// IMSI.
+        imsi: String,
+    },
+    /// Validate a policy text as if it were the file in force (an inventory it names is read
+    /// beside that file); changes nothing ([`PolicyCheck`]).
+    PolicyCheck {
+        /// The policy, TOML.
+        text: String,
+    },
+    /// What applying a policy text would change against the file in force ([`Reply::Diff`]);
+    /// changes nothing.
+    PolicyDiff {
+        /// The policy, TOML.
+        text: String,
+    },
+}
+
+/// Most SIMs a [`Command::SimList`] page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// The reply to [`Command::SimList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SimPage {
+    /// SIMs the filters keep, over every page.
+    pub total: usize,
+    /// The page's first SIM's place among them.
+    pub offset: usize,
+    /// The page.
+    pub sims: Vec<SimSummary>,
+}
+
+/// One SIM of a [`SimPage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SimSummary {
+    /// IMSI (3GPP TS 23.003).
+    pub imsi: String,
+    /// ICCID (ITU-T E.118), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iccid: Option<String>,
+    /// MSISDN (E.164), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
+    /// Segment name.
+    pub segment: String,
+    /// `active`, `quarantined` or `imei_mismatch`.
+    pub state: String,
+    /// Its addresses in force (IPv4, IPv6 /64).
+    pub addresses: Vec<String>,
+}
+
+/// The reply to [`Command::PolicyCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyCheck {
+    /// Whether the policy is valid.
+    pub valid: bool,
+    /// Its errors, `file:line:column: message` each (empty when valid).
+    pub errors: Vec<String>,
+    /// SIMs, segments and rules of a valid policy.
+    pub sims: usize,
+    /// Segments.
+    pub segments: usize,
+    /// Rules (segments' and SIMs' own).
+    pub rules: usize,
 }
 
 /// The reply to [`Command::Top`]: rates over the interval since the previous `top`.
@@ -192,6 +278,11 @@ impl Command {
             Command::SimUnbind { .. } => "sim_unbind",
             Command::Explain { .. } => "explain",
             Command::Top { .. } => "top",
+            Command::SegmentStats => "segment_stats",
+            Command::SimList { .. } => "sim_list",
+            Command::SimImeiReset { .. } => "sim_imei_reset",
+            Command::PolicyCheck { .. } => "policy_check",
+            Command::PolicyDiff { .. } => "policy_diff",
         }
     }
 }
@@ -214,23 +305,84 @@ pub enum Reply {
     Top(Box<TopReport>),
     /// For [`Command::Flows`].
     Flows(Flows),
+    /// For [`Command::SimList`].
+    Sims(SimPage),
+    /// For [`Command::PolicyCheck`].
+    Checked(PolicyCheck),
+    /// For [`Command::PolicyDiff`]: [`crate::diff::PolicyDiff`] as JSON.
+    Diff {
+        /// The changes.
+        diff: serde_json::Value,
+    },
     /// The command failed and changed nothing; the text says why and what to do.
     Error {
         /// Message for the operator.
         message: String,
+        /// What kind of failure, for transports that name it (HTTP status): absent for a
+        /// command the daemon refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ErrorKind>,
     },
+}
+
+/// Kinds of [`Reply::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// What the command names does not exist (an IMSI not in the policy).
+    NotFound,
+    /// The command's arguments are invalid.
+    Invalid,
+}
+
+/// An error of a command that names what is missing (an IMSI not in the policy): carried in an
+/// `anyhow` chain so that the transports can tell "not found" from "refused".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// An error of a command whose arguments are invalid (not an IMSI, not an address).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Reply {
+    /// A refusal with `message` (no kind).
+    #[must_use]
+    pub fn refused(message: impl Into<String>) -> Self {
+        Reply::Error {
+            message: message.into(),
+            kind: None,
+        }
+    }
+
+    /// The error reply for `err`, its kind read from the chain ([`NotFound`], [`Invalid`]).
+    #[must_use]
+    pub fn error(err: &anyhow::Error) -> Self {
+        let kind = if err.chain().any(|e| e.is::<NotFound>()) {
+            Some(ErrorKind::NotFound)
+        } else if err.chain().any(|e| e.is::<Invalid>()) {
+            Some(ErrorKind::Invalid)
+        } else {
+            None
+        };
+        Reply::Error {
+            message: format!("{err:#}"),
+            kind,
+        }
+    }
 }
 
 /// The reply to [`Command::Flows`] (a struct: the reply is an internally tagged enum, which
 /// cannot carry a bare list).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Flows {
     /// Live sessions, busiest (most bytes both ways) first.
     pub flows: Vec<Flow>,
 }
 
 /// One live session (`SESSIONS`), as `enforcer flows` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Flow {
     /// The device's IMSI (3GPP TS 23.003).
     pub imsi: String,
@@ -262,15 +414,17 @@ pub struct Flow {
 }
 
 /// A running daemon's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     /// Daemon process id.
     pub pid: u32,
     /// `enforcer` version.
     pub version: String,
     /// Pin directory (bpffs).
+    #[schema(value_type = String)]
     pub pin_dir: PathBuf,
     /// The policy file in force.
+    #[schema(value_type = String)]
     pub policy: PathBuf,
     /// Unix time (seconds) the policy in force was applied.
     pub applied_at: u64,
@@ -294,7 +448,7 @@ pub struct Status {
 }
 
 /// The IPFIX flow export's state and counters since the daemon started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportStatus {
     /// Collectors (`address:port`), each sent every record.
     pub collectors: Vec<String>,
@@ -315,7 +469,7 @@ pub struct ExportStatus {
 }
 
 /// One attached interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Interface {
     /// Interface name.
     pub iface: String,
@@ -334,7 +488,7 @@ pub struct Interface {
 }
 
 /// SIMs of the policy in force, by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SimCounts {
     /// Every SIM.
     pub total: usize,
@@ -347,7 +501,7 @@ pub struct SimCounts {
 }
 
 /// A map's fill: entries the policy needs against entries the map holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MapFill {
     /// Map name.
     pub map: String,
@@ -360,9 +514,10 @@ pub struct MapFill {
 }
 
 /// What an apply did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Applied {
     /// The policy file now in force.
+    #[schema(value_type = String)]
     pub policy: PathBuf,
     /// Generation now active.
     pub generation: u8,
@@ -386,7 +541,7 @@ pub struct Applied {
 }
 
 /// One SIM as the daemon sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SimInfo {
     /// IMSI.
     pub imsi: String,
@@ -414,7 +569,7 @@ pub struct SimInfo {
 }
 
 /// A SIM's IMEI lock and device (3GPP TS 23.003 §6.2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImeiInfo {
     /// The lock in force (an IMEI's 14 digits, `tac:…`, `learn`), empty for none.
     pub lock: String,
@@ -427,7 +582,7 @@ pub struct ImeiInfo {
 }
 
 /// An address bound to a SIM at run time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Bound {
     /// IPv4 /32 or IPv6 /64.
     pub address: String,
@@ -444,7 +599,7 @@ pub struct Bound {
 }
 
 /// A runtime override of the policy file, set by command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Override {
     /// Who set it.
     pub source: String,

@@ -218,33 +218,24 @@ async fn answer(bytes: &[u8], actor: &mpsc::Sender<Request>) -> Answer {
     // Not UTF-8: the JSON parser below says so in its reply.
     let line = String::from_utf8_lossy(bytes);
     if line.len() > MAX_REQUEST {
-        return Reply::Error {
-            message: format!("command longer than {MAX_REQUEST} bytes; nothing was done"),
-        }
+        return Reply::refused(format!(
+            "command longer than {MAX_REQUEST} bytes; nothing was done"
+        ))
         .into();
     }
     match serde_json::from_str::<Command>(&line) {
-        Err(err) => Reply::Error {
-            message: format!(
-                "command not understood ({err}); nothing was done. Use the `enforcer` client of \
-                 the daemon's version"
-            ),
-        }
+        Err(err) => Reply::refused(format!(
+            "command not understood ({err}); nothing was done. Use the `enforcer` client of the \
+             daemon's version"
+        ))
         .into(),
         Ok(command) => {
             let (tx, rx) = oneshot::channel();
             if actor.send((command, tx)).await.is_err() {
-                return Reply::Error {
-                    message: "the daemon is shutting down; nothing was done".into(),
-                }
-                .into();
+                return Reply::refused("the daemon is shutting down; nothing was done").into();
             }
-            rx.await.unwrap_or_else(|_| {
-                Reply::Error {
-                    message: "the daemon stopped before answering".into(),
-                }
-                .into()
-            })
+            rx.await
+                .unwrap_or_else(|_| Reply::refused("the daemon stopped before answering").into())
         }
     }
 }

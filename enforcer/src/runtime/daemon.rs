@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 mod accounting;
+mod queries;
 
 use super::start::{Settings, if_index};
 use crate::{
@@ -65,7 +66,8 @@ impl Event {
                 | Command::SimQuarantine { .. }
                 | Command::SimRelease { .. }
                 | Command::SimBind { .. }
-                | Command::SimUnbind { .. } => true,
+                | Command::SimUnbind { .. }
+                | Command::SimImeiReset { .. } => true,
                 Command::Stats { imsis, stream } => {
                     stream.is_none() && !imsis.is_empty() && imsis.len() <= QUICK_STATS
                 }
@@ -74,7 +76,11 @@ impl Event {
                 | Command::ApplyPolicy { .. }
                 | Command::Reload
                 | Command::Explain { .. }
-                | Command::Top { .. } => false,
+                | Command::Top { .. }
+                | Command::SimList { .. }
+                | Command::SegmentStats
+                | Command::PolicyCheck { .. }
+                | Command::PolicyDiff { .. } => false,
             },
             // A batch of at most a ring buffer's events: microseconds each.
             Event::Deny(_) => true,
@@ -428,6 +434,9 @@ pub struct Daemon {
     alerts_at: Instant,
     /// The RADIUS accounting path's counters.
     radius_stats: std::sync::Arc<crate::bindings::radius::Stats>,
+    /// The REST API's `/events` subscribers, when the API is on.
+    event_stream:
+        Option<tokio::sync::broadcast::Sender<std::sync::Arc<crate::control::rest::StreamEvent>>>,
 }
 
 /// SIMs whose drop reasons `top` keeps between two calls at most.
@@ -494,7 +503,16 @@ impl Daemon {
             alert_stats: std::sync::Arc::default(),
             alerts_at: Instant::now(),
             radius_stats: std::sync::Arc::default(),
+            event_stream: None,
         }
+    }
+
+    /// Send deny events to the REST API's `/events` subscribers too.
+    pub(super) fn set_event_stream(
+        &mut self,
+        stream: tokio::sync::broadcast::Sender<std::sync::Arc<crate::control::rest::StreamEvent>>,
+    ) {
+        self.event_stream = Some(stream);
     }
 
     /// Raise alerts through `sink` (none: alerts are off), counting in `stats`.
@@ -769,9 +787,13 @@ impl Daemon {
                 *slot += 1 + u64::from(event.suppressed);
             }
         }
-        let Some(writer) = &self.deny_writer else {
+        let stream = self
+            .event_stream
+            .as_ref()
+            .filter(|s| s.receiver_count() > 0);
+        if self.deny_writer.is_none() && stream.is_none() {
             return;
-        };
+        }
         for event in events {
             let record =
                 crate::telemetry::events::record(
@@ -804,7 +826,17 @@ impl Daemon {
                         explain::nearby_rule(&self.policy, position as usize, dst, proto, port)
                     },
                 );
-            writer.write(&record);
+            if let Some(writer) = &self.deny_writer {
+                writer.write(&record);
+            }
+            if let Some(stream) = stream
+                && let Ok(json) = serde_json::to_string(&record)
+            {
+                let _ = stream.send(std::sync::Arc::new(crate::control::rest::StreamEvent {
+                    kind: "deny",
+                    json,
+                }));
+            }
         }
     }
 
@@ -1237,12 +1269,9 @@ impl Daemon {
                     Command::Stats {
                         imsis,
                         stream: Some(format),
-                    } if imsis.is_empty() => self.stats_stream(format).unwrap_or_else(|err| {
-                        Reply::Error {
-                            message: format!("{err:#}"),
-                        }
-                        .into()
-                    }),
+                    } if imsis.is_empty() => self
+                        .stats_stream(format)
+                        .unwrap_or_else(|err| Reply::error(&err).into()),
                     command => self.command(command).into(),
                 };
                 let _ = reply.send(answer);
@@ -1279,9 +1308,7 @@ impl Daemon {
         if matches!(command, Command::Status | Command::Explain { .. })
             && let Err(err) = self.refresh_compiled()
         {
-            return Reply::Error {
-                message: format!("{err:#}"),
-            };
+            return Reply::error(&err);
         }
         // Changes made in place (not through an apply, whose flip raises the epoch itself):
         // sessions are checked against them on their next packet.
@@ -1291,6 +1318,7 @@ impl Daemon {
                 | Command::SimRelease { .. }
                 | Command::SimBind { .. }
                 | Command::SimUnbind { .. }
+                | Command::SimImeiReset { .. }
         );
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
@@ -1320,13 +1348,34 @@ impl Daemon {
                 self.explain(&query).map(|e| Reply::Explained(Box::new(e)))
             }
             Command::Top { limit } => self.top(limit).map(|t| Reply::Top(Box::new(t))),
+            Command::SimList {
+                offset,
+                limit,
+                segment,
+                state,
+                imsi_prefix,
+            } => self
+                .sim_list(
+                    offset,
+                    limit,
+                    segment.as_deref(),
+                    state.as_deref(),
+                    imsi_prefix.as_deref(),
+                )
+                .map(Reply::Sims),
+            Command::SimImeiReset { imsi } => self.imei_reset(&imsi).map(Reply::Sim),
+            Command::SegmentStats => self.read_totals(&[]).map(|totals| {
+                Reply::Stats(Box::new(Report::new(&self.names, &totals, Vec::new())))
+            }),
+            Command::PolicyCheck { text } => Ok(Reply::Checked(self.policy_check(&text))),
+            Command::PolicyDiff { text } => {
+                self.policy_diff(&text).map(|diff| Reply::Diff { diff })
+            }
         };
         if in_place && result.is_ok() {
             self.sessions_recheck();
         }
-        result.unwrap_or_else(|err| Reply::Error {
-            message: format!("{err:#}"),
-        })
+        result.unwrap_or_else(|err| Reply::error(&err))
     }
 
     /// Validate, compile and apply `path`; on any error the policy in force stays in force,
@@ -1399,10 +1448,11 @@ impl Daemon {
 
     /// The SIM with `imsi`: its position in the policy, its stable SIM index and itself.
     fn sim(&self, imsi: &str) -> anyhow::Result<(usize, u32, &Sim)> {
-        let key = SimKey::from(
-            Imsi::parse(imsi)
-                .ok_or_else(|| anyhow!("`{imsi}` is not an IMSI (14 or 15 digits)"))?,
-        );
+        let key = SimKey::from(Imsi::parse(imsi).ok_or_else(|| {
+            anyhow!(crate::control::Invalid(format!(
+                "`{imsi}` is not an IMSI (14 or 15 digits)"
+            )))
+        })?);
         // The store's id space is sorted by IMSI: its SIM index, then the position of that
         // index in the policy (none for an IMSI the store keeps only as retired).
         let found = self.store.allocations().sims.id(&key).and_then(|index| {
@@ -1410,10 +1460,10 @@ impl Daemon {
             (position != u32::MAX).then_some((position as usize, index))
         });
         let (position, index) = found.ok_or_else(|| {
-            anyhow!(
+            anyhow!(crate::control::NotFound(format!(
                 "IMSI {imsi} is not in the policy in force ({}); add it there first",
                 self.policy.path.display()
-            )
+            )))
         })?;
         Ok((position, index, &self.policy.sims[position]))
     }

@@ -23,4 +23,4 @@ mod daemon;
 mod start;
 
 pub use daemon::Daemon;
-pub use start::{Export, Radius, Settings, load_policy, run};
+pub use start::{Api, Export, Radius, Settings, load_policy, run};

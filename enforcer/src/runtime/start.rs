@@ -71,6 +71,28 @@ pub struct Settings {
     pub alert_webhook: Option<String>,
     /// RADIUS accounting, if clients are given.
     pub radius: Option<Radius>,
+    /// The REST API, if an address is given.
+    pub api: Option<Api>,
+}
+
+/// REST API settings (`--api-*`).
+#[derive(Clone)]
+pub struct Api {
+    /// Where to listen (TCP).
+    pub address: std::net::SocketAddr,
+    /// The bearer token clients must send.
+    pub token: String,
+    /// TLS certificate chain and private key (PEM files), if TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// RADIUS accounting settings (`--radius-*`).
@@ -222,6 +244,30 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let api_listener = match &settings.api {
+        Some(api) => {
+            let tls = match &api.tls {
+                Some((cert, key)) => Some(
+                    crate::control::rest::tls_acceptor(cert, key)
+                        .context("--api-tls-cert/--api-tls-key")
+                        .map_err(fail)?,
+                ),
+                None => None,
+            };
+            let listener = std::net::TcpListener::bind(api.address)
+                .with_context(|| {
+                    format!(
+                        "cannot serve the REST API on --api-address {}; give a free local \
+                         address and port",
+                        api.address
+                    )
+                })
+                .map_err(fail)?;
+            let (stream, _) = tokio::sync::broadcast::channel(crate::control::rest::STREAM_BUFFER);
+            Some((listener, tls, stream))
+        }
+        None => None,
+    };
     let event_stats = std::sync::Arc::new(crate::telemetry::events::EventStats::default());
     let deny_writer = match &settings.deny_events {
         Some(path) => Some(
@@ -262,7 +308,12 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     // Validation's and compilation's temporaries, before the maps and the daemon's own tables.
     super::daemon::release_free_memory();
     let alert_stats = std::sync::Arc::new(crate::telemetry::alerts::AlertStats::default());
-    let alert_sink = if settings.alerts.is_some() || settings.alert_webhook.is_some() {
+    // With the REST API on, alerts are raised for its `/events` stream even without a file or
+    // webhook.
+    let alert_sink = if settings.alerts.is_some()
+        || settings.alert_webhook.is_some()
+        || settings.api.is_some()
+    {
         Some(
             crate::telemetry::alerts::Sink::open(
                 settings.alerts.as_deref(),
@@ -283,10 +334,20 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
+    let alert_sink = match (alert_sink, &api_listener) {
+        (Some(sink), Some((_, _, stream))) => Some(sink.with_stream(stream.clone())),
+        (sink, _) => sink,
+    };
     let mut daemon = start(&settings, &pins, capacity, store, loaded, ifaces).map_err(fail)?;
     daemon.set_deny_events(deny_writer, event_stats);
     daemon.set_alerts(alert_sink, alert_stats);
-    serve(daemon, listener, metrics_listener, radius_socket, &settings)?;
+    let transports = Transports {
+        control: listener,
+        metrics: metrics_listener,
+        radius: radius_socket,
+        api: api_listener,
+    };
+    serve(daemon, transports, &settings)?;
     drop(pins);
     Ok(())
 }
@@ -344,32 +405,36 @@ fn start(
 /// runs on a blocking thread that the actor hands the whole [`Daemon`] to and gets it back
 /// from, so the event loop keeps accepting, reading and answering signals meanwhile, and
 /// still only one thread at a time owns the datapath.
-fn serve(
-    daemon: Daemon,
-    listener: std::os::unix::net::UnixListener,
+/// The sockets the daemon serves, bound before anything was loaded.
+struct Transports {
+    /// The control socket.
+    control: std::os::unix::net::UnixListener,
+    /// `/metrics`.
     metrics: Option<std::net::TcpListener>,
+    /// RADIUS accounting.
     radius: Option<std::net::UdpSocket>,
-    settings: &Settings,
-) -> anyhow::Result<()> {
+    /// The REST API, its TLS, and its `/events` stream (deny events, alerts).
+    api: Option<(
+        std::net::TcpListener,
+        Option<tokio_rustls::TlsAcceptor>,
+        tokio::sync::broadcast::Sender<std::sync::Arc<crate::control::rest::StreamEvent>>,
+    )>,
+}
+
+fn serve(daemon: Daemon, transports: Transports, settings: &Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("enforcer-worker")
         .build()
         .context("starting the I/O runtime")?;
-    runtime.block_on(actor(daemon, listener, metrics, radius, settings))
+    runtime.block_on(actor(daemon, transports, settings))
 }
 
 /// The actor; however it ends (a stop signal, a failure to set up), the flow export is
 /// flushed and its state saved, and the socket removed.
-async fn actor(
-    daemon: Daemon,
-    listener: std::os::unix::net::UnixListener,
-    metrics: Option<std::net::TcpListener>,
-    radius: Option<std::net::UdpSocket>,
-    settings: &Settings,
-) -> anyhow::Result<()> {
+async fn actor(daemon: Daemon, transports: Transports, settings: &Settings) -> anyhow::Result<()> {
     let mut slot = Some(daemon);
-    let result = act(&mut slot, listener, metrics, radius, settings).await;
+    let result = act(&mut slot, transports, settings).await;
     // `None` only if a worker thread panicked with the daemon: nothing to flush then.
     if let Some(mut daemon) = slot {
         daemon.stop_export();
@@ -380,11 +445,15 @@ async fn actor(
 
 async fn act(
     slot: &mut Option<Daemon>,
-    listener: std::os::unix::net::UnixListener,
-    metrics: Option<std::net::TcpListener>,
-    radius: Option<std::net::UdpSocket>,
+    transports: Transports,
     settings: &Settings,
 ) -> anyhow::Result<()> {
+    let Transports {
+        control: listener,
+        metrics,
+        radius,
+        api,
+    } = transports;
     use tokio::signal::unix::{SignalKind, signal};
     let gone = || anyhow::anyhow!("the daemon is gone");
     let (requests, mut incoming) = mpsc::channel::<unix::Request>(256);
@@ -399,6 +468,27 @@ async fn act(
     let mut term = install(SignalKind::terminate())?;
     let mut int = install(SignalKind::interrupt())?;
     let mut hup = install(SignalKind::hangup())?;
+    // The REST API: the same commands to the same actor, over HTTP.
+    if let (Some((listener, tls, stream)), Some(config)) = (api, settings.api.as_ref()) {
+        listener
+            .set_nonblocking(true)
+            .context("serving the REST API")?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).context("serving the REST API")?;
+        slot.as_mut()
+            .ok_or_else(gone)?
+            .set_event_stream(stream.clone());
+        info!(
+            address = %config.address,
+            tls = tls.is_some(),
+            "Serving the REST API (OpenAPI document at /openapi.json)."
+        );
+        tokio::spawn(crate::control::rest::serve(
+            listener,
+            crate::control::rest::router(requests.clone(), &config.token, stream),
+            tls,
+        ));
+    }
     tokio::spawn(unix::serve(listener, requests));
     // Deny events: a thread reads the ring buffer and hands batches to the actor, which names
     // them for `--deny-events`, sums them for the flow export and counts them for `top`.

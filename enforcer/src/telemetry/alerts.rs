@@ -378,6 +378,8 @@ pub struct Sink {
     lines: Option<std::sync::mpsc::SyncSender<String>>,
     webhook: Option<std::sync::mpsc::SyncSender<String>>,
     stats: Arc<AlertStats>,
+    /// The REST API's `/events` subscribers, when the API is on.
+    stream: Option<tokio::sync::broadcast::Sender<Arc<crate::control::rest::StreamEvent>>>,
 }
 
 /// Attempts per webhook post, with a doubling pause from half a second between them.
@@ -424,7 +426,18 @@ impl Sink {
             lines,
             webhook,
             stats,
+            stream: None,
         })
+    }
+
+    /// Send every alert to the REST API's `/events` subscribers too.
+    #[must_use]
+    pub fn with_stream(
+        mut self,
+        stream: tokio::sync::broadcast::Sender<Arc<crate::control::rest::StreamEvent>>,
+    ) -> Self {
+        self.stream = Some(stream);
+        self
     }
 
     /// Send `alerts` to every output without waiting (a full queue drops and counts).
@@ -436,6 +449,12 @@ impl Sink {
             };
             if let Some(lines) = &self.lines {
                 let _ = lines.try_send(format!("{json}\n"));
+            }
+            if let Some(stream) = self.stream.as_ref().filter(|s| s.receiver_count() > 0) {
+                let _ = stream.send(Arc::new(crate::control::rest::StreamEvent {
+                    kind: "alert",
+                    json: json.clone(),
+                }));
             }
             if let Some(webhook) = &self.webhook
                 && webhook.try_send(json).is_err()

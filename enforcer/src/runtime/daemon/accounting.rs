@@ -304,3 +304,34 @@ fn addresses(request: &Request) -> Vec<ipnetwork::IpNetwork> {
     }
     out
 }
+
+impl Daemon {
+    /// Forget the device a `learn` lock learned for the SIM and lift its `imei_mismatch`
+    /// state (`SimImeiReset`): store first, then the flag in the maps.
+    pub(super) fn imei_reset(&mut self, imsi: &str) -> anyhow::Result<crate::control::SimInfo> {
+        let (position, index, sim) = self.sim(imsi)?;
+        let imsi = sim.imsi.to_string();
+        let Some(mut state) = self.imei.get(&imsi).cloned() else {
+            return self.sim_info(&imsi);
+        };
+        let was = state.mismatch;
+        state.learned.clear();
+        state.mismatch = false;
+        self.store
+            .put_imei(&state)
+            .context("recording the IMEI state in the store; nothing changed")?;
+        if was {
+            self.enforcer
+                .set_sim_flag(index, SIM_IMEI_MISMATCH, false)
+                .context("clearing the SIM's IMEI state in the maps")?;
+            self.policy.sims[position].set_imei_mismatch(false);
+            self.compiled_stale = true;
+        }
+        info!(
+            imsi,
+            "IMEI lock reset: the next data session's device is learned."
+        );
+        self.imei.insert(imsi.clone(), state);
+        self.sim_info(&imsi)
+    }
+}
