@@ -135,8 +135,10 @@ impl Capacity {
         let two_generations = |n: usize, floor: u32| with_headroom(n.saturating_mul(2), floor);
         Self {
             sims: with_headroom(image.sim_slots(), floor.sims),
-            sim_v4: with_headroom(image.sims_v4.len(), floor.sim_v4),
-            sim_v6: with_headroom(image.sims_v6.len(), floor.sim_v6),
+            // A SIM without an address in the policy gets its addresses at run time (RADIUS
+            // accounting, `sim bind`), of either family: room for one of each.
+            sim_v4: with_headroom(image.sims_v4.len() + image.sims_unbound.len(), floor.sim_v4),
+            sim_v6: with_headroom(image.sims_v6.len() + image.sims_unbound.len(), floor.sim_v6),
             nets_v4: two_generations(image.nets_v4.len(), floor.nets_v4),
             nets_v6: two_generations(image.nets_v6.len(), floor.nets_v6),
             rule_entries: two_generations(
@@ -504,4 +506,38 @@ pub fn possible_cpus() -> usize {
     // Fixed for the life of the machine; read once (aya reads a sysfs file per call).
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| aya::util::nr_cpus().ok().filter(|&n| n > 0).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::maps::SimEntry;
+
+    use super::Capacity;
+    use crate::compile::MapImage;
+
+    /// A SIM without an address in the policy can be given one of each family at run time:
+    /// both SIM maps have room for it, so that RADIUS bindings at scale do not meet a full map.
+    #[test]
+    fn sims_without_addresses_count_in_both_address_maps() {
+        let floor = Capacity {
+            sims: 1,
+            sim_v4: 1,
+            sim_v6: 1,
+            ..Capacity::default()
+        };
+        let image = MapImage {
+            sims_v4: vec![([10, 0, 0, 1], SimEntry::default())],
+            sims_unbound: (1..=800)
+                .map(|sim| SimEntry {
+                    sim,
+                    ..SimEntry::default()
+                })
+                .collect(),
+            ..MapImage::default()
+        };
+        let capacity = Capacity::for_image(&image, 0, floor);
+        assert_eq!(capacity.sim_v4, 801 + 801 / 8);
+        assert_eq!(capacity.sim_v6, 800 + 800 / 8);
+        assert_eq!(capacity.sims, 801 + 801 / 8, "SIM slots 0..=800");
+    }
 }

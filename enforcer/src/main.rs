@@ -105,6 +105,9 @@ enum SimCommand {
         /// The binding to remove.
         address: Option<String>,
     },
+    /// IMEI lock: forget the device a `learn` lock learned and lift an `imei_mismatch`
+    /// state; the next data session's device is learned (a device replaced on purpose).
+    ImeiReset(SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -528,6 +531,7 @@ fn main() -> ExitCode {
                 SimCommand::Release(args) => (SimAction::Release, args),
                 SimCommand::Bind { sim, address } => (SimAction::Bind(address), sim),
                 SimCommand::Unbind { sim, address } => (SimAction::Unbind(address), sim),
+                SimCommand::ImeiReset(args) => (SimAction::ImeiReset, args),
             };
             cli::daemon::sim(&args.socket.socket, &action, &args.imsi, args.json)
         }

@@ -20,17 +20,31 @@ use crate::{
 };
 
 /// A daemon under test and its files.
-struct Running {
+pub(crate) struct Running {
     child: Option<Child>,
     bin: PathBuf,
-    ns: NetNs,
-    pin_dir: String,
+    /// The namespace it runs in (attached to its `lo`).
+    pub(crate) ns: NetNs,
+    /// Its pin directory.
+    pub(crate) pin_dir: String,
     socket: PathBuf,
     policy: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Running {
     fn start(bin: &Path, policy: &Path, tag: &str) -> Result<(Self, Duration), String> {
+        Self::start_with(bin, policy, tag, &[])
+    }
+
+    /// Start `bin run` on `policy` with `extra` arguments in a namespace of its own; returns
+    /// it and how long it took to answer.
+    pub(crate) fn start_with(
+        bin: &Path,
+        policy: &Path,
+        tag: &str,
+        extra: &[String],
+    ) -> Result<(Self, Duration), String> {
         let prefix = unique_prefix();
         let ns = NetNs::new(&format!("{prefix}-{tag}"));
         let mut running = Self {
@@ -40,6 +54,7 @@ impl Running {
             socket: std::env::temp_dir().join(format!("{prefix}-{tag}.sock")),
             policy: policy.to_owned(),
             ns,
+            extra: extra.to_vec(),
         };
         let took = running.spawn()?;
         Ok((running, took))
@@ -66,6 +81,7 @@ impl Running {
             .arg(self.socket.with_extension("db"))
             .arg("--policy")
             .arg(&self.policy)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,7 +101,7 @@ impl Running {
         Err("enforcer run did not start within 120 s".into())
     }
 
-    fn call(&self, command: &Ctl) -> Result<Reply, String> {
+    pub(crate) fn call(&self, command: &Ctl) -> Result<Reply, String> {
         match unix::call(&self.socket, command).map_err(|e| e.to_string())? {
             Reply::Error { message, .. } => Err(message),
             reply => Ok(reply),
@@ -190,7 +206,7 @@ fn variant(generated: &Generated, dir: &Path, changed: impl Fn(u32) -> bool) -> 
     dir.join("policy.toml")
 }
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     if samples.is_empty() {
         return f64::NAN;

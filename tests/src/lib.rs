@@ -10,6 +10,7 @@ pub mod export_bench;
 pub mod forwarded;
 pub mod frames;
 pub mod harness;
+pub mod identity_bench;
 pub mod netns;
 pub mod rng;
 pub mod scale;

@@ -50,7 +50,8 @@ enum Command {
         /// A few seconds' smoke run (part of `test`); writes only target/bench.
         #[arg(long)]
         quick: bool,
-        /// Run only these sections (comma-separated: per-packet, load, memory, scale, e2e);
+        /// Run only these sections (comma-separated: per-packet, load, memory, scale, e2e, daemon,
+        /// export, deny, identity);
         /// BENCHMARKS.md keeps the other sections of its previous run, marked as such.
         #[arg(long, value_name = "SECTIONS")]
         only: Option<String>,

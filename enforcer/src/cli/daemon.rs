@@ -310,9 +310,11 @@ pub enum SimAction {
     Bind(String),
     /// `sim unbind [ADDRESS]`.
     Unbind(Option<String>),
+    /// `sim imei-reset`.
+    ImeiReset,
 }
 
-/// `enforcer sim show|quarantine|release|bind|unbind IMSI`.
+/// `enforcer sim show|quarantine|release|bind|unbind|imei-reset IMSI`.
 pub fn sim(socket: &Path, action: &SimAction, imsi: &str, json: bool) -> anyhow::Result<()> {
     let imsi = imsi.to_owned();
     let command = match action {
@@ -331,6 +333,7 @@ pub fn sim(socket: &Path, action: &SimAction, imsi: &str, json: bool) -> anyhow:
             imsi,
             address: address.clone(),
         },
+        SimAction::ImeiReset => Command::SimImeiReset { imsi },
     };
     let reply = call(socket, &command)?;
     let Reply::Sim(info) = reply else {

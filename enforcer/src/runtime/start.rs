@@ -231,8 +231,8 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let radius_socket = match &settings.radius {
-        Some(radius) => Some(
-            std::net::UdpSocket::bind(radius.listen)
+        Some(radius) => {
+            let socket = std::net::UdpSocket::bind(radius.listen)
                 .with_context(|| {
                     format!(
                         "cannot receive RADIUS accounting on --radius-listen {}; give a free \
@@ -240,8 +240,10 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
                         radius.listen
                     )
                 })
-                .map_err(fail)?,
-        ),
+                .map_err(fail)?;
+            crate::bindings::radius::enlarge_receive_buffer(&socket);
+            Some(socket)
+        }
         None => None,
     };
     let api_listener = match &settings.api {

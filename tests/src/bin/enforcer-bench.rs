@@ -13,7 +13,8 @@
 //! - End to end through veth against nftables.
 //!
 //! Writes `report.md` and `report.json` into the output directory. `--only SECTION,...` runs
-//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`, `export`, `deny`.
+//! some sections: `per-packet`, `load`, `memory`, `scale`, `e2e`, `daemon`, `export`, `deny`,
+//! `identity`.
 //!
 //! Usage: enforcer-bench [--quick] [--only SECTIONS] [--out DIR] | enforcer-bench load POLICY
 
@@ -440,6 +441,15 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     } else {
         Value::Null
     };
+    let identity = if plan.runs("identity") {
+        let bin = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("enforcer");
+        let sims = if quick { 20_000 } else { 1_000_000 };
+        integration_tests::identity_bench::run(&mut md, &work, &bin, sims, quick)?
+    } else {
+        Value::Null
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let report = json!({
@@ -453,6 +463,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         "daemon": daemon,
         "export": export,
         "deny": deny,
+        "identity": identity,
     });
     std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
     std::fs::write(

@@ -31,6 +31,40 @@ pub const DEFAULT_PORT: u16 = 1813;
 /// Requests handed to the actor at once at most: what one read of the socket finds waiting.
 const MAX_BATCH: usize = 512;
 
+/// The accounting socket's receive buffer, bytes: a PGW's burst (say, Accounting-On recovery
+/// re-sending every session) must wait in the kernel while the actor applies a batch, not be
+/// dropped. Each datagram costs its skb's truesize (about 1 KiB on loopback) whatever its
+/// length, so the default 208 KiB held about 200 requests.
+pub const RECEIVE_BUFFER: usize = 16 << 20;
+
+/// Raise `socket`'s receive buffer to [`RECEIVE_BUFFER`]: `SO_RCVBUFFORCE` (root, or
+/// CAP_NET_ADMIN) past `net.core.rmem_max`, else `SO_RCVBUF` up to it. A failure only logs: the
+/// socket works with the default.
+pub fn enlarge_receive_buffer(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let size = libc::c_int::try_from(RECEIVE_BUFFER).unwrap_or(libc::c_int::MAX);
+    let set = |option| {
+        // SAFETY: setsockopt on a socket this process owns, with a pointer to a c_int and its
+        // size, as SO_RCVBUF/SO_RCVBUFFORCE take.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 && set(libc::SO_RCVBUF) != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "Cannot enlarge the RADIUS socket's receive buffer; bursts may be dropped (and \
+             retransmitted by the packet core)."
+        );
+    }
+}
+
 /// One valid Accounting-Request, for the actor.
 #[derive(Debug, Clone)]
 pub struct Request {
