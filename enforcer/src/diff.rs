@@ -177,6 +177,7 @@ pub fn diff(old: &ValidatedPolicy, new: &ValidatedPolicy) -> PolicyDiff {
                     // see it.
                     ("mode", mode(before), mode(segment)),
                     ("alerts", alerts(before), alerts(segment)),
+                    ("apns", before.apns.join(", "), segment.apns.join(", ")),
                     (
                         "imei_lock",
                         before

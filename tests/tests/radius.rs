@@ -75,9 +75,23 @@ fn passes(topology: &Topology, port: u16) -> bool {
 /// `radclient` in the gateway's namespace: send `attributes` (FreeRADIUS's text form, one per
 /// line) as an Accounting-Request to `server` with `secret`; whether a valid response came.
 fn radclient(gw: &str, server: &str, secret: &str, attributes: &str) -> bool {
+    radclient_tries(gw, server, secret, attributes, 1)
+}
+
+/// [`radclient`] with `tries` attempts, 2 s apart, as a PGW retransmits.
+fn radclient_tries(gw: &str, server: &str, secret: &str, attributes: &str, tries: u32) -> bool {
+    let (tries, timeout) = (tries.to_string(), if tries > 1 { "2" } else { "1" });
     let mut child = Command::new("ip")
         .args(["netns", "exec", gw, "radclient"])
-        .args(["-D", "/usr/share/freeradius", "-r", "1", "-t", "1", "-q"])
+        .args([
+            "-D",
+            "/usr/share/freeradius",
+            "-r",
+            &tries,
+            "-t",
+            timeout,
+            "-q",
+        ])
         .args([server, "acct", secret])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -533,6 +547,109 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
             "enforcer_radius_requests_total{outcome=\"refused\"}"
         ) == 0,
         "nothing was refused"
+    );
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+}
+
+/// Unknown IMSIs are admitted into the segment of their APN.
+const ADMIT_POLICY: &str = r#"
+unknown_imsi = "admit"
+pools = ["10.64.0.0/16", "fd00:64::/48"]
+
+[[segments]]
+name = "meters"
+apns = ["meters.example"]
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7001] } ]
+
+[[segments]]
+name = "chargers"
+rules = [ { to = ["192.0.2.53"], proto = "udp", ports = [7002] } ]
+
+[[sims]]
+imsi = "001010000000003"
+segment = "chargers"
+"#;
+
+/// `unknown_imsi = "admit"`: a Start for an IMSI the policy does not list, on an APN a segment
+/// names, is recorded and left unanswered; the daemon reloads the policy with the SIM added;
+/// the packet core's retransmission binds the address, and the SIM's traffic is judged by its
+/// APN's segment, across a restart too. An unknown IMSI on an APN no segment names is refused.
+#[test]
+fn unknown_imsis_are_admitted_into_their_apns_segment() {
+    if !root() {
+        return;
+    }
+    let Gateway {
+        _scratch: _kept,
+        topology,
+        mut daemon,
+        server,
+        metrics,
+        ..
+    } = gateway("radius-admit", ADMIT_POLICY);
+    let gw = topology.gw.name.clone();
+    let newcomer = "001019999999999";
+    let t0 = now();
+    let attributes = |apn: &str| {
+        format!(
+            "Acct-Status-Type = Start\nAcct-Session-Id = \"n1\"\n3GPP-IMSI = \"{newcomer}\"\n\
+             Framed-IP-Address = {DEVICE}\nCalled-Station-Id = \"{apn}\"\nEvent-Timestamp = {t0}\n"
+        )
+    };
+    // On an APN no segment names: refused, answered at once.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &attributes("other.example")
+    ));
+    assert!(
+        daemon.try_cli(&["sim", "show", newcomer]).is_err(),
+        "refused: not added"
+    );
+    assert!(!passes(&topology, 7001));
+
+    // On the meters' APN (as a PGW spells it, with its operator identifier): the first try
+    // goes unanswered while the daemon adds the SIM, the retransmission is answered.
+    let started = std::time::Instant::now();
+    assert!(
+        radclient_tries(
+            &gw,
+            &server,
+            SECRET,
+            &attributes("Meters.Example.mnc001.mcc001.gprs"),
+            4
+        ),
+        "a retransmission is answered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the first try was deferred, not answered"
+    );
+    assert!(passes(&topology, 7001), "the admitted SIM's traffic passes");
+    assert!(!passes(&topology, 7002), "by the meters' rules only");
+    let show = daemon.cli(&["sim", "show", newcomer]);
+    assert!(
+        show.contains("segment:    meters") && show.contains("radius:pgw-1"),
+        "{show}"
+    );
+    assert!(
+        metric(
+            &gw,
+            &metrics,
+            "enforcer_radius_requests_total{outcome=\"deferred\"}"
+        ) >= 1,
+        "the first try was counted as deferred"
+    );
+
+    // Kept across a restart.
+    let (ok, _, stderr) = daemon.stop();
+    assert!(ok, "daemon stopped cleanly: {stderr}");
+    daemon.restart();
+    assert!(
+        passes(&topology, 7001),
+        "still admitted and bound after a restart"
     );
     let (ok, _, stderr) = daemon.stop();
     assert!(ok, "daemon stopped cleanly: {stderr}");

@@ -50,6 +50,9 @@ pub struct ValidatedPolicy {
     pub imei_locks: std::collections::HashMap<String, ImeiLock>,
     /// What an IMEI mismatch does (`imei_mismatch`).
     pub imei_mismatch: ImeiMismatch,
+    /// Whether RADIUS accounting for an IMSI this policy does not list admits it into its
+    /// APN's segment (`unknown_imsi = "admit"`) or is refused (the default).
+    pub admit_unknown: bool,
 }
 
 /// What the daemon does when a SIM's data session runs on a device its IMEI lock does not
@@ -132,7 +135,29 @@ impl ImeiLock {
     }
 }
 
+/// The APN network identifier of a Called-Station-Id (RADIUS attribute 30 of a PGW/SMF, 3GPP
+/// TS 29.061 §16.4.7): lower case (APNs compare case-insensitively, TS 23.003 §9.1), without
+/// an operator identifier (`.mncNNN.mccNNN.gprs`) a packet core may append.
+#[must_use]
+pub fn apn_network_id(called_station_id: &str) -> String {
+    let lower = called_station_id.trim().to_ascii_lowercase();
+    match lower.find(".mnc") {
+        Some(at) if lower.ends_with(".gprs") && lower[at..].contains(".mcc") => {
+            lower[..at].to_owned()
+        }
+        _ => lower,
+    }
+}
+
 impl ValidatedPolicy {
+    /// The segment whose `apns` list the APN of `called_station_id`, if any.
+    #[must_use]
+    pub fn segment_of_apn(&self, called_station_id: &str) -> Option<u16> {
+        let apn = apn_network_id(called_station_id);
+        let position = self.segments.iter().position(|s| s.apns.contains(&apn))?;
+        u16::try_from(position).ok()
+    }
+
     /// The IMEI lock of `sim` (its own, else its segment's), if any.
     #[must_use]
     pub fn imei_lock(&self, sim: &Sim) -> Option<&ImeiLock> {
@@ -171,6 +196,10 @@ pub struct Segment {
     pub audit: bool,
     /// IMEI lock of its SIMs (`imei_lock = "learn"` or `"tac:…"`), unless a SIM sets its own.
     pub imei_lock: Option<ImeiLock>,
+    /// APNs/DNNs (3GPP TS 23.003 §9.1 network identifiers, lower case) whose data sessions of
+    /// SIMs the policy does not list land in this segment (`apns`, with `unknown_imsi =
+    /// "admit"`).
+    pub apns: Vec<String>,
 }
 
 /// A segment's alert thresholds (`alerts = { deny_rate, learn_destinations, burst }`).

@@ -35,6 +35,9 @@ pub struct RawPolicy {
     pub inventory: Option<Field>,
     /// What an IMEI mismatch does: `drop` (the default) or `quarantine`.
     pub imei_mismatch: Option<Field>,
+    /// What RADIUS accounting for an IMSI the policy does not list does: `refuse` (the
+    /// default) or `admit` (into its APN's segment).
+    pub unknown_imsi: Option<Field>,
 }
 
 /// `[[segments]]`.
@@ -56,6 +59,8 @@ pub struct RawSegment {
     pub mode: Option<Field>,
     /// IMEI lock of every SIM of the segment: `learn` or `tac:NNNNNNNN`.
     pub imei_lock: Option<Field>,
+    /// APNs/DNNs whose data sessions of SIMs unknown to the policy land in this segment.
+    pub apns: Option<Field>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
@@ -144,6 +149,7 @@ const TOP_KEYS: &[&str] = &[
     "sims",
     "inventory",
     "imei_mismatch",
+    "unknown_imsi",
 ];
 const SEGMENT_KEYS: &[&str] = &[
     "name",
@@ -153,6 +159,7 @@ const SEGMENT_KEYS: &[&str] = &[
     "alerts",
     "mode",
     "imei_lock",
+    "apns",
 ];
 const ALERT_KEYS: &[&str] = &["deny_rate", "learn_destinations", "burst"];
 const SIM_KEYS: &[&str] = &[

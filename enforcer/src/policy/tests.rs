@@ -1271,3 +1271,42 @@ fn bad_imei_locks_name_their_place() {
         "`imei_mismatch` is `drop` (the default) or `quarantine`",
     );
 }
+
+#[test]
+fn apns_map_sessions_of_unknown_imsis_to_segments() {
+    let text = format!(
+        "unknown_imsi = \"admit\"\n{HEAD}apns = [\"Meters.Example\", \"m2m\"]\n\
+         [[segments]]\nname = \"b\"\napns = [\"ev.example\"]\n"
+    );
+    let policy = from_str(Path::new("p.toml"), &text).expect("valid");
+    assert!(policy.admit_unknown);
+    assert_eq!(policy.segments[0].apns, ["meters.example", "m2m"]);
+    assert_eq!(policy.segment_of_apn("meters.example"), Some(0));
+    assert_eq!(
+        policy.segment_of_apn("METERS.EXAMPLE.mnc001.mcc001.gprs"),
+        Some(0)
+    );
+    assert_eq!(policy.segment_of_apn("ev.example"), Some(1));
+    assert_eq!(policy.segment_of_apn("other"), None);
+    let refusing = from_str(Path::new("p.toml"), &with("")).expect("valid");
+    assert!(
+        !refusing.admit_unknown,
+        "unknown IMSIs are refused by default"
+    );
+}
+
+#[test]
+fn bad_apns_name_their_place() {
+    one_error(&with("apns = [\"bad apn\"]\n"), 4, "is no APN");
+    one_error(&with("apns = \"meters\"\n"), 4, "`apns` is a list");
+    one_error(
+        &format!("{HEAD}apns = [\"m\"]\n[[segments]]\nname = \"b\"\napns = [\"M\"]\n"),
+        7,
+        "listed by another segment too",
+    );
+    one_error(
+        &format!("unknown_imsi = \"maybe\"\n{HEAD}"),
+        1,
+        "`unknown_imsi` is `refuse` (the default) or `admit`",
+    );
+}

@@ -106,6 +106,8 @@ pub(super) struct Checker<'a> {
     sim_families: Vec<u8>,
     /// `imei_lock` of `[[sims]]` entries, by IMSI.
     imei_locks: std::collections::HashMap<String, ImeiLock>,
+    /// APNs listed by segments so far.
+    apns_seen: std::collections::HashSet<String>,
     /// Address families of the SIMs of each segment, by id.
     segment_families: Vec<u8>,
     /// IPv4 address → SIM index.
@@ -159,6 +161,7 @@ pub(super) fn validate(
         iccids: FastMap::default(),
         msisdns: FastMap::default(),
         imei_locks: std::collections::HashMap::new(),
+        apns_seen: std::collections::HashSet::new(),
     };
 
     checker.pools(&raw.pools);
@@ -182,6 +185,25 @@ pub(super) fn validate(
         },
     };
     let core_sources = checker.core_sources(&raw.core_sources);
+    let admit_unknown = match raw.unknown_imsi.as_ref() {
+        None => false,
+        Some(field) => match checker.string(field, "unknown_imsi") {
+            Some("refuse") | None => false,
+            Some("admit") => true,
+            Some(other) => {
+                let message = format!(
+                    "`unknown_imsi` is `refuse` (the default) or `admit`, not `{}`",
+                    clip(other)
+                );
+                checker.error(
+                    &Place::Span(field.span()),
+                    "an unknown unknown_imsi action",
+                    message,
+                );
+                false
+            }
+        },
+    };
     let mut segments: Vec<Segment> = raw
         .segments
         .iter()
@@ -285,6 +307,7 @@ pub(super) fn validate(
             sims,
             imei_locks: checker.imei_locks,
             imei_mismatch,
+            admit_unknown,
         })
     } else {
         Err(PolicyErrors(checker.errors.finish(source.file())))
@@ -587,6 +610,7 @@ impl<'a> Checker<'a> {
                 alerts: Alerts::default(),
                 audit: false,
                 imei_lock: None,
+                apns: Vec::new(),
             };
         }
         let mut name = String::new();
@@ -695,6 +719,11 @@ impl<'a> Checker<'a> {
                 }
             }
         });
+        let apns = raw
+            .apns
+            .as_ref()
+            .map(|field| self.apns(field))
+            .unwrap_or_default();
         Segment {
             name,
             description,
@@ -703,7 +732,64 @@ impl<'a> Checker<'a> {
             alerts,
             audit,
             imei_lock,
+            apns,
         }
+    }
+
+    /// A segment's `apns`: APN network identifiers (3GPP TS 23.003 §9.1: dot-separated labels
+    /// of letters, digits and hyphens, at most 100 characters), each in one segment only.
+    fn apns(&mut self, field: &Field) -> Vec<String> {
+        let place = Place::Span(field.span());
+        let Value::Array(items) = field.get_ref() else {
+            self.error(
+                &place,
+                "a value of the wrong type",
+                "`apns` is a list of APN names, e.g. [\"meters.example\"]",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Value::String(text) = item else {
+                self.error(
+                    &place,
+                    "a value of the wrong type",
+                    "an APN must be a string",
+                );
+                continue;
+            };
+            let apn = crate::policy::apn_network_id(text);
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if apn.is_empty() || apn.len() > 100 || !apn.split('.').all(label_ok) {
+                self.error(
+                    &place,
+                    "an invalid APN",
+                    format!(
+                        "`{}` is no APN: give dot-separated labels of letters, digits and \
+                         hyphens (3GPP TS 23.003 §9.1), e.g. meters.example",
+                        clip(text)
+                    ),
+                );
+                continue;
+            }
+            if self.apns_seen.contains(&apn) {
+                self.error(
+                    &place,
+                    "an APN in two segments",
+                    format!("APN `{apn}` is listed by another segment too; give it to one"),
+                );
+                continue;
+            }
+            self.apns_seen.insert(apn.clone());
+            out.push(apn);
+        }
+        out
     }
 
     /// A segment's `alerts`: each threshold a whole number in its range.

@@ -48,6 +48,8 @@ pub(crate) enum Event {
     Deny(Vec<enforcer_common::maps::DenyEvent>),
     /// RADIUS accounting requests, and where to say which were recorded.
     Radius(crate::bindings::radius::Batch),
+    /// Reload the policy in force to add the SIMs RADIUS accounting admitted.
+    Admit,
     /// A stop signal (its name).
     Stop(&'static str),
 }
@@ -86,7 +88,11 @@ impl Event {
             Event::Deny(_) => true,
             // At most a socket read's requests, each a binding's few map and store writes.
             Event::Radius(_) => true,
-            Event::Hangup | Event::CheckLinks | Event::SweepSessions | Event::Stop(_) => false,
+            Event::Hangup
+            | Event::CheckLinks
+            | Event::SweepSessions
+            | Event::Admit
+            | Event::Stop(_) => false,
         }
     }
 }
@@ -172,6 +178,8 @@ pub(crate) fn compile_with(
     let overrides = store.overrides().context("reading the overrides")?;
     let bindings = store.bindings().context("reading the bindings")?;
     let imei = store.imei_states().context("reading the IMEI states")?;
+    let admitted = store.admitted().context("reading the admitted SIMs")?;
+    admit(policy, &admitted);
     let ids = store.assign_ids(policy).context("assigning stable ids")?;
     let quarantined: HashSet<&str> = overrides
         .iter()
@@ -209,6 +217,42 @@ pub(crate) fn compile_with(
         bindings,
         imei,
     })
+}
+
+/// Add the SIMs RADIUS accounting admitted (`unknown_imsi = "admit"`) to `policy`, in the
+/// segment their APN mapped to, after the SIMs of the file: those the file lists itself keep
+/// the file's entry, those whose segment is gone are left out (and logged), and none is added
+/// while the policy refuses unknown IMSIs. Returns how many were added.
+fn admit(policy: &mut ValidatedPolicy, admitted: &[store::Admitted]) -> usize {
+    if !policy.admit_unknown || admitted.is_empty() {
+        return 0;
+    }
+    let mut wanted: HashMap<Imsi, &store::Admitted> = admitted
+        .iter()
+        .filter_map(|a| Some((Imsi::parse(&a.imsi)?, a)))
+        .collect();
+    for sim in &policy.sims {
+        wanted.remove(&sim.imsi);
+    }
+    let mut added: Vec<(Imsi, u16)> = Vec::new();
+    for (imsi, a) in wanted {
+        match policy.segments.iter().position(|s| s.name == a.segment) {
+            Some(segment) => added.push((imsi, u16::try_from(segment).unwrap_or(u16::MAX))),
+            None => warn!(
+                imsi = %a.imsi,
+                segment = %a.segment,
+                "Admitted SIM left out: its segment is no longer in the policy."
+            ),
+        }
+    }
+    added.sort_unstable_by_key(|(imsi, _)| imsi.to_string());
+    let count = added.len();
+    policy.sims.extend(
+        added
+            .into_iter()
+            .map(|(imsi, segment)| Sim::new(imsi, segment, SimState::Active)),
+    );
+    count
 }
 
 /// Put the valid `bindings` into `policy` (see [`compile_with`]); returns the file's addresses
@@ -434,6 +478,11 @@ pub struct Daemon {
     alerts_at: Instant,
     /// The RADIUS accounting path's counters.
     radius_stats: std::sync::Arc<crate::bindings::radius::Stats>,
+    /// IMSIs admitted by RADIUS accounting since the last apply (recorded in the store, not yet
+    /// in the policy in force).
+    admissions_pending: HashSet<String>,
+    /// A reload is due to add them.
+    admissions_due: bool,
     /// The REST API's `/events` subscribers, when the API is on.
     event_stream:
         Option<tokio::sync::broadcast::Sender<std::sync::Arc<crate::control::rest::StreamEvent>>>,
@@ -503,6 +552,8 @@ impl Daemon {
             alert_stats: std::sync::Arc::default(),
             alerts_at: Instant::now(),
             radius_stats: std::sync::Arc::default(),
+            admissions_pending: HashSet::new(),
+            admissions_due: false,
             event_stream: None,
         }
     }
@@ -1299,6 +1350,7 @@ impl Daemon {
                 let acks = self.accounting(&requests);
                 let _ = answer.send(acks);
             }
+            Event::Admit => self.admit_pending(),
             Event::Stop(_) => {}
         }
     }

@@ -600,20 +600,33 @@ async fn act(
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 break;
             }
-            event if event.is_quick() => slot.as_mut().ok_or_else(gone)?.handle(event),
-            event => {
-                let mut daemon = slot.take().ok_or_else(gone)?;
-                let daemon = tokio::task::spawn_blocking(move || {
-                    daemon.handle(event);
-                    daemon
-                })
-                .await
-                .context("the actor's worker thread failed; enforcement stays pinned")?;
-                *slot = Some(daemon);
+            event if event.is_quick() => {
+                let daemon = slot.as_mut().ok_or_else(gone)?;
+                daemon.handle(event);
+                // RADIUS accounting admitted SIMs: add them with a reload, off the loop.
+                if daemon.admissions_due() {
+                    handle_blocking(slot, Event::Admit).await?;
+                }
             }
+            event => handle_blocking(slot, event).await?,
         }
     }
     drop(deny_batches);
+    Ok(())
+}
+
+/// Hand the daemon to a blocking thread for `event` and take it back.
+async fn handle_blocking(slot: &mut Option<Daemon>, event: Event) -> anyhow::Result<()> {
+    let mut daemon = slot
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the daemon is gone"))?;
+    let daemon = tokio::task::spawn_blocking(move || {
+        daemon.handle(event);
+        daemon
+    })
+    .await
+    .context("the actor's worker thread failed; enforcement stays pinned")?;
+    *slot = Some(daemon);
     Ok(())
 }
 

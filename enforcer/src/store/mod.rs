@@ -168,6 +168,22 @@ pub struct ImeiState {
     pub at: i64,
 }
 
+/// A SIM the policy does not list, admitted by RADIUS accounting into its APN's segment
+/// (`unknown_imsi = "admit"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Its IMSI.
+    pub imsi: String,
+    /// The segment its APN maps to, by name.
+    pub segment: String,
+    /// The APN (network identifier) of the session that admitted it.
+    pub apn: String,
+    /// The RADIUS client that reported it.
+    pub client: String,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
 /// The open store, with the id allocations cached in memory.
 pub struct Store {
     conn: Connection,
@@ -460,6 +476,54 @@ impl Store {
             })
             .map_err(sql(&self.path, "setting an IMEI state"))?;
         Ok(())
+    }
+
+    /// Record an admitted SIM (replacing an earlier admission of the IMSI).
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the write fails.
+    pub fn put_admitted(&mut self, admitted: &Admitted) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO admitted (imsi, segment, apn, client, at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (imsi) DO UPDATE SET segment = ?2, apn = ?3, client = ?4, at = ?5",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    admitted.imsi,
+                    admitted.segment,
+                    admitted.apn,
+                    admitted.client,
+                    admitted.at
+                ])
+            })
+            .map_err(sql(&self.path, "recording an admitted SIM"))?;
+        Ok(())
+    }
+
+    /// Every admitted SIM, by IMSI.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] if the read fails.
+    pub fn admitted(&self) -> Result<Vec<Admitted>, StoreError> {
+        let what = "reading admitted SIMs";
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT imsi, segment, apn, client, at FROM admitted ORDER BY imsi")
+            .map_err(sql(&self.path, what))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Admitted {
+                    imsi: row.get(0)?,
+                    segment: row.get(1)?,
+                    apn: row.get(2)?,
+                    client: row.get(3)?,
+                    at: row.get(4)?,
+                })
+            })
+            .map_err(sql(&self.path, what))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql(&self.path, what))
     }
 
     /// Every SIM's IMEI state, by IMSI.

@@ -51,6 +51,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             alerts: crate::policy::Alerts::default(),
             audit: false,
             imei_lock: None,
+            apns: Vec::new(),
         }],
         sims: (first..first + sims)
             .map(|n| {
@@ -64,6 +65,7 @@ fn policy(first: u64, sims: u64) -> ValidatedPolicy {
             .collect(),
         imei_locks: std::collections::HashMap::new(),
         imei_mismatch: crate::policy::ImeiMismatch::Drop,
+        admit_unknown: false,
     }
 }
 

@@ -76,8 +76,9 @@ pub struct Request {
     pub received: i64,
 }
 
-/// What the actor made of one request. Every outcome is recorded, so every one is
-/// acknowledged; the packet core would otherwise retransmit a refusal forever.
+/// What the actor made of one request. Every outcome is recorded, and every one but
+/// [`Outcome::Deferred`] acknowledged: the packet core would otherwise retransmit a refusal
+/// forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Bindings changed.
@@ -91,6 +92,10 @@ pub enum Outcome {
     /// Refused (the text says why): an IMSI not in the policy, an address outside every pool
     /// or the policy file's address of another SIM, a request without IMSI or address.
     Refused(String),
+    /// An IMSI the policy does not list, admitted into its APN's segment (`unknown_imsi =
+    /// "admit"`): recorded, and the SIM is added by a reload of the policy; the request is not
+    /// answered, so the client sends it again and the retransmission binds the address.
+    Deferred,
 }
 
 impl Outcome {
@@ -102,12 +107,13 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Stale => "stale",
             Outcome::Refused(_) => "refused",
+            Outcome::Deferred => "deferred",
         }
     }
 }
 
 /// Labels of [`Stats::requests`], in its order.
-pub const OUTCOMES: [&str; 4] = ["applied", "unchanged", "stale", "refused"];
+pub const OUTCOMES: [&str; 5] = ["applied", "unchanged", "stale", "refused", "deferred"];
 /// Labels of [`Stats::dropped`], in its order: an unknown client, then [`PacketError::kind`].
 pub const DROPS: [&str; 6] = [
     "unknown_client",
@@ -122,7 +128,7 @@ pub const DROPS: [&str; 6] = [
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Requests applied by outcome, in [`OUTCOMES`] order.
-    pub requests: [AtomicU64; 4],
+    pub requests: [AtomicU64; 5],
     /// Datagrams dropped unanswered, in [`DROPS`] order.
     pub dropped: [AtomicU64; 6],
     /// Requests the actor could not record (the store failed): unanswered, so the client

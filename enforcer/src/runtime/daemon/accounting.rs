@@ -70,7 +70,87 @@ impl Daemon {
         if outcomes.contains(&Outcome::Applied) {
             self.sessions_recheck();
         }
-        vec![true; batch.len()]
+        outcomes.iter().map(|o| *o != Outcome::Deferred).collect()
+    }
+
+    /// Whether admitted SIMs wait for a reload of the policy to be added (the actor's loop
+    /// then runs [`super::Event::Admit`]).
+    pub(crate) fn admissions_due(&self) -> bool {
+        self.admissions_due
+    }
+
+    /// Reload the policy in force, which adds the SIMs admitted since (see
+    /// [`Daemon::admit_unknown`]).
+    pub(crate) fn admit_pending(&mut self) {
+        let count = self.admissions_pending.len();
+        self.admissions_due = false;
+        let path = self.policy.path.clone();
+        match self.apply_file(&path) {
+            Ok(applied) => info!(
+                admitted = count,
+                sims = applied.sims,
+                took_ms = applied.took_ms,
+                "Admitted SIMs unknown to the policy into their APNs' segments; their \
+                 retransmitted Starts bind their addresses."
+            ),
+            Err(err) => error!(
+                admitted = count,
+                error = format!("{err:#}"),
+                "Admitting SIMs failed; still enforcing the previous policy. Their next \
+                 retransmission tries again."
+            ),
+        }
+        self.admissions_pending.clear();
+    }
+
+    /// A Start or Interim-Update for an IMSI the policy does not list: with `unknown_imsi =
+    /// "admit"`, record the SIM as admitted into the segment its APN (Called-Station-Id) maps
+    /// to and have the policy reloaded; the request is deferred. Otherwise refused.
+    fn admit_unknown(&mut self, request: &Request, imsi: &str, why: String) -> Outcome {
+        if !self.policy.admit_unknown {
+            return Outcome::Refused(why);
+        }
+        let Some(called) = request.accounting.apn.as_deref() else {
+            return Outcome::Refused(format!(
+                "{why}; and no Called-Station-Id (APN) to admit it by"
+            ));
+        };
+        let Some(segment) = self.policy.segment_of_apn(called) else {
+            return Outcome::Refused(format!(
+                "{why}; and APN `{called}` is in no segment's `apns`"
+            ));
+        };
+        if crate::policy::Imsi::parse(imsi).is_none() {
+            return Outcome::Refused(format!("`{imsi}` is not an IMSI (14 or 15 digits)"));
+        }
+        if self.admissions_pending.contains(imsi) {
+            return Outcome::Deferred;
+        }
+        let admitted = store::Admitted {
+            imsi: imsi.to_owned(),
+            segment: self
+                .policy
+                .segments
+                .get(usize::from(segment))
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            apn: crate::policy::apn_network_id(called),
+            client: request.client.to_string(),
+            at: request.received,
+        };
+        if let Err(err) = self.store.put_admitted(&admitted) {
+            return Outcome::Refused(format!("recording the admission failed: {err}"));
+        }
+        info!(
+            imsi,
+            segment = %admitted.segment,
+            apn = %admitted.apn,
+            client = %request.client,
+            "Admitting a SIM unknown to the policy into its APN's segment."
+        );
+        self.admissions_pending.insert(imsi.to_owned());
+        self.admissions_due = true;
+        Outcome::Deferred
     }
 
     /// One request.
@@ -149,6 +229,11 @@ impl Daemon {
             );
         }
         let at = acct.event_timestamp.map_or(request.received, i64::from);
+        if let Err(err) = self.sim(imsi)
+            && err.chain().any(|e| e.is::<crate::control::NotFound>())
+        {
+            return self.admit_unknown(request, imsi, format!("{err:#}"));
+        }
         let imei_changed = match self.check_imei(imsi, acct.imeisv.as_deref(), at) {
             Ok(changed) => changed,
             Err(err) => return Outcome::Refused(format!("{err:#}")),
