@@ -108,6 +108,15 @@ enum SimCommand {
     /// IMEI lock: forget the device a `learn` lock learned and lift an `imei_mismatch`
     /// state; the next data session's device is learned (a device replaced on purpose).
     ImeiReset(SimArgs),
+    /// IMEI lock: set the SIM's lock in place of the policy's (an IMEI, `tac:NNNNNNNN`,
+    /// `learn` or `off`), or with no LOCK go back to the policy's; the device of its last
+    /// session is judged against it at once.
+    ImeiLock {
+        #[command(flatten)]
+        sim: SimArgs,
+        /// The lock.
+        lock: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -532,6 +541,7 @@ fn main() -> ExitCode {
                 SimCommand::Bind { sim, address } => (SimAction::Bind(address), sim),
                 SimCommand::Unbind { sim, address } => (SimAction::Unbind(address), sim),
                 SimCommand::ImeiReset(args) => (SimAction::ImeiReset, args),
+                SimCommand::ImeiLock { sim, lock } => (SimAction::ImeiLock(lock), sim),
             };
             cli::daemon::sim(&args.socket.socket, &action, &args.imsi, args.json)
         }

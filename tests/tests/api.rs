@@ -243,6 +243,35 @@ fn rest_api_authenticates_commands_and_streams_events() {
     let huge = format!(r#"{{"text":"{}"}}"#, "x".repeat(9 << 20));
     let (status, body) = post("/policy/validate", Some(TOKEN), Some(&huge));
     assert_eq!(status, 413, "{body}");
+    let lock = format!("{base}/sims/{METER}/imei-lock");
+    let (status, body) = http(
+        &gw,
+        "PUT",
+        &lock,
+        Some(TOKEN),
+        Some(r#"{"lock":"tac:35209900"}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["imei"]["lock"], "tac:35209900");
+    let (status, _) = http(
+        &gw,
+        "PUT",
+        &lock,
+        Some(TOKEN),
+        Some(r#"{"lock":"tac:1"}"#),
+        &[],
+    );
+    assert_eq!(status, 400, "a bad lock is refused");
+    let (status, body) = http(
+        &gw,
+        "PUT",
+        &lock,
+        Some(TOKEN),
+        Some(r#"{"lock":null}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = post(&format!("/sims/{METER}/unbind"), Some(TOKEN), None);
     assert_eq!(status, 200, "{body}");
     assert!(passes(&topology), "the file address is back");

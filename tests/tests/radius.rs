@@ -521,6 +521,21 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
     ));
     assert!(passes(&topology, 7002), "the charger's own device passes");
 
+    // A lock set by command judges the device in use at once: locked to another device, the
+    // charger is cut; back to the policy's lock, it passes again.
+    let show = daemon.cli(&["sim", "imei-lock", CHARGER, "tac:86000100"]);
+    assert!(show.contains("state:      imei_mismatch"), "{show}");
+    assert!(!passes(&topology, 7002), "cut by the lock set by command");
+    assert!(
+        daemon
+            .try_cli(&["sim", "imei-lock", CHARGER, "tac:123"])
+            .is_err_and(|e| e.contains("is no IMEI lock")),
+        "a bad lock is refused"
+    );
+    let show = daemon.cli(&["sim", "imei-lock", CHARGER]);
+    assert!(show.contains("state:      active"), "{show}");
+    assert!(passes(&topology, 7002), "the policy's lock again");
+
     // `imei_mismatch = "quarantine"`: another device quarantines the SIM by command.
     std::fs::write(
         &policy,

@@ -367,6 +367,7 @@ pub fn is_complete(purpose: Purpose) -> bool {
         && has_rust_src()
         && bpf_linker_ok()
         && bpffs_mounted()
+        && (purpose != Purpose::Test || schemathesis_ok())
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {

@@ -312,9 +312,11 @@ pub enum SimAction {
     Unbind(Option<String>),
     /// `sim imei-reset`.
     ImeiReset,
+    /// `sim imei-lock [LOCK]`.
+    ImeiLock(Option<String>),
 }
 
-/// `enforcer sim show|quarantine|release|bind|unbind|imei-reset IMSI`.
+/// `enforcer sim show|quarantine|release|bind|unbind|imei-reset|imei-lock IMSI`.
 pub fn sim(socket: &Path, action: &SimAction, imsi: &str, json: bool) -> anyhow::Result<()> {
     let imsi = imsi.to_owned();
     let command = match action {
@@ -334,6 +336,10 @@ pub fn sim(socket: &Path, action: &SimAction, imsi: &str, json: bool) -> anyhow:
             address: address.clone(),
         },
         SimAction::ImeiReset => Command::SimImeiReset { imsi },
+        SimAction::ImeiLock(lock) => Command::SimImeiLock {
+            imsi,
+            lock: lock.clone(),
+        },
     };
     let reply = call(socket, &command)?;
     let Reply::Sim(info) = reply else {

@@ -157,6 +157,16 @@ pub enum Command {
         /// IMSI.
         imsi: String,
     },
+    /// Set the SIM's IMEI lock in place of the policy's, and judge the device of its last
+    /// session against it at once; survives reloads and restarts.
+    SimImeiLock {
+        /// IMSI.
+        imsi: String,
+        /// An IMEI (14-16 digits), `tac:` and 8 digits, `learn` or `off`; absent: the
+        /// policy's lock again.
+        #[serde(default)]
+        lock: Option<String>,
+    },
     /// Validate a policy text as if it were the file in force (an inventory it names is read
     /// beside that file); changes nothing ([`PolicyCheck`]).
     PolicyCheck {
@@ -281,6 +291,7 @@ impl Command {
             Command::SegmentStats => "segment_stats",
             Command::SimList { .. } => "sim_list",
             Command::SimImeiReset { .. } => "sim_imei_reset",
+            Command::SimImeiLock { .. } => "sim_imei_lock",
             Command::PolicyCheck { .. } => "policy_check",
             Command::PolicyDiff { .. } => "policy_diff",
         }

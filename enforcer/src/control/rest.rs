@@ -23,7 +23,7 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -210,6 +210,15 @@ struct UnbindBody {
     address: Option<String>,
 }
 
+/// Body of `PUT /sims/{imsi}/imei-lock`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ImeiLockBody {
+    /// An IMEI (14 or 15 digits), `tac:` and 8 digits, `learn` or `off`; `null`: the policy's
+    /// lock again.
+    lock: Option<String>,
+}
+
 /// Body of `POST /policy/validate` and `POST /policy/diff`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -275,10 +284,19 @@ fn imsis(query: &ImsiQuery) -> Result<Vec<String>, ApiError> {
     ),
     paths(
         list_sims, show_sim, bind_sim, unbind_sim, quarantine_sim, release_sim, reset_imei,
+        set_imei_lock,
         get_policy, validate_policy, diff_policy, apply_policy, segment_stats, sim_stats,
         flows, status, event_stream
     ),
-    components(schemas(ErrorBody, BindBody, UnbindBody, PolicyText, ApplyBody, PolicyInfo)),
+    components(schemas(
+        ErrorBody,
+        BindBody,
+        UnbindBody,
+        ImeiLockBody,
+        PolicyText,
+        ApplyBody,
+        PolicyInfo
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -436,6 +454,31 @@ async fn reset_imei(
 ) -> Result<Json<SimInfo>, ApiError> {
     let Path(imsi) = imsi?;
     sim_reply(&api, Command::SimImeiReset { imsi }).await
+}
+
+/// IMEI lock: set the SIM's lock in place of the policy's; the device of its last session is
+/// judged against it at once.
+#[utoipa::path(put, path = "/sims/{imsi}/imei-lock", request_body = ImeiLockBody,
+    params(("imsi" = String, Path, description = "IMSI", pattern = "^[0-9]{14,15}$")),
+    responses((status = 200, body = SimInfo), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn set_imei_lock(
+    State(api): State<Api>,
+    imsi: Result<Path<String>, PathRejection>,
+    body: Result<Json<ImeiLockBody>, JsonRejection>,
+) -> Result<Json<SimInfo>, ApiError> {
+    let Path(imsi) = imsi?;
+    let Json(body) = body?;
+    sim_reply(
+        &api,
+        Command::SimImeiLock {
+            imsi,
+            lock: body.lock,
+        },
+    )
+    .await
 }
 
 /// The policy in force.
@@ -656,6 +699,7 @@ pub fn router(
         .route("/sims/{imsi}/quarantine", post(quarantine_sim))
         .route("/sims/{imsi}/release", post(release_sim))
         .route("/sims/{imsi}/imei-reset", post(reset_imei))
+        .route("/sims/{imsi}/imei-lock", put(set_imei_lock))
         .route("/policy", get(get_policy))
         .route("/policy/validate", post(validate_policy))
         .route("/policy/diff", post(diff_policy))
@@ -791,6 +835,7 @@ mod tests {
             "/sims/{imsi}/quarantine",
             "/sims/{imsi}/release",
             "/sims/{imsi}/imei-reset",
+            "/sims/{imsi}/imei-lock",
             "/policy",
             "/policy/validate",
             "/policy/diff",

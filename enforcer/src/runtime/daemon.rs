@@ -69,7 +69,8 @@ impl Event {
                 | Command::SimRelease { .. }
                 | Command::SimBind { .. }
                 | Command::SimUnbind { .. }
-                | Command::SimImeiReset { .. } => true,
+                | Command::SimImeiReset { .. }
+                | Command::SimImeiLock { .. } => true,
                 Command::Stats { imsis, stream } => {
                     stream.is_none() && !imsis.is_empty() && imsis.len() <= QUICK_STATS
                 }
@@ -1371,6 +1372,7 @@ impl Daemon {
                 | Command::SimBind { .. }
                 | Command::SimUnbind { .. }
                 | Command::SimImeiReset { .. }
+                | Command::SimImeiLock { .. }
         );
         let result = match command {
             Command::Status => Ok(Reply::Status(Box::new(self.status()))),
@@ -1416,6 +1418,9 @@ impl Daemon {
                 )
                 .map(Reply::Sims),
             Command::SimImeiReset { imsi } => self.imei_reset(&imsi).map(Reply::Sim),
+            Command::SimImeiLock { imsi, lock } => {
+                self.imei_lock_set(&imsi, lock.as_deref()).map(Reply::Sim)
+            }
             Command::SegmentStats => self.read_totals(&[]).map(|totals| {
                 Reply::Stats(Box::new(Report::new(&self.names, &totals, Vec::new())))
             }),
@@ -1930,7 +1935,7 @@ impl Daemon {
     }
 
     fn sim_info(&self, imsi: &str) -> anyhow::Result<SimInfo> {
-        let (_, index, sim) = self.sim(imsi)?;
+        let (position, index, sim) = self.sim(imsi)?;
         let quarantine = self.overrides.get(imsi).cloned();
         let state = sim.state;
         let counters = self.enforcer.sim_table().counters(index);
@@ -1956,9 +1961,8 @@ impl Daemon {
             },
             imei: {
                 let lock = self
-                    .policy
-                    .imei_lock(sim)
-                    .map(crate::policy::ImeiLock::text);
+                    .imei_lock_of(position)
+                    .map(|l| crate::policy::ImeiLock::text(&l));
                 let seen = self.imei.get(sim.imsi.to_string().as_str());
                 (lock.is_some() || seen.is_some()).then(|| crate::control::ImeiInfo {
                     lock: lock.unwrap_or_default(),

@@ -166,6 +166,9 @@ pub struct ImeiState {
     pub mismatch: bool,
     /// When it was seen, Unix seconds.
     pub at: i64,
+    /// A lock set by command (`sim imei-lock`, the REST API) in place of the policy's, as
+    /// [`crate::policy::ImeiLock::text`] writes it; empty: the policy's.
+    pub lock: String,
 }
 
 /// A SIM the policy does not list, admitted by RADIUS accounting into its APN's segment
@@ -462,8 +465,9 @@ impl Store {
     pub fn put_imei(&mut self, state: &ImeiState) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO imei (imsi, learned, seen, mismatch, at) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (imsi) DO UPDATE SET learned = ?2, seen = ?3, mismatch = ?4, at = ?5",
+                "INSERT INTO imei (imsi, learned, seen, mismatch, at, lock) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (imsi) DO UPDATE SET learned = ?2, \
+                 seen = ?3, mismatch = ?4, at = ?5, lock = ?6",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -471,7 +475,8 @@ impl Store {
                     state.learned,
                     state.seen,
                     i64::from(state.mismatch),
-                    state.at
+                    state.at,
+                    state.lock
                 ])
             })
             .map_err(sql(&self.path, "setting an IMEI state"))?;
@@ -534,7 +539,9 @@ impl Store {
         let what = "reading IMEI states";
         let mut statement = self
             .conn
-            .prepare_cached("SELECT imsi, learned, seen, mismatch, at FROM imei ORDER BY imsi")
+            .prepare_cached(
+                "SELECT imsi, learned, seen, mismatch, at, lock FROM imei ORDER BY imsi",
+            )
             .map_err(sql(&self.path, what))?;
         let rows = statement
             .query_map([], |row| {
@@ -544,6 +551,7 @@ impl Store {
                     seen: row.get(2)?,
                     mismatch: row.get::<_, i64>(3)? != 0,
                     at: row.get(4)?,
+                    lock: row.get(5)?,
                 })
             })
             .map_err(sql(&self.path, what))?;

@@ -97,19 +97,21 @@ CREATE TABLE bindings (imsi TEXT NOT NULL, family INTEGER NOT NULL, address TEXT
     source TEXT NOT NULL, at INTEGER NOT NULL, client TEXT NOT NULL DEFAULT '',
     session TEXT NOT NULL DEFAULT '', PRIMARY KEY (imsi, family)) WITHOUT ROWID;
 CREATE TABLE imei (imsi TEXT PRIMARY KEY, learned TEXT NOT NULL, seen TEXT NOT NULL,
-    mismatch INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+    mismatch INTEGER NOT NULL, at INTEGER NOT NULL, lock TEXT NOT NULL DEFAULT '')
+    WITHOUT ROWID;
 CREATE TABLE admitted (imsi TEXT PRIMARY KEY, segment TEXT NOT NULL, apn TEXT NOT NULL,
     client TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Version 2 to 3: the RADIUS columns of `bindings`; `imei`: per SIM the IMEI a `learn` lock
-/// learned, the last IMEISV seen and whether it broke the lock; `admitted`: SIMs the policy
+/// learned, the last IMEISV seen, whether it broke the lock, and a lock set by command; `admitted`: SIMs the policy
 /// does not list that RADIUS accounting admitted into their APN's segment.
 const V2_TO_V3: &str = "
 ALTER TABLE bindings ADD COLUMN client TEXT NOT NULL DEFAULT '';
 ALTER TABLE bindings ADD COLUMN session TEXT NOT NULL DEFAULT '';
 CREATE TABLE imei (imsi TEXT PRIMARY KEY, learned TEXT NOT NULL, seen TEXT NOT NULL,
-    mismatch INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+    mismatch INTEGER NOT NULL, at INTEGER NOT NULL, lock TEXT NOT NULL DEFAULT '')
+    WITHOUT ROWID;
 CREATE TABLE admitted (imsi TEXT PRIMARY KEY, segment TEXT NOT NULL, apn TEXT NOT NULL,
     client TEXT NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 UPDATE meta SET value = '3' WHERE key = 'schema_version';

@@ -275,7 +275,8 @@ impl Daemon {
     fn check_imei(&mut self, imsi: &str, imeisv: Option<&str>, at: i64) -> anyhow::Result<bool> {
         let (position, index, sim) = self.sim(imsi)?;
         let imsi = sim.imsi.to_string();
-        let lock = self.policy.imei_lock(sim).cloned();
+        let lock = self.imei_lock_of(position);
+        let sim = &self.policy.sims[position];
         let segment = self
             .policy
             .segments
@@ -391,6 +392,62 @@ fn addresses(request: &Request) -> Vec<ipnetwork::IpNetwork> {
 }
 
 impl Daemon {
+    /// The IMEI lock in force for the SIM at `position` of the policy: one set by command,
+    /// else the policy's (its own, else its segment's).
+    pub(super) fn imei_lock_of(&self, position: usize) -> Option<ImeiLock> {
+        let sim = self.policy.sims.get(position)?;
+        if !self.imei.is_empty()
+            && let Some(state) = self.imei.get(sim.imsi.to_string().as_str())
+            && !state.lock.is_empty()
+        {
+            return ImeiLock::parse(&state.lock)
+                .ok()
+                .filter(|l| *l != ImeiLock::Off);
+        }
+        self.policy.imei_lock(sim).cloned()
+    }
+
+    /// Set the SIM's IMEI lock by command in place of the policy's (`None`: the policy's again)
+    /// and judge the device its last session ran on against it at once: locking a SIM to
+    /// another device cuts the one in use. Store first, then the maps.
+    pub(super) fn imei_lock_set(
+        &mut self,
+        imsi: &str,
+        lock: Option<&str>,
+    ) -> anyhow::Result<crate::control::SimInfo> {
+        let parsed = lock.map(ImeiLock::parse).transpose().map_err(|e| {
+            anyhow::anyhow!(crate::control::Invalid(format!("{e}; nothing changed")))
+        })?;
+        let (_, _, sim) = self.sim(imsi)?;
+        let imsi = sim.imsi.to_string();
+        let mut state = self
+            .imei
+            .get(&imsi)
+            .cloned()
+            .unwrap_or_else(|| store::ImeiState {
+                imsi: imsi.clone(),
+                ..store::ImeiState::default()
+            });
+        state.lock = parsed.as_ref().map(ImeiLock::text).unwrap_or_default();
+        if parsed == Some(ImeiLock::Learn) {
+            // A learn lock set now learns the device in use (or the next one).
+            state.learned.clear();
+        }
+        self.store
+            .put_imei(&state)
+            .context("recording the IMEI lock in the store; nothing changed")?;
+        let seen = (!state.seen.is_empty()).then(|| state.seen.clone());
+        self.imei.insert(imsi.clone(), state);
+        info!(
+            imsi,
+            lock = lock.unwrap_or("(the policy's)"),
+            "IMEI lock set by command."
+        );
+        let at = i64::try_from(super::now()).unwrap_or(i64::MAX);
+        self.check_imei(&imsi, seen.as_deref(), at)?;
+        self.sim_info(&imsi)
+    }
+
     /// Forget the device a `learn` lock learned for the SIM and lift its `imei_mismatch`
     /// state (`SimImeiReset`): store first, then the flag in the maps.
     pub(super) fn imei_reset(&mut self, imsi: &str) -> anyhow::Result<crate::control::SimInfo> {
