@@ -53,9 +53,11 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
             return Verdict::Pass(PassReason::Inbound, id);
         }
         // Toward an active SIM of an audit segment, what would be inbound passes as audit.
-        if policy.sims.iter().any(|sim| {
-            holds(sim, dst) && sim.state != SimState::Quarantined && audited(policy, sim)
-        }) {
+        if policy
+            .sims
+            .iter()
+            .any(|sim| holds(sim, dst) && !blocked(sim) && audited(policy, sim))
+        {
             return Verdict::Pass(PassReason::Audit, AUDIT_RULE);
         }
         return Verdict::Pass(PassReason::NonPool, 0);
@@ -67,6 +69,9 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     let sim = &policy.sims[sender];
     if sim.state == SimState::Quarantined {
         return Verdict::Drop(DropReason::Quarantined);
+    }
+    if sim.imei_mismatch() {
+        return Verdict::Drop(DropReason::ImeiMismatch);
     }
     let dst_sim = policy.sims.iter().position(|s| holds(s, dst));
     let dst_in_pool = in_pool(policy, dst);
@@ -99,7 +104,7 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     }
     // An audit segment's SIM: what would be dropped passes as audit, but nothing goes to a
     // quarantined SIM.
-    let to_quarantined = dst_sim.is_some_and(|d| policy.sims[d].state == SimState::Quarantined);
+    let to_quarantined = dst_sim.is_some_and(|d| blocked(&policy.sims[d]));
     if audited(policy, sim) && !to_quarantined {
         return Verdict::Pass(PassReason::Audit, AUDIT_RULE);
     }
@@ -110,6 +115,12 @@ pub fn judge(policy: &ValidatedPolicy, meta: &PacketMeta, iface_flags: u32) -> V
     } else {
         Verdict::Drop(DropReason::NoRule)
     }
+}
+
+/// Whether a SIM sends and receives nothing: quarantined, or its device breaks its IMEI lock
+/// (a run-time state of the daemon's policy in force).
+fn blocked(sim: &crate::policy::Sim) -> bool {
+    sim.state == SimState::Quarantined || sim.imei_mismatch()
 }
 
 /// Whether `sim`'s segment is in audit mode (`mode = "audit"`).
@@ -131,7 +142,7 @@ fn inbound_rule(
     dst: IpAddr,
 ) -> Option<u32> {
     let device = policy.sims.iter().find(|sim| holds(sim, dst))?;
-    if device.state == SimState::Quarantined {
+    if blocked(device) {
         return None;
     }
     let mut id = policy.segments.iter().map(|s| s.rules.len()).sum::<usize>()
@@ -401,7 +412,7 @@ impl Sessions {
             let to_quarantined = policy
                 .sims
                 .iter()
-                .any(|sim| holds(sim, dst) && sim.state == SimState::Quarantined);
+                .any(|sim| holds(sim, dst) && blocked(sim));
             if opens && !to_quarantined {
                 let opened = self.opened;
                 self.opened += 1;

@@ -114,3 +114,15 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> (String, String) {
         )
     })
 }
+
+/// Whether this runs as root, which namespaces and XDP need; says that the test is skipped when
+/// not.
+#[must_use]
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root for namespaces and XDP");
+    }
+    root
+}

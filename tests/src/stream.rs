@@ -143,3 +143,12 @@ impl Stream {
         }
     }
 }
+
+/// Whether UDP from `src` (in namespace `src_ns`) to `dst` (in `dst_ns`) gets through: some of
+/// about 10 datagrams, 20 ms apart.
+#[must_use]
+pub fn gets_through(src_ns: &str, src: &str, dst_ns: &str, dst: SocketAddr) -> bool {
+    let stream = Stream::start(src_ns, src, dst_ns, dst, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(200));
+    !stream.finish().received.is_empty()
+}

@@ -11,7 +11,7 @@ use std::{
 
 use integration_tests::{
     Scratch, enforcer_bin,
-    stream::Stream,
+    stream::gets_through,
     topology::{Daemon, Topology},
 };
 
@@ -37,12 +37,7 @@ segment = "meters"
 "#;
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root for namespaces and XDP");
-    }
-    root
+    integration_tests::root_or_skip()
 }
 
 /// `curl` in namespace `ns`: `method` `url` with the token (if any) and a JSON body (if
@@ -95,15 +90,12 @@ fn json(body: &str) -> serde_json::Value {
 
 /// Whether UDP from the meter's address to the service's port 7001 gets through.
 fn passes(topology: &Topology) -> bool {
-    let stream = Stream::start(
+    gets_through(
         &topology.dev_a.name,
         "10.64.0.2",
         &topology.svc.name,
         "192.0.2.53:7001".parse().expect("address"),
-        Duration::from_millis(20),
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    !stream.finish().received.is_empty()
+    )
 }
 
 fn free_port() -> u16 {
@@ -318,6 +310,12 @@ fn rest_api_authenticates_commands_and_streams_events() {
         .0,
         400
     );
+    let (status, body) = post(
+        "/policy/apply",
+        Some(TOKEN),
+        Some(r#"{"path":"/etc/passwd"}"#),
+    );
+    assert_eq!(status, 400, "only files beside the policy in force: {body}");
 
     // Counters and flows.
     let (status, body) = get("/stats/segments", Some(TOKEN));

@@ -38,12 +38,7 @@ segment = "meters"
 "#;
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root for namespaces and XDP");
-    }
-    root
+    integration_tests::root_or_skip()
 }
 
 /// A peer process in the gateway's namespace, stopped with SIGINT (SIGKILL after 10 s) and

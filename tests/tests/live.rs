@@ -104,12 +104,7 @@ impl Drop for Policies {
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root for namespaces and XDP");
-    }
-    root
+    integration_tests::root_or_skip()
 }
 
 fn topology() -> Topology {

@@ -48,6 +48,9 @@ pub struct StreamEvent {
     pub json: String,
 }
 
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Events buffered per `/events` subscriber; a slower one misses the oldest (and is told).
 pub const STREAM_BUFFER: usize = 4096;
 
@@ -530,7 +533,8 @@ async fn diff_policy(
     }
 }
 
-/// Validate, compile and apply a policy file on the gateway; it becomes the file in force.
+/// Validate, compile and apply a policy file on the gateway, in the directory of the policy in
+/// force; it becomes the file in force.
 #[utoipa::path(post, path = "/policy/apply", request_body = ApplyBody,
     responses((status = 200, body = Applied), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -548,6 +552,34 @@ async fn apply_policy(
                 "`{}` is not an absolute path; give the policy file's absolute path on the \
                  gateway. Nothing was done",
                 body.path
+            ),
+        ));
+    }
+    // Only a file beside the policy in force: a token must not let a client make the daemon
+    // (root) read any file of the gateway and echo pieces of it in parse errors.
+    let Reply::Status(status) = ask(&api, Command::Status).await? else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon's status is unavailable; nothing was done".into(),
+        ));
+    };
+    let dir = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .ok()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+    };
+    let allowed = dir(&status.policy);
+    if allowed.is_none() || dir(&path) != allowed {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a file in the directory of the policy in force ({}); put the \
+                 policy there. Nothing was done",
+                body.path,
+                status
+                    .policy
+                    .parent()
+                    .map_or_else(String::new, |p| p.display().to_string())
             ),
         ));
     }
@@ -738,10 +770,15 @@ pub async fn serve(
         let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(err) => {
+            // A client that stalls the handshake holds a descriptor: not for long.
+            let stream = match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
                     debug!(peer = %peer, error = %err, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    debug!(peer = %peer, "TLS handshake timed out.");
                     return;
                 }
             };

@@ -150,6 +150,14 @@ pub fn apn_network_id(called_station_id: &str) -> String {
 }
 
 impl ValidatedPolicy {
+    /// The name of segment `id` (empty for an id the policy does not have).
+    #[must_use]
+    pub fn segment_name(&self, id: u16) -> &str {
+        self.segments
+            .get(usize::from(id))
+            .map_or("", |s| s.name.as_str())
+    }
+
     /// The segment whose `apns` list the APN of `called_station_id`, if any.
     #[must_use]
     pub fn segment_of_apn(&self, called_station_id: &str) -> Option<u16> {

@@ -482,6 +482,9 @@ pub struct Daemon {
     /// IMSIs admitted by RADIUS accounting since the last apply (recorded in the store, not yet
     /// in the policy in force).
     admissions_pending: HashSet<String>,
+    /// RADIUS sessions stopped, by (client, Acct-Session-Id), and when: a later Start of one is
+    /// stale.
+    stopped: HashMap<(String, String), i64>,
     /// A reload is due to add them.
     admissions_due: bool,
     /// The REST API's `/events` subscribers, when the API is on.
@@ -554,6 +557,7 @@ impl Daemon {
             alerts_at: Instant::now(),
             radius_stats: std::sync::Arc::default(),
             admissions_pending: HashSet::new(),
+            stopped: HashMap::new(),
             admissions_due: false,
             event_stream: None,
         }
@@ -1488,6 +1492,8 @@ impl Daemon {
         self.compiled_stale = false;
         self.applied_at = now();
         self.applies += 1;
+        // Every admitted SIM is in the policy now (or left out, logged).
+        self.admissions_pending.clear();
         release_free_memory();
         Ok(Applied {
             policy: self.policy.path.clone(),
@@ -1760,7 +1766,8 @@ impl Daemon {
     /// addresses apply again, directly in the active generation as for [`Daemon::bind`].
     fn unbind(&mut self, imsi: &str, address: Option<&str>) -> anyhow::Result<SimInfo> {
         let only = address.map(parse_binding).transpose()?;
-        let (imsi, removed) = self.unbind_core(imsi, |b| only.is_none_or(|a| a == b.address))?;
+        let (imsi, removed) =
+            self.unbind_core(imsi, |b| only.is_none_or(|a| a == b.address), true)?;
         if removed == 0 {
             bail!(
                 "IMSI {imsi} has no run-time binding{}; nothing changed",
@@ -1771,11 +1778,15 @@ impl Daemon {
     }
 
     /// Remove the SIM's run-time bindings that `which` picks (see [`Daemon::unbind`]); returns
-    /// the IMSI as the policy spells it and how many were removed.
+    /// the IMSI as the policy spells it and how many were removed. The SIM's file address of
+    /// each family applies again; if another SIM holds it by command now, `strict` (a command)
+    /// refuses, otherwise (RADIUS: the session is over, whatever else holds) the SIM is left
+    /// with no address of that family.
     fn unbind_core(
         &mut self,
         imsi: &str,
         which: impl Fn(&store::Binding) -> bool,
+        strict: bool,
     ) -> anyhow::Result<(String, usize)> {
         let (position, index, sim) = self.sim(imsi)?;
         let imsi = sim.imsi.to_string();
@@ -1789,23 +1800,26 @@ impl Daemon {
             return Ok((imsi, 0));
         }
         let (file_v4, file_v6) = self.file_addresses.get(&imsi).copied().unwrap_or_default();
-        let file_v4 = file_v4.map(|a| ipnetwork::IpNetwork::V4(a.into()));
-        let file_v6 = file_v6.map(ipnetwork::IpNetwork::V6);
+        let mut file_v4 = file_v4.map(|a| ipnetwork::IpNetwork::V4(a.into()));
+        let mut file_v6 = file_v6.map(ipnetwork::IpNetwork::V6);
         // Every check before the first write: the file's address must still be free.
         for b in &mine {
             let restore = if b.address.is_ipv6() {
-                file_v6
+                &mut file_v6
             } else {
-                file_v4
+                &mut file_v4
             };
-            if let Some(restore) = restore
-                && let Some(other) = self.holder(restore)?.filter(|&o| o != index)
+            if let Some(address) = *restore
+                && let Some(other) = self.holder(address)?.filter(|&o| o != index)
             {
-                bail!(
-                    "IMSI {imsi}'s file address {restore} is bound to IMSI {} by command now; \
-                     unbind it there first. Nothing changed",
-                    self.imsi_of(other)
-                );
+                if strict {
+                    bail!(
+                        "IMSI {imsi}'s file address {address} is bound to IMSI {} by command \
+                         now; unbind it there first. Nothing changed",
+                        self.imsi_of(other)
+                    );
+                }
+                *restore = None;
             }
         }
         for b in &mine {
@@ -1948,12 +1962,7 @@ impl Daemon {
         }
         Ok(SimInfo {
             imsi: sim.imsi.to_string(),
-            segment: self
-                .policy
-                .segments
-                .get(usize::from(sim.segment))
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            segment: self.policy.segment_name(sim.segment).to_owned(),
             state: if sim.imei_mismatch() && state == SimState::Active {
                 "imei_mismatch".to_owned()
             } else {

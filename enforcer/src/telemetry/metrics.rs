@@ -16,7 +16,7 @@
 //! | `enforcer_policy_apply_duration_seconds` | histogram | |
 //! | `enforcer_control_requests_total` | counter | `command` |
 //! | `enforcer_ipfix_records_sent_total`, `…_messages_sent_total`, `…_messages_failed_total`, `…_records_deferred_total` | counter | |
-//! | `enforcer_radius_requests_total` | counter | `outcome` (`applied`, `unchanged`, `stale`, `refused`, `deferred`) |
+//! | `enforcer_radius_requests_total` | counter | `outcome` (`applied`, `unchanged`, `stale`, `refused`, `deferred`, `unrecorded`) |
 //! | `enforcer_radius_dropped_total` | counter | `reason` (`unknown_client`, `authenticator`, `attribute`, `length`, `code`, `status`) |
 //! | `enforcer_radius_unrecorded_total` | counter | |
 //!

@@ -76,9 +76,9 @@ pub struct Request {
     pub received: i64,
 }
 
-/// What the actor made of one request. Every outcome is recorded, and every one but
-/// [`Outcome::Deferred`] acknowledged: the packet core would otherwise retransmit a refusal
-/// forever.
+/// What the actor made of one request. Every outcome but [`Outcome::Unrecorded`] is
+/// recorded, and every one but that and [`Outcome::Deferred`] acknowledged: the packet core
+/// would otherwise retransmit a refusal forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Bindings changed.
@@ -96,6 +96,9 @@ pub enum Outcome {
     /// "admit"`): recorded, and the SIM is added by a reload of the policy; the request is not
     /// answered, so the client sends it again and the retransmission binds the address.
     Deferred,
+    /// The store or the maps failed: nothing changed, and the request is not answered, so
+    /// the client sends it again.
+    Unrecorded,
 }
 
 impl Outcome {
@@ -108,12 +111,20 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Refused(_) => "refused",
             Outcome::Deferred => "deferred",
+            Outcome::Unrecorded => "unrecorded",
         }
     }
 }
 
 /// Labels of [`Stats::requests`], in its order.
-pub const OUTCOMES: [&str; 5] = ["applied", "unchanged", "stale", "refused", "deferred"];
+pub const OUTCOMES: [&str; 6] = [
+    "applied",
+    "unchanged",
+    "stale",
+    "refused",
+    "deferred",
+    "unrecorded",
+];
 /// Labels of [`Stats::dropped`], in its order: an unknown client, then [`PacketError::kind`].
 pub const DROPS: [&str; 6] = [
     "unknown_client",
@@ -128,7 +139,7 @@ pub const DROPS: [&str; 6] = [
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Requests applied by outcome, in [`OUTCOMES`] order.
-    pub requests: [AtomicU64; 5],
+    pub requests: [AtomicU64; 6],
     /// Datagrams dropped unanswered, in [`DROPS`] order.
     pub dropped: [AtomicU64; 6],
     /// Requests the actor could not record (the store failed): unanswered, so the client

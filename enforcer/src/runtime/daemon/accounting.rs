@@ -70,7 +70,10 @@ impl Daemon {
         if outcomes.contains(&Outcome::Applied) {
             self.sessions_recheck();
         }
-        outcomes.iter().map(|o| *o != Outcome::Deferred).collect()
+        outcomes
+            .iter()
+            .map(|o| !matches!(o, Outcome::Deferred | Outcome::Unrecorded))
+            .collect()
     }
 
     /// Whether admitted SIMs wait for a reload of the policy to be added (the actor's loop
@@ -80,7 +83,9 @@ impl Daemon {
     }
 
     /// Reload the policy in force, which adds the SIMs admitted since (see
-    /// [`Daemon::admit_unknown`]).
+    /// [`Daemon::admit_unknown`]). After a failure the admitted SIMs wait, deferred, for the
+    /// next apply that succeeds (a SIGHUP, `policy apply`), rather than each retransmission
+    /// costing another full reload.
     pub(crate) fn admit_pending(&mut self) {
         let count = self.admissions_pending.len();
         self.admissions_due = false;
@@ -96,11 +101,10 @@ impl Daemon {
             Err(err) => error!(
                 admitted = count,
                 error = format!("{err:#}"),
-                "Admitting SIMs failed; still enforcing the previous policy. Their next \
-                 retransmission tries again."
+                "Admitting SIMs failed; still enforcing the previous policy. They are added \
+                 by the next reload that succeeds."
             ),
         }
-        self.admissions_pending.clear();
     }
 
     /// A Start or Interim-Update for an IMSI the policy does not list: with `unknown_imsi =
@@ -126,20 +130,23 @@ impl Daemon {
         if self.admissions_pending.contains(imsi) {
             return Outcome::Deferred;
         }
+        let capacity = self.enforcer.capacity().sims as usize;
+        if self.policy.sims.len() + self.admissions_pending.len() >= capacity {
+            return Outcome::Refused(format!(
+                "{why}; and the SIM table is full ({capacity} SIMs): restart with a larger \
+                 --max-sims to admit more"
+            ));
+        }
         let admitted = store::Admitted {
             imsi: imsi.to_owned(),
-            segment: self
-                .policy
-                .segments
-                .get(usize::from(segment))
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            segment: self.policy.segment_name(segment).to_owned(),
             apn: crate::policy::apn_network_id(called),
             client: request.client.to_string(),
             at: request.received,
         };
         if let Err(err) = self.store.put_admitted(&admitted) {
-            return Outcome::Refused(format!("recording the admission failed: {err}"));
+            error!(imsi, error = %err, "Recording an admission failed; the request is left unanswered.");
+            return Outcome::Unrecorded;
         }
         info!(
             imsi,
@@ -156,6 +163,7 @@ impl Daemon {
     /// One request.
     fn account(&mut self, request: &Request) -> Outcome {
         let acct = &request.accounting;
+        let at = event_time(request);
         match acct.status {
             StatusType::Start | StatusType::InterimUpdate => self.account_start(request),
             StatusType::Stop => {
@@ -163,13 +171,20 @@ impl Daemon {
                     return Outcome::Refused("no 3GPP-IMSI".into());
                 };
                 let addresses = addresses(request);
-                let result = self.unbind_core(imsi, |b| {
-                    *b.client == *request.client
-                        && match acct.session_id.as_deref() {
-                            Some(session) => b.session == session,
-                            None => addresses.contains(&b.address),
-                        }
-                });
+                if let Some(session) = acct.session_id.as_deref() {
+                    self.remember_stop(&request.client, session, at);
+                }
+                let result = self.unbind_core(
+                    imsi,
+                    |b| {
+                        *b.client == *request.client
+                            && match acct.session_id.as_deref() {
+                                Some(session) => b.session == session,
+                                None => addresses.contains(&b.address),
+                            }
+                    },
+                    false,
+                );
                 match result {
                     Ok((imsi, 0)) => {
                         // A binding of another session in force: this Stop is older.
@@ -183,19 +198,25 @@ impl Daemon {
                         }
                     }
                     Ok(_) => Outcome::Applied,
-                    Err(err) => Outcome::Refused(format!("{err:#}")),
+                    Err(err) => failed(&err),
                 }
             }
             StatusType::AccountingOn | StatusType::AccountingOff => {
+                // Only what the client bound before it (re)started: a retransmitted On/Off
+                // that arrives late leaves newer sessions alone.
                 let imsis: Vec<String> = self
                     .bindings
                     .values()
-                    .filter(|b| *b.client == *request.client)
+                    .filter(|b| *b.client == *request.client && b.at <= at)
                     .map(|b| b.imsi.clone())
                     .collect();
                 let mut removed = 0;
                 for imsi in imsis {
-                    match self.unbind_core(&imsi, |b| *b.client == *request.client) {
+                    match self.unbind_core(
+                        &imsi,
+                        |b| *b.client == *request.client && b.at <= at,
+                        false,
+                    ) {
                         Ok((_, n)) => removed += n,
                         Err(err) => warn!(
                             imsi,
@@ -214,6 +235,48 @@ impl Daemon {
         }
     }
 
+    /// Remember that `client` stopped `session` at `at`, so that a Start or Interim-Update of
+    /// it arriving later (reordered, or replayed from a packet core's buffer) is stale rather
+    /// than binding a dead session's address again. Bounded: the oldest half is forgotten when
+    /// full.
+    fn remember_stop(&mut self, client: &str, session: &str, at: i64) {
+        /// Stopped sessions remembered at most.
+        const STOPPED: usize = 200_000;
+        if self.stopped.len() >= STOPPED {
+            let mut times: Vec<i64> = self.stopped.values().copied().collect();
+            times.sort_unstable();
+            let median = times[times.len() / 2];
+            self.stopped.retain(|_, t| *t > median);
+        }
+        self.stopped
+            .insert((client.to_owned(), session.to_owned()), at);
+    }
+
+    /// Whether a Start or Interim-Update of `request` is older than what is in force for its
+    /// SIM: its session was stopped since, or the SIM has a binding of another session that
+    /// is newer. Decided before anything else, so that a stale request neither binds nor
+    /// judges the IMEI (a late Start of the locked device must not lift the block of the
+    /// device in use).
+    fn stale(&self, request: &Request, imsi: &str, at: i64) -> bool {
+        let session = request.accounting.session_id.as_deref().unwrap_or_default();
+        if self
+            .stopped
+            .get(&(request.client.to_string(), session.to_owned()))
+            .is_some_and(|&stopped| stopped >= at)
+        {
+            return true;
+        }
+        let Ok((_, _, sim)) = self.sim(imsi) else {
+            return false;
+        };
+        let imsi = sim.imsi.to_string();
+        [false, true].into_iter().any(|v6| {
+            self.bindings
+                .get(&(imsi.clone(), v6))
+                .is_some_and(|b| b.session != session && b.at > at)
+        })
+    }
+
     /// Start or Interim-Update: check the device against the SIM's IMEI lock, then bind the
     /// addresses (a device the lock refuses gets them too, under the drop state, so that its
     /// packets are dropped as `imei_mismatch` rather than as spoofed).
@@ -228,15 +291,18 @@ impl Daemon {
                 "no Framed-IP-Address nor a Framed-IPv6-Prefix of /64 or longer".into(),
             );
         }
-        let at = acct.event_timestamp.map_or(request.received, i64::from);
+        let at = event_time(request);
         if let Err(err) = self.sim(imsi)
             && err.chain().any(|e| e.is::<crate::control::NotFound>())
         {
             return self.admit_unknown(request, imsi, format!("{err:#}"));
         }
+        if self.stale(request, imsi, at) {
+            return Outcome::Stale;
+        }
         let imei_changed = match self.check_imei(imsi, acct.imeisv.as_deref(), at) {
             Ok(changed) => changed,
-            Err(err) => return Outcome::Refused(format!("{err:#}")),
+            Err(err) => return failed(&err),
         };
         let mut outcome = Outcome::Unchanged;
         for address in addresses {
@@ -257,7 +323,7 @@ impl Daemon {
                         outcome = Outcome::Stale;
                     }
                 }
-                Err(err) => return Outcome::Refused(format!("{err:#}")),
+                Err(err) => return failed(&err),
             }
         }
         if imei_changed {
@@ -277,34 +343,35 @@ impl Daemon {
         let imsi = sim.imsi.to_string();
         let lock = self.imei_lock_of(position);
         let sim = &self.policy.sims[position];
-        let segment = self
-            .policy
-            .segments
-            .get(usize::from(sim.segment))
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
+        let segment = self.policy.segment_name(sim.segment).to_owned();
         let previous = self.imei.get(&imsi).cloned();
         let mut state = previous.clone().unwrap_or_else(|| store::ImeiState {
             imsi: imsi.clone(),
             ..store::ImeiState::default()
         });
-        let seen = imeisv.filter(|s| s.len() >= 14 && s.bytes().all(|b| b.is_ascii_digit()));
-        let verdict = match (&lock, seen) {
+        // A 3GPP-IMEISV that is no IMEI(SV) (too short, not digits) is a device no lock
+        // allows; only an absent one goes unjudged.
+        let seen: Option<String> = imeisv.map(|s| s.chars().take(32).collect());
+        let valid = seen
+            .as_deref()
+            .filter(|s| s.len() >= 14 && s.bytes().all(|b| b.is_ascii_digit()));
+        let verdict = match (&lock, seen.as_deref(), valid) {
             // No lock (any more): a drop state an older policy set is lifted.
-            (None, _) => Some(true),
+            (None, _, _) => Some(true),
             // Nothing to judge.
-            (Some(_), None) => None,
-            (Some(ImeiLock::Learn), Some(seen)) => {
+            (Some(_), None, _) => None,
+            (Some(_), Some(_), None) => Some(false),
+            (Some(ImeiLock::Learn), _, Some(device)) => {
                 if state.learned.is_empty() {
-                    state.learned = seen[..14].to_owned();
+                    state.learned = device[..14].to_owned();
                     info!(imsi, imei = %state.learned, "IMEI lock learned the SIM's device.");
                 }
-                Some(seen[..14] == state.learned)
+                Some(device[..14] == state.learned)
             }
-            (Some(lock), Some(seen)) => Some(lock.allows(seen)),
+            (Some(lock), _, Some(device)) => Some(lock.allows(device)),
         };
         if let Some(seen) = seen {
-            state.seen = seen.to_owned();
+            state.seen = seen;
             state.at = at;
         }
         let mut changed = false;
@@ -370,6 +437,37 @@ impl Daemon {
         self.imei.insert(imsi, state);
         Ok(changed)
     }
+}
+
+/// What a failed request is: the store or the maps failed (unrecorded: not answered, so the
+/// client sends it again), or the daemon refused it (answered).
+fn failed(err: &anyhow::Error) -> Outcome {
+    if err
+        .chain()
+        .any(|e| e.is::<crate::store::StoreError>() || e.is::<crate::loader::LoadError>())
+    {
+        error!(
+            error = format!("{err:#}"),
+            "RADIUS request not recorded; left unanswered."
+        );
+        Outcome::Unrecorded
+    } else {
+        Outcome::Refused(format!("{err:#}"))
+    }
+}
+
+/// When the request's event happened: its Event-Timestamp, but never later than a minute after
+/// it arrived (a client clock ahead, or a forged timestamp, would otherwise win every later
+/// conflict over the address), else its arrival.
+fn event_time(request: &Request) -> i64 {
+    /// How far ahead of this host's clock an Event-Timestamp may be, seconds.
+    const AHEAD: i64 = 60;
+    request
+        .accounting
+        .event_timestamp
+        .map_or(request.received, |t| {
+            i64::from(t).min(request.received.saturating_add(AHEAD))
+        })
 }
 
 /// The addresses a request names: its Framed-IP-Address as a /32 and the /64 of its
@@ -475,5 +573,44 @@ impl Daemon {
         );
         self.imei.insert(imsi.clone(), state);
         self.sim_info(&imsi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::event_time;
+    use crate::bindings::radius::{Accounting, Request, StatusType};
+
+    fn request(event_timestamp: Option<u32>, received: i64) -> Request {
+        Request {
+            client: Arc::from("pgw"),
+            accounting: Accounting {
+                identifier: 1,
+                status: StatusType::Start,
+                session_id: None,
+                imsi: None,
+                ipv4: None,
+                ipv6: None,
+                msisdn: None,
+                apn: None,
+                imeisv: None,
+                rat_type: None,
+                user_location: None,
+                event_timestamp,
+            },
+            received,
+        }
+    }
+
+    /// An Event-Timestamp counts, but never more than a minute ahead of this host's clock: a
+    /// client clock ahead (or a forged time) must not win every later conflict.
+    #[test]
+    fn event_time_is_the_timestamp_clamped_to_a_minute_ahead() {
+        assert_eq!(event_time(&request(Some(1_000), 2_000)), 1_000);
+        assert_eq!(event_time(&request(Some(2_030), 2_000)), 2_030);
+        assert_eq!(event_time(&request(Some(9_999_999), 2_000)), 2_060);
+        assert_eq!(event_time(&request(None, 2_000)), 2_000);
     }
 }

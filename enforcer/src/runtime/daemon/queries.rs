@@ -71,12 +71,7 @@ impl Daemon {
                     imsi: sim.imsi.to_string(),
                     iccid: sim.iccid().map(|i| i.to_string()),
                     msisdn: sim.msisdn().map(|m| m.to_string()),
-                    segment: self
-                        .policy
-                        .segments
-                        .get(usize::from(sim.segment))
-                        .map(|s| s.name.clone())
-                        .unwrap_or_default(),
+                    segment: self.policy.segment_name(sim.segment).to_owned(),
                     state: state_of(sim).to_owned(),
                     addresses: sim_addresses(sim).map(|a| a.to_string()).collect(),
                 });
