@@ -407,6 +407,17 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         !passes(&topology, 7002),
         "the replayed Start of a stopped session binds nothing"
     );
+    let late_interim = start(CHARGER, "s3", DEVICE, t0 + 10)
+        .replace("= Start", "= Interim-Update")
+        .lines()
+        .filter(|l| !l.starts_with("Event-Timestamp"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    assert!(radclient(&gw, &server, SECRET, &late_interim));
+    assert!(
+        !passes(&topology, 7002),
+        "an Interim-Update of a stopped session, even without a timestamp, binds nothing"
+    );
 
     let (ok, _, stderr) = daemon.stop();
     assert!(ok, "daemon stopped cleanly: {stderr}");
@@ -540,6 +551,29 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
         &start_on(METER, "a3", first, t0 + 2)
     ));
     assert!(passes(&topology, 7001), "the learned device passes again");
+
+    // A stale Start of another device (its packet core's clock behind) is judged one way:
+    // it cannot lift a block, but it blocks.
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(METER, "a9", second, t0 + 1)
+    ));
+    assert!(
+        !passes(&topology, 7001),
+        "a stale Start of another device still blocks"
+    );
+    assert!(radclient(
+        &gw,
+        &server,
+        SECRET,
+        &start_on(METER, "a4", first, t0 + 3)
+    ));
+    assert!(
+        passes(&topology, 7001),
+        "the learned device's new session lifts it"
+    );
 
     // An explicit IMEI: its device passes (IMEISV = its 14 digits and a software version).
     assert!(radclient(

@@ -27,7 +27,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{
@@ -50,6 +50,10 @@ pub struct StreamEvent {
 
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head.
+const HEADER_READ: Duration = Duration::from_secs(30);
+/// REST connections open at most.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Events buffered per `/events` subscriber; a slower one misses the oldest (and is told).
 pub const STREAM_BUFFER: usize = 4096;
@@ -569,12 +573,16 @@ async fn apply_policy(
             .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
     };
     let allowed = dir(&status.policy);
-    if allowed.is_none() || dir(&path) != allowed {
+    let canonical = std::fs::canonicalize(&path).ok();
+    let is_toml = canonical
+        .as_ref()
+        .is_some_and(|p| p.extension().is_some_and(|e| e == "toml"));
+    if allowed.is_none() || dir(&path) != allowed || !is_toml {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!(
-                "`{}` is not a file in the directory of the policy in force ({}); put the \
-                 policy there. Nothing was done",
+                "`{}` is not an existing .toml file in the directory of the policy in force \
+                 ({}); put the policy there. Nothing was done",
                 body.path,
                 status
                     .policy
@@ -583,6 +591,7 @@ async fn apply_policy(
             ),
         ));
     }
+    let path = canonical.unwrap_or(path);
     match ask(&api, Command::ApplyPolicy { path }).await? {
         Reply::Applied(applied) => Ok(Json(applied)),
         other => Err(unexpected(&other)),
@@ -747,47 +756,62 @@ pub fn router(
         .with_state(api)
 }
 
-/// Serve `router` on `listener` until the runtime stops, over TLS when `tls` is given.
+/// Serve `router` on `listener` until the runtime stops, over TLS when `tls` is given. At most
+/// [`MAX_CONNECTIONS`] at once (more are closed at accept); a client must finish its TLS
+/// handshake within [`HANDSHAKE`] and send each request's head within [`HEADER_READ`], so a
+/// slow or silent one cannot hold descriptors for long.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let Some(tls) = tls else {
-        if let Err(err) = axum::serve(listener, router).await {
-            warn!(error = %err, "The REST API stopped.");
-        }
-        return;
-    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
+                // Out of descriptors, say: pause rather than spin.
                 debug!(error = %err, "REST accept failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            debug!(peer = %peer, "REST connection refused: {MAX_CONNECTIONS} are open.");
+            continue;
         };
         let tls = tls.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            // A client that stalls the handshake holds a descriptor: not for long.
-            let stream = match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    debug!(peer = %peer, error = %err, "TLS handshake failed.");
-                    return;
+            let _slot = slot;
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ);
+            let result = match tls {
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await
                 }
-                Err(_) => {
-                    debug!(peer = %peer, "TLS handshake timed out.");
-                    return;
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            debug!(peer = %peer, error = %err, "TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(peer = %peer, "TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
+            if let Err(err) = result {
                 debug!(peer = %peer, error = %err, "REST connection ended with an error.");
             }
         });

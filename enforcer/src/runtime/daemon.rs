@@ -485,6 +485,10 @@ pub struct Daemon {
     /// RADIUS sessions stopped, by (client, Acct-Session-Id), and when: a later Start of one is
     /// stale.
     stopped: HashMap<(String, String), i64>,
+    /// When each RADIUS client last sent Accounting-On/Off: its requests made before are stale.
+    client_resets: HashMap<String, i64>,
+    /// When the last reload to add admitted SIMs failed.
+    admissions_failed: Option<Instant>,
     /// A reload is due to add them.
     admissions_due: bool,
     /// The REST API's `/events` subscribers, when the API is on.
@@ -558,6 +562,8 @@ impl Daemon {
             radius_stats: std::sync::Arc::default(),
             admissions_pending: HashSet::new(),
             stopped: HashMap::new(),
+            client_resets: HashMap::new(),
+            admissions_failed: None,
             admissions_due: false,
             event_stream: None,
         }
@@ -1494,6 +1500,7 @@ impl Daemon {
         self.applies += 1;
         // Every admitted SIM is in the policy now (or left out, logged).
         self.admissions_pending.clear();
+        self.admissions_failed = None;
         release_free_memory();
         Ok(Applied {
             policy: self.policy.path.clone(),
@@ -1649,10 +1656,13 @@ impl Daemon {
                 changed: false,
             });
         }
-        if let Some(p) = previous
-            .as_ref()
-            .filter(|p| take_over && p.at > wanted.at && p.session != wanted.session)
-        {
+        if let Some(p) = previous.as_ref().filter(|p| {
+            take_over
+                && p.at > wanted.at
+                && (wanted.session.is_empty()
+                    || p.client != wanted.client
+                    || p.session != wanted.session)
+        }) {
             return Ok(BindResult::Stale(format!(
                 "IMSI {imsi} has a newer session ({}, at {})",
                 p.session, p.at

@@ -142,8 +142,8 @@ pub struct Stats {
     pub requests: [AtomicU64; 6],
     /// Datagrams dropped unanswered, in [`DROPS`] order.
     pub dropped: [AtomicU64; 6],
-    /// Requests the actor could not record (the store failed): unanswered, so the client
-    /// sends them again.
+    /// Requests of batches whose store commit failed: unanswered, so the client sends them
+    /// again.
     pub unrecorded: AtomicU64,
 }
 
@@ -228,7 +228,6 @@ pub async fn serve(
         let acks = answered.await.unwrap_or_else(|_| vec![false; count]);
         for (ack, (peer, header, secret)) in acks.into_iter().zip(replies) {
             if !ack {
-                stats.unrecorded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let response = packet::response(&header, &secret);

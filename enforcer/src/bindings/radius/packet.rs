@@ -231,7 +231,10 @@ pub fn parse(datagram: &[u8], secret: &[u8]) -> Result<Accounting, PacketError> 
             attr::ACCT_STATUS_TYPE => {
                 status = Some(integer(value).ok_or_else(|| bad("not 4 octets"))?);
             }
-            attr::ACCT_SESSION_ID => out.session_id = Some(text(value).map_err(bad)?),
+            // An empty Acct-Session-Id names no session.
+            attr::ACCT_SESSION_ID => {
+                out.session_id = Some(text(value).map_err(bad)?).filter(|s| !s.is_empty());
+            }
             attr::FRAMED_IP_ADDRESS => {
                 let octets: [u8; 4] = value.try_into().map_err(|_| bad("not 4 octets"))?;
                 out.ipv4 = Some(Ipv4Addr::from(octets));

@@ -62,6 +62,9 @@ impl Daemon {
             if let Err(err) = self.apply_file(&path) {
                 error!(error = format!("{err:#}"), "Re-applying the policy failed.");
             }
+            self.radius_stats
+                .unrecorded
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return vec![false; batch.len()];
         }
         for outcome in &outcomes {
@@ -98,12 +101,15 @@ impl Daemon {
                 "Admitted SIMs unknown to the policy into their APNs' segments; their \
                  retransmitted Starts bind their addresses."
             ),
-            Err(err) => error!(
-                admitted = count,
-                error = format!("{err:#}"),
-                "Admitting SIMs failed; still enforcing the previous policy. They are added \
-                 by the next reload that succeeds."
-            ),
+            Err(err) => {
+                self.admissions_failed = Some(std::time::Instant::now());
+                error!(
+                    admitted = count,
+                    error = format!("{err:#}"),
+                    "Admitting SIMs failed; still enforcing the previous policy. A \
+                     retransmission tries again after 30 s, or the next reload adds them."
+                );
+            }
         }
     }
 
@@ -128,10 +134,25 @@ impl Daemon {
             return Outcome::Refused(format!("`{imsi}` is not an IMSI (14 or 15 digits)"));
         }
         if self.admissions_pending.contains(imsi) {
+            // After a failed reload, retransmissions try again, at most every 30 s.
+            if !self.admissions_due
+                && self
+                    .admissions_failed
+                    .is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(30))
+            {
+                self.admissions_due = true;
+            }
             return Outcome::Deferred;
         }
+        // SIM ids in use and retired keep their slots: what a new id may take is past them.
         let capacity = self.enforcer.capacity().sims as usize;
-        if self.policy.sims.len() + self.admissions_pending.len() >= capacity {
+        let taken = self
+            .store
+            .allocations()
+            .sims
+            .len()
+            .max(self.policy.sims.len());
+        if taken + self.admissions_pending.len() >= capacity {
             return Outcome::Refused(format!(
                 "{why}; and the SIM table is full ({capacity} SIMs): restart with a larger \
                  --max-sims to admit more"
@@ -174,10 +195,13 @@ impl Daemon {
                 if let Some(session) = acct.session_id.as_deref() {
                     self.remember_stop(&request.client, session, at);
                 }
+                // Only a binding made before the Stop: a late duplicate Stop of a session id the
+                // client used again leaves the new session alone.
                 let result = self.unbind_core(
                     imsi,
                     |b| {
                         *b.client == *request.client
+                            && b.at <= at
                             && match acct.session_id.as_deref() {
                                 Some(session) => b.session == session,
                                 None => addresses.contains(&b.address),
@@ -202,6 +226,11 @@ impl Daemon {
                 }
             }
             StatusType::AccountingOn | StatusType::AccountingOff => {
+                let reset = self
+                    .client_resets
+                    .entry(request.client.to_string())
+                    .or_insert(at);
+                *reset = (*reset).max(at);
                 // Only what the client bound before it (re)started: a retransmitted On/Off
                 // that arrives late leaves newer sessions alone.
                 let imsis: Vec<String> = self
@@ -218,12 +247,17 @@ impl Daemon {
                         false,
                     ) {
                         Ok((_, n)) => removed += n,
-                        Err(err) => warn!(
-                            imsi,
-                            client = %request.client,
-                            error = format!("{err:#}"),
-                            "Could not unbind on the client's Accounting-On/Off."
-                        ),
+                        Err(err) => match failed(&err) {
+                            // The store or the maps: unanswered, so the client sends it again
+                            // and the bindings left are removed then.
+                            Outcome::Unrecorded => return Outcome::Unrecorded,
+                            _ => warn!(
+                                imsi,
+                                client = %request.client,
+                                error = format!("{err:#}"),
+                                "Could not unbind on the client's Accounting-On/Off."
+                            ),
+                        },
                     }
                 }
                 if removed > 0 {
@@ -249,7 +283,9 @@ impl Daemon {
             self.stopped.retain(|_, t| *t > median);
         }
         self.stopped
-            .insert((client.to_owned(), session.to_owned()), at);
+            .entry((client.to_owned(), session.to_owned()))
+            .and_modify(|t| *t = (*t).max(at))
+            .or_insert(at);
     }
 
     /// Whether a Start or Interim-Update of `request` is older than what is in force for its
@@ -258,11 +294,28 @@ impl Daemon {
     /// judges the IMEI (a late Start of the locked device must not lift the block of the
     /// device in use).
     fn stale(&self, request: &Request, imsi: &str, at: i64) -> bool {
-        let session = request.accounting.session_id.as_deref().unwrap_or_default();
-        if self
-            .stopped
-            .get(&(request.client.to_string(), session.to_owned()))
-            .is_some_and(|&stopped| stopped >= at)
+        let acct = &request.accounting;
+        let session = acct.session_id.as_deref().unwrap_or_default();
+        if !session.is_empty()
+            && let Some(&stopped) = self
+                .stopped
+                .get(&(request.client.to_string(), session.to_owned()))
+        {
+            // An Interim-Update of a stopped session is always late; a Start only counts again
+            // when its own Event-Timestamp says it came after the Stop (an arrival time says
+            // nothing about when a buffered request was made).
+            let later =
+                acct.status == StatusType::Start && acct.event_timestamp.is_some() && at > stopped;
+            if !later {
+                return true;
+            }
+        }
+        // Made before the client's last Accounting-On/Off: that session is gone.
+        if acct.event_timestamp.is_some()
+            && self
+                .client_resets
+                .get(request.client.as_ref())
+                .is_some_and(|&reset| at <= reset)
         {
             return true;
         }
@@ -273,7 +326,7 @@ impl Daemon {
         [false, true].into_iter().any(|v6| {
             self.bindings
                 .get(&(imsi.clone(), v6))
-                .is_some_and(|b| b.session != session && b.at > at)
+                .is_some_and(|b| other_session(b, &request.client, session) && b.at > at)
         })
     }
 
@@ -298,9 +351,14 @@ impl Daemon {
             return self.admit_unknown(request, imsi, format!("{err:#}"));
         }
         if self.stale(request, imsi, at) {
+            // Judged one way only: a stale request may still block a device the lock refuses
+            // (a thief's Start with a lagging clock), never lift a block.
+            if let Err(err) = self.check_imei(imsi, acct.imeisv.as_deref(), at, false) {
+                return failed(&err);
+            }
             return Outcome::Stale;
         }
-        let imei_changed = match self.check_imei(imsi, acct.imeisv.as_deref(), at) {
+        let imei_changed = match self.check_imei(imsi, acct.imeisv.as_deref(), at, true) {
             Ok(changed) => changed,
             Err(err) => return failed(&err),
         };
@@ -338,7 +396,13 @@ impl Daemon {
     /// an alert; on an allowed device, lift a drop state. A request without IMEISV is not
     /// judged. Store first, then the SIM's flag in the maps. Returns whether the SIM's state
     /// changed.
-    fn check_imei(&mut self, imsi: &str, imeisv: Option<&str>, at: i64) -> anyhow::Result<bool> {
+    fn check_imei(
+        &mut self,
+        imsi: &str,
+        imeisv: Option<&str>,
+        at: i64,
+        may_lift: bool,
+    ) -> anyhow::Result<bool> {
         let (position, index, sim) = self.sim(imsi)?;
         let imsi = sim.imsi.to_string();
         let lock = self.imei_lock_of(position);
@@ -376,7 +440,7 @@ impl Daemon {
         }
         let mut changed = false;
         match verdict {
-            Some(true) if state.mismatch => {
+            Some(true) if state.mismatch && may_lift => {
                 state.mismatch = false;
                 changed = true;
             }
@@ -437,6 +501,12 @@ impl Daemon {
         self.imei.insert(imsi, state);
         Ok(changed)
     }
+}
+
+/// Whether binding `b` is of another session than `session` of `client`: another client, or
+/// another Acct-Session-Id; a request without one is of another session than every binding.
+fn other_session(b: &store::Binding, client: &str, session: &str) -> bool {
+    session.is_empty() || *b.client != *client || b.session != session
 }
 
 /// What a failed request is: the store or the maps failed (unrecorded: not answered, so the
@@ -542,7 +612,7 @@ impl Daemon {
             "IMEI lock set by command."
         );
         let at = i64::try_from(super::now()).unwrap_or(i64::MAX);
-        self.check_imei(&imsi, seen.as_deref(), at)?;
+        self.check_imei(&imsi, seen.as_deref(), at, true)?;
         self.sim_info(&imsi)
     }
 
