@@ -110,6 +110,27 @@ pub struct Accounting {
     pub event_timestamp: Option<u32>,
 }
 
+impl Accounting {
+    /// A request of `status` with packet identifier `identifier` and no attribute.
+    #[must_use]
+    pub const fn new(identifier: u8, status: StatusType) -> Self {
+        Self {
+            identifier,
+            status,
+            session_id: None,
+            imsi: None,
+            ipv4: None,
+            ipv6: None,
+            msisdn: None,
+            apn: None,
+            imeisv: None,
+            rat_type: None,
+            user_location: None,
+            event_timestamp: None,
+        }
+    }
+}
+
 /// Why a datagram is not a valid Accounting-Request: it is dropped, counted by kind and never
 /// answered (RFC 2866 §3: a request that is not valid is silently discarded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,20 +218,7 @@ pub fn parse(datagram: &[u8], secret: &[u8]) -> Result<Accounting, PacketError> 
     if !authentic(packet, secret) {
         return Err(PacketError::Authenticator);
     }
-    let mut out = Accounting {
-        identifier: packet[1],
-        status: StatusType::Start,
-        session_id: None,
-        imsi: None,
-        ipv4: None,
-        ipv6: None,
-        msisdn: None,
-        apn: None,
-        imeisv: None,
-        rat_type: None,
-        user_location: None,
-        event_timestamp: None,
-    };
+    let mut out = Accounting::new(packet[1], StatusType::Start);
     let mut status = None;
     let mut offset = HEADER_LEN;
     while offset < packet.len() {

@@ -657,18 +657,8 @@ mod tests {
         Request {
             client: Arc::from("pgw"),
             accounting: Accounting {
-                identifier: 1,
-                status: StatusType::Start,
-                session_id: None,
-                imsi: None,
-                ipv4: None,
-                ipv6: None,
-                msisdn: None,
-                apn: None,
-                imeisv: None,
-                rat_type: None,
-                user_location: None,
                 event_timestamp,
+                ..Accounting::new(1, StatusType::Start)
             },
             received,
         }
