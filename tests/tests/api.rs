@@ -276,6 +276,12 @@ fn rest_api_authenticates_commands_and_streams_events() {
             .as_str()
             .is_some_and(|p| p.ends_with("policy.toml"))
     );
+    assert!(
+        json(&body)["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("[[segments]]")),
+        "the policy's text: {body}"
+    );
     let invalid = serde_json::json!({ "text": "pools = [\"10.64.0.0/99\"]" }).to_string();
     let (status, body) = post("/policy/validate", Some(TOKEN), Some(&invalid));
     assert_eq!(status, 200);

@@ -253,6 +253,12 @@ struct PolicyInfo {
     generation: u8,
     /// Policies applied since the daemon started.
     applies: u64,
+    /// The file's text as it is now (at most [`MAX_BODY`] bytes); `null` if it cannot be
+    /// read.
+    text: Option<String>,
+    /// Whether the file changed after it was applied (its text is then not what is enforced
+    /// until the next reload).
+    modified_since_applied: bool,
 }
 
 /// Query of `GET /stats/sims` and `GET /flows`.
@@ -488,18 +494,34 @@ async fn set_imei_lock(
     .await
 }
 
-/// The policy in force.
+/// The policy in force: its file, when it was applied, and the file's text.
 #[utoipa::path(get, path = "/policy",
     responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_policy(State(api): State<Api>) -> Result<Json<PolicyInfo>, ApiError> {
     match ask(&api, Command::Status).await? {
-        Reply::Status(status) => Ok(Json(PolicyInfo {
-            path: status.policy.display().to_string(),
-            applied_at: status.applied_at,
-            generation: status.generation,
-            applies: status.applies,
-        })),
+        Reply::Status(status) => {
+            let path = status.policy.clone();
+            let (text, modified) = tokio::task::spawn_blocking(move || {
+                let text = crate::policy::source::read_text(&path, MAX_BODY as u64).ok();
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|t| t.as_secs());
+                (text, modified)
+            })
+            .await
+            .unwrap_or((None, None));
+            Ok(Json(PolicyInfo {
+                path: status.policy.display().to_string(),
+                applied_at: status.applied_at,
+                generation: status.generation,
+                applies: status.applies,
+                text,
+                modified_since_applied: modified.is_some_and(|m| m > status.applied_at),
+            }))
+        }
         other => Err(unexpected(&other)),
     }
 }
