@@ -188,9 +188,9 @@ struct RunArgs {
     /// count carried in the SIM's next event.
     #[arg(long, value_name = "FILE")]
     deny_events: Option<PathBuf>,
-    /// Write alerts (deny rate, spoofed sources, new destinations, bursts; thresholds per
-    /// segment in the policy's `alerts`) as JSON lines to FILE, appended to, or to stdout
-    /// with `-`.
+    /// Write alerts (deny rate, spoofed sources, new destinations, bursts, with thresholds per
+    /// segment in the policy's `alerts`; IMEI mismatches) as JSON lines to FILE, appended to,
+    /// or to stdout with `-`.
     #[arg(long, value_name = "FILE")]
     alerts: Option<PathBuf>,
     /// POST each alert as JSON to this `http://` or `https://` URL (retried 4 times over

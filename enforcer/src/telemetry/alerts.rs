@@ -9,7 +9,9 @@
 //!   a link's own chatter), once per source and cooldown;
 //! - `new_destination`: a session of a SIM toward an address, protocol and port it never used,
 //!   once its segment's `learn_destinations` seconds since it was first seen have passed;
-//! - `burst`: a SIM's bytes a second over a round above `burst` times its moving average.
+//! - `burst`: a SIM's bytes a second over a round above `burst` times its moving average;
+//! - `imei_mismatch`: a SIM's data session on a device its IMEI lock does not allow (raised by
+//!   the RADIUS accounting path, once per device that breaks the lock).
 //!
 //! Each SIM raises each kind at most once per [`COOLDOWN_S`] (a new destination once per
 //! destination); memory is bounded per table ([`MAX_TRACKED`]).
