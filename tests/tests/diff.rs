@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use integration_tests::enforcer_bin;
+use integration_tests::{Scratch, enforcer_bin};
 
 fn enforcer(args: &[&str]) -> std::process::Output {
     Command::new(enforcer_bin())
@@ -19,11 +19,9 @@ fn example() -> String {
     .expect("read the example")
 }
 
-fn write(name: &str, text: &str) -> String {
-    let path =
-        std::env::temp_dir().join(format!("enforcer-diff-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("write temp policy");
-    path.display().to_string()
+/// Write `text` as `name.toml` in `scratch` (removed when the test ends, passed or not).
+fn write(scratch: &Scratch, name: &str, text: &str) -> String {
+    scratch.write(&format!("{name}.toml"), text)
 }
 
 /// The example with one SIM quarantined, one SIM added, one rule's port changed and the
@@ -47,12 +45,13 @@ fn edited() -> String {
 
 #[test]
 fn diff_exits_0_for_the_same_policy_1_for_changes_2_for_errors() {
-    let old = write("same-old", &example());
+    let scratch = Scratch::new("diff-exit");
+    let old = write(&scratch, "same-old", &example());
     let same = enforcer(&["policy", "diff", &old, &old]);
     assert_eq!(same.status.code(), Some(0), "{:?}", same);
     assert!(String::from_utf8_lossy(&same.stdout).contains("no differences"));
 
-    let new = write("changed", &edited());
+    let new = write(&scratch, "changed", &edited());
     let changed = enforcer(&["policy", "diff", &old, &new]);
     let out = String::from_utf8_lossy(&changed.stdout);
     assert_eq!(changed.status.code(), Some(1), "{out}");
@@ -62,13 +61,13 @@ fn diff_exits_0_for_the_same_policy_1_for_changes_2_for_errors() {
         "  ~ 001010000000202  state active -> quarantined",
         "  segment industrial:\n    + ",
         "{ to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502] }",
-        "-same-old.toml:40  { to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502, 44818] }",
+        "/same-old.toml:40  { to = [\"203.0.113.0/24\"], proto = \"tcp\", ports = [502, 44818] }",
         "5 differences",
     ] {
         assert!(out.contains(needle), "`{needle}` missing from:\n{out}");
     }
 
-    let invalid = write("invalid", "pools = [\"10.64.0.0/33\"]\n");
+    let invalid = write(&scratch, "invalid", "pools = [\"10.64.0.0/33\"]\n");
     let error = enforcer(&["policy", "diff", &old, &invalid]);
     assert_eq!(error.status.code(), Some(2), "{error:?}");
     let err = String::from_utf8_lossy(&error.stderr);
@@ -83,8 +82,9 @@ fn diff_exits_0_for_the_same_policy_1_for_changes_2_for_errors() {
 
 #[test]
 fn diff_json_lists_changes_by_identity() {
-    let old = write("json-old", &example());
-    let new = write("json-new", &edited());
+    let scratch = Scratch::new("diff-json");
+    let old = write(&scratch, "json-old", &example());
+    let new = write(&scratch, "json-new", &edited());
     let out = enforcer(&["policy", "diff", &old, &new, "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -95,7 +95,7 @@ fn diff_json_lists_changes_by_identity() {
     assert!(
         json["rules"][0]["removed"][0]["origin"]
             .as_str()
-            .is_some_and(|o| o.ends_with("-json-old.toml:40")),
+            .is_some_and(|o| o.ends_with("/json-old.toml:40")),
         "{json}"
     );
     assert_eq!(json["pools_added"], serde_json::json!([]));

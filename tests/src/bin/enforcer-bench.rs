@@ -186,6 +186,8 @@ fn load_only(path: &Path) -> ExitCode {
 fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let work = std::env::temp_dir().join(format!("enforcer-bench-{}", std::process::id()));
+    // Removed however the run ends, a failed section's `?` included.
+    let _work_guard = integration_tests::Scratch(work.clone());
     let mut md = String::new();
     let mut rows = Vec::new();
     let per_packet = plan.runs("per-packet");
@@ -450,7 +452,6 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     } else {
         Value::Null
     };
-    let _ = std::fs::remove_dir_all(&work);
 
     let report = json!({
         "quick": quick,
