@@ -260,10 +260,11 @@ pub fn compile(policy: &ValidatedPolicy, ids: &Ids) -> Result<Compiled, CompileE
         if sim.imei_mismatch() {
             flags |= enforcer_common::maps::SIM_IMEI_MISMATCH;
         }
-        if policy
-            .segments
-            .get(usize::from(sim.segment))
-            .is_some_and(|s| s.audit)
+        if sim.audit()
+            || policy
+                .segments
+                .get(usize::from(sim.segment))
+                .is_some_and(|s| s.audit)
         {
             flags |= enforcer_common::maps::SIM_AUDIT;
         }

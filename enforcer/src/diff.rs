@@ -289,10 +289,12 @@ fn sim_fields(
         && before.ipv6() == after.ipv6()
         && before.iccid() == after.iccid()
         && before.msisdn() == after.msisdn()
+        && before.audit() == after.audit()
     {
         return Vec::new();
     }
-    let pairs: [(&'static str, Option<String>, Option<String>); 6] = [
+    let mode = |sim: &Sim| Some(if sim.audit() { "audit" } else { "enforce" }.to_owned());
+    let pairs: [(&'static str, Option<String>, Option<String>); 7] = [
         (
             "segment",
             Some(segment_name(old, before.segment)),
@@ -323,6 +325,8 @@ fn sim_fields(
             before.msisdn().map(|m| m.to_string()),
             after.msisdn().map(|m| m.to_string()),
         ),
+        // A SIM switched to audit mode is enforcement off for it: a reviewer must see it.
+        ("mode", mode(before), mode(after)),
     ];
     pairs
         .into_iter()
@@ -540,6 +544,26 @@ segment = "meters"
                     Some("deny_rate off, learn_destinations off, burst 5")
                 )
             ]
+        );
+    }
+
+    /// One SIM switched to audit mode is a change of that SIM.
+    #[test]
+    fn a_sims_own_audit_mode_is_a_change() {
+        let a = load("a.toml", BASE);
+        let b = load(
+            "b.toml",
+            &BASE.replace(
+                "ipv4 = \"10.64.0.2\"\n",
+                "ipv4 = \"10.64.0.2\"\nmode = \"audit\"\n",
+            ),
+        );
+        let d = diff(&a, &b);
+        assert_eq!(d.sims_changed.len(), 1, "{d:#?}");
+        let field = &d.sims_changed[0].fields[0];
+        assert_eq!(
+            (field.field, field.old.as_deref(), field.new.as_deref()),
+            ("mode", Some("enforce"), Some("audit"))
         );
     }
 

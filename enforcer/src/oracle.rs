@@ -13,8 +13,8 @@
 //! of the destination SIM's segment names the source, else pass `non_pool`; source in a pool without a SIM → `spoofed`; quarantined SIM →
 //! `quarantined`; a rule of the SIM's segment or of the SIM allows it → pass `rule`;
 //! destination inside a pool → `lateral`; a non-first fragment → `fragment`; else `no_rule`;
-//! but a SIM of a segment in audit mode passes instead as `audit` (not toward a quarantined
-//! SIM), and so does a packet from outside toward an active SIM of such a segment.
+//! but a SIM in audit mode (its own `mode`, or its segment's) passes instead as `audit` (not
+//! toward a quarantined SIM), and so does a packet from outside toward such an active SIM.
 //!
 //! Which rule is counted when several allow (README "Policy files"): a rule naming the
 //! destination's segment before one naming its IMSI; then the segment's rules before the SIM's
@@ -123,12 +123,13 @@ fn blocked(sim: &crate::policy::Sim) -> bool {
     sim.state == SimState::Quarantined || sim.imei_mismatch()
 }
 
-/// Whether `sim`'s segment is in audit mode (`mode = "audit"`).
+/// Whether `sim` is in audit mode (`mode = "audit"`): its own, or its segment's.
 fn audited(policy: &ValidatedPolicy, sim: &Sim) -> bool {
-    policy
-        .segments
-        .get(usize::from(sim.segment))
-        .is_some_and(|s| s.audit)
+    sim.audit()
+        || policy
+            .segments
+            .get(usize::from(sim.segment))
+            .is_some_and(|s| s.audit)
 }
 
 /// The inbound rule that lets `src` (outside every pool) reach the SIM at `dst`: one of the

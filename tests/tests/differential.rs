@@ -434,6 +434,10 @@ impl RandomPolicy {
             if rng.chance(25) {
                 let _ = writeln!(with_rules, "rules = [\n{}\n]", rule(rng));
             }
+            // A few SIMs in audit mode of their own, whatever their segment's.
+            if rng.chance(8) {
+                let _ = writeln!(with_rules, "mode = \"audit\"");
+            }
         }
         text.push_str(&with_rules);
         rule_v4.extend(inbound_v4);

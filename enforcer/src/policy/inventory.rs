@@ -302,6 +302,7 @@ fn sim_text<'a>(columns: &[Option<usize>; 7], fields: &[&'a str], line: usize) -
         segment: cell(columns[5]),
         state: cell(columns[6]),
         imei_lock: None,
+        mode: None,
     }
 }
 

@@ -117,6 +117,8 @@ pub struct RawSim {
     pub rules: Vec<Spanned<RawRule>>,
     /// IMEI lock: an IMEI, `tac:NNNNNNNN`, `learn` or `off`.
     pub imei_lock: Option<Field>,
+    /// `enforce` (the default: the segment's mode) or `audit`: this SIM alone in audit mode.
+    pub mode: Option<Field>,
     /// Set when a date-time stands where this table should: toml hands date-times to serde as
     /// a table with this one private key.
     /// Empty otherwise.
@@ -172,6 +174,7 @@ const SIM_KEYS: &[&str] = &[
     "state",
     "rules",
     "imei_lock",
+    "mode",
 ];
 const RULE_KEYS: &[&str] = &["to", "proto", "ports", "description"];
 const INBOUND_KEYS: &[&str] = &["from", "proto", "ports", "description"];

@@ -369,6 +369,24 @@ impl Sim {
     const HAS_V6: u8 = 2;
     /// Not an address: the run-time IMEI-mismatch state (see [`Sim::imei_mismatch`]).
     const IMEI_MISMATCH: u8 = 4;
+    /// Not an address: `mode = "audit"` on the SIM itself (see [`Sim::audit`]).
+    const AUDIT: u8 = 8;
+
+    /// Whether the SIM alone is in audit mode (`mode = "audit"` in its `[[sims]]` entry),
+    /// whatever its segment's mode.
+    #[must_use]
+    pub const fn audit(&self) -> bool {
+        self.has & Self::AUDIT != 0
+    }
+
+    /// Put the SIM alone in audit mode, or not.
+    pub fn set_audit(&mut self, on: bool) {
+        if on {
+            self.has |= Self::AUDIT;
+        } else {
+            self.has &= !Self::AUDIT;
+        }
+    }
 
     /// Whether its data session runs on a device its IMEI lock does not allow: a run-time
     /// state the daemon sets from RADIUS accounting (never from a policy file); it compiles

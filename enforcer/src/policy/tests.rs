@@ -1310,3 +1310,20 @@ fn bad_apns_name_their_place() {
         "`unknown_imsi` is `refuse` (the default) or `admit`",
     );
 }
+
+#[test]
+fn a_single_sim_can_be_in_audit_mode() {
+    let text = with(
+        "[[sims]]\nimsi = \"001010000000001\"\nipv4 = \"10.64.0.1\"\nsegment = \"a\"\nmode = \"audit\"\n\
+         [[sims]]\nimsi = \"001010000000002\"\nipv4 = \"10.64.0.2\"\nsegment = \"a\"\nmode = \"enforce\"\n",
+    );
+    let policy = from_str(Path::new("p.toml"), &text).expect("valid");
+    assert!(policy.sims[0].audit());
+    assert!(!policy.sims[1].audit());
+    assert!(!policy.segments[0].audit, "the segment itself enforces");
+    one_error(
+        &with("[[sims]]\nimsi = \"001010000000001\"\nsegment = \"a\"\nmode = \"dry\"\n"),
+        7,
+        "`mode` is `enforce` (the default) or `audit`",
+    );
+}

@@ -81,6 +81,8 @@ pub(super) struct SimText<'a> {
     pub state: Option<(&'a str, Place)>,
     /// Only in `[[sims]]` entries (an inventory row has none).
     pub imei_lock: Option<(&'a str, Place)>,
+    /// Only in `[[sims]]` entries: `enforce` or `audit`.
+    pub mode: Option<(&'a str, Place)>,
 }
 
 /// Validation state for one policy file and its inventory.
@@ -249,6 +251,7 @@ pub(super) fn validate(
             segment: field(&inner.segment, "segment", &mut checker),
             state: field(&inner.state, "state", &mut checker),
             imei_lock: field(&inner.imei_lock, "imei_lock", &mut checker),
+            mode: field(&inner.mode, "mode", &mut checker),
         };
         let checked = checker.sim(&text);
         policy_sims.push(checked.as_ref().map(|_| sims.len()));
@@ -969,6 +972,24 @@ impl<'a> Checker<'a> {
                 }
             },
         };
+        let audit = match &text.mode {
+            None => false,
+            Some((mode, place)) => match *mode {
+                "audit" => true,
+                "enforce" => false,
+                other => {
+                    self.error(
+                        place,
+                        "an unknown mode",
+                        format!(
+                            "`mode` is `enforce` (the default) or `audit`, not `{}`",
+                            clip(other)
+                        ),
+                    );
+                    false
+                }
+            },
+        };
         let imei_lock = match &text.imei_lock {
             None => None,
             Some((lock, place)) => match ImeiLock::parse(lock) {
@@ -985,13 +1006,9 @@ impl<'a> Checker<'a> {
         if let (Some(lock), Some(imsi)) = (imei_lock, imsi.as_ref()) {
             self.imei_locks.insert(imsi.to_string(), lock);
         }
-        Some(assemble(
-            Sim::new(imsi?, segment?, state?),
-            ipv4,
-            ipv6,
-            iccid,
-            msisdn,
-        ))
+        let mut sim = assemble(Sim::new(imsi?, segment?, state?), ipv4, ipv6, iccid, msisdn);
+        sim.set_audit(audit);
+        Some(sim)
     }
 
     /// Record `key` (an ICCID or MSISDN of SIM `index`) or report that an earlier SIM has it.
