@@ -17,7 +17,7 @@ mod maps;
 mod parse;
 mod track;
 
-use aya_ebpf::{Global, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use enforcer_common::{
     DropReason, PassReason, Src, Verdict, decide::PacketMeta, maps::DENY_EVENT_AUDIT,
     rules::NO_RULE,
@@ -25,20 +25,12 @@ use enforcer_common::{
 
 use crate::parse::Parsed;
 
-/// Load-time switch, 1 unless a benchmark loads the program with 0 to measure what the
-/// account stage costs (`Enforcer::load_unaccounted`): a constant, so the verifier prunes the
-/// branch it does not take. The daemon never changes it.
-#[unsafe(no_mangle)]
-static ACCOUNTING: Global<u32> = Global::new(1);
-
 /// Entry point: judge the frame, count it once, return the action.
 #[xdp]
 pub fn enforcer(ctx: XdpContext) -> u32 {
     let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
     let (verdict, src) = run(&ctx, bytes);
-    if ACCOUNTING.load() != 0 {
-        account::record(verdict, &src, bytes);
-    }
+    account::record(verdict, &src, bytes);
     verdict.xdp_action()
 }
 

@@ -306,29 +306,12 @@ impl Enforcer {
     /// Load the object with maps sized by `capacity`; with `pin_dir`, every map is pinned there
     /// (and reused if already pinned, so counters survive a daemon restart).
     pub fn load(capacity: Capacity, pin_dir: Option<&Path>) -> Result<Self, LoadError> {
-        Self::load_with(capacity, pin_dir, true)
-    }
-
-    /// Load the object without pins and with its account stage left out (the load-time
-    /// constant `ACCOUNTING` 0): for benchmarks that measure what counting costs per packet,
-    /// beside [`Enforcer::load`]'s program. Nothing is counted: not for the daemon.
-    pub fn load_unaccounted(capacity: Capacity) -> Result<Self, LoadError> {
-        Self::load_with(capacity, None, false)
-    }
-
-    fn load_with(
-        capacity: Capacity,
-        pin_dir: Option<&Path>,
-        accounting: bool,
-    ) -> Result<Self, LoadError> {
         if let Some(dir) = pin_dir {
             check_pins(dir, &capacity)?;
         }
         // Maps pinned by an earlier process hold a policy this one has not seen.
         let adopted = pin_dir.is_some_and(|dir| names::ALL.iter().any(|n| dir.join(n).exists()));
         let mut loader = EbpfLoader::new();
-        let accounting = u32::from(accounting);
-        loader.override_global("ACCOUNTING", &accounting, true);
         for (name, entries) in sized_maps(&capacity) {
             loader.map_max_entries(name, entries);
         }

@@ -1,7 +1,5 @@
 //! The deny-event path's per-packet cost: a denied frame through the program with deny events
-//! on and off (`EVENTS_OFF`), beside the empty program, interleaved in one run; and the
-//! account stage's: frames through the program and through the same program loaded without
-//! it (`Enforcer::load_unaccounted`).
+//! on and off (`EVENTS_OFF`), beside the empty program, interleaved in one run.
 //!
 //! A frame repeated a million times spends its SIM's budget (10 events a second) in the first
 //! runs, so the figure is the path a flood takes: the budget lookup in `DENY_LIMITS` and the
@@ -83,8 +81,6 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
         let _ = enforcer.drain_deny_events();
     }
     enforcer.set_deny_events(true).map_err(|e| e.to_string())?;
-    let mut accounting_md = String::new();
-    let accounting = accounting_rows(&mut accounting_md, &mut enforcer, &compiled, repeat, reps)?;
     let (empty_min, empty_median) = stats(empty);
     let _ = writeln!(
         md,
@@ -114,102 +110,5 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
             "events_off_min_ns": off_min, "events_off_median_ns": off_median,
         }));
     }
-    md.push_str(&accounting_md);
-    Ok(json!({
-        "empty_min_ns": empty_min,
-        "empty_median_ns": empty_median,
-        "rows": rows,
-        "accounting": accounting,
-    }))
-}
-
-/// The account stage's cost: an allowed frame (its session's fast path after the first run)
-/// and a denied one through `enforcer` and through the same policy in a program loaded
-/// without the stage, interleaved; appends a table to `md`.
-fn accounting_rows(
-    md: &mut String,
-    enforcer: &mut Enforcer,
-    compiled: &compile::Compiled,
-    repeat: u32,
-    reps: usize,
-) -> Result<Value, String> {
-    let capacity = Capacity::for_test_run(&compiled.image, compiled.rules.len());
-    let mut bare = Enforcer::load_unaccounted(capacity).map_err(|e| e.to_string())?;
-    bare.apply(&compiled.image).map_err(|e| e.to_string())?;
-    let frames = [
-        (
-            "allowed (a SIM's session)",
-            Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443))
-                .flags(0x02)
-                .build(),
-            enforcer_common::verdict::XDP_PASS,
-        ),
-        (
-            "no_rule (a SIM)",
-            Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(80))
-                .flags(0x02)
-                .build(),
-            enforcer_common::verdict::XDP_DROP,
-        ),
-    ];
-    let ns = |d: std::time::Duration| d.as_secs_f64() * 1e9;
-    let mut with: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
-    let mut without: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
-    for _ in 0..reps {
-        for (i, (name, frame, expected)) in frames.iter().enumerate() {
-            for accounted in [true, false] {
-                let program = if accounted { &mut *enforcer } else { &mut bare };
-                let (action, d) = program
-                    .test_run(frame, repeat, 1)
-                    .map_err(|e| e.to_string())?;
-                if action != *expected {
-                    return Err(format!(
-                        "the accounting benchmark's `{name}` got action {action}"
-                    ));
-                }
-                if accounted {
-                    &mut with[i]
-                } else {
-                    &mut without[i]
-                }
-                .push(ns(d));
-            }
-        }
-    }
-    // The program without the stage counted nothing; the one with it counted every run.
-    let counted = |program: &Enforcer| -> Result<u64, String> {
-        let map = program
-            .map(enforcer_common::maps::names::VERDICT_STATS)
-            .ok_or("VERDICT_STATS missing")?;
-        let verdicts = enforcer::counters::verdicts(map, compiled.image.segments.len())
-            .map_err(|e| e.to_string())?;
-        Ok(verdicts.iter().map(|c| c.packets).sum())
-    };
-    if counted(&bare)? != 0 || counted(enforcer)? == 0 {
-        return Err("the program loaded without its account stage counted packets".into());
-    }
-    let _ = writeln!(
-        md,
-        "\n### Account stage (same run, same repeat)\n\nThe same frames through the program and through \
-         the same policy in the program loaded without its account stage (per-CPU verdict and \
-         rule counters, the SIM's counters; the session's own counts stay, they are the \
-         session table's).\n\n| frame | with accounting: min / median ns | without: min / \
-         median ns | cost of accounting (medians) |\n|---|---:|---:|---:|"
-    );
-    let mut rows = Vec::new();
-    for (i, (name, _, _)) in frames.iter().enumerate() {
-        let (with_min, with_median) = stats(with[i].clone());
-        let (without_min, without_median) = stats(without[i].clone());
-        let _ = writeln!(
-            md,
-            "| {name} | {with_min:.1} / {with_median:.1} | {without_min:.1} / {without_median:.1} | {:+.1} ns |",
-            with_median - without_median
-        );
-        rows.push(json!({
-            "frame": name,
-            "with_min_ns": with_min, "with_median_ns": with_median,
-            "without_min_ns": without_min, "without_median_ns": without_median,
-        }));
-    }
-    Ok(json!(rows))
+    Ok(json!({"empty_min_ns": empty_min, "empty_median_ns": empty_median, "rows": rows}))
 }
