@@ -112,11 +112,14 @@ fn stop(imsi: &str, session: &str, address: &str, timestamp: u64) -> String {
 }
 
 /// The value of the metric line `series` (name and labels) in the exposition at `address`.
+/// A series the daemon does not export fails the test: every outcome and reason is exported
+/// from the start (0 until counted), so a `== 0` check cannot pass on a missing series.
 fn metric(gw: &str, address: &str, series: &str) -> u64 {
     let (_, text) = integration_tests::http_get(gw, address, "/metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("{series} is not in /metrics:\n{text}"))
 }
 
 /// A datagram sent from the gateway's namespace to the daemon, expecting no answer.
