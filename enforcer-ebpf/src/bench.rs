@@ -8,6 +8,10 @@
 //! - `xdp_bare`, `xdp_bare_pass`: one `SIM_V4_V2` hash lookup, count, drop or pass (the upper
 //!   reference).
 //! - `xdp_drop_all`: count and drop (the ceiling of the generator and the veth path).
+//! - `enforcer_unaccounted`: the enforcer without its account stage, so that the account
+//!   stage's per-packet cost is measured as a difference while the enforcing program itself
+//!   stays as it is (a load-time switch inside it changed its stack layout, which Linux 6.1's
+//!   verifier refused).
 //!
 //! Counters: `BENCH_COUNT` (per CPU) slot 0.
 
@@ -154,4 +158,14 @@ pub fn xdp_bare_pass(ctx: XdpContext) -> u32 {
 pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
     bump(0);
     XDP_DROP
+}
+
+/// The enforcer's pipeline (parse → track → identify → decide, deny events included) without
+/// the account stage: the same verdict, nothing counted in `VERDICTS_V2`, `RULE_STATS` or the
+/// SIM's counters (the session's own counters are part of tracking and stay).
+#[xdp]
+pub fn enforcer_unaccounted(ctx: XdpContext) -> u32 {
+    let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
+    let (verdict, _src) = crate::run(&ctx, bytes);
+    verdict.xdp_action()
 }

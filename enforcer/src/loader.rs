@@ -40,6 +40,8 @@ pub fn object() -> &'static [u8] {
 const PROGRAM_NAME: &str = "enforcer";
 /// Name of the empty XDP program in the object, the benchmarks' floor.
 const BASELINE_NAME: &str = "xdp_pass";
+/// The enforcer without its account stage (benchmarks only).
+const UNACCOUNTED_NAME: &str = "enforcer_unaccounted";
 
 /// Errors of loading, filling and attaching.
 #[derive(Debug, thiserror::Error)]
@@ -1274,24 +1276,27 @@ impl Enforcer {
         repeat: u32,
         ifindex: u32,
     ) -> Result<(u32, Duration), LoadError> {
-        let program = xdp(&mut self.ebpf)?;
-        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex }: data and data_end are offsets; data_end must be the frame length.
-        let mut ctx = [0u8; 24];
-        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx);
-        opts.repeat = repeat;
-        let result = program
-            .test_run(opts)
-            .map_err(|source| LoadError::Program {
-                what: "BPF_PROG_TEST_RUN".into(),
-                source: Box::new(source),
-            })?;
-        Ok((result.return_value, result.duration))
+        test_run_xdp(xdp(&mut self.ebpf)?, frame, repeat, ifindex)
+    }
+
+    /// Like [`Enforcer::test_run`], for `enforcer_unaccounted` in the same object (loaded on
+    /// first use): the same pipeline without its account stage, so that benchmarks measure
+    /// the account stage's per-packet cost as the difference.
+    ///
+    /// # Errors
+    /// [`LoadError::Program`] if the program cannot be loaded or run.
+    pub fn unaccounted_test_run(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<(u32, Duration), LoadError> {
+        test_run_xdp(
+            self.extra_program(UNACCOUNTED_NAME)?,
+            frame,
+            repeat,
+            ifindex,
+        )
     }
 
     /// Like [`Enforcer::test_run`], for the empty program in the same object (loaded on first
@@ -1370,6 +1375,33 @@ const _: () = assert!(
     GENERATIONS == 2,
     "apply() flips between exactly two generations"
 );
+
+/// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
+/// `ifindex`; returns the XDP action and the kernel-measured time per run.
+fn test_run_xdp(
+    program: &mut Xdp,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+) -> Result<(u32, Duration), LoadError> {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex }: data and data_end are offsets; data_end must be the frame length.
+    let mut ctx = [0u8; 24];
+    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+    ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    let result = program
+        .test_run(opts)
+        .map_err(|source| LoadError::Program {
+            what: "BPF_PROG_TEST_RUN".into(),
+            source: Box::new(source),
+        })?;
+    Ok((result.return_value, result.duration))
+}
 
 fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     let program = ebpf

@@ -1,10 +1,13 @@
-//! The deny-event path's per-packet cost: a denied frame through the program with deny events
-//! on and off (`EVENTS_OFF`), beside the empty program, interleaved in one run.
+//! The per-packet cost of the deny-event path and of the account stage: frames through the
+//! enforcing program, through the same program with deny events off (`EVENTS_OFF`), and
+//! through `enforcer_unaccounted` (the same pipeline without the account stage), beside the
+//! empty program, interleaved in one run.
 //!
-//! A frame repeated a million times spends its SIM's budget (10 events a second) in the first
-//! runs, so the figure is the path a flood takes: the budget lookup in `DENY_LIMITS` and the
-//! atomic adds of the suppressed counts. The events written are a few per second, whatever
-//! the rate.
+//! A denied frame repeated a million times spends its SIM's budget (10 events a second) in the
+//! first runs, so the deny-event figure is the path a flood takes: the budget lookup in
+//! `DENY_LIMITS` and the atomic adds of the suppressed counts. The events written are a few
+//! per second, whatever the rate. An allowed frame repeated takes the established-session path
+//! after its first run.
 
 use std::fmt::Write as _;
 
@@ -17,7 +20,10 @@ const POLICY: &str = r#"
 pools = ["10.64.0.0/16"]
 [[segments]]
 name = "meters"
-rules = [ { to = ["198.51.100.10"], proto = "tcp", ports = [443] } ]
+rules = [
+  { to = ["198.51.100.10"], proto = "tcp", ports = [443] },
+  { to = ["198.51.100.10"], proto = "udp", ports = [5683] },
+]
 [[sims]]
 imsi = "001010000000001"
 ipv4 = "10.64.0.1"
@@ -43,39 +49,81 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
     enforcer.apply(&compiled.image).map_err(|e| e.to_string())?;
     let frames = [
         (
+            "allowed (a SIM, established session)",
+            Frame::new("10.64.0.1", "198.51.100.10", L4::Udp(5683)).build(),
+            enforcer_common::verdict::XDP_PASS,
+        ),
+        (
             "no_rule (a SIM)",
             Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(80))
                 .flags(0x02)
                 .build(),
+            enforcer_common::verdict::XDP_DROP,
         ),
         (
             "spoofed (no SIM)",
             Frame::new("10.64.9.9", "198.51.100.10", L4::Tcp(443))
                 .flags(0x02)
                 .build(),
+            enforcer_common::verdict::XDP_DROP,
         ),
     ];
+    /// The programs compared, in the order each round runs them.
+    #[derive(Clone, Copy)]
+    enum Variant {
+        Full,
+        EventsOff,
+        Unaccounted,
+    }
+    const VARIANTS: [Variant; 3] = [Variant::Full, Variant::EventsOff, Variant::Unaccounted];
+    // The variant must leave the counters alone and the enforcer count, or the figure is not
+    // the account stage's.
+    let counted = |enforcer: &Enforcer| -> Result<u64, String> {
+        let map = enforcer
+            .map(enforcer_common::maps::names::VERDICT_STATS)
+            .ok_or("no VERDICT_STATS map")?;
+        let blocks = enforcer::counters::verdicts(map, 1).map_err(|e| e.to_string())?;
+        Ok(blocks.iter().map(|c| c.packets).sum())
+    };
+    let before = counted(&enforcer)?;
+    enforcer
+        .unaccounted_test_run(&frames[0].1, 100, 1)
+        .map_err(|e| e.to_string())?;
+    let unaccounted = counted(&enforcer)? - before;
+    enforcer
+        .test_run(&frames[0].1, 100, 1)
+        .map_err(|e| e.to_string())?;
+    let accounted = counted(&enforcer)? - before - unaccounted;
+    if (unaccounted, accounted) != (0, 100) {
+        return Err(format!(
+            "100 frames counted {unaccounted} times without the account stage and {accounted} \
+             with it (expected 0 and 100)"
+        ));
+    }
     let mut empty = Vec::new();
-    let mut on: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
-    let mut off: Vec<Vec<f64>> = vec![Vec::new(); frames.len()];
+    let mut times: Vec<[Vec<f64>; 3]> = vec![Default::default(); frames.len()];
     let ns = |d: std::time::Duration| d.as_secs_f64() * 1e9;
     for _ in 0..reps {
         let (_, d) = enforcer
             .baseline_test_run(&frames[0].1, repeat)
             .map_err(|e| e.to_string())?;
         empty.push(ns(d));
-        for (i, (_, frame)) in frames.iter().enumerate() {
-            for events in [true, false] {
+        for (i, (_, frame, expect)) in frames.iter().enumerate() {
+            for (v, variant) in VARIANTS.iter().enumerate() {
                 enforcer
-                    .set_deny_events(events)
+                    .set_deny_events(!matches!(variant, Variant::EventsOff))
                     .map_err(|e| e.to_string())?;
-                let (action, d) = enforcer
-                    .test_run(frame, repeat, 1)
-                    .map_err(|e| e.to_string())?;
-                if action != enforcer_common::verdict::XDP_DROP {
-                    return Err(format!("the benchmark's frame {i} was not dropped"));
+                let (action, d) = match variant {
+                    Variant::Unaccounted => enforcer.unaccounted_test_run(frame, repeat, 1),
+                    Variant::Full | Variant::EventsOff => enforcer.test_run(frame, repeat, 1),
                 }
-                if events { &mut on[i] } else { &mut off[i] }.push(ns(d));
+                .map_err(|e| e.to_string())?;
+                if action != *expect {
+                    return Err(format!(
+                        "the benchmark's frame {i} got XDP action {action}, not {expect}"
+                    ));
+                }
+                times[i][v].push(ns(d));
             }
         }
         let _ = enforcer.drain_deny_events();
@@ -84,30 +132,38 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
     let (empty_min, empty_median) = stats(empty);
     let _ = writeln!(
         md,
-        "\n## Deny-event path (BPF_PROG_TEST_RUN, repeat {repeat}, {reps} interleaved runs)\n\n\
-         A denied frame through the program with deny events on and off (`EVENTS_OFF`), beside \
-         the empty program (min {empty_min:.1} ns, median {empty_median:.1} ns). Repeated, the \
-         frame spends its SIM's budget of 10 events a second at once: this is the path a flood \
-         takes (the budget lookup and the suppressed counts' atomic adds).\n"
+        "\n## Deny-event path and account stage (BPF_PROG_TEST_RUN, repeat {repeat}, {reps} \
+         interleaved runs)\n\n\
+         Each frame through the enforcing program, through the same program with deny events off \
+         (`EVENTS_OFF`), and through `enforcer_unaccounted` (the same pipeline without the \
+         account stage: no segment, SIM or rule counters), beside the empty program (min \
+         {empty_min:.1} ns, median {empty_median:.1} ns). A denied frame repeated spends its \
+         SIM's budget of 10 events a second at once: the deny-event figure is the path a flood \
+         takes (the budget lookup and the suppressed counts' atomic adds). The allowed frame \
+         takes the established-session path after its first run.\n"
     );
     let _ = writeln!(
         md,
-        "| frame | events on: min / median ns | events off: min / median ns | cost of events (medians) |"
+        "| frame | enforcer: min / median ns | events off | no account stage | cost of events \
+         (medians) | cost of accounting (medians) |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (i, (name, _)) in frames.iter().enumerate() {
-        let (on_min, on_median) = stats(on[i].clone());
-        let (off_min, off_median) = stats(off[i].clone());
+    for (i, (name, _, _)) in frames.iter().enumerate() {
+        let [(full_min, full), (off_min, off), (bare_min, bare)] =
+            [0, 1, 2].map(|v| stats(times[i][v].clone()));
         let _ = writeln!(
             md,
-            "| {name} | {on_min:.1} / {on_median:.1} | {off_min:.1} / {off_median:.1} | {:+.1} ns |",
-            on_median - off_median
+            "| {name} | {full_min:.1} / {full:.1} | {off_min:.1} / {off:.1} | {bare_min:.1} / \
+             {bare:.1} | {:+.1} ns | {:+.1} ns |",
+            full - off,
+            full - bare
         );
         rows.push(json!({
             "frame": name,
-            "events_on_min_ns": on_min, "events_on_median_ns": on_median,
-            "events_off_min_ns": off_min, "events_off_median_ns": off_median,
+            "events_on_min_ns": full_min, "events_on_median_ns": full,
+            "events_off_min_ns": off_min, "events_off_median_ns": off,
+            "unaccounted_min_ns": bare_min, "unaccounted_median_ns": bare,
         }));
     }
     Ok(json!({"empty_min_ns": empty_min, "empty_median_ns": empty_median, "rows": rows}))
