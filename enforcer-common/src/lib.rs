@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod maps;
 pub mod rules;
+pub mod scan;
 pub mod session;
 pub mod verdict;
 

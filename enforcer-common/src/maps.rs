@@ -155,6 +155,9 @@ pub mod names {
     pub const DENY_LIMITS: &str = "DENY_LIMITS";
     /// `Array<u32>`, one entry: non-zero turns deny events off (benchmarks). Not pinned.
     pub const EVENTS_OFF: &str = "EVENTS_OFF";
+    /// What the session scan is asked, and its count of entries visited (`ScanArgs`, one
+    /// entry). Never pinned: each daemon's own iterator reads it.
+    pub const SCAN_ARGS: &str = "SCAN_ARGS";
     /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
     /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
     pub const RETIRED: [&str; 6] = [
@@ -618,7 +621,8 @@ pod!(
     SimCounters,
     Counter,
     crate::session::SessionKey,
-    crate::session::Session
+    crate::session::Session,
+    crate::scan::ScanArgs
 );
 
 const _: () = {
@@ -741,6 +745,7 @@ pub struct DenyEvent {
 }
 
 const _: () = assert!(size_of::<DenyEvent>() == 72);
+const _: () = assert!(size_of::<crate::scan::ScanArgs>() == 72);
 const _: () = assert!(size_of::<DenyLimit>() == 24);
 
 pod!(DenyEvent, DenyLimit);

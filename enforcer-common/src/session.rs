@@ -449,7 +449,9 @@ pub const fn idle_timeout(state: SessionState, proto: u8, timeouts: &Timeouts) -
     }
 }
 
-/// Idle timeouts, seconds.
+/// Idle timeouts, seconds. `#[repr(C)]`: the session scan reads them from a map
+/// ([`crate::scan::ScanArgs`]).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP after the device's SYN, before any answer.

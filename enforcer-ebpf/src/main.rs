@@ -15,6 +15,7 @@ mod events;
 mod identify;
 mod maps;
 mod parse;
+mod scan;
 mod track;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};

@@ -101,3 +101,8 @@ pub static DENY_LIMITS: LruHashMap<u32, DenyLimit> =
 /// each loaded program starts with events on.
 #[map]
 pub static EVENTS_OFF: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `[0]`: the session scan's arguments and its count of entries visited (`crate::scan`). Not
+/// pinned: each daemon's own iterator reads it.
+#[map]
+pub static SCAN_ARGS: Array<enforcer_common::scan::ScanArgs> = Array::with_max_entries(1, 0);

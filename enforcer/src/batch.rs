@@ -261,15 +261,25 @@ fn lookup_range<T: Pod>(fd: u32, start: usize, out: &mut [T], cpus: usize) -> io
 /// the chunk doubles). Entries the program adds or deletes meanwhile may or may not be seen,
 /// as with any walk of a live hash map.
 pub fn lookup_hash<K: Pod + Default, V: Pod + Default>(fd: impl AsFd) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    lookup_hash_each(fd, |k: &K, v: &V| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// [`lookup_hash`] handing each entry to `each` as it is read, in chunks of 16,384 entries,
+/// so that a caller that keeps few of them never holds the whole map.
+pub fn lookup_hash_each<K: Pod + Default, V: Pod + Default>(
+    fd: impl AsFd,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
     let fd = u32::try_from(fd.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
     let mut chunk = 16_384usize;
-    let mut out = Vec::new();
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
     let mut token_in = 0u32;
     let mut token_out = 0u32;
     let mut first = true;
     loop {
-        let mut keys = vec![K::default(); chunk];
-        let mut values = vec![V::default(); chunk];
         // SAFETY: `keys` and `values` hold `chunk` keys and values of the map's key and value
         // types (`K`, `V`: Pod, the map's sizes), and both tokens are the u32 bucket index a
         // hash map uses.
@@ -285,13 +295,17 @@ pub fn lookup_hash<K: Pod + Default, V: Pod + Default>(fd: impl AsFd) -> io::Res
         } {
             Err(err) if err.raw_os_error() == Some(libc::ENOSPC) && chunk < (1 << 24) => {
                 chunk *= 2;
+                keys.resize(chunk, K::default());
+                values.resize(chunk, V::default());
                 continue;
             }
             other => other?,
         };
-        out.extend(keys.into_iter().zip(values).take(got));
+        for (k, v) in keys.iter().zip(&values).take(got) {
+            each(k, v);
+        }
         if done {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;

@@ -18,6 +18,7 @@ use enforcer_common::maps::{
     SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, names, ports_used_index,
     segment_index,
 };
+use enforcer_common::scan::ScanArgs;
 
 pub use crate::capacity::Capacity;
 use crate::{
@@ -40,6 +41,8 @@ pub fn object() -> &'static [u8] {
 const PROGRAM_NAME: &str = "enforcer";
 /// Name of the empty XDP program in the object, the benchmarks' floor.
 const BASELINE_NAME: &str = "xdp_pass";
+/// The session scan's iterator program.
+const SCAN_NAME: &str = "session_scan";
 /// The enforcer without its account stage (benchmarks only).
 const UNACCOUNTED_NAME: &str = "enforcer_unaccounted";
 
@@ -252,6 +255,9 @@ pub struct Enforcer {
     active: std::cell::Cell<Option<u8>>,
     /// `CONFIG.epoch` as this process last read or wrote it.
     epoch: std::cell::Cell<Option<u32>>,
+    /// The session scan's iterator over `SESSIONS` (`None` where it could not be loaded:
+    /// scans then read the whole table in batches and filter it here).
+    scan: Result<crate::map_iter::MapIter, String>,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -264,12 +270,19 @@ pub struct Enforcer {
 /// only reloads pay. `apply` takes `&mut self`, so the next apply cannot start sooner.
 pub const GRACE: Duration = Duration::from_millis(50);
 
-/// What one [`Enforcer::expire_sessions`] pass found.
+/// One entry of `SESSIONS`.
+pub type SessionEntry = (
+    enforcer_common::session::SessionKey,
+    enforcer_common::session::Session,
+);
+
+/// What one [`Enforcer::sweep_sessions`] pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSweep {
     /// How many sessions stay.
     pub live_count: usize,
-    /// Sessions that stay, as read (only when asked for: at 2M sessions they are 200 MB).
+    /// Sessions that stay among those the scan picked (`enforcer_common::scan::wanted`), as
+    /// read; only when asked for.
     pub live: Vec<(
         enforcer_common::session::SessionKey,
         enforcer_common::session::Session,
@@ -343,6 +356,14 @@ impl Enforcer {
                 source: Box::new(source),
             },
         })?;
+        let scan = load_scan(&mut ebpf);
+        if let Err(err) = &scan {
+            tracing::warn!(
+                error = %err,
+                "The session scan's BPF iterator could not be loaded; session sweeps read the \
+                 whole table instead (slower at millions of sessions)."
+            );
+        }
         let sims = match ebpf.map(names::SIMS) {
             Some(Map::Array(data)) => {
                 std::sync::Arc::new(SimTable::map(data).map_err(|source| LoadError::Map {
@@ -367,6 +388,7 @@ impl Enforcer {
             sims,
             active: std::cell::Cell::new(None),
             epoch: std::cell::Cell::new(None),
+            scan,
         })
     }
 
@@ -547,45 +569,73 @@ impl Enforcer {
     }
 
     /// Remove the sessions idle longer than `timeouts` allow for their state, as of `now_ns`
-    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); returns how many
-    /// stay (and, with `keep_live`, which) and those that went. One pass reads every entry in batches ([`Enforcer::sessions`]);
-    /// each expired one is removed with lookup-and-delete, which returns its counters as of the
-    /// removal (for the flow export: nothing counted before it is lost). A session the program
-    /// removed meanwhile (revoked) is left out. A session that sends again between the read and
-    /// the removal loses its entry: its device's next packet that may open one (a SYN, any UDP)
-    /// opens it again; mid-connection TCP does not (as after any expiry), which the timeouts,
-    /// far above what a live flow stays idle, make rare.
+    /// (`CLOCK_MONOTONIC_COARSE`, the clock the program stamps them with); with `keep_live`,
+    /// return every session that stays. See [`Enforcer::sweep_sessions`].
     ///
     /// # Errors
-    /// [`LoadError::Map`] if `SESSIONS` cannot be read; a removal that fails is logged and
-    /// the rest left for the next sweep.
+    /// As [`Enforcer::sweep_sessions`].
     pub fn expire_sessions(
         &self,
         now_ns: u64,
         timeouts: &enforcer_common::session::Timeouts,
         keep_live: bool,
     ) -> Result<SessionSweep, LoadError> {
-        use enforcer_common::session::{SessionState, idle_timeout};
+        self.sweep_sessions(
+            &ScanArgs {
+                now_ns,
+                since_ns: now_ns,
+                all: u64::from(keep_live),
+                timeouts: *timeouts,
+                ..ScanArgs::default()
+            },
+            keep_live,
+        )
+    }
+
+    /// One session sweep under `args` (`enforcer_common::scan`): the scan copies out the
+    /// sessions [`wanted`](enforcer_common::scan::wanted) picks, through the BPF iterator where
+    /// it loaded (else a batch read of the whole table, filtered here); each one idle past its
+    /// timeout as of `args.now_ns` is removed with lookup-and-delete, which returns its counters
+    /// as of the removal (for the flow export: nothing counted before it is lost). A session
+    /// the program removed meanwhile (revoked) is left out. A session that sends again between
+    /// the scan and the removal loses its entry: its device's next packet that may open one (a
+    /// SYN, any UDP) opens it again; mid-connection TCP does not (as after any expiry), which
+    /// the timeouts, far above what a live flow stays idle, make rare. Returns how many
+    /// sessions stay, the picked ones that stay (with `keep_live`) and those removed.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `SESSIONS` cannot be scanned; a removal that fails is logged and
+    /// the rest left for the next sweep.
+    pub fn sweep_sessions(
+        &self,
+        args: &ScanArgs,
+        keep_live: bool,
+    ) -> Result<SessionSweep, LoadError> {
         let mut sweep = SessionSweep::default();
         let fd = self.map_data(names::SESSIONS)?.fd();
         let mut removing = true;
-        for (key, session) in self.sessions()? {
-            let state = SessionState::from_u8(session.state);
-            let idle = now_ns.saturating_sub(session.seen_ns);
-            let limit = idle_timeout(state, key.proto, timeouts).saturating_mul(1_000_000_000);
-            let expired = removing && idle > limit;
-            if expired {
+        let (picked, visited) = self.scan_sessions(args)?;
+        let mut removed = 0usize;
+        for (key, session) in picked {
+            if removing
+                && enforcer_common::scan::expired(args.now_ns, &args.timeouts, key.proto, &session)
+            {
                 // SAFETY: `SESSIONS` is a hash map of `SessionKey` keys and `Session` values.
                 match unsafe {
                     batch::lookup_and_delete::<_, enforcer_common::session::Session>(fd, &key)
                 } {
                     Ok(Some(last)) => {
-                        let closed = SessionState::from_u8(last.state) == SessionState::Closed;
+                        let closed = enforcer_common::session::SessionState::from_u8(last.state)
+                            == enforcer_common::session::SessionState::Closed;
                         sweep.expired.push((key, last, closed));
+                        removed += 1;
                         continue;
                     }
                     // The program removed it meanwhile (revoked).
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        removed += 1;
+                        continue;
+                    }
                     Err(err) => {
                         // Keep what this pass removed (with its counters) and leave the rest
                         // for the next sweep.
@@ -594,12 +644,101 @@ impl Enforcer {
                     }
                 }
             }
-            sweep.live_count += 1;
             if keep_live {
                 sweep.live.push((key, session));
             }
         }
+        sweep.live_count = visited.saturating_sub(removed);
         Ok(sweep)
+    }
+
+    /// Whether session scans run in the kernel (`Ok`: the iterator loaded) or as batch reads
+    /// of the whole table (`Err`: why the iterator did not load).
+    ///
+    /// # Errors
+    /// Why the iterator could not be loaded or attached.
+    pub fn scans_in_kernel(&self) -> Result<(), &str> {
+        self.scan.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// The sessions `args` picks (`enforcer_common::scan::wanted`), in the table's order, and
+    /// how many the table held: through the iterator where it loaded, else as
+    /// [`Enforcer::scan_sessions_batched`].
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `SESSIONS` or `SCAN_ARGS` cannot be read or written.
+    pub fn scan_sessions(&self, args: &ScanArgs) -> Result<(Vec<SessionEntry>, usize), LoadError> {
+        use enforcer_common::session::{Session, SessionKey};
+        let Ok(scan) = &self.scan else {
+            return self.scan_sessions_batched(args);
+        };
+        let args_fd = self.map_data(names::SCAN_ARGS)?.fd();
+        let failed = |what: &'static str| {
+            move |source| LoadError::Map {
+                map: names::SCAN_ARGS,
+                what,
+                source,
+            }
+        };
+        let asked = ScanArgs {
+            visited: 0,
+            ..*args
+        };
+        batch::update(args_fd, &[(0u32, asked)]).map_err(failed("writing"))?;
+        let mut picked = Vec::new();
+        let record = size_of::<SessionKey>() + size_of::<Session>();
+        scan.for_each(record, |bytes| {
+            let (k, v) = bytes.split_at(size_of::<SessionKey>());
+            // SAFETY: `k` and `v` hold exactly a `SessionKey` and a `Session`, the program's
+            // output for one entry; both are Pod (any bytes valid); the reads are unaligned-safe.
+            let entry = unsafe {
+                (
+                    k.as_ptr().cast::<SessionKey>().read_unaligned(),
+                    v.as_ptr().cast::<Session>().read_unaligned(),
+                )
+            };
+            picked.push(entry);
+        })
+        .map_err(|source| LoadError::Map {
+            map: names::SESSIONS,
+            what: "scanning",
+            source,
+        })?;
+        let array = aya::maps::Array::<_, ScanArgs>::try_from(self.map_ref(names::SCAN_ARGS)?)
+            .map_err(|e| failed("opening")(std::io::Error::other(e.to_string())))?;
+        let after = array
+            .get(&0, 0)
+            .map_err(|e| failed("reading")(std::io::Error::other(e.to_string())))?;
+        Ok((picked, usize::try_from(after.visited).unwrap_or(usize::MAX)))
+    }
+
+    /// [`Enforcer::scan_sessions`] without the iterator: every entry read in batches
+    /// (`BPF_MAP_LOOKUP_BATCH`, as [`Enforcer::sessions`]) and filtered here with the same
+    /// function, chunk by chunk.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `SESSIONS` cannot be read.
+    pub fn scan_sessions_batched(
+        &self,
+        args: &ScanArgs,
+    ) -> Result<(Vec<SessionEntry>, usize), LoadError> {
+        let mut picked = Vec::new();
+        let mut visited = 0usize;
+        batch::lookup_hash_each(
+            self.map_data(names::SESSIONS)?.fd(),
+            |k: &enforcer_common::session::SessionKey, s: &enforcer_common::session::Session| {
+                visited += 1;
+                if enforcer_common::scan::wanted(args, k.proto, s) {
+                    picked.push((*k, *s));
+                }
+            },
+        )
+        .map_err(|source| LoadError::Map {
+            map: names::SESSIONS,
+            what: "reading",
+            source,
+        })?;
+        Ok((picked, visited))
     }
 
     /// Raise the policy epoch after a change made in place (a quarantine, a bind), so that
@@ -1375,6 +1514,32 @@ const _: () = assert!(
     GENERATIONS == 2,
     "apply() flips between exactly two generations"
 );
+
+/// The session scan's iterator program (`session_scan`), loaded and attached to `SESSIONS`.
+fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let program: &mut aya::programs::Iter = ebpf
+        .program_mut(SCAN_NAME)
+        .ok_or_else(|| format!("the object has no program `{SCAN_NAME}`"))?
+        .try_into()
+        .map_err(|e| format!("opening `{SCAN_NAME}`: {e}"))?;
+    program
+        .load("bpf_map_elem", &btf)
+        .map_err(|e| format!("loading `{SCAN_NAME}`: {e}"))?;
+    let program: &aya::programs::Iter = ebpf
+        .program(SCAN_NAME)
+        .ok_or_else(|| format!("the object has no program `{SCAN_NAME}`"))?
+        .try_into()
+        .map_err(|e| format!("opening `{SCAN_NAME}`: {e}"))?;
+    let program_fd = program
+        .fd()
+        .map_err(|e| format!("`{SCAN_NAME}` has no fd: {e}"))?;
+    let Some(Map::HashMap(sessions)) = ebpf.map(names::SESSIONS) else {
+        return Err(format!("the object has no hash map `{}`", names::SESSIONS));
+    };
+    crate::map_iter::MapIter::attach(program_fd.as_fd(), sessions.fd().as_fd())
+        .map_err(|e| format!("attaching `{SCAN_NAME}` to `{}`: {e}", names::SESSIONS))
+}
 
 /// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
 /// `ifindex`; returns the XDP action and the kernel-measured time per run.

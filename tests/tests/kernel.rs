@@ -1353,6 +1353,107 @@ fn idle_sessions_are_swept() {
     assert_eq!((sweep.live_count, sweep.expired.len()), (0, 1));
 }
 
+/// The session scan's BPF iterator picks exactly the sessions `enforcer_common::scan::wanted`
+/// picks when the whole table is read and filtered in userspace, counts every entry, and
+/// really filters (a scan that copied out everything would pass the comparison). 12,000
+/// entries: more than one read of the iterator's output (32 KiB) holds.
+#[test]
+fn the_session_scan_in_the_kernel_matches_the_filtered_batch_read() {
+    use enforcer_common::{
+        scan::ScanArgs,
+        session::{Session, SessionKey, Timeouts},
+    };
+    use integration_tests::rng::Rng;
+    const S: u64 = 1_000_000_000;
+    let seed = 0x5ca9_u64 ^ u64::from(std::process::id());
+    let mut rng = Rng::new(seed);
+    let harness = Harness::with_sessions(POLICY, &[], 20_000);
+    // Where the kernel refuses tracing programs (a sandbox's policy: this project's
+    // development machine answers EPERM) the scan falls back to the batch read and this test
+    // compares that path with itself; `cargo xtask vm-test` requires the iterator on Debian's
+    // kernels.
+    match harness.enforcer.scans_in_kernel() {
+        Ok(()) => {}
+        Err(err) if std::env::var_os("ENFORCER_SCAN_ITER").is_some_and(|v| v == "required") => {
+            panic!("the session scan's iterator did not load on this kernel: {err}")
+        }
+        Err(err) => eprintln!("the session scan runs as a batch read here: {err}"),
+    }
+    let now = 10_000 * S;
+    let table: Vec<(SessionKey, Session)> = (0..12_000u32)
+        .map(|i| {
+            let mut key = SessionKey {
+                port_a: (i % 60_000) as u16,
+                port_b: 443,
+                proto: *rng.pick(&[6u8, 17, 1]),
+                ..SessionKey::default()
+            };
+            key.addr_a[..4].copy_from_slice(&(0x0A40_0000 | i).to_be_bytes());
+            let seen_ns = now - rng.below(300 * S);
+            let session = Session {
+                sim: i,
+                state: rng.below(5) as u8,
+                created_ns: seen_ns - rng.below(100 * S),
+                seen_ns,
+                packets: [rng.below(100), rng.below(100)],
+                ..Session::default()
+            };
+            (key, session)
+        })
+        .collect();
+    harness
+        .enforcer
+        .insert_sessions(&table)
+        .expect("filling SESSIONS");
+    let mut filtered_some = false;
+    for round in 0..8 {
+        let args = ScanArgs {
+            now_ns: now,
+            since_ns: now - rng.below(120 * S),
+            all: u64::from(round == 0),
+            timeouts: Timeouts {
+                tcp_syn: rng.range(1, 200),
+                tcp_established: rng.range(1, 400),
+                tcp_closed: rng.range(1, 50),
+                udp: rng.range(1, 300),
+                icmp: rng.range(1, 100),
+            },
+            visited: 0,
+        };
+        let (mut kernel, visited) = harness.enforcer.scan_sessions(&args).expect("scan");
+        let (mut user, total) = harness
+            .enforcer
+            .scan_sessions_batched(&args)
+            .expect("batched scan");
+        kernel.sort_by_key(|(k, _)| *k);
+        user.sort_by_key(|(k, _)| *k);
+        assert_eq!(
+            (visited, total),
+            (table.len(), table.len()),
+            "seed {seed:#x}, {args:?}: entries visited"
+        );
+        assert!(
+            kernel == user,
+            "seed {seed:#x}, {args:?}: the kernel picked {} sessions, userspace {}",
+            kernel.len(),
+            user.len()
+        );
+        if round == 0 {
+            assert_eq!(
+                kernel.len(),
+                table.len(),
+                "a scan of all copies out everything"
+            );
+        } else {
+            filtered_some |= kernel.len() < table.len() && !kernel.is_empty();
+        }
+    }
+    assert!(
+        filtered_some,
+        "seed {seed:#x}: no scan picked a strict, non-empty subset"
+    );
+}
+
 /// A table filled by one device's sessions fails closed: the device's next new session is
 /// dropped (`sessions_full`) and counted, nothing the policy forbids gets through, and the live
 /// sessions, another device's among them, keep working.

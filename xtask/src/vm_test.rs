@@ -453,7 +453,7 @@ echo "guest: Linux $(uname -r), $(nproc) CPUs"
 status=0
 for t in @TESTS@; do
   echo "guest: running $t"
-  if ! ENFORCER_BIN=/bin/enforcer DIFF_FRAMES=@FRAMES@ "/tests/$t" --test-threads 1 --nocapture; then
+  if ! ENFORCER_BIN=/bin/enforcer ENFORCER_SCAN_ITER=required DIFF_FRAMES=@FRAMES@ "/tests/$t" --test-threads 1 --nocapture; then
     echo "guest: $t FAILED"
     status=1
   fi

@@ -456,6 +456,8 @@ pub struct Daemon {
     ifaces: Vec<Iface>,
     /// Sessions the last sweep left, for `status`.
     sessions_live: usize,
+    /// Which sweeps read the whole session table.
+    scan_plan: crate::scan_plan::ScanPlan,
     /// A change was made in place but raising the epoch failed: retried by every sweep.
     recheck_pending: bool,
     /// Flow export, when collectors are given.
@@ -506,6 +508,10 @@ struct TopSample {
     verdicts: Vec<enforcer_common::maps::Counter>,
 }
 
+/// With only the alerts reading sweeps (no flow export), the whole session table is read this
+/// often (ns); between, sweeps pick the sessions that changed.
+const ALERT_FULL_SCAN_NS: u64 = 60_000_000_000;
+
 /// The flow export's meter and exporter, and where the meter's state goes at a stop.
 pub(crate) struct FlowExport {
     meter: crate::telemetry::meter::Meter,
@@ -548,6 +554,7 @@ impl Daemon {
             generation: 0,
             ifaces,
             sessions_live: 0,
+            scan_plan: crate::scan_plan::ScanPlan::default(),
             recheck_pending: false,
             flow_export: None,
             metrics: None,
@@ -1219,12 +1226,15 @@ impl Daemon {
             self.sessions_recheck();
         }
         let now = monotonic_coarse_ns();
-        let keep_live =
-            self.flow_export.is_some() || self.alerts_use(|a| a.learn_destinations.is_some());
-        match self
-            .enforcer
-            .expire_sessions(now, &self.settings.timeouts, keep_live)
-        {
+        let learn = self.alerts_use(|a| a.learn_destinations.is_some());
+        let full_every = match &self.flow_export {
+            Some(export) => Some(export.meter.active_ns()),
+            None => learn.then_some(ALERT_FULL_SCAN_NS),
+        };
+        let (args, full) = self
+            .scan_plan
+            .next(now, &self.settings.timeouts, full_every);
+        match self.enforcer.sweep_sessions(&args, full_every.is_some()) {
             Ok(sweep) => {
                 self.sessions_live = sweep.live_count;
                 debug!(
@@ -1246,7 +1256,11 @@ impl Daemon {
                             (key, session, reason)
                         })
                         .collect();
-                    let due = export.meter.round(now, &sweep.live, &ended);
+                    let due = if full {
+                        export.meter.round(now, &sweep.live, &ended)
+                    } else {
+                        export.meter.round_partial(now, &sweep.live, &ended)
+                    };
                     let queued = self.export_due(&mut export, &due, now);
                     self.export_drops(&mut export, false);
                     debug!(

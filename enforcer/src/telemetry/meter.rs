@@ -82,6 +82,10 @@ struct Tracked {
     record_start_ns: u64,
     /// The round it was last read in.
     round: u64,
+    /// The round it was last checked for a timeout in.
+    checked: u64,
+    /// The deadline of its entry in [`Meter::watch`] (0: none).
+    queued: u64,
     /// Set once it left the table: why.
     ended: Option<EndReason>,
     sim: u32,
@@ -118,6 +122,8 @@ pub struct Due {
     pub ends: bool,
     /// The session's creation time: which session of the key the record is of.
     pub created_ns: u64,
+    /// Its entry in the meter's watch list, which [`Meter::commit`] clears.
+    watch_slot: usize,
 }
 
 /// The meter; see the module docs. Memory: about 150 bytes per live session.
@@ -135,6 +141,12 @@ pub struct Meter {
     /// Sessions gone whose key a new session took before their last counts were exported:
     /// exported (as forced ends) from here until committed.
     superseded: Vec<(SessionKey, Tracked)>,
+    /// Sessions with counts not exported at the last round, each with the time its next
+    /// timeout comes (`u64::MAX` once its record was committed): a partial round
+    /// ([`Meter::round_partial`]) checks those whose time came, whether or not the scan picked
+    /// them. A session whose deadline moved may have an older entry too; it is dropped when
+    /// its time comes (it no longer matches `Tracked::queued`).
+    watch: Vec<(SessionKey, u64)>,
 }
 
 /// The file format's magic and version.
@@ -156,7 +168,20 @@ impl Meter {
             adopt_before_ns,
             adopted: 0,
             superseded: Vec::new(),
+            watch: Vec::new(),
         }
+    }
+
+    /// The idle timeout, nanoseconds.
+    #[must_use]
+    pub fn idle_ns(&self) -> u64 {
+        self.idle_ns
+    }
+
+    /// The active timeout, nanoseconds.
+    #[must_use]
+    pub fn active_ns(&self) -> u64 {
+        self.active_ns
     }
 
     /// Sessions tracked.
@@ -178,14 +203,39 @@ impl Meter {
         self.adopted
     }
 
-    /// One round at `now_ns`: `live` is the session table as read, `ended` the sessions the
-    /// daemon removed this round with their final counters and why. Returns the records due;
-    /// [`Meter::commit`] them once queued.
+    /// One round at `now_ns`: `live` is the whole session table as read, `ended` the sessions
+    /// the daemon removed this round with their final counters and why. A tracked session in
+    /// neither went without the daemon (the program revoked it): a forced end. Returns the
+    /// records due; [`Meter::commit`] them once queued.
     pub fn round(
         &mut self,
         now_ns: u64,
         live: &[(SessionKey, Session)],
         ended: &[(SessionKey, Session, EndReason)],
+    ) -> Vec<Due> {
+        self.round_with(now_ns, live, ended, true)
+    }
+
+    /// A round over part of the table: `read` holds at least every session that changed since
+    /// the last round and every one whose idle timeout passed since
+    /// (`enforcer_common::scan::wanted`); the meter checks the timeouts of those and of the
+    /// sessions whose counts it has not exported yet, and nothing else. A session missing from
+    /// `read` is not taken as gone: the next full [`Meter::round`] finds those.
+    pub fn round_partial(
+        &mut self,
+        now_ns: u64,
+        read: &[(SessionKey, Session)],
+        ended: &[(SessionKey, Session, EndReason)],
+    ) -> Vec<Due> {
+        self.round_with(now_ns, read, ended, false)
+    }
+
+    fn round_with(
+        &mut self,
+        now_ns: u64,
+        live: &[(SessionKey, Session)],
+        ended: &[(SessionKey, Session, EndReason)],
+        full: bool,
     ) -> Vec<Due> {
         self.round += 1;
         let round = self.round;
@@ -221,6 +271,8 @@ impl Meter {
                             seen_ns: session.seen_ns,
                             record_start_ns: if adopt { now_ns } else { session.created_ns },
                             round,
+                            checked: 0,
+                            queued: 0,
                             ended: None,
                             sim: session.sim,
                             rule: session.rule,
@@ -242,25 +294,90 @@ impl Meter {
         }
         let (active_ns, idle_ns) = (self.active_ns, self.idle_ns);
         let mut empty_ended = Vec::new();
-        for (key, tracked) in &mut self.flows {
-            if tracked.round != round && tracked.ended.is_none() {
-                tracked.ended = Some(EndReason::Forced);
+        let mut watch = Vec::new();
+        let mut check = |key: &SessionKey,
+                         tracked: &mut Tracked,
+                         due: &mut Vec<Due>,
+                         watch: &mut Vec<(SessionKey, u64)>| {
+            tracked.checked = round;
+            if full {
+                // The watch list is built anew.
+                tracked.queued = 0;
+                if tracked.round != round && tracked.ended.is_none() {
+                    tracked.ended = Some(EndReason::Forced);
+                }
             }
             let pending = !tracked.last.since(&tracked.exported).is_zero();
-            if let Some(reason) = tracked.ended {
-                if pending {
-                    due.push(Self::due_of(key, tracked, reason, true));
-                } else {
+            if !pending {
+                if tracked.ended.is_some() {
                     empty_ended.push(*key);
                 }
-            } else if pending {
-                if now_ns.saturating_sub(tracked.seen_ns) >= idle_ns {
-                    due.push(Self::due_of(key, tracked, EndReason::Idle, false));
-                } else if now_ns.saturating_sub(tracked.record_start_ns) >= active_ns {
-                    due.push(Self::due_of(key, tracked, EndReason::Active, false));
+                return;
+            }
+            let reason = match tracked.ended {
+                Some(reason) => Some((reason, true)),
+                None if now_ns.saturating_sub(tracked.seen_ns) >= idle_ns => {
+                    Some((EndReason::Idle, false))
+                }
+                None if now_ns.saturating_sub(tracked.record_start_ns) >= active_ns => {
+                    Some((EndReason::Active, false))
+                }
+                None => None,
+            };
+            if let Some((reason, ends)) = reason {
+                // Checked again next round unless committed meanwhile.
+                let mut d = Self::due_of(key, tracked, reason, ends);
+                d.watch_slot = watch.len();
+                due.push(d);
+                tracked.queued = now_ns;
+                watch.push((*key, now_ns));
+            } else {
+                let deadline = tracked
+                    .seen_ns
+                    .saturating_add(idle_ns)
+                    .min(tracked.record_start_ns.saturating_add(active_ns))
+                    .max(1);
+                if deadline != tracked.queued {
+                    tracked.queued = deadline;
+                    watch.push((*key, deadline));
+                }
+            }
+        };
+        if full {
+            for (key, tracked) in &mut self.flows {
+                check(key, tracked, &mut due, &mut watch);
+            }
+        } else {
+            let read = live
+                .iter()
+                .map(|(k, _)| k)
+                .chain(ended.iter().map(|(k, ..)| k));
+            for key in read {
+                if let Some(tracked) = self.flows.get_mut(key)
+                    && tracked.checked != round
+                {
+                    check(key, tracked, &mut due, &mut watch);
+                }
+            }
+            for &(key, deadline) in &self.watch {
+                if deadline == u64::MAX {
+                    // Committed.
+                    continue;
+                }
+                if deadline > now_ns {
+                    // Not due yet: kept as it is, without looking the session up.
+                    watch.push((key, deadline));
+                    continue;
+                }
+                if let Some(tracked) = self.flows.get_mut(&key)
+                    && tracked.queued == deadline
+                    && tracked.checked != round
+                {
+                    check(&key, tracked, &mut due, &mut watch);
                 }
             }
         }
+        self.watch = watch;
         for key in empty_ended {
             self.flows.remove(&key);
         }
@@ -301,12 +418,19 @@ impl Meter {
             reason,
             ends,
             created_ns: t.created_ns,
+            watch_slot: usize::MAX,
         }
     }
 
-    /// `due` were queued for export at `now_ns`: count them as exported.
+    /// `due` (of the last round: before the next one) were queued for export at `now_ns`:
+    /// count them as exported.
     pub fn commit(&mut self, due: &[Due], now_ns: u64) {
         for d in due {
+            if let Some(entry) = self.watch.get_mut(d.watch_slot)
+                && entry.0 == d.key
+            {
+                entry.1 = u64::MAX;
+            }
             // Only the session the record was made of: a new one of the same key has other
             // counters.
             if d.ends {
@@ -407,6 +531,8 @@ impl Meter {
                     seen_ns: now_ns,
                     record_start_ns: now_ns,
                     round: self.round,
+                    checked: 0,
+                    queued: 0,
                     ended: None,
                     sim: 0,
                     rule: 0,
@@ -684,6 +810,136 @@ mod tests {
             meter.commit(&due, now);
             prop_assert_eq!(total, counts);
             prop_assert!(meter.is_empty());
+        }
+
+        /// A meter fed partial rounds (only what the session scan picks, a full round every
+        /// few) exports the same records in the same rounds as a meter fed the whole table
+        /// every round (but for revoked sessions, found gone at the next full round),
+        /// and, per session, counts that add up to the kernel's counters: sessions that send,
+        /// sessions that open, sessions the sweep removes and sessions the program revokes,
+        /// with some commits failing.
+        #[test]
+        fn partial_rounds_export_what_full_rounds_export(
+            seed in any::<u64>(),
+            full_every in 1u64..6,
+            idle in 5u64..30,
+            commit_percent in 50u64..=100,
+        ) {
+            use std::collections::BTreeMap;
+            use enforcer_common::scan::{ScanArgs, wanted};
+            let mut rng = seed | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n.max(1)
+            };
+            let (mut whole, mut part) = (Meter::new(60, idle, None), Meter::new(60, idle, None));
+            // The kernel's table, and what each meter committed per (key, created_ns).
+            let mut table: BTreeMap<u16, Session> = BTreeMap::new();
+            // Final counters of the sessions that ended through the sweep (not revoked).
+            let mut finals: BTreeMap<(SessionKey, u64), [u64; 2]> = BTreeMap::new();
+            let mut revoked = std::collections::BTreeSet::new();
+            let mut sums = [BTreeMap::new(), BTreeMap::new()];
+            let add = |sums: &mut BTreeMap<(SessionKey, u64), [u64; 2]>, due: &[Due]| {
+                for d in due {
+                    let e = sums.entry((d.key, d.created_ns)).or_insert([0, 0]);
+                    *e = [e[0] + d.delta.packets[0], e[1] + d.delta.packets[1]];
+                }
+            };
+            let step = 7 * S + S / 2;
+            let mut now = 100 * S;
+            let mut last_scan: Option<u64> = None;
+            for round in 0..40u64 {
+                // Between rounds: packets, new sessions, revocations.
+                for _ in 0..next(12) {
+                    let port = next(16) as u16;
+                    let at = now + 1 + next(step - 1);
+                    let s = table.entry(port).or_insert_with(|| session(at, at, [0, 0]));
+                    let more = [next(4), next(4)];
+                    s.packets = [s.packets[0] + more[0], s.packets[1] + more[1]];
+                    s.seen_ns = s.seen_ns.max(at);
+                }
+                if next(10) == 0 && let Some(&port) = table.keys().next() {
+                    // Revoked: gone without the daemon; its counts since the last reading are
+                    // the documented gap.
+                    if let Some(gone) = table.remove(&port) {
+                        revoked.insert((key(port), gone.created_ns));
+                    }
+                }
+                now += step;
+                // The sweep removes sessions idle for 40 s, with their last counters.
+                let ended: Vec<_> = table
+                    .iter()
+                    .filter(|(_, s)| now - s.seen_ns > 40 * S)
+                    .map(|(&p, s)| (key(p), *s, EndReason::Idle))
+                    .collect();
+                table.retain(|_, s| now - s.seen_ns <= 40 * S);
+                for (k, s, _) in &ended {
+                    finals.insert((*k, s.created_ns), s.packets);
+                }
+                let live: Vec<_> = table.iter().map(|(&p, s)| (key(p), *s)).collect();
+                let full = last_scan.is_none() || round % full_every == 0;
+                let args = ScanArgs {
+                    now_ns: now,
+                    since_ns: last_scan.map_or(0, |t| t - S),
+                    all: u64::from(full),
+                    timeouts: enforcer_common::session::Timeouts {
+                        tcp_syn: 1000,
+                        tcp_established: 1000,
+                        tcp_closed: 1000,
+                        udp: 1000,
+                        icmp: 1000,
+                    },
+                    visited: 0,
+                };
+                last_scan = Some(now);
+                let picked: Vec<_> =
+                    live.iter().filter(|(k, s)| wanted(&args, k.proto, s)).copied().collect();
+                let due_whole = whole.round(now, &live, &ended);
+                let due_part = if full {
+                    part.round(now, &picked, &ended)
+                } else {
+                    part.round_partial(now, &picked, &ended)
+                };
+                // Round by round, the same records, but for revoked sessions: the partial meter
+                // finds them gone at its next full round, and until then exports what they
+                // counted as their timeouts come (idle, active) rather than as forced ends.
+                let unforced = |due: &[Due]| {
+                    let mut v: Vec<_> = due
+                        .iter()
+                        .filter(|d| !revoked.contains(&(d.key, d.created_ns)))
+                        .map(|d| (d.key, d.created_ns, d.reason as u8, d.delta.packets))
+                        .collect();
+                    v.sort_unstable();
+                    v
+                };
+                prop_assert_eq!(unforced(&due_whole), unforced(&due_part), "seed {}", seed);
+                if next(100) < commit_percent {
+                    add(&mut sums[0], &due_whole);
+                    whole.commit(&due_whole, now);
+                    add(&mut sums[1], &due_part);
+                    part.commit(&due_part, now);
+                }
+            }
+            // Everything ends: a final full round with the whole table removed, committed.
+            now += 1000 * S;
+            let ended: Vec<_> =
+                table.iter().map(|(&p, s)| (key(p), *s, EndReason::Idle)).collect();
+            for (k, s, _) in &ended {
+                finals.insert((*k, s.created_ns), s.packets);
+            }
+            let [sums_whole, sums_part] = &mut sums;
+            for (meter, sums) in [(&mut whole, sums_whole), (&mut part, sums_part)] {
+                let due = meter.round(now, &[], &ended);
+                add(sums, &due);
+                meter.commit(&due, now);
+                prop_assert!(meter.is_empty(), "seed {seed}: sessions left tracked");
+            }
+            prop_assert_eq!(&sums[0], &sums[1], "seed {}", seed);
+            for (session, counts) in &finals {
+                prop_assert_eq!(sums[0].get(session), Some(counts).filter(|c| **c != [0, 0]));
+            }
         }
     }
 }
