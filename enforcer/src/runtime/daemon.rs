@@ -1070,7 +1070,7 @@ impl Daemon {
             for d in chunk {
                 records(
                     d,
-                    &self.flow_names(d.sim, d.segment, d.rule),
+                    &std::sync::Arc::new(self.flow_names(d.sim, d.segment, d.rule)),
                     now_ns,
                     wall_ms,
                     &mut batch,
@@ -1111,7 +1111,7 @@ impl Daemon {
                     } else {
                         self.flow_names(key.sim, key.segment, u32::MAX)
                     };
-                    drops::record(key, sum, &names, to_wall)
+                    drops::record(key, sum, std::sync::Arc::new(names), to_wall)
                 })
                 .collect();
             if export.exporter.offer(batch).is_err() {

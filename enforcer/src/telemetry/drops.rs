@@ -147,11 +147,12 @@ pub fn status(reason: u8) -> ForwardingStatus {
     }
 }
 
-/// The record of one drop sum; `names` as for sessions, `wall_ms` converts its times.
+/// The record of one drop sum; `names` as for sessions, with no rule; `wall_ms` converts its
+/// times.
 pub fn record(
     key: &DropKey,
     sum: &DropSum,
-    names: &super::FlowNames,
+    names: std::sync::Arc<super::FlowNames>,
     wall_ms: impl Fn(u64) -> u64,
 ) -> FlowRecord {
     let addr = |a: [u8; 16]| super::ip(a, key.v6 == 1);
@@ -179,11 +180,8 @@ pub fn record(
         } else {
             Direction::FromDevice
         },
-        imsi: names.imsi.clone(),
-        msisdn: names.msisdn.clone(),
-        segment: names.segment.clone(),
-        rule: String::new(),
-        reason: reason.to_owned(),
+        names,
+        reason,
     }
 }
 

@@ -159,16 +159,12 @@ pub struct FlowRecord {
     pub status: ForwardingStatus,
     /// From or toward the device.
     pub direction: Direction,
-    /// The SIM's IMSI.
-    pub imsi: String,
-    /// The SIM's MSISDN, empty if it has none.
-    pub msisdn: String,
-    /// The device's segment.
-    pub segment: String,
-    /// The rule that allowed the flow (`owner @ file:line`), empty for drops.
-    pub rule: String,
-    /// Why it passed (`rule`, `inbound`) or was dropped (`no_rule`, `spoofed`, ...).
-    pub reason: String,
+    /// The SIM's IMSI and MSISDN, the device's segment and the rule that allowed the flow
+    /// (empty for drops): shared by the records of one session (both directions), so that a
+    /// record costs no string copies.
+    pub names: std::sync::Arc<super::FlowNames>,
+    /// Why it passed (`rule`, `inbound`, `audit`) or was dropped (`no_rule`, `spoofed`, ...).
+    pub reason: &'static str,
 }
 
 /// A field specifier: IE id, length, enterprise number (0 for IANA elements).
@@ -300,11 +296,11 @@ impl FlowRecord {
         out.push(self.status as u8);
         out.push(self.direction as u8);
         for text in [
-            &self.imsi,
-            &self.msisdn,
-            &self.segment,
-            &self.rule,
-            &self.reason,
+            self.names.imsi.as_str(),
+            &self.names.msisdn,
+            &self.names.segment,
+            &self.names.rule,
+            self.reason,
         ] {
             put_string(out, text, max_string);
         }
@@ -448,11 +444,13 @@ mod tests {
             end_reason: EndReason::Active,
             status: ForwardingStatus::Forwarded,
             direction: Direction::FromDevice,
-            imsi: imsi.to_owned(),
-            msisdn: "+491700000002".to_owned(),
-            segment: "meters".to_owned(),
-            rule: "segment meters @ policy.toml:12".to_owned(),
-            reason: "rule".to_owned(),
+            names: std::sync::Arc::new(crate::telemetry::FlowNames {
+                imsi: imsi.to_owned(),
+                msisdn: "+491700000002".to_owned(),
+                segment: "meters".to_owned(),
+                rule: "segment meters @ policy.toml:12".to_owned(),
+            }),
+            reason: "rule",
         }
     }
 
@@ -647,7 +645,7 @@ mod tests {
     #[test]
     fn long_strings_are_cut_at_a_character_boundary() {
         let mut r = record(false, "001010000000002");
-        r.rule = "é".repeat(200);
+        std::sync::Arc::make_mut(&mut r.names).rule = "é".repeat(200);
         let messages = Packer::new(1, 1472).pack(&[r], true, 1);
         let (_, decoded) = decode(&messages);
         let rule = text(field(&decoded[0], "32473/2"));
@@ -659,10 +657,11 @@ mod tests {
     #[test]
     fn the_smallest_messages_hold_the_longest_records() {
         let mut r = record(true, "001010000000002");
-        r.rule = "x".repeat(300);
-        r.segment = "y".repeat(300);
-        r.msisdn = "z".repeat(300);
-        r.reason = "w".repeat(300);
+        let names = std::sync::Arc::make_mut(&mut r.names);
+        names.rule = "x".repeat(300);
+        names.segment = "y".repeat(300);
+        names.msisdn = "z".repeat(300);
+        r.reason = "w".repeat(300).leak();
         let mut packer = Packer::new(1, 512);
         let messages = packer.pack(&[r.clone(), r], true, 1);
         assert!(

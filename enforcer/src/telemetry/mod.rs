@@ -74,7 +74,7 @@ pub fn endpoints(key: &SessionKey, flags: u8) -> ((IpAddr, u16), (IpAddr, u16)) 
 /// `names` gives the names of its SIM, segment and rule; the clocks convert its times.
 pub fn records(
     due: &Due,
-    names: &FlowNames,
+    names: &std::sync::Arc<FlowNames>,
     now_mono_ns: u64,
     now_wall_ms: u64,
     out: &mut Vec<FlowRecord>,
@@ -116,18 +116,14 @@ pub fn records(
             end_reason: due.reason,
             status: ForwardingStatus::Forwarded,
             direction,
-            imsi: names.imsi.clone(),
-            msisdn: names.msisdn.clone(),
-            segment: names.segment.clone(),
-            rule: names.rule.clone(),
+            names: std::sync::Arc::clone(names),
             reason: if due.rule == enforcer_common::rules::AUDIT_RULE {
                 "audit"
             } else if due.flags & enforcer_common::session::SESSION_INBOUND != 0 {
                 "inbound"
             } else {
                 "rule"
-            }
-            .to_owned(),
+            },
         });
     }
 }
