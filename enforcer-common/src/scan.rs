@@ -6,8 +6,9 @@
 //! `BPF_MAP_LOOKUP_BATCH` (0.8 s at 2,000,000 sessions, every sweep), so the scan runs in the
 //! kernel as a BPF iterator over the map (`iter/bpf_map_elem`, Linux 5.9) and copies out only
 //! the entries [`wanted`] picks; the daemon falls back to a batch read filtered with the same
-//! function where the iterator cannot be loaded. The daemon asks for every entry
-//! ([`ScanArgs::all`]) from time to time, to notice the sessions the program removed itself.
+//! function where the iterator cannot be loaded, and for every scan of the whole table
+//! ([`ScanArgs::all`]), which the daemon asks for from time to time to notice the sessions
+//! the program removed itself.
 
 use crate::session::{Session, SessionState, Timeouts, idle_timeout};
 

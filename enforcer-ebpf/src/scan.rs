@@ -1,9 +1,11 @@
 //! The session scan (`enforcer_common::scan`): a BPF iterator over `SESSIONS`
 //! (`iter/bpf_map_elem`, Linux 5.9) that copies out, as key and value back to back, only the
 //! entries `enforcer_common::scan::wanted` picks under the arguments in `SCAN_ARGS`. The
-//! daemon reads the output from the iterator's file descriptor; the kernel walks the map
-//! under RCU, one element at a time, so the walk stays preemptible and takes no bucket lock
-//! the XDP program waits on.
+//! daemon reads the output from the iterator's file descriptor. The kernel walks the map's
+//! buckets under RCU without taking their locks, so the XDP program never waits on the scan;
+//! between two reads of the output it keeps its place as a bucket and a position in it, so an
+//! entry the program adds or removes there meanwhile can make it skip a neighbour or show one
+//! twice (the loader reads full scans in batches instead, see `Enforcer::scan_sessions`).
 
 use aya_ebpf::{bindings::seq_file, helpers::bpf_seq_write};
 use enforcer_common::{

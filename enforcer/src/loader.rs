@@ -631,7 +631,9 @@ impl Enforcer {
                         removed += 1;
                         continue;
                     }
-                    // The program removed it meanwhile (revoked).
+                    // The program removed it meanwhile (revoked), or the iterator showed it
+                    // twice and it went at the first: either way not live, and counted in
+                    // `visited` as often as it was shown.
                     Ok(None) => {
                         removed += 1;
                         continue;
@@ -663,7 +665,13 @@ impl Enforcer {
 
     /// The sessions `args` picks (`enforcer_common::scan::wanted`), in the table's order, and
     /// how many the table held: through the iterator where it loaded, else as
-    /// [`Enforcer::scan_sessions_batched`].
+    /// [`Enforcer::scan_sessions_batched`]. A scan of every entry (`args.all`) is always a
+    /// batch read: the kernel resumes an iterator between two reads of its output at a position
+    /// inside a bucket, so a session the program removes or adds meanwhile may make it skip a
+    /// neighbour or show one twice, and a full scan must see every session that stays (the
+    /// meter takes a session it does not see as gone). A partial scan that skips a session
+    /// that changed reads it at a later sweep; one shown twice is read twice, with the same
+    /// counters.
     ///
     /// # Errors
     /// [`LoadError::Map`] if `SESSIONS` or `SCAN_ARGS` cannot be read or written.
@@ -672,6 +680,9 @@ impl Enforcer {
         let Ok(scan) = &self.scan else {
             return self.scan_sessions_batched(args);
         };
+        if args.all != 0 {
+            return self.scan_sessions_batched(args);
+        }
         let args_fd = self.map_data(names::SCAN_ARGS)?.fd();
         let failed = |what: &'static str| {
             move |source| LoadError::Map {

@@ -263,6 +263,7 @@ fn run_at(
     // and open since t0 - 61 s, so all of it is exported (active timeout).
     let (args, full) = plan.next(t0 + S, &timeouts, readers);
     let first = round(&enforcer, &mut meter, &args, full, &exporter)?;
+    plan.done(&args);
     // The minute measured: the next eight sweeps (t0 + 8.5 s to t0 + 61 s). Every session
     // sends again at t0 + 30 s (the fleet reports once a minute), so its record ends 15 s
     // later by the idle timeout; the whole table is read again at t0 + 61 s.
@@ -276,10 +277,11 @@ fn run_at(
         }
         let (args, full) = plan.next(now, &timeouts, readers);
         minute.push((k, round(&enforcer, &mut meter, &args, full, &exporter)?));
+        plan.done(&args);
     }
     // The same table swept with the flow export off (only expired sessions picked, a sweep
     // every 10 s): what the export's minute is compared with.
-    let mut off_plan = ScanPlan::default();
+    let off_plan = ScanPlan::default();
     let mut off = Vec::new();
     for k in 0..3u64 {
         let (args, _) = off_plan.next(t0 + 62 * S + k * 10 * S, &timeouts, None);

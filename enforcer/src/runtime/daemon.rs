@@ -1236,6 +1236,7 @@ impl Daemon {
             .next(now, &self.settings.timeouts, full_every);
         match self.enforcer.sweep_sessions(&args, full_every.is_some()) {
             Ok(sweep) => {
+                self.scan_plan.done(&args);
                 self.sessions_live = sweep.live_count;
                 debug!(
                     live = sweep.live_count,
@@ -1503,6 +1504,10 @@ impl Daemon {
         self.names = State::new(&policy, compiled, &self.settings.pin_dir);
         self.positions = sim_positions(compiled);
         self.policy = policy;
+        // The next sweep reads the whole table: a segment that starts learning destinations
+        // must see the sessions that stay quiet, and sessions the new policy revokes are
+        // found gone sooner.
+        self.scan_plan.restart();
         self.overrides = overrides_by_imsi(&prepared.overrides);
         self.file_quarantined = prepared.file_quarantined;
         self.bindings = bindings_by_key(prepared.bindings);

@@ -1,4 +1,5 @@
-//! The metering process: turns the kernel's session table, read once per round, into flow
+//! The metering process: turns the kernel's session table, read each round (the sessions that
+//! changed, and the whole table once per active timeout: `crate::scan_plan`), into flow
 //! records with the active and idle timeouts of any flow exporter (RFC 7011 §2, RFC 5470 §5).
 //!
 //! The program counts each session's packets and bytes, per direction, from its first packet
@@ -10,7 +11,9 @@
 //! - **end of flow**: the daemon removed the session closed (TCP FIN both ways, RST) → 3;
 //!   removed idle → 1;
 //! - **forced end**: the session vanished from the table without the daemon removing it (the
-//!   program revoked it under a new policy) or the daemon stops → 4.
+//!   program revoked it under a new policy), found at the next full round, or the daemon
+//!   stops → 4. Until that full round, counts of a revoked session not exported yet go out as
+//!   its timeouts come, as idle or active.
 //!
 //! Totals stay exact: a session's exported deltas add up to its kernel counters. What a
 //! round exports counts as exported only once it is queued for sending ([`Meter::commit`]):
@@ -126,7 +129,8 @@ pub struct Due {
     watch_slot: usize,
 }
 
-/// The meter; see the module docs. Memory: about 150 bytes per live session.
+/// The meter; see the module docs. Memory: about 360 bytes per live session (the hash
+/// table's slack and the watch list included; 691 MiB at 2,000,000 in BENCHMARKS.md).
 #[derive(Debug)]
 pub struct Meter {
     active_ns: u64,
@@ -144,8 +148,9 @@ pub struct Meter {
     /// Sessions with counts not exported at the last round, each with the time its next
     /// timeout comes (`u64::MAX` once its record was committed): a partial round
     /// ([`Meter::round_partial`]) checks those whose time came, whether or not the scan picked
-    /// them. A session whose deadline moved may have an older entry too; it is dropped when
-    /// its time comes (it no longer matches `Tracked::queued`).
+    /// them. One live entry a session (`Tracked::queued`); an entry left behind when a session
+    /// became due before its entry's time is dropped when that time comes (at most two, as
+    /// the active timeout bounds every deadline).
     watch: Vec<(SessionKey, u64)>,
 }
 
@@ -217,10 +222,11 @@ impl Meter {
     }
 
     /// A round over part of the table: `read` holds at least every session that changed since
-    /// the last round and every one whose idle timeout passed since
-    /// (`enforcer_common::scan::wanted`); the meter checks the timeouts of those and of the
-    /// sessions whose counts it has not exported yet, and nothing else. A session missing from
-    /// `read` is not taken as gone: the next full [`Meter::round`] finds those.
+    /// the last round (`enforcer_common::scan::wanted`), `ended` as for [`Meter::round`]; the
+    /// meter checks the timeouts of those and of the sessions whose counts it has not exported
+    /// yet when their time comes (its idle timeout ends a record from what it read before),
+    /// and nothing else. A session missing from `read` is not taken as gone: the next full
+    /// [`Meter::round`] finds those.
     pub fn round_partial(
         &mut self,
         now_ns: u64,
@@ -309,11 +315,16 @@ impl Meter {
             }
             let pending = !tracked.last.since(&tracked.exported).is_zero();
             if !pending {
+                // Whatever entry it has in the watch list goes stale.
+                tracked.queued = 0;
                 if tracked.ended.is_some() {
                     empty_ended.push(*key);
                 }
                 return;
             }
+            // Its entry in the watch list outlives this round (a partial round keeps entries
+            // not due without looking at them): then it is the one entry the session needs.
+            let entry_lives = !full && tracked.queued > now_ns;
             let reason = match tracked.ended {
                 Some(reason) => Some((reason, true)),
                 None if now_ns.saturating_sub(tracked.seen_ns) >= idle_ns => {
@@ -332,12 +343,14 @@ impl Meter {
                 tracked.queued = now_ns;
                 watch.push((*key, now_ns));
             } else {
+                // Deadlines only move later (a packet, an export), so a session's entry fires
+                // no later than its timeout comes and is queued again then: one entry each.
                 let deadline = tracked
                     .seen_ns
                     .saturating_add(idle_ns)
                     .min(tracked.record_start_ns.saturating_add(active_ns))
                     .max(1);
-                if deadline != tracked.queued {
+                if !entry_lives || deadline < tracked.queued {
                     tracked.queued = deadline;
                     watch.push((*key, deadline));
                 }
@@ -426,10 +439,12 @@ impl Meter {
     /// count them as exported.
     pub fn commit(&mut self, due: &[Due], now_ns: u64) {
         for d in due {
+            let mut cleared = false;
             if let Some(entry) = self.watch.get_mut(d.watch_slot)
                 && entry.0 == d.key
             {
                 entry.1 = u64::MAX;
+                cleared = true;
             }
             // Only the session the record was made of: a new one of the same key has other
             // counters.
@@ -450,6 +465,10 @@ impl Meter {
             {
                 t.exported = d.to;
                 t.record_start_ns = now_ns;
+                if cleared {
+                    // Nothing pending: no entry until its counts move again.
+                    t.queued = 0;
+                }
             }
         }
     }
@@ -821,8 +840,9 @@ mod tests {
         #[test]
         fn partial_rounds_export_what_full_rounds_export(
             seed in any::<u64>(),
-            full_every in 1u64..6,
-            idle in 5u64..30,
+            full_every in 1u64..12,
+            idle in 5u64..300,
+            active in proptest::sample::select(vec![60u64, 600]),
             commit_percent in 50u64..=100,
         ) {
             use std::collections::BTreeMap;
@@ -834,7 +854,8 @@ mod tests {
                 rng ^= rng << 17;
                 rng % n.max(1)
             };
-            let (mut whole, mut part) = (Meter::new(60, idle, None), Meter::new(60, idle, None));
+            let (mut whole, mut part) =
+                (Meter::new(active, idle, None), Meter::new(active, idle, None));
             // The kernel's table, and what each meter committed per (key, created_ns).
             let mut table: BTreeMap<u16, Session> = BTreeMap::new();
             // Final counters of the sessions that ended through the sweep (not revoked).
@@ -915,6 +936,19 @@ mod tests {
                     v
                 };
                 prop_assert_eq!(unforced(&due_whole), unforced(&due_part), "seed {}", seed);
+                // The watch list holds one live entry a session, and at most two left behind
+                // (one a time the session became due before its entry's time, which each
+                // expire by the active timeout).
+                let mut entries = BTreeMap::new();
+                for (k, d) in &part.watch {
+                    if *d != u64::MAX {
+                        *entries.entry(*k).or_insert(0) += 1;
+                    }
+                }
+                prop_assert!(
+                    entries.values().all(|n| *n <= 3),
+                    "seed {}: watch entries per session {:?}", seed, entries.values().max()
+                );
                 if next(100) < commit_percent {
                     add(&mut sums[0], &due_whole);
                     whole.commit(&due_whole, now);
