@@ -761,6 +761,11 @@ fn run_takes_its_settings_from_a_config_file() {
         status["export"]["collectors"][0], "127.0.0.1:4739",
         "the file's collector, on IPFIX's port: {status}"
     );
+    let scan = status["session_scan"].as_str().unwrap_or_default();
+    assert!(
+        scan == "kernel" || scan.starts_with("batch: "),
+        "how sweeps read the sessions: {status}"
+    );
 
     scratch.write(
         "enforcer.toml",

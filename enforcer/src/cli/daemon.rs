@@ -129,6 +129,9 @@ fn status_table(s: &Status) -> String {
         "SIMs:      {} ({} active, {} quarantined, {} of them by command)",
         s.sims.total, s.sims.active, s.sims.quarantined, s.sims.quarantined_by_command
     );
+    if !s.session_scan.is_empty() {
+        let _ = writeln!(out, "sweeps:    {}", s.session_scan);
+    }
     if let Some(e) = &s.export {
         let _ = writeln!(
             out,

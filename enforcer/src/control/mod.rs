@@ -456,6 +456,11 @@ pub struct Status {
     /// The IPFIX flow export, when collectors are given.
     #[serde(default)]
     pub export: Option<ExportStatus>,
+    /// How session sweeps read `SESSIONS`: `kernel` (a BPF iterator copies out only the
+    /// sessions that changed), or `batch: WHY` (every entry read in batches and filtered in
+    /// the daemon, because the kernel refused the iterator: slower at millions of sessions).
+    #[serde(default)]
+    pub session_scan: String,
 }
 
 /// The IPFIX flow export's state and counters since the daemon started.

@@ -2226,6 +2226,10 @@ impl Daemon {
                     sessions_adopted: e.meter.adopted(),
                 }
             }),
+            session_scan: match self.enforcer.scans_in_kernel() {
+                Ok(()) => "kernel".to_owned(),
+                Err(why) => format!("batch: {}", why.lines().next().unwrap_or(why)),
+            },
         }
     }
 
