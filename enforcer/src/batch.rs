@@ -33,26 +33,39 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// `bpf(cmd, attr, size_of::<T>())`, the one place the daemon makes the syscall itself (for
+/// what aya 0.14 lacks): the kernel's return value (a new descriptor for the commands that
+/// make one, else 0), or the error it set.
+///
+/// # Safety
+/// `attr` must be a valid member of `union bpf_attr` for `cmd` (the kernel reads
+/// `size_of::<T>()` bytes of it and checks that bytes it does not know are zero), and every
+/// pointer in it must point at memory of the sizes `cmd` reads or writes, alive for the call.
+pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` and what it points at are valid for `cmd` by the caller's contract; the
+    // kernel writes back only inside them.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
 /// One `bpf(cmd, attr)` batch call.
 ///
 /// # Safety
 /// `attr`'s pointers (keys, values, tokens) must point at memory of the sizes the command and
 /// the map expect for `attr.count` elements, alive for the call.
 unsafe fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid `bpf_attr.batch` by the caller's contract; the kernel writes
-    // back only inside it and behind its pointers.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: `attr` is a valid `bpf_attr.batch` by the caller's contract.
+    unsafe { sys_bpf(cmd, attr) }.map(|_| ())
 }
 
 /// Delete `keys` from the hash map behind `fd` with as few syscalls as possible. Every key must
@@ -384,20 +397,9 @@ pub unsafe fn lookup_and_delete<K: Pod, V: Pod + Default>(
     // SAFETY: `attr` is a valid `bpf_attr` element member: `key` points at a key and `value` at
     // a value of the map's sizes (the caller's contract), both alive for the call; the kernel
     // writes only `value`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            std::ptr::from_mut(&mut attr),
-            size_of::<ElemAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(err);
+    match unsafe { sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(value)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
     }
-    Ok(Some(value))
 }

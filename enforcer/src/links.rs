@@ -318,20 +318,14 @@ fn link_exists(id: u32) -> bool {
         open_flags: 0,
     };
     // SAFETY: `attr` is a valid `bpf_attr` prefix for this command, alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_GET_FD_BY_ID,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<Attr>(),
-        )
-    };
-    if fd < 0 {
-        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    match unsafe { crate::batch::sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) } {
+        Err(err) => err.raw_os_error() != Some(libc::ENOENT),
+        Ok(fd) => {
+            // SAFETY: the kernel just returned this descriptor; closing it is all we do with it.
+            unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+            true
+        }
     }
-    // SAFETY: the kernel just returned this descriptor; closing it is all we do with it.
-    unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
-    true
 }
 
 fn ensure_dir(path: &Path) -> Result<(), LinkError> {
@@ -402,17 +396,7 @@ pub fn link_info(path: &Path) -> io::Result<LinkInfo> {
     };
     // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_OBJ_GET and `name` a NUL-terminated
     // string, both alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ObjAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { crate::batch::sys_bpf(BPF_OBJ_GET, &mut attr) }?;
     let fd = i32::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -424,17 +408,7 @@ pub fn link_info(path: &Path) -> io::Result<LinkInfo> {
     };
     // SAFETY: `attr` is a valid `bpf_attr.info` that lives for the call; `info` points at 64
     // writable bytes and `info_len` says so; the kernel writes no more than `info_len`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { crate::batch::sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     let word = |at: usize| {
         u32::from_ne_bytes([info.0[at], info.0[at + 1], info.0[at + 2], info.0[at + 3]])
     };

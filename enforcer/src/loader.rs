@@ -1426,7 +1426,7 @@ impl Enforcer {
         repeat: u32,
         ifindex: u32,
     ) -> Result<(u32, Duration), LoadError> {
-        test_run_xdp(xdp(&mut self.ebpf)?, frame, repeat, ifindex)
+        test_run_xdp(xdp(&mut self.ebpf)?, frame, repeat, Some(ifindex))
     }
 
     /// Like [`Enforcer::test_run`], for `enforcer_unaccounted` in the same object (loaded on
@@ -1445,7 +1445,7 @@ impl Enforcer {
             self.extra_program(UNACCOUNTED_NAME)?,
             frame,
             repeat,
-            ifindex,
+            Some(ifindex),
         )
     }
 
@@ -1456,17 +1456,7 @@ impl Enforcer {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Duration), LoadError> {
-        let program = self.extra_program(BASELINE_NAME)?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let result = program
-            .test_run(opts)
-            .map_err(|source| LoadError::Program {
-                what: "BPF_PROG_TEST_RUN (baseline)".into(),
-                source: Box::new(source),
-            })?;
-        Ok((result.return_value, result.duration))
+        test_run_xdp(self.extra_program(BASELINE_NAME)?, frame, repeat, None)
     }
 }
 
@@ -1553,22 +1543,23 @@ fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
 }
 
 /// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
-/// `ifindex`; returns the XDP action and the kernel-measured time per run.
+/// `ifindex` (no context at all with `None`); returns the XDP action and the kernel-measured
+/// time per run.
 fn test_run_xdp(
     program: &mut Xdp,
     frame: &[u8],
     repeat: u32,
-    ifindex: u32,
+    ifindex: Option<u32>,
 ) -> Result<(u32, Duration), LoadError> {
     // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
     // egress_ifindex }: data and data_end are offsets; data_end must be the frame length.
     let mut ctx = [0u8; 24];
     let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
     ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ifindex.unwrap_or(0).to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
-    opts.ctx_in = Some(&ctx);
+    opts.ctx_in = ifindex.map(|_| &ctx[..]);
     opts.repeat = repeat;
     let result = program
         .test_run(opts)

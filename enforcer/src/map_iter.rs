@@ -45,25 +45,13 @@ struct IterCreateAttr {
     flags: u32,
 }
 
-/// `bpf(cmd, attr)` returning a new file descriptor.
+/// `bpf(cmd, attr)` for a command that returns a new file descriptor.
 ///
 /// # Safety
-/// `attr` must be a valid `bpf_attr` member for `cmd`, with any pointers in it valid for the
-/// call.
+/// As `crate::batch::sys_bpf`.
 unsafe fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is valid for `cmd` by the caller's contract; the kernel reads
-    // `size_of::<T>()` bytes of it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: the caller's contract is `sys_bpf`'s.
+    let ret = unsafe { crate::batch::sys_bpf(cmd, attr) }?;
     let fd = i32::try_from(ret).map_err(|_| io::Error::other("bpf() returned no fd"))?;
     // SAFETY: the kernel just returned `fd`, a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
