@@ -670,8 +670,9 @@ impl Enforcer {
     /// inside a bucket, so a session the program removes or adds meanwhile may make it skip a
     /// neighbour or show one twice, and a full scan must see every session that stays (the
     /// meter takes a session it does not see as gone). A partial scan that skips a session
-    /// that changed reads it at a later sweep; one shown twice is read twice, with the same
-    /// counters.
+    /// that changed reads it when it changes again or at the next full scan: its counts are
+    /// exported late (in a record that ends early and another that starts late), never lost
+    /// or twice; one shown twice is read twice, with the same counters.
     ///
     /// # Errors
     /// [`LoadError::Map`] if `SESSIONS` or `SCAN_ARGS` cannot be read or written.

@@ -936,18 +936,36 @@ mod tests {
                     v
                 };
                 prop_assert_eq!(unforced(&due_whole), unforced(&due_part), "seed {}", seed);
-                // The watch list holds one live entry a session, and at most two left behind
-                // (one a time the session became due before its entry's time, which each
-                // expire by the active timeout).
-                let mut entries = BTreeMap::new();
+                // The watch list holds one live entry a session (the one `queued` names), and
+                // what is left behind expires: it never holds more than a few entries for each
+                // session the table held lately.
+                let mut live = BTreeMap::new();
+                let mut total = 0usize;
                 for (k, d) in &part.watch {
-                    if *d != u64::MAX {
-                        *entries.entry(*k).or_insert(0) += 1;
+                    if *d == u64::MAX {
+                        continue;
+                    }
+                    total += 1;
+                    if part.flows.get(k).is_some_and(|t| t.queued == *d) {
+                        *live.entry(*k).or_insert(0) += 1;
                     }
                 }
                 prop_assert!(
-                    entries.values().all(|n| *n <= 3),
-                    "seed {}: watch entries per session {:?}", seed, entries.values().max()
+                    live.values().all(|n| *n == 1),
+                    "seed {}: live entries per session {:?}", seed, live.values().max()
+                );
+                // Every session with counts not exported has its entry.
+                for (k, t) in &part.flows {
+                    if !t.last.since(&t.exported).is_zero() {
+                        prop_assert!(
+                            live.get(k) == Some(&1),
+                            "seed {}: pending session {} has no entry", seed, k.port_a
+                        );
+                    }
+                }
+                prop_assert!(
+                    total <= 3 * (part.flows.len() + revoked.len() + finals.len()),
+                    "seed {}: {} watch entries for {} sessions", seed, total, part.flows.len()
                 );
                 if next(100) < commit_percent {
                     add(&mut sums[0], &due_whole);
