@@ -336,7 +336,10 @@ fn rest_api_authenticates_commands_and_streams_events() {
     // schemathesis: requests generated from the document, with the token.
     let schemathesis =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/schemathesis-venv/bin/schemathesis");
+    // It keeps a cache (`.schemathesis/`) in its working directory: the run's scratch one,
+    // not the source tree.
     let out = Command::new("ip")
+        .current_dir(&scratch.0)
         .args(["netns", "exec", &gw])
         .arg(&schemathesis)
         .args(["run", &format!("{base}/openapi.json")])
