@@ -215,6 +215,8 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         ..
     } = gateway("radius", POLICY);
     let gw = topology.gw.name.clone();
+    // An Accounting-Request from the packet core's address, with its secret.
+    let send = |request: &str| radclient(&gw, &server, SECRET, request);
     let series = |outcome: &str| {
         metric(
             &gw,
@@ -227,10 +229,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
     // Start: the meter's traffic passes, `sim show` says where the binding came from.
     let t0 = now();
     let started = Instant::now();
-    assert!(
-        radclient(&gw, &server, SECRET, &start(METER, "s1", DEVICE, t0)),
-        "Start answered"
-    );
+    assert!(send(&start(METER, "s1", DEVICE, t0)), "Start answered");
     let answered_ms = started.elapsed().as_millis();
     assert!(passes(&topology, 7001), "after Start the meter passes");
     assert!(!passes(&topology, 7002), "and only by the meter's rules");
@@ -247,12 +246,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
 
     // A retransmission and an Interim-Update change nothing; a Stop of an older session is
     // stale and leaves the binding.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start(METER, "s1", DEVICE, t0)
-    ));
+    assert!(send(&start(METER, "s1", DEVICE, t0)));
     assert!(radclient(
         &gw,
         &server,
@@ -264,12 +258,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         2,
         "retransmission and interim: unchanged"
     );
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &stop(METER, "s0", DEVICE, t0)
-    ));
+    assert!(send(&stop(METER, "s0", DEVICE, t0)));
     assert_eq!(series("stale"), 1, "a Stop of another session is stale");
     assert!(passes(&topology, 7001), "the stale Stop left the binding");
 
@@ -285,10 +274,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         "unknown client unanswered"
     );
     let malformed = format!("{moved}Attr-8 = 0x0a0000\n");
-    assert!(
-        !radclient(&gw, &server, SECRET, &malformed),
-        "malformed attribute unanswered"
-    );
+    assert!(!send(&malformed), "malformed attribute unanswered");
     let valid = packet::request(
         9,
         &[
@@ -318,10 +304,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
     assert!(!passes(&topology, 7002), "bad requests changed nothing");
 
     // The packet core gives the address to the charger: it moves, the meter has none.
-    assert!(
-        radclient(&gw, &server, SECRET, &moved),
-        "the move is answered"
-    );
+    assert!(send(&moved), "the move is answered");
     if !passes(&topology, 7002) {
         let charger = daemon.cli(&["sim", "show", CHARGER]);
         let meter = daemon.stats(&[]);
@@ -335,12 +318,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         "the meter lost the address:\n{meter}"
     );
     // The meter's late Stop of s1 is for a binding it no longer has: nothing changes.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &stop(METER, "s1", DEVICE, t0 + 2)
-    ));
+    assert!(send(&stop(METER, "s1", DEVICE, t0 + 2)));
     assert!(
         passes(&topology, 7002),
         "the meter's late Stop left the charger's binding"
@@ -361,12 +339,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
     );
 
     // Accounting-On: the client restarted, every session it had is gone.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        "Acct-Status-Type = Accounting-On\n"
-    ));
+    assert!(send("Acct-Status-Type = Accounting-On\n"));
     assert!(
         !passes(&topology, 7002),
         "Accounting-On cleared the client's bindings"
@@ -375,37 +348,17 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
     assert!(!charger.contains("10.64.0.2"), "{charger}");
 
     // An IMSI the policy does not know is refused (answered, counted, nothing bound).
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start("001019999999999", "s9", DEVICE, t0 + 3)
-    ));
+    assert!(send(&start("001019999999999", "s9", DEVICE, t0 + 3)));
     assert!(series("refused") >= 1, "unknown IMSI refused");
     assert!(!passes(&topology, 7001) && !passes(&topology, 7002));
 
     // A session stopped is over: its Start replayed later (a packet core's buffer after an
     // outage) is stale and binds nothing.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start(CHARGER, "s3", DEVICE, t0 + 10)
-    ));
+    assert!(send(&start(CHARGER, "s3", DEVICE, t0 + 10)));
     assert!(passes(&topology, 7002), "s3 bound");
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &stop(CHARGER, "s3", DEVICE, t0 + 11)
-    ));
+    assert!(send(&stop(CHARGER, "s3", DEVICE, t0 + 11)));
     assert!(!passes(&topology, 7002), "s3 stopped");
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start(CHARGER, "s3", DEVICE, t0 + 10)
-    ));
+    assert!(send(&start(CHARGER, "s3", DEVICE, t0 + 10)));
     assert!(
         !passes(&topology, 7002),
         "the replayed Start of a stopped session binds nothing"
@@ -416,7 +369,7 @@ fn radius_accounting_binds_moves_and_unbinds_addresses() {
         .filter(|l| !l.starts_with("Event-Timestamp"))
         .map(|l| format!("{l}\n"))
         .collect::<String>();
-    assert!(radclient(&gw, &server, SECRET, &late_interim));
+    assert!(send(&late_interim));
     assert!(
         !passes(&topology, 7002),
         "an Interim-Update of a stopped session, even without a timestamp, binds nothing"
@@ -481,15 +434,12 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
         ..
     } = gateway("radius-imei", IMEI_POLICY);
     let gw = topology.gw.name.clone();
+    // An Accounting-Request from the packet core's address, with its secret.
+    let send = |request: &str| radclient(&gw, &server, SECRET, request);
     let (first, second) = ("3520990017614823", "8600010012345601");
     let t0 = now();
 
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a1", first, t0)
-    ));
+    assert!(send(&start_on(METER, "a1", first, t0)));
     assert!(
         passes(&topology, 7001),
         "the first device passes and is learned"
@@ -498,12 +448,7 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
     assert!(show.contains("learned 35209900176148"), "{show}");
 
     // The SIM moves to another device: its traffic is dropped as imei_mismatch.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a2", second, t0 + 1)
-    ));
+    assert!(send(&start_on(METER, "a2", second, t0 + 1)));
     assert!(
         !passes(&topology, 7001),
         "the other device's traffic is dropped"
@@ -520,12 +465,7 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
     );
     // A late Start of the first device's old session (buffered by the packet core) is stale:
     // it must not lift the block of the device in use.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a1", first, t0)
-    ));
+    assert!(send(&start_on(METER, "a1", first, t0)));
     assert!(
         !passes(&topology, 7001),
         "a stale Start of the locked device lifts nothing"
@@ -547,44 +487,24 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
     assert!(!passes(&topology, 7001), "still dropped after a restart");
 
     // The locked device comes back: judged by the rules again.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a3", first, t0 + 2)
-    ));
+    assert!(send(&start_on(METER, "a3", first, t0 + 2)));
     assert!(passes(&topology, 7001), "the learned device passes again");
 
     // A stale Start of another device (its packet core's clock behind) is judged one way:
     // it cannot lift a block, but it blocks.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a9", second, t0 + 1)
-    ));
+    assert!(send(&start_on(METER, "a9", second, t0 + 1)));
     assert!(
         !passes(&topology, 7001),
         "a stale Start of another device still blocks"
     );
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(METER, "a4", first, t0 + 3)
-    ));
+    assert!(send(&start_on(METER, "a4", first, t0 + 3)));
     assert!(
         passes(&topology, 7001),
         "the learned device's new session lifts it"
     );
 
     // An explicit IMEI: its device passes (IMEISV = its 14 digits and a software version).
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(CHARGER, "c1", first, t0 + 3)
-    ));
+    assert!(send(&start_on(CHARGER, "c1", first, t0 + 3)));
     assert!(passes(&topology, 7002), "the charger's own device passes");
 
     // A lock set by command judges the device in use at once: locked to another device, the
@@ -609,12 +529,7 @@ fn imei_lock_drops_or_quarantines_a_sim_on_another_device() {
     )
     .expect("policy");
     let _ = daemon.cli(&["policy", "apply", &policy]);
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &start_on(CHARGER, "c2", second, t0 + 4)
-    ));
+    assert!(send(&start_on(CHARGER, "c2", second, t0 + 4)));
     assert!(!passes(&topology, 7002), "quarantined");
     let show = daemon.cli(&["sim", "show", CHARGER]);
     assert!(
@@ -670,6 +585,8 @@ fn unknown_imsis_are_admitted_into_their_apns_segment() {
         ..
     } = gateway("radius-admit", ADMIT_POLICY);
     let gw = topology.gw.name.clone();
+    // An Accounting-Request from the packet core's address, with its secret.
+    let send = |request: &str| radclient(&gw, &server, SECRET, request);
     let newcomer = "001019999999999";
     let t0 = now();
     let attributes = |apn: &str| {
@@ -679,12 +596,7 @@ fn unknown_imsis_are_admitted_into_their_apns_segment() {
         )
     };
     // On an APN no segment names: refused, answered at once.
-    assert!(radclient(
-        &gw,
-        &server,
-        SECRET,
-        &attributes("other.example")
-    ));
+    assert!(send(&attributes("other.example")));
     assert!(
         daemon.try_cli(&["sim", "show", newcomer]).is_err(),
         "refused: not added"
