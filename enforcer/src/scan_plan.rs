@@ -132,8 +132,9 @@ mod tests {
         );
     }
 
-    /// A sweep that failed is asked again from the same point: the first one stays full, a
-    /// later one keeps its `since`.
+    /// Only `done` moves the plan on (the daemon calls it when the sweep succeeded): a sweep
+    /// asked for and not done leaves the first one full and a later one's `since` where it
+    /// was.
     #[test]
     fn a_failed_sweep_moves_nothing_on() {
         let mut plan = ScanPlan::default();

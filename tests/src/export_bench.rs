@@ -279,6 +279,24 @@ fn run_at(
         minute.push((k, round(&enforcer, &mut meter, &args, full, &exporter)?));
         plan.done(&args);
     }
+    // A figure is only worth reporting for the work: every session exported in the first
+    // sweep and again in the minute (both directions each time).
+    let due_in_minute: usize = minute.iter().map(|(_, r)| r.due).sum();
+    let records_in_minute: u64 = minute.iter().map(|(_, r)| r.records).sum();
+    if (first.due, due_in_minute, records_in_minute)
+        != (
+            sessions as usize,
+            sessions as usize,
+            2 * u64::from(sessions),
+        )
+    {
+        return Err(format!(
+            "the export did not do the work measured: {} sessions due in the first sweep, \
+             {due_in_minute} and {records_in_minute} records in the minute, of {sessions} \
+             sessions",
+            first.due
+        ));
+    }
     // The same table swept with the flow export off (only expired sessions picked, a sweep
     // every 10 s): what the export's minute is compared with.
     let off_plan = ScanPlan::default();

@@ -264,6 +264,11 @@ fn rest_api_authenticates_commands_and_streams_events() {
         &[],
     );
     assert_eq!(status, 200, "{body}");
+    let imei = &json(&body)["imei"];
+    assert!(
+        imei.is_null() || imei["lock"] == "",
+        "the policy's lock (none) is back: {body}"
+    );
     let (status, body) = post(&format!("/sims/{METER}/unbind"), Some(TOKEN), None);
     assert_eq!(status, 200, "{body}");
     assert!(passes(&topology), "the file address is back");
@@ -322,6 +327,16 @@ fn rest_api_authenticates_commands_and_streams_events() {
         Some(r#"{"path":"/etc/passwd"}"#),
     );
     assert_eq!(status, 400, "only files beside the policy in force: {body}");
+    // A valid policy file, but in another directory: refused, the policy in force stays.
+    let elsewhere = scratch.write("elsewhere/policy.toml", POLICY);
+    let (status, body) = post(
+        "/policy/apply",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "path": elsewhere }).to_string()),
+    );
+    assert_eq!(status, 400, "only files beside the policy in force: {body}");
+    let (_, body) = get("/policy", Some(TOKEN));
+    assert_ne!(json(&body)["path"], elsewhere.as_str(), "{body}");
 
     // Counters and flows.
     let (status, body) = get("/stats/segments", Some(TOKEN));

@@ -1427,6 +1427,32 @@ fn the_session_scan_in_the_kernel_matches_the_filtered_batch_read() {
             .expect("batched scan");
         kernel.sort_by_key(|(k, _)| *k);
         user.sort_by_key(|(k, _)| *k);
+        // What the scan should pick, stated here apart from `enforcer_common::scan::wanted`.
+        let t = &args.timeouts;
+        let mut expected: Vec<_> = table
+            .iter()
+            .filter(|(k, s)| {
+                let limit = match s.state {
+                    1 => t.tcp_syn,
+                    2 => t.tcp_established,
+                    3.. => t.tcp_closed,
+                    _ if k.proto == 17 => t.udp,
+                    _ => t.icmp,
+                };
+                args.all != 0
+                    || s.seen_ns > args.since_ns
+                    || s.created_ns > args.since_ns
+                    || now - s.seen_ns > limit * S
+            })
+            .copied()
+            .collect();
+        expected.sort_by_key(|(k, _)| *k);
+        assert!(
+            user == expected,
+            "seed {seed:#x}, {args:?}: userspace picked {} sessions, the test expects {}",
+            user.len(),
+            expected.len()
+        );
         assert_eq!(
             (visited, total),
             (table.len(), table.len()),

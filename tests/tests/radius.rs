@@ -597,6 +597,15 @@ fn unknown_imsis_are_admitted_into_their_apns_segment() {
     };
     // On an APN no segment names: refused, answered at once.
     assert!(send(&attributes("other.example")));
+    assert_eq!(
+        metric(
+            &gw,
+            &metrics,
+            "enforcer_radius_requests_total{outcome=\"refused\"}"
+        ),
+        1,
+        "refused, and counted so"
+    );
     assert!(
         daemon.try_cli(&["sim", "show", newcomer]).is_err(),
         "refused: not added"
