@@ -252,10 +252,10 @@ fn change(field: &'static str, old: Option<&str>, new: Option<&str>) -> FieldCha
 }
 
 fn segment_name(policy: &ValidatedPolicy, id: u16) -> String {
-    policy
-        .segments
-        .get(usize::from(id))
-        .map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    match policy.segment_name(id) {
+        "" => format!("#{id}"),
+        name => name.to_owned(),
+    }
 }
 
 fn summary(policy: &ValidatedPolicy, sim: &Sim) -> SimSummary {
@@ -275,14 +275,7 @@ fn sim_fields(
     after: &Sim,
 ) -> Vec<FieldChange> {
     // Most SIMs are unchanged: compare without building strings first.
-    let same_segment = old
-        .segments
-        .get(usize::from(before.segment))
-        .map(|s| &s.name)
-        == new
-            .segments
-            .get(usize::from(after.segment))
-            .map(|s| &s.name);
+    let same_segment = old.segment_name(before.segment) == new.segment_name(after.segment);
     if same_segment
         && before.state == after.state
         && before.ipv4() == after.ipv4()

@@ -192,10 +192,7 @@ pub fn explain(
 fn sim_ref(policy: &ValidatedPolicy, sim: &Sim) -> SimRef {
     SimRef {
         imsi: sim.imsi.to_string(),
-        segment: policy
-            .segments
-            .get(usize::from(sim.segment))
-            .map_or_else(String::new, |s| s.name.clone()),
+        segment: policy.segment_name(sim.segment).to_owned(),
         state: sim.state.name().to_owned(),
         ipv4: sim.ipv4().map(|a| a.to_string()),
         ipv6: sim.ipv6().map(|n| n.to_string()),

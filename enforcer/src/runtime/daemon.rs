@@ -221,24 +221,25 @@ pub(crate) fn compile_with(
 }
 
 /// Add the SIMs RADIUS accounting admitted (`unknown_imsi = "admit"`) to `policy`, in the
-/// segment their APN mapped to, after the SIMs of the file: those the file lists itself keep
-/// the file's entry, those whose segment is gone are left out (and logged), and none is added
-/// while the policy refuses unknown IMSIs. Returns how many were added.
-fn admit(policy: &mut ValidatedPolicy, admitted: &[store::Admitted]) -> usize {
+/// segment their APN mapped to, after the SIMs of the file and in the store's order (by IMSI):
+/// those the file lists itself keep the file's entry, those whose segment is gone are left
+/// out (and logged), and none is added while the policy refuses unknown IMSIs.
+fn admit(policy: &mut ValidatedPolicy, admitted: &[store::Admitted]) {
     if !policy.admit_unknown || admitted.is_empty() {
-        return 0;
+        return;
     }
-    let mut wanted: HashMap<Imsi, &store::Admitted> = admitted
-        .iter()
-        .filter_map(|a| Some((Imsi::parse(&a.imsi)?, a)))
-        .collect();
-    for sim in &policy.sims {
-        wanted.remove(&sim.imsi);
-    }
-    let mut added: Vec<(Imsi, u16)> = Vec::new();
-    for (imsi, a) in wanted {
+    let listed: HashSet<Imsi> = policy.sims.iter().map(|sim| sim.imsi).collect();
+    let mut added = Vec::new();
+    for a in admitted {
+        let Some(imsi) = Imsi::parse(&a.imsi).filter(|imsi| !listed.contains(imsi)) else {
+            continue;
+        };
         match policy.segments.iter().position(|s| s.name == a.segment) {
-            Some(segment) => added.push((imsi, u16::try_from(segment).unwrap_or(u16::MAX))),
+            Some(segment) => added.push(Sim::new(
+                imsi,
+                u16::try_from(segment).unwrap_or(u16::MAX),
+                SimState::Active,
+            )),
             None => warn!(
                 imsi = %a.imsi,
                 segment = %a.segment,
@@ -246,14 +247,7 @@ fn admit(policy: &mut ValidatedPolicy, admitted: &[store::Admitted]) -> usize {
             ),
         }
     }
-    added.sort_unstable_by_key(|(imsi, _)| imsi.to_string());
-    let count = added.len();
-    policy.sims.extend(
-        added
-            .into_iter()
-            .map(|(imsi, segment)| Sim::new(imsi, segment, SimState::Active)),
-    );
-    count
+    policy.sims.extend(added);
 }
 
 /// Put the valid `bindings` into `policy` (see [`compile_with`]); returns the file's addresses
@@ -1678,9 +1672,7 @@ impl Daemon {
         if let Some(p) = previous.as_ref().filter(|p| {
             take_over
                 && p.at > wanted.at
-                && (wanted.session.is_empty()
-                    || p.client != wanted.client
-                    || p.session != wanted.session)
+                && accounting::other_session(p, &wanted.client, &wanted.session)
         }) {
             return Ok(BindResult::Stale(format!(
                 "IMSI {imsi} has a newer session ({}, at {})",

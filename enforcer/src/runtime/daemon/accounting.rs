@@ -31,6 +31,9 @@ impl Daemon {
     pub(crate) fn accounting(&mut self, batch: &[Request]) -> Vec<bool> {
         if let Err(err) = self.store.begin() {
             error!(error = %err, "Cannot start a store transaction; RADIUS requests left unanswered.");
+            self.radius_stats
+                .unrecorded
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return vec![false; batch.len()];
         }
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -278,8 +281,8 @@ impl Daemon {
         const STOPPED: usize = 200_000;
         if self.stopped.len() >= STOPPED {
             let mut times: Vec<i64> = self.stopped.values().copied().collect();
-            times.sort_unstable();
-            let median = times[times.len() / 2];
+            let half = times.len() / 2;
+            let median = *times.select_nth_unstable(half).1;
             self.stopped.retain(|_, t| *t > median);
         }
         self.stopped
@@ -505,7 +508,7 @@ impl Daemon {
 
 /// Whether binding `b` is of another session than `session` of `client`: another client, or
 /// another Acct-Session-Id; a request without one is of another session than every binding.
-fn other_session(b: &store::Binding, client: &str, session: &str) -> bool {
+pub(super) fn other_session(b: &store::Binding, client: &str, session: &str) -> bool {
     session.is_empty() || *b.client != *client || b.session != session
 }
 
