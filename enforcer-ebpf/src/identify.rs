@@ -16,8 +16,8 @@ use enforcer_common::{
 };
 
 use crate::maps::{
-    CONFIG, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS, SIM_V4_V2,
-    SIM_V6_V2, SIMS,
+    CONFIG, IFACE_CACHE, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS,
+    SIM_V4_V2, SIM_V6_V2, SIMS,
 };
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
@@ -156,4 +156,38 @@ pub fn outside_pools(v6: bool, addr: &[u8; 16]) -> bool {
 #[inline(always)]
 pub fn iface_flags(ifindex: u32) -> u32 {
     KernelMaps.iface_flags(ifindex)
+}
+
+/// [`iface_flags`] through this CPU's `IFACE_CACHE`, under `epoch` (`CONFIG.epoch`, read by
+/// the caller before this call: the daemon writes `IFACES` first and raises the epoch after,
+/// so flags cached under the current epoch are current).
+#[inline(always)]
+pub fn iface_flags_cached(ifindex: u32, epoch: u32) -> u32 {
+    if let Some(cache) = IFACE_CACHE.get_ptr(0) {
+        // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by
+        // nothing else while the program runs on this CPU.
+        let hit = unsafe { (*cache).ifindex == ifindex && (*cache).epoch == epoch };
+        if hit {
+            // SAFETY: as above.
+            return unsafe { (*cache).flags };
+        }
+    }
+    iface_flags_refill(ifindex, epoch)
+}
+
+/// The miss of [`iface_flags_cached`]: look `ifindex` up and cache it under `epoch`. A BPF
+/// function of its own, so that what the hash lookup's call keeps live stays in this frame,
+/// not in the program's (Linux 6.1 refused the program 16 bytes over its stack limit).
+#[inline(never)]
+fn iface_flags_refill(ifindex: u32, epoch: u32) -> u32 {
+    let flags = iface_flags(ifindex);
+    if let Some(cache) = IFACE_CACHE.get_ptr_mut(0) {
+        // SAFETY: as in `iface_flags_cached`.
+        unsafe {
+            (*cache).ifindex = ifindex;
+            (*cache).epoch = epoch;
+            (*cache).flags = flags;
+        }
+    }
+    flags
 }

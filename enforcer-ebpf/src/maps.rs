@@ -97,6 +97,24 @@ pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_EVENTS_BYTES, 0);
 pub static DENY_LIMITS: LruHashMap<u32, DenyLimit> =
     LruHashMap::with_max_entries(DENY_LIMIT_ENTRIES, 0);
 
+/// This CPU's last `IFACES` answer, valid while `CONFIG.epoch` is the one it was read under:
+/// the daemon raises the epoch after every `IFACES` write, so a stale entry is never used.
+/// Spares the established-session path a hash lookup per packet. Not pinned: each loaded
+/// program has its own.
+#[map]
+pub static IFACE_CACHE: PerCpuArray<IfaceCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// An [`IFACE_CACHE`] entry. `ifindex` 0 (never an arrival interface) marks it empty.
+#[repr(C)]
+pub struct IfaceCache {
+    /// The interface looked up.
+    pub ifindex: u32,
+    /// `CONFIG.epoch` read before the lookup.
+    pub epoch: u32,
+    /// Its `IFACE_*` flags (0 for an interface `IFACES` does not hold).
+    pub flags: u32,
+}
+
 /// `[0] != 0`: raise no deny events (the benchmark's program "without them"). Not pinned:
 /// each loaded program starts with events on.
 #[map]

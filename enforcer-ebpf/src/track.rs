@@ -150,7 +150,7 @@ impl SessionTable for KernelSessions {
 
     #[inline(always)]
     fn iface_flags(&self, ifindex: u32) -> u32 {
-        crate::identify::iface_flags(ifindex)
+        crate::identify::iface_flags_cached(ifindex, self.epoch())
     }
 
     #[inline(always)]

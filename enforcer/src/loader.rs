@@ -1151,14 +1151,21 @@ impl Enforcer {
         }
     }
 
-    /// Set the `IFACE_*` flags of interface `ifindex`.
+    /// Set the `IFACE_*` flags of interface `ifindex`, then raise the policy epoch: the
+    /// program caches an interface's flags per CPU under the epoch it read them in
+    /// (`IFACE_CACHE`), so the new epoch retires every cached copy (and sessions are checked
+    /// again once, under the new flags).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `IFACES` or `CONFIG` cannot be written.
     pub fn set_iface(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceEntry> =
             HashMap::try_from(self.map_mut(names::IFACES)?)
                 .map_err(map_err(names::IFACES, "opening"))?;
         ifaces
             .insert(ifindex, IfaceEntry { flags }, 0)
-            .map_err(map_err(names::IFACES, "writing"))
+            .map_err(map_err(names::IFACES, "writing"))?;
+        self.bump_epoch().map(drop)
     }
 
     /// Attach the program to `iface`.

@@ -229,9 +229,12 @@ impl Reference {
         sessions.epoch = sessions.epoch.wrapping_add(1);
     }
 
-    /// Set interface `ifindex`'s `IFACE_*` flags, as `Enforcer::set_iface` does.
+    /// Set interface `ifindex`'s `IFACE_*` flags, and move the epoch on, as
+    /// `Enforcer::set_iface` does.
     pub fn set_iface(&mut self, ifindex: u32, flags: u32) {
         self.ifaces.insert(ifindex, flags);
+        let sessions = self.sessions.get_mut();
+        sessions.epoch = sessions.epoch.wrapping_add(1);
     }
 
     /// The model's session table (to inspect, to change its capacity or epoch).
