@@ -55,6 +55,9 @@ pub enum Filter {
     Bare,
     /// The enforcer with the generated policy.
     Enforcer,
+    /// The enforcer with its deny events off (`EVENTS_OFF`): what the deny-event budgets cost
+    /// a flood (drop mode only).
+    EnforcerNoEvents,
     /// nftables netdev ingress, verdict map SIM → segment chain.
     NftNetdev,
     /// nftables inet forward with conntrack, the same chains.
@@ -69,6 +72,7 @@ impl Filter {
             Filter::DropAll => "drop-all XDP (ceiling)",
             Filter::Bare => "bare one-lookup XDP",
             Filter::Enforcer => "enforcer",
+            Filter::EnforcerNoEvents => "enforcer, deny events off",
             Filter::NftNetdev => "nftables netdev",
             Filter::NftInet => "nftables inet + conntrack",
         }
@@ -287,7 +291,7 @@ pub fn measure(
     windows: Windows,
     policy_dir: &std::path::Path,
 ) -> Option<Measured> {
-    if mode == Mode::Pass && filter == Filter::DropAll {
+    if mode == Mode::Pass && matches!(filter, Filter::DropAll | Filter::EnforcerNoEvents) {
         return None;
     }
     // The sink counts what the gateway forwards.
@@ -370,25 +374,30 @@ impl Gateway {
         let capacity =
             Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
         match filter {
-            Filter::Enforcer | Filter::Bare | Filter::DropAll => in_netns(&rig.gw.name, || {
-                let mut enforcer = Enforcer::load(capacity, None).expect("load enforcer");
-                enforcer.apply(&compiled.image).expect("fill maps");
-                let program: Option<&'static str> = match (filter, mode) {
-                    (Filter::Enforcer, _) => None,
-                    (Filter::Bare, Mode::Drop) => Some("xdp_bare"),
-                    (Filter::Bare, Mode::Pass) => Some("xdp_bare_pass"),
-                    _ => Some("xdp_drop_all"),
-                };
-                match program {
-                    None => enforcer
-                        .attach(&rig.gw_in, XdpMode::Driver)
-                        .expect("attach enforcer"),
-                    Some(name) => enforcer
-                        .attach_program(name, &rig.gw_in, XdpMode::Driver)
-                        .expect("attach bench program"),
-                }
-                Gateway::Xdp(Box::new(enforcer), program)
-            }),
+            Filter::Enforcer | Filter::EnforcerNoEvents | Filter::Bare | Filter::DropAll => {
+                in_netns(&rig.gw.name, || {
+                    let mut enforcer = Enforcer::load(capacity, None).expect("load enforcer");
+                    enforcer.apply(&compiled.image).expect("fill maps");
+                    if filter == Filter::EnforcerNoEvents {
+                        enforcer.set_deny_events(false).expect("deny events off");
+                    }
+                    let program: Option<&'static str> = match (filter, mode) {
+                        (Filter::Enforcer | Filter::EnforcerNoEvents, _) => None,
+                        (Filter::Bare, Mode::Drop) => Some("xdp_bare"),
+                        (Filter::Bare, Mode::Pass) => Some("xdp_bare_pass"),
+                        _ => Some("xdp_drop_all"),
+                    };
+                    match program {
+                        None => enforcer
+                            .attach(&rig.gw_in, XdpMode::Driver)
+                            .expect("attach enforcer"),
+                        Some(name) => enforcer
+                            .attach_program(name, &rig.gw_in, XdpMode::Driver)
+                            .expect("attach bench program"),
+                    }
+                    Gateway::Xdp(Box::new(enforcer), program)
+                })
+            }
             Filter::NftNetdev | Filter::NftInet => {
                 // XDP_PASS on the ingress veth, as for the XDP configurations (veth needs an XDP
                 // program, or GRO, to take frames from the peer's XDP_TX).

@@ -511,6 +511,7 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                     Filter::DropAll,
                     Filter::Bare,
                     Filter::Enforcer,
+                    Filter::EnforcerNoEvents,
                     Filter::NftNetdev,
                     Filter::NftInet,
                 ],
@@ -616,6 +617,16 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             versus("Pass", Filter::NftNetdev),
             1.0,
         ),
+        (
+            "forwarded rate ≥ 1.3× nftables netdev (issue 11)",
+            versus("Pass", Filter::NftNetdev),
+            1.3,
+        ),
+        (
+            "forwarded rate ≥ 3× nftables inet + conntrack (issue 11)",
+            versus("Pass", Filter::NftInet),
+            3.0,
+        ),
     ];
     let _ = writeln!(md, "\nTargets at {largest} SIMs:\n");
     for (what, measured, target) in targets {
@@ -623,6 +634,17 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             let verdict = if measured >= target { "met" } else { "NOT met" };
             let _ = writeln!(md, "- {what}: {measured:.2}× ({verdict})");
         }
+    }
+    // Not a target: what the deny-event budgets cost this flood, one frame per SIM in turn.
+    if let Some(without) = rate(largest, "Drop", Filter::EnforcerNoEvents)
+        .zip(rate(largest, "Drop", Filter::Bare))
+        .map(|(ours, bare)| ours / bare)
+    {
+        let _ = writeln!(
+            md,
+            "- (for comparison) drop rate with deny events off, of the bare one-lookup program: \
+             {without:.2}×"
+        );
     }
     json!(rows)
 }
