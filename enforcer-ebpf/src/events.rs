@@ -4,10 +4,13 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{bindings::BPF_RB_AVAIL_DATA, helpers::bpf_ktime_get_coarse_ns};
 use enforcer_common::{
     decide::PacketMeta,
-    maps::{DENY_EVENT_AUDIT, DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent, DenyLimit},
+    maps::{
+        DENY_EVENT_AUDIT, DENY_EVENTS_BYTES, DENY_EVENTS_PER_SECOND, DENY_NO_SIM, DenyEvent,
+        DenyLimit,
+    },
 };
 
 use crate::maps::{DENY_EVENTS, DENY_LIMITS, EVENTS_OFF};
@@ -39,6 +42,11 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     };
     let limit = match DENY_LIMITS.get_ptr_mut(key) {
         Some(limit) => limit,
+        // The reader is behind and this sender has no budget yet: no event can be written and
+        // there is no count to carry it in. Making a budget here would cost a flood from many
+        // SIMs an LRU insert and an eviction per packet (its counts lost to the next eviction
+        // anyway); the packet is counted in `stats` and the metrics like every drop.
+        None if ring_full() => return,
         None => {
             let fresh = DenyLimit {
                 window_ns: now,
@@ -109,6 +117,18 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     }
     entry.submit(0);
 }
+
+/// Whether `DENY_EVENTS` has no room for another event (a reservation would fail): the reader
+/// is behind.
+#[inline(always)]
+fn ring_full() -> bool {
+    DENY_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
+        > u64::from(DENY_EVENTS_BYTES.wrapping_sub(EVENT_RECORD_BYTES))
+}
+
+/// What one event takes in the ring buffer: the event and the kernel's 8-byte record header
+/// (`BPF_RINGBUF_HDR_SZ`), rounded up to 8 bytes.
+const EVENT_RECORD_BYTES: u32 = (core::mem::size_of::<DenyEvent>() as u32 + 8 + 7) & !7;
 
 /// Count one packet of `bytes` bytes as suppressed in `limit`.
 ///

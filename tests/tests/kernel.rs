@@ -1678,6 +1678,81 @@ fn denied_packets_raise_rate_limited_deny_events() {
     assert_eq!(events[0].reason, enforcer_common::DropReason::Spoofed as u8);
 }
 
+/// A flood of denials from more SIMs than the ring buffer holds events, with no reader: once
+/// the ring is full, a SIM that has no deny-event budget yet gets none (a budget would cost an
+/// LRU insert and an eviction per packet of such a flood), while a SIM that has one keeps
+/// counting what it could not report and carries the count in its next event. Every packet is
+/// counted as dropped either way.
+#[test]
+fn a_full_deny_ring_makes_no_new_budgets() {
+    use std::fmt::Write as _;
+    const SIMS: u32 = 14_000;
+    let mut text = String::from(
+        "pools = [\"10.64.0.0/16\"]\n[[segments]]\nname = \"meters\"\n\
+         rules = [ { to = [\"198.51.100.10\"], proto = \"tcp\", ports = [443] } ]\n",
+    );
+    let addr = |i: u32| format!("10.64.{}.{}", (i + 1) / 256, (i + 1) % 256);
+    for i in 0..SIMS {
+        let _ = write!(
+            text,
+            "[[sims]]\nimsi = \"00101{:010}\"\nipv4 = \"{}\"\nsegment = \"meters\"\n",
+            i + 1,
+            addr(i)
+        );
+    }
+    let mut harness = Harness::new(&text, &[]);
+    let denied = |i: u32| {
+        Frame::new(&addr(i), "198.51.100.10", L4::Tcp(80))
+            .flags(0x02)
+            .build()
+    };
+    let drop = enforcer_common::verdict::XDP_DROP;
+    for i in 0..SIMS {
+        assert_eq!(harness.run(&denied(i)), drop);
+    }
+    let (first, last) = (0, SIMS - 1);
+    let sim = |h: &Harness, i: u32| h.sim_of(&format!("00101{:010}", i + 1));
+    let (first_sim, last_sim) = (sim(&harness, first), sim(&harness, last));
+    for _ in 0..3 {
+        assert_eq!(harness.run(&denied(first)), drop);
+        assert_eq!(harness.run(&denied(last)), drop);
+    }
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    // The ring holds 1 MiB of 80-byte records (72-byte events, 8-byte headers).
+    let capacity = enforcer_common::maps::DENY_EVENTS_BYTES as usize / 80;
+    assert!(capacity < SIMS as usize);
+    assert_eq!(events.len(), capacity, "the ring was full");
+    assert_eq!(events[0].sim, first_sim);
+    assert!(events.iter().all(|e| e.sim != last_sim));
+    assert_eq!(harness.run(&denied(first)), drop);
+    assert_eq!(harness.run(&denied(last)), drop);
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    let suppressed = |sim: u32| {
+        events
+            .iter()
+            .find(|e| e.sim == sim)
+            .map(|e| e.suppressed)
+            .unwrap_or_else(|| panic!("no event of SIM {sim}: {events:?}"))
+    };
+    assert_eq!(
+        suppressed(first_sim),
+        3,
+        "a SIM with a budget carries what the full ring refused"
+    );
+    assert_eq!(
+        suppressed(last_sim),
+        0,
+        "a SIM with none got no budget while the ring was full"
+    );
+    for sim in [first_sim, last_sim] {
+        assert_eq!(
+            harness.sim(sim).drop_packets,
+            5,
+            "SIM {sim}: every drop counted"
+        );
+    }
+}
+
 /// Audit mode: an audit segment's SIM passes what its rules would deny (counted as `audit`,
 /// reported as an `audit` deny event), opens a session so the reply comes back, and a packet
 /// from outside toward it passes as audit too; a quarantined SIM still sends nothing. Once the

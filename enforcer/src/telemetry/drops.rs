@@ -6,7 +6,8 @@
 //! Every denied packet is in an event or in the suppressed count the SIM's next event carries,
 //! attributed to that event's destination, reason and interval. Counts held back at the end of
 //! a flood are reported with the SIM's next denied packet, and lost if none comes before its
-//! budget entry is evicted (65,536 SIMs denied more recently); `enforcer stats` and the
+//! budget entry is evicted (65,536 SIMs denied more recently); a SIM denied while the ring
+//! buffer is full and it has no budget entry is in no event at all. `enforcer stats` and the
 //! metrics count every drop exactly. The table holds at most [`MAX_KEYS`]
 //! destinations per interval; past that, a SIM's drops to new destinations are summed under
 //! the unspecified address (`0.0.0.0`/`::`, port 0).
