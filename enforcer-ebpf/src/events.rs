@@ -77,8 +77,15 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
             return;
         }
     }
-    let Some(mut entry) = DENY_EVENTS.reserve::<DenyEvent>(0) else {
-        // The reader is behind: count the packet as suppressed.
+    // The reader is behind: count the packet as suppressed. Checked first without the lock a
+    // reservation takes, which a flood would otherwise take and fail for every SIM's first
+    // packets of each second.
+    let entry = if ring_full() {
+        None
+    } else {
+        DENY_EVENTS.reserve::<DenyEvent>(0)
+    };
+    let Some(mut entry) = entry else {
         // SAFETY: as above.
         unsafe { suppress(limit, bytes) };
         return;
