@@ -155,6 +155,13 @@ pub mod names {
     pub const DENY_LIMITS: &str = "DENY_LIMITS";
     /// `Array<u32>`, one entry: non-zero turns deny events off (benchmarks). Not pinned.
     pub const EVENTS_OFF: &str = "EVENTS_OFF";
+    /// `PerCpuArray<u64>` of [`super::FORWARD_STATS_ENTRIES`] packet counts by XDP
+    /// forwarding outcome ([`super::FORWARD_OUTCOMES`]).
+    pub const FORWARD_STATS: &str = "FORWARD_STATS";
+    /// `DevMapHash`, ifindex → ifindex: the interfaces XDP forwarding may send to (the
+    /// enforcer's own, with `--forward xdp`). Not pinned: each program has its own, filled by
+    /// the daemon that loaded it before it attaches.
+    pub const FORWARD_DEVS: &str = "FORWARD_DEVS";
     /// What the session scan is asked, and its count of entries visited (`ScanArgs`, one
     /// entry). Never pinned: each daemon's own iterator reads it.
     pub const SCAN_ARGS: &str = "SCAN_ARGS";
@@ -169,7 +176,7 @@ pub mod names {
         "VERDICT_STATS",
     ];
     /// Every map the program defines, for pinning and checks.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         SIM_V4,
         SIM_V6,
@@ -186,6 +193,7 @@ pub mod names {
         SESSIONS,
         DENY_EVENTS,
         DENY_LIMITS,
+        FORWARD_STATS,
     ];
 }
 
@@ -574,6 +582,51 @@ pub const IFACE_DROP_NON_POOL: u32 = 1;
 /// replies and inbound traffic are expected. An interface given without a role has neither
 /// flag and is judged by addresses alone.
 pub const IFACE_SERVICE: u32 = 2;
+/// Forward in XDP (`--forward xdp`): an IP packet that passes on this interface is routed by
+/// the kernel's FIB (`bpf_fib_lookup`) and sent out of its egress interface with
+/// `XDP_REDIRECT` through `FORWARD_DEVS`, skipping the kernel's stack, when the FIB resolves
+/// it and the egress interface is one of the enforcer's; anything else goes to the stack
+/// (`XDP_PASS`) as without the flag. The verdict is made before: this only picks the path.
+pub const IFACE_XDP_FORWARD: u32 = 4;
+
+/// Slots of `FORWARD_STATS` (packets, per CPU), one per outcome of XDP forwarding. Slots
+/// `0..=9` are `bpf_fib_lookup`'s return codes (`BPF_FIB_LKUP_RET_*`, Linux
+/// `include/uapi/linux/bpf.h`): [`FORWARD_REDIRECTED`] is its success, every other code sent
+/// the packet to the stack (e.g. 7, `NO_NEIGH`: the next hop's MAC address is not resolved
+/// yet, which the stack then resolves).
+pub const FORWARD_REDIRECTED: u32 = 0;
+/// `FORWARD_STATS` slot: `bpf_fib_lookup` returned a code this build does not name, or an
+/// error; sent to the stack.
+pub const FORWARD_OTHER: u32 = 11;
+/// `FORWARD_STATS` slot: the FIB's egress interface is not one of the enforcer's (not in
+/// `FORWARD_DEVS`); sent to the stack.
+pub const FORWARD_FOREIGN_EGRESS: u32 = 12;
+/// `FORWARD_STATS` slot: the TTL or hop limit would expire; sent to the stack, which answers
+/// with ICMP time exceeded.
+pub const FORWARD_TTL: u32 = 13;
+/// `FORWARD_STATS` slot: not an untagged IPv4 or IPv6 frame (a VLAN tag, say); sent to the
+/// stack.
+pub const FORWARD_NOT_PLAIN_IP: u32 = 14;
+/// Entries of `FORWARD_STATS`.
+pub const FORWARD_STATS_ENTRIES: u32 = 16;
+/// The name of each `FORWARD_STATS` slot that is ever written, for metrics and `status`
+/// (`bpf_fib_lookup` codes by their `BPF_FIB_LKUP_RET_*` names, lower case).
+pub const FORWARD_OUTCOMES: [(u32, &str); 14] = [
+    (FORWARD_REDIRECTED, "redirected"),
+    (1, "blackhole"),
+    (2, "unreachable"),
+    (3, "prohibit"),
+    (4, "not_forwarded"),
+    (5, "forwarding_disabled"),
+    (6, "unsupported_lwt"),
+    (7, "no_neighbour"),
+    (8, "fragmentation_needed"),
+    (9, "no_source_address"),
+    (FORWARD_OTHER, "other"),
+    (FORWARD_FOREIGN_EGRESS, "foreign_egress"),
+    (FORWARD_TTL, "ttl_expiring"),
+    (FORWARD_NOT_PLAIN_IP, "not_plain_ip"),
+];
 
 /// Value of `IFACES`.
 #[repr(C)]

@@ -160,6 +160,24 @@ impl Verdict {
         }
     }
 
+    /// Whether XDP forwarding (`IFACE_XDP_FORWARD`) may route this verdict's packet: an IP
+    /// packet that passes, except neighbour discovery (ARP, and ICMPv6 ND, which the
+    /// receiving host's stack must see) and frames that are not IP.
+    #[must_use]
+    pub const fn forwardable(self) -> bool {
+        matches!(
+            self,
+            Verdict::Pass(
+                PassReason::Rule
+                    | PassReason::NonPool
+                    | PassReason::Reply
+                    | PassReason::Inbound
+                    | PassReason::Audit,
+                _
+            )
+        )
+    }
+
     /// The slot of this verdict inside one segment's block of [`crate::maps::VerdictCounter`]s.
     ///
     /// Pass reasons take slots `1..=7` (today `1..=4`), drop reasons `8..=31` (`8 + reason -
@@ -192,3 +210,23 @@ const _: () = {
         i += 1;
     }
 };
+
+#[cfg(test)]
+mod tests {
+    use super::{DropReason, PassReason, Verdict};
+
+    #[test]
+    fn only_passed_ip_packets_are_forwarded_in_xdp() {
+        for reason in PassReason::ALL {
+            let to_stack = matches!(reason, PassReason::Neighbour | PassReason::NotIp);
+            assert_eq!(
+                Verdict::Pass(reason, 0).forwardable(),
+                !to_stack,
+                "{reason:?}"
+            );
+        }
+        for reason in DropReason::ALL {
+            assert!(!Verdict::Drop(reason).forwardable(), "{reason:?}");
+        }
+    }
+}

@@ -165,7 +165,6 @@ pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
 /// SIM's counters (the session's own counters are part of tracking and stay).
 #[xdp]
 pub fn enforcer_unaccounted(ctx: XdpContext) -> u32 {
-    let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
-    let (verdict, _src) = crate::run(&ctx, bytes);
+    let (verdict, _src) = crate::run(&ctx);
     verdict.xdp_action()
 }

@@ -9,8 +9,8 @@ use enforcer_common::{
     Inputs,
     decide::{self, PacketMeta, Tables},
     maps::{
-        IPPROTO_UDP, NET_POOL, NetEntry, PortRuleKey, RuleKey, SIM_NONE, SegmentEntry, SimBinding,
-        SimEntry, SimPolicy, ports_used_index, segment_index,
+        IFACE_XDP_FORWARD, IPPROTO_UDP, NET_POOL, NetEntry, PortRuleKey, RuleKey, SIM_NONE,
+        SegmentEntry, SimBinding, SimEntry, SimPolicy, ports_used_index, segment_index,
     },
     rules::RuleTable,
 };
@@ -156,6 +156,14 @@ pub fn outside_pools(v6: bool, addr: &[u8; 16]) -> bool {
 #[inline(always)]
 pub fn iface_flags(ifindex: u32) -> u32 {
     KernelMaps.iface_flags(ifindex)
+}
+
+/// Whether packets that pass on `ifindex` are forwarded in XDP (`IFACE_XDP_FORWARD`), through
+/// this CPU's `IFACE_CACHE`.
+#[inline(always)]
+pub fn forwards(ifindex: u32) -> bool {
+    let epoch = CONFIG.get(0).map_or(0, |config| config.epoch);
+    iface_flags_cached(ifindex, epoch) & IFACE_XDP_FORWARD != 0
 }
 
 /// [`iface_flags`] through this CPU's `IFACE_CACHE`, under `epoch` (`CONFIG.epoch`, read by

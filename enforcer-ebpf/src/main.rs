@@ -1,5 +1,6 @@
 //! The enforcer XDP program: parse → track (a session of the current policy epoch passes at
-//! once) → identify → decide → account, one exit.
+//! once) → identify → decide → account → forward (opt-in: a passed packet routed and
+//! redirected in XDP), one exit.
 //!
 //! Every stage is a module; this file only wires them.
 #![cfg_attr(not(test), no_std)]
@@ -12,6 +13,7 @@
 mod account;
 mod bench;
 mod events;
+mod forward;
 mod identify;
 mod maps;
 mod parse;
@@ -26,12 +28,34 @@ use enforcer_common::{
 
 use crate::parse::Parsed;
 
-/// Entry point: judge the frame, count it once, return the action.
+/// The frame's length in bytes, read from the context where it is needed rather than kept in
+/// a register across the stages.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    ctx.data_end().wrapping_sub(ctx.data()) as u64
+}
+
+/// Entry point: judge the frame, pick its path, count it once, return the action.
 #[xdp]
 pub fn enforcer(ctx: XdpContext) -> u32 {
-    let bytes = ctx.data_end().wrapping_sub(ctx.data()) as u64;
-    let (verdict, src) = run(&ctx, bytes);
-    account::record(verdict, &src, bytes);
+    let (verdict, src) = run(&ctx);
+    // The context is read back from its stack slot (where `parse_into` already needs it)
+    // rather than kept in a register across the stages: the register cost a spill slot that
+    // took the frame over the 256 bytes Linux 6.1's combined stack limit leaves it.
+    // SAFETY: a volatile read of a local that lives for the whole function.
+    let ctx = unsafe { core::ptr::read_volatile(&raw const ctx) };
+    let action = path(&ctx, verdict);
+    account::record(verdict, &src, frame_len(&ctx));
+    action
+}
+
+/// The action for `verdict`: a passed IP packet on an interface that forwards in XDP is
+/// routed and redirected (`forward`), every other packet gets the verdict's own action.
+#[inline(always)]
+fn path(ctx: &XdpContext, verdict: Verdict) -> u32 {
+    if verdict.forwardable() {
+        return forward::forward(ctx);
+    }
     verdict.xdp_action()
 }
 
@@ -43,7 +67,7 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
+fn run(ctx: &XdpContext) -> (Verdict, Src) {
     let mut meta = PacketMeta::default();
     match decode(parse_into(ctx, &mut meta)) {
         Stage::Ip => {}
@@ -59,6 +83,7 @@ fn run(ctx: &XdpContext, bytes: u64) -> (Verdict, Src) {
             return (enforcer_common::decide::not_ip(flags), Src::default());
         }
     }
+    let bytes = frame_len(ctx);
     let mut sessions = track::KernelSessions::new();
     let (verdict, src) = enforcer_common::session::judge(&mut sessions, &mut meta, bytes);
     match verdict {

@@ -5,13 +5,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit, IfaceEntry, MAX_IFACES,
-    NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES, PortRuleKey, RULE_KEY_LEN, RuleEntry,
-    SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, SimRecord,
-    VERDICT_STATS_ENTRIES, defaults,
+    Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit, FORWARD_STATS_ENTRIES,
+    IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES, PortRuleKey,
+    RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6,
+    SimRecord, VERDICT_STATS_ENTRIES, defaults,
 };
 use enforcer_common::session::{Session, SessionKey};
 
@@ -124,3 +124,13 @@ pub static EVENTS_OFF: Array<u32> = Array::with_max_entries(1, 0);
 /// pinned: each daemon's own iterator reads it.
 #[map]
 pub static SCAN_ARGS: Array<enforcer_common::scan::ScanArgs> = Array::with_max_entries(1, 0);
+
+/// ifindex → the same ifindex: the interfaces XDP forwarding may redirect to (`crate::forward`).
+/// Not pinned: each loaded program has its own, which the daemon fills before attaching it.
+#[map]
+pub static FORWARD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// Packets by XDP forwarding outcome (`enforcer_common::maps::FORWARD_OUTCOMES`), per CPU.
+#[map]
+pub static FORWARD_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FORWARD_STATS_ENTRIES, 0);

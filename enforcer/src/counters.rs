@@ -199,6 +199,16 @@ fn add_counter(total: &mut Counter, cpu: &Counter) {
     total.bytes += cpu.bytes;
 }
 
+/// `FORWARD_STATS` summed over CPUs: packets per slot (index with the `FORWARD_*` slots of
+/// `enforcer_common::maps`). Sixteen slots: one lookup each.
+pub fn forward_outcomes(map: &Map) -> Result<Vec<u64>, MapError> {
+    sum_each(
+        map,
+        enforcer_common::maps::FORWARD_STATS_ENTRIES as usize,
+        |total: &mut u64, value: &u64| *total = total.wrapping_add(*value),
+    )
+}
+
 /// The first `count` elements (at most the map's size), summed over CPUs, by batch lookup.
 fn sum<T: aya::Pod + Default + Send>(
     map: &Map,

@@ -9,14 +9,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use enforcer_common::maps::{
-    Config, GENERATIONS, IfaceEntry, MAX_SEGMENTS, NetEntry, PORT_BITS_ANY, PORT_WORDS, PROTO_ANY,
-    PortRuleKey, RULE_BITS_PORTS, RULE_BITS_PROTO, RULE_KEY_LEN, RuleEntry, RuleKey, SIM_NONE,
-    SIM_QUARANTINED, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6, names, ports_used_index,
-    segment_index,
+    Config, FORWARD_OUTCOMES, GENERATIONS, IFACE_XDP_FORWARD, IfaceEntry, MAX_SEGMENTS, NetEntry,
+    PORT_BITS_ANY, PORT_WORDS, PROTO_ANY, PortRuleKey, RULE_BITS_PORTS, RULE_BITS_PROTO,
+    RULE_KEY_LEN, RuleEntry, RuleKey, SIM_NONE, SIM_QUARANTINED, SegmentEntry, SimBinding,
+    SimKeyV4, SimKeyV6, names, ports_used_index, segment_index,
 };
 use enforcer_common::scan::ScanArgs;
 
@@ -1159,6 +1159,7 @@ impl Enforcer {
     /// # Errors
     /// [`LoadError::Map`] if `IFACES` or `CONFIG` cannot be written.
     pub fn set_iface(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
+        self.set_forward_dev(ifindex, flags & IFACE_XDP_FORWARD != 0)?;
         let mut ifaces: HashMap<&mut MapData, u32, IfaceEntry> =
             HashMap::try_from(self.map_mut(names::IFACES)?)
                 .map_err(map_err(names::IFACES, "opening"))?;
@@ -1166,6 +1167,52 @@ impl Enforcer {
             .insert(ifindex, IfaceEntry { flags }, 0)
             .map_err(map_err(names::IFACES, "writing"))?;
         self.bump_epoch().map(drop)
+    }
+
+    /// Let XDP forwarding send to interface `ifindex` (`FORWARD_DEVS`), or not. Written before
+    /// the interface's flags, so that an interface that forwards is a destination first: the
+    /// kernel removes an entry by itself when its interface goes away.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `FORWARD_DEVS` cannot be written (the kernel refuses an interface
+    /// that cannot take redirected frames with `EINVAL`).
+    fn set_forward_dev(&mut self, ifindex: u32, on: bool) -> Result<(), LoadError> {
+        let mut devs: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(names::FORWARD_DEVS)?)
+                .map_err(map_err(names::FORWARD_DEVS, "opening"))?;
+        if on {
+            devs.insert(ifindex, ifindex, None, 0)
+                .map_err(|source| LoadError::Map {
+                    map: names::FORWARD_DEVS,
+                    what: "writing",
+                    source: std::io::Error::other(source),
+                })
+        } else {
+            match devs.remove(ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                // Not there: the usual case, an interface that never forwarded.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(map_err(names::FORWARD_DEVS, "deleting from")(e)),
+            }
+        }
+    }
+
+    /// Packets by XDP forwarding outcome since the pinned counters were made, summed over CPUs:
+    /// (outcome name from `FORWARD_OUTCOMES`, packets), every outcome listed.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `FORWARD_STATS` cannot be read.
+    pub fn forward_stats(&self) -> Result<Vec<(&'static str, u64)>, LoadError> {
+        let counts = crate::counters::forward_outcomes(self.map_ref(names::FORWARD_STATS)?)
+            .map_err(map_err(names::FORWARD_STATS, "reading"))?;
+        Ok(FORWARD_OUTCOMES
+            .iter()
+            .map(|&(slot, name)| (name, counts.get(slot as usize).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// Attach the program to `iface`.

@@ -157,6 +157,15 @@ struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = Mode::Native)]
     xdp_mode: Mode,
+    /// How packets that pass reach their next hop: `stack` (the kernel's IP forwarding, with
+    /// netfilter and qdiscs) or `xdp` (routed by the kernel's FIB with `bpf_fib_lookup` and
+    /// redirected to the egress interface in XDP, skipping the stack: faster, but the
+    /// gateway's own netfilter FORWARD rules, conntrack, NAT and egress qdiscs never see
+    /// those packets). With `xdp`, a packet the FIB cannot finish (neighbour not resolved
+    /// yet, local destination, TTL expiring, too big for the egress MTU, an egress interface
+    /// not given with `--iface`) goes to the stack as with `stack`.
+    #[arg(long, value_enum, default_value_t = Forward::Stack)]
+    forward: Forward,
     /// The older spelling of `--iface core:IF` for an interface given with `--iface IF`;
     /// repeatable.
     #[arg(long = "drop-non-pool", value_name = "IF")]
@@ -694,6 +703,15 @@ impl TimeoutArgs {
     }
 }
 
+/// `--forward`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Forward {
+    /// The kernel's IP forwarding.
+    Stack,
+    /// `bpf_fib_lookup` and `XDP_REDIRECT`.
+    Xdp,
+}
+
 /// One `--iface [ROLE:]IF`.
 #[derive(Clone, Debug)]
 struct IfaceArg {
@@ -767,6 +785,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         policy,
         ifaces: args.ifaces.into_iter().map(|i| i.name).collect(),
         core_facing,
+        xdp_forward: args.forward == Forward::Xdp,
         mode: match args.xdp_mode {
             Mode::Native => XdpMode::Driver,
             Mode::Skb => XdpMode::Skb,

@@ -30,7 +30,7 @@ use enforcer::{
     loader::{Capacity, Enforcer},
     policy,
 };
-use enforcer_common::maps::names;
+use enforcer_common::maps::{IFACE_XDP_FORWARD, names};
 
 use crate::{
     bench::{SEGMENTS, generate, sim_v4},
@@ -58,6 +58,9 @@ pub enum Filter {
     /// The enforcer with its deny events off (`EVENTS_OFF`): what the deny-event budgets cost
     /// a flood (drop mode only).
     EnforcerNoEvents,
+    /// The enforcer forwarding what passes in XDP (`--forward xdp`: `bpf_fib_lookup` and a
+    /// redirect to the sink's veth), pass mode only.
+    EnforcerXdpForward,
     /// nftables netdev ingress, verdict map SIM → segment chain.
     NftNetdev,
     /// nftables inet forward with conntrack, the same chains.
@@ -73,6 +76,7 @@ impl Filter {
             Filter::Bare => "bare one-lookup XDP",
             Filter::Enforcer => "enforcer",
             Filter::EnforcerNoEvents => "enforcer, deny events off",
+            Filter::EnforcerXdpForward => "enforcer, --forward xdp",
             Filter::NftNetdev => "nftables netdev",
             Filter::NftInet => "nftables inet + conntrack",
         }
@@ -94,6 +98,8 @@ pub struct Windows {
 pub struct Rig {
     gw_in: String,
     sink_if: String,
+    /// The gateway's interface toward the sink (`--forward xdp` redirects to it).
+    gw_out: String,
     gen_ifindex: u32,
     gw_mac: [u8; 6],
     // Dropped last.
@@ -179,6 +185,7 @@ impl Rig {
         let gen_ifindex = in_netns(&generator.name, || if_index(&gen_if));
         Self {
             gw_in,
+            gw_out,
             sink_if,
             gen_ifindex,
             gw_mac,
@@ -294,6 +301,9 @@ pub fn measure(
     if mode == Mode::Pass && matches!(filter, Filter::DropAll | Filter::EnforcerNoEvents) {
         return None;
     }
+    if mode == Mode::Drop && filter == Filter::EnforcerXdpForward {
+        return None;
+    }
     // The sink counts what the gateway forwards.
     let sink = in_netns(&rig.sink.name, || {
         let mut ebpf = EbpfLoader::new()
@@ -374,15 +384,32 @@ impl Gateway {
         let capacity =
             Capacity::for_image(&compiled.image, compiled.rules.len(), Capacity::default());
         match filter {
-            Filter::Enforcer | Filter::EnforcerNoEvents | Filter::Bare | Filter::DropAll => {
+            Filter::Enforcer
+            | Filter::EnforcerNoEvents
+            | Filter::EnforcerXdpForward
+            | Filter::Bare
+            | Filter::DropAll => {
                 in_netns(&rig.gw.name, || {
                     let mut enforcer = Enforcer::load(capacity, None).expect("load enforcer");
                     enforcer.apply(&compiled.image).expect("fill maps");
                     if filter == Filter::EnforcerNoEvents {
                         enforcer.set_deny_events(false).expect("deny events off");
                     }
+                    if filter == Filter::EnforcerXdpForward {
+                        // What the daemon does for `--forward xdp` on both interfaces.
+                        for iface in [&rig.gw_in, &rig.gw_out] {
+                            enforcer
+                                .set_iface(if_index(iface), IFACE_XDP_FORWARD)
+                                .expect("forward in XDP");
+                        }
+                    }
                     let program: Option<&'static str> = match (filter, mode) {
-                        (Filter::Enforcer | Filter::EnforcerNoEvents, _) => None,
+                        (
+                            Filter::Enforcer
+                            | Filter::EnforcerNoEvents
+                            | Filter::EnforcerXdpForward,
+                            _,
+                        ) => None,
                         (Filter::Bare, Mode::Drop) => Some("xdp_bare"),
                         (Filter::Bare, Mode::Pass) => Some("xdp_bare_pass"),
                         _ => Some("xdp_drop_all"),

@@ -65,6 +65,12 @@ const APT_PACKAGES: &[Package] = &[
         for_: &[Purpose::Demo, Purpose::VmTest, Purpose::Test],
     },
     Package {
+        name: "ethtool",
+        why: "turns GRO on at the far ends of the veths the `--forward xdp` test and benchmark \
+              redirect to (a veth takes redirected frames only then)",
+        for_: &[Purpose::Bench, Purpose::Test],
+    },
+    Package {
         name: "nftables",
         why: "the benchmark's nftables comparison",
         for_: &[Purpose::Bench, Purpose::Test],

@@ -132,6 +132,28 @@ fn status_table(s: &Status) -> String {
     if !s.session_scan.is_empty() {
         let _ = writeln!(out, "sweeps:    {}", s.session_scan);
     }
+    if let [(_, redirected), to_stack @ ..] = s
+        .xdp_forward
+        .iter()
+        .map(|c| (c.outcome.as_str(), c.packets))
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        let reasons: Vec<String> = to_stack
+            .iter()
+            .filter(|(_, packets)| *packets > 0)
+            .map(|(outcome, packets)| format!("{outcome} {packets}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "forward:   in XDP: {redirected} packets redirected; to the stack: {}",
+            if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(", ")
+            }
+        );
+    }
     if let Some(e) = &s.export {
         let _ = writeln!(
             out,
@@ -147,8 +169,8 @@ fn status_table(s: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  STATE",
-        "INTERFACE", "MODE", "ROLE", "IFINDEX", "LINK", "PROGRAM", "REATTACHED"
+        "\n{:<16} {:<7} {:<8} {:<7} {:>8} {:>8} {:>8} {:>10}  STATE",
+        "INTERFACE", "MODE", "ROLE", "FORWARD", "IFINDEX", "LINK", "PROGRAM", "REATTACHED"
     );
     for i in &s.interfaces {
         let (ifindex, link, program, state) = match &i.link {
@@ -161,7 +183,7 @@ fn status_table(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<7} {:<8} {:>8} {:>8} {:>8} {:>10}  {state}",
+            "{:<16} {:<7} {:<8} {:<7} {:>8} {:>8} {:>8} {:>10}  {state}",
             i.iface,
             i.mode,
             if i.core_facing {
@@ -170,6 +192,11 @@ fn status_table(s: &Status) -> String {
                 "service"
             } else {
                 "-"
+            },
+            if i.forward.is_empty() {
+                "stack"
+            } else {
+                &i.forward
             },
             ifindex,
             link,

@@ -456,6 +456,11 @@ pub struct Status {
     /// The IPFIX flow export, when collectors are given.
     #[serde(default)]
     pub export: Option<ExportStatus>,
+    /// With `--forward xdp`: packets that passed on the interfaces, by XDP forwarding outcome
+    /// (`redirected`, or why the packet went to the kernel's stack: `no_neighbour`,
+    /// `not_forwarded`, `ttl_expiring`, ...), every outcome listed; empty otherwise.
+    #[serde(default)]
+    pub xdp_forward: Vec<ForwardCount>,
     /// How session sweeps read `SESSIONS`: `kernel` (a BPF iterator copies out only the
     /// sessions that changed), or `batch: WHY` (every entry read in batches and filtered in
     /// the daemon, because the kernel refused the iterator: slower at millions of sessions).
@@ -484,6 +489,17 @@ pub struct ExportStatus {
     pub sessions_adopted: u64,
 }
 
+/// Packets of one XDP forwarding outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForwardCount {
+    /// The outcome: `redirected`, or a reason the packet went to the kernel's stack (the
+    /// names of `bpf_fib_lookup`'s `BPF_FIB_LKUP_RET_*` results, and `foreign_egress`,
+    /// `ttl_expiring`, `not_plain_ip`, `other`).
+    pub outcome: String,
+    /// Packets, since the pinned counters were created.
+    pub packets: u64,
+}
+
 /// One attached interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Interface {
@@ -497,6 +513,10 @@ pub struct Interface {
     /// The `service` role (`--iface service:IF`); neither this nor `core_facing`: no role.
     #[serde(default)]
     pub service_facing: bool,
+    /// How packets that pass here reach their next hop: `stack` (the kernel's forwarding)
+    /// or `xdp` (routed by the kernel's FIB and redirected in XDP, `--forward xdp`).
+    #[serde(default)]
+    pub forward: String,
     /// The pinned link, as the kernel reports it now (`ifindex` 0: the interface is gone).
     pub link: Option<Attachment>,
     /// Times the daemon attached it again after the interface was re-created.

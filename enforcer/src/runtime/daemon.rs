@@ -120,13 +120,18 @@ pub(crate) struct Iface {
     pub core_facing: bool,
     /// The `service` role.
     pub service_facing: bool,
+    /// Passed packets arriving here are forwarded in XDP (`--forward xdp`).
+    pub xdp_forward: bool,
     pub reattached: u32,
 }
 
 impl Iface {
-    /// Its `IFACE_*` flags, from its role.
+    /// Its `IFACE_*` flags, from its role and the forwarding path.
     fn flags(&self) -> u32 {
         let mut flags = 0;
+        if self.xdp_forward {
+            flags |= enforcer_common::maps::IFACE_XDP_FORWARD;
+        }
         if self.core_facing {
             flags |= IFACE_DROP_NON_POOL;
         }
@@ -910,8 +915,19 @@ impl Daemon {
             .map(aya::maps::Map::PerCpuArray)
             .map_err(|err| warn!(error = %err, "Cannot open the pinned verdict counters; /metrics has no packet counts."))
             .ok();
+        let forwarded = self
+            .settings
+            .xdp_forward
+            .then(|| {
+                aya::maps::MapData::from_pin(self.settings.pin_dir.join(names::FORWARD_STATS))
+                    .map(aya::maps::Map::PerCpuArray)
+                    .map_err(|err| warn!(error = %err, "Cannot open the pinned forwarding counters; /metrics has no XDP forwarding counts."))
+                    .ok()
+            })
+            .flatten();
         let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(
             verdicts,
+            forwarded,
             self.flow_export
                 .as_ref()
                 .map(|e| std::sync::Arc::clone(e.exporter.stats())),
@@ -2179,6 +2195,7 @@ impl Daemon {
                 mode: mode.to_owned(),
                 core_facing: iface.core_facing,
                 service_facing: iface.service_facing,
+                forward: if iface.xdp_forward { "xdp" } else { "stack" }.to_owned(),
                 link: pinned.iter().find(|a| a.iface == iface.name).cloned(),
                 reattached: iface.reattached,
             })
@@ -2198,6 +2215,19 @@ impl Daemon {
                 .and_then(|p| p.verified_instruction_count())
                 .unwrap_or(0),
             interfaces,
+            xdp_forward: if self.settings.xdp_forward {
+                self.enforcer
+                    .forward_stats()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(outcome, packets)| crate::control::ForwardCount {
+                        outcome: outcome.to_owned(),
+                        packets,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             sims: self.sim_counts(),
             maps,
             export: self.flow_export.as_ref().map(|e| {

@@ -49,6 +49,9 @@ pub struct Settings {
     pub service_facing: Vec<String>,
     /// XDP mode for links this daemon creates.
     pub mode: XdpMode,
+    /// Forward passed packets in XDP (`--forward xdp`: `bpf_fib_lookup` and a redirect)
+    /// rather than through the kernel's stack.
+    pub xdp_forward: bool,
     /// Pin directory on bpffs.
     pub pin_dir: PathBuf,
     /// Control socket.
@@ -193,6 +196,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             ifindex: index,
             core_facing: settings.core_facing.contains(name),
             service_facing: settings.service_facing.contains(name),
+            xdp_forward: settings.xdp_forward,
             reattached: 0,
         });
     }

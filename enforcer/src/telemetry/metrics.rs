@@ -73,6 +73,10 @@ pub struct Metrics {
     /// `VERDICT_STATS`, opened from its pin (read only here); its lock also makes one scrape
     /// at a time refill the mirrored counters.
     verdict_stats: Mutex<Option<Map>>,
+    /// `FORWARD_STATS`, opened from its pin.
+    forward_stats: Option<Map>,
+    /// Packets by XDP forwarding outcome (`outcome`).
+    forwarded: IntCounterVec,
     export: Option<Arc<ExportStats>>,
 }
 
@@ -119,12 +123,20 @@ impl Metrics {
     #[must_use]
     pub fn new(
         verdict_stats: Option<Map>,
+        forward_stats: Option<Map>,
         export: Option<Arc<ExportStats>>,
         events: Option<Arc<super::events::EventStats>>,
         alerts: Option<Arc<super::alerts::AlertStats>>,
         radius: Option<Arc<crate::bindings::radius::Stats>>,
     ) -> Self {
         let r = Registry::new();
+        let forwarded = counter_vec(
+            &r,
+            "enforcer_xdp_forward_packets_total",
+            "Passed packets on interfaces that forward in XDP (--forward xdp), by outcome: \
+             redirected, or why they went to the kernel's stack (bpf_fib_lookup's result)",
+            &["outcome"],
+        );
         let verdict = &["segment", "verdict", "reason"];
         let ipfix = [
             (
@@ -255,6 +267,8 @@ impl Metrics {
             registry: r,
             segments: RwLock::new(Vec::new()),
             verdict_stats: Mutex::new(verdict_stats),
+            forward_stats,
+            forwarded,
             export,
         }
     }
@@ -277,6 +291,16 @@ impl Metrics {
             .map_err(|_| "the counters' lock is poisoned".to_owned())?;
         if let Some(map) = guard.as_ref() {
             self.read_kernel(map)?;
+        }
+        if let Some(map) = &self.forward_stats {
+            let counts = crate::counters::forward_outcomes(map)
+                .map_err(|e| format!("reading FORWARD_STATS: {e}"))?;
+            for &(slot, outcome) in &enforcer_common::maps::FORWARD_OUTCOMES {
+                mirror(
+                    &self.forwarded.with_label_values(&[outcome]),
+                    counts.get(slot as usize).copied().unwrap_or(0),
+                );
+            }
         }
         if let Some(export) = &self.export {
             let values = [

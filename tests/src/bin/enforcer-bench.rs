@@ -491,6 +491,7 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                     Filter::DropAll,
                     Filter::Bare,
                     Filter::Enforcer,
+                    Filter::EnforcerXdpForward,
                     Filter::NftNetdev,
                     Filter::NftInet,
                 ];
@@ -518,6 +519,7 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                 &[
                     Filter::Bare,
                     Filter::Enforcer,
+                    Filter::EnforcerXdpForward,
                     Filter::NftNetdev,
                     Filter::NftInet,
                 ],
@@ -590,12 +592,13 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             .and_then(|r| r["pps"]["median"].as_f64())
     };
     let largest = *sizes.iter().max().unwrap_or(&0);
-    // The enforcer's rate over another gateway's, same mode and size.
-    let versus = |mode: &str, other: Filter| {
-        rate(largest, mode, Filter::Enforcer)
+    // An enforcer configuration's rate over another gateway's, same mode and size.
+    let versus_of = |ours: Filter, mode: &str, other: Filter| {
+        rate(largest, mode, ours)
             .zip(rate(largest, mode, other))
             .map(|(ours, theirs)| ours / theirs)
     };
+    let versus = |mode: &str, other: Filter| versus_of(Filter::Enforcer, mode, other);
     // (target, mode, the other gateway, the least ratio of the enforcer's rate to its).
     let targets = [
         (
@@ -635,7 +638,29 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             3.0,
         ),
     ]
-    .map(|(what, mode, other, target)| (what, versus(mode, other), target));
+    .map(|(what, mode, other, target)| (what, versus(mode, other), target))
+    .into_iter()
+    .chain(
+        [
+            (
+                "forwarded rate with --forward xdp ≥ 1.3× nftables netdev (issue 11)",
+                Filter::NftNetdev,
+                1.3,
+            ),
+            (
+                "forwarded rate with --forward xdp ≥ 3× nftables inet + conntrack (issue 11)",
+                Filter::NftInet,
+                3.0,
+            ),
+        ]
+        .map(|(what, other, target)| {
+            (
+                what,
+                versus_of(Filter::EnforcerXdpForward, "Pass", other),
+                target,
+            )
+        }),
+    );
     let _ = writeln!(md, "\nTargets at {largest} SIMs:\n");
     for (what, measured, target) in targets {
         if let Some(measured) = measured {
