@@ -604,8 +604,8 @@ pub const FORWARD_FOREIGN_EGRESS: u32 = 12;
 /// `FORWARD_STATS` slot: the TTL or hop limit would expire; sent to the stack, which answers
 /// with ICMP time exceeded.
 pub const FORWARD_TTL: u32 = 13;
-/// `FORWARD_STATS` slot: not an untagged IPv4 or IPv6 frame (a VLAN tag, say); sent to the
-/// stack.
+/// `FORWARD_STATS` slot: not an untagged IPv4 or IPv6 frame to a unicast MAC address (a VLAN
+/// tag, say, or a broadcast or multicast destination MAC); sent to the stack.
 pub const FORWARD_NOT_PLAIN_IP: u32 = 14;
 /// Entries of `FORWARD_STATS`.
 pub const FORWARD_STATS_ENTRIES: u32 = 16;

@@ -76,6 +76,13 @@ fn route(ctx: &XdpContext, ifindex: u32) -> (u32, u32) {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ifindex;
+    // A broadcast or multicast destination MAC is not addressed to this host as a router: the
+    // stack would not forward it (it drops frames for other hosts too, which only a
+    // promiscuous interface lets in).
+    // SAFETY: as above.
+    if unsafe { *eth } & 1 != 0 {
+        return (XDP_PASS, FORWARD_NOT_PLAIN_IP);
+    }
     let v6 = match ethertype {
         ETH_P_IP if byte(0) >> 4 == 4 => false,
         // The IPv6 header is the longer one: checked before any of its bytes beyond the
@@ -92,7 +99,10 @@ fn route(ctx: &XdpContext, ifindex: u32) -> (u32, u32) {
     if v6 {
         fib.family = AF_INET6;
         fib.l4_protocol = byte(6);
-        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([byte(4), byte(5)]);
+        // The L3 length the FIB checks against the egress MTU: the payload and the 40-byte
+        // header (`payload_len` counts only the payload, RFC 8200 §3).
+        fib.__bindgen_anon_1.tot_len =
+            u16::from_be_bytes([byte(4), byte(5)]).saturating_add(IPV6_HLEN as u16);
         fib.__bindgen_anon_2.flowinfo =
             u32::from_ne_bytes([byte(0), byte(1), byte(2), byte(3)]) & IPV6_FLOWINFO_MASK;
         let word = |at: usize| {

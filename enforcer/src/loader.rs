@@ -1173,9 +1173,12 @@ impl Enforcer {
     /// the interface's flags, so that an interface that forwards is a destination first: the
     /// kernel removes an entry by itself when its interface goes away.
     ///
+    /// The kernel checks only that the interface exists; whether its driver can send
+    /// redirected frames (`ndo_xdp_xmit`) shows only when a frame is sent: one that cannot is
+    /// dropped by the kernel (`xdp:xdp_redirect_err`).
+    ///
     /// # Errors
-    /// [`LoadError::Map`] if `FORWARD_DEVS` cannot be written (the kernel refuses an interface
-    /// that cannot take redirected frames with `EINVAL`).
+    /// [`LoadError::Map`] if `FORWARD_DEVS` cannot be written.
     fn set_forward_dev(&mut self, ifindex: u32, on: bool) -> Result<(), LoadError> {
         let mut devs: DevMapHash<&mut MapData> =
             DevMapHash::try_from(self.map_mut(names::FORWARD_DEVS)?)

@@ -35,11 +35,12 @@ ipv6 = "fd00:64:0:1::/64"
 segment = "meters"
 "#;
 
-/// Packets the gateway's stack forwarded, by the nftables counter on its `forward` hook.
-fn stack_forwarded(gw: &str, table: &str) -> u64 {
+/// Packets counted by every rule of nftables table `inet table` in namespace `ns`: with the
+/// witness table on the gateway, the packets its stack forwarded.
+fn nft_packets(ns: &str, table: &str) -> u64 {
     let out = Command::new("ip")
         .args([
-            "netns", "exec", gw, "nft", "-j", "list", "table", "inet", table,
+            "netns", "exec", ns, "nft", "-j", "list", "table", "inet", table,
         ])
         .output()
         .expect("nft list");
@@ -122,6 +123,24 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         .gw
         .exec_ok(&["nft", "add", "rule", "inet", &table, "witness", "counter"]);
 
+    // At the services, packets from the device by the TTL (hop limit) they arrive with: 63
+    // after the gateway's one hop, from the hosts' 64.
+    for (name, ttl) in [("arrived_ttl63", "63"), ("arrived_other", "!= 63")] {
+        topology.svc.exec_ok(&["nft", "add", "table", "inet", name]);
+        topology.svc.exec_ok(&[
+            "nft",
+            &format!("add chain inet {name} input {{ type filter hook input priority 0; }}"),
+        ]);
+        topology.svc.exec_ok(&[
+            "nft",
+            &format!("add rule inet {name} input ip saddr {DEVICE} ip ttl {ttl} counter"),
+        ]);
+        topology.svc.exec_ok(&[
+            "nft",
+            &format!("add rule inet {name} input ip6 saddr {DEVICE_V6} ip6 hoplimit {ttl} counter"),
+        ]);
+    }
+
     let daemon = Daemon::start_with_roles(
         &enforcer_bin(),
         Path::new(&policy),
@@ -149,10 +168,8 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         "the first packets did not go to the stack: {}",
         daemon.status()["xdp_forward"]
     );
-    let (stack_before, redirected_before) = (
-        stack_forwarded(&topology.gw.name, &table),
-        redirected(&daemon),
-    );
+    let (stack_before, redirected_before) =
+        (nft_packets(&topology.gw.name, &table), redirected(&daemon));
     // TCP both ways (handshake, data, close), UDP echoed both ways, IPv6 TCP.
     assert!(topology.send(&probe(Kind::Tcp, DEVICE, "198.51.100.10", 443)));
     assert!(topology.send(&probe(Kind::Udp(20), DEVICE, SERVICE, 53)));
@@ -173,7 +190,7 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         outcome.lost().len(),
         outcome.sent
     );
-    let stack = stack_forwarded(&topology.gw.name, &table) - stack_before;
+    let stack = nft_packets(&topology.gw.name, &table) - stack_before;
     let xdp = redirected(&daemon) - redirected_before;
     // TCP handshakes and closes, 40 UDP echo packets and the stream: all redirected.
     assert!(
@@ -184,6 +201,17 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
     assert_eq!(
         stack, 0,
         "the gateway's stack forwarded {stack} packets that XDP should have ({xdp} redirected)"
+    );
+    // Every packet lost one from its TTL or hop limit on the way, as the stack's would.
+    let (ttl63, other) = (
+        nft_packets(&topology.svc.name, "arrived_ttl63"),
+        nft_packets(&topology.svc.name, "arrived_other"),
+    );
+    assert_eq!(other, 0, "{other} packets arrived with a TTL other than 63");
+    assert!(
+        ttl63 >= outcome.sent,
+        "{ttl63} packets arrived with TTL 63, {} sent",
+        outcome.sent
     );
 
     // Verdicts are unchanged: a port no rule allows, and a service opening a connection to
@@ -196,7 +224,7 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         format!("{DEVICE}:4059").parse().expect("address"),
     ));
     assert_eq!(
-        stack_forwarded(&topology.gw.name, &table) - stack_before,
+        nft_packets(&topology.gw.name, &table) - stack_before,
         0,
         "a denied packet reached the stack's forwarding"
     );

@@ -2218,7 +2218,10 @@ impl Daemon {
             xdp_forward: if self.settings.xdp_forward {
                 self.enforcer
                     .forward_stats()
-                    .unwrap_or_default()
+                    .unwrap_or_else(|err| {
+                        warn!(error = %err, "Cannot read the XDP forwarding counters.");
+                        Vec::new()
+                    })
                     .into_iter()
                     .map(|(outcome, packets)| crate::control::ForwardCount {
                         outcome: outcome.to_owned(),
