@@ -27,4 +27,5 @@ pub mod scan_plan;
 pub mod sim_table;
 pub mod store;
 pub mod telemetry;
+pub mod xdp_features;
 pub mod xdp_holder;

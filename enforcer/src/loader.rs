@@ -1159,7 +1159,23 @@ impl Enforcer {
     /// # Errors
     /// [`LoadError::Map`] if `IFACES` or `CONFIG` cannot be written.
     pub fn set_iface(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
-        self.set_forward_dev(ifindex, flags & IFACE_XDP_FORWARD != 0)?;
+        self.set_iface_redirect(ifindex, flags, flags & IFACE_XDP_FORWARD != 0)
+    }
+
+    /// Like [`Enforcer::set_iface`], with whether XDP forwarding may redirect frames to the
+    /// interface (`FORWARD_DEVS`) given apart: an interface may forward what arrives on it in
+    /// XDP while its driver cannot send redirected frames (no `ndo_xdp_xmit`), so what is
+    /// routed out of it takes the stack.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] if `FORWARD_DEVS`, `IFACES` or `CONFIG` cannot be written.
+    pub fn set_iface_redirect(
+        &mut self,
+        ifindex: u32,
+        flags: u32,
+        redirect_target: bool,
+    ) -> Result<(), LoadError> {
+        self.set_forward_dev(ifindex, redirect_target)?;
         let mut ifaces: HashMap<&mut MapData, u32, IfaceEntry> =
             HashMap::try_from(self.map_mut(names::IFACES)?)
                 .map_err(map_err(names::IFACES, "opening"))?;

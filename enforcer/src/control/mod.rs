@@ -513,8 +513,10 @@ pub struct Interface {
     /// The `service` role (`--iface service:IF`); neither this nor `core_facing`: no role.
     #[serde(default)]
     pub service_facing: bool,
-    /// How packets that pass here reach their next hop: `stack` (the kernel's forwarding)
-    /// or `xdp` (routed by the kernel's FIB and redirected in XDP, `--forward xdp`).
+    /// How packets that pass here reach their next hop: `stack` (the kernel's forwarding),
+    /// `xdp` (routed by the kernel's FIB and redirected in XDP, `--forward xdp`), or `xdp-in`
+    /// (as `xdp`, but the interface's driver cannot send redirected frames, so what is routed
+    /// out of it takes the stack).
     #[serde(default)]
     pub forward: String,
     /// The pinned link, as the kernel reports it now (`ifindex` 0: the interface is gone).

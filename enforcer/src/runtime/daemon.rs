@@ -122,10 +122,21 @@ pub(crate) struct Iface {
     pub service_facing: bool,
     /// Passed packets arriving here are forwarded in XDP (`--forward xdp`).
     pub xdp_forward: bool,
+    /// With `xdp_forward`: whether frames may be redirected to it (its driver sends
+    /// redirected frames), as found when it was last attached.
+    pub redirect_target: bool,
     pub reattached: u32,
 }
 
 impl Iface {
+    /// Write its flags (and, with `--forward xdp`, whether XDP forwarding may redirect to it,
+    /// asked of the kernel now) for interface index `self.ifindex`.
+    fn configure(&mut self, enforcer: &mut crate::loader::Enforcer) -> anyhow::Result<()> {
+        self.redirect_target = self.xdp_forward && takes_redirects(&self.name, self.ifindex);
+        enforcer.set_iface_redirect(self.ifindex, self.flags(), self.redirect_target)?;
+        Ok(())
+    }
+
     /// Its `IFACE_*` flags, from its role and the forwarding path.
     fn flags(&self) -> u32 {
         let mut flags = 0;
@@ -139,6 +150,33 @@ impl Iface {
             flags |= enforcer_common::maps::IFACE_SERVICE;
         }
         flags
+    }
+}
+
+/// Whether interface `name` (index `ifindex`) sends frames that XDP redirects to it, as the
+/// kernel reports it; logged when it does not. A kernel that does not report it (before 6.3)
+/// is taken at its word that it does: the README asks the operator to check the egress.
+fn takes_redirects(name: &str, ifindex: u32) -> bool {
+    match crate::xdp_features::can_take_redirects(ifindex) {
+        Ok(true) => true,
+        Ok(false) => {
+            warn!(
+                iface = %name,
+                "The interface's driver cannot send frames redirected by XDP (no ndo_xdp_xmit; \
+                 for a veth, turn GRO on at its peer or give the peer an XDP program): packets \
+                 routed out of it take the kernel's stack."
+            );
+            false
+        }
+        Err(err) => {
+            warn!(
+                iface = %name,
+                error = %err,
+                "Cannot tell whether the interface sends frames redirected by XDP; assuming it \
+                 does (a driver without ndo_xdp_xmit drops them)."
+            );
+            true
+        }
     }
 }
 
@@ -1327,9 +1365,8 @@ impl Daemon {
     /// Set every interface's flags and attach through its pinned link; `created` collects the
     /// interfaces that got a new link (for the caller to remove on failure).
     pub(super) fn attach_all(&mut self, created: &mut Vec<String>) -> anyhow::Result<()> {
-        for iface in &self.ifaces {
-            let flags = iface.flags();
-            self.enforcer.set_iface(iface.ifindex, flags)?;
+        for iface in &mut self.ifaces {
+            iface.configure(&mut self.enforcer)?;
             if iface.attach(
                 &mut self.enforcer,
                 &self.settings.pin_dir,
@@ -2195,7 +2232,12 @@ impl Daemon {
                 mode: mode.to_owned(),
                 core_facing: iface.core_facing,
                 service_facing: iface.service_facing,
-                forward: if iface.xdp_forward { "xdp" } else { "stack" }.to_owned(),
+                forward: match (iface.xdp_forward, iface.redirect_target) {
+                    (false, _) => "stack",
+                    (true, true) => "xdp",
+                    (true, false) => "xdp-in",
+                }
+                .to_owned(),
                 link: pinned.iter().find(|a| a.iface == iface.name).cloned(),
                 reattached: iface.reattached,
             })
@@ -2293,18 +2335,13 @@ impl Daemon {
                 _ => {}
             }
             self.ifaces[i].ifindex = now_index;
-            let flags = self.ifaces[i].flags();
-            let result = self
-                .enforcer
-                .set_iface(now_index, flags)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| {
-                    self.ifaces[i].attach(
-                        &mut self.enforcer,
-                        &self.settings.pin_dir,
-                        self.settings.mode,
-                    )
-                });
+            let result = self.ifaces[i].configure(&mut self.enforcer).and_then(|()| {
+                self.ifaces[i].attach(
+                    &mut self.enforcer,
+                    &self.settings.pin_dir,
+                    self.settings.mode,
+                )
+            });
             match result {
                 Ok(_) => {
                     self.ifaces[i].reattached += 1;

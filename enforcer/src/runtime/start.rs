@@ -197,6 +197,7 @@ pub fn run(mut settings: Settings) -> anyhow::Result<()> {
             core_facing: settings.core_facing.contains(name),
             service_facing: settings.service_facing.contains(name),
             xdp_forward: settings.xdp_forward,
+            redirect_target: false,
             reattached: 0,
         });
     }
