@@ -241,7 +241,31 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         "a denied packet reached the stack's forwarding"
     );
 
-    // Status and metrics name the outcomes.
+    // Status names the outcomes.
     let text = daemon.cli(&["status"]);
     assert!(text.contains("forward:   in XDP:"), "{text}");
+
+    // GRO on at devB's end: the daemon's periodic check (every 5 s) finds that B now takes
+    // redirected frames, with no restart.
+    topology
+        .dev_b
+        .exec_ok(&["ethtool", "-K", &name("b"), "gro", "on"]);
+    let start = std::time::Instant::now();
+    loop {
+        let status = daemon.status();
+        let b = status["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .find(|i| i["iface"] == name("B").as_str())
+            .map(|i| i["forward"].clone());
+        if b.as_ref().is_some_and(|f| f == "xdp") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "B is still {b:?} 12 s after GRO was turned on at its far end"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -104,7 +104,19 @@ fn settings(
         if given(arg.get_id().as_str()) {
             continue;
         }
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
         let values: Vec<String> = match item.as_value() {
+            Some(toml_edit::Value::Array(_)) if !repeatable => {
+                return Err(format!(
+                    "{shown}:{line}: `{key}` takes one value, not an array"
+                ));
+            }
+            Some(toml_edit::Value::Array(array)) if array.is_empty() => {
+                return Err(format!(
+                    "{shown}:{line}: `{key}` is an empty array; give at least one value or \
+                     remove the key"
+                ));
+            }
             Some(toml_edit::Value::Array(array)) => array
                 .iter()
                 .map(|v| scalar(v).ok_or(()))
@@ -124,11 +136,6 @@ fn settings(
                 ));
             }
         };
-        if values.len() > 1 && !matches!(arg.get_action(), ArgAction::Append) {
-            return Err(format!(
-                "{shown}:{line}: `{key}` takes one value, not an array"
-            ));
-        }
         for value in values {
             // One word, so that a value starting with `-` is never taken for a flag.
             let word = format!("--{long}={value}");
@@ -149,12 +156,21 @@ fn check(arg: &clap::Arg, word: &str) -> Result<(), String> {
         .try_get_matches_from(["run", "--config", "-", word])
         .map(drop)
         .map_err(|e| {
-            e.to_string()
-                .lines()
+            // The first line says what is wrong; clap lists the values it takes on another.
+            let text = e.to_string();
+            let mut lines = text.lines();
+            let first = lines
                 .next()
                 .unwrap_or_default()
                 .trim_start_matches("error: ")
-                .to_owned()
+                .to_owned();
+            match lines
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values:"))
+            {
+                Some(values) => format!("{first} {values}"),
+                None => first,
+            }
         })
 }
 
@@ -197,6 +213,8 @@ mod tests {
             udp_timeout: u64,
             #[arg(long)]
             name: Option<String>,
+            #[arg(long, value_parser = ["stack", "xdp"])]
+            mode: Option<String>,
         },
         Status,
     }
@@ -314,6 +332,15 @@ mod tests {
             (
                 "policy = [\"a\", \"b\"]\n",
                 ":1: `policy` takes one value, not an array",
+            ),
+            (
+                "policy = [\"a\"]\n",
+                ":1: `policy` takes one value, not an array",
+            ),
+            ("iface = []\n", ":1: `iface` is an empty array"),
+            (
+                "mode = \"fast\"\n",
+                ":1: `mode`: invalid value 'fast' for '--mode <MODE>' [possible values: stack, xdp]",
             ),
             (
                 "xdp_mode = \"native\"\nxdp-mode = \"native\"\n",

@@ -2302,6 +2302,42 @@ impl Daemon {
 
     /// Re-attach every interface whose link no longer runs on it: deleted and re-created
     /// interfaces get a new ifindex, and the kernel detaches a link whose device goes away.
+    /// With `--forward xdp`: ask the kernel again whether interface `i` sends frames
+    /// redirected to it (a veth's peer may have turned GRO or an XDP program on or off, a
+    /// driver been reconfigured), and update `FORWARD_DEVS` when the answer changed. A kernel
+    /// that cannot say keeps the current setting.
+    fn recheck_redirect(&mut self, i: usize) {
+        let iface = &self.ifaces[i];
+        if !iface.xdp_forward || iface.ifindex == 0 {
+            return;
+        }
+        let Ok(now) = crate::xdp_features::can_take_redirects(iface.ifindex) else {
+            return;
+        };
+        if now == iface.redirect_target {
+            return;
+        }
+        let (ifindex, flags) = (iface.ifindex, iface.flags());
+        match self.enforcer.set_iface_redirect(ifindex, flags, now) {
+            Ok(()) => {
+                self.ifaces[i].redirect_target = now;
+                warn!(
+                    iface = %self.ifaces[i].name,
+                    redirect_target = now,
+                    "The interface's driver {} frames redirected by XDP now: packets routed out \
+                     of it {}.",
+                    if now { "sends" } else { "no longer sends" },
+                    if now { "are redirected to it" } else { "take the kernel's stack" }
+                );
+            }
+            Err(err) => warn!(
+                iface = %self.ifaces[i].name,
+                error = %err,
+                "Cannot update the XDP forwarding targets; checking again later."
+            ),
+        }
+    }
+
     fn check_links(&mut self) {
         for i in 0..self.ifaces.len() {
             let name = self.ifaces[i].name.clone();
@@ -2326,7 +2362,10 @@ impl Daemon {
                 }
             };
             match links::link_info(&links::link_pin(&self.settings.pin_dir, &name)) {
-                Ok(info) if info.ifindex == now_index => continue,
+                Ok(info) if info.ifindex == now_index => {
+                    self.recheck_redirect(i);
+                    continue;
+                }
                 // The pin exists but cannot be read (out of descriptors): not a reason to attach.
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                     debug!(iface = %name, error = %err, "Cannot read the link; checking later.");
