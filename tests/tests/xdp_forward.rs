@@ -72,6 +72,19 @@ fn forwarded(daemon: &Daemon, outcome: &str) -> u64 {
         .unwrap_or_else(|| panic!("status has no {outcome} count: {status}"))
 }
 
+/// Interface `iface`'s forwarding path (`stack`, `xdp`, `xdp-in`), from `status --json`.
+fn forward_path(daemon: &Daemon, iface: &str) -> String {
+    let status = daemon.status();
+    status["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["iface"] == iface)
+        .and_then(|i| i["forward"].as_str())
+        .unwrap_or_else(|| panic!("no {iface} in {status}"))
+        .to_owned()
+}
+
 /// Packets the daemon redirected in XDP.
 fn redirected(daemon: &Daemon) -> u64 {
     forwarded(daemon, "redirected")
@@ -150,20 +163,10 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
     );
     // devB's veth has neither GRO nor XDP at its far end: its driver cannot send redirected
     // frames (the kernel says so), so it forwards what arrives but is never redirected to.
-    let status = daemon.status();
-    let path_of = |iface: &str| {
-        status["interfaces"]
-            .as_array()
-            .expect("interfaces")
-            .iter()
-            .find(|i| i["iface"] == iface)
-            .map(|i| i["forward"].clone())
-            .unwrap_or_else(|| panic!("no {iface} in {status}"))
-    };
     let name = |x: &str| format!("{}{x}", topology.prefix);
-    assert_eq!(path_of(&name("A")), "xdp");
-    assert_eq!(path_of(&name("S")), "xdp");
-    assert_eq!(path_of(&name("B")), "xdp-in");
+    assert_eq!(forward_path(&daemon, &name("A")), "xdp");
+    assert_eq!(forward_path(&daemon, &name("S")), "xdp");
+    assert_eq!(forward_path(&daemon, &name("B")), "xdp-in");
     // The first packets resolve the gateway's neighbours through the stack.
     assert!(
         topology.send(&probe(Kind::Udp(3), DEVICE, SERVICE, 53)),
@@ -252,19 +255,13 @@ fn xdp_forwarding_redirects_what_passes_and_changes_no_verdict() {
         .exec_ok(&["ethtool", "-K", &name("b"), "gro", "on"]);
     let start = std::time::Instant::now();
     loop {
-        let status = daemon.status();
-        let b = status["interfaces"]
-            .as_array()
-            .expect("interfaces")
-            .iter()
-            .find(|i| i["iface"] == name("B").as_str())
-            .map(|i| i["forward"].clone());
-        if b.as_ref().is_some_and(|f| f == "xdp") {
+        let b = forward_path(&daemon, &name("B"));
+        if b == "xdp" {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(12),
-            "B is still {b:?} 12 s after GRO was turned on at its far end"
+            "B is still {b} 12 s after GRO was turned on at its far end"
         );
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -66,9 +66,9 @@ const APT_PACKAGES: &[Package] = &[
     },
     Package {
         name: "ethtool",
-        why: "turns GRO on at the far ends of the veths the `--forward xdp` test and benchmark \
-              redirect to (a veth takes redirected frames only then)",
-        for_: &[Purpose::Bench, Purpose::Test],
+        why: "turns GRO on at the far ends of the veths the `--forward xdp` test redirects to \
+              (a veth takes redirected frames only then)",
+        for_: &[Purpose::Test],
     },
     Package {
         name: "nftables",
