@@ -165,6 +165,10 @@ pub mod names {
     /// What the session scan is asked, and its count of entries visited (`ScanArgs`, one
     /// entry). Never pinned: each daemon's own iterator reads it.
     pub const SCAN_ARGS: &str = "SCAN_ARGS";
+    /// `Array<[u64; 2]>` of [`super::CLOCK_ENTRIES`]: the program's clock calibration
+    /// ([`super::CLOCK_CALIBRATION`]) and the loader's clock sample
+    /// ([`super::CLOCK_SAMPLE`]). Never pinned: each loader calibrates its own program.
+    pub const CLOCK: &str = "CLOCK";
     /// Maps of earlier layouts that no build reads any more: a pin directory holding one was
     /// made by an older enforcer, whose program still reads it, so it is not adopted in place.
     pub const RETIRED: [&str; 6] = [
@@ -205,6 +209,19 @@ macro_rules! pod {
         unsafe impl aya::Pod for $t {}
     )*};
 }
+
+/// `CLOCK[CLOCK_CALIBRATION]`: `[ns_per_jiffy, offset_ns]`, so that the program stamps
+/// sessions and deny events with `jiffies × ns_per_jiffy + offset_ns` (wrapping), which is
+/// `CLOCK_MONOTONIC` nanoseconds at the kernel's tick resolution (as
+/// `CLOCK_MONOTONIC_COARSE`): `bpf_jiffies64` is inlined by the verifier, where
+/// `bpf_ktime_get_coarse_ns` is a helper call. Written by the loader (which measures the
+/// kernel's tick, `enforcer::clock`) before the program can be attached.
+pub const CLOCK_CALIBRATION: u32 = 0;
+/// `CLOCK[CLOCK_SAMPLE]`: `[jiffies, CLOCK_MONOTONIC_COARSE ns]`, read together by one run of
+/// the `clock_sample` program, for the loader's calibration.
+pub const CLOCK_SAMPLE: u32 = 1;
+/// Entries of `CLOCK`.
+pub const CLOCK_ENTRIES: u32 = 2;
 
 /// `CONFIG[0]`: global switches the daemon flips at run time.
 #[repr(C)]
@@ -749,7 +766,8 @@ pub const DENY_NO_SIM: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyLimit {
-    /// Start of the window, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`) nanoseconds.
+    /// Start of the window, `CLOCK_MONOTONIC` nanoseconds at tick resolution (the program's
+    /// clock, see [`CLOCK_CALIBRATION`]).
     pub window_ns: u64,
     /// Events raised in the window.
     pub count: u32,
@@ -763,9 +781,9 @@ pub struct DenyLimit {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyEvent {
-    /// When, `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`, a few milliseconds'
-    /// resolution) nanoseconds: the clock sessions are stamped with, cheaper than the precise
-    /// one on the flood path.
+    /// When, `CLOCK_MONOTONIC` nanoseconds at tick resolution (a few milliseconds, as
+    /// `CLOCK_MONOTONIC_COARSE`): the clock sessions are stamped with ([`CLOCK_CALIBRATION`]),
+    /// cheaper than the precise one on the flood path.
     pub time_ns: u64,
     /// The sender's SIM index, [`DENY_NO_SIM`] for none.
     pub sim: u32,

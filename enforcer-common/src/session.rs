@@ -137,7 +137,8 @@ pub struct Session {
     pub state: u8,
     /// [`SESSION_DEVICE_FIRST`], [`SESSION_INBOUND`].
     pub flags: u8,
-    /// When it was created, `CLOCK_MONOTONIC_COARSE` nanoseconds (`bpf_ktime_get_coarse_ns`).
+    /// When it was created, `CLOCK_MONOTONIC` nanoseconds at tick resolution, as
+    /// `CLOCK_MONOTONIC_COARSE` (the program's clock, [`crate::maps::CLOCK_CALIBRATION`]).
     pub created_ns: u64,
     /// When its last packet was seen, same clock.
     pub seen_ns: u64,

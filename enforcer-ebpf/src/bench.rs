@@ -13,6 +13,11 @@
 //!   stays as it is (a load-time switch inside it changed its stack layout, which Linux 6.1's
 //!   verifier refused).
 //!
+//! - `enforcer_recheck`: the enforcer with the policy epoch raised before every run, so that
+//!   every run is a revalidated packet (its session judged again against the policy in force).
+//! - `enforcer_first`: the enforcer with the frame's session removed before every run, so that
+//!   every run is the first packet of its session.
+//!
 //! Counters: `BENCH_COUNT` (per CPU) slot 0.
 
 use aya_ebpf::{
@@ -21,9 +26,13 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use enforcer_common::verdict::{XDP_DROP, XDP_PASS};
+use enforcer_common::{
+    decide::v4_in_16,
+    session::SessionKey,
+    verdict::{XDP_DROP, XDP_PASS},
+};
 
-use crate::maps::SIM_V4_V2;
+use crate::maps::{CONFIG, SESSIONS, SIM_V4_V2};
 
 /// `XDP_TX` from `enum xdp_action`.
 const XDP_TX: u32 = 3;
@@ -167,4 +176,53 @@ pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
 pub fn enforcer_unaccounted(ctx: XdpContext) -> u32 {
     let (verdict, _src) = crate::run(&ctx);
     verdict.xdp_action()
+}
+
+/// The enforcing program with the policy epoch (`CONFIG.epoch`) raised before each run: the
+/// frame's session, checked under the epoch before, is judged again against the policy on
+/// every run (a revalidated packet), and the arrival interface's flags are looked up again
+/// (the per-CPU cache is kept under the epoch), as on the first packet after a policy change.
+/// The epoch's increment, one array write, is part of the figure.
+#[xdp]
+pub fn enforcer_recheck(ctx: XdpContext) -> u32 {
+    if let Some(config) = CONFIG.get_ptr_mut(0) {
+        // SAFETY: the single element of an array map, valid for this run; only the benchmark
+        // runs this program (BPF_PROG_TEST_RUN), on maps no daemon writes.
+        unsafe { (*config).epoch = (*config).epoch.wrapping_add(1) };
+    }
+    crate::pipeline(ctx)
+}
+
+/// The enforcing program with the frame's session removed before each run, so that every run
+/// is the first packet of its session (identify, decide and the insert of a new `SESSIONS`
+/// entry); the removal, a hash delete, is part of the figure. Only an untagged IPv4 frame
+/// without options: any other frame's session is not found here, and its runs take the path
+/// they would take without this (the benchmark checks that each run created the session).
+#[xdp]
+pub fn enforcer_first(ctx: XdpContext) -> u32 {
+    forget_session(&ctx);
+    crate::pipeline(ctx)
+}
+
+/// Remove the session of an untagged IPv4 frame without options (TCP or UDP).
+#[inline(always)]
+fn forget_session(ctx: &XdpContext) {
+    let start = ctx.data();
+    if start.wrapping_add(38) > ctx.data_end() {
+        return;
+    }
+    let bytes = start as *const u8;
+    // SAFETY: every offset read is below 38, inside the frame (checked above).
+    let byte = |offset: usize| unsafe { *bytes.add(offset) };
+    let addr = |at: usize| {
+        v4_in_16([
+            byte(at),
+            byte(at.wrapping_add(1)),
+            byte(at.wrapping_add(2)),
+            byte(at.wrapping_add(3)),
+        ])
+    };
+    let port = |at: usize| u16::from_be_bytes([byte(at), byte(at.wrapping_add(1))]);
+    let (key, _) = SessionKey::between(&addr(26), port(34), &addr(30), port(36), byte(23), false);
+    let _ = SESSIONS.remove(key);
 }

@@ -4,7 +4,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_RB_AVAIL_DATA, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_RB_AVAIL_DATA;
 use enforcer_common::{
     decide::PacketMeta,
     maps::{
@@ -29,8 +29,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
         return;
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now_ns();
     // Audit mode's reports have budgets of their own, so that their suppressed counts never
     // mix with real denials' (SIM indices stay below 2^30).
     let key = if reason != DENY_EVENT_AUDIT {

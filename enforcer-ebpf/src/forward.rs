@@ -37,17 +37,13 @@ const FIB_LAST_CODE: i64 = 9;
 /// (`IPV6_FLOWINFO_MASK`, RFC 8200 §3).
 const IPV6_FLOWINFO_MASK: u32 = u32::from_be(0x0FFF_FFFF);
 
-/// The action for a frame that passed: on an interface that forwards in XDP
-/// (`IFACE_XDP_FORWARD`), `XDP_REDIRECT` when it was routed and sent on, else `XDP_PASS` (to
-/// the stack, untouched), the outcome counted in `FORWARD_STATS`; `XDP_PASS` on any other
-/// interface. A BPF function of its own: the 64-byte `bpf_fib_lookup` parameters live in its
-/// frame, not in the one the policy lookups share.
+/// The action for a frame that passed on `ifindex`, an interface that forwards in XDP
+/// (`IFACE_XDP_FORWARD`, checked by the caller): `XDP_REDIRECT` when it was routed and sent on,
+/// else `XDP_PASS` (to the stack, untouched), the outcome counted in `FORWARD_STATS`. A BPF
+/// function of its own: the 64-byte `bpf_fib_lookup` parameters live in its frame, not in the
+/// one the policy lookups share.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext) -> u32 {
-    let ifindex = crate::parse::ifindex(ctx);
-    if !crate::identify::forwards(ifindex) {
-        return XDP_PASS;
-    }
+pub fn forward(ctx: &XdpContext, ifindex: u32) -> u32 {
     let (action, outcome) = route(ctx, ifindex);
     if let Some(count) = FORWARD_STATS.get_ptr_mut(outcome) {
         // SAFETY: a per-CPU slot, written only by this CPU while the program runs.

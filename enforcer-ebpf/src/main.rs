@@ -12,6 +12,7 @@
 
 mod account;
 mod bench;
+mod clock;
 mod events;
 mod forward;
 mod identify;
@@ -38,6 +39,13 @@ fn frame_len(ctx: &XdpContext) -> u64 {
 /// Entry point: judge the frame, pick its path, count it once, return the action.
 #[xdp]
 pub fn enforcer(ctx: XdpContext) -> u32 {
+    pipeline(ctx)
+}
+
+/// The enforcing program's body, shared with the benchmark's variants (`bench`), which prepare
+/// the maps before it (a raised epoch, a removed session).
+#[inline(always)]
+fn pipeline(ctx: XdpContext) -> u32 {
     let (verdict, src) = run(&ctx);
     // The context is read back from its stack slot (where `parse_into` already needs it)
     // rather than kept in a register across the stages: the register cost a spill slot that
@@ -50,11 +58,16 @@ pub fn enforcer(ctx: XdpContext) -> u32 {
 }
 
 /// The action for `verdict`: a passed IP packet on an interface that forwards in XDP is
-/// routed and redirected (`forward`), every other packet gets the verdict's own action.
+/// routed and redirected (`forward`), every other packet gets the verdict's own action. The
+/// interface's flag is read here (this CPU's cached copy), so that a packet that passes to the
+/// stack makes no call.
 #[inline(always)]
 fn path(ctx: &XdpContext, verdict: Verdict) -> u32 {
     if verdict.forwardable() {
-        return forward::forward(ctx);
+        let ifindex = parse::ifindex(ctx);
+        if identify::forwards(ifindex) {
+            return forward::forward(ctx, ifindex);
+        }
     }
     verdict.xdp_action()
 }

@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::maps::{
-    Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit, FORWARD_STATS_ENTRIES,
-    IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6, PORTS_USED_ENTRIES, PortRuleKey,
-    RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry, SimBinding, SimKeyV4, SimKeyV6,
-    SimRecord, VERDICT_STATS_ENTRIES, defaults,
+    CLOCK_ENTRIES, Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit,
+    FORWARD_STATS_ENTRIES, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6,
+    PORTS_USED_ENTRIES, PortRuleKey, RULE_KEY_LEN, RuleEntry, SEGMENT_ENTRIES, SegmentEntry,
+    SimBinding, SimKeyV4, SimKeyV6, SimRecord, VERDICT_STATS_ENTRIES, defaults,
 };
 use enforcer_common::session::{Session, SessionKey};
 
@@ -129,6 +129,11 @@ pub static SCAN_ARGS: Array<enforcer_common::scan::ScanArgs> = Array::with_max_e
 /// Not pinned: each loaded program has its own, which the daemon fills before attaching it.
 #[map]
 pub static FORWARD_DEVS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
+
+/// The clock's calibration and the loader's sample (`crate::clock`). Not pinned: each loader
+/// calibrates the program it loaded.
+#[map]
+pub static CLOCK: Array<[u64; 2]> = Array::with_max_entries(CLOCK_ENTRIES, 0);
 
 /// Packets by XDP forwarding outcome (`enforcer_common::maps::FORWARD_OUTCOMES`), per CPU.
 #[map]

@@ -5,7 +5,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use enforcer_common::{
     Inputs,
     decide::PacketMeta,
@@ -43,8 +43,7 @@ impl SessionTable for KernelSessions {
 
     #[inline(always)]
     fn now_ns(&self) -> u64 {
-        // SAFETY: a helper without arguments, available to XDP programs since Linux 5.11.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        crate::clock::now_ns()
     }
 
     #[inline(always)]
@@ -59,38 +58,7 @@ impl SessionTable for KernelSessions {
 
     #[inline(always)]
     fn create(&mut self, key: &SessionKey, opening: &Opening) -> bool {
-        // No scratch slot (never: it is this CPU's entry 0) creates nothing: the packet is
-        // dropped as if the table were full (fail closed).
-        let Some(slot) = SCRATCH.get_ptr_mut(0) else {
-            return false;
-        };
-        let now = self.now_ns();
-        // SAFETY: `slot` is this CPU's entry of a per-CPU array, valid for this run and used
-        // by nothing else while the program runs on this CPU. Written field by field, so that
-        // no 64-byte copy of it is built on the stack.
-        let session = unsafe {
-            (*slot).sim = opening.sim;
-            (*slot).rule = opening.rule;
-            (*slot).epoch = opening.epoch;
-            (*slot).segment = opening.segment;
-            (*slot).state = opening.state;
-            (*slot).flags = opening.flags;
-            (*slot).created_ns = now;
-            (*slot).seen_ns = now;
-            // The opener's direction counts the packet: slot 1 for an inbound session.
-            let inbound = opening.flags & SESSION_INBOUND != 0;
-            (*slot).packets = if inbound { [0, 1] } else { [1, 0] };
-            (*slot).bytes = if inbound {
-                [0, opening.bytes]
-            } else {
-                [opening.bytes, 0]
-            };
-            &*slot
-        };
-        match SESSIONS.insert(key, session, u64::from(BPF_NOEXIST)) {
-            Ok(()) => true,
-            Err(err) => err == EEXIST,
-        }
+        create_session(key, opening)
     }
 
     #[inline(always)]
@@ -186,5 +154,46 @@ pub extern "C" fn identify_into(meta: *const PacketMeta, out: *mut Inputs) -> u3
     unsafe {
         *out = crate::identify::lookup(&*meta);
         (*out).rule
+    }
+}
+
+/// Add the session `opening` starts under `key` at the clock's now: `false` when the table is
+/// full (`EEXIST`, another CPU's insert of the same session, counts as created). A BPF
+/// function of its own, off the established path: inlined, the clock's value and the scratch
+/// slot's pointer, both live across lookups, cost the program's frame a spill slot past the
+/// 256 bytes Linux 6.1's combined stack limit leaves it.
+#[inline(never)]
+fn create_session(key: &SessionKey, opening: &Opening) -> bool {
+    let now = crate::clock::now_ns();
+    // No scratch slot (never: it is this CPU's entry 0) creates nothing: the packet is
+    // dropped as if the table were full (fail closed).
+    let Some(slot) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: `slot` is this CPU's entry of a per-CPU array, valid for this run and used
+    // by nothing else while the program runs on this CPU. Written field by field, so that
+    // no 64-byte copy of it is built on the stack.
+    let session = unsafe {
+        (*slot).sim = opening.sim;
+        (*slot).rule = opening.rule;
+        (*slot).epoch = opening.epoch;
+        (*slot).segment = opening.segment;
+        (*slot).state = opening.state;
+        (*slot).flags = opening.flags;
+        (*slot).created_ns = now;
+        (*slot).seen_ns = now;
+        // The opener's direction counts the packet: slot 1 for an inbound session.
+        let inbound = opening.flags & SESSION_INBOUND != 0;
+        (*slot).packets = if inbound { [0, 1] } else { [1, 0] };
+        (*slot).bytes = if inbound {
+            [0, opening.bytes]
+        } else {
+            [opening.bytes, 0]
+        };
+        &*slot
+    };
+    match SESSIONS.insert(key, session, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(err) => err == EEXIST,
     }
 }

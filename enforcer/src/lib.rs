@@ -4,6 +4,7 @@
 mod batch;
 pub mod bindings;
 pub mod capacity;
+pub mod clock;
 pub mod compile;
 pub mod control;
 pub mod counters;

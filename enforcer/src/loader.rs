@@ -43,8 +43,33 @@ const PROGRAM_NAME: &str = "enforcer";
 const BASELINE_NAME: &str = "xdp_pass";
 /// The session scan's iterator program.
 const SCAN_NAME: &str = "session_scan";
-/// The enforcer without its account stage (benchmarks only).
-const UNACCOUNTED_NAME: &str = "enforcer_unaccounted";
+
+/// A benchmark's variant of the enforcing program, in the same object, over the same maps
+/// (never attached by the daemon): [`Enforcer::variant_test_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `enforcer_unaccounted`: the same pipeline without its account stage (no per-segment,
+    /// per-rule or per-SIM counters), so that the stage's cost is the difference.
+    Unaccounted,
+    /// `enforcer_recheck`: the policy epoch raised before every run, so that every run is a
+    /// packet of a session checked under an older epoch (revalidated).
+    Recheck,
+    /// `enforcer_first`: the frame's session removed before every run (untagged IPv4 without
+    /// options), so that every run is the first packet of its session.
+    FirstPacket,
+}
+
+impl Variant {
+    /// The program's name in the object.
+    #[must_use]
+    pub const fn program(self) -> &'static str {
+        match self {
+            Variant::Unaccounted => "enforcer_unaccounted",
+            Variant::Recheck => "enforcer_recheck",
+            Variant::FirstPacket => "enforcer_first",
+        }
+    }
+}
 
 /// Errors of loading, filling and attaching.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +283,8 @@ pub struct Enforcer {
     /// The session scan's iterator over `SESSIONS` (`None` where it could not be loaded:
     /// scans then read the whole table in batches and filter it here).
     scan: Result<crate::map_iter::MapIter, String>,
+    /// The program's clock calibration.
+    clock: crate::clock::Calibration,
 }
 
 /// How long [`Enforcer::apply`] waits after flipping the generation before it deletes the old
@@ -364,6 +391,7 @@ impl Enforcer {
                  whole table instead (slower at millions of sessions)."
             );
         }
+        let clock = calibrate_clock(&mut ebpf)?;
         let sims = match ebpf.map(names::SIMS) {
             Some(Map::Array(data)) => {
                 std::sync::Arc::new(SimTable::map(data).map_err(|source| LoadError::Map {
@@ -389,7 +417,15 @@ impl Enforcer {
             active: std::cell::Cell::new(None),
             epoch: std::cell::Cell::new(None),
             scan,
+            clock,
         })
+    }
+
+    /// The program's clock calibration: the kernel's `HZ` and how jiffies map to
+    /// `CLOCK_MONOTONIC` ns (`crate::clock`).
+    #[must_use]
+    pub fn clock(&self) -> crate::clock::Calibration {
+        self.clock
     }
 
     /// The XDP program (loaded), for attaching through pinned links (`crate::links`).
@@ -1270,25 +1306,7 @@ impl Enforcer {
 
     /// Another XDP program of the object by name, loaded on first use.
     fn extra_program(&mut self, name: &str) -> Result<&mut Xdp, LoadError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::Program {
-                what: format!("finding program `{name}` in the object"),
-                source: Box::new(ProgramError::NotLoaded),
-            })?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                what: format!("opening program `{name}`"),
-                source: Box::new(source),
-            })?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| LoadError::Program {
-                what: format!("loading program `{name}`"),
-                source: Box::new(source),
-            })?;
-        }
-        Ok(program)
+        object_program(&mut self.ebpf, name)
     }
 
     /// Remove the pins (the maps live on while the program holds them).
@@ -1503,20 +1521,20 @@ impl Enforcer {
         test_run_xdp(xdp(&mut self.ebpf)?, frame, repeat, Some(ifindex))
     }
 
-    /// Like [`Enforcer::test_run`], for `enforcer_unaccounted` in the same object (loaded on
-    /// first use): the same pipeline without its account stage, so that benchmarks measure
-    /// the account stage's per-packet cost as the difference.
+    /// Like [`Enforcer::test_run`], for a benchmark's [`Variant`] of the enforcing program in
+    /// the same object (loaded on first use), over the same maps.
     ///
     /// # Errors
     /// [`LoadError::Program`] if the program cannot be loaded or run.
-    pub fn unaccounted_test_run(
+    pub fn variant_test_run(
         &mut self,
+        variant: Variant,
         frame: &[u8],
         repeat: u32,
         ifindex: u32,
     ) -> Result<(u32, Duration), LoadError> {
         test_run_xdp(
-            self.extra_program(UNACCOUNTED_NAME)?,
+            self.extra_program(variant.program())?,
             frame,
             repeat,
             Some(ifindex),
@@ -1619,6 +1637,93 @@ fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
 /// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
 /// `ifindex` (no context at all with `None`); returns the XDP action and the kernel-measured
 /// time per run.
+/// Measure the kernel's tick and give the program its clock (`crate::clock`,
+/// `CLOCK[CLOCK_CALIBRATION]`): `clock_sample` is run until `jiffies` have moved three times
+/// (two whole ticks after the first move: 8 ms at `HZ` 250, 30 ms at 100) or for 250 ms at
+/// most.
+///
+/// # Errors
+/// [`LoadError::Program`] or [`LoadError::Map`] if the sampling program or `CLOCK` fails, or
+/// `jiffies` did not move twice in 250 ms (the program would stamp sessions with a wrong time).
+fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadError> {
+    const SAMPLER: &str = "clock_sample";
+    let frame = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_millis(250);
+    let mut samples: Vec<(u64, u64)> = Vec::with_capacity(4096);
+    loop {
+        test_run_xdp(object_program(ebpf, SAMPLER)?, &frame, 1, None)?;
+        let clock = clock_map(ebpf)?;
+        let [jiffies, ns] = clock
+            .get(&enforcer_common::maps::CLOCK_SAMPLE, 0)
+            .map_err(map_err(names::CLOCK, "reading"))?;
+        samples.push((jiffies, ns));
+        if jiffies.wrapping_sub(samples[0].0) >= 3 || Instant::now() > deadline {
+            break;
+        }
+    }
+    let Some(calibration) = crate::clock::calibrate(&samples) else {
+        return Err(LoadError::Program {
+            what: format!(
+                "measuring the kernel's tick: jiffies moved {} times in {} samples over 250 ms",
+                samples.last().map_or(0, |s| s.0.wrapping_sub(samples[0].0)),
+                samples.len()
+            ),
+            source: Box::new(ProgramError::NotLoaded),
+        });
+    };
+    let map = ebpf.map_mut(names::CLOCK).ok_or_else(|| LoadError::Map {
+        map: names::CLOCK,
+        what: "finding",
+        source: std::io::Error::other("the object has no such map"),
+    })?;
+    let mut clock: Array<&mut MapData, [u64; 2]> =
+        Array::try_from(map).map_err(map_err(names::CLOCK, "opening"))?;
+    // Before anything can attach the program: no packet reads it half written.
+    clock
+        .set(
+            enforcer_common::maps::CLOCK_CALIBRATION,
+            [calibration.ns_per_jiffy, calibration.offset_ns],
+            0,
+        )
+        .map_err(map_err(names::CLOCK, "writing"))?;
+    Ok(calibration)
+}
+
+/// The XDP program `name` of the object, loaded on first use.
+///
+/// # Errors
+/// [`LoadError::Program`] if the object has no such XDP program or it cannot be loaded.
+fn object_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, LoadError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| LoadError::Program {
+            what: format!("finding program `{name}` in the object"),
+            source: Box::new(ProgramError::NotLoaded),
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            what: format!("opening program `{name}`"),
+            source: Box::new(source),
+        })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| LoadError::Program {
+            what: format!("loading program `{name}`"),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(program)
+}
+
+/// `CLOCK`, for reading.
+fn clock_map(ebpf: &Ebpf) -> Result<Array<&MapData, [u64; 2]>, LoadError> {
+    let map = ebpf.map(names::CLOCK).ok_or_else(|| LoadError::Map {
+        map: names::CLOCK,
+        what: "finding",
+        source: std::io::Error::other("the object has no such map"),
+    })?;
+    Array::try_from(map).map_err(map_err(names::CLOCK, "opening"))
+}
+
 fn test_run_xdp(
     program: &mut Xdp,
     frame: &[u8],

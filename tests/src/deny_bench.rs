@@ -11,7 +11,12 @@
 
 use std::fmt::Write as _;
 
-use enforcer::{capacity::Capacity, compile, loader::Enforcer, policy};
+use enforcer::{
+    capacity::Capacity,
+    compile,
+    loader::{self, Enforcer},
+    policy,
+};
 use serde_json::{Value, json};
 
 use crate::frames::{Frame, L4};
@@ -92,7 +97,7 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
     };
     let before = counted(&enforcer)?;
     enforcer
-        .unaccounted_test_run(&frames[0].1, 100, 1)
+        .variant_test_run(loader::Variant::Unaccounted, &frames[0].1, 100, 1)
         .map_err(|e| e.to_string())?;
     let middle = counted(&enforcer)?;
     enforcer
@@ -121,7 +126,9 @@ pub fn run(md: &mut String, quick: bool) -> Result<Value, String> {
                     .set_deny_events(!matches!(variant, Variant::EventsOff))
                     .map_err(|e| e.to_string())?;
                 let (action, d) = match variant {
-                    Variant::Unaccounted => enforcer.unaccounted_test_run(frame, repeat, 1),
+                    Variant::Unaccounted => {
+                        enforcer.variant_test_run(loader::Variant::Unaccounted, frame, repeat, 1)
+                    }
                     Variant::Full | Variant::EventsOff => enforcer.test_run(frame, repeat, 1),
                 }
                 .map_err(|e| e.to_string())?;

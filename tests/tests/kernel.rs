@@ -1353,6 +1353,53 @@ fn idle_sessions_are_swept() {
     assert_eq!((sweep.live_count, sweep.expired.len()), (0, 1));
 }
 
+/// The program stamps sessions with jiffies scaled by the loader's calibration: the times
+/// read as `CLOCK_MONOTONIC_COARSE` (within a tick of the clock read around the packet), and
+/// they move with it (a packet 60 ms later moves `seen_ns` by 60 ms, within two ticks). A
+/// program left uncalibrated stamps 0, and a wrong tick moves the second stamp wrongly.
+#[test]
+fn sessions_are_stamped_with_the_monotonic_clock_from_jiffies() {
+    use enforcer::telemetry::monotonic_coarse_ns;
+    let mut harness = Harness::new(POLICY, &[]);
+    let clock = harness.enforcer.clock();
+    assert!(
+        enforcer::clock::HZ_CHOICES.contains(&clock.hz),
+        "HZ {} measured",
+        clock.hz
+    );
+    let tick = clock.ns_per_jiffy;
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005)).build();
+    let stamp = |harness: &mut Harness| {
+        let before = monotonic_coarse_ns();
+        assert_eq!(harness.check(&udp).verdict, rule(1));
+        let after = monotonic_coarse_ns();
+        let sessions = harness.enforcer.sessions().expect("SESSIONS");
+        assert_eq!(sessions.len(), 1);
+        (before, sessions[0].1, after)
+    };
+    let (before1, first, after1) = stamp(&mut harness);
+    assert!(
+        first.created_ns + tick >= before1 && first.created_ns <= after1 + tick,
+        "created {} not within a tick ({tick} ns) of [{before1}, {after1}]",
+        first.created_ns
+    );
+    assert_eq!(first.seen_ns, first.created_ns);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let (before2, second, after2) = stamp(&mut harness);
+    assert_eq!(second.created_ns, first.created_ns, "the same session");
+    assert!(
+        second.seen_ns + tick >= before2 && second.seen_ns <= after2 + tick,
+        "seen {} not within a tick of [{before2}, {after2}]",
+        second.seen_ns
+    );
+    // The stamps moved as much as the clock between the two packets, within two ticks.
+    let moved = second.seen_ns.saturating_sub(first.seen_ns);
+    assert!(
+        moved + 2 * tick >= before2 - after1 && moved <= after2 - before1 + 2 * tick,
+        "seen moved {moved} ns between [{before1}, {after1}] and [{before2}, {after2}]"
+    );
+}
+
 /// The session scan's BPF iterator picks exactly the sessions `enforcer_common::scan::wanted`
 /// picks when the whole table is read and filtered in userspace, counts every entry, and
 /// really filters (a scan that copied out everything would pass the comparison). 12,000

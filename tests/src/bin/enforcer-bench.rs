@@ -29,7 +29,7 @@ use std::{
 use enforcer::{
     capacity::{self, Limits},
     compile,
-    loader::{Capacity, Enforcer},
+    loader::{Capacity, Enforcer, Variant},
     policy,
     reference::Reference,
     store::Store,
@@ -208,7 +208,7 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
         );
         let _ = writeln!(md, "|---:|---:|---|---|---:|---:|---:|---|");
     }
-    let mut by_rules: HashMap<(u32, &str), Vec<(u32, f64)>> = HashMap::new();
+    let mut by_rules: HashMap<(u32, &'static str), Vec<(u32, f64)>> = HashMap::new();
     let mut loads = Vec::new();
     let sizes = if per_packet || plan.runs("load") {
         plan.sims.as_slice()
@@ -234,6 +234,14 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
                 .map_err(|e| format!("{e}"))?
                 .generation;
             let reference = Reference::new(&compiled.image, generation, HashMap::new());
+            let mut table = Table {
+                md: &mut md,
+                rows: &mut rows,
+                by_rules: &mut by_rules,
+                sims,
+                rules,
+            };
+            let mut allowed = Vec::new();
             for (shape, frame) in shapes(sims) {
                 let expected = reference.evaluate(&frame, IFINDEX);
                 let (action, _) = enforcer
@@ -245,32 +253,46 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
                         expected.verdict
                     ));
                 }
-                let (ours, empty) = against_empty(&mut enforcer, &frame, plan)?;
-                let counted: Lookups = lookups(&reference, &frame, IFINDEX);
-                let verdict = match expected.verdict {
-                    enforcer_common::Verdict::Pass(r, _) => format!("pass {}", r.name()),
-                    enforcer_common::Verdict::Drop(r) => format!("drop {}", r.name()),
-                };
-                let _ = writeln!(
-                    md,
-                    "| {sims} | {rules} | {shape} | {verdict} | {:.1} ({:.1}-{:.1}) | {:.1} | {:+.1} | {counted} |",
-                    ours.median,
-                    ours.min,
-                    ours.max,
-                    empty.median,
-                    ours.median - empty.median
+                let (ours, empty) = against_empty(&mut enforcer, None, &frame, plan)?;
+                table.row(
+                    shape,
+                    expected.verdict,
+                    ours,
+                    empty,
+                    lookups(&reference, &frame, IFINDEX),
+                    false,
                 );
-                by_rules
-                    .entry((sims, shape))
-                    .or_default()
-                    .push((rules, ours.median));
-                rows.push(json!({
-                    "sims": sims, "rules_per_segment": rules, "frame": shape, "verdict": verdict,
-                    "ns": {"median": ours.median, "min": ours.min, "max": ours.max},
-                    "empty_ns": {"median": empty.median, "min": empty.min, "max": empty.max},
-                    "above_empty_ns": ours.median - empty.median,
-                    "lookups": {"hash": counted.hash, "lpm": counted.lpm, "array": counted.array},
-                }));
+                if shape == "allowed" {
+                    allowed = frame;
+                }
+            }
+            // The allowed SYN again, as the first packet of its session and as a packet of a
+            // session checked under an older epoch (each run of these variants is one).
+            let expected = reference.evaluate(&allowed, IFINDEX).verdict;
+            let counted = lookups(&reference, &allowed, IFINDEX);
+            let runs = plan.repeat.wrapping_mul(plan.reps as u32);
+            for (shape, variant) in [
+                ("allowed, first packet of its session", Variant::FirstPacket),
+                ("allowed, revalidated", Variant::Recheck),
+            ] {
+                let before = session_of(&enforcer, &allowed)?;
+                let (ours, empty) = against_empty(&mut enforcer, Some(variant), &allowed, plan)?;
+                let after = session_of(&enforcer, &allowed)?;
+                // Refuse a figure that is not the path its row names.
+                let took_path = match variant {
+                    // Created by the last run: its opening packet alone counted.
+                    Variant::FirstPacket => after.packets == [1, 0],
+                    // Raised and refreshed on every run.
+                    Variant::Recheck => after.epoch == before.epoch.wrapping_add(runs),
+                    Variant::Unaccounted => true,
+                };
+                if !took_path {
+                    return Err(format!(
+                        "{shape}: the session after {runs} runs ({after:?}, before: {before:?}) \
+                         shows the runs did not take that path"
+                    ));
+                }
+                table.row(shape, expected, ours, empty, counted, true);
             }
             eprintln!("enforcer-bench: {sims} SIMs x {rules} rules/segment done");
         }
@@ -279,8 +301,11 @@ fn run(plan: &Plan, out: &Path, quick: bool) -> Result<(), String> {
     let (mut worst_above, mut worst_ratio) = (f64::NAN, f64::NAN);
     if per_packet {
         // Targets.
+        // Over the frames' own paths; the variants' rows include the map writes that make
+        // every run a first or a revalidated packet.
         worst_above = rows
             .iter()
+            .filter(|r| r["variant"] != Value::Bool(true))
             .filter_map(|r| r["above_empty_ns"].as_f64())
             .fold(f64::MIN, f64::max);
         let max_rules = *plan.rules.iter().max().unwrap_or(&1);
@@ -783,7 +808,7 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
                 generated.name
             ));
         }
-        let (ours, empty) = against_empty(&mut enforcer, &frame, plan)?;
+        let (ours, empty) = against_empty(&mut enforcer, None, &frame, plan)?;
         let mib = |b: u64| b as f64 / 1_048_576.0;
         let _ = writeln!(
             md,
@@ -834,17 +859,22 @@ fn policy_size(md: &mut String, work: &Path, plan: &Plan) -> Result<Value, Strin
 
 /// Per-run ns of `frame` through the enforcer and through the empty program, interleaved
 /// `plan.reps` times with `plan.repeat` runs each, so both see the same machine state.
+/// `frame` through the enforcer (or its benchmark `variant`) and through the empty program,
+/// interleaved, `plan.reps` times `plan.repeat` runs: ns per run of each.
 fn against_empty(
     enforcer: &mut Enforcer,
+    variant: Option<Variant>,
     frame: &[u8],
     plan: &Plan,
 ) -> Result<(Stats, Stats), String> {
     let mut ours = Vec::new();
     let mut empty = Vec::new();
     for _ in 0..plan.reps {
-        let (_, t) = enforcer
-            .test_run(frame, plan.repeat, IFINDEX)
-            .map_err(|e| format!("{e}"))?;
+        let (_, t) = match variant {
+            None => enforcer.test_run(frame, plan.repeat, IFINDEX),
+            Some(variant) => enforcer.variant_test_run(variant, frame, plan.repeat, IFINDEX),
+        }
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
         ours.push(t.as_nanos() as f64);
         let (_, t) = enforcer
             .baseline_test_run(frame, plan.repeat)
@@ -852,4 +882,83 @@ fn against_empty(
         empty.push(t.as_nanos() as f64);
     }
     Ok((Stats::of(&ours), Stats::of(&empty)))
+}
+
+/// The per-packet table being written: its markdown, its JSON rows, and the medians by
+/// (SIMs, frame) for the rules-per-segment comparison.
+struct Table<'a> {
+    md: &'a mut String,
+    rows: &'a mut Vec<Value>,
+    by_rules: &'a mut HashMap<(u32, &'static str), Vec<(u32, f64)>>,
+    sims: u32,
+    rules: u32,
+}
+
+impl Table<'_> {
+    /// One row: `shape` with `verdict`, the enforcer's and the empty program's times;
+    /// `variant`: measured through a benchmark variant (not in the targets' worst cases).
+    fn row(
+        &mut self,
+        shape: &'static str,
+        verdict: enforcer_common::Verdict,
+        ours: Stats,
+        empty: Stats,
+        counted: Lookups,
+        variant: bool,
+    ) {
+        let (sims, rules) = (self.sims, self.rules);
+        let verdict = match verdict {
+            enforcer_common::Verdict::Pass(r, _) => format!("pass {}", r.name()),
+            enforcer_common::Verdict::Drop(r) => format!("drop {}", r.name()),
+        };
+        let _ = writeln!(
+            self.md,
+            "| {sims} | {rules} | {shape} | {verdict} | {:.1} ({:.1}-{:.1}) | {:.1} | {:+.1} | {counted} |",
+            ours.median,
+            ours.min,
+            ours.max,
+            empty.median,
+            ours.median - empty.median
+        );
+        if !variant {
+            self.by_rules
+                .entry((sims, shape))
+                .or_default()
+                .push((rules, ours.median));
+        }
+        self.rows.push(json!({
+            "sims": sims, "rules_per_segment": rules, "frame": shape, "verdict": verdict,
+            "ns": {"median": ours.median, "min": ours.min, "max": ours.max},
+            "empty_ns": {"median": empty.median, "min": empty.min, "max": empty.max},
+            "above_empty_ns": ours.median - empty.median,
+            "lookups": {"hash": counted.hash, "lpm": counted.lpm, "array": counted.array},
+            "variant": variant,
+        }));
+    }
+}
+
+/// The `SESSIONS` entry of an untagged IPv4 TCP or UDP frame without options.
+fn session_of(
+    enforcer: &Enforcer,
+    frame: &[u8],
+) -> Result<enforcer_common::session::Session, String> {
+    let addr = |at: usize| {
+        enforcer_common::decide::v4_in_16([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+    };
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let (key, _) = enforcer_common::session::SessionKey::between(
+        &addr(26),
+        port(34),
+        &addr(30),
+        port(36),
+        frame[23],
+        false,
+    );
+    enforcer
+        .sessions()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, session)| session)
+        .ok_or_else(|| "the allowed frame has no session".to_owned())
 }
