@@ -7,6 +7,8 @@
 //! - `xdp_sink`: counts and drops what the gateway forwarded.
 //! - `xdp_bare`, `xdp_bare_pass`: one `SIM_V4_V2` hash lookup, count, drop or pass (the upper
 //!   reference).
+//! - `xdp_bare_sessions`: a `SESSIONS` lookup of the frame's session, then `xdp_bare`'s (the
+//!   floor with sessions).
 //! - `xdp_drop_all`: count and drop (the ceiling of the generator and the veth path).
 //! - `enforcer_unaccounted`: the enforcer without its account stage, so that the account
 //!   stage's per-packet cost is measured as a difference while the enforcing program itself
@@ -152,6 +154,21 @@ pub fn xdp_bare(ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
+/// The frame's session looked up in `SESSIONS` (the enforcer's table, at its configured
+/// size), then its IPv4 source in `SIM_V4_V2`, then drop: the two lookups a device's frame
+/// without a session needs before any policy is read, the floor of any design that looks a
+/// frame's session up before its SIM.
+#[xdp]
+pub fn xdp_bare_sessions(ctx: XdpContext) -> u32 {
+    let session = frame_session_key(&ctx).is_some_and(|key| SESSIONS.get_ptr(key).is_some());
+    // Used, so that the lookup is not optimised away.
+    if session {
+        bump(1);
+    }
+    let _ = bare_lookup(&ctx);
+    XDP_DROP
+}
+
 /// One hash lookup on the IPv4 source, then pass a hit: the upper reference for forwarding.
 #[xdp]
 pub fn xdp_bare_pass(ctx: XdpContext) -> u32 {
@@ -207,9 +224,18 @@ pub fn enforcer_first(ctx: XdpContext) -> u32 {
 /// Remove the session of an untagged IPv4 frame without options (TCP or UDP).
 #[inline(always)]
 fn forget_session(ctx: &XdpContext) {
+    if let Some(key) = frame_session_key(ctx) {
+        let _ = SESSIONS.remove(key);
+    }
+}
+
+/// The `SESSIONS` key of an untagged IPv4 frame without options (TCP or UDP); `None` for a
+/// frame shorter than its ports.
+#[inline(always)]
+fn frame_session_key(ctx: &XdpContext) -> Option<SessionKey> {
     let start = ctx.data();
     if start.wrapping_add(38) > ctx.data_end() {
-        return;
+        return None;
     }
     let bytes = start as *const u8;
     // SAFETY: every offset read is below 38, inside the frame (checked above).
@@ -224,5 +250,5 @@ fn forget_session(ctx: &XdpContext) {
     };
     let port = |at: usize| u16::from_be_bytes([byte(at), byte(at.wrapping_add(1))]);
     let (key, _) = SessionKey::between(&addr(26), port(34), &addr(30), port(36), byte(23), false);
-    let _ = SESSIONS.remove(key);
+    Some(key)
 }

@@ -53,6 +53,9 @@ pub enum Filter {
     DropAll,
     /// `xdp_bare_drop` / `xdp_bare_pass`: one SIM_V4 lookup.
     Bare,
+    /// `xdp_bare_sessions`: the frame's `SESSIONS` lookup, then the SIM_V4 one (drop mode
+    /// only): the floor of looking a frame's session up before its SIM.
+    BareSessions,
     /// The enforcer with the generated policy.
     Enforcer,
     /// The enforcer with its deny events off (`EVENTS_OFF`): what the deny-event budgets cost
@@ -74,6 +77,7 @@ impl Filter {
         match self {
             Filter::DropAll => "drop-all XDP (ceiling)",
             Filter::Bare => "bare one-lookup XDP",
+            Filter::BareSessions => "bare session + SIM lookups XDP",
             Filter::Enforcer => "enforcer",
             Filter::EnforcerNoEvents => "enforcer, deny events off",
             Filter::EnforcerXdpForward => "enforcer, --forward xdp",
@@ -301,6 +305,9 @@ pub fn measure(
     if mode == Mode::Pass && matches!(filter, Filter::DropAll | Filter::EnforcerNoEvents) {
         return None;
     }
+    if mode == Mode::Pass && filter == Filter::BareSessions {
+        return None;
+    }
     if mode == Mode::Drop && filter == Filter::EnforcerXdpForward {
         return None;
     }
@@ -388,6 +395,7 @@ impl Gateway {
             | Filter::EnforcerNoEvents
             | Filter::EnforcerXdpForward
             | Filter::Bare
+            | Filter::BareSessions
             | Filter::DropAll => {
                 in_netns(&rig.gw.name, || {
                     let mut enforcer = Enforcer::load(capacity, None).expect("load enforcer");
@@ -412,6 +420,7 @@ impl Gateway {
                         ) => None,
                         (Filter::Bare, Mode::Drop) => Some("xdp_bare"),
                         (Filter::Bare, Mode::Pass) => Some("xdp_bare_pass"),
+                        (Filter::BareSessions, _) => Some("xdp_bare_sessions"),
                         _ => Some("xdp_drop_all"),
                     };
                     match program {

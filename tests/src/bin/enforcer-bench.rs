@@ -530,12 +530,18 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                 window: std::time::Duration::from_secs(10),
                 reps: 3,
             };
+            if let Some(focus) = e2e_focus() {
+                // A focused A/B run: the drop configurations named, at 1M SIMs only.
+                let filters: &'static [Filter] = Vec::leak(focus);
+                return end_to_end_with(md, work, &[1_000_000], w, filters, &[]);
+            }
             (
                 &[10_000, 1_000_000],
                 w,
                 &[
                     Filter::DropAll,
                     Filter::Bare,
+                    Filter::BareSessions,
                     Filter::Enforcer,
                     Filter::EnforcerNoEvents,
                     Filter::NftNetdev,
@@ -550,6 +556,38 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
                 ],
             )
         };
+    end_to_end_with(md, work, sizes, windows, drop_filters, pass_filters)
+}
+
+/// `BENCH_E2E_DROP=bare,bare-sessions,enforcer,no-events` (any of those, in that order or
+/// another, repeats allowed): the drop configurations of a focused run at 1M SIMs.
+fn e2e_focus() -> Option<Vec<Filter>> {
+    let names = std::env::var("BENCH_E2E_DROP").ok()?;
+    let filters = names
+        .split(',')
+        .map(|name| match name.trim() {
+            "bare" => Filter::Bare,
+            "bare-sessions" => Filter::BareSessions,
+            "enforcer" => Filter::Enforcer,
+            "no-events" => Filter::EnforcerNoEvents,
+            other => panic!(
+                "BENCH_E2E_DROP: unknown configuration {other:?} \
+                 (bare, bare-sessions, enforcer, no-events)"
+            ),
+        })
+        .collect();
+    Some(filters)
+}
+
+/// The end-to-end runs for `sizes` SIMs with these drop and pass configurations.
+fn end_to_end_with(
+    md: &mut String,
+    work: &Path,
+    sizes: &[u32],
+    windows: Windows,
+    drop_filters: &[Filter],
+    pass_filters: &[Filter],
+) -> Value {
     let _ = writeln!(
         md,
         "\n## End to end through veth (generator → gateway → sink, all on CPU 0)\n\n64-byte UDP frames from `xdp_gen` \
@@ -702,6 +740,18 @@ fn end_to_end(md: &mut String, work: &Path, quick: bool) -> Value {
             md,
             "- (for comparison) drop rate with deny events off, of the bare one-lookup program: \
              {without:.2}×"
+        );
+    }
+    // Not a target either: how much of the bare program's rate is left once a frame's session
+    // is looked up before its SIM, as the enforcer does (the floor of that design).
+    if let Some(floor) = rate(largest, "Drop", Filter::BareSessions)
+        .zip(rate(largest, "Drop", Filter::Bare))
+        .map(|(two, bare)| two / bare)
+    {
+        let _ = writeln!(
+            md,
+            "- (for comparison) drop rate of the bare session + SIM lookups program, of the bare \
+             one-lookup program: {floor:.2}×"
         );
     }
     json!(rows)
