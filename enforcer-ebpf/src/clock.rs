@@ -27,8 +27,19 @@ use crate::maps::CLOCK;
 /// spill slot past the 256 bytes Linux 6.1's combined stack limit leaves it).
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    ns_at(jiffies())
+}
+
+/// The kernel's tick count (`jiffies_64`).
+#[inline(always)]
+pub fn jiffies() -> u64 {
     // SAFETY: a helper without arguments (Linux 5.5), inlined by the verifier.
-    let jiffies = unsafe { bpf_jiffies64() };
+    unsafe { bpf_jiffies64() }
+}
+
+/// [`now_ns`] at tick `jiffies`.
+#[inline(always)]
+pub fn ns_at(jiffies: u64) -> u64 {
     CLOCK
         .get(CLOCK_CALIBRATION)
         .map_or(0, |&[ns_per_jiffy, offset_ns]| {

@@ -1,6 +1,8 @@
 //! Stage 5, report: a deny event for a packet the policy dropped, on the `DENY_EVENTS` ring
 //! buffer, within its sender's budget of `DENY_EVENTS_PER_SECOND` (`DENY_LIMITS`); what is
-//! over budget is counted and the count carried in the sender's next event.
+//! over budget is counted and the count carried in the sender's next event. Once a CPU finds
+//! the ring buffer full (the reader behind), it reports nothing and looks up no budget for
+//! the rest of that tick (`RING_FULL_TICK`).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -13,7 +15,7 @@ use enforcer_common::{
     },
 };
 
-use crate::maps::{DENY_EVENTS, DENY_LIMITS, EVENTS_OFF};
+use crate::maps::{DENY_EVENTS, DENY_LIMITS, EVENTS_OFF, RING_FULL_TICK};
 
 /// Set in the `DENY_LIMITS` key of a SIM's audit-mode budget.
 const AUDIT_BUDGET: u32 = 1 << 31;
@@ -29,7 +31,16 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
         return;
     }
-    let now = crate::clock::now_ns();
+    let tick = crate::clock::jiffies();
+    // This CPU found the ring full in this tick: no event can be written. A flood from many
+    // SIMs that fills the ring would otherwise cost every packet a lookup in the LRU of
+    // budgets (a cache and TLB miss at a million SIMs) to count what no event may carry
+    // before the ring drains; the packet is counted in `stats` and the metrics like every
+    // drop. A SIM's own flood, over its budget, takes none of this path's calls.
+    if ring_full_in(tick) {
+        return;
+    }
+    let now = crate::clock::ns_at(tick);
     // Audit mode's reports have budgets of their own, so that their suppressed counts never
     // mix with real denials' (SIM indices stay below 2^30).
     let key = if reason != DENY_EVENT_AUDIT {
@@ -45,7 +56,10 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
         // there is no count to carry it in. Making a budget here would cost a flood from many
         // SIMs an LRU insert and an eviction per packet (its counts lost to the next eviction
         // anyway); the packet is counted in `stats` and the metrics like every drop.
-        None if ring_full() => return,
+        None if ring_full() => {
+            mark_ring_full(tick);
+            return;
+        }
         None => {
             let fresh = DenyLimit {
                 window_ns: now,
@@ -80,6 +94,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     // reservation takes, which a flood would otherwise take and fail for every SIM's first
     // packets of each second.
     let entry = if ring_full() {
+        mark_ring_full(tick);
         None
     } else {
         DENY_EVENTS.reserve::<DenyEvent>(0)
@@ -130,6 +145,22 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
 fn ring_full() -> bool {
     DENY_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA))
         > u64::from(DENY_EVENTS_BYTES.wrapping_sub(EVENT_RECORD_BYTES))
+}
+
+/// Whether this CPU found `DENY_EVENTS` full in tick `tick` (`RING_FULL_TICK`).
+#[inline(always)]
+fn ring_full_in(tick: u64) -> bool {
+    RING_FULL_TICK.get(0).is_some_and(|full| *full == tick)
+}
+
+/// Remember that this CPU found `DENY_EVENTS` full in tick `tick`.
+#[inline(always)]
+fn mark_ring_full(tick: u64) {
+    if let Some(full) = RING_FULL_TICK.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by
+        // nothing else while the program runs on this CPU.
+        unsafe { *full = tick };
+    }
 }
 
 /// What one event takes in the ring buffer: the event and the kernel's 8-byte record header

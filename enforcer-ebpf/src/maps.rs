@@ -115,6 +115,12 @@ pub struct IfaceCache {
     pub flags: u32,
 }
 
+/// This CPU's tick (`jiffies`) in which it last found `DENY_EVENTS` full (`crate::events`): for
+/// the rest of that tick it reports no denial and looks up no budget. Not pinned: each loaded
+/// program has its own, and an entry of a past tick means nothing.
+#[map]
+pub static RING_FULL_TICK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `[0] != 0`: raise no deny events (the benchmark's program "without them"). Not pinned:
 /// each loaded program starts with events on.
 #[map]

@@ -1727,11 +1727,14 @@ fn denied_packets_raise_rate_limited_deny_events() {
 
 /// A flood of denials from more SIMs than the ring buffer holds events, with no reader: once
 /// the ring is full, a SIM that has no deny-event budget yet gets none (a budget would cost an
-/// LRU insert and an eviction per packet of such a flood), while a SIM that has one keeps
-/// counting what it could not report and carries the count in its next event. Every packet is
-/// counted as dropped either way.
+/// LRU insert and an eviction per packet of such a flood), and once the program has found the
+/// ring full it looks up no budget for the rest of that tick (a lookup per packet in the LRU of
+/// budgets is a cache miss at a million SIMs), so a SIM that has one counts at most what it
+/// was denied, in the ticks when the ring was not yet found full, and carries that in its next
+/// event. Every packet is counted as dropped either way, and once the ring drains both SIMs
+/// report again.
 #[test]
-fn a_full_deny_ring_makes_no_new_budgets() {
+fn a_full_deny_ring_touches_no_budgets() {
     use std::fmt::Write as _;
     const SIMS: u32 = 14_000;
     let mut text = String::from(
@@ -1781,16 +1784,18 @@ fn a_full_deny_ring_makes_no_new_budgets() {
             .map(|e| e.suppressed)
             .unwrap_or_else(|| panic!("no event of SIM {sim}: {events:?}"))
     };
-    assert_eq!(
-        suppressed(first_sim),
-        3,
-        "a SIM with a budget carries what the full ring refused"
+    // Each of its three packets is counted, or not looked up when the ring was already found
+    // full in that tick (which of them depends on when the kernel's tick advanced).
+    assert!(
+        suppressed(first_sim) <= 3,
+        "a SIM with a budget carries at most what the full ring refused"
     );
     assert_eq!(
         suppressed(last_sim),
         0,
         "a SIM with none got no budget while the ring was full"
     );
+    assert_eq!(events.len(), 2, "one event each once the ring drained");
     for sim in [first_sim, last_sim] {
         assert_eq!(
             harness.sim(sim).drop_packets,
