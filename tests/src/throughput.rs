@@ -420,7 +420,7 @@ impl Gateway {
                         ) => None,
                         (Filter::Bare, Mode::Drop) => Some("xdp_bare"),
                         (Filter::Bare, Mode::Pass) => Some("xdp_bare_pass"),
-                        (Filter::BareSessions, _) => Some("xdp_bare_sessions"),
+                        (Filter::BareSessions, Mode::Drop) => Some("xdp_bare_sessions"),
                         _ => Some("xdp_drop_all"),
                     };
                     match program {
