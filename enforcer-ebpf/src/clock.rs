@@ -52,10 +52,10 @@ pub fn ns_at(jiffies: u64) -> u64 {
 #[xdp]
 pub fn clock_sample(_ctx: XdpContext) -> u32 {
     if let Some(sample) = CLOCK.get_ptr_mut(CLOCK_SAMPLE) {
-        // SAFETY: helpers without arguments; `sample` is an element of an array map, valid
+        // SAFETY: a helper without arguments; `sample` is an element of an array map, valid
         // for this run.
         unsafe {
-            (*sample)[0] = bpf_jiffies64();
+            (*sample)[0] = jiffies();
             (*sample)[1] = bpf_ktime_get_coarse_ns();
         }
     }

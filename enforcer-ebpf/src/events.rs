@@ -57,10 +57,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
         // there is no count to carry it in. Making a budget here would cost a flood from many
         // SIMs an LRU insert and an eviction per packet (its counts lost to the next eviction
         // anyway); the packet is counted in `stats` and the metrics like every drop.
-        None if ring_full() => {
-            mark_ring_full(tick);
-            return;
-        }
+        None if ring_found_full(tick) => return,
         None => {
             let fresh = DenyLimit {
                 window_ns: now,
@@ -94,8 +91,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     // The reader is behind: count the packet as suppressed. Checked first without the lock a
     // reservation takes, which a flood would otherwise take and fail for every SIM's first
     // packets of each second.
-    let entry = if ring_full() {
-        mark_ring_full(tick);
+    let entry = if ring_found_full(tick) {
         None
     } else {
         DENY_EVENTS.reserve::<DenyEvent>(0)
@@ -154,14 +150,19 @@ fn ring_full_in(tick: u64) -> bool {
     RING_FULL_TICK.get(0).is_some_and(|full| *full == tick)
 }
 
-/// Remember that this CPU found `DENY_EVENTS` full in tick `tick`.
+/// Whether `DENY_EVENTS` is full now ([`ring_full`]); if so, remembered for this CPU as found
+/// full in tick `tick` ([`ring_full_in`]).
 #[inline(always)]
-fn mark_ring_full(tick: u64) {
+fn ring_found_full(tick: u64) -> bool {
+    if !ring_full() {
+        return false;
+    }
     if let Some(full) = RING_FULL_TICK.get_ptr_mut(0) {
         // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by
         // nothing else while the program runs on this CPU.
         unsafe { *full = tick };
     }
+    true
 }
 
 /// What one event takes in the ring buffer: the event and the kernel's 8-byte record header

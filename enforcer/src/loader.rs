@@ -1634,9 +1634,6 @@ fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
         .map_err(|e| format!("attaching `{SCAN_NAME}` to `{}`: {e}", names::SESSIONS))
 }
 
-/// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
-/// `ifindex` (no context at all with `None`); returns the XDP action and the kernel-measured
-/// time per run.
 /// Measure the kernel's tick and give the program its clock (`crate::clock`,
 /// `CLOCK[CLOCK_CALIBRATION]`): `clock_sample` is run until two whole ticks have passed
 /// after `jiffies` first moved (8-12 ms at `HZ` 250, 20-30 ms at 100), for 1 s at most.
@@ -1649,18 +1646,22 @@ fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadErr
     let frame = [0u8; 64];
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(4096);
+    // Where `jiffies` landed when they first moved.
+    let mut moved_to: Option<u64> = None;
     loop {
         test_run_xdp(object_program(ebpf, SAMPLER)?, &frame, 1, None)?;
         let clock = clock_map(ebpf)?;
         let [jiffies, ns] = clock
             .get(&enforcer_common::maps::CLOCK_SAMPLE, 0)
             .map_err(map_err(names::CLOCK, "reading"))?;
+        let first = samples.first().map_or(jiffies, |s| s.0);
         samples.push((jiffies, ns));
+        if moved_to.is_none() && jiffies != first {
+            moved_to = Some(jiffies);
+        }
         // Two whole ticks after the first move, counted from where that move landed (an idle
         // or emulated CPU may skip ticks: `jiffies` can jump by more than one).
-        let moved = samples.iter().find(|s| s.0 != samples[0].0);
-        if moved.is_some_and(|&(j0, _)| jiffies.wrapping_sub(j0) >= 2) || Instant::now() > deadline
-        {
+        if moved_to.is_some_and(|j0| jiffies.wrapping_sub(j0) >= 2) || Instant::now() > deadline {
             break;
         }
     }
@@ -1727,6 +1728,9 @@ fn clock_map(ebpf: &Ebpf) -> Result<Array<&MapData, [u64; 2]>, LoadError> {
     Array::try_from(map).map_err(map_err(names::CLOCK, "opening"))
 }
 
+/// Run `frame` through `program` `repeat` times with `BPF_PROG_TEST_RUN`, arriving on
+/// `ifindex` (no context at all with `None`); returns the XDP action and the kernel-measured
+/// time per run.
 fn test_run_xdp(
     program: &mut Xdp,
     frame: &[u8],
