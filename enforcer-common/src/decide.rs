@@ -70,6 +70,10 @@ pub struct PacketMeta {
     /// swapped): how a reply's session is checked in the device's direction. A flag rather
     /// than a swap, which cost the program 64 bytes of its 512-byte stack.
     pub reversed: bool,
+    /// The packet's session was already looked up for this packet and is absent (set by the
+    /// kernel's established-session stage, which looks up the common frame shape first), so
+    /// that `session::judge` does not look it up again. `false` everywhere else.
+    pub session_absent: bool,
 }
 
 impl PacketMeta {

@@ -562,6 +562,69 @@ fn device(session: &Found) -> Src {
     }
 }
 
+/// Which side of a found session sent a packet, and whether the session covers it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// The session covers the packet where it arrived. A session's packet may not come from
+    /// everywhere: the device's side never arrives from the services (a forged device address),
+    /// the other side never arrives on a core interface (a device forging a peer's address to
+    /// another device), and only the opener sends echo requests. A packet from elsewhere is
+    /// judged as it is, as if there were no session.
+    pub exists: bool,
+    /// The device sent it (always, for a packet the session does not cover).
+    pub from_device: bool,
+}
+
+impl Side {
+    /// No session found: judged as it is, in its own direction.
+    pub const NONE: Side = Side {
+        exists: false,
+        from_device: true,
+    };
+
+    /// The side of a packet of the found `session` whose source is the key's first endpoint
+    /// when `src_first`, that is an echo request when `echo_request`, and that arrived on an
+    /// interface with `iface_flags` (`IFACE_*`).
+    #[inline(always)]
+    #[must_use]
+    pub fn of(session: &Found, src_first: bool, echo_request: bool, iface_flags: u32) -> Side {
+        let inbound = session.flags & SESSION_INBOUND != 0;
+        let sent_by_device = (session.flags & SESSION_DEVICE_FIRST != 0) == src_first;
+        let echo_answered = echo_request && (sent_by_device == inbound);
+        let misplaced = if sent_by_device {
+            iface_flags & IFACE_SERVICE != 0 || echo_answered
+        } else {
+            iface_flags & IFACE_DROP_NON_POOL != 0 || echo_answered
+        };
+        Side {
+            exists: !misplaced,
+            from_device: sent_by_device || misplaced,
+        }
+    }
+}
+
+/// The verdict for a packet from `side` of the found `session` when the session covers it
+/// and was checked under `epoch`, the policy in force: the opener's packets pass as the
+/// session was opened (rule, inbound rule or audit), the other side's as replies, counted for
+/// the device when it sent them. `None`: the policy judges the packet (no session covers it
+/// there, or the session must be checked again).
+#[inline(always)]
+#[must_use]
+pub fn covered(session: &Found, side: Side, epoch: u32) -> Option<(Verdict, Src)> {
+    if !side.exists || session.epoch != epoch {
+        return None;
+    }
+    let inbound = session.flags & SESSION_INBOUND != 0;
+    let from_opener = side.from_device != inbound;
+    let reason = opener_reason(from_opener, inbound, session.rule);
+    let src = if side.from_device {
+        device(session)
+    } else {
+        Src::default()
+    };
+    Some((Verdict::Pass(reason, session.rule), src))
+}
+
 /// Judge one packet with sessions (`meta` is left turned to the opener's direction): the
 /// policy's inputs ([`SessionTable::identify`], the table lookups) are gathered only when no
 /// session of the current epoch covers the packet, and at one place (the program's stack and
@@ -573,39 +636,30 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     let tracked = keyed.is_some();
     let (key, src_first) = keyed.unwrap_or_default();
     let epoch = table.epoch();
-    let found = if tracked { table.find(&key) } else { None };
-    let (found_exists, session) = match found {
-        Some(session) => (true, session),
-        None => (false, Found::default()),
+    let found = if tracked && !meta.session_absent {
+        table.find(&key)
+    } else {
+        None
     };
+    let found_exists = found.is_some();
+    let session = found.unwrap_or_default();
     let inbound = session.flags & SESSION_INBOUND != 0;
-    let sent_by_device = !found_exists || (session.flags & SESSION_DEVICE_FIRST != 0) == src_first;
-    // Where a session's packet may not come from: then it is judged as it is, as if there
-    // were no session. The device's side never arrives from the services (a forged device
-    // address); the other side never arrives on a core interface (a device forging a peer's
-    // address to another device); only the opener sends echo requests.
-    let misplaced = found_exists && {
-        let flags = table.iface_flags(meta.ifindex);
-        let echo_answered = echo_request(meta) && (sent_by_device == inbound);
-        if sent_by_device {
-            flags & IFACE_SERVICE != 0 || echo_answered
-        } else {
-            flags & IFACE_DROP_NON_POOL != 0 || echo_answered
-        }
+    let side = if found_exists {
+        Side::of(
+            &session,
+            src_first,
+            echo_request(meta),
+            table.iface_flags(meta.ifindex),
+        )
+    } else {
+        Side::NONE
     };
-    let exists = found_exists && !misplaced;
-    let from_device = sent_by_device || misplaced;
+    let (exists, from_device) = (side.exists, side.from_device);
     // The opener's packets pass as the policy allowed them; the other side's as replies.
     let from_opener = from_device != (exists && inbound);
-    if exists && session.epoch == epoch {
+    if let Some(judged) = covered(&session, side, epoch) {
         table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
-        let reason = opener_reason(from_opener, inbound, session.rule);
-        let src = if from_device {
-            device(&session)
-        } else {
-            Src::default()
-        };
-        return (Verdict::Pass(reason, session.rule), src);
+        return judged;
     }
     // No session, or one checked under another policy: judge the opener's direction (one
     // call site, so that the lookups are inlined once).

@@ -408,7 +408,7 @@ proptest! {
             let block = [None, Some((443, 16)), Some((0, 6)), Some((0, 0))][*ports as usize];
             world.rules.rules.entry(key(*subject, class, *p, block)).or_insert(i as u32);
         }
-        let meta = PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, sport: 0, l4_flags: 0, has_ports: proto != 1, later_fragment: false, ifindex: 1, reversed: false };
+        let meta = PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, sport: 0, l4_flags: 0, has_ports: proto != 1, later_fragment: false, ifindex: 1, reversed: false, session_absent: false };
         let inputs = identify(&world, &meta);
         let verdict = decide(&inputs);
         if src == [10, 0, 0, 9] {

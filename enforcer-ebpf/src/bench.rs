@@ -29,7 +29,6 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use enforcer_common::{
-    decide::v4_in_16,
     session::SessionKey,
     verdict::{XDP_DROP, XDP_PASS},
 };
@@ -185,13 +184,22 @@ pub fn xdp_drop_all(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
-/// The enforcer's pipeline (parse → track → identify → decide, deny events included) without
-/// the account stage: the same verdict, nothing counted in `VERDICTS_V2`, `RULE_STATS` or the
+/// The enforcer's pipeline (established → parse → track → identify → decide, deny events
+/// included) without the account stage: the same verdict, nothing counted in `VERDICTS_V2`, `RULE_STATS` or the
 /// SIM's counters (the session's own counters are part of tracking and stay).
 #[xdp]
 pub fn enforcer_unaccounted(ctx: XdpContext) -> u32 {
-    let (verdict, _src) = crate::run(&ctx);
-    verdict.xdp_action()
+    let first = crate::established::judge(&ctx);
+    match first.kind {
+        crate::established::JUDGED => first.verdict.xdp_action(),
+        kind => unaccounted_rest(ctx, kind == crate::established::NO_SESSION),
+    }
+}
+
+/// `crate::rest` without the exit.
+#[inline(always)]
+fn unaccounted_rest(ctx: XdpContext, session_absent: bool) -> u32 {
+    crate::run(&ctx, session_absent).0.xdp_action()
 }
 
 /// The enforcing program with the policy epoch (`CONFIG.epoch`) raised before each run: the
@@ -228,26 +236,9 @@ fn forget_session(ctx: &XdpContext) {
     }
 }
 
-/// The `SESSIONS` key of an untagged IPv4 frame without options (TCP or UDP); `None` for a
-/// frame shorter than its ports.
+/// The `SESSIONS` key of an untagged IPv4 frame without options (TCP or UDP); `None` for any
+/// other frame.
 #[inline(always)]
 fn frame_session_key(ctx: &XdpContext) -> Option<SessionKey> {
-    let start = ctx.data();
-    if start.wrapping_add(38) > ctx.data_end() {
-        return None;
-    }
-    let bytes = start as *const u8;
-    // SAFETY: every offset read is below 38, inside the frame (checked above).
-    let byte = |offset: usize| unsafe { *bytes.add(offset) };
-    let addr = |at: usize| {
-        v4_in_16([
-            byte(at),
-            byte(at.wrapping_add(1)),
-            byte(at.wrapping_add(2)),
-            byte(at.wrapping_add(3)),
-        ])
-    };
-    let port = |at: usize| u16::from_be_bytes([byte(at), byte(at.wrapping_add(1))]);
-    let (key, _) = SessionKey::between(&addr(26), port(34), &addr(30), port(36), byte(23), false);
-    Some(key)
+    crate::parse::v4_session(ctx).map(|frame| frame.key)
 }

@@ -1,5 +1,6 @@
-//! The enforcer XDP program: parse → track (a session of the current policy epoch passes at
-//! once) → identify → decide → account → forward (opt-in: a passed packet routed and
+//! The enforcer XDP program: established (a common-shape packet of a session of the current
+//! policy epoch passes after one lookup) → parse → track (any other packet of such a session
+//! passes) → identify → decide → account → forward (opt-in: a passed packet routed and
 //! redirected in XDP), one exit.
 //!
 //! Every stage is a module; this file only wires them.
@@ -13,6 +14,7 @@
 mod account;
 mod bench;
 mod clock;
+mod established;
 mod events;
 mod forward;
 mod identify;
@@ -43,17 +45,36 @@ pub fn enforcer(ctx: XdpContext) -> u32 {
 }
 
 /// The enforcing program's body, shared with the benchmark's variants (`bench`), which prepare
-/// the maps before it (a raised epoch, a removed session).
+/// the maps before it (a raised epoch, a removed session): a packet of an established session
+/// is judged by the first stage and goes straight to the exit; any other goes through the rest
+/// of the pipeline (told whether the first stage found its session absent).
 #[inline(always)]
 fn pipeline(ctx: XdpContext) -> u32 {
-    let (verdict, src) = run(&ctx);
+    let first = established::judge(&ctx);
+    match first.kind {
+        established::JUDGED => exit(&ctx, first.verdict, &first.src),
+        kind => rest(ctx, kind == established::NO_SESSION),
+    }
+}
+
+/// The pipeline after the first stage: parse → track → identify → decide, then the exit;
+/// `session_absent`: the first stage found the frame's session absent.
+#[inline(always)]
+fn rest(ctx: XdpContext, session_absent: bool) -> u32 {
+    let (verdict, src) = run(&ctx, session_absent);
     // The context is read back from its stack slot (where `parse_into` already needs it)
     // rather than kept in a register across the stages: the register cost a spill slot that
     // took the frame over the 256 bytes Linux 6.1's combined stack limit leaves it.
     // SAFETY: a volatile read of a local that lives for the whole function.
     let ctx = unsafe { core::ptr::read_volatile(&raw const ctx) };
-    let action = path(&ctx, verdict);
-    account::record(verdict, &src, frame_len(&ctx));
+    exit(&ctx, verdict, &src)
+}
+
+/// The single exit: pick the packet's path, count it once, return the action.
+#[inline(always)]
+fn exit(ctx: &XdpContext, verdict: Verdict, src: &Src) -> u32 {
+    let action = path(ctx, verdict);
+    account::record(verdict, src, frame_len(ctx));
     action
 }
 
@@ -79,9 +100,14 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     enforcer_common::verdict::XDP_PASS
 }
 
+/// Parse → track → identify → decide, with deny events; `session_absent`: the first stage
+/// found the frame's session absent already.
 #[inline(always)]
-fn run(ctx: &XdpContext) -> (Verdict, Src) {
-    let mut meta = PacketMeta::default();
+fn run(ctx: &XdpContext, session_absent: bool) -> (Verdict, Src) {
+    let mut meta = PacketMeta {
+        session_absent,
+        ..PacketMeta::default()
+    };
     match decode(parse_into(ctx, &mut meta)) {
         Stage::Ip => {}
         Stage::IcmpError(at, ip_end) => {

@@ -38,7 +38,7 @@ impl KernelSessions {
 impl SessionTable for KernelSessions {
     #[inline(always)]
     fn epoch(&self) -> u32 {
-        CONFIG.get(0).map_or(0, |config| config.epoch)
+        epoch()
     }
 
     #[inline(always)]
@@ -64,32 +64,8 @@ impl SessionTable for KernelSessions {
     #[inline(always)]
     fn touch(&mut self, _key: &SessionKey, from_device: bool, bytes: u64, proto: u8, flags: u8) {
         let entry = self.found;
-        if entry.is_null() {
-            return;
-        }
-        let now = self.now_ns();
-        let slot = usize::from(!from_device);
-        // SAFETY: `entry` is the live entry `find` returned in this run. Both directions of a
-        // session may run on two CPUs at once: the counters are added atomically; the state
-        // and time are single aligned stores (a racing packet may win, both are current).
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                (&raw mut (*entry).packets).cast::<u64>().add(slot),
-                1,
-            );
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                (&raw mut (*entry).bytes).cast::<u64>().add(slot),
-                bytes,
-            );
-            let from_opener = from_device == ((*entry).flags & SESSION_INBOUND == 0);
-            let state = advance(
-                SessionState::from_u8((*entry).state),
-                proto,
-                from_opener,
-                flags,
-            );
-            (*entry).state = state as u8;
-            (*entry).seen_ns = now;
+        if !entry.is_null() {
+            touch(entry, from_device, bytes, proto, flags);
         }
     }
 
@@ -130,6 +106,43 @@ impl SessionTable for KernelSessions {
     fn remove(&mut self, key: &SessionKey) {
         let _ = SESSIONS.remove(key);
         self.found = core::ptr::null_mut();
+    }
+}
+
+/// The policy epoch in force (`CONFIG.epoch`).
+#[inline(always)]
+pub fn epoch() -> u32 {
+    CONFIG.get(0).map_or(0, |config| config.epoch)
+}
+
+/// Count a packet of `bytes` bytes in the live session `entry` (from the device, or to it),
+/// advance its TCP state by the packet's `flags` (`proto`'s) and mark it seen now.
+#[inline(always)]
+pub fn touch(entry: *mut Session, from_device: bool, bytes: u64, proto: u8, flags: u8) {
+    let now = crate::clock::now_ns();
+    let slot = usize::from(!from_device);
+    // SAFETY: `entry` comes from a successful `SESSIONS` lookup in this run and stays valid
+    // for it (the map is not preallocated: a concurrent delete frees it only after RCU). Both
+    // directions of a session may run on two CPUs at once: the counters are added atomically;
+    // the state and time are single aligned stores (a racing packet may win, both are current).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            (&raw mut (*entry).packets).cast::<u64>().add(slot),
+            1,
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            (&raw mut (*entry).bytes).cast::<u64>().add(slot),
+            bytes,
+        );
+        let from_opener = from_device == ((*entry).flags & SESSION_INBOUND == 0);
+        let state = advance(
+            SessionState::from_u8((*entry).state),
+            proto,
+            from_opener,
+            flags,
+        );
+        (*entry).state = state as u8;
+        (*entry).seen_ns = now;
     }
 }
 

@@ -354,6 +354,7 @@ fn packet_explanation(
         later_fragment: false,
         ifindex: 0,
         reversed: false,
+        session_absent: false,
     };
     let flags = if packet.core_facing {
         IFACE_DROP_NON_POOL

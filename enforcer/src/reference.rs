@@ -503,6 +503,7 @@ fn parse_with_quote(frame: &[u8], ifindex: u32) -> Result<(Parsed, Quoted), Drop
         later_fragment: ip.later_fragment,
         ifindex,
         reversed: false,
+        session_absent: false,
     };
     if ip.later_fragment {
         return Ok((Parsed::Ip(meta), Quoted::default()));

@@ -328,6 +328,7 @@ proptest! {
                 later_fragment: packet.later_fragment,
                 ifindex: 1,
                 reversed: false,
+                session_absent: false,
             };
             let expected = oracle::judge(&validated, &meta, flags);
             let compiled_verdict = model.judge(&meta).verdict;
@@ -375,6 +376,7 @@ segment = "s0"
                 later_fragment: false,
                 ifindex: 1,
                 reversed: false,
+                session_absent: false,
             };
             meta.src[..4].copy_from_slice(&[10, 64, 0, 1]);
             meta.dst[..4].copy_from_slice(&dst);

@@ -265,6 +265,7 @@ fn compiled_tables_allow_exactly_what_the_rules_say() {
                 later_fragment: has_ports(proto) && !ports,
                 ifindex: 1,
                 reversed: false,
+                session_absent: false,
             };
             let verdict = decide(&identify(&reference, &meta));
             let compiled_allows = matches!(verdict, Verdict::Pass(PassReason::Rule, _));

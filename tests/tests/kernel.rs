@@ -837,6 +837,108 @@ fn core_interface_takes_only_core_sources_from_outside_the_pools() {
 /// Sessions through BPF_PROG_TEST_RUN, kernel and reference model agreeing on every packet
 /// and counter (`Harness::check`): what opens a session, what its replies get, what nothing
 /// outside may do, and re-checks after a reload and a quarantine.
+/// The established-session stage (`enforcer-ebpf/src/established.rs`) reads the common frame
+/// shape at fixed offsets and passes a live session's packets before the full parser runs. Every
+/// variation of a live session's frames must get what the full pipeline gives it (the
+/// reference model, whose parser is the full walk's twin): the common shape passes, other
+/// shapes of the same flow pass through the pipeline, and every malformation the parser drops
+/// is dropped even though the flow has a session.
+#[test]
+fn the_established_stage_judges_every_shape_as_the_pipeline_does() {
+    use DropReason::Malformed;
+    const ACK: u8 = 0x10;
+    const PSH_ACK: u8 = 0x18;
+    let reply = |id: u32| Verdict::Pass(PassReason::Reply, id);
+    let mut harness = Harness::new(POLICY, &[]);
+    let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443));
+    let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
+    assert_eq!(harness.check(&syn.build()).verdict, rule(0));
+    assert_eq!(harness.check(&syn.reply(0x12).build()).verdict, reply(0));
+    assert_eq!(harness.check(&udp.build()).verdict, rule(1));
+    let ack = syn.clone().flags(ACK);
+    // Byte offsets in an untagged IPv4 frame without options.
+    const TOT_LEN: usize = 16;
+    const TCP_DATA_OFFSET: usize = 46;
+    let with = |frame: &Frame, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = frame.build();
+        edit(&mut bytes);
+        bytes
+    };
+    let set_tot_len = |bytes: &mut Vec<u8>, len: u16| {
+        bytes[TOT_LEN..TOT_LEN + 2].copy_from_slice(&len.to_be_bytes());
+    };
+    let mut tagged = ack.clone();
+    tagged.vlans = vec![0x8100];
+    let mut options = ack.clone();
+    options.ipv4_options = 8;
+    let mut first_fragment = ack.clone();
+    first_fragment.ipv4_fragment = (0, true);
+    let mut later_fragment = ack.clone();
+    later_fragment.ipv4_fragment = (3, false);
+    let mut with_data = ack.clone();
+    with_data.payload = 100;
+    let cases: Vec<(&str, Vec<u8>, Verdict)> = vec![
+        ("the device's ACK", ack.build(), rule(0)),
+        (
+            "data from the service",
+            syn.reply(PSH_ACK).build(),
+            reply(0),
+        ),
+        ("with a payload", with_data.build(), rule(0)),
+        ("the UDP reply", udp.reply(0).build(), reply(1)),
+        (
+            "Ethernet padding after the IP packet",
+            with(&ack, &|b| b.extend_from_slice(&[0; 12])),
+            rule(0),
+        ),
+        ("an 802.1Q tag", tagged.build(), rule(0)),
+        ("IPv4 options", options.build(), rule(0)),
+        ("a first fragment", first_fragment.build(), rule(0)),
+        (
+            "TCP options (data offset 8 words)",
+            with(&with_data, &|b| b[TCP_DATA_OFFSET] = 8 << 4),
+            rule(0),
+        ),
+        (
+            "an IP length past the frame",
+            with(&ack, &|b| set_tot_len(b, 41 + 20)),
+            drop(Malformed),
+        ),
+        (
+            "an IP length too short for TCP",
+            with(&with_data, &|b| set_tot_len(b, 20 + 19)),
+            drop(Malformed),
+        ),
+        (
+            "a TCP data offset under five words",
+            with(&ack, &|b| b[TCP_DATA_OFFSET] = 4 << 4),
+            drop(Malformed),
+        ),
+        (
+            "a TCP data offset past the packet",
+            with(&ack, &|b| b[TCP_DATA_OFFSET] = 15 << 4),
+            drop(Malformed),
+        ),
+        (
+            "a frame cut inside the TCP header",
+            with(&ack, &|b| b.truncate(14 + 20 + 12)),
+            drop(Malformed),
+        ),
+        (
+            "an IP length too short for UDP",
+            with(&udp.reply(0), &|b| set_tot_len(b, 20 + 7)),
+            drop(Malformed),
+        ),
+    ];
+    for (name, frame, expected) in &cases {
+        assert_eq!(harness.check(frame).verdict, *expected, "`{name}`");
+    }
+    // A later fragment carries no ports: judged like any portless packet (the model decides).
+    harness.check(&later_fragment.build());
+    // The counters and TCP state the stage wrote are the model's.
+    let _ = harness.sessions_agree();
+}
+
 #[test]
 fn sessions_follow_what_devices_open() {
     use DropReason::*;
