@@ -6,8 +6,8 @@
 //! the decision from `enforcer_common::session::covered`, the same function `judge` uses, and
 //! the session's counters and TCP state from `track::touch`. Anything else goes on to the full
 //! pipeline: another frame shape, a session checked under an older epoch (revalidated there),
-//! a packet its session does not cover where it arrived, and audit sessions (whose packets
-//! are reported as events there). A frame whose session this stage found absent tells the
+//! a packet its session does not cover where it arrived, and the opener's packets of an audit
+//! session (reported as events there). A frame whose session this stage found absent tells the
 //! pipeline so, and is not looked up twice.
 //!
 //! A new flow also has its source's SIM binding looked up here, result unused: the pipeline's
@@ -17,7 +17,8 @@
 //! runs). Issued here, the two misses overlap and the pipeline's lookup finds the binding in
 //! cache: the drop rate is back at 1.1-1.2 Mpps, for one cache-hot hash lookup per new flow.
 //!
-//! Reads `CONFIG`, `IFACE_CACHE`, `CLOCK`, `SIM_V4_V2`; writes the found `SESSIONS` entry.
+//! Reads `SESSIONS`, `CONFIG`, `IFACE_CACHE` (and `IFACES` when the cache is stale), `CLOCK`,
+//! `SIM_V4_V2`; writes the found `SESSIONS` entry.
 
 use aya_ebpf::programs::XdpContext;
 use enforcer_common::{
@@ -61,11 +62,15 @@ impl Established {
 /// Judge `ctx`'s frame if it belongs to a live session of the policy in force (see the module
 /// comment), counting it in the session.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key by reference, as tested on Linux 6.1 (see `parse::v4_session`)"
+)]
 pub fn judge(ctx: &XdpContext) -> Established {
     let Some(frame) = crate::parse::v4_session(ctx) else {
         return Established::not_judged(OTHER);
     };
-    let Some(entry) = SESSIONS.get_ptr_mut(frame.key) else {
+    let Some(entry) = SESSIONS.get_ptr_mut(&frame.key) else {
         // A new flow: its source's SIM binding is the pipeline's first policy lookup. Looked up
         // here, right behind the session miss, the CPU overlaps the two cache misses; the
         // pipeline's own lookup of it, after the header walk, then finds it in cache.

@@ -834,9 +834,6 @@ fn core_interface_takes_only_core_sources_from_outside_the_pools() {
     }
 }
 
-/// Sessions through BPF_PROG_TEST_RUN, kernel and reference model agreeing on every packet
-/// and counter (`Harness::check`): what opens a session, what its replies get, what nothing
-/// outside may do, and re-checks after a reload and a quarantine.
 /// The established-session stage (`enforcer-ebpf/src/established.rs`) reads the common frame
 /// shape at fixed offsets and passes a live session's packets before the full parser runs. Every
 /// variation of a live session's frames must get what the full pipeline gives it (the
@@ -939,6 +936,9 @@ fn the_established_stage_judges_every_shape_as_the_pipeline_does() {
     let _ = harness.sessions_agree();
 }
 
+/// Sessions through BPF_PROG_TEST_RUN, kernel and reference model agreeing on every packet
+/// and counter (`Harness::check`): what opens a session, what its replies get, what nothing
+/// outside may do, and re-checks after a reload and a quarantine.
 #[test]
 fn sessions_follow_what_devices_open() {
     use DropReason::*;
