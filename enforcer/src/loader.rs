@@ -1636,15 +1636,18 @@ fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
 
 /// Measure the kernel's tick and give the program its clock (`crate::clock`,
 /// `CLOCK[CLOCK_CALIBRATION]`): `clock_sample` is run until two whole ticks have passed
-/// after `jiffies` first moved (8-12 ms at `HZ` 250, 20-30 ms at 100), for 1 s at most.
+/// after `jiffies` first moved (8-12 ms at `HZ` 250, 20-30 ms at 100), for
+/// [`CALIBRATION_LIMIT`] at most.
 ///
 /// # Errors
 /// [`LoadError::Program`] or [`LoadError::Map`] if the sampling program or `CLOCK` fails, or
-/// `jiffies` did not move twice in 1 s (the program would stamp sessions with a wrong time).
+/// `jiffies` did not move twice within the limit (the program would stamp sessions with a
+/// wrong time).
 fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadError> {
     const SAMPLER: &str = "clock_sample";
     let frame = [0u8; 64];
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let started = Instant::now();
+    let deadline = started + CALIBRATION_LIMIT;
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(4096);
     // Where `jiffies` landed when they first moved.
     let mut moved_to: Option<u64> = None;
@@ -1668,9 +1671,11 @@ fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadErr
     let Some(calibration) = crate::clock::calibrate(&samples) else {
         return Err(LoadError::Program {
             what: format!(
-                "measuring the kernel's tick: jiffies moved {} times in {} samples over 1 s",
+                "measuring the kernel's tick: jiffies moved {} times in {} samples over {:.1} s \
+                 (the kernel's tick barely moved); try again",
                 samples.last().map_or(0, |s| s.0.wrapping_sub(samples[0].0)),
-                samples.len()
+                samples.len(),
+                started.elapsed().as_secs_f64()
             ),
             source: Box::new(ProgramError::NotLoaded),
         });
@@ -1692,6 +1697,12 @@ fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadErr
         .map_err(map_err(names::CLOCK, "writing"))?;
     Ok(calibration)
 }
+
+/// How long [`calibrate_clock`] samples at most. Two ticks take 8-30 ms, but `jiffies` can
+/// stand still far longer: once here, right after a benchmark run had ended (its
+/// million-entry maps being freed), they moved 9 times in a whole second, and a 1 s limit
+/// refused to load.
+const CALIBRATION_LIMIT: Duration = Duration::from_secs(5);
 
 /// The XDP program `name` of the object, loaded on first use.
 ///
