@@ -10,15 +10,14 @@
 //! session (reported as events there). A frame whose session this stage found absent tells the
 //! pipeline so, and is not looked up twice.
 //!
-//! A new flow also has its source's SIM binding looked up here, result unused: the pipeline's
-//! own lookup of it (its first policy lookup) comes after the full header walk, too far behind
-//! the session miss for the CPU to overlap the two cache misses, and at 1M SIMs that cost a
-//! flood of new flows a fifth of its drop rate (0.9-1.0 against 1.2-1.3 Mpps, alternating
-//! runs). Issued here, the two misses overlap and the pipeline's lookup finds the binding in
-//! cache: the drop rate is back at 1.1-1.2 Mpps, for one cache-hot hash lookup per new flow.
+//! A new flow also has its source's SIM binding looked up here and left in `SRC_SIM` for the
+//! pipeline's identify stage, which takes it instead of looking again. Looked up there, after
+//! the full header walk, it came too far behind the session miss for the CPU to overlap the
+//! two cache misses, and at 1M SIMs that cost a flood of new flows a fifth of its drop rate
+//! (0.9-1.0 against 1.2-1.3 Mpps, alternating runs); issued here, the two misses overlap.
 //!
 //! Reads `SESSIONS`, `CONFIG`, `IFACE_CACHE` (and `IFACES` when the cache is stale), `CLOCK`,
-//! `SIM_V4_V2`; writes the found `SESSIONS` entry.
+//! `SIM_V4_V2`; writes the found `SESSIONS` entry and `SRC_SIM`.
 
 use aya_ebpf::programs::XdpContext;
 use enforcer_common::{
@@ -27,7 +26,9 @@ use enforcer_common::{
     session::{Found, Side, covered},
 };
 
-use crate::maps::{SESSIONS, SIM_V4_V2};
+use enforcer_common::maps::SimBinding;
+
+use crate::maps::{SESSIONS, SIM_V4_V2, SRC_SIM};
 
 /// What this stage made of a frame: a plain struct with every field set on every path (an
 /// enum's payload left undefined on one path let LLVM carry undefined registers into the
@@ -73,13 +74,26 @@ pub fn judge(ctx: &XdpContext) -> Established {
     let Some(entry) = SESSIONS.get_ptr_mut(&frame.key) else {
         // A new flow: its source's SIM binding is the pipeline's first policy lookup. Looked up
         // here, right behind the session miss, the CPU overlaps the two cache misses; the
-        // pipeline's own lookup of it, after the header walk, then finds it in cache.
+        // pipeline's identify stage takes it from `SRC_SIM` instead of looking again.
         let src = if frame.src_first {
             &frame.key.addr_a
         } else {
             &frame.key.addr_b
         };
-        let _ = SIM_V4_V2.get_ptr([src[0], src[1], src[2], src[3]]);
+        let addr = [src[0], src[1], src[2], src[3]];
+        // SAFETY: the pointer comes from a successful lookup and is valid for this program
+        // run (`SIM_V4_V2` is not preallocated: a concurrent delete frees it after RCU).
+        let binding = SIM_V4_V2
+            .get_ptr(addr)
+            .map_or(SimBinding::default(), |entry| unsafe { *entry });
+        if let Some(slot) = SRC_SIM.get_ptr_mut(0) {
+            // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by
+            // nothing else while the program runs on this CPU.
+            unsafe {
+                (*slot).addr = addr;
+                (*slot).binding = binding;
+            }
+        }
         return Established::not_judged(NO_SESSION);
     };
     let epoch = crate::track::epoch();

@@ -24,9 +24,8 @@ const AUDIT_BUDGET: u32 = 1 << 31;
 const WINDOW_NS: u64 = 1_000_000_000;
 
 /// Report the packet `meta` dropped for `reason`, sent by SIM `sim` (of segment `segment`;
-/// [`DENY_NO_SIM`] for none). A BPF function of its own: the event is written in place in the
-/// ring buffer, and what it needs lives in this frame, not in the program's.
-#[inline(never)]
+/// [`DENY_NO_SIM`] for none).
+#[inline(always)]
 pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
         return;
@@ -37,10 +36,20 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     // budgets (a cache and TLB miss at a million SIMs) to count what no event may carry
     // before the ring drains; the packet is counted in `stats` and the metrics like every
     // drop. What this costs every report: one per-CPU array read (a helper call before
-    // Linux 6.10 inlined those lookups) and `jiffies` (inlined).
+    // Linux 6.10 inlined those lookups) and `jiffies` (inlined), both here in the caller, so
+    // that such a packet makes no call.
     if ring_full_in(tick) {
         return;
     }
+    report(meta, reason, sim, segment, bytes);
+}
+
+/// [`deny`] once the ring may have room. A BPF function of its own: the event is written in
+/// place in the ring buffer, and what it needs lives in this frame, not in the program's
+/// (five arguments, a BPF function's most: it reads the tick again).
+#[inline(never)]
+fn report(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
+    let tick = crate::clock::jiffies();
     let now = crate::clock::ns_at(tick);
     // Audit mode's reports have budgets of their own, so that their suppressed counts never
     // mix with real denials' (SIM indices stay below 2^30).

@@ -1,8 +1,9 @@
 //! Stage 2, identify: implements `enforcer_common::decide::Tables` over the kernel maps and runs
 //! the shared lookup sequence (`enforcer_common::decide::identify`) on a `PacketMeta`.
 //!
-//! Reads `CONFIG`, `SIM_V4_V2`, `SIM_V6_V2`, `SIMS`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`,
-//! `PORT_RULES`, `RULES_V2` and `IFACES`; writes nothing.
+//! Reads `CONFIG`, `SRC_SIM` (the source's binding when the established stage looked it up),
+//! `SIM_V4_V2`, `SIM_V6_V2`, `SIMS`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`, `PORT_RULES`,
+//! `RULES_V2` and `IFACES` through this CPU's `IFACE_CACHE`; writes `IFACE_CACHE` on a miss.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{
@@ -17,14 +18,18 @@ use enforcer_common::{
 
 use crate::maps::{
     CONFIG, IFACE_CACHE, IFACES, NET_V4, NET_V6, PORT_RULES, PORTS_USED, RULES_V2, SEGMENTS,
-    SIM_V4_V2, SIM_V6_V2, SIMS,
+    SIM_V4_V2, SIM_V6_V2, SIMS, SRC_SIM,
 };
 
 /// LPM prefix of a full address behind the generation byte: 8 + 32 and 8 + 128 bits.
 const NET_V4_BITS: u32 = 40;
 const NET_V6_BITS: u32 = 136;
 
-struct KernelMaps;
+/// The kernel's tables; `src_looked_up`: the established stage looked the frame's IPv4 source
+/// up in `SIM_V4_V2` in this run and left the binding in `SRC_SIM`.
+struct KernelMaps {
+    src_looked_up: bool,
+}
 
 impl RuleTable for KernelMaps {
     #[inline(always)]
@@ -55,6 +60,16 @@ impl Tables for KernelMaps {
 
     #[inline(always)]
     fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
+        if self.src_looked_up
+            && let Some(slot) = SRC_SIM.get_ptr(0)
+        {
+            // SAFETY: this CPU's entry of a per-CPU array, valid for this run; the established
+            // stage of this run wrote it (`src_looked_up`).
+            let (looked_up, binding) = unsafe { ((*slot).addr, (*slot).binding) };
+            if looked_up == addr {
+                return sim_policy(generation, binding.of(generation));
+            }
+        }
         // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
         // `SIM_V4_V2` is not preallocated, so a concurrent delete frees it only after RCU, and
         // an update replaces the whole entry (a reader sees the old or the new binding).
@@ -105,10 +120,7 @@ impl Tables for KernelMaps {
 
     #[inline(always)]
     fn iface_flags(&self, ifindex: u32) -> u32 {
-        // SAFETY: as in `sim_v4`; `IFACES` entries are only ever replaced whole by the daemon.
-        IFACES
-            .get_ptr(ifindex)
-            .map_or(0, |entry| unsafe { (*entry).flags })
+        iface_flags_in_identify(ifindex)
     }
 }
 
@@ -136,13 +148,20 @@ fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
 /// Gather the decision inputs for one parsed packet.
 #[inline(always)]
 pub fn lookup(meta: &PacketMeta) -> Inputs {
-    decide::identify(&KernelMaps, meta)
+    // The established stage looks a frame's source up exactly when it finds the frame's
+    // session absent (`crate::established`).
+    let maps = KernelMaps {
+        src_looked_up: meta.session_absent && !meta.v6,
+    };
+    decide::identify(&maps, meta)
 }
 
 /// Whether `addr` lies outside every pool of the active generation (`NET_*`).
 #[inline(always)]
 pub fn outside_pools(v6: bool, addr: &[u8; 16]) -> bool {
-    let maps = KernelMaps;
+    let maps = KernelMaps {
+        src_looked_up: false,
+    };
     let generation = maps.generation();
     let net = if v6 {
         maps.net_v6(generation, *addr)
@@ -152,45 +171,63 @@ pub fn outside_pools(v6: bool, addr: &[u8; 16]) -> bool {
     net.is_none_or(|net| net.flags & NET_POOL == 0)
 }
 
-/// `IFACE_*` flags of the arrival interface, for frames that never reach the lookups.
+/// `IFACE_*` flags of the arrival interface `ifindex`, through this CPU's `IFACE_CACHE`.
 #[inline(always)]
 pub fn iface_flags(ifindex: u32) -> u32 {
-    KernelMaps.iface_flags(ifindex)
+    iface_flags_cached(ifindex, crate::track::epoch())
 }
 
-/// Whether packets that pass on `ifindex` are forwarded in XDP (`IFACE_XDP_FORWARD`), through
-/// this CPU's `IFACE_CACHE`.
+/// Whether packets that pass on `ifindex` are forwarded in XDP (`IFACE_XDP_FORWARD`).
 #[inline(always)]
 pub fn forwards(ifindex: u32) -> bool {
-    let epoch = CONFIG.get(0).map_or(0, |config| config.epoch);
-    iface_flags_cached(ifindex, epoch) & IFACE_XDP_FORWARD != 0
+    iface_flags(ifindex) & IFACE_XDP_FORWARD != 0
 }
 
-/// [`iface_flags`] through this CPU's `IFACE_CACHE`, under `epoch` (`CONFIG.epoch`, read by
-/// the caller before this call: the daemon writes `IFACES` first and raises the epoch after,
-/// so flags cached under the current epoch are current).
+/// The `IFACES` flags of `ifindex` through this CPU's `IFACE_CACHE`, under `epoch`
+/// (`CONFIG.epoch`, read by the caller before this call: the daemon writes `IFACES` first and
+/// raises the epoch after, so flags cached under the current epoch are current). A miss is
+/// looked up in a BPF function of its own ([`iface_flags_refill`]).
 #[inline(always)]
 pub fn iface_flags_cached(ifindex: u32, epoch: u32) -> u32 {
-    if let Some(cache) = IFACE_CACHE.get_ptr(0) {
-        // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by
-        // nothing else while the program runs on this CPU.
-        let hit = unsafe { (*cache).ifindex == ifindex && (*cache).epoch == epoch };
-        if hit {
-            // SAFETY: as above.
-            return unsafe { (*cache).flags };
-        }
-    }
-    iface_flags_refill(ifindex, epoch)
+    cached_flags(ifindex, epoch).unwrap_or_else(|| iface_flags_refill(ifindex, epoch))
 }
 
-/// The miss of [`iface_flags_cached`]: look `ifindex` up and cache it under `epoch`. A BPF
-/// function of its own, so that what the hash lookup's call keeps live stays in this frame,
-/// not in the program's (Linux 6.1 refused the program 16 bytes over its stack limit).
+/// [`iface_flags_cached`] for the identify stage, whose frame is a BPF function of its own
+/// (`crate::track::identify_into`): a miss is looked up in place, as a call from there would
+/// be a third frame, past the combined stack Linux 6.1 allows (each frame rounded up to 32
+/// bytes: 256 + 256 + 32 = 544 of 512).
+#[inline(always)]
+fn iface_flags_in_identify(ifindex: u32) -> u32 {
+    let epoch = crate::track::epoch();
+    cached_flags(ifindex, epoch).unwrap_or_else(|| refill(ifindex, epoch))
+}
+
+/// This CPU's cached flags of `ifindex` if they were cached under `epoch`.
+#[inline(always)]
+fn cached_flags(ifindex: u32, epoch: u32) -> Option<u32> {
+    let cache = IFACE_CACHE.get_ptr(0)?;
+    // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by nothing
+    // else while the program runs on this CPU.
+    unsafe { ((*cache).ifindex == ifindex && (*cache).epoch == epoch).then(|| (*cache).flags) }
+}
+
+/// The miss of [`iface_flags_cached`], as a BPF function of its own, so that what the hash
+/// lookup's call keeps live stays in this frame, not in the program's (Linux 6.1 refused the
+/// program 16 bytes over its stack limit).
 #[inline(never)]
 fn iface_flags_refill(ifindex: u32, epoch: u32) -> u32 {
-    let flags = iface_flags(ifindex);
+    refill(ifindex, epoch)
+}
+
+/// Look `ifindex` up in `IFACES` and cache its flags under `epoch`.
+#[inline(always)]
+fn refill(ifindex: u32, epoch: u32) -> u32 {
+    // SAFETY: as in `sim_v4`; `IFACES` entries are only ever replaced whole by the daemon.
+    let flags = IFACES
+        .get_ptr(ifindex)
+        .map_or(0, |entry| unsafe { (*entry).flags });
     if let Some(cache) = IFACE_CACHE.get_ptr_mut(0) {
-        // SAFETY: as in `iface_flags_cached`.
+        // SAFETY: as in `cached_flags`.
         unsafe {
             (*cache).ifindex = ifindex;
             (*cache).epoch = epoch;

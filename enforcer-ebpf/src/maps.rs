@@ -115,6 +115,24 @@ pub struct IfaceCache {
     pub flags: u32,
 }
 
+/// The source's `SIM_V4_V2` binding that the established stage looked up for a new flow, for
+/// the pipeline's identify stage of the same run to take instead of looking it up again
+/// (`crate::established`). Only read when the stage tells the pipeline it looked (the frame's
+/// session absent) and only for that address. Not pinned: each loaded program has its own,
+/// and nothing in it outlives a run.
+#[map]
+pub static SRC_SIM: PerCpuArray<SrcSim> = PerCpuArray::with_max_entries(1, 0);
+
+/// A [`SRC_SIM`] entry: an IPv4 address and its binding ([`SimBinding::default`], unbound in
+/// both generations, when `SIM_V4_V2` has none).
+#[repr(C)]
+pub struct SrcSim {
+    /// The address looked up (the frame's source).
+    pub addr: SimKeyV4,
+    /// What `SIM_V4_V2` held for it.
+    pub binding: SimBinding,
+}
+
 /// This CPU's tick (`jiffies`) in which it last found `DENY_EVENTS` full (`crate::events`): for
 /// the rest of that tick it reports no denial and looks up no budget. Not pinned: each loaded
 /// program has its own, and an entry of a past tick means nothing.
