@@ -72,7 +72,9 @@ pub struct PacketMeta {
     pub reversed: bool,
     /// The packet's session was already looked up for this packet and is absent (set by the
     /// kernel's established-session stage, which looks up the common frame shape first), so
-    /// that `session::judge` does not look it up again. `false` everywhere else.
+    /// that `session::judge` does not look it up again; the kernel's identify stage then also
+    /// takes the source's SIM binding that the stage looked up (its `SRC_SIM`). `false`
+    /// everywhere else.
     pub session_absent: bool,
 }
 

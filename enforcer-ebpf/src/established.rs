@@ -17,16 +17,16 @@
 //! (0.9-1.0 against 1.2-1.3 Mpps, alternating runs); issued here, the two misses overlap.
 //!
 //! Reads `SESSIONS`, `CONFIG`, `IFACE_CACHE` (and `IFACES` when the cache is stale), `CLOCK`,
-//! `SIM_V4_V2`; writes the found `SESSIONS` entry and `SRC_SIM`.
+//! `SIM_V4_V2`; writes the found `SESSIONS` entry, `SRC_SIM` and (on a miss of this CPU's
+//! copy) `IFACE_CACHE`.
 
 use aya_ebpf::programs::XdpContext;
 use enforcer_common::{
     PassReason, Src, Verdict,
+    maps::SimBinding,
     rules::NO_RULE,
     session::{Found, Side, covered},
 };
-
-use enforcer_common::maps::SimBinding;
 
 use crate::maps::{SESSIONS, SIM_V4_V2, SRC_SIM};
 
@@ -81,6 +81,8 @@ pub fn judge(ctx: &XdpContext) -> Established {
             &frame.key.addr_b
         };
         let addr = [src[0], src[1], src[2], src[3]];
+        // Read before the lookup: identify takes the binding only while this epoch is in force.
+        let epoch = crate::track::epoch();
         // SAFETY: the pointer comes from a successful lookup and is valid for this program
         // run (`SIM_V4_V2` is not preallocated: a concurrent delete frees it after RCU).
         let binding = SIM_V4_V2
@@ -91,6 +93,7 @@ pub fn judge(ctx: &XdpContext) -> Established {
             // nothing else while the program runs on this CPU.
             unsafe {
                 (*slot).addr = addr;
+                (*slot).epoch = epoch;
                 (*slot).binding = binding;
             }
         }

@@ -3,6 +3,9 @@
 //! over budget is counted and the count carried in the sender's next event. Once a CPU finds
 //! the ring buffer full (the reader behind), it reports nothing and looks up no budget for
 //! the rest of that tick (`RING_FULL_TICK`).
+//!
+//! Reads `EVENTS_OFF`, `RING_FULL_TICK`, `CLOCK` and `DENY_LIMITS`; writes `DENY_EVENTS`,
+//! `DENY_LIMITS` and `RING_FULL_TICK`.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

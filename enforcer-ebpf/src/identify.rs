@@ -65,8 +65,11 @@ impl Tables for KernelMaps {
         {
             // SAFETY: this CPU's entry of a per-CPU array, valid for this run; the established
             // stage of this run wrote it (`src_looked_up`).
-            let (looked_up, binding) = unsafe { ((*slot).addr, (*slot).binding) };
-            if looked_up == addr {
+            let (looked_up, epoch, binding) =
+                unsafe { ((*slot).addr, (*slot).epoch, (*slot).binding) };
+            // Under another epoch the daemon may have flipped the generation or rebound the
+            // address since: the copy could hold a slot two policies old. Look again.
+            if looked_up == addr && epoch == crate::track::epoch() {
                 return sim_policy(generation, binding.of(generation));
             }
         }

@@ -99,7 +99,8 @@ pub static DENY_LIMITS: LruHashMap<u32, DenyLimit> =
 
 /// This CPU's last `IFACES` answer, valid while `CONFIG.epoch` is the one it was read under:
 /// the daemon raises the epoch after every `IFACES` write, so a stale entry is never used.
-/// Spares the established-session path a hash lookup per packet. Not pinned: each loaded
+/// Spares every stage that needs the arrival interface's flags (the established stage,
+/// sessions, identify, forwarding, a frame that is not IP) a hash lookup per packet. Not pinned: each loaded
 /// program has its own.
 #[map]
 pub static IFACE_CACHE: PerCpuArray<IfaceCache> = PerCpuArray::with_max_entries(1, 0);
@@ -118,17 +119,21 @@ pub struct IfaceCache {
 /// The source's `SIM_V4_V2` binding that the established stage looked up for a new flow, for
 /// the pipeline's identify stage of the same run to take instead of looking it up again
 /// (`crate::established`). Only read when the stage tells the pipeline it looked (the frame's
-/// session absent) and only for that address. Not pinned: each loaded program has its own,
+/// session absent), only for that address and only under the same policy epoch. Not pinned: each loaded program has its own,
 /// and nothing in it outlives a run.
 #[map]
 pub static SRC_SIM: PerCpuArray<SrcSim> = PerCpuArray::with_max_entries(1, 0);
 
 /// A [`SRC_SIM`] entry: an IPv4 address and its binding ([`SimBinding::default`], unbound in
-/// both generations, when `SIM_V4_V2` has none).
+/// both generations, when `SIM_V4_V2` has none), as read under a policy epoch.
 #[repr(C)]
 pub struct SrcSim {
     /// The address looked up (the frame's source).
     pub addr: SimKeyV4,
+    /// `CONFIG.epoch`, read before the lookup: the daemon raises it after every change to the
+    /// bindings or the generation, so a binding read under the epoch still in force is the
+    /// one a lookup would find now.
+    pub epoch: u32,
     /// What `SIM_V4_V2` held for it.
     pub binding: SimBinding,
 }

@@ -1,7 +1,8 @@
 //! Stage 3, track: sessions (`enforcer_common::session`) over the kernel's `SESSIONS` map.
 //!
-//! Reads `CONFIG` (the epoch); reads and writes `SESSIONS`. The decision is
-//! `enforcer_common::session::judge`; this module only implements its table.
+//! Reads `CONFIG` (the epoch), `CLOCK` and `IFACE_CACHE` (and `IFACES` on a miss of it);
+//! reads and writes `SESSIONS`, assembling a new session in this CPU's `SCRATCH` slot. The
+//! decision is `enforcer_common::session::judge`; this module only implements its table.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 

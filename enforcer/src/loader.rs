@@ -1671,7 +1671,7 @@ fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadErr
     let Some(calibration) = crate::clock::calibrate(&samples) else {
         return Err(LoadError::Program {
             what: format!(
-                "measuring the kernel's tick: jiffies moved {} times in {} samples over {:.1} s \
+                "measuring the kernel's tick: jiffies advanced by {} in {} samples over {:.1} s \
                  (the kernel's tick barely moved); try again",
                 samples.last().map_or(0, |s| s.0.wrapping_sub(samples[0].0)),
                 samples.len(),
