@@ -43,21 +43,32 @@ impl Calibration {
     }
 }
 
+/// Whether sample `i` of `samples` is the first to show a step of the coarse clock: Linux
+/// advances `jiffies` first and the clock after (`tick_do_update_jiffies64`, then
+/// `update_wall_time`), so such a sample pairs a clock reading with the jiffies it belongs to.
+/// A sample read between the two updates pairs new jiffies with the old time, a tick early or,
+/// when `jiffies` catch up several ticks at once, several.
+#[must_use]
+pub fn clock_stepped(samples: &[(u64, u64)], i: usize) -> bool {
+    i > 0 && samples.get(i).map(|s| s.1) != samples.get(i - 1).map(|s| s.1)
+}
+
 /// The calibration from `samples`, each `(jiffies, CLOCK_MONOTONIC_COARSE ns)` read in one
-/// program run, in the order taken: the tick is the time between the first sample of a new
-/// jiffy and the last one, at least two jiffies later, rounded to the nearest of
-/// [`HZ_CHOICES`] (within 3%; another rate is taken as measured); the offset is the latest one
-/// the samples show (a sample read between a jiffy's increment and the coarse clock's update
-/// shows an offset a tick early). `None` when the samples span fewer than two whole ticks.
+/// program run, in the order taken: the tick is the time between the first step of the coarse
+/// clock the samples show and the last one at least two jiffies later ([`clock_stepped`]:
+/// both ends pair a time with its jiffies), rounded to the nearest of [`HZ_CHOICES`] (within
+/// 3%; another rate is taken as measured); the offset is the latest one the samples show from
+/// the first step on (a sample read between a jiffy's increment and the clock's update shows
+/// one a tick early or more). `None` when the steps span fewer than two whole ticks.
 #[must_use]
 pub fn calibrate(samples: &[(u64, u64)]) -> Option<Calibration> {
-    let (first_jiffies, _) = *samples.first()?;
-    let start = samples.iter().position(|&(j, _)| j != first_jiffies)?;
+    let start = (0..samples.len()).find(|&i| clock_stepped(samples, i))?;
     let (j0, t0) = samples[start];
-    let &(j1, t1) = samples[start..]
-        .iter()
-        .rev()
-        .find(|&&(j, _)| j.wrapping_sub(j0) >= 2 && j.wrapping_sub(j0) < 1 << 32)?;
+    let end = (start..samples.len()).rev().find(|&i| {
+        let ticks = samples[i].0.wrapping_sub(j0);
+        clock_stepped(samples, i) && (2..1 << 32).contains(&ticks)
+    })?;
+    let (j1, t1) = samples[end];
     let measured = t1.checked_sub(t0)? / j1.wrapping_sub(j0);
     if measured == 0 {
         return None;
@@ -130,6 +141,31 @@ mod tests {
             + 45;
         taken[i].1 -= tick_ns(250);
         assert_eq!(calibrate(&taken), Some(right));
+    }
+
+    #[test]
+    fn samples_read_between_the_jiffies_and_clock_updates_do_not_end_the_span() {
+        let clean = samples(250, 7, 1_000_000_000, 100_000, 200);
+        let right = calibrate(&clean).expect("calibrated");
+        let mut taken = clean.clone();
+        // The first sample of a new jiffy read before the clock followed.
+        let i = taken
+            .iter()
+            .position(|&(j, _)| j != taken[0].0)
+            .expect("a tick");
+        taken.insert(i, (taken[i].0, taken[i - 1].1));
+        // Seen in CI: `jiffies` caught up five ticks at once and the last samples were read
+        // before the clock followed. Ending the span there measured a tick of 0 ns.
+        let &(j_last, t_last) = taken.last().expect("samples");
+        for _ in 0..3 {
+            taken.push((j_last + 5, t_last));
+        }
+        assert_eq!(calibrate(&taken), Some(right));
+        // Then the clock catches up: the same calibration.
+        taken.push((j_last + 5, t_last + 5 * tick_ns(250)));
+        assert_eq!(calibrate(&taken), Some(right));
+        // The first step of the clock is where the span starts: before it, nothing.
+        assert_eq!(calibrate(&clean[..i]), None);
     }
 
     #[test]

@@ -1635,9 +1635,9 @@ fn load_scan(ebpf: &mut Ebpf) -> Result<crate::map_iter::MapIter, String> {
 }
 
 /// Measure the kernel's tick and give the program its clock (`crate::clock`,
-/// `CLOCK[CLOCK_CALIBRATION]`): `clock_sample` is run until two whole ticks have passed
-/// after `jiffies` first moved (8-12 ms at `HZ` 250, 20-30 ms at 100), for
-/// [`CALIBRATION_LIMIT`] at most.
+/// `CLOCK[CLOCK_CALIBRATION]`): `clock_sample` is run until the coarse clock, having stepped
+/// once, steps again two or more jiffies later (`crate::clock::clock_stepped`: 8-12 ms at `HZ`
+/// 250, 20-30 ms at 100), for [`CALIBRATION_LIMIT`] at most.
 ///
 /// # Errors
 /// [`LoadError::Program`] or [`LoadError::Map`] if the sampling program or `CLOCK` fails, or
@@ -1649,22 +1649,25 @@ fn calibrate_clock(ebpf: &mut Ebpf) -> Result<crate::clock::Calibration, LoadErr
     let started = Instant::now();
     let deadline = started + CALIBRATION_LIMIT;
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(4096);
-    // Where `jiffies` landed when they first moved.
-    let mut moved_to: Option<u64> = None;
+    // The jiffies of the clock's first step.
+    let mut first_step: Option<u64> = None;
     loop {
         test_run_xdp(object_program(ebpf, SAMPLER)?, &frame, 1, None)?;
         let clock = clock_map(ebpf)?;
         let [jiffies, ns] = clock
             .get(&enforcer_common::maps::CLOCK_SAMPLE, 0)
             .map_err(map_err(names::CLOCK, "reading"))?;
-        let first = samples.first().map_or(jiffies, |s| s.0);
         samples.push((jiffies, ns));
-        if moved_to.is_none() && jiffies != first {
-            moved_to = Some(jiffies);
+        // Two whole ticks after the clock's first step, counted from that step's jiffies (an
+        // idle or emulated CPU may skip ticks: `jiffies` can jump by more than one).
+        if crate::clock::clock_stepped(&samples, samples.len() - 1) {
+            match first_step {
+                None => first_step = Some(jiffies),
+                Some(j0) if jiffies.wrapping_sub(j0) >= 2 => break,
+                Some(_) => {}
+            }
         }
-        // Two whole ticks after the first move, counted from where that move landed (an idle
-        // or emulated CPU may skip ticks: `jiffies` can jump by more than one).
-        if moved_to.is_some_and(|j0| jiffies.wrapping_sub(j0) >= 2) || Instant::now() > deadline {
+        if Instant::now() > deadline {
             break;
         }
     }
