@@ -850,7 +850,30 @@ fn the_established_stage_judges_every_shape_as_the_pipeline_does() {
     let syn = Frame::new("10.64.0.1", "198.51.100.10", L4::Tcp(443));
     let udp = Frame::new("10.64.0.1", "198.51.100.5", L4::Udp(5005));
     assert_eq!(harness.check(&syn.build()).verdict, rule(0));
+    // The stage found no session for the SYN and left its source's binding, under the epoch in
+    // force, for identify (`SRC_SIM`): the device's address, bound in the active generation.
+    let epoch = harness.enforcer.epoch().expect("epoch");
+    let generation = usize::from(harness.enforcer.generation().expect("generation"));
+    let device = [10, 64, 0, 1];
+    assert!(
+        src_sim_slots(&harness)
+            .iter()
+            .any(|&(addr, at, binding)| addr == device
+                && at == epoch
+                && binding[generation] != enforcer_common::maps::SIM_NONE),
+        "no CPU's SRC_SIM holds the SYN's source: {:?}",
+        src_sim_slots(&harness)
+    );
     assert_eq!(harness.check(&syn.reply(0x12).build()).verdict, reply(0));
+    // The service's SYN-ACK belongs to that session: the stage judged it, so it looked no
+    // source up (a stage that missed live sessions would have left the service's address).
+    assert!(
+        src_sim_slots(&harness)
+            .iter()
+            .all(|&(addr, _, _)| addr != [198, 51, 100, 10]),
+        "the stage missed the SYN-ACK's session: {:?}",
+        src_sim_slots(&harness)
+    );
     assert_eq!(harness.check(&udp.build()).verdict, rule(1));
     let ack = syn.clone().flags(ACK);
     // Byte offsets in an untagged IPv4 frame without options.
@@ -934,6 +957,24 @@ fn the_established_stage_judges_every_shape_as_the_pipeline_does() {
     harness.check(&later_fragment.build());
     // The counters and TCP state the stage wrote are the model's.
     let _ = harness.sessions_agree();
+}
+
+/// Every CPU's `SRC_SIM` slot (`enforcer-ebpf/src/maps.rs`, `SrcSim`): the IPv4 address the
+/// established stage last looked up there, the epoch it read, and the binding it found (the
+/// SIM index of generation 0 and 1).
+fn src_sim_slots(harness: &Harness) -> Vec<([u8; 4], u32, [u32; 2])> {
+    let map = harness
+        .enforcer
+        .map("SRC_SIM")
+        .expect("the program has SRC_SIM");
+    let slots: aya::maps::PerCpuArray<&aya::maps::MapData, [u32; 4]> =
+        aya::maps::PerCpuArray::try_from(map).expect("SRC_SIM is a per-CPU array of 16 bytes");
+    slots
+        .get(&0, 0)
+        .expect("reading SRC_SIM")
+        .iter()
+        .map(|slot| (slot[0].to_ne_bytes(), slot[1], [slot[2], slot[3]]))
+        .collect()
 }
 
 /// Sessions through BPF_PROG_TEST_RUN, kernel and reference model agreeing on every packet
