@@ -601,6 +601,15 @@ impl Side {
             from_device: sent_by_device || misplaced,
         }
     }
+
+    /// Whether the packet comes from `session`'s opener: the device, unless the session is
+    /// inbound and covers the packet (a packet it does not cover is judged in its own
+    /// direction, as the device's).
+    #[inline(always)]
+    #[must_use]
+    pub fn from_opener(self, session: &Found) -> bool {
+        self.from_device != (self.exists && session.flags & SESSION_INBOUND != 0)
+    }
 }
 
 /// The verdict for a packet from `side` of the found `session` when the session covers it
@@ -615,8 +624,7 @@ pub fn covered(session: &Found, side: Side, epoch: u32) -> Option<(Verdict, Src)
         return None;
     }
     let inbound = session.flags & SESSION_INBOUND != 0;
-    let from_opener = side.from_device != inbound;
-    let reason = opener_reason(from_opener, inbound, session.rule);
+    let reason = opener_reason(side.from_opener(session), inbound, session.rule);
     let src = if side.from_device {
         device(session)
     } else {
@@ -656,7 +664,7 @@ pub fn judge<T: SessionTable>(table: &mut T, meta: &mut PacketMeta, bytes: u64) 
     };
     let (exists, from_device) = (side.exists, side.from_device);
     // The opener's packets pass as the policy allowed them; the other side's as replies.
-    let from_opener = from_device != (exists && inbound);
+    let from_opener = side.from_opener(&session);
     if let Some(judged) = covered(&session, side, epoch) {
         table.touch(&key, from_device, bytes, meta.proto, meta.l4_flags);
         return judged;
