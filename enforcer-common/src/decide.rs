@@ -73,7 +73,8 @@ pub struct PacketMeta {
     /// The packet's session was already looked up for this packet and is absent (set by the
     /// kernel's established-session stage, which looks up the common frame shape first), so
     /// that `session::judge` does not look it up again; the kernel's identify stage then also
-    /// takes the source's SIM binding that the stage looked up (its `SRC_SIM`). `false`
+    /// takes the source's SIM binding that the stage looked up (its `SRC_SIM`), and a
+    /// `no_rule` drop may be remembered in the deny cache ([`DenyKey::of`]). `false`
     /// everywhere else.
     pub session_absent: bool,
 }
@@ -347,6 +348,113 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
         drop_non_pool,
     }
 }
+
+/// A denial that may be remembered and given again without the lookups: the key of the
+/// kernel's deny cache (`enforcer-ebpf/src/deny_cache.rs`), under the policy epoch it was
+/// decided in. 20 bytes, `repr(C)`, no padding.
+///
+/// Why these fields are enough ([`DenyKey::of`] says when a verdict may be kept): for an IPv4
+/// packet with ports (TCP or UDP, not a later fragment) judged in its sender's direction,
+/// sent by a SIM with no `SIM_*` flag and no rules of its own (`tiers` 0), [`identify`] and
+/// [`decide`] read the sender only through its segment, the destination through its
+/// `NET_V4` entry (the address), the rules through the segment, protocol and destination
+/// port, and the arrival interface's flags. Every one of those tables, in the generation
+/// active under an epoch, stays as it is for the whole epoch: the daemon writes the inactive
+/// generation, flips generation and epoch in one write, and raises the epoch after every
+/// change in place (`CONFIG.epoch`). A `no_rule` drop of such a packet is therefore the
+/// verdict of every packet with the same key under the same epoch from any SIM that also has
+/// no flags and no own rules. The SIM's own flags, rules and segment are read anew for every
+/// packet, so a quarantine or a move to another segment takes effect at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyKey {
+    /// `CONFIG.epoch` read before the sender's binding was looked up.
+    pub epoch: u32,
+    /// Arrival interface.
+    pub ifindex: u32,
+    /// Destination IPv4 address, network order.
+    pub dst: [u8; 4],
+    /// The sender's segment.
+    pub segment: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// 1 in a filled entry (an all-zero entry is empty).
+    pub filled: u8,
+    /// Zero.
+    pub pad: [u8; 2],
+}
+
+impl DenyKey {
+    /// Number of entries of the (per-CPU, direct-mapped) deny cache: a power of two.
+    pub const SLOTS: u32 = 256;
+
+    /// The key of a packet (`meta`, after [`crate::session::judge`]) sent by `src` and
+    /// judged `verdict` under `epoch`, when the verdict may be remembered: a `no_rule` drop of
+    /// an IPv4 TCP or UDP packet (not a later fragment) judged in its sender's direction, sent
+    /// by a SIM with no flags and no rules of its own (see the type's comment). `None`
+    /// otherwise: such a verdict depends on more than the key.
+    #[inline(always)]
+    #[must_use]
+    pub fn of(meta: &PacketMeta, src: &Src, verdict: Verdict, epoch: u32) -> Option<Self> {
+        let cacheable = matches!(verdict, Verdict::Drop(DropReason::NoRule))
+            && src.kind == SrcKind::Sim
+            && src.sim.flags == 0
+            && src.sim.tiers == 0
+            && !meta.v6
+            && meta.has_ports
+            && !meta.later_fragment
+            && !meta.reversed;
+        cacheable.then(|| {
+            Self::new(
+                epoch,
+                meta.ifindex,
+                [meta.dst[0], meta.dst[1], meta.dst[2], meta.dst[3]],
+                src.sim.segment,
+                meta.proto,
+                meta.dport,
+            )
+        })
+    }
+
+    /// A filled key.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(
+        epoch: u32,
+        ifindex: u32,
+        dst: [u8; 4],
+        segment: u16,
+        proto: u8,
+        dport: u16,
+    ) -> Self {
+        Self {
+            epoch,
+            ifindex,
+            dst,
+            segment,
+            dport,
+            proto,
+            filled: 1,
+            pad: [0; 2],
+        }
+    }
+
+    /// Its slot in the cache, `< SLOTS`: a multiplicative hash (Knuth's 2^32 / phi) of the
+    /// destination, port, protocol and segment.
+    #[inline(always)]
+    #[must_use]
+    pub const fn slot(&self) -> u32 {
+        let mixed = u32::from_ne_bytes(self.dst)
+            ^ (self.dport as u32) << 16
+            ^ (self.segment as u32) << 3
+            ^ self.proto as u32;
+        mixed.wrapping_mul(0x9e37_79b1) >> (32 - Self::SLOTS.trailing_zeros())
+    }
+}
+
+const _: () = assert!(DenyKey::SLOTS.is_power_of_two() && size_of::<DenyKey>() == 20);
 
 /// Whose rules a packet asks, and toward which classes: for a SIM's packet its segment's
 /// rules then its own, toward the destination's class (a CIDR's; or a SIM's segment, then the

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use enforcer_common::{
     DropReason, PassReason, Verdict,
-    decide::{Dst, DstKind, Inputs, PacketMeta, Src, SrcKind, Tables, decide, identify, v4_in_16},
+    decide::{
+        DenyKey, Dst, DstKind, Inputs, PacketMeta, Src, SrcKind, Tables, decide, identify, v4_in_16,
+    },
     maps::*,
     rules::{NO_RULE, Probe, RuleTable, first_match},
 };
@@ -360,6 +362,13 @@ impl Tables for World {
                 flags: SIM_DST_NAMED,
                 tiers: 0,
             }),
+            // Another SIM of segment 0 with neither flags nor rules of its own.
+            [10, 0, 0, 3] => Some(SimEntry {
+                sim: 2,
+                segment: 0,
+                flags: 0,
+                tiers: 0,
+            }),
             _ => None,
         }
     }
@@ -439,5 +448,47 @@ proptest! {
         // The number of rule lookups is bounded whatever the rules: 2 subjects × 2 classes ×
         // (hash, trie).
         prop_assert!(world.rules.probes.borrow().len() <= 8);
+    }
+
+    /// The deny cache's premise (`DenyKey`): a denial `DenyKey::of` lets the kernel remember
+    /// is the verdict of every packet with the same key from any SIM of the segment with
+    /// neither flags nor rules of its own, whatever its source port and TCP flags.
+    #[test]
+    fn a_remembered_denial_is_the_verdict_of_its_whole_kind(
+        rules in proptest::collection::vec((0u32..3, 0u32..4, prop_oneof![Just(0u8), Just(6u8), Just(17u8)], 0u16..4), 0..20),
+        dst in prop_oneof![Just([10u8, 0, 0, 2]), Just([10u8, 0, 0, 7]), Just([192u8, 0, 2, 1]), Just([8u8, 8, 8, 8])],
+        proto in prop_oneof![Just(6u8), Just(17u8)],
+        dport in prop_oneof![Just(443u16), Just(80u16), any::<u16>()],
+        sports in (any::<u16>(), any::<u16>()),
+        flags in (any::<u8>(), any::<u8>()),
+    ) {
+        let mut world = World { rules: Recorder::default(), segment_tiers: TIER_PORT | TIER_PORT_RANGE | TIER_ANY_PORT | TIER_ANY_PROTO };
+        for (i, (subject, class, p, ports)) in rules.iter().enumerate() {
+            let class = match class { 0 => 1, 1 => CLASS_SEGMENT | 1, 2 => CLASS_SIM | 1, _ => 99 };
+            let block = [None, Some((443, 16)), Some((0, 6)), Some((0, 0))][*ports as usize];
+            world.rules.rules.entry(key(*subject, class, *p, block)).or_insert(i as u32);
+        }
+        let meta = |src: [u8; 4], sport: u16, l4_flags: u8| PacketMeta { v6: false, src: v4_in_16(src), dst: v4_in_16(dst), proto, dport, sport, l4_flags, has_ports: true, later_fragment: false, ifindex: 1, reversed: false, session_absent: true };
+        let first = meta([10, 0, 0, 1], sports.0, flags.0);
+        let inputs = identify(&world, &first);
+        let verdict = decide(&inputs);
+        let Some(remembered) = DenyKey::of(&first, &inputs.src, verdict, 5) else {
+            prop_assert_ne!(verdict, Verdict::Drop(DropReason::NoRule), "a no_rule drop of a plain SIM is remembered");
+            return Ok(());
+        };
+        prop_assert_eq!(remembered, DenyKey::new(5, 1, dst, 0, proto, dport));
+        prop_assert!(remembered.slot() < DenyKey::SLOTS);
+        let other = meta([10, 0, 0, 3], sports.1, flags.1);
+        let inputs = identify(&world, &other);
+        prop_assert_eq!(decide(&inputs), verdict);
+        prop_assert_eq!(DenyKey::of(&other, &inputs.src, verdict, 5), Some(remembered));
+        // Never for a SIM with flags or rules of its own, nor for another verdict.
+        for (flags, tiers) in [(SIM_QUARANTINED, 0), (SIM_AUDIT, 0), (SIM_DST_NAMED, 0), (0, TIER_PORT)] {
+            let sender = Src { kind: SrcKind::Sim, sim: SimEntry { flags, tiers, ..inputs.src.sim } };
+            prop_assert_eq!(DenyKey::of(&other, &sender, verdict, 5), None);
+        }
+        prop_assert_eq!(DenyKey::of(&other, &inputs.src, Verdict::Drop(DropReason::Lateral), 5), None);
+        let reversed = PacketMeta { reversed: true, ..other };
+        prop_assert_eq!(DenyKey::of(&reversed, &inputs.src, verdict, 5), None);
     }
 }

@@ -192,6 +192,7 @@ pub fn enforcer_unaccounted(ctx: XdpContext) -> u32 {
     let first = crate::established::judge(&ctx);
     match first.kind {
         crate::established::JUDGED => first.verdict.xdp_action(),
+        crate::established::NO_SESSION if crate::deny_cache::dropped::<false>(&ctx) => XDP_DROP,
         kind => unaccounted_rest(ctx, kind == crate::established::NO_SESSION),
     }
 }

@@ -30,10 +30,35 @@ const WINDOW_NS: u64 = 1_000_000_000;
 /// [`DENY_NO_SIM`] for none).
 #[inline(always)]
 pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
-    if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
-        return;
+    if may_report() {
+        report(meta, reason, sim, segment, bytes);
     }
-    let tick = crate::clock::jiffies();
+}
+
+/// [`deny`] for a caller that is a BPF function of its own already (`crate::deny_cache`),
+/// which builds the packet's `PacketMeta` only when a report may be written (`meta`, called
+/// only then): the report is written in the caller's frame, as a call from there would be a
+/// third frame, past the combined stack Linux allows.
+#[inline(always)]
+pub fn deny_in_place(
+    meta: impl FnOnce() -> PacketMeta,
+    reason: u8,
+    sim: u32,
+    segment: u16,
+    bytes: u64,
+) {
+    if may_report() {
+        write(&meta(), reason, sim, segment, bytes);
+    }
+}
+
+/// Whether a report may be written: events are on and this CPU has not found the ring full in
+/// this tick.
+#[inline(always)]
+fn may_report() -> bool {
+    if EVENTS_OFF.get(0).is_some_and(|off| *off != 0) {
+        return false;
+    }
     // This CPU found the ring full in this tick: no event can be written. A flood from many
     // SIMs that fills the ring would otherwise cost every packet a lookup in the LRU of
     // budgets (a cache and TLB miss at a million SIMs) to count what no event may carry
@@ -41,10 +66,7 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     // drop. What this costs every report: one per-CPU array read (a helper call before
     // Linux 6.10 inlined those lookups) and `jiffies` (inlined), both here in the caller, so
     // that such a packet makes no call.
-    if ring_full_in(tick) {
-        return;
-    }
-    report(meta, reason, sim, segment, bytes);
+    !ring_full_in(crate::clock::jiffies())
 }
 
 /// [`deny`] once the ring may have room. A BPF function of its own: the event is written in
@@ -52,6 +74,12 @@ pub fn deny(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
 /// (five arguments, a BPF function's most: it reads the tick again).
 #[inline(never)]
 fn report(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
+    write(meta, reason, sim, segment, bytes);
+}
+
+/// Write the event of [`deny`] within the sender's budget, or count it as suppressed.
+#[inline(always)]
+fn write(meta: &PacketMeta, reason: u8, sim: u32, segment: u16, bytes: u64) {
     let tick = crate::clock::jiffies();
     let now = crate::clock::ns_at(tick);
     // Audit mode's reports have budgets of their own, so that their suppressed counts never

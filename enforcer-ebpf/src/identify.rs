@@ -3,7 +3,8 @@
 //!
 //! Reads `CONFIG`, `SRC_SIM` (the source's binding when the established stage looked it up),
 //! `SIM_V4_V2`, `SIM_V6_V2`, `SIMS`, `NET_V4`, `NET_V6`, `SEGMENTS`, `PORTS_USED`, `PORT_RULES`,
-//! `RULES_V2` and `IFACES` through this CPU's `IFACE_CACHE`; writes `IFACE_CACHE` on a miss.
+//! `RULES_V2` and `IFACES` through this CPU's `IFACE_CACHE`; writes `IFACE_CACHE` on a miss
+//! (and, through `crate::track::identify_into`, `DENY_CACHE`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use enforcer_common::{

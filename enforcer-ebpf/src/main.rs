@@ -1,5 +1,6 @@
 //! The enforcer XDP program: established (a common-shape packet of a session of the current
-//! policy epoch passes after one lookup) → parse → track (any other packet of such a session
+//! policy epoch passes after one lookup) → deny cache (a new flow's frame of a kind the
+//! pipeline just denied is dropped again after one more array read) → parse → track (any other packet of such a session
 //! passes) → identify → decide → account → forward (opt-in: a passed packet routed and
 //! redirected in XDP), one exit.
 //!
@@ -14,6 +15,7 @@
 mod account;
 mod bench;
 mod clock;
+mod deny_cache;
 mod established;
 mod events;
 mod forward;
@@ -53,6 +55,10 @@ fn pipeline(ctx: XdpContext) -> u32 {
     let first = established::judge(&ctx);
     match first.kind {
         established::JUDGED => exit(&ctx, first.verdict, &first.src),
+        // Counted and reported where it is found (`deny_cache`).
+        established::NO_SESSION if deny_cache::dropped::<true>(&ctx) => {
+            enforcer_common::verdict::XDP_DROP
+        }
         kind => rest(ctx, kind == established::NO_SESSION),
     }
 }

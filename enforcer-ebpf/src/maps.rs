@@ -7,6 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
+use enforcer_common::decide::DenyKey;
 use enforcer_common::maps::{
     CLOCK_ENTRIES, Config, Counter, DENY_EVENTS_BYTES, DENY_LIMIT_ENTRIES, DenyLimit,
     FORWARD_STATS_ENTRIES, IfaceEntry, MAX_IFACES, NetEntry, NetKeyV4, NetKeyV6,
@@ -117,12 +118,18 @@ pub struct IfaceCache {
 }
 
 /// The source's `SIM_V4_V2` binding that the established stage looked up for a new flow, for
-/// the pipeline's identify stage of the same run to take instead of looking it up again
-/// (`crate::established`). Only read when the stage tells the pipeline it looked (the frame's
+/// the deny cache and the pipeline's identify stage of the same run to take instead of
+/// looking it up again (`crate::established`). Only read when the stage tells the pipeline it looked (the frame's
 /// session absent), only for that address and only under the same policy epoch. Not pinned: each loaded program has its own,
 /// and nothing in it outlives a run.
 #[map]
 pub static SRC_SIM: PerCpuArray<SrcSim> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's deny cache (`crate::deny_cache`): `DenyKey::SLOTS` keys of recent `no_rule`
+/// drops, direct-mapped by `DenyKey::slot`, each valid while the policy epoch it holds is in
+/// force. 20 bytes an entry, 5 KiB per CPU. Not pinned: each loaded program has its own.
+#[map]
+pub static DENY_CACHE: PerCpuArray<DenyKey> = PerCpuArray::with_max_entries(DenyKey::SLOTS, 0);
 
 /// A [`SRC_SIM`] entry: an IPv4 address and its binding ([`SimBinding::default`], unbound in
 /// both generations, when `SIM_V4_V2` has none), as read under a policy epoch.

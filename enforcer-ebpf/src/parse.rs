@@ -80,7 +80,7 @@ const IPOPT_NUMBER_SSRR: u8 = 9;
 /// Offset of the TCP data-offset byte.
 const TCP_DATA_OFFSET: usize = 12;
 /// Offset of the TCP flags byte.
-const TCP_FLAGS: usize = 13;
+pub const TCP_FLAGS: usize = 13;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;

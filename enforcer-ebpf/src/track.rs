@@ -157,7 +157,8 @@ pub fn touch(entry: *mut Session, from_device: bool, bytes: u64, proto: u8, flag
 /// and the null check. Returns the rule found, which the caller uses: a BPF function that
 /// returns nothing (or a value no caller reads, which LLVM then drops) leaves the pointer to
 /// `out` in its return register, and the verifier refuses a stack pointer returned to the
-/// caller.
+/// caller. A `no_rule` denial of a frame whose session was absent is remembered here, in the
+/// deny cache (`crate::deny_cache::remember`), whose key fits this frame and not the caller's.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn identify_into(meta: *const PacketMeta, out: *mut Inputs) -> u32 {
@@ -167,6 +168,7 @@ pub extern "C" fn identify_into(meta: *const PacketMeta, out: *mut Inputs) -> u3
     // SAFETY: checked non-null; the verifier checks the sizes.
     unsafe {
         *out = crate::identify::lookup(&*meta);
+        crate::deny_cache::remember(&*meta, &*out);
         (*out).rule
     }
 }

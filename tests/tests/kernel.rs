@@ -2034,3 +2034,174 @@ state = "quarantined"
         Verdict::Drop(DropReason::NoRule)
     );
 }
+
+/// The deny cache (`enforcer-ebpf/src/deny_cache.rs`): a `no_rule` drop of a frame whose
+/// session is absent, sent by a SIM with neither flags nor rules of its own, is remembered
+/// under the policy epoch, and the next frame of that kind (interface, segment, destination,
+/// protocol, port) from such a SIM is dropped from the cache, reported and counted as the
+/// pipeline would (`Harness::check` compares every frame with the model). A SIM with rules of
+/// its own is never remembered; an entry decides only under its epoch (shown with an entry
+/// planted for a frame the policy allows); a reload that allows the kind, or a quarantine,
+/// takes effect on the next frame.
+#[test]
+fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
+    use enforcer_common::{decide::DenyKey, maps::IPPROTO_UDP};
+    let mut harness = Harness::new(POLICY, &[]);
+    let meter = harness.sim_of("001010000000003");
+    let segment_of = |harness: &Harness, addr: [u8; 4]| {
+        harness
+            .compiled
+            .image
+            .sims_v4
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .expect("a SIM of the policy")
+            .1
+            .segment
+    };
+    let meters = segment_of(&harness, [10, 65, 0, 3]);
+    let denied = |sport: u16| {
+        Frame::new("10.65.0.3", "198.51.100.77", L4::Udp(9999))
+            .sport(sport)
+            .build()
+    };
+    let key = |harness: &Harness, dst: [u8; 4], dport: u16| {
+        let epoch = harness.enforcer.epoch().expect("epoch");
+        DenyKey::new(epoch, TEST_IFINDEX, dst, meters, IPPROTO_UDP, dport)
+    };
+    assert_eq!(
+        harness.check(&denied(40000)).verdict,
+        drop(DropReason::NoRule)
+    );
+    let remembered = key(&harness, [198, 51, 100, 77], 9999);
+    assert!(
+        deny_cache(&harness).contains(&remembered),
+        "the pipeline's no_rule drop is remembered: {remembered:?}"
+    );
+    let _ = harness.enforcer.drain_deny_events().expect("ring");
+    // The next frames of the kind (new flows: other source ports) come from the cache.
+    for sport in 40001..40004 {
+        assert_eq!(
+            harness.check(&denied(sport)).verdict,
+            drop(DropReason::NoRule)
+        );
+    }
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert_eq!(events.len(), 3, "each cached drop is reported: {events:?}");
+    let e = events[2];
+    assert_eq!((e.sim, e.proto, e.dport, e.sport), (meter, 17, 9999, 40003));
+    assert_eq!(e.reason, DropReason::NoRule as u8);
+    assert_eq!(
+        (&e.src[..4], &e.dst[..4]),
+        (&[10, 65, 0, 3][..], &[198, 51, 100, 77][..])
+    );
+    assert_eq!(e.ifindex, TEST_IFINDEX);
+    // A SIM with rules of its own: its denial depends on more than the key.
+    let charger = Frame::new("10.64.0.1", "198.51.100.77", L4::Udp(9999)).build();
+    assert_eq!(harness.check(&charger).verdict, drop(DropReason::NoRule));
+    let chargers = segment_of(&harness, [10, 64, 0, 1]);
+    assert!(
+        !deny_cache(&harness)
+            .iter()
+            .any(|k| k.filled == 1 && k.segment == chargers),
+        "no entry for a SIM with rules of its own"
+    );
+    // An entry alone decides: planted for a frame the policy allows (the meters may reach
+    // 203.0.113.5), it drops it, but only under the epoch it names.
+    let allowed = Frame::new("10.65.0.3", "203.0.113.5", L4::Udp(53)).build();
+    plant(&harness, key(&harness, [203, 0, 113, 5], 53));
+    assert_eq!(
+        harness.run(&allowed),
+        enforcer_common::verdict::XDP_DROP,
+        "the cache is consulted"
+    );
+    harness.enforcer.bump_epoch().expect("epoch");
+    assert!(matches!(
+        harness.check(&allowed).verdict,
+        Verdict::Pass(PassReason::Rule, _)
+    ));
+    // A reload that allows the kind: the next frame passes by the new rule.
+    assert_eq!(
+        harness.check(&denied(40010)).verdict,
+        drop(DropReason::NoRule)
+    );
+    assert!(deny_cache(&harness).contains(&key(&harness, [198, 51, 100, 77], 9999)));
+    harness.reload(&POLICY.replace(
+        r#"{ to = ["203.0.113.5"], proto = "any" },"#,
+        r#"{ to = ["203.0.113.5"], proto = "any" },
+  { to = ["198.51.100.77"], proto = "udp", ports = [9999] },"#,
+    ));
+    assert!(matches!(
+        harness.check(&denied(40011)).verdict,
+        Verdict::Pass(PassReason::Rule, _)
+    ));
+    // A quarantine takes effect on the next frame even before the epoch is raised: the
+    // sender's flags are read for every frame.
+    harness.reload(POLICY);
+    assert_eq!(
+        harness.check(&denied(40020)).verdict,
+        drop(DropReason::NoRule)
+    );
+    assert!(deny_cache(&harness).contains(&key(&harness, [198, 51, 100, 77], 9999)));
+    harness
+        .enforcer
+        .set_sim_quarantine(meter, true)
+        .expect("quarantine");
+    harness.reference.set_quarantined(meter, true);
+    assert_eq!(
+        harness.check(&denied(40021)).verdict,
+        drop(DropReason::Quarantined)
+    );
+}
+
+/// Every CPU's `DENY_CACHE` entries.
+fn deny_cache(harness: &Harness) -> Vec<enforcer_common::decide::DenyKey> {
+    let map = harness.enforcer.map("DENY_CACHE").expect("DENY_CACHE");
+    let cache: aya::maps::PerCpuArray<&aya::maps::MapData, [u32; 5]> =
+        aya::maps::PerCpuArray::try_from(map).expect("a per-CPU array of 20-byte keys");
+    let mut keys = Vec::new();
+    for slot in 0..enforcer_common::decide::DenyKey::SLOTS {
+        for words in cache.get(&slot, 0).expect("reading DENY_CACHE").iter() {
+            keys.push(deny_key(words));
+        }
+    }
+    keys
+}
+
+/// A `DenyKey` from its five native-endian words (`repr(C)`, no padding).
+fn deny_key(words: &[u32; 5]) -> enforcer_common::decide::DenyKey {
+    enforcer_common::decide::DenyKey {
+        epoch: words[0],
+        ifindex: words[1],
+        dst: words[2].to_ne_bytes(),
+        segment: words[3] as u16,
+        dport: (words[3] >> 16) as u16,
+        proto: words[4] as u8,
+        filled: (words[4] >> 8) as u8,
+        pad: [0; 2],
+    }
+}
+
+/// Write `key` into its slot on every CPU (through a second handle on the program's map).
+fn plant(harness: &Harness, key: enforcer_common::decide::DenyKey) {
+    let Some(aya::maps::Map::PerCpuArray(data)) = harness.enforcer.map("DENY_CACHE") else {
+        panic!("DENY_CACHE is a per-CPU array");
+    };
+    let id = data.info().expect("map info").id();
+    let owned = aya::maps::MapData::from_id(id).expect("DENY_CACHE by id");
+    let mut cache: aya::maps::PerCpuArray<aya::maps::MapData, [u32; 5]> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(owned))
+            .expect("a per-CPU array of 20-byte keys");
+    let words = [
+        key.epoch,
+        key.ifindex,
+        u32::from_ne_bytes(key.dst),
+        u32::from(key.segment) | u32::from(key.dport) << 16,
+        u32::from(key.proto) | u32::from(key.filled) << 8,
+    ];
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    let values = aya::maps::PerCpuValues::try_from(vec![words; cpus]).expect("values");
+    cache
+        .set(key.slot(), values, 0)
+        .expect("writing DENY_CACHE");
+}
