@@ -350,8 +350,8 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
 }
 
 /// A denial that may be remembered and given again without the lookups: the key of the
-/// kernel's deny cache (`enforcer-ebpf/src/deny_cache.rs`), under the policy epoch it was
-/// decided in. 20 bytes, `repr(C)`, no padding.
+/// kernel's deny cache (`enforcer-ebpf/src/deny_cache.rs`), under the policy epoch and
+/// generation it was decided in. 20 bytes, `repr(C)`, no padding.
 ///
 /// Why these fields are enough ([`DenyKey::of`] says when a verdict may be kept): for an IPv4
 /// packet with ports (TCP or UDP, not a later fragment) judged in its sender's direction,
@@ -361,7 +361,9 @@ pub fn identify<T: Tables>(tables: &T, meta: &PacketMeta) -> Inputs {
 /// port, and the arrival interface's flags. Every one of those tables, in the generation
 /// active under an epoch, stays as it is for the whole epoch: the daemon writes the inactive
 /// generation, flips generation and epoch in one write, and raises the epoch after every
-/// change in place (`CONFIG.epoch`). A `no_rule` drop of such a packet is therefore the
+/// change in place (`CONFIG.epoch`). The key holds the generation too: the daemon's write of
+/// `CONFIG` is a copy the program may catch halfway, and an entry must never pair one
+/// generation's decision with the other's tables. A `no_rule` drop of such a packet is therefore the
 /// verdict of every packet with the same key under the same epoch from any SIM that also has
 /// no flags and no own rules. The SIM's own flags, rules and segment are read anew for every
 /// packet, so a quarantine or a move to another segment takes effect at once.
@@ -382,8 +384,10 @@ pub struct DenyKey {
     pub proto: u8,
     /// 1 in a filled entry (an all-zero entry is empty).
     pub filled: u8,
+    /// The policy generation (0 or 1) the verdict was decided in.
+    pub generation: u8,
     /// Zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 impl DenyKey {
@@ -391,13 +395,19 @@ impl DenyKey {
     pub const SLOTS: u32 = 256;
 
     /// The key of a packet (`meta`, after [`crate::session::judge`]) sent by `src` and
-    /// judged `verdict` under `epoch`, when the verdict may be remembered: a `no_rule` drop of
+    /// judged `verdict` under `epoch` in `generation`, when the verdict may be remembered: a `no_rule` drop of
     /// an IPv4 TCP or UDP packet (not a later fragment) judged in its sender's direction, sent
     /// by a SIM with no flags and no rules of its own (see the type's comment). `None`
     /// otherwise: such a verdict depends on more than the key.
     #[inline(always)]
     #[must_use]
-    pub fn of(meta: &PacketMeta, src: &Src, verdict: Verdict, epoch: u32) -> Option<Self> {
+    pub fn of(
+        meta: &PacketMeta,
+        src: &Src,
+        verdict: Verdict,
+        epoch: u32,
+        generation: u8,
+    ) -> Option<Self> {
         let cacheable = matches!(verdict, Verdict::Drop(DropReason::NoRule))
             && src.kind == SrcKind::Sim
             && src.sim.flags == 0
@@ -409,6 +419,7 @@ impl DenyKey {
         cacheable.then(|| {
             Self::new(
                 epoch,
+                generation,
                 meta.ifindex,
                 [meta.dst[0], meta.dst[1], meta.dst[2], meta.dst[3]],
                 src.sim.segment,
@@ -423,6 +434,7 @@ impl DenyKey {
     #[must_use]
     pub const fn new(
         epoch: u32,
+        generation: u8,
         ifindex: u32,
         dst: [u8; 4],
         segment: u16,
@@ -437,7 +449,8 @@ impl DenyKey {
             dport,
             proto,
             filled: 1,
-            pad: [0; 2],
+            generation: generation & 1,
+            pad: 0,
         }
     }
 

@@ -472,23 +472,23 @@ proptest! {
         let first = meta([10, 0, 0, 1], sports.0, flags.0);
         let inputs = identify(&world, &first);
         let verdict = decide(&inputs);
-        let Some(remembered) = DenyKey::of(&first, &inputs.src, verdict, 5) else {
+        let Some(remembered) = DenyKey::of(&first, &inputs.src, verdict, 5, 1) else {
             prop_assert_ne!(verdict, Verdict::Drop(DropReason::NoRule), "a no_rule drop of a plain SIM is remembered");
             return Ok(());
         };
-        prop_assert_eq!(remembered, DenyKey::new(5, 1, dst, 0, proto, dport));
+        prop_assert_eq!(remembered, DenyKey::new(5, 1, 1, dst, 0, proto, dport));
         prop_assert!(remembered.slot() < DenyKey::SLOTS);
         let other = meta([10, 0, 0, 3], sports.1, flags.1);
         let inputs = identify(&world, &other);
         prop_assert_eq!(decide(&inputs), verdict);
-        prop_assert_eq!(DenyKey::of(&other, &inputs.src, verdict, 5), Some(remembered));
+        prop_assert_eq!(DenyKey::of(&other, &inputs.src, verdict, 5, 1), Some(remembered));
         // Never for a SIM with flags or rules of its own, nor for another verdict.
         for (flags, tiers) in [(SIM_QUARANTINED, 0), (SIM_AUDIT, 0), (SIM_DST_NAMED, 0), (0, TIER_PORT)] {
             let sender = Src { kind: SrcKind::Sim, sim: SimEntry { flags, tiers, ..inputs.src.sim } };
-            prop_assert_eq!(DenyKey::of(&other, &sender, verdict, 5), None);
+            prop_assert_eq!(DenyKey::of(&other, &sender, verdict, 5, 1), None);
         }
-        prop_assert_eq!(DenyKey::of(&other, &inputs.src, Verdict::Drop(DropReason::Lateral), 5), None);
+        prop_assert_eq!(DenyKey::of(&other, &inputs.src, Verdict::Drop(DropReason::Lateral), 5, 1), None);
         let reversed = PacketMeta { reversed: true, ..other };
-        prop_assert_eq!(DenyKey::of(&reversed, &inputs.src, verdict, 5), None);
+        prop_assert_eq!(DenyKey::of(&reversed, &inputs.src, verdict, 5, 1), None);
     }
 }

@@ -53,14 +53,9 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
     if start.wrapping_add(L4 + 8) > end {
         return 0;
     }
-    let Some(config) = CONFIG.get_ptr(0) else {
-        return 0;
-    };
-    // SAFETY: the array's entry, valid for this run; one aligned 8-byte volatile load, so that
-    // the generation and the epoch come from the same `CONFIG` write (`Config`: generation,
-    // then epoch, little-endian).
-    let config = unsafe { core::ptr::read_volatile(config.cast::<u64>()) };
-    let (generation, epoch) = ((config & 1) as u8, (config >> 32) as u32);
+    // Generation and epoch from one load: an entry matches only the generation it was
+    // decided in, even if this read catches the daemon's write of `CONFIG` halfway.
+    let (generation, epoch) = config();
     let Some(slot) = SRC_SIM.get_ptr(0) else {
         return 0;
     };
@@ -101,7 +96,15 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
     let proto = byte(L3 + 9);
     let dport = u16::from_be_bytes([byte(L4 + 2), byte(L4 + 3)]);
     let ifindex = crate::parse::ifindex(ctx);
-    let key = DenyKey::new(epoch, ifindex, dst, policy.segment, proto, dport);
+    let key = DenyKey::new(
+        epoch,
+        generation,
+        ifindex,
+        dst,
+        policy.segment,
+        proto,
+        dport,
+    );
     let Some(entry) = DENY_CACHE.get_ptr(key.slot()) else {
         return 0;
     };
@@ -145,8 +148,10 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
 /// a frame whose session the established stage found absent, the pipeline's verdict is the
 /// decision on these inputs (`session::judge` takes it as it is when it drops). The key's
 /// epoch is the one the established stage read before looking the sender's binding up
-/// (`SRC_SIM`), before the pipeline read the generation it judged in, so that an entry only
-/// ever matches while that generation is active.
+/// (`SRC_SIM`), before the pipeline read the generation it judged in; `CONFIG` is read again
+/// here, and the entry is kept only if that epoch is still in force, with the generation of
+/// that read, so that an entry only ever matches while the generation it was decided in is
+/// active.
 #[inline(always)]
 pub fn remember(meta: &PacketMeta, inputs: &Inputs) {
     if !meta.session_absent || inputs.src.kind != SrcKind::Sim || inputs.rule != NO_RULE {
@@ -157,14 +162,27 @@ pub fn remember(meta: &PacketMeta, inputs: &Inputs) {
     };
     // SAFETY: as in `lookup`; the established stage of this run wrote it.
     let (looked_up, epoch) = unsafe { ((*slot).addr, (*slot).epoch) };
-    if looked_up != [meta.src[0], meta.src[1], meta.src[2], meta.src[3]] {
+    let (generation, now) = config();
+    if now != epoch || looked_up != [meta.src[0], meta.src[1], meta.src[2], meta.src[3]] {
         return;
     }
-    let Some(key) = DenyKey::of(meta, &inputs.src, decide(inputs), epoch) else {
+    let Some(key) = DenyKey::of(meta, &inputs.src, decide(inputs), epoch, generation) else {
         return;
     };
     if let Some(entry) = DENY_CACHE.get_ptr_mut(key.slot()) {
         // SAFETY: as in `lookup`.
         unsafe { *entry = key };
     }
+}
+
+/// `CONFIG`'s active generation and epoch, from one aligned 8-byte volatile load (`Config`:
+/// generation, then epoch, little-endian); `(0, 0)` if the array has no entry (never).
+#[inline(always)]
+fn config() -> (u8, u32) {
+    let Some(config) = CONFIG.get_ptr(0) else {
+        return (0, 0);
+    };
+    // SAFETY: the array's entry, valid for this run and 8-byte aligned.
+    let config = unsafe { core::ptr::read_volatile(config.cast::<u64>()) };
+    ((config & 1) as u8, (config >> 32) as u32)
 }

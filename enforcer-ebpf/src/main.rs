@@ -1,8 +1,8 @@
 //! The enforcer XDP program: established (a common-shape packet of a session of the current
 //! policy epoch passes after one lookup) → deny cache (a new flow's frame of a kind the
-//! pipeline just denied is dropped again after one more array read) → parse → track (any other packet of such a session
-//! passes) → identify → decide → account → forward (opt-in: a passed packet routed and
-//! redirected in XDP), one exit.
+//! pipeline just denied is dropped again, from a per-CPU table) → parse → track (any other
+//! packet of such a session passes) → identify → decide → account → forward (opt-in: a passed
+//! packet routed and redirected in XDP), one exit.
 //!
 //! Every stage is a module; this file only wires them.
 #![cfg_attr(not(test), no_std)]

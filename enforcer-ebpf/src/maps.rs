@@ -127,7 +127,8 @@ pub static SRC_SIM: PerCpuArray<SrcSim> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's deny cache (`crate::deny_cache`): `DenyKey::SLOTS` keys of recent `no_rule`
 /// drops, direct-mapped by `DenyKey::slot`, each valid while the policy epoch it holds is in
-/// force. 20 bytes an entry, 5 KiB per CPU. Not pinned: each loaded program has its own.
+/// force. 20 bytes an entry, 24 as the kernel stores it (values rounded up to 8 bytes): 6 KiB
+/// per CPU. Not pinned: each loaded program has its own.
 #[map]
 pub static DENY_CACHE: PerCpuArray<DenyKey> = PerCpuArray::with_max_entries(DenyKey::SLOTS, 0);
 

@@ -2045,7 +2045,10 @@ state = "quarantined"
 /// takes effect on the next frame.
 #[test]
 fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
-    use enforcer_common::{decide::DenyKey, maps::IPPROTO_UDP};
+    use enforcer_common::{
+        decide::DenyKey,
+        maps::{IPPROTO_TCP, IPPROTO_UDP},
+    };
     let mut harness = Harness::new(POLICY, &[]);
     let meter = harness.sim_of("001010000000003");
     let segment_of = |harness: &Harness, addr: [u8; 4]| {
@@ -2060,24 +2063,30 @@ fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
             .segment
     };
     let meters = segment_of(&harness, [10, 65, 0, 3]);
+    let chargers = segment_of(&harness, [10, 64, 0, 1]);
     let denied = |sport: u16| {
         Frame::new("10.65.0.3", "198.51.100.77", L4::Udp(9999))
             .sport(sport)
             .build()
     };
-    let key = |harness: &Harness, dst: [u8; 4], dport: u16| {
+    let key = |harness: &Harness, segment: u16, dst: [u8; 4], proto: u8, dport: u16| {
         let epoch = harness.enforcer.epoch().expect("epoch");
-        DenyKey::new(epoch, TEST_IFINDEX, dst, meters, IPPROTO_UDP, dport)
+        let generation = harness.enforcer.generation().expect("generation");
+        DenyKey::new(epoch, generation, TEST_IFINDEX, dst, segment, proto, dport)
     };
-    assert_eq!(
-        harness.check(&denied(40000)).verdict,
-        drop(DropReason::NoRule)
-    );
-    let remembered = key(&harness, [198, 51, 100, 77], 9999);
-    assert!(
-        deny_cache(&harness).contains(&remembered),
-        "the pipeline's no_rule drop is remembered: {remembered:?}"
-    );
+    // A no_rule drop of the frame from `sport`, and its kind remembered.
+    let denied_and_remembered = |harness: &mut Harness, sport: u16| {
+        assert_eq!(
+            harness.check(&denied(sport)).verdict,
+            drop(DropReason::NoRule)
+        );
+        let kind = key(harness, meters, [198, 51, 100, 77], IPPROTO_UDP, 9999);
+        assert!(
+            deny_cache(harness).contains(&kind),
+            "the pipeline's no_rule drop is remembered: {kind:?}"
+        );
+    };
+    denied_and_remembered(&mut harness, 40000);
     let _ = harness.enforcer.drain_deny_events().expect("ring");
     // The next frames of the kind (new flows: other source ports) come from the cache.
     for sport in 40001..40004 {
@@ -2099,7 +2108,6 @@ fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
     // A SIM with rules of its own: its denial depends on more than the key.
     let charger = Frame::new("10.64.0.1", "198.51.100.77", L4::Udp(9999)).build();
     assert_eq!(harness.check(&charger).verdict, drop(DropReason::NoRule));
-    let chargers = segment_of(&harness, [10, 64, 0, 1]);
     assert!(
         !deny_cache(&harness)
             .iter()
@@ -2107,25 +2115,62 @@ fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
         "no entry for a SIM with rules of its own"
     );
     // An entry alone decides: planted for a frame the policy allows (the meters may reach
-    // 203.0.113.5), it drops it, but only under the epoch it names.
+    // 203.0.113.5), it drops it, counted and reported as a no_rule drop of the SIM (so the
+    // cache's own count and report ran), but only under the epoch it names.
     let allowed = Frame::new("10.65.0.3", "203.0.113.5", L4::Udp(53)).build();
-    plant(&harness, key(&harness, [203, 0, 113, 5], 53));
+    plant(
+        &harness,
+        key(&harness, meters, [203, 0, 113, 5], IPPROTO_UDP, 53),
+    );
+    let sim_entry = Some(enforcer_common::maps::SimEntry {
+        sim: meter,
+        segment: meters,
+        flags: 0,
+        tiers: 0,
+    });
+    let counted = |harness: &Harness| {
+        (
+            harness.sim(meter).drop_packets,
+            harness.verdict_packets(sim_entry, drop(DropReason::NoRule)),
+        )
+    };
+    let before = counted(&harness);
     assert_eq!(
         harness.run(&allowed),
         enforcer_common::verdict::XDP_DROP,
         "the cache is consulted"
     );
+    let after = counted(&harness);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "the cache counts its drop for the SIM and its segment"
+    );
+    let events = harness.enforcer.drain_deny_events().expect("ring");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.sim == meter && e.dst[..4] == [203, 0, 113, 5] && e.dport == 53),
+        "the cache reports its drop: {events:?}"
+    );
+    // A SIM with rules of its own is not judged by the cache, even with an entry of its kind:
+    // the charger's own rule lets it reach 203.0.113.7 on TCP/1500.
+    let own = Frame::new("10.64.0.1", "203.0.113.7", L4::Tcp(1500)).build();
+    plant(
+        &harness,
+        key(&harness, chargers, [203, 0, 113, 7], IPPROTO_TCP, 1500),
+    );
+    assert!(matches!(
+        harness.check(&own).verdict,
+        Verdict::Pass(PassReason::Rule, _)
+    ));
     harness.enforcer.bump_epoch().expect("epoch");
     assert!(matches!(
         harness.check(&allowed).verdict,
         Verdict::Pass(PassReason::Rule, _)
     ));
     // A reload that allows the kind: the next frame passes by the new rule.
-    assert_eq!(
-        harness.check(&denied(40010)).verdict,
-        drop(DropReason::NoRule)
-    );
-    assert!(deny_cache(&harness).contains(&key(&harness, [198, 51, 100, 77], 9999)));
+    denied_and_remembered(&mut harness, 40010);
     harness.reload(&POLICY.replace(
         r#"{ to = ["203.0.113.5"], proto = "any" },"#,
         r#"{ to = ["203.0.113.5"], proto = "any" },
@@ -2138,11 +2183,7 @@ fn a_denied_kind_is_dropped_again_from_the_deny_cache_under_its_epoch() {
     // A quarantine takes effect on the next frame even before the epoch is raised: the
     // sender's flags are read for every frame.
     harness.reload(POLICY);
-    assert_eq!(
-        harness.check(&denied(40020)).verdict,
-        drop(DropReason::NoRule)
-    );
-    assert!(deny_cache(&harness).contains(&key(&harness, [198, 51, 100, 77], 9999)));
+    denied_and_remembered(&mut harness, 40020);
     harness
         .enforcer
         .set_sim_quarantine(meter, true)
@@ -2178,7 +2219,8 @@ fn deny_key(words: &[u32; 5]) -> enforcer_common::decide::DenyKey {
         dport: (words[3] >> 16) as u16,
         proto: words[4] as u8,
         filled: (words[4] >> 8) as u8,
-        pad: [0; 2],
+        generation: (words[4] >> 16) as u8,
+        pad: (words[4] >> 24) as u8,
     }
 }
 
@@ -2197,7 +2239,7 @@ fn plant(harness: &Harness, key: enforcer_common::decide::DenyKey) {
         key.ifindex,
         u32::from_ne_bytes(key.dst),
         u32::from(key.segment) | u32::from(key.dport) << 16,
-        u32::from(key.proto) | u32::from(key.filled) << 8,
+        u32::from(key.proto) | u32::from(key.filled) << 8 | u32::from(key.generation) << 16,
     ];
     let cpus = aya::util::nr_cpus().expect("CPUs");
     let values = aya::maps::PerCpuValues::try_from(vec![words; cpus]).expect("values");
