@@ -23,11 +23,14 @@ use aya_ebpf::programs::XdpContext;
 use enforcer_common::{
     DropReason, Inputs, Src, SrcKind, Verdict,
     decide::{DenyKey, PacketMeta, decide, v4_in_16},
-    maps::{IPPROTO_TCP, SIM_NONE, SimEntry, SimPolicy},
+    maps::IPPROTO_TCP,
     rules::NO_RULE,
 };
 
-use crate::maps::{CONFIG, DENY_CACHE, SIMS, SRC_SIM};
+use crate::{
+    identify::{sim_policy, src_binding},
+    maps::{CONFIG, DENY_CACHE},
+};
 
 /// Whether the cache dropped `ctx`'s frame; then it is reported (deny events) and, with
 /// `ACCOUNT` (every program but the benchmark's `enforcer_unaccounted`), counted like the
@@ -56,40 +59,19 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
     // Generation and epoch from one load: an entry matches only the generation it was
     // decided in, even if this read catches the daemon's write of `CONFIG` halfway.
     let (generation, epoch) = config();
-    let Some(slot) = SRC_SIM.get_ptr(0) else {
-        return 0;
-    };
     let bytes = start as *const u8;
     // SAFETY: every offset read is below L4 + 8, inside the frame (checked above).
     let byte = |offset: usize| unsafe { *bytes.add(offset) };
     let src = [byte(L3 + 12), byte(L3 + 13), byte(L3 + 14), byte(L3 + 15)];
-    // SAFETY: this CPU's entry of a per-CPU array, valid for this run; the established stage
-    // of this run wrote it (the frame's session was absent).
-    let (looked_up, slot_epoch, binding) =
-        unsafe { ((*slot).addr, (*slot).epoch, (*slot).binding) };
-    // The binding must be this frame's source's, read under the epoch in force.
-    if looked_up != src || slot_epoch != epoch {
-        return 0;
-    }
-    let sim = binding.of(generation);
-    if sim == SIM_NONE {
-        return 0;
-    }
-    let Some(record) = SIMS.get_ptr(sim) else {
+    // The binding the established stage read for this frame's source under the epoch in force.
+    let Some(binding) = src_binding(src, epoch) else {
         return 0;
     };
-    // SAFETY: as in `identify::sim_policy`: one aligned 32-bit volatile load of the word the
-    // daemon may rewrite meanwhile.
-    let word = unsafe {
-        core::ptr::read_volatile(
-            (&raw const (*record).policy)
-                .cast::<u32>()
-                .add(usize::from(generation)),
-        )
-    };
-    let policy = SimPolicy::from_word(word);
     // Read anew for every frame: a quarantine, audit mode or own rules take effect at once.
-    if policy.flags != 0 || policy.tiers != 0 {
+    let Some(sender) = sim_policy(generation, binding.of(generation)) else {
+        return 0;
+    };
+    if sender.flags != 0 || sender.tiers != 0 {
         return 0;
     }
     let dst = [byte(L3 + 16), byte(L3 + 17), byte(L3 + 18), byte(L3 + 19)];
@@ -101,7 +83,7 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
         generation,
         ifindex,
         dst,
-        policy.segment,
+        sender.segment,
         proto,
         dport,
     );
@@ -132,11 +114,17 @@ fn lookup<const ACCOUNT: bool>(ctx: &XdpContext) -> u32 {
         session_absent: true,
         ..PacketMeta::default()
     };
-    crate::events::deny_in_place(meta, DropReason::NoRule as u8, sim, policy.segment, len);
+    crate::events::deny_in_place(
+        meta,
+        DropReason::NoRule as u8,
+        sender.sim,
+        sender.segment,
+        len,
+    );
     if ACCOUNT {
         let sender = Src {
             kind: SrcKind::Sim,
-            sim: SimEntry::new(sim, policy),
+            sim: sender,
         };
         crate::account::record(Verdict::Drop(DropReason::NoRule), &sender, len);
     }
@@ -157,13 +145,10 @@ pub fn remember(meta: &PacketMeta, inputs: &Inputs) {
     if !meta.session_absent || inputs.src.kind != SrcKind::Sim || inputs.rule != NO_RULE {
         return;
     }
-    let Some(slot) = SRC_SIM.get_ptr(0) else {
-        return;
-    };
-    // SAFETY: as in `lookup`; the established stage of this run wrote it.
-    let (looked_up, epoch) = unsafe { ((*slot).addr, (*slot).epoch) };
-    let (generation, now) = config();
-    if now != epoch || looked_up != [meta.src[0], meta.src[1], meta.src[2], meta.src[3]] {
+    let (generation, epoch) = config();
+    // The established stage's binding for this source, read under the epoch still in force:
+    // it was read before the generation the pipeline judged in.
+    if src_binding([meta.src[0], meta.src[1], meta.src[2], meta.src[3]], epoch).is_none() {
         return;
     }
     let Some(key) = DenyKey::of(meta, &inputs.src, decide(inputs), epoch, generation) else {

@@ -62,17 +62,9 @@ impl Tables for KernelMaps {
     #[inline(always)]
     fn sim_v4(&self, generation: u8, addr: [u8; 4]) -> Option<SimEntry> {
         if self.src_looked_up
-            && let Some(slot) = SRC_SIM.get_ptr(0)
+            && let Some(binding) = src_binding(addr, crate::track::epoch())
         {
-            // SAFETY: this CPU's entry of a per-CPU array, valid for this run; the established
-            // stage of this run wrote it (`src_looked_up`).
-            let (looked_up, epoch, binding) =
-                unsafe { ((*slot).addr, (*slot).epoch, (*slot).binding) };
-            // Under another epoch the daemon may have flipped the generation or rebound the
-            // address since: the copy could hold a slot two policies old. Look again.
-            if looked_up == addr && epoch == crate::track::epoch() {
-                return sim_policy(generation, binding.of(generation));
-            }
+            return sim_policy(generation, binding.of(generation));
         }
         // SAFETY: the pointer comes from a successful lookup and is valid for this program run;
         // `SIM_V4_V2` is not preallocated, so a concurrent delete frees it only after RCU, and
@@ -128,10 +120,24 @@ impl Tables for KernelMaps {
     }
 }
 
+/// The binding the established stage of this run left in `SRC_SIM` for `addr`, if it was read
+/// under `epoch` (`CONFIG.epoch` in force): under another epoch the daemon may have flipped
+/// the generation or rebound the address since, and the copy could hold a slot two policies
+/// old. Only for a frame whose session that stage found absent (it wrote the slot).
+#[inline(always)]
+pub fn src_binding(addr: [u8; 4], epoch: u32) -> Option<SimBinding> {
+    let slot = SRC_SIM.get_ptr(0)?;
+    // SAFETY: this CPU's entry of a per-CPU array, valid for this run and written by nothing
+    // else while the program runs on this CPU.
+    let (looked_up, read_under, binding) =
+        unsafe { ((*slot).addr, (*slot).epoch, (*slot).binding) };
+    (looked_up == addr && read_under == epoch).then_some(binding)
+}
+
 /// SIM `sim` of `generation` with its policy word from `SIMS`; `None` for [`SIM_NONE`] (the
 /// address is unbound in this generation) and for an index past the map.
 #[inline(always)]
-fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
+pub fn sim_policy(generation: u8, sim: u32) -> Option<SimEntry> {
     if sim == SIM_NONE {
         return None;
     }
